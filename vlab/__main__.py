@@ -1,0 +1,3 @@
+from vlab.cli import main
+
+raise SystemExit(main())

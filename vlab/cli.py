@@ -1,0 +1,169 @@
+"""vlab's command line, and its one exit point: typed errors become a message and an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from vlab import __version__, lab, scenario, state
+from vlab.errors import BootFailed, UsageError, VlabError
+from vlab.plan import NETNS, Dirs, LabPlan, make_plan
+
+EXIT_OK, EXIT_BOOT_FAILED, EXIT_BAD_INPUT, EXIT_HOST = 0, 1, 2, 3
+
+DESCRIPTION = """\
+Boot stateless Linux terminals over an NFS root, as the Fedora StatelessLinux page does by
+hand: build the NFS root, build the initrd that mounts it, export it, define a network with
+pinned MACs, boot the terminals through libvirt and read the verdict off their consoles.
+"""
+
+EPILOG = """\
+examples:
+  vlab up scenarios/tiny.toml          boot every terminal; exit 0 only if all mounted NFS root
+  vlab status scenarios/tiny.toml      terminals, MACs, IPs, state, last verdict
+  vlab console scenarios/tiny.toml t1  the live serial console of t1 (leave with Ctrl-])
+  vlab down scenarios/tiny.toml        remove domains, network, NFS server (idempotent)
+  vlab render scenarios/tiny.toml --out out/   every artifact vlab would write; nothing started
+
+exit codes: 0 ok, 1 a terminal failed to boot, 2 bad input, 3 host or infrastructure failure,
+130 interrupted (run vlab down to remove what was started).
+environment: VLAB_CACHE_DIR, VLAB_STATE_DIR override where artifacts and lab state are kept.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vlab", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"vlab {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every command vlab runs")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def scenario_cmd(name: str, help: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help, description=help)
+        c.add_argument("scenario", type=Path, help="scenario file (TOML), e.g. scenarios/tiny.toml")
+        return c
+
+    c = scenario_cmd("up", "build what is missing, boot every terminal, print the verdict")
+    c.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    c = scenario_cmd("status", "terminals, MACs, IPs, state and last verdict of a lab")
+    c.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    c = scenario_cmd("console", "attach to the live serial console of one terminal (Ctrl-] leaves)")
+    c.add_argument("terminal", help="terminal name, as in the scenario")
+    scenario_cmd("down", "destroy the lab's domains, network and NFS server (idempotent)")
+    c = scenario_cmd("render", "write every artifact vlab would use into a folder; start nothing")
+    c.add_argument("--out", type=Path, required=True, help="folder to write into")
+    h = sub.add_parser("host", help="the isolated lab host (a libvirtd in its own namespace)",
+                       description="Start, stop or show vlab's isolated lab host: virtlogd "
+                       f"and libvirtd in network namespace {NETNS}, used when no system "
+                       "libvirtd answers. vlab up starts it on demand.")
+    h.add_argument("action", choices=("up", "down", "status"))
+    return p
+
+
+def _plan(args: argparse.Namespace, dirs: Dirs) -> LabPlan:
+    return make_plan(scenario.load(args.scenario), dirs)
+
+
+def _print_report(rep: dict[str, Any]) -> None:
+    print(f"lab {rep['lab']}")
+    if "host" in rep:
+        print(f"  {rep['host']}")
+        print(f"  network: {rep.get('network') or 'down'}, "
+              f"NFS server: {'pid ' + str(rep['nfs_server_pid']) if rep.get('nfs_server_pid') else 'down'}")
+    for t in rep["terminals"]:
+        verdict = t["verdict"] or "-"
+        secs = f" in {t['seconds']} s" if t["seconds"] is not None else ""
+        print(f"  {t['name']:<10} {t['mac']}  {t['ip']:<15} {t['state']:<8} {verdict}{secs}")
+        if t["proof"]:
+            p = t["proof"]
+            print(f"      proof: {p['server']}:{p['export']} {p['fstype']} {p['options']}")
+        elif t.get("line"):
+            print(f"      decisive line: {t['line']}")
+        print(f"      console log: {t['console_log']}")
+
+
+def run(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="vlab: %(message)s")
+    if os.geteuid() != 0 and args.command in ("up", "down", "host"):
+        raise UsageError(f"vlab {args.command} needs root (namespaces, libvirtd, the NFS server)"
+                         "\n  fix: run it as root")
+    dirs = Dirs.from_env()
+    say = lab.stderr_progress()
+    if args.command == "host":
+        return _host(args.action, dirs, say)
+    plan = _plan(args, dirs)
+    if args.command == "render":
+        for path in lab.render_to(plan, args.out):
+            print(path)
+        return EXIT_OK
+    if args.command == "up":
+        rep = lab.up(plan, dirs, say)
+        _output(rep, args.json)
+        if not lab.all_ok(rep):
+            failed = [t["name"] for t in rep["terminals"] if t["verdict"] != "ok"]
+            raise BootFailed(f"{len(failed)} terminal(s) did not mount the NFS root: "
+                             f"{', '.join(failed)}\n  the terminals are left running for a look "
+                             f"(vlab console {args.scenario} NAME); vlab down removes them")
+        return EXIT_OK
+    if args.command == "status":
+        _output(lab.status(plan), args.json)
+        return EXIT_OK
+    if args.command == "down":
+        lab.down(plan, dirs, say)
+        say(f"lab {plan.lab} is down")
+        return EXIT_OK
+    if args.command == "console":
+        t = plan.terminal(args.terminal)
+        if t is None:
+            names = ", ".join(x.name for x in plan.terminals)
+            raise UsageError(f"{args.scenario}: no terminal {args.terminal!r}\n"
+                             f"  fix: use one of {names}")
+        from vlab import virt
+
+        print(f"Connected to {t.domain}; leave with Ctrl-]", file=sys.stderr)
+        virt.attach_console(plan.uri, t.domain)
+        return EXIT_OK
+    raise AssertionError(args.command)
+
+
+def _output(rep: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rep, indent=2))
+    else:
+        _print_report(rep)
+
+
+def _host(action: str, dirs: Dirs, say: lab.Say) -> int:
+    from vlab import labhost
+    from vlab.scenario import HostMode
+
+    if action == "up":
+        status = labhost.ensure(HostMode.ISOLATED, NETNS, dirs.state / "host")
+        state.remove(dirs.state, lab.HOST_FILE)
+        print(status.describe())
+    elif action == "down":
+        lab.host_down_all(NETNS, dirs, say)
+    else:
+        print(labhost.status(NETNS).describe())
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(sys.argv[1:] if argv is None else argv)
+    except VlabError as err:
+        print(f"vlab: {err.message()}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("vlab: interrupted; run `vlab down SCENARIO` to remove what was started",
+              file=sys.stderr)
+        return 130

@@ -1,0 +1,87 @@
+"""Typed errors. Only cli.py turns them into a message and an exit code."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+
+
+class VlabError(Exception):
+    """Base of every error vlab reports to the user."""
+
+    exit_code = 3
+
+    def message(self) -> str:
+        return str(self)
+
+
+class ScenarioError(VlabError):
+    """The scenario file is wrong: names the file, the key, the bad value and the fix."""
+
+    exit_code = 2
+
+    def __init__(self, file: Path | str, key: str, why: str, fix: str = "") -> None:
+        self.file, self.key, self.why, self.fix = str(file), key, why, fix
+        super().__init__(self.message())
+
+    def message(self) -> str:
+        where = f"{self.file}: {self.key}" if self.key else self.file
+        text = f"{where}: {self.why}"
+        return f"{text}\n  fix: {self.fix}" if self.fix else text
+
+
+class UsageError(VlabError):
+    """The command line is wrong (unknown terminal, bad flag value)."""
+
+    exit_code = 2
+
+
+class CommandError(VlabError):
+    """A program vlab ran failed."""
+
+    def __init__(self, argv: Sequence[str], rc: int, stderr: str, hint: str = "") -> None:
+        self.argv, self.rc, self.stderr, self.hint = list(argv), rc, stderr, hint
+        super().__init__(self.message())
+
+    def message(self) -> str:
+        cmd = shlex.join(self.argv)
+        if self.rc == 127:
+            text = f"{self.argv[0]} not found (running: {cmd})"
+        else:
+            tail = "\n".join(self.stderr.strip().splitlines()[-12:])
+            text = f"command failed with exit code {self.rc}: {cmd}"
+            if tail:
+                text += "\n  " + tail.replace("\n", "\n  ")
+        return f"{text}\n  fix: {self.hint}" if self.hint else text
+
+
+class MissingTool(VlabError):
+    """A program or file vlab needs is not installed: names the Debian package."""
+
+    def __init__(self, what: str, package: str) -> None:
+        self.what, self.package = what, package
+        super().__init__(f"{what} is missing\n  fix: apt-get install {package}")
+
+
+class VirtError(VlabError):
+    """libvirt refused an operation; the message says what to do about it."""
+
+    def __init__(self, op: str, detail: str, fix: str = "") -> None:
+        self.op, self.detail, self.fix = op, detail, fix
+        text = f"libvirt: {op}: {detail}"
+        super().__init__(f"{text}\n  fix: {fix}" if fix else text)
+
+
+class HostError(VlabError):
+    """The lab host (libvirtd, NFS server, namespace) could not be brought up."""
+
+
+class LabBusy(VlabError):
+    """Another vlab process is working on the same lab."""
+
+
+class BootFailed(VlabError):
+    """At least one terminal did not prove its NFS root."""
+
+    exit_code = 1

@@ -1,0 +1,63 @@
+"""vlab's own initrd: static busybox, exactly the modules needed, and an /init that mounts
+the root over NFS (see domains/initrd-init.sh.j2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vlab import busybox, cache, render
+from vlab.cpio import Archive
+from vlab.errors import ScenarioError
+from vlab.kernel import KernelDir
+from vlab.kmod import ModuleIndex, ModuleNotFound
+
+NFS_MODULES = ("nfsv4",)
+NIC_BUS = {"virtio_net": ("virtio_pci",), "e1000": ()}
+
+
+def modules_for(nic_driver: str) -> list[str]:
+    return [*NIC_BUS.get(nic_driver, ()), nic_driver, *NFS_MODULES]
+
+
+def contents(kernel: KernelDir, nic_driver: str, scenario: Path) -> Archive:
+    """The initrd as an archive, in the order the kernel will unpack it."""
+    index = ModuleIndex.load(kernel.modules)
+    try:
+        order = index.load_order(modules_for(nic_driver))
+    except ModuleNotFound as err:
+        raise ScenarioError(scenario, "initrd.nic_driver", str(err),
+                            "name a driver that this kernel ships as a module") from None
+    a = Archive()
+    for d in ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp",
+              "newroot", "etc", "etc/vlab", "lib", "lib/modules"):
+        a.dir(d)
+    # The kernel opens /dev/console for /init before anything can mount devtmpfs.
+    a.chardev("dev/console", 5, 1)
+    a.file("bin/busybox", busybox.binary().read_bytes(), 0o755)
+    for applet in busybox.applets():
+        if applet != "bin/busybox":
+            a.symlink(applet, "/bin/busybox")
+    a.file("init", render.initrd_init().encode(), 0o755)
+    a.file("etc/vlab/udhcpc.sh", render.udhcpc_script().encode(), 0o755)
+    a.file("etc/vlab/modules", "".join(f"{m}\n" for m in order).encode())
+    made: set[str] = set()
+    for module in order:
+        parent = Path("lib/modules", module).parent
+        for d in reversed([parent, *parent.parents]):
+            if str(d) not in made and len(d.parts) > 2:
+                a.dir(str(d))
+                made.add(str(d))
+        a.file(f"lib/modules/{module}", (kernel.modules / module).read_bytes())
+    return a
+
+
+def build(kernel: KernelDir, nic_driver: str, cache_dir: Path, scenario: Path) -> Path:
+    """The initrd for this kernel and NIC driver, built once and reused while inputs match."""
+    archive = contents(kernel, nic_driver, scenario)
+    blob = archive.gzipped()
+    final = cache_dir / "initrds" / f"{cache.key(blob)}.img"
+    if not final.exists():
+        with cache.publish(final) as tmp:
+            tmp.write_bytes(blob)
+            tmp.chmod(0o644)
+    return final

@@ -1,0 +1,71 @@
+"""The guest kernel: Debian's linux-image package, fetched with apt, unpacked and depmod'ed."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from vlab import cache, run
+from vlab.errors import HostError
+
+
+@dataclass(frozen=True)
+class KernelDir:
+    """An unpacked kernel: vmlinuz and lib/modules/<release> with a fresh modules.dep."""
+
+    root: Path
+    release: str
+
+    @property
+    def vmlinuz(self) -> Path:
+        return self.root / "vmlinuz"
+
+    @property
+    def modules(self) -> Path:
+        return self.root / "lib" / "modules" / self.release
+
+
+def resolve(package: str) -> tuple[str, str]:
+    """The concrete package (a metapackage's dependency) and its candidate version."""
+    name = package
+    deps = run.output(["apt-cache", "depends", "--no-recommends", "--no-suggests", package])
+    if m := re.search(r"Depends: (linux-image-\S+)", deps):
+        name = m.group(1)
+    policy = run.output(["apt-cache", "policy", name])
+    m = re.search(r"Candidate: (\S+)", policy)
+    if not m or m.group(1) == "(none)":
+        raise HostError(
+            f"apt knows no installable version of {name}\n"
+            "  fix: run apt-get update (or name an existing package in [kernel] package)"
+        )
+    return name, m.group(1)
+
+
+def fetch(package: str, cache_dir: Path) -> KernelDir:
+    """Download and unpack the kernel package once; later calls reuse the cache."""
+    name, version = resolve(package)
+    final = cache_dir / "kernels" / f"{name}_{version}"
+    if (final / "release").is_file():
+        return KernelDir(final, (final / "release").read_text().strip())
+    with cache.publish(final) as tmp:
+        tmp.mkdir()
+        run.run(["apt-get", "download", f"{name}={version}"], cwd=tmp,
+                hint="check that apt can reach Debian's archive (apt-get update)")
+        debs = list(tmp.glob("*.deb"))
+        unpacked = tmp / "unpacked"
+        run.run(["dpkg-deb", "-x", str(debs[0]), str(unpacked)])
+        vmlinuz = next(unpacked.glob("boot/vmlinuz-*"))
+        release = vmlinuz.name.removeprefix("vmlinuz-")
+        shutil.copy2(vmlinuz, tmp / "vmlinuz")
+        (tmp / "lib").mkdir()
+        # Debian's .deb ships no modules.dep: build it for the tree as unpacked.
+        shutil.move(unpacked / "lib" / "modules", tmp / "lib" / "modules")
+        run.run(["depmod", "-b", str(tmp), release])
+        shutil.rmtree(unpacked)
+        debs[0].unlink()
+        (tmp / "release").write_text(release + "\n")
+        for p in [tmp, *tmp.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+    return KernelDir(final, release)

@@ -1,0 +1,246 @@
+"""A lab's life: up (the seed page's steps, in order), status, down."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from vlab import initrd, kernel, labhost, nfsroot, nfsserver, procs, render, state, virt
+from vlab.plan import Dirs, LabPlan, TerminalPlan
+from vlab.scenario import Hypervisor
+from vlab.watch import OK, STALLED, Verdict, watch
+
+Say = Callable[[str], None]
+STALL_SECONDS = 45.0
+HOST_FILE = "host.json"
+
+
+def stderr_progress() -> Say:
+    start = time.monotonic()
+
+    def say(text: str) -> None:
+        print(f"[{time.monotonic() - start:5.1f}s] {text}", file=sys.stderr, flush=True)
+
+    return say
+
+
+# ---- up -------------------------------------------------------------------------------------
+
+
+def up(plan: LabPlan, dirs: Dirs, say: Say) -> dict[str, Any]:
+    """Build what is missing, export the root, boot every terminal, return the report."""
+    with state.locked(plan.lab_dir, plan.lab):
+        state.update(plan.lab_dir, scenario=str(plan.scenario), status="starting")
+        build_nfs_root(plan, say)
+        build_boot_files(plan, dirs, say)
+        netns = start_lab_host(plan, dirs, say)
+        conn = virt.connect(plan.uri)
+        if all(virt.domain_state(conn, t.domain) == "running" for t in plan.terminals):
+            say(f"lab {plan.lab} is already up: nothing changed")
+            return report(plan, conn)
+        define_network(plan, conn, netns, say)
+        export_nfs_root(plan, netns, say)
+        started = boot_terminals(plan, conn, say)
+        verdicts = watch_consoles(plan, started, say)
+        state.update(plan.lab_dir, status="up")
+        state.save(plan.lab_dir, {t.name: asdict(v) for t, v in verdicts.items()}, state.RESULTS)
+        return report(plan, conn)
+
+
+def build_nfs_root(plan: LabPlan, say: Say) -> None:
+    say(f"NFS root: busybox terminal at {plan.export_path}")
+    nfsroot.build_busybox(plan.export_path)
+
+
+def build_boot_files(plan: LabPlan, dirs: Dirs, say: Say) -> None:
+    say(f"kernel: {plan.kernel_package} from Debian (cached after the first fetch)")
+    k = kernel.fetch(plan.kernel_package, dirs.cache)
+    say(f"initrd: vlab busybox initrd for {k.release} with {plan.nic_driver.value} + NFSv4")
+    img = initrd.build(k, plan.nic_driver.value, dirs.cache, plan.scenario)
+    boot = plan.kernel_path.parent
+    boot.mkdir(parents=True, exist_ok=True)
+    for d in (dirs.state, dirs.state / "labs", plan.lab_dir, boot):
+        d.chmod(0o755)  # QEMU (libvirt-qemu) must reach the kernel and initrd
+    for src, dst in ((k.vmlinuz, plan.kernel_path), (img, plan.initrd_path)):
+        tmp = dst.with_name(dst.name + ".new")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+
+
+def start_lab_host(plan: LabPlan, dirs: Dirs, say: Say) -> str | None:
+    before = labhost.status(plan.netns)
+    if before.mode == "down":
+        say(f"lab host: starting an isolated libvirtd in network namespace {plan.netns}")
+        state.save(dirs.state, {"on_demand": True}, HOST_FILE)
+    host = labhost.ensure(plan.host_mode, plan.netns, dirs.state / "host")
+    say(host.describe())
+    state.update(plan.lab_dir, host=host.mode, netns=host.netns, uri=plan.uri)
+    return host.netns
+
+
+def define_network(plan: LabPlan, conn: virt.Conn, netns: str | None, say: Say) -> None:
+    say(f"network {plan.network}: bridge {plan.bridge}, {plan.subnet}, "
+        f"{len(plan.terminals)} pinned DHCP hosts")
+    state.update(plan.lab_dir, network=plan.network)
+    virt.start_network(conn, plan.network, render.network_xml(plan))
+
+
+def export_nfs_root(plan: LabPlan, netns: str | None, say: Say) -> None:
+    state.update(plan.lab_dir, nfs_server=str(plan.nfs_server_dir))
+    plan.nfs_server_dir.mkdir(parents=True, exist_ok=True)
+    (plan.lab_dir / "exports").write_text(render.exports_line(plan))
+    pid = nfsserver.start(plan, netns)
+    say(f"export: nfs-ganesha (pid {pid}) serves {plan.export_path} read-only to {plan.subnet} "
+        f"on {plan.gateway}:{plan.nfs_port}")
+
+
+def boot_terminals(plan: LabPlan, conn: virt.Conn, say: Say) -> dict[TerminalPlan, float]:
+    state.update(plan.lab_dir, domains=[t.domain for t in plan.terminals])
+    started: dict[TerminalPlan, float] = {}
+    for t in plan.terminals:
+        t.console_log.parent.mkdir(parents=True, exist_ok=True)
+        t.console_log.unlink(missing_ok=True)
+        virt.destroy_domain(conn, t.domain)
+        started[t] = time.monotonic()
+        virt.start_domain(conn, render.domain_xml(plan, t))
+        say(f"boot {t.name}: {t.domain}, MAC {t.mac}, IP {t.ip}")
+    return started
+
+
+def watch_consoles(plan: LabPlan, started: dict[TerminalPlan, float],
+                   say: Say) -> dict[TerminalPlan, Verdict]:
+    say(f"watching {len(started)} console(s) for the NFS root (timeout {plan.timeout} s)")
+    stall = min(STALL_SECONDS, plan.timeout)
+
+    def one(t: TerminalPlan) -> Verdict:
+        v = watch(t.console_log, started=started[t], timeout=plan.timeout, stall=stall)
+        say(f"{t.name}: {v.name} after {v.seconds} s" + ("" if v.ok else f": {v.line}"))
+        if v.name == STALLED and plan.hypervisor is Hypervisor.KVM:
+            say(f"{t.name}: no console output for {stall:.0f} s under KVM; if this machine "
+                'cannot run KVM guests, set hypervisor = "qemu" in [lab]')
+        return v
+
+    with ThreadPoolExecutor(max_workers=len(started)) as pool:
+        return dict(zip(started, pool.map(one, started), strict=True))
+
+
+# ---- status ---------------------------------------------------------------------------------
+
+
+def report(plan: LabPlan, conn: virt.Conn | None) -> dict[str, Any]:
+    results = state.load(plan.lab_dir, state.RESULTS)
+    terminals = []
+    for t in plan.terminals:
+        r = results.get(t.name, {})
+        terminals.append({
+            "name": t.name,
+            "domain": t.domain,
+            "mac": t.mac,
+            "ip": t.ip,
+            "state": virt.domain_state(conn, t.domain) if conn is not None else "absent",
+            "verdict": r.get("name"),
+            "seconds": r.get("seconds"),
+            "line": r.get("line") if r.get("name") != OK else None,
+            "console_log": str(t.console_log),
+            "proof": r.get("proof"),
+        })
+    return {"lab": plan.lab, "scenario": str(plan.scenario), "terminals": terminals}
+
+
+def status(plan: LabPlan) -> dict[str, Any]:
+    host = labhost.status(plan.netns)
+    conn = virt.connect(plan.uri) if host.mode != "down" else None
+    out = report(plan, conn)
+    out["host"] = host.describe()
+    out["network"] = plan.network if conn and virt.network_active(conn, plan.network) else None
+    out["nfs_server_pid"] = nfsserver.pid(plan)
+    return out
+
+
+def all_ok(rep: dict[str, Any]) -> bool:
+    return all(t["verdict"] == OK for t in rep["terminals"])
+
+
+# ---- down -----------------------------------------------------------------------------------
+
+
+def down(plan: LabPlan, dirs: Dirs, say: Say) -> None:
+    """Remove everything the lab created; safe to run any number of times."""
+    with state.locked(plan.lab_dir, plan.lab):
+        recorded = state.load(plan.lab_dir)
+        host = labhost.status(plan.netns)
+        if host.mode != "down":
+            conn = virt.connect(plan.uri)
+            domains = {*recorded.get("domains", []), *(t.domain for t in plan.terminals)}
+            for name in sorted(domains):
+                if virt.destroy_domain(conn, name):
+                    say(f"destroyed domain {name}")
+            if virt.destroy_network(conn, recorded.get("network", plan.network)):
+                say(f"destroyed network {plan.network}")
+        if nfsserver.pid(plan) is not None:
+            say("stopped nfs-ganesha")
+        nfsserver.stop(plan)
+        shutil.rmtree(plan.kernel_path.parent, ignore_errors=True)
+        (plan.lab_dir / "exports").unlink(missing_ok=True)
+        state.remove(plan.lab_dir)
+        stop_host_if_unused(plan, dirs, say)
+
+
+def stop_host_if_unused(plan: LabPlan, dirs: Dirs, say: Say) -> None:
+    """The isolated host that `up` started on demand goes when no vlab lab uses it any more."""
+    if not state.load(dirs.state, HOST_FILE).get("on_demand"):
+        return
+    host = labhost.status(plan.netns)
+    if host.mode == "isolated":
+        domains, networks = virt.names(virt.connect(plan.uri), "vlab-")
+        if domains or networks:
+            return
+    if host.mode != "system":
+        host_down(plan.netns, dirs, say)
+
+
+def host_down(netns: str, dirs: Dirs, say: Say) -> None:
+    if labhost.status(netns).mode == "isolated" or labhost.netns_exists(netns):
+        say(f"stopping the isolated lab host (namespace {netns})")
+    labhost.stop(netns)
+    state.remove(dirs.state, HOST_FILE)
+
+
+def render_to(plan: LabPlan, out: Path) -> list[Path]:
+    written = []
+    for name, text in render.all_artifacts(plan).items():
+        path = out / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        written.append(path)
+    return written
+
+
+def host_down_all(netns: str, dirs: Dirs, say: Say) -> None:
+    """`vlab host down`: every lab's terminals, networks and NFS servers, then the host."""
+    if labhost.status(netns).mode == "isolated":
+        conn = virt.connect("qemu:///system")
+        domains, networks = virt.names(conn, "vlab-")
+        for name in domains:
+            virt.destroy_domain(conn, name)
+            say(f"destroyed domain {name}")
+        for name in networks:
+            virt.destroy_network(conn, name)
+            say(f"destroyed network {name}")
+    for pid_file in sorted((dirs.state / "labs").glob("*/nfs/ganesha.pid")):
+        pid = procs.read_pid(pid_file)
+        if pid is not None:
+            procs.stop(pid)
+            say(f"stopped nfs-ganesha of lab {pid_file.parent.parent.name}")
+    host_down(netns, dirs, say)

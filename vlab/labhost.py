@@ -1,0 +1,148 @@
+"""The lab host: the libvirtd that runs the terminals.
+
+`system` is a libvirtd the machine already runs (a developer workstation). `isolated` is one
+vlab starts itself inside its own network namespace, together with virtlogd; everything it
+spawns (the lab network's bridge, dnsmasq, the guests' taps) stays in that namespace, and so
+does the NFS server, so nothing touches the machine's own network.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from vlab import procs, run
+from vlab.errors import HostError, MissingTool
+from vlab.scenario import HostMode
+
+LIBVIRT_SOCK = Path("/run/libvirt/libvirt-sock")
+LIBVIRTD_PID = Path("/run/libvirtd.pid")
+VIRTLOGD_PID = Path("/run/virtlogd.pid")
+NETNS_DIR = Path("/run/netns")
+KVM = Path("/dev/kvm")
+
+TOOLS = {
+    "libvirtd": "libvirt-daemon-system libvirt-daemon-system-sysv",
+    "virtlogd": "libvirt-daemon-system libvirt-daemon-system-sysv",
+    "qemu-system-x86_64": "qemu-system-x86",
+    "dnsmasq": "dnsmasq-base",
+    "ip": "iproute2",
+    "iptables": "iptables",
+}
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    mode: str  # "isolated", "system" or "down"
+    libvirtd_pid: int | None
+    netns: str | None
+
+    def describe(self) -> str:
+        if self.mode == "down":
+            return "lab host: down (no libvirtd answers)"
+        where = f"in network namespace {self.netns}" if self.netns else "in the machine's namespace"
+        return f"lab host: {self.mode}, libvirtd pid {self.libvirtd_pid} {where}"
+
+
+def libvirtd_answers() -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1)
+        try:
+            s.connect(str(LIBVIRT_SOCK))
+        except OSError:
+            return False
+    return True
+
+
+def netns_exists(netns: str) -> bool:
+    return (NETNS_DIR / netns).exists()
+
+
+def _in_netns(pid: int, netns: str) -> bool:
+    try:
+        inode = os.stat(NETNS_DIR / netns).st_ino
+    except OSError:
+        return False
+    return procs.netns_of(pid) == f"net:[{inode}]"
+
+
+def status(netns: str) -> HostStatus:
+    pid = procs.read_pid(LIBVIRTD_PID)
+    if not libvirtd_answers():
+        return HostStatus("down", None, None)
+    if pid is not None and _in_netns(pid, netns):
+        return HostStatus("isolated", pid, netns)
+    return HostStatus("system", pid, None)
+
+
+def ensure(mode: HostMode, netns: str, log_dir: Path) -> HostStatus:
+    """Make sure a libvirtd of the asked-for kind answers; start the isolated one if needed."""
+    current = status(netns)
+    if mode is HostMode.SYSTEM and current.mode != "system":
+        raise HostError(
+            "host = \"system\" but no system libvirtd answers on " + str(LIBVIRT_SOCK)
+            + ("" if current.mode == "down" else " (the one running is vlab's isolated host)")
+            + "\n  fix: start libvirtd, or use host = \"auto\" to let vlab start an isolated one"
+        )
+    if mode is HostMode.ISOLATED and current.mode == "system":
+        raise HostError(
+            "host = \"isolated\" but a system libvirtd already runs (only one libvirtd fits "
+            "on a machine)\n  fix: use host = \"system\" or \"auto\", or stop that libvirtd"
+        )
+    if current.mode != "down":
+        return current
+    return start(netns, log_dir)
+
+
+def _check_tools() -> None:
+    for tool, package in TOOLS.items():
+        if run.which(tool) is None:
+            raise MissingTool(f"{tool}", package)
+
+
+def _fix_kvm_permissions() -> None:
+    # Without udev, /dev/kvm is root-only; libvirtd then re-probes QEMU on every start
+    # (about 48 s per domain). udev would give it group kvm, mode 0660.
+    if not KVM.exists():
+        return
+    st = KVM.stat()
+    if stat.S_IMODE(st.st_mode) & 0o060 != 0o060:
+        try:
+            import grp
+
+            os.chown(KVM, -1, grp.getgrnam("kvm").gr_gid)
+            KVM.chmod(0o660)
+        except (KeyError, OSError):
+            pass
+
+
+def start(netns: str, log_dir: Path) -> HostStatus:
+    _check_tools()
+    if not netns_exists(netns):
+        run.run(["ip", "netns", "add", netns])
+    run.run(["ip", "-n", netns, "link", "set", "lo", "up"])
+    _fix_kvm_permissions()
+    if procs.read_pid(VIRTLOGD_PID) is None:
+        run.daemon(["virtlogd", "-d"], netns=netns, log_file=log_dir / "virtlogd.log")
+    run.daemon(["libvirtd", "-d"], netns=netns, log_file=log_dir / "libvirtd.log",
+               hint=f"see {log_dir / 'libvirtd.log'}")
+    deadline = time.monotonic() + 60
+    while not libvirtd_answers():
+        if time.monotonic() > deadline:
+            raise HostError(f"libvirtd did not answer within 60 s; see {log_dir}/libvirtd.log")
+        time.sleep(0.1)
+    return status(netns)
+
+
+def stop(netns: str) -> None:
+    """Stop the isolated libvirtd and virtlogd and remove the namespace (guests first!)."""
+    for pid_file in (LIBVIRTD_PID, VIRTLOGD_PID):
+        pid = procs.read_pid(pid_file)
+        if pid is not None and _in_netns(pid, netns):
+            procs.stop(pid)
+    if netns_exists(netns):
+        run.run(["ip", "netns", "del", netns])

@@ -1,0 +1,194 @@
+"""The plan: every name, MAC, IP, path and kernel command line of a lab, resolved once.
+
+Pure and deterministic: the same scenario and directories give the same plan, byte for byte.
+Everything after this step only renders the plan or acts on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from vlab.errors import ScenarioError
+from vlab.scenario import AfterBoot, HostMode, Hypervisor, NfsVersion, NicDriver, Scenario
+
+KVM_MAC_PREFIX = "52:54:00"
+FIRST_TERMINAL_HOST = 10
+NFS_PORT_BASE = 20490
+NETNS = "vlab-host"
+MARKER = "VLAB-NFSROOT-OK"
+FAIL_MARKER = "VLAB-FAIL"
+
+
+@dataclass(frozen=True)
+class Dirs:
+    """Where vlab keeps its cache (shared artifacts) and its state (one folder per lab)."""
+
+    cache: Path
+    state: Path
+
+    @classmethod
+    def from_env(cls) -> Dirs:
+        # QEMU runs as libvirt-qemu and must reach the kernel and initrd, so root's
+        # defaults are in /var, not in /root (mode 0700).
+        if os.geteuid() == 0:
+            cache, state = Path("/var/cache/vlab"), Path("/var/lib/vlab")
+        else:
+            home = Path.home()
+            cache = Path(os.environ.get("XDG_CACHE_HOME", home / ".cache")) / "vlab"
+            state = Path(os.environ.get("XDG_STATE_HOME", home / ".local/state")) / "vlab"
+        return cls(
+            cache=Path(os.environ.get("VLAB_CACHE_DIR", cache)),
+            state=Path(os.environ.get("VLAB_STATE_DIR", state)),
+        )
+
+
+@dataclass(frozen=True)
+class TerminalPlan:
+    name: str
+    domain: str
+    mac: str
+    ip: str
+    memory_mib: int
+    vcpus: int
+    root_server: str
+    root_path: str
+    cmdline: str
+    console_log: Path
+
+
+@dataclass(frozen=True)
+class LabPlan:
+    lab: str
+    scenario: Path
+    uri: str
+    host_mode: HostMode
+    hypervisor: Hypervisor
+    domain_type: str
+    netns: str
+    network: str
+    bridge: str
+    subnet: ipaddress.IPv4Network
+    gateway: str
+    dhcp_start: str
+    dhcp_end: str
+    nfs_version: NfsVersion
+    nfs_port: int
+    nfs_options: str
+    export_path: Path
+    lab_dir: Path
+    kernel_path: Path
+    initrd_path: Path
+    nfs_server_dir: Path
+    kernel_package: str
+    nic_driver: NicDriver
+    nic_model: str
+    after_boot: AfterBoot
+    timeout: int
+    terminals: tuple[TerminalPlan, ...]
+
+    def terminal(self, name: str) -> TerminalPlan | None:
+        return next((t for t in self.terminals if t.name == name), None)
+
+
+def _digest(*parts: str) -> bytes:
+    return hashlib.sha256("\0".join(parts).encode()).digest()
+
+
+def pinned_mac(lab: str, terminal: str, attempt: int = 0) -> str:
+    """A MAC in QEMU's 52:54:00 range, derived from lab and terminal name only."""
+    d = _digest("mac", lab, terminal, str(attempt))
+    return KVM_MAC_PREFIX + "".join(f":{b:02x}" for b in d[:3])
+
+
+def lab_subnet(lab: str) -> ipaddress.IPv4Network:
+    """A private /24 derived from the lab name, inside the lab host's own namespace."""
+    octet = 1 + _digest("subnet", lab)[0] % 250
+    return ipaddress.IPv4Network(f"10.213.{octet}.0/24")
+
+
+def make_plan(scenario: Scenario, dirs: Dirs) -> LabPlan:
+    lab = scenario.lab
+    subnet = lab.subnet or lab_subnet(lab.name)
+    hosts = list(subnet.hosts())
+    gateway = str(hosts[0])
+    if len(scenario.terminals) > len(hosts) - FIRST_TERMINAL_HOST:
+        raise ScenarioError(scenario.path, "terminal", f"{len(scenario.terminals)} terminals "
+                            f"do not fit in {subnet}", "use fewer terminals")
+    lab_dir = dirs.state / "labs" / lab.name
+    export_path = dirs.cache / "roots" / scenario.root.source.value
+    nfs_port = NFS_PORT_BASE + int.from_bytes(_digest("port", lab.name)[:2]) % 1000
+    nfs_options = f"vers={lab.nfs_version.value},port={nfs_port}"
+    macs = _macs(scenario)
+    terminals = []
+    for i, t in enumerate(scenario.terminals):
+        server, path = gateway, str(export_path)
+        if t.root:
+            server, _, path = t.root.rpartition(":")
+            server = server or gateway
+        words = [
+            "console=ttyS0", "selinux=0", f"root={server}:{path}", f"rootflags={nfs_options}",
+            f"vlab.after={scenario.root.after_boot.value}", "quiet", "panic=0",
+        ]
+        if t.cmdline:
+            words.append(t.cmdline)
+        terminals.append(TerminalPlan(
+            name=t.name,
+            domain=f"vlab-{lab.name}-{t.name}",
+            mac=macs[t.name],
+            ip=str(hosts[FIRST_TERMINAL_HOST - 1 + i]),
+            memory_mib=t.memory,
+            vcpus=t.vcpus,
+            root_server=server,
+            root_path=path,
+            cmdline=" ".join(words),
+            console_log=lab_dir / "console" / f"{t.name}.log",
+        ))
+    return LabPlan(
+        lab=lab.name,
+        scenario=scenario.path,
+        uri=lab.uri,
+        host_mode=lab.host,
+        hypervisor=lab.hypervisor,
+        domain_type="kvm" if lab.hypervisor is Hypervisor.KVM else "qemu",
+        netns=NETNS,
+        network=f"vlab-{lab.name}",
+        bridge="vlab" + _digest("bridge", lab.name).hex()[:8],
+        subnet=subnet,
+        gateway=gateway,
+        dhcp_start=str(hosts[FIRST_TERMINAL_HOST - 1]),
+        dhcp_end=str(hosts[-1]),
+        nfs_version=lab.nfs_version,
+        nfs_port=nfs_port,
+        nfs_options=nfs_options,
+        export_path=export_path,
+        lab_dir=lab_dir,
+        kernel_path=lab_dir / "boot" / "vmlinuz",
+        initrd_path=lab_dir / "boot" / "initrd.img",
+        nfs_server_dir=lab_dir / "nfs",
+        kernel_package=scenario.kernel.package,
+        nic_driver=scenario.initrd.nic_driver,
+        nic_model="virtio" if scenario.initrd.nic_driver is NicDriver.VIRTIO_NET else "e1000",
+        after_boot=scenario.root.after_boot,
+        timeout=lab.timeout,
+        terminals=tuple(terminals),
+    )
+
+
+def _macs(scenario: Scenario) -> dict[str, str]:
+    """Given MACs win; the others are pinned, re-derived on a collision inside the lab."""
+    taken = {t.mac for t in scenario.terminals if t.mac}
+    macs: dict[str, str] = {}
+    for t in scenario.terminals:
+        if t.mac:
+            macs[t.name] = t.mac
+            continue
+        attempt = 0
+        while (mac := pinned_mac(scenario.lab.name, t.name, attempt)) in taken:
+            attempt += 1
+        taken.add(mac)
+        macs[t.name] = mac
+    return macs

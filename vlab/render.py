@@ -1,0 +1,109 @@
+"""Render the plan into text artifacts: domain and network XML, NFS server config, scripts.
+
+Templates in domains/ hold the layout; this module holds no layout of its own. Every XML
+document is parsed back with lxml and checked against libvirt's RelaxNG schema when installed.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+from lxml import etree
+
+from vlab.plan import FAIL_MARKER, MARKER, LabPlan, TerminalPlan
+
+METADATA_NS = "urn:vlab:terminal:1"
+SCHEMA_DIR = Path("/usr/share/libvirt/schemas")
+
+
+class RenderError(Exception):
+    """A rendered artifact is not valid: a bug in vlab, never the user's input."""
+
+
+@functools.cache
+def _env() -> jinja2.Environment:
+    folder = Path(str(resources.files("vlab.domains")))
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(folder),
+        undefined=jinja2.StrictUndefined,
+        autoescape=jinja2.select_autoescape(enabled_extensions=("xml.j2", "xml")),
+        keep_trailing_newline=True,
+    )
+
+
+def template(name: str, **values: object) -> str:
+    return _env().get_template(name).render(marker=MARKER, fail_marker=FAIL_MARKER, **values)
+
+
+def static(name: str) -> str:
+    return (Path(str(resources.files("vlab.domains"))) / name).read_text()
+
+
+def domain_xml(plan: LabPlan, terminal: TerminalPlan) -> str:
+    xml = template("domain.xml.j2", plan=plan, t=terminal, ns=METADATA_NS)
+    validate(xml, "domain")
+    return xml
+
+
+def network_xml(plan: LabPlan) -> str:
+    xml = template("network.xml.j2", plan=plan)
+    validate(xml, "network")
+    return xml
+
+
+def ganesha_conf(plan: LabPlan) -> str:
+    return template("ganesha.conf.j2", plan=plan)
+
+
+def exports_line(plan: LabPlan) -> str:
+    return template("exports.j2", plan=plan)
+
+
+def initrd_init() -> str:
+    return template("initrd-init.sh.j2")
+
+
+def root_init() -> str:
+    return template("root-init.sh.j2")
+
+
+def udhcpc_script() -> str:
+    return static("udhcpc.sh")
+
+
+@functools.cache
+def _schema(kind: str) -> etree.RelaxNG | None:
+    path = SCHEMA_DIR / f"{kind}.rng"
+    if not path.exists():
+        return None
+    return etree.RelaxNG(etree.parse(str(path)))
+
+
+def validate(xml: str, kind: str) -> None:
+    """Parse with lxml and, where libvirt's schemas are installed, validate against them."""
+    try:
+        doc = etree.fromstring(xml.encode())
+    except etree.XMLSyntaxError as err:
+        raise RenderError(f"rendered {kind} XML is not well-formed: {err}") from None
+    schema = _schema(kind)
+    if schema is not None and not schema.validate(doc):
+        raise RenderError(f"rendered {kind} XML fails libvirt's {kind}.rng: {schema.error_log}")
+
+
+def all_artifacts(plan: LabPlan) -> dict[str, str]:
+    """Every text file vlab would write for this lab, by relative name (for `vlab render`)."""
+    files = {
+        "network.xml": network_xml(plan),
+        "ganesha.conf": ganesha_conf(plan),
+        "exports": exports_line(plan),
+        "initrd/init": initrd_init(),
+        "initrd/udhcpc.sh": udhcpc_script(),
+        "root/sbin/init": root_init(),
+    }
+    for t in plan.terminals:
+        files[f"domains/{t.name}.xml"] = domain_xml(plan, t)
+        files[f"cmdline/{t.name}"] = t.cmdline + "\n"
+    return files

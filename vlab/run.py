@@ -1,0 +1,85 @@
+"""The only module that runs programs. Everything else asks it.
+
+Keyword-only arguments, a clean environment, the command line in the debug log, and a
+readable CommandError when a program fails or is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from vlab.errors import CommandError
+
+log = logging.getLogger("vlab.run")
+
+_ENV_KEEP = ("PATH", "HOME", "LANG", "TERM", "TMPDIR", "http_proxy", "https_proxy")
+
+
+def _env(extra: dict[str, str] | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k in _ENV_KEEP}
+    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    if "/sbin" not in env["PATH"]:
+        env["PATH"] += ":/usr/sbin:/sbin"
+    env["LC_ALL"] = "C"
+    env.update(extra or {})
+    return env
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    netns: str | None = None,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+    hint: str = "",
+    timeout: float | None = 600,
+) -> subprocess.CompletedProcess[str]:
+    """Run a program to completion and capture its output."""
+    full = ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
+    log.debug("run: %s", shlex.join(full))
+    try:
+        proc = subprocess.run(
+            full, cwd=cwd, env=_env(env), text=True, capture_output=True,
+            stdin=subprocess.DEVNULL, timeout=timeout,
+        )
+    except FileNotFoundError:
+        raise CommandError(full, 127, "", hint) from None
+    except subprocess.TimeoutExpired as err:
+        raise CommandError(full, -1, f"timed out after {timeout} s", hint) from err
+    if check and proc.returncode != 0:
+        raise CommandError(full, proc.returncode, proc.stderr or proc.stdout, hint)
+    return proc
+
+
+def output(argv: Sequence[str], **kwargs: object) -> str:
+    return run(argv, **kwargs).stdout  # type: ignore[arg-type]
+
+
+def which(program: str) -> str | None:
+    for folder in _env(None)["PATH"].split(":"):
+        candidate = Path(folder) / program
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def daemon(argv: Sequence[str], *, netns: str | None, log_file: Path, hint: str = "") -> None:
+    """Start a program that daemonizes itself; its early output goes to log_file."""
+    full = ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
+    log.debug("daemon: %s", shlex.join(full))
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as out:
+        try:
+            rc = subprocess.run(full, env=_env(None), stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                timeout=60).returncode
+        except FileNotFoundError:
+            raise CommandError(full, 127, "", hint) from None
+    if rc != 0:
+        raise CommandError(full, rc, log_file.read_text(errors="replace"), hint)

@@ -1,0 +1,324 @@
+"""Scenario files (TOML) parsed once into frozen dataclasses.
+
+This module only holds user configuration. Every error names the file, the key, the bad
+value and the fix. Runtime state lives in state.py, derived values in plan.py.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+from vlab.errors import ScenarioError
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,23}$")
+MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+NAME_FIX = "use 1-24 characters: lowercase letters, digits and '-', starting with a letter"
+
+
+class Hypervisor(StrEnum):
+    KVM = "kvm"
+    QEMU = "qemu"
+
+
+class HostMode(StrEnum):
+    AUTO = "auto"
+    SYSTEM = "system"
+    ISOLATED = "isolated"
+
+
+class NfsVersion(StrEnum):
+    V4 = "4"
+    V4_1 = "4.1"
+    V4_2 = "4.2"
+
+
+class RootSource(StrEnum):
+    BUSYBOX = "busybox"
+
+
+class AfterBoot(StrEnum):
+    SHELL = "shell"
+    POWEROFF = "poweroff"
+
+
+class KernelSource(StrEnum):
+    DEBIAN = "debian"
+
+
+class InitrdBuilder(StrEnum):
+    VLAB = "vlab"
+
+
+class NicDriver(StrEnum):
+    VIRTIO_NET = "virtio_net"
+    E1000 = "e1000"
+
+
+@dataclass(frozen=True)
+class Lab:
+    name: str
+    hypervisor: Hypervisor
+    uri: str
+    host: HostMode
+    nfs_version: NfsVersion
+    timeout: int
+    subnet: ipaddress.IPv4Network | None
+
+
+@dataclass(frozen=True)
+class Root:
+    source: RootSource
+    after_boot: AfterBoot
+
+
+@dataclass(frozen=True)
+class Kernel:
+    source: KernelSource
+    package: str
+
+
+@dataclass(frozen=True)
+class Initrd:
+    builder: InitrdBuilder
+    nic_driver: NicDriver
+
+
+@dataclass(frozen=True)
+class Terminal:
+    name: str
+    mac: str | None
+    memory: int
+    vcpus: int
+    root: str | None
+    cmdline: str
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A lab as the user wrote it: only user configuration, nothing derived."""
+
+    path: Path
+    lab: Lab
+    root: Root
+    kernel: Kernel
+    initrd: Initrd
+    terminals: tuple[Terminal, ...]
+
+
+E = TypeVar("E", bound=StrEnum)
+T = TypeVar("T")
+
+
+class _Table:
+    """One TOML table, read key by key, so every error can name `table.key`."""
+
+    def __init__(self, file: Path, prefix: str, data: Mapping[str, Any], known: tuple[str, ...]):
+        self.file, self.prefix, self.data = file, prefix, data
+        for key in data:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                fix = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}"
+                raise ScenarioError(file, self.key(key), "unknown key", fix)
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def error(self, name: str, why: str, fix: str) -> ScenarioError:
+        return ScenarioError(self.file, self.key(name), why, fix)
+
+    def get(self, name: str, kind: type[T], default: T | None = None) -> T:
+        if name not in self.data:
+            if default is None:
+                raise self.error(name, "is missing", f"add {name} = ... to [{self.prefix}]")
+            return default
+        value = self.data[name]
+        # TOML booleans are ints in Python: never accept one where a number is meant.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.error(
+                name,
+                f"must be {_kind_name(kind)}, not {_kind_name(type(value))} {value!r}",
+                f"write it as {_kind_name(kind)}, e.g. {name} = {_example(kind)}",
+            )
+        return value
+
+    def choice(self, name: str, enum: type[E], default: E) -> E:
+        raw = self.get(name, str, str(default.value))
+        try:
+            return enum(raw)
+        except ValueError:
+            allowed = ", ".join(f'"{e.value}"' for e in enum)
+            raise self.error(name, f"{raw!r} is not supported", f"use one of {allowed}") from None
+
+    def int_in(self, name: str, default: int, low: int, high: int, unit: str = "") -> int:
+        value = self.get(name, int, default)
+        if not low <= value <= high:
+            raise self.error(
+                name, f"{value}{unit} is out of range", f"use a value from {low} to {high}{unit}"
+            )
+        return value
+
+    def name(self, name: str, value: str) -> str:
+        if not NAME_RE.match(value):
+            raise self.error(name, f"{value!r} is not a valid name", NAME_FIX)
+        return value
+
+
+def _kind_name(kind: type) -> str:
+    return {str: "a string", int: "an integer", bool: "true or false", list: "a list",
+            dict: "a table", float: "a number"}.get(kind, kind.__name__)
+
+
+def _example(kind: type) -> str:
+    return {str: '"text"', int: "1", bool: "true", list: "[...]"}.get(kind, "...")
+
+
+def load(path: Path) -> Scenario:
+    """Read and validate a scenario file; raise ScenarioError on the first problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ScenarioError(path, "", "no such file", "give the path of a scenario .toml") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ScenarioError(path, "", f"cannot read: {err}", "check the file") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ScenarioError(path, "", f"not valid TOML: {err}", "fix the TOML syntax") from None
+    return parse(path, data)
+
+
+def parse(path: Path, data: Mapping[str, Any]) -> Scenario:
+    top = _Table(path, "", data, ("lab", "root", "kernel", "initrd", "terminal"))
+    lab = _lab(_Table(path, "lab", _sub(top, "lab"), _LAB_KEYS))
+    root_t = _Table(path, "root", _sub(top, "root", {}), ("source", "after_boot"))
+    root = Root(
+        source=root_t.choice("source", RootSource, RootSource.BUSYBOX),
+        after_boot=root_t.choice("after_boot", AfterBoot, AfterBoot.SHELL),
+    )
+    kernel_t = _Table(path, "kernel", _sub(top, "kernel", {}), ("source", "package"))
+    package = kernel_t.get("package", str, "linux-image-amd64")
+    if not re.match(r"^linux-image-[a-z0-9.+-]+$", package):
+        raise kernel_t.error(
+            "package", f"{package!r} is not a kernel package name",
+            'name a Debian kernel package, e.g. "linux-image-amd64"',
+        )
+    kernel = Kernel(source=kernel_t.choice("source", KernelSource, KernelSource.DEBIAN),
+                    package=package)
+    initrd_t = _Table(path, "initrd", _sub(top, "initrd", {}), ("builder", "nic_driver"))
+    initrd = Initrd(
+        builder=initrd_t.choice("builder", InitrdBuilder, InitrdBuilder.VLAB),
+        nic_driver=initrd_t.choice("nic_driver", NicDriver, NicDriver.VIRTIO_NET),
+    )
+    terminals = _terminals(path, top)
+    return Scenario(path=path, lab=lab, root=root, kernel=kernel, initrd=initrd,
+                    terminals=terminals)
+
+
+_LAB_KEYS = ("name", "hypervisor", "uri", "host", "nfs_version", "timeout", "subnet")
+
+
+def _sub(table: _Table, name: str, default: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
+    if name not in table.data and default is not None:
+        return default
+    return table.get(name, dict)
+
+
+def _lab(t: _Table) -> Lab:
+    subnet_raw = t.data.get("subnet")
+    subnet = None
+    if subnet_raw is not None:
+        text = t.get("subnet", str)
+        try:
+            subnet = ipaddress.IPv4Network(text)
+        except ValueError:
+            raise t.error("subnet", f"{text!r} is not an IPv4 network",
+                          'write it like "10.213.7.0/24"') from None
+        if subnet.prefixlen != 24 or not subnet.is_private:
+            raise t.error("subnet", f"{text!r} is not a private /24",
+                          'use a private /24 such as "10.213.7.0/24"')
+    uri = t.get("uri", str, "qemu:///system")
+    if not re.match(r"^qemu(\+[a-z]+)?://[^\s]*/(system|session)$", uri):
+        raise t.error("uri", f"{uri!r} is not a QEMU libvirt URI",
+                      'use "qemu:///system" (or qemu+ssh://user@host/system)')
+    return Lab(
+        name=t.name("name", t.get("name", str)),
+        hypervisor=t.choice("hypervisor", Hypervisor, Hypervisor.QEMU),
+        uri=uri,
+        host=t.choice("host", HostMode, HostMode.AUTO),
+        nfs_version=_nfs_version(t),
+        timeout=t.int_in("timeout", 120, 10, 3600, " s"),
+        subnet=subnet,
+    )
+
+
+def _nfs_version(t: _Table) -> NfsVersion:
+    # Accept 4 and 4.2 written as TOML numbers too: people will write them that way.
+    raw = t.data.get("nfs_version")
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        t = _Table(t.file, t.prefix, {**t.data, "nfs_version": str(raw)}, tuple(t.data))
+    return t.choice("nfs_version", NfsVersion, NfsVersion.V4_2)
+
+
+_TERMINAL_KEYS = ("name", "mac", "memory", "vcpus", "root", "cmdline")
+
+
+def _terminals(path: Path, top: _Table) -> tuple[Terminal, ...]:
+    raw = top.data.get("terminal")
+    if raw is None:
+        raise ScenarioError(path, "terminal", "no terminals",
+                            'add at least one [[terminal]] table with name = "t1"')
+    if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
+        raise ScenarioError(path, "terminal", "must be an array of tables",
+                            "write each terminal as a [[terminal]] table")
+    terminals: list[Terminal] = []
+    seen_names: dict[str, int] = {}
+    seen_macs: dict[str, int] = {}
+    for i, item in enumerate(raw):
+        t = _Table(path, f"terminal[{i}]", item, _TERMINAL_KEYS)
+        name = t.name("name", t.get("name", str))
+        if name in seen_names:
+            raise t.error("name", f"{name!r} is also the name of terminal[{seen_names[name]}]",
+                          "give every terminal its own name")
+        seen_names[name] = i
+        mac = _mac(t, seen_macs, i)
+        root = t.get("root", str, "") or None
+        if root is not None and not re.match(r"^([0-9.]+:)?/[A-Za-z0-9._/-]*$", root):
+            raise t.error("root", f"{root!r} is not an NFS root",
+                          'write it as the page does: "SERVER-IP:/path" or "/path"')
+        cmdline = t.get("cmdline", str, "")
+        if any(c in cmdline for c in "\n\r\"'<>&"):
+            raise t.error("cmdline", f"{cmdline!r} contains a character a kernel command line "
+                          "cannot carry", "use plain space-separated key=value words")
+        terminals.append(Terminal(
+            name=name, mac=mac,
+            memory=t.int_in("memory", 256, 128, 65536, " MiB"),
+            vcpus=t.int_in("vcpus", 1, 1, 64),
+            root=root, cmdline=cmdline,
+        ))
+    return tuple(terminals)
+
+
+def _mac(t: _Table, seen: dict[str, int], index: int) -> str | None:
+    if "mac" not in t.data:
+        return None
+    mac = t.get("mac", str).lower()
+    if not MAC_RE.match(mac):
+        raise t.error("mac", f"{mac!r} is not a MAC address",
+                      'write six hex pairs, e.g. "52:54:00:12:34:56", or leave it out to pin one')
+    if int(mac[:2], 16) & 1:
+        raise t.error("mac", f"{mac!r} is a multicast address",
+                      'use a unicast MAC such as "52:54:00:12:34:56"')
+    if mac in seen:
+        raise t.error("mac", f"{mac!r} is also the MAC of terminal[{seen[mac]}]",
+                      "give every terminal its own MAC, or leave it out to pin one")
+    seen[mac] = index
+    return mac
+

@@ -1,0 +1,190 @@
+"""The only module that talks to libvirt. libvirt errors become VirtErrors that say what to do."""
+
+from __future__ import annotations
+
+import os
+import sys
+import termios
+import tty
+from typing import Any
+
+import libvirt
+
+from vlab.errors import VirtError
+
+ESCAPE = b"\x1d"  # Ctrl-], as virsh console
+
+# libvirt prints every error to stderr by default; vlab reports them itself.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+Conn = Any  # libvirt.virConnect; the bindings ship no type information
+
+
+def _fix_for(err: libvirt.libvirtError) -> str:
+    code, text = err.get_error_code(), str(err)
+    if code in (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_SYSTEM_ERROR) and "socket" in text:
+        return "start libvirtd, or let vlab start its isolated lab host: vlab host up"
+    if "Permission denied" in text:
+        return ("QEMU runs as libvirt-qemu: make the kernel, initrd and their folders readable "
+                "by it (chmod o+rx on each folder, o+r on the files)")
+    if "KVM is not available" in text or "kvm" in text.lower() and "not" in text.lower():
+        return 'this machine cannot run KVM guests: set hypervisor = "qemu" in [lab]'
+    if code == libvirt.VIR_ERR_OPERATION_INVALID and "already" in text:
+        return "run vlab down first"
+    return ""
+
+
+def _error(op: str, err: libvirt.libvirtError) -> VirtError:
+    return VirtError(op, str(err).strip(), _fix_for(err))
+
+
+def connect(uri: str) -> Conn:
+    try:
+        return libvirt.open(uri)
+    except libvirt.libvirtError as err:
+        raise _error(f"connect to {uri}", err) from None
+
+
+def _lookup(lookup: Any, name: str, missing: int) -> Any:
+    try:
+        return lookup(name)
+    except libvirt.libvirtError as err:
+        if err.get_error_code() == missing:
+            return None
+        raise _error(f"look up {name}", err) from None
+
+
+def network_active(conn: Conn, name: str) -> bool:
+    net = _lookup(conn.networkLookupByName, name, libvirt.VIR_ERR_NO_NETWORK)
+    return bool(net is not None and net.isActive())
+
+
+def start_network(conn: Conn, name: str, xml: str) -> None:
+    """Create the lab network as a transient network (gone once destroyed), unless it runs."""
+    net = _lookup(conn.networkLookupByName, name, libvirt.VIR_ERR_NO_NETWORK)
+    try:
+        if net is None:
+            conn.networkCreateXML(xml)
+        elif not net.isActive():
+            net.create()
+    except libvirt.libvirtError as err:
+        raise _error(f"start network {name}", err) from None
+
+
+def destroy_network(conn: Conn, name: str) -> bool:
+    net = _lookup(conn.networkLookupByName, name, libvirt.VIR_ERR_NO_NETWORK)
+    if net is None:
+        return False
+    try:
+        if net.isActive():
+            net.destroy()
+        if net.isPersistent():
+            net.undefine()
+    except libvirt.libvirtError as err:
+        if err.get_error_code() != libvirt.VIR_ERR_NO_NETWORK:
+            raise _error(f"destroy network {name}", err) from None
+    return True
+
+
+def start_domain(conn: Conn, xml: str) -> None:
+    """Create and start a transient domain: destroying it leaves nothing defined."""
+    try:
+        conn.createXML(xml, 0)
+    except libvirt.libvirtError as err:
+        raise _error("start domain", err) from None
+
+
+def domain_state(conn: Conn, name: str) -> str:
+    dom = _lookup(conn.lookupByName, name, libvirt.VIR_ERR_NO_DOMAIN)
+    if dom is None:
+        return "absent"
+    try:
+        state = dom.state()[0]
+    except libvirt.libvirtError:
+        return "absent"
+    return {
+        libvirt.VIR_DOMAIN_RUNNING: "running",
+        libvirt.VIR_DOMAIN_PAUSED: "paused",
+        libvirt.VIR_DOMAIN_SHUTOFF: "shut off",
+        libvirt.VIR_DOMAIN_CRASHED: "crashed",
+    }.get(state, "other")
+
+
+def destroy_domain(conn: Conn, name: str) -> bool:
+    dom = _lookup(conn.lookupByName, name, libvirt.VIR_ERR_NO_DOMAIN)
+    if dom is None:
+        return False
+    try:
+        if dom.isActive():
+            dom.destroy()
+        if dom.isPersistent():
+            dom.undefine()
+    except libvirt.libvirtError as err:
+        if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+            raise _error(f"destroy domain {name}", err) from None
+    return True
+
+
+def names(conn: Conn, prefix: str) -> tuple[list[str], list[str]]:
+    """Names of the domains and networks that start with prefix."""
+    try:
+        doms = [d.name() for d in conn.listAllDomains()]
+        nets = [n.name() for n in conn.listAllNetworks()]
+    except libvirt.libvirtError as err:
+        raise _error("list domains and networks", err) from None
+    return [d for d in doms if d.startswith(prefix)], [n for n in nets if n.startswith(prefix)]
+
+
+def attach_console(uri: str, name: str) -> None:
+    """Relay the domain's serial console to this terminal until Ctrl-] (like virsh console)."""
+    libvirt.virEventRegisterDefaultImpl()
+    conn = connect(uri)
+    dom = _lookup(conn.lookupByName, name, libvirt.VIR_ERR_NO_DOMAIN)
+    if dom is None or not dom.isActive():
+        raise VirtError("console", f"domain {name} is not running", "start it with vlab up")
+    stream = conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
+    try:
+        dom.openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
+    except libvirt.libvirtError as err:
+        raise _error(f"open the console of {name}", err) from None
+    done = False
+    stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
+
+    def from_guest(st: Any, events: int, _opaque: Any) -> None:
+        nonlocal done
+        if events & (libvirt.VIR_STREAM_EVENT_ERROR | libvirt.VIR_STREAM_EVENT_HANGUP):
+            done = True
+            return
+        data = st.recv(4096)
+        if data in (b"", -1, -2) or not isinstance(data, bytes):
+            done = data == b""
+            return
+        os.write(stdout, data)
+
+    def from_user(_watch: int, fd: int, _events: int, _opaque: Any) -> None:
+        nonlocal done
+        data = os.read(fd, 1024)
+        if not data or ESCAPE in data:
+            done = True
+            return
+        stream.send(data)
+
+    stream.eventAddCallback(
+        libvirt.VIR_STREAM_EVENT_READABLE | libvirt.VIR_STREAM_EVENT_ERROR
+        | libvirt.VIR_STREAM_EVENT_HANGUP, from_guest, None)
+    watch = libvirt.virEventAddHandle(stdin, libvirt.VIR_EVENT_HANDLE_READABLE, from_user, None)
+    saved = termios.tcgetattr(stdin) if os.isatty(stdin) else None
+    try:
+        if saved is not None:
+            tty.setraw(stdin)
+        while not done:
+            libvirt.virEventRunDefaultImpl()
+    finally:
+        if saved is not None:
+            termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+        libvirt.virEventRemoveHandle(watch)
+        try:
+            stream.eventRemoveCallback()
+            stream.finish()
+        except libvirt.libvirtError:
+            pass

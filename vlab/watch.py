@@ -1,0 +1,131 @@
+"""Watch a terminal's serial console and turn it into a verdict.
+
+The engine is pure: feed it lines, it answers with a verdict on the first decisive line
+(the proof of the NFS root, or a recognised failure), so failures are reported within a
+poll interval of the line that shows them, never at the timeout.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from vlab.plan import FAIL_MARKER, MARKER
+
+OK = "ok"
+TIMEOUT = "timeout"
+STALLED = "stalled"
+
+PROOF_RE = re.compile(
+    re.escape(MARKER) + r" server=(?P<server>\S*) export=(?P<export>\S*) "
+    r"fstype=(?P<fstype>\S+) options=(?P<options>\S+)"
+)
+
+# First match wins, so specific causes come before the generic lines that follow them.
+FAILURES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (name, re.compile(pattern))
+    for name, pattern in (
+        ("nfs-no-such-export", r"mount: mounting \S+ on \S+ failed: No such file or directory"),
+        ("nfs-access-denied",
+         r"mount: mounting \S+ on \S+ failed: (Permission denied|Operation not permitted)"),
+        ("nfs-unreachable",
+         r"mount: mounting \S+ on \S+ failed: (Connection refused|No route to host|"
+         r"Network is unreachable|Connection timed out|Input/output error|Host is down)"
+         r"|nfs: server \S+ not responding"),
+        ("nfs-version-unsupported",
+         r"mount: mounting \S+ on \S+ failed: (Protocol not supported|Invalid argument|"
+         r"Protocol family not supported)|nfs: Unknown parameter|Program version wrong"),
+        ("nfs-mount-failed", r"mount: mounting \S+ on \S+ failed"),
+        ("dhcp-failed", re.escape(FAIL_MARKER) + r" dhcp-failed"),
+        ("nic-driver-missing", re.escape(FAIL_MARKER) + r" nic-driver-missing"),
+        ("init-failed",
+         re.escape(FAIL_MARKER) + r" init-failed|Attempted to kill init|"
+         r"switch_root: |No working init found|Failed to execute /init"),
+        ("nfs-mount-failed", re.escape(FAIL_MARKER) + r" nfs-mount"),
+        ("root-mount-failed", r"VFS: Unable to mount root"),
+        ("kernel-panic", r"Kernel panic - not syncing"),
+    )
+)
+
+
+@dataclass(frozen=True)
+class Proof:
+    server: str
+    export: str
+    fstype: str
+    options: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    name: str
+    seconds: float
+    line: str = ""
+    proof: Proof | None = None
+    tail: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.name == OK
+
+
+def decide(line: str) -> tuple[str, Proof | None] | None:
+    """The verdict a single console line decides, if any."""
+    if m := PROOF_RE.search(line):
+        return OK, Proof(**m.groupdict())
+    for name, pattern in FAILURES:
+        if pattern.search(line):
+            return name, None
+    return None
+
+
+class Follower:
+    """Reads a console log file as it grows, line by line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.partial = ""
+
+    def lines(self) -> list[str]:
+        try:
+            with self.path.open("rb") as f:
+                if f.seek(0, 2) < self.offset:  # truncated: a new boot
+                    self.offset = 0
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(data)
+        text = self.partial + data.decode(errors="replace").replace("\r", "")
+        *complete, self.partial = text.split("\n")
+        return complete
+
+
+def watch(console_log: Path, *, started: float, timeout: float, stall: float,
+          poll: float = 0.05) -> Verdict:
+    """Follow one console until a decisive line, `stall` s of silence, or `timeout` s."""
+    follower = Follower(console_log)
+    tail: deque[str] = deque(maxlen=20)
+    last_output = started
+    while True:
+        now = time.monotonic()
+        lines = follower.lines()
+        if lines:
+            last_output = now
+        for line in lines:
+            tail.append(line)
+            decided = decide(line)
+            if decided is not None:
+                name, proof = decided
+                return Verdict(name, round(now - started, 1), line, proof, tuple(tail))
+        if now - started > timeout:
+            return Verdict(TIMEOUT, round(now - started, 1), tail[-1] if tail else "",
+                           None, tuple(tail))
+        if now - last_output > stall:
+            return Verdict(STALLED, round(now - started, 1), tail[-1] if tail else "",
+                           None, tuple(tail))
+        time.sleep(poll)
