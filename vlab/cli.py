@@ -75,8 +75,9 @@ def _print_report(rep: dict[str, Any]) -> None:
     print(f"lab {rep['lab']}")
     if "host" in rep:
         print(f"  {rep['host']}")
+        pid = rep.get("nfs_server_pid")
         print(f"  network: {rep.get('network') or 'down'}, "
-              f"NFS server: {'pid ' + str(rep['nfs_server_pid']) if rep.get('nfs_server_pid') else 'down'}")
+              f"NFS server: {f'pid {pid}' if pid else 'down'}")
     for t in rep["terminals"]:
         verdict = t["verdict"] or "-"
         secs = f" in {t['seconds']} s" if t["seconds"] is not None else ""

@@ -13,7 +13,8 @@ TRAILER = "TRAILER!!!"
 class Archive:
     """Entries in the order the kernel will create them (parents before children)."""
 
-    entries: list[tuple[str, int, bytes, int]] = field(default_factory=list)  # name, mode, data, rdev
+    # (name, mode, data, rdev)
+    entries: list[tuple[str, int, bytes, int]] = field(default_factory=list)
 
     def dir(self, name: str, mode: int = 0o755) -> None:
         self.entries.append((name, stat.S_IFDIR | mode, b"", 0))

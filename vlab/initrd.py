@@ -40,13 +40,13 @@ def contents(kernel: KernelDir, nic_driver: str, scenario: Path) -> Archive:
     a.file("init", render.initrd_init().encode(), 0o755)
     a.file("etc/vlab/udhcpc.sh", render.udhcpc_script().encode(), 0o755)
     a.file("etc/vlab/modules", "".join(f"{m}\n" for m in order).encode())
-    made: set[str] = set()
+    made: set[Path] = set()
     for module in order:
         parent = Path("lib/modules", module).parent
-        for d in reversed([parent, *parent.parents]):
-            if str(d) not in made and len(d.parts) > 2:
-                a.dir(str(d))
-                made.add(str(d))
+        for folder in reversed([parent, *parent.parents]):
+            if folder not in made and len(folder.parts) > 2:
+                a.dir(str(folder))
+                made.add(folder)
         a.file(f"lib/modules/{module}", (kernel.modules / module).read_bytes())
     return a
 

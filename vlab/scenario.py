@@ -136,17 +136,22 @@ class _Table:
 
     def get(self, name: str, kind: type[T], default: T | None = None) -> T:
         if name not in self.data:
-            if default is None:
-                raise self.error(name, "is missing", f"add {name} = ... to [{self.prefix}]")
-            return default
+            if default is not None:
+                return default
+            if kind is dict:
+                raise self.error(name, "is missing", f"add a [{self.key(name)}] table")
+            raise self.error(name, "is missing", f"add {name} = ... to [{self.prefix}]")
         value = self.data[name]
         # TOML booleans are ints in Python: never accept one where a number is meant.
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            if kind is dict:
+                fix = f"write it as a [{self.key(name)}] table"
+            else:
+                example = _toml(default) if default is not None else _example(kind)
+                fix = f"write it as {_kind_name(kind)}, e.g. {name} = {example}"
             raise self.error(
-                name,
-                f"must be {_kind_name(kind)}, not {_kind_name(type(value))} {value!r}",
-                f"write it as {_kind_name(kind)}, e.g. {name} = {_example(kind)}",
-            )
+                name, f"must be {_kind_name(kind)}, not {_kind_name(type(value))} "
+                f"({_toml(value)})", fix)
         return value
 
     def choice(self, name: str, enum: type[E], default: E) -> E:
@@ -172,8 +177,16 @@ class _Table:
 
 
 def _kind_name(kind: type) -> str:
-    return {str: "a string", int: "an integer", bool: "true or false", list: "a list",
+    return {str: "a string", int: "an integer", bool: "a boolean", list: "a list",
             dict: "a table", float: "a number"}.get(kind, kind.__name__)
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value)
 
 
 def _example(kind: type) -> str:

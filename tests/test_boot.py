@@ -1,0 +1,176 @@
+"""Real boots: a real libvirtd boots a real Debian kernel over a real nfs-ganesha, and vlab
+reads the verdict off the real console. Needs root; `make test` and CI run these."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import ROOT
+from vlab import initrd, kernel, scenario
+from vlab.cpio import read_names
+from vlab.plan import Dirs, LabPlan, make_plan
+
+pytestmark = pytest.mark.boot
+
+VLAB = [sys.executable, "-m", "vlab"]
+
+
+def vlab(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*VLAB, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def plan_for(path: str) -> LabPlan:
+    return make_plan(scenario.load(ROOT / path), Dirs.from_env())
+
+
+def leftovers(plan: LabPlan) -> list[str]:
+    """Everything of the lab that is still there: should be nothing after vlab down."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            continue  # a zombie holds nothing; this machine's pid 1 does not reap them
+        if str(plan.nfs_server_dir) in cmd or any(t.domain in cmd for t in plan.terminals):
+            found.append(f"process {pid}: {cmd.strip()}")
+    mounts = Path("/proc/mounts").read_text()
+    found += [f"mount {ln}" for ln in mounts.splitlines() if str(plan.lab_dir) in ln]
+    if Path(f"/run/netns/{plan.netns}").exists():
+        links = subprocess.run(["ip", "-n", plan.netns, "-o", "link"], capture_output=True,
+                               text=True).stdout
+        found += [f"link {ln}" for ln in links.splitlines() if plan.bridge in ln]
+        found.append(f"network namespace {plan.netns}")
+    status = json.loads(vlab("status", str(plan.scenario), "--json").stdout)
+    found += [f"domain {t['domain']}" for t in status["terminals"] if t["state"] != "absent"]
+    if status.get("network"):
+        found.append(f"network {status['network']}")
+    if status.get("nfs_server_pid"):
+        found.append(f"nfs server {status['nfs_server_pid']}")
+    return found
+
+
+@pytest.fixture
+def lab_down():  # type: ignore[no-untyped-def]
+    """Bring labs down after the test even when it fails."""
+    used: list[str] = []
+    yield used
+    for path in used:
+        vlab("down", path)
+
+
+def up(path: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    proc = vlab("up", path, "--json")
+    assert proc.stdout, proc.stderr
+    return proc, json.loads(proc.stdout)
+
+
+def test_tiny_boots_both_terminals_over_nfs_and_down_leaves_nothing(lab_down) -> None:  # type: ignore[no-untyped-def]
+    lab_down.append("scenarios/tiny.toml")
+    plan = plan_for("scenarios/tiny.toml")
+    proc, rep = up("scenarios/tiny.toml")
+    assert proc.returncode == 0, proc.stderr
+    assert rep["lab"] == "tiny"
+    assert [t["name"] for t in rep["terminals"]] == ["t1", "t2"]
+    for t, tp in zip(rep["terminals"], plan.terminals, strict=True):
+        assert t["verdict"] == "ok", t
+        assert t["mac"] == tp.mac and t["ip"] == tp.ip
+        assert t["state"] == "running"
+        proof = t["proof"]
+        assert proof["server"] == plan.gateway
+        assert proof["export"] == str(plan.export_path)
+        assert proof["fstype"] == "nfs4"
+        assert proof["options"].split(",")[0] == "ro"
+        assert "vers=4.2" in proof["options"].split(",")
+        assert f"clientaddr={tp.ip}" in proof["options"].split(",")
+        assert Path(t["console_log"]).read_text().count("VLAB-NFSROOT-OK") == 1
+
+    status = json.loads(vlab("status", "scenarios/tiny.toml", "--json").stdout)
+    assert [t["verdict"] for t in status["terminals"]] == ["ok", "ok"]
+    assert status["network"] == plan.network and status["nfs_server_pid"]
+
+    again = vlab("up", "scenarios/tiny.toml")
+    assert again.returncode == 0 and "already up" in again.stderr
+
+    down = vlab("down", "scenarios/tiny.toml")
+    assert down.returncode == 0, down.stderr
+    assert leftovers(plan) == []
+    assert vlab("down", "scenarios/tiny.toml").returncode == 0  # idempotent
+
+
+def test_wrong_export_fails_with_the_nfs_verdict_not_the_timeout(lab_down) -> None:  # type: ignore[no-untyped-def]
+    path = "tests/scenarios/wrong-export.toml"
+    lab_down.append(path)
+    proc, rep = up(path)
+    assert proc.returncode == 1
+    (t,) = rep["terminals"]
+    assert t["verdict"] == "nfs-no-such-export"
+    assert "/no/such/export" in t["line"]
+    assert t["seconds"] < plan_for(path).timeout / 2
+    assert "did not mount the NFS root" in proc.stderr
+    assert vlab("down", path).returncode == 0
+    assert leftovers(plan_for(path)) == []
+
+
+def test_e1000_terminal_boots_with_the_pages_nic_driver(lab_down) -> None:  # type: ignore[no-untyped-def]
+    lab_down.append("scenarios/e1000.toml")
+    proc, rep = up("scenarios/e1000.toml")
+    assert proc.returncode == 0, proc.stderr
+    (t,) = rep["terminals"]
+    assert t["verdict"] == "ok" and t["mac"] == "52:54:00:0e:10:00"
+    assert "vers=4.1" in t["proof"]["options"].split(",")
+    loading = [ln for ln in Path(t["console_log"]).read_text().splitlines()
+               if ln.startswith("vlab-initrd: loading")]
+    assert loading and "e1000" in loading[0].split() and "virtio_net" not in loading[0]
+
+
+def test_console_gives_a_shell_on_the_nfs_root(lab_down) -> None:  # type: ignore[no-untyped-def]
+    lab_down.append("scenarios/tiny.toml")
+    proc, _ = up("scenarios/tiny.toml")
+    assert proc.returncode == 0, proc.stderr
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(ROOT)
+        os.execv(sys.executable, [*VLAB, "console", "scenarios/tiny.toml", "t2"])
+    seen = b""
+    deadline = time.monotonic() + 60
+    os.write(fd, b"\r")
+    time.sleep(0.5)
+    os.write(fd, b"echo answer-$((6*7)); awk '$2==\"/\"{print $3}' /proc/mounts\r")
+    while b"answer-42" not in seen or b"nfs4" not in seen.split(b"answer-42")[-1]:
+        assert time.monotonic() < deadline, seen.decode(errors="replace")
+        if select.select([fd], [], [], 1)[0]:
+            try:
+                seen += os.read(fd, 4096)
+            except OSError:
+                break
+    os.write(fd, b"\x1d")  # Ctrl-] leaves
+    _, code = os.waitpid(pid, 0)
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(code) == 0
+
+
+def test_initrd_holds_exactly_the_nic_and_nfs_modules() -> None:
+    dirs = Dirs.from_env()
+    k = kernel.fetch("linux-image-amd64", dirs.cache)
+    for nic, must in (("virtio_net", "virtio_net.ko"), ("e1000", "e1000.ko")):
+        names = read_names(initrd.contents(k, nic, Path("x.toml")).gzipped())
+        modules = [n for n in names if n.endswith(".ko")]
+        assert any(n.endswith("/" + must) for n in modules)
+        assert any(n.endswith("/nfsv4.ko") for n in modules)
+        assert "dev/console" in names and "init" in names
+        other = "e1000.ko" if nic == "virtio_net" else "virtio_net.ko"
+        assert not any(n.endswith("/" + other) for n in modules)

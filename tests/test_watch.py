@@ -1,0 +1,94 @@
+"""The verdict engine, fed with console lines as real guests print them."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from vlab.watch import OK, STALLED, TIMEOUT, Follower, decide, watch
+
+PROOF_LINE = (
+    "VLAB-NFSROOT-OK server=10.213.1.1 export=/var/cache/vlab/roots/busybox fstype=nfs4 "
+    "options=ro,relatime,vers=4.2,rsize=1048576,wsize=1048576,namlen=255,hard,proto=tcp,"
+    "port=21315,timeo=600,retrans=2,sec=sys,clientaddr=10.213.1.10,local_lock=none,"
+    "addr=10.213.1.1"
+)
+
+
+def test_proof_line_is_ok_with_its_proof() -> None:
+    decided = decide(PROOF_LINE)
+    assert decided is not None
+    name, proof = decided
+    assert name == OK and proof is not None
+    assert (proof.server, proof.export, proof.fstype) == (
+        "10.213.1.1", "/var/cache/vlab/roots/busybox", "nfs4")
+    assert proof.options.startswith("ro,") and "vers=4.2" in proof.options
+
+
+@pytest.mark.parametrize(("line", "verdict"), [
+    ("mount: mounting 10.213.198.1:/no/such/export on /newroot failed: No such file or directory",
+     "nfs-no-such-export"),
+    ("mount: mounting 10.0.0.1:/srv on /newroot failed: Permission denied", "nfs-access-denied"),
+    ("mount: mounting 10.0.0.1:/srv on /newroot failed: Connection refused", "nfs-unreachable"),
+    ("[   65.1] nfs: server 10.0.0.1 not responding, still trying", "nfs-unreachable"),
+    ("mount: mounting 10.0.0.1:/srv on /newroot failed: Protocol not supported",
+     "nfs-version-unsupported"),
+    ("VLAB-FAIL dhcp-failed: no DHCP lease on eth0", "dhcp-failed"),
+    ("VLAB-FAIL nic-driver-missing: no network interface appeared", "nic-driver-missing"),
+    ("VLAB-FAIL init-failed: no /sbin/init in 10.0.0.1:/srv", "init-failed"),
+    ("[    3.2] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100",
+     "init-failed"),
+    ("[    1.0] Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)",
+     "root-mount-failed"),
+    ("[    1.0] Kernel panic - not syncing: Out of memory and no killable processes",
+     "kernel-panic"),
+])
+def test_failure_lines(line: str, verdict: str) -> None:
+    decided = decide(line)
+    assert decided is not None and decided[0] == verdict
+
+
+@pytest.mark.parametrize("line", [
+    "udhcpc: broadcasting discover",
+    "vlab-initrd: mounting 10.213.1.1:/var/cache/vlab/roots/busybox (vers=4.2,port=21315)",
+    "",
+])
+def test_ordinary_lines_decide_nothing(line: str) -> None:
+    assert decide(line) is None
+
+
+def test_follower_reads_growing_file_and_keeps_partial_lines(tmp_path: Path) -> None:
+    log = tmp_path / "c.log"
+    f = Follower(log)
+    assert f.lines() == []
+    log.write_bytes(b"one\r\ntw")
+    assert f.lines() == ["one"]
+    with log.open("ab") as out:
+        out.write(b"o\nthree\n")
+    assert f.lines() == ["two", "three"]
+
+
+def test_watch_decides_on_the_line_not_at_the_timeout(tmp_path: Path) -> None:
+    log = tmp_path / "c.log"
+
+    def guest() -> None:
+        time.sleep(0.3)
+        log.write_text("booting\nmount: mounting 1.2.3.4:/x on /newroot failed: "
+                       "No such file or directory\n")
+
+    threading.Thread(target=guest).start()
+    start = time.monotonic()
+    v = watch(log, started=start, timeout=30, stall=30, poll=0.01)
+    assert v.name == "nfs-no-such-export"
+    assert time.monotonic() - start < 5
+    assert v.tail[-1].startswith("mount: mounting")
+
+
+def test_watch_timeout_and_stall(tmp_path: Path) -> None:
+    log = tmp_path / "c.log"
+    log.write_text("a line\n")
+    assert watch(log, started=time.monotonic(), timeout=0.3, stall=10, poll=0.01).name == TIMEOUT
+    assert watch(log, started=time.monotonic(), timeout=10, stall=0.3, poll=0.01).name == STALLED
