@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Benchmark: `vlab up` of one terminal with warm artifacts, against a bare
+qemu-system-x86_64 -kernel/-initrd boot of the same artifacts reaching the same marker,
+in the same run. Prints both wall times, their ratio and vlab's own peak memory.
+
+Run as root: make bench (or .venv/bin/python bench/bench.py --rounds 5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from vlab import scenario  # noqa: E402
+from vlab.plan import MARKER, Dirs, LabPlan, make_plan  # noqa: E402
+
+SCENARIO = "bench/bench.toml"
+TAP = "vlbench0"
+VLAB = [sys.executable, "-m", "vlab"]
+
+
+def vlab(*args: str) -> None:
+    subprocess.run([*VLAB, *args], cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+
+
+def timed_vlab_up() -> tuple[float, int]:
+    """Wall seconds of `vlab up` and its peak RSS in KiB (vlab and what it waited for)."""
+    start = time.monotonic()
+    proc = subprocess.Popen([*VLAB, "up", SCENARIO], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit("bench: vlab up failed; run it by hand to see why")
+    return wall, usage.ru_maxrss
+
+
+def bare_qemu(plan: LabPlan) -> float:
+    """The same kernel, initrd, command line, MAC and network, with no libvirt and no vlab."""
+    t = plan.terminals[0]
+    ns = ["ip", "netns", "exec", plan.netns]
+    subprocess.run(["ip", "-n", plan.netns, "tuntap", "add", TAP, "mode", "tap"], check=True)
+    subprocess.run(["ip", "-n", plan.netns, "link", "set", TAP, "master", plan.bridge, "up"],
+                   check=True)
+    argv = [*ns, "qemu-system-x86_64", "-machine", "pc,accel=tcg", "-m", str(t.memory_mib),
+            "-smp", str(t.vcpus), "-nodefaults", "-no-user-config", "-display", "none",
+            "-serial", "stdio", "-kernel", str(plan.kernel_path),
+            "-initrd", str(plan.initrd_path), "-append", t.cmdline,
+            "-netdev", f"tap,id=n0,ifname={TAP},script=no,downscript=no",
+            "-device", f"virtio-net-pci,netdev=n0,mac={t.mac},romfile="]
+    start = time.monotonic()
+    qemu = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL)
+    try:
+        assert qemu.stdout is not None
+        for raw in qemu.stdout:
+            if MARKER.encode() in raw:
+                return time.monotonic() - start
+        sys.exit("bench: bare qemu ended without the NFS-root marker")
+    finally:
+        qemu.kill()
+        qemu.wait()
+        subprocess.run(["ip", "-n", plan.netns, "link", "del", TAP], check=False)
+    raise AssertionError
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench: run as root")
+    plan = make_plan(scenario.load(ROOT / SCENARIO), Dirs.from_env())
+    vlab("host", "up")  # a warm lab host, like a developer's running libvirtd
+    vlab("down", SCENARIO)
+    vlab("up", SCENARIO)  # warm the artifact cache
+    vlab("down", SCENARIO)
+    ups, bares, rss = [], [], []
+    for i in range(args.rounds):
+        wall, peak = timed_vlab_up()
+        ups.append(wall)
+        rss.append(peak)
+        # Keep vlab's network and NFS server; replace its guest by a bare QEMU.
+        subprocess.run([*VLAB, "down", SCENARIO], cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        vlab("up", SCENARIO)
+        _destroy_guest(plan)
+        bares.append(bare_qemu(plan))
+        vlab("down", SCENARIO)
+        print(f"round {i + 1}: vlab up {wall:.2f} s, bare qemu {bares[-1]:.2f} s", flush=True)
+    up, bare = statistics.median(ups), statistics.median(bares)
+    print(f"vlab up (warm, 1 terminal): {up:.2f} s   (median of {args.rounds})")
+    print(f"bare qemu -kernel/-initrd:  {bare:.2f} s   (median of {args.rounds})")
+    print(f"ratio vlab/bare:            {up / bare:.3f}x   (target <= 1.05x)")
+    print(f"vlab peak RSS:              {max(rss) / 1024:.1f} MiB")
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"(bench process itself:      {own / 1024:.1f} MiB)")
+    return 0
+
+
+def _destroy_guest(plan: LabPlan) -> None:
+    import libvirt
+
+    conn = libvirt.open(plan.uri)
+    for t in plan.terminals:
+        conn.lookupByName(t.domain).destroy()
+    conn.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

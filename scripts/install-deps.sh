@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install what vlab needs on Debian 12, as root. Idempotent: a second run changes nothing.
+set -euo pipefail
+
+PACKAGES=(
+  busybox-static cpio kmod iproute2 iptables
+  qemu-system-x86 ipxe-qemu
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients dnsmasq-base
+  # -system alone pulls systemd-sysv, which replaces init: take the sysv flavour with it.
+  libvirt-daemon-system libvirt-daemon-system-sysv
+  nfs-ganesha nfs-ganesha-vfs
+  # to build libvirt-python from its sdist
+  libvirt-dev pkg-config gcc python3-dev
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [[ $EUID -ne 0 ]]; then
+    echo "install-deps: missing Debian packages: ${missing[*]}; run as root" >&2
+    exit 1
+  fi
+  echo "install-deps: installing ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
+fi
+
+# The packaged 'default' NAT network autostarts with every libvirtd: vlab never uses it.
+rm -f /etc/libvirt/qemu/networks/autostart/default.xml
