@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from dataclasses import dataclass
@@ -27,6 +28,32 @@ class KernelDir:
         return self.root / "lib" / "modules" / self.release
 
 
+# apt's answer can only change when one of these changes.
+APT_STATE = (Path("/var/lib/apt/lists"), Path("/var/cache/apt/pkgcache.bin"),
+             Path("/etc/apt/preferences.d"), Path("/etc/apt/sources.list.d"),
+             Path("/etc/apt/sources.list"), Path("/etc/apt/preferences"))
+
+
+def _apt_state() -> str:
+    return repr([(str(p), p.stat().st_mtime_ns) for p in APT_STATE if p.exists()])
+
+
+def resolve_cached(package: str, cache_dir: Path) -> tuple[str, str]:
+    """resolve(), remembered until apt's lists or configuration change (saves ~1 s warm)."""
+    memo = cache_dir / "kernels" / f".resolved-{package}.json"
+    state = _apt_state()
+    try:
+        saved = json.loads(memo.read_text())
+        if saved["apt_state"] == state:
+            return saved["name"], saved["version"]
+    except (OSError, ValueError, KeyError):
+        pass
+    name, version = resolve(package)
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    memo.write_text(json.dumps({"apt_state": state, "name": name, "version": version}))
+    return name, version
+
+
 def resolve(package: str) -> tuple[str, str]:
     """The concrete package (a metapackage's dependency) and its candidate version."""
     name = package
@@ -45,7 +72,7 @@ def resolve(package: str) -> tuple[str, str]:
 
 def fetch(package: str, cache_dir: Path) -> KernelDir:
     """Download and unpack the kernel package once; later calls reuse the cache."""
-    name, version = resolve(package)
+    name, version = resolve_cached(package, cache_dir)
     final = cache_dir / "kernels" / f"{name}_{version}"
     if (final / "release").is_file():
         return KernelDir(final, (final / "release").read_text().strip())
