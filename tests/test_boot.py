@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import ROOT
+
 from vlab import initrd, kernel, scenario
 from vlab.cpio import read_names
 from vlab.plan import Dirs, LabPlan, make_plan
