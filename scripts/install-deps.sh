@@ -9,13 +9,14 @@ PACKAGES=(
   # -system alone pulls systemd-sysv, which replaces init: take the sysv flavour with it.
   libvirt-daemon-system libvirt-daemon-system-sysv
   nfs-ganesha nfs-ganesha-vfs
-  # to build libvirt-python from its sdist
-  libvirt-dev pkg-config gcc python3-dev
+  # to build libvirt-python from its sdist, in a virtualenv
+  libvirt-dev pkg-config gcc python3-dev python3-venv
 )
 
 missing=()
 for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+  [[ $status == "install ok installed" ]] || missing+=("$p")
 done
 if ((${#missing[@]})); then
   if [[ $EUID -ne 0 ]]; then
@@ -26,6 +27,13 @@ if ((${#missing[@]})); then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     "${missing[@]}" >/dev/null
+fi
+
+# vlab fetches the guest kernel with apt-get download: apt must know the package.
+policy=$(apt-cache policy linux-image-amd64 2>/dev/null || true)
+if [[ $policy != *"Candidate: "[0-9]* ]]; then
+  echo "install-deps: apt-get update (apt knows no linux-image-amd64 yet)" >&2
+  apt-get update -qq
 fi
 
 # The packaged 'default' NAT network autostarts with every libvirtd: vlab never uses it.
