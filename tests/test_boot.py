@@ -7,6 +7,7 @@ import json
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -174,3 +175,19 @@ def test_initrd_holds_exactly_the_nic_and_nfs_modules() -> None:
         assert "dev/console" in names and "init" in names
         other = "e1000.ko" if nic == "virtio_net" else "virtio_net.ko"
         assert not any(n.endswith("/" + other) for n in modules)
+
+
+def test_ctrl_c_while_watching_then_down_leaves_nothing(lab_down) -> None:  # type: ignore[no-untyped-def]
+    path = "tests/scenarios/wrong-export.toml"
+    lab_down.append(path)
+    proc = subprocess.Popen([*VLAB, "up", path], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "watching" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=30) == 130
+    assert f"vlab down {path}" in rest
+    assert vlab("down", path).returncode == 0
+    assert leftovers(plan_for(path)) == []

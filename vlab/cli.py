@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from vlab import __version__, lab, scenario, state
-from vlab.errors import BootFailed, UsageError, VlabError
+from vlab.errors import BootFailed, Interrupted, UsageError, VlabError
 from vlab.plan import NETNS, Dirs, LabPlan, make_plan
 
 EXIT_OK, EXIT_BOOT_FAILED, EXIT_BAD_INPUT, EXIT_HOST = 0, 1, 2, 3
@@ -92,6 +92,14 @@ def _print_report(rep: dict[str, Any]) -> None:
 
 def run(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        down = f"vlab down {args.scenario}" if "scenario" in args else "vlab host down"
+        raise Interrupted(f"interrupted; `{down}` removes what was started") from None
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="vlab: %(message)s")
     if os.geteuid() != 0 and args.command in ("up", "down", "host"):

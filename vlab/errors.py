@@ -85,3 +85,9 @@ class BootFailed(VlabError):
     """At least one terminal did not prove its NFS root."""
 
     exit_code = 1
+
+
+class Interrupted(VlabError):
+    """Ctrl-C: what was started stays recorded, so `vlab down` can remove it."""
+
+    exit_code = 130

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -123,16 +124,22 @@ def watch_consoles(plan: LabPlan, started: dict[TerminalPlan, float],
     say(f"watching {len(started)} console(s) for the NFS root (timeout {plan.timeout} s)")
     stall = min(STALL_SECONDS, plan.timeout)
 
+    stop = threading.Event()
+
     def one(t: TerminalPlan) -> Verdict:
-        v = watch(t.console_log, started=started[t], timeout=plan.timeout, stall=stall)
+        v = watch(t.console_log, started=started[t], timeout=plan.timeout, stall=stall, stop=stop)
         say(f"{t.name}: {v.name} after {v.seconds} s" + ("" if v.ok else f": {v.line}"))
         if v.name == STALLED and plan.hypervisor is Hypervisor.KVM:
             say(f"{t.name}: no console output for {stall:.0f} s under KVM; if this machine "
                 'cannot run KVM guests, set hypervisor = "qemu" in [lab]')
         return v
 
-    with ThreadPoolExecutor(max_workers=len(started)) as pool:
+    pool = ThreadPoolExecutor(max_workers=len(started))
+    try:
         return dict(zip(started, pool.map(one, started), strict=True))
+    finally:
+        stop.set()  # on Ctrl-C, the watchers stop at their next poll
+        pool.shutdown(wait=True)
 
 
 # ---- status ---------------------------------------------------------------------------------
@@ -182,9 +189,12 @@ def down(plan: LabPlan, dirs: Dirs, say: Say) -> None:
         host = labhost.status(plan.netns)
         if host.mode != "down":
             conn = virt.connect(plan.uri)
-            domains = {*recorded.get("domains", []), *(t.domain for t in plan.terminals)}
-            for name in sorted(domains):
-                if virt.destroy_domain(conn, name):
+            domains = sorted({*recorded.get("domains", []), *(t.domain for t in plan.terminals)})
+            # libvirt waits for each QEMU to exit: destroy them side by side.
+            with ThreadPoolExecutor(max_workers=min(8, len(domains))) as pool:
+                gone = list(pool.map(lambda name: virt.destroy_domain(conn, name), domains))
+            for name, destroyed in zip(domains, gone, strict=True):
+                if destroyed:
                     say(f"destroyed domain {name}")
             if virt.destroy_network(conn, recorded.get("network", plan.network)):
                 say(f"destroyed network {plan.network}")

@@ -8,6 +8,7 @@ poll interval of the line that shows them, never at the timeout.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -105,13 +106,19 @@ class Follower:
         return complete
 
 
+class Cancelled(Exception):
+    """The watch was stopped from outside (Ctrl-C in the main thread)."""
+
+
 def watch(console_log: Path, *, started: float, timeout: float, stall: float,
-          poll: float = 0.05) -> Verdict:
+          poll: float = 0.05, stop: threading.Event | None = None) -> Verdict:
     """Follow one console until a decisive line, `stall` s of silence, or `timeout` s."""
     follower = Follower(console_log)
     tail: deque[str] = deque(maxlen=20)
     last_output = started
     while True:
+        if stop is not None and stop.is_set():
+            raise Cancelled
         now = time.monotonic()
         lines = follower.lines()
         if lines:
