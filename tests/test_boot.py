@@ -196,3 +196,11 @@ def test_ctrl_c_while_watching_then_down_leaves_nothing(lab_down) -> None:  # ty
     assert f"vlab down {path}" in rest
     assert vlab("down", path).returncode == 0
     assert leftovers(plan_for(path)) == []
+
+
+def test_terminals_boot_the_pvh_elf_kernel_that_vlab_extracted() -> None:
+    from vlab.pvh import has_pvh_entry
+
+    k = kernel.fetch("linux-image-amd64", Dirs.from_env().cache)
+    assert k.boot_image == k.vmlinux
+    assert has_pvh_entry(k.vmlinux.read_bytes())

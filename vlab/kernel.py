@@ -8,7 +8,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from vlab import cache, run
+from vlab import cache, pvh, run
 from vlab.errors import HostError
 
 
@@ -22,6 +22,15 @@ class KernelDir:
     @property
     def vmlinuz(self) -> Path:
         return self.root / "vmlinuz"
+
+    @property
+    def vmlinux(self) -> Path:
+        return self.root / "vmlinux"
+
+    @property
+    def boot_image(self) -> Path:
+        """What direct kernel boot starts: the PVH ELF where there is one, else the bzImage."""
+        return self.vmlinux if self.vmlinux.exists() else self.vmlinuz
 
     @property
     def modules(self) -> Path:
@@ -92,7 +101,15 @@ def fetch(package: str, cache_dir: Path) -> KernelDir:
         run.run(["depmod", "-b", str(tmp), release])
         shutil.rmtree(unpacked)
         debs[0].unlink()
+        _write_pvh_image(tmp)
         (tmp / "release").write_text(release + "\n")
         for p in [tmp, *tmp.rglob("*")]:
             p.chmod(0o755 if p.is_dir() else 0o644)
     return KernelDir(final, release)
+
+
+def _write_pvh_image(folder: Path) -> None:
+    """Keep the uncompressed ELF beside the bzImage when QEMU can boot it through PVH."""
+    elf = pvh.extract_vmlinux((folder / "vmlinuz").read_bytes())
+    if elf is not None and pvh.has_pvh_entry(elf):
+        (folder / "vmlinux").write_bytes(elf)

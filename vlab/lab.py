@@ -69,7 +69,7 @@ def build_boot_files(plan: LabPlan, dirs: Dirs, say: Say) -> None:
     boot.mkdir(parents=True, exist_ok=True)
     for d in (dirs.state, dirs.state / "labs", plan.lab_dir, boot):
         d.chmod(0o755)  # QEMU (libvirt-qemu) must reach the kernel and initrd
-    for src, dst in ((k.vmlinuz, plan.kernel_path), (img, plan.initrd_path)):
+    for src, dst in ((k.boot_image, plan.kernel_path), (img, plan.initrd_path)):
         tmp = dst.with_name(dst.name + ".new")
         tmp.unlink(missing_ok=True)
         try:
