@@ -8,7 +8,7 @@ PACKAGES=(
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients dnsmasq-base
   # -system alone pulls systemd-sysv, which replaces init: take the sysv flavour with it.
   libvirt-daemon-system libvirt-daemon-system-sysv
-  nfs-ganesha nfs-ganesha-vfs
+  nfs-ganesha nfs-ganesha-vfs rpcbind
   # to build libvirt-python from its sdist, in a virtualenv
   libvirt-dev pkg-config gcc python3-dev python3-venv
 )

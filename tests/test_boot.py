@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from conftest import ROOT
 
-from vlab import initrd, kernel, scenario
+from vlab import initrd, kernel, procs, scenario
 from vlab.cpio import read_names
 from vlab.plan import Dirs, LabPlan, make_plan
 
@@ -143,6 +143,24 @@ def test_e1000_terminal_boots_with_the_pages_nic_driver(lab_down) -> None:  # ty
     assert loading and "e1000" in loading[0].split() and "virtio_net" not in loading[0]
 
 
+def test_nfs3_terminal_mounts_with_every_port_given_and_rpcbind_goes_with_down(lab_down) -> None:  # type: ignore[no-untyped-def]
+    lab_down.append("scenarios/nfs3.toml")
+    plan = plan_for("scenarios/nfs3.toml")
+    proc, rep = up("scenarios/nfs3.toml")
+    assert proc.returncode == 0, proc.stderr
+    (t,) = rep["terminals"]
+    options = t["proof"]["options"].split(",")
+    assert t["verdict"] == "ok" and t["proof"]["fstype"] == "nfs"
+    assert "vers=3" in options and f"mountport={plan.mount_port}" in options
+    assert "nolock" in options
+    rpcbind_pid_file = Dirs.from_env().state / "rpcbind.pid"
+    rpcbind = procs.read_pid(rpcbind_pid_file)  # None when the machine runs its own rpcbind
+    assert vlab("down", "scenarios/nfs3.toml").returncode == 0
+    assert leftovers(plan) == []
+    assert not rpcbind_pid_file.exists()
+    assert rpcbind is None or not procs.alive(rpcbind)
+
+
 def test_console_gives_a_shell_on_the_nfs_root(lab_down) -> None:  # type: ignore[no-untyped-def]
     lab_down.append("scenarios/tiny.toml")
     proc, _ = up("scenarios/tiny.toml")
@@ -173,7 +191,7 @@ def test_initrd_holds_exactly_the_nic_and_nfs_modules() -> None:
     dirs = Dirs.from_env()
     k = kernel.fetch("linux-image-amd64", dirs.cache)
     for nic, must in (("virtio_net", "virtio_net.ko"), ("e1000", "e1000.ko")):
-        names = read_names(initrd.contents(k, nic, Path("x.toml")).gzipped())
+        names = read_names(initrd.contents(k, nic, "4.2", Path("x.toml")).gzipped())
         modules = [n for n in names if n.endswith(".ko")]
         assert any(n.endswith("/" + must) for n in modules)
         assert any(n.endswith("/nfsv4.ko") for n in modules)

@@ -11,25 +11,26 @@ from vlab.errors import ScenarioError
 from vlab.kernel import KernelDir
 from vlab.kmod import ModuleIndex, ModuleNotFound
 
-NFS_MODULES = ("nfsv4",)
 NIC_BUS = {"virtio_net": ("virtio_pci",), "e1000": ()}
 
 
-def modules_for(nic_driver: str) -> list[str]:
-    return [*NIC_BUS.get(nic_driver, ()), nic_driver, *NFS_MODULES]
+def modules_for(nic_driver: str, nfs_version: str) -> list[str]:
+    nfs = "nfsv3" if nfs_version == "3" else "nfsv4"
+    return [*NIC_BUS.get(nic_driver, ()), nic_driver, nfs]
 
 
-def load_order(kernel: KernelDir, nic_driver: str, scenario: Path) -> list[str]:
+def load_order(kernel: KernelDir, nic_driver: str, nfs_version: str,
+               scenario: Path) -> list[str]:
     try:
-        return ModuleIndex.load(kernel.modules).load_order(modules_for(nic_driver))
+        return ModuleIndex.load(kernel.modules).load_order(modules_for(nic_driver, nfs_version))
     except ModuleNotFound as err:
         raise ScenarioError(scenario, "initrd.nic_driver", str(err),
                             "name a driver that this kernel ships as a module") from None
 
 
-def contents(kernel: KernelDir, nic_driver: str, scenario: Path) -> Archive:
+def contents(kernel: KernelDir, nic_driver: str, nfs_version: str, scenario: Path) -> Archive:
     """The initrd as an archive, in the order the kernel will unpack it."""
-    order = load_order(kernel, nic_driver, scenario)
+    order = load_order(kernel, nic_driver, nfs_version, scenario)
     a = Archive()
     for d in ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp",
               "newroot", "etc", "etc/vlab", "lib", "lib/modules"):
@@ -54,16 +55,17 @@ def contents(kernel: KernelDir, nic_driver: str, scenario: Path) -> Archive:
     return a
 
 
-def build(kernel: KernelDir, nic_driver: str, cache_dir: Path, scenario: Path) -> Path:
+def build(kernel: KernelDir, nic_driver: str, nfs_version: str, cache_dir: Path,
+          scenario: Path) -> Path:
     """The initrd for this kernel and NIC driver, built once and reused while inputs match."""
     # Keyed by its inputs, so a warm run neither reads the modules nor compresses anything.
     inputs = cache.key(
-        str(kernel.root), *load_order(kernel, nic_driver, scenario),
+        str(kernel.root), *load_order(kernel, nic_driver, nfs_version, scenario),
         cache.file_digest(busybox.binary()), render.initrd_init(), render.udhcpc_script(),
     )
     final = cache_dir / "initrds" / f"{inputs}.img"
     if not final.exists():
         with cache.publish(final) as tmp:
-            tmp.write_bytes(contents(kernel, nic_driver, scenario).gzipped())
+            tmp.write_bytes(contents(kernel, nic_driver, nfs_version, scenario).gzipped())
             tmp.chmod(0o644)
     return final

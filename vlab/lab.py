@@ -21,6 +21,7 @@ from vlab.watch import OK, STALLED, Verdict, watch
 Say = Callable[[str], None]
 STALL_SECONDS = 45.0
 HOST_FILE = "host.json"
+RPCBIND_PID = "rpcbind.pid"
 
 
 def stderr_progress() -> Say:
@@ -47,7 +48,7 @@ def up(plan: LabPlan, dirs: Dirs, say: Say) -> dict[str, Any]:
             say(f"lab {plan.lab} is already up: nothing changed")
             return report(plan, conn)
         define_network(plan, conn, netns, say)
-        export_nfs_root(plan, netns, say)
+        export_nfs_root(plan, dirs, netns, say)
         started = boot_terminals(plan, conn, say)
         verdicts = watch_consoles(plan, started, say)
         state.update(plan.lab_dir, status="up")
@@ -63,8 +64,10 @@ def build_nfs_root(plan: LabPlan, say: Say) -> None:
 def build_boot_files(plan: LabPlan, dirs: Dirs, say: Say) -> None:
     say(f"kernel: {plan.kernel_package} from Debian (cached after the first fetch)")
     k = kernel.fetch(plan.kernel_package, dirs.cache)
-    say(f"initrd: vlab busybox initrd for {k.release} with {plan.nic_driver.value} + NFSv4")
-    img = initrd.build(k, plan.nic_driver.value, dirs.cache, plan.scenario)
+    nfs = plan.nfs_version.value
+    say(f"initrd: vlab busybox initrd for {k.release} with {plan.nic_driver.value} + "
+        f"NFSv{nfs[0]}")
+    img = initrd.build(k, plan.nic_driver.value, nfs, dirs.cache, plan.scenario)
     boot = plan.kernel_path.parent
     boot.mkdir(parents=True, exist_ok=True)
     for d in (dirs.state, dirs.state / "labs", plan.lab_dir, boot):
@@ -97,11 +100,11 @@ def define_network(plan: LabPlan, conn: virt.Conn, netns: str | None, say: Say) 
     virt.start_network(conn, plan.network, render.network_xml(plan))
 
 
-def export_nfs_root(plan: LabPlan, netns: str | None, say: Say) -> None:
+def export_nfs_root(plan: LabPlan, dirs: Dirs, netns: str | None, say: Say) -> None:
     state.update(plan.lab_dir, nfs_server=str(plan.nfs_server_dir))
     plan.nfs_server_dir.mkdir(parents=True, exist_ok=True)
     (plan.lab_dir / "exports").write_text(render.exports_line(plan))
-    pid = nfsserver.start(plan, netns)
+    pid = nfsserver.start(plan, netns, dirs.state / RPCBIND_PID)
     say(f"export: nfs-ganesha (pid {pid}) serves {plan.export_path} read-only to {plan.subnet} "
         f"on {plan.gateway}:{plan.nfs_port}")
 
@@ -201,6 +204,8 @@ def down(plan: LabPlan, dirs: Dirs, say: Say) -> None:
         if nfsserver.pid(plan) is not None:
             say("stopped nfs-ganesha")
         nfsserver.stop(plan)
+        if nfsserver.stop_rpcbind_if_unused(dirs.state / RPCBIND_PID, _ganesha_pid_files(dirs)):
+            say("stopped rpcbind")
         shutil.rmtree(plan.kernel_path.parent, ignore_errors=True)
         (plan.lab_dir / "exports").unlink(missing_ok=True)
         state.remove(plan.lab_dir)
@@ -248,9 +253,15 @@ def host_down_all(netns: str, dirs: Dirs, say: Say) -> None:
         for name in networks:
             virt.destroy_network(conn, name)
             say(f"destroyed network {name}")
-    for pid_file in sorted((dirs.state / "labs").glob("*/nfs/ganesha.pid")):
+    for pid_file in _ganesha_pid_files(dirs):
         pid = procs.read_pid(pid_file)
         if pid is not None:
             procs.stop(pid)
             say(f"stopped nfs-ganesha of lab {pid_file.parent.parent.name}")
+    if nfsserver.stop_rpcbind_if_unused(dirs.state / RPCBIND_PID, []):
+        say("stopped rpcbind")
     host_down(netns, dirs, say)
+
+
+def _ganesha_pid_files(dirs: Dirs) -> list[Path]:
+    return sorted((dirs.state / "labs").glob("*/nfs/ganesha.pid"))

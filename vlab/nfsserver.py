@@ -4,12 +4,14 @@ namespace, exporting the root read-only to the lab subnet only."""
 from __future__ import annotations
 
 import shutil
+import socket
 import time
 from pathlib import Path
 
 from vlab import procs, render, run
 from vlab.errors import HostError, MissingTool
 from vlab.plan import LabPlan
+from vlab.scenario import NfsVersion
 
 GANESHA = "ganesha.nfsd"
 FSAL_VFS = Path("/usr/lib/x86_64-linux-gnu/ganesha/libfsalvfs.so")
@@ -22,11 +24,50 @@ def _files(plan: LabPlan) -> tuple[Path, Path, Path]:
     return d / "ganesha.conf", d / "ganesha.pid", d / "ganesha.log"
 
 
+RPCBIND_SOCK = Path("/run/rpcbind.sock")
+
+
+def _rpcbind_answers() -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1)
+        try:
+            s.connect(str(RPCBIND_SOCK))
+        except OSError:
+            return False
+    return True
+
+
+def ensure_rpcbind(netns: str | None, pid_file: Path) -> None:
+    """NFSv3 makes ganesha register with rpcbind (one per machine: its socket is global)."""
+    if _rpcbind_answers():
+        return
+    if run.which("rpcbind") is None:
+        raise MissingTool("rpcbind (needed for nfs_version = \"3\")", "rpcbind")
+    # -f: stay in the foreground, so the pid vlab records is rpcbind's own.
+    pid = run.spawn(["rpcbind", "-f", "-w"], netns=netns, log_file=pid_file.with_suffix(".log"))
+    pid_file.write_text(f"{pid}\n")
+    started = time.monotonic()
+    while not _rpcbind_answers():
+        if time.monotonic() - started > 10:
+            raise HostError("rpcbind did not answer on /run/rpcbind.sock within 10 s")
+        time.sleep(0.05)
+
+
+def stop_rpcbind_if_unused(pid_file: Path, ganesha_pids: list[Path]) -> bool:
+    """Stop the rpcbind vlab started once no NFS server of any lab runs."""
+    rpcbind = procs.read_pid(pid_file)
+    if rpcbind is None or any(procs.read_pid(p) is not None for p in ganesha_pids):
+        return False
+    procs.stop(rpcbind)
+    pid_file.unlink(missing_ok=True)
+    return True
+
+
 def pid(plan: LabPlan) -> int | None:
     return procs.read_pid(_files(plan)[1])
 
 
-def start(plan: LabPlan, netns: str | None) -> int:
+def start(plan: LabPlan, netns: str | None, rpcbind_pid_file: Path) -> int:
     """Start (or keep) the lab's ganesha; return once it listens on the lab's NFS port."""
     if run.which(GANESHA) is None:
         raise MissingTool(GANESHA, "nfs-ganesha")
@@ -36,6 +77,8 @@ def start(plan: LabPlan, netns: str | None) -> int:
     running = procs.read_pid(pid_file)
     if running is not None:
         return running
+    if plan.nfs_version is NfsVersion.V3:
+        ensure_rpcbind(netns, rpcbind_pid_file)
     (plan.nfs_server_dir / "recovery").mkdir(parents=True, exist_ok=True)
     conf.write_text(render.ganesha_conf(plan))
     log_file.write_text("")

@@ -79,6 +79,7 @@ class LabPlan:
     dhcp_end: str
     nfs_version: NfsVersion
     nfs_port: int
+    mount_port: int
     nfs_options: str
     export_path: Path
     lab_dir: Path
@@ -123,7 +124,11 @@ def make_plan(scenario: Scenario, dirs: Dirs) -> LabPlan:
     lab_dir = dirs.state / "labs" / lab.name
     export_path = dirs.cache / "roots" / scenario.root.source.value
     nfs_port = NFS_PORT_BASE + int.from_bytes(_digest("port", lab.name)[:2]) % 1000
+    mount_port = nfs_port + 1000
     nfs_options = f"vers={lab.nfs_version.value},port={nfs_port}"
+    if lab.nfs_version is NfsVersion.V3:
+        # Every port given, so the terminal never needs to ask rpcbind.
+        nfs_options += f",mountport={mount_port},mountproto=tcp,nolock"
     macs = _macs(scenario)
     terminals = []
     for i, t in enumerate(scenario.terminals):
@@ -165,6 +170,7 @@ def make_plan(scenario: Scenario, dirs: Dirs) -> LabPlan:
         dhcp_end=str(hosts[-1]),
         nfs_version=lab.nfs_version,
         nfs_port=nfs_port,
+        mount_port=mount_port,
         nfs_options=nfs_options,
         export_path=export_path,
         lab_dir=lab_dir,

@@ -83,3 +83,17 @@ def daemon(argv: Sequence[str], *, netns: str | None, log_file: Path, hint: str 
             raise CommandError(full, 127, "", hint) from None
     if rc != 0:
         raise CommandError(full, rc, log_file.read_text(errors="replace"), hint)
+
+
+def spawn(argv: Sequence[str], *, netns: str | None, log_file: Path) -> int:
+    """Start a long-running program in the foreground of its own session; return its pid."""
+    full = ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
+    log.debug("spawn: %s", shlex.join(full))
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as out:
+        try:
+            proc = subprocess.Popen(full, env=_env(None), stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        except FileNotFoundError:
+            raise CommandError(full, 127, "") from None
+    return proc.pid

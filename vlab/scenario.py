@@ -35,6 +35,7 @@ class HostMode(StrEnum):
 
 
 class NfsVersion(StrEnum):
+    V3 = "3"
     V4 = "4"
     V4_1 = "4.1"
     V4_2 = "4.2"
