@@ -111,15 +111,20 @@ def export_nfs_root(plan: LabPlan, dirs: Dirs, netns: str | None, say: Say) -> N
 
 def boot_terminals(plan: LabPlan, conn: virt.Conn, say: Say) -> dict[TerminalPlan, float]:
     state.update(plan.lab_dir, domains=[t.domain for t in plan.terminals])
+    xml = {t: render.domain_xml(plan, t) for t in plan.terminals}
     started: dict[TerminalPlan, float] = {}
-    for t in plan.terminals:
+
+    def boot(t: TerminalPlan) -> None:
         t.console_log.parent.mkdir(parents=True, exist_ok=True)
         t.console_log.unlink(missing_ok=True)
         virt.destroy_domain(conn, t.domain)
         started[t] = time.monotonic()
-        virt.start_domain(conn, render.domain_xml(plan, t))
+        virt.start_domain(conn, xml[t])
         say(f"boot {t.name}: {t.domain}, MAC {t.mac}, IP {t.ip}")
-    return started
+
+    with ThreadPoolExecutor(max_workers=min(8, len(plan.terminals))) as pool:
+        list(pool.map(boot, plan.terminals))  # list(): re-raise the first failure here
+    return {t: started[t] for t in plan.terminals}
 
 
 def watch_consoles(plan: LabPlan, started: dict[TerminalPlan, float],
