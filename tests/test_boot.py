@@ -3,6 +3,7 @@ reads the verdict off the real console. Needs root; `make test` and CI run these
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pty
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from conftest import ROOT
 from vlab import initrd, kernel, procs, scenario
 from vlab.cpio import read_names
 from vlab.plan import Dirs, LabPlan, make_plan
+from vlab.scenario import NicDriver
 
 pytestmark = pytest.mark.boot
 
@@ -131,16 +134,20 @@ def test_wrong_export_fails_with_the_nfs_verdict_not_the_timeout(lab_down) -> No
     assert leftovers(plan_for(path)) == []
 
 
-def test_e1000_terminal_boots_with_the_pages_nic_driver(lab_down) -> None:  # type: ignore[no-untyped-def]
+def test_e1000_and_virtio_terminals_in_one_lab(lab_down) -> None:  # type: ignore[no-untyped-def]
     lab_down.append("scenarios/e1000.toml")
     proc, rep = up("scenarios/e1000.toml")
     assert proc.returncode == 0, proc.stderr
-    (t,) = rep["terminals"]
-    assert t["verdict"] == "ok" and t["mac"] == "52:54:00:0e:10:00"
-    assert "vers=4.1" in t["proof"]["options"].split(",")
-    loading = [ln for ln in Path(t["console_log"]).read_text().splitlines()
-               if ln.startswith("vlab-initrd: loading")]
-    assert loading and "e1000" in loading[0].split() and "virtio_net" not in loading[0]
+    pc1, pc2 = rep["terminals"]
+    assert pc1["verdict"] == pc2["verdict"] == "ok"
+    assert pc1["mac"] == "52:54:00:0e:10:00"
+    assert "vers=4.1" in pc1["proof"]["options"].split(",")
+    for t, driver in ((pc1, "e1000"), (pc2, "virtio_net")):
+        log = Path(t["console_log"]).read_text()
+        loading = [ln for ln in log.splitlines() if ln.startswith("vlab-initrd: loading")]
+        assert loading and {"e1000", "virtio_net"} <= set(loading[0].split())
+        assert driver in console(t["name"], "scenarios/e1000.toml",
+                                 "basename $(readlink /sys/class/net/eth0/device/driver)")
 
 
 def test_nfs3_terminal_mounts_with_every_port_given_and_rpcbind_goes_with_down(lab_down) -> None:  # type: ignore[no-untyped-def]
@@ -161,20 +168,18 @@ def test_nfs3_terminal_mounts_with_every_port_given_and_rpcbind_goes_with_down(l
     assert rpcbind is None or not procs.alive(rpcbind)
 
 
-def test_console_gives_a_shell_on_the_nfs_root(lab_down) -> None:  # type: ignore[no-untyped-def]
-    lab_down.append("scenarios/tiny.toml")
-    proc, _ = up("scenarios/tiny.toml")
-    assert proc.returncode == 0, proc.stderr
+def console(terminal: str, path: str, command: str, timeout: float = 60) -> str:
+    """Run one shell command on a terminal's serial console through `vlab console`."""
     pid, fd = pty.fork()
     if pid == 0:
         os.chdir(ROOT)
-        os.execv(sys.executable, [*VLAB, "console", "scenarios/tiny.toml", "t2"])
+        os.execv(sys.executable, [*VLAB, "console", path, terminal])
     seen = b""
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + timeout
     os.write(fd, b"\r")
     time.sleep(0.5)
-    os.write(fd, b"echo answer-$((6*7)); awk '$2==\"/\"{print $3}' /proc/mounts\r")
-    while b"answer-42" not in seen or b"nfs4" not in seen.split(b"answer-42")[-1]:
+    os.write(fd, f"echo BEGIN-$((6*7)); {command}; echo END-$((6*7))\r".encode())
+    while b"END-42" not in seen.split(b"BEGIN-42")[-1] or b"BEGIN-42" not in seen:
         assert time.monotonic() < deadline, seen.decode(errors="replace")
         if select.select([fd], [], [], 1)[0]:
             try:
@@ -185,13 +190,57 @@ def test_console_gives_a_shell_on_the_nfs_root(lab_down) -> None:  # type: ignor
     _, code = os.waitpid(pid, 0)
     os.close(fd)
     assert os.waitstatus_to_exitcode(code) == 0
+    out = seen.decode(errors="replace").split("BEGIN-42")[-1].split("END-42")[0]
+    return out.replace("\r", "")
+
+
+def tree_digest(root: Path) -> str:
+    """Names, modes, link targets and contents of a tree: any write into it changes this."""
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        h.update(f"{path.relative_to(root)} {st.st_mode:o}".encode())
+        if path.is_symlink():
+            h.update(os.readlink(path).encode())
+        elif path.is_file():
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def test_console_gives_a_shell_on_the_nfs_root_and_tmpfs_where_it_must_write(lab_down) -> None:  # type: ignore[no-untyped-def]
+    lab_down.append("scenarios/tiny.toml")
+    plan = plan_for("scenarios/tiny.toml")
+    proc, _ = up("scenarios/tiny.toml")
+    assert proc.returncode == 0, proc.stderr
+    before = tree_digest(plan.export_path)
+    out = console("t2", "scenarios/tiny.toml",
+                  "awk '$2==\"/\"{print $3}' /proc/mounts; hostname; "
+                  "echo hi > /tmp/x && cat /tmp/x; echo no > /etc/x || echo read-only")
+    assert out.split()[:3] == ["nfs4", "t2", "hi"], out
+    assert "Read-only file system" in out and out.split()[-1] == "read-only", out
+    assert tree_digest(plan.export_path) == before
+
+
+def test_overlay_makes_the_whole_root_writable_and_the_export_stays_unchanged(lab_down) -> None:  # type: ignore[no-untyped-def]
+    lab_down.append("scenarios/overlay.toml")
+    plan = plan_for("scenarios/overlay.toml")
+    proc, rep = up("scenarios/overlay.toml")
+    assert proc.returncode == 0, proc.stderr
+    assert rep["terminals"][0]["proof"]["fstype"] == "nfs4"
+    before = tree_digest(plan.export_path)
+    out = console("t1", "scenarios/overlay.toml",
+                  "awk '$2==\"/\"{print $3}' /proc/mounts; echo changed > /etc/motd && "
+                  "cat /etc/motd; rm /bin/vi && echo removed")
+    assert out.split() == ["overlay", "changed", "removed"], out
+    assert tree_digest(plan.export_path) == before
 
 
 def test_initrd_holds_exactly_the_nic_and_nfs_modules() -> None:
     dirs = Dirs.from_env()
     k = kernel.fetch("linux-image-amd64", dirs.cache)
     for nic, must in (("virtio_net", "virtio_net.ko"), ("e1000", "e1000.ko")):
-        names = read_names(initrd.contents(k, nic, "4.2", Path("x.toml")).gzipped())
+        plan = replace(plan_for("scenarios/tiny.toml"), nic_drivers=(NicDriver(nic),))
+        names = read_names(initrd.contents(k, plan).gzipped())
         modules = [n for n in names if n.endswith(".ko")]
         assert any(n.endswith("/" + must) for n in modules)
         assert any(n.endswith("/nfsv4.ko") for n in modules)

@@ -10,7 +10,7 @@ from conftest import plan_of
 
 from vlab import render
 
-SCENARIOS = ["tiny", "e1000", "nfs3"]
+SCENARIOS = ["tiny", "e1000", "nfs3", "overlay"]
 
 
 @pytest.mark.parametrize("name", SCENARIOS)

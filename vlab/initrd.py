@@ -10,27 +10,30 @@ from vlab.cpio import Archive
 from vlab.errors import ScenarioError
 from vlab.kernel import KernelDir
 from vlab.kmod import ModuleIndex, ModuleNotFound
+from vlab.plan import LabPlan
+from vlab.scenario import NfsVersion, Writable
 
 NIC_BUS = {"virtio_net": ("virtio_pci",), "e1000": ()}
 
 
-def modules_for(nic_driver: str, nfs_version: str) -> list[str]:
-    nfs = "nfsv3" if nfs_version == "3" else "nfsv4"
-    return [*NIC_BUS.get(nic_driver, ()), nic_driver, nfs]
+def modules_for(plan: LabPlan) -> list[str]:
+    """Module names the initrd loads: NIC drivers (with their bus), NFS, overlay if asked."""
+    nics = [m for nic in plan.nic_drivers for m in (*NIC_BUS.get(nic.value, ()), nic.value)]
+    nfs = "nfsv3" if plan.nfs_version is NfsVersion.V3 else "nfsv4"
+    return [*nics, nfs, *(["overlay"] if plan.writable is Writable.OVERLAY else [])]
 
 
-def load_order(kernel: KernelDir, nic_driver: str, nfs_version: str,
-               scenario: Path) -> list[str]:
+def load_order(kernel: KernelDir, plan: LabPlan) -> list[str]:
     try:
-        return ModuleIndex.load(kernel.modules).load_order(modules_for(nic_driver, nfs_version))
+        return ModuleIndex.load(kernel.modules).load_order(modules_for(plan))
     except ModuleNotFound as err:
-        raise ScenarioError(scenario, "initrd.nic_driver", str(err),
-                            "name a driver that this kernel ships as a module") from None
+        raise ScenarioError(plan.scenario, "initrd.nic_drivers", str(err),
+                            "name drivers that this kernel ships as modules") from None
 
 
-def contents(kernel: KernelDir, nic_driver: str, nfs_version: str, scenario: Path) -> Archive:
+def contents(kernel: KernelDir, plan: LabPlan) -> Archive:
     """The initrd as an archive, in the order the kernel will unpack it."""
-    order = load_order(kernel, nic_driver, nfs_version, scenario)
+    order = load_order(kernel, plan)
     a = Archive()
     for d in ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp",
               "newroot", "etc", "etc/vlab", "lib", "lib/modules"):
@@ -55,17 +58,16 @@ def contents(kernel: KernelDir, nic_driver: str, nfs_version: str, scenario: Pat
     return a
 
 
-def build(kernel: KernelDir, nic_driver: str, nfs_version: str, cache_dir: Path,
-          scenario: Path) -> Path:
+def build(kernel: KernelDir, plan: LabPlan, cache_dir: Path) -> Path:
     """The initrd for this kernel and NIC driver, built once and reused while inputs match."""
     # Keyed by its inputs, so a warm run neither reads the modules nor compresses anything.
     inputs = cache.key(
-        str(kernel.root), *load_order(kernel, nic_driver, nfs_version, scenario),
+        str(kernel.root), *load_order(kernel, plan),
         cache.file_digest(busybox.binary()), render.initrd_init(), render.udhcpc_script(),
     )
     final = cache_dir / "initrds" / f"{inputs}.img"
     if not final.exists():
         with cache.publish(final) as tmp:
-            tmp.write_bytes(contents(kernel, nic_driver, nfs_version, scenario).gzipped())
+            tmp.write_bytes(contents(kernel, plan).gzipped())
             tmp.chmod(0o644)
     return final

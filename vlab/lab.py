@@ -16,7 +16,7 @@ from typing import Any
 from vlab import initrd, kernel, labhost, nfsroot, nfsserver, procs, render, state, virt
 from vlab.plan import Dirs, LabPlan, TerminalPlan
 from vlab.scenario import Hypervisor
-from vlab.watch import OK, STALLED, Verdict, watch
+from vlab.watch import OK, READY_BUSYBOX, STALLED, Verdict, watch
 
 Say = Callable[[str], None]
 STALL_SECONDS = 45.0
@@ -64,10 +64,8 @@ def build_nfs_root(plan: LabPlan, say: Say) -> None:
 def build_boot_files(plan: LabPlan, dirs: Dirs, say: Say) -> None:
     say(f"kernel: {plan.kernel_package} from Debian (cached after the first fetch)")
     k = kernel.fetch(plan.kernel_package, dirs.cache)
-    nfs = plan.nfs_version.value
-    say(f"initrd: vlab busybox initrd for {k.release} with {plan.nic_driver.value} + "
-        f"NFSv{nfs[0]}")
-    img = initrd.build(k, plan.nic_driver.value, nfs, dirs.cache, plan.scenario)
+    say(f"initrd: vlab busybox initrd for {k.release} with {', '.join(initrd.modules_for(plan))}")
+    img = initrd.build(k, plan, dirs.cache)
     boot = plan.kernel_path.parent
     boot.mkdir(parents=True, exist_ok=True)
     for d in (dirs.state, dirs.state / "labs", plan.lab_dir, boot):
@@ -135,7 +133,8 @@ def watch_consoles(plan: LabPlan, started: dict[TerminalPlan, float],
     stop = threading.Event()
 
     def one(t: TerminalPlan) -> Verdict:
-        v = watch(t.console_log, started=started[t], timeout=plan.timeout, stall=stall, stop=stop)
+        v = watch(t.console_log, started=started[t], timeout=plan.timeout, stall=stall,
+                  ready=READY_BUSYBOX, stop=stop)
         say(f"{t.name}: {v.name} after {v.seconds} s" + ("" if v.ok else f": {v.line}"))
         if v.name == STALLED and plan.hypervisor is Hypervisor.KVM:
             say(f"{t.name}: no console output for {stall:.0f} s under KVM; if this machine "

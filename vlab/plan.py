@@ -13,7 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlab.errors import ScenarioError
-from vlab.scenario import AfterBoot, HostMode, Hypervisor, NfsVersion, NicDriver, Scenario
+from vlab.scenario import (
+    AfterBoot,
+    HostMode,
+    Hypervisor,
+    NfsVersion,
+    NicDriver,
+    Scenario,
+    Writable,
+)
 
 KVM_MAC_PREFIX = "52:54:00"
 FIRST_TERMINAL_HOST = 10
@@ -23,6 +31,11 @@ MARKER = "VLAB-NFSROOT-OK"
 # Words vlab adds for speed, not for function: a quiet serial console boots faster under TCG.
 TUNING_ARGS = ("quiet", "panic=0")
 FAIL_MARKER = "VLAB-FAIL"
+READY_MARKER = "VLAB-TERMINAL-UP"
+
+
+# The libvirt NIC model that each guest driver drives.
+NIC_MODELS = {NicDriver.VIRTIO_NET: "virtio", NicDriver.E1000: "e1000"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,7 @@ class Dirs:
 class TerminalPlan:
     name: str
     domain: str
+    nic_model: str
     mac: str
     ip: str
     memory_mib: int
@@ -87,8 +101,8 @@ class LabPlan:
     initrd_path: Path
     nfs_server_dir: Path
     kernel_package: str
-    nic_driver: NicDriver
-    nic_model: str
+    nic_drivers: tuple[NicDriver, ...]
+    writable: Writable
     after_boot: AfterBoot
     timeout: int
     terminals: tuple[TerminalPlan, ...]
@@ -138,13 +152,15 @@ def make_plan(scenario: Scenario, dirs: Dirs) -> LabPlan:
             server = server or gateway
         words = [
             "console=ttyS0", "selinux=0", f"root={server}:{path}", f"rootflags={nfs_options}",
-            f"vlab.after={scenario.root.after_boot.value}", *TUNING_ARGS,
+            f"vlab.after={scenario.root.after_boot.value}",
+            f"vlab.writable={scenario.root.writable.value}", *TUNING_ARGS,
         ]
         if t.cmdline:
             words.append(t.cmdline)
         terminals.append(TerminalPlan(
             name=t.name,
             domain=f"vlab-{lab.name}-{t.name}",
+            nic_model=NIC_MODELS[t.nic],
             mac=macs[t.name],
             ip=str(hosts[FIRST_TERMINAL_HOST - 1 + i]),
             memory_mib=t.memory,
@@ -178,8 +194,8 @@ def make_plan(scenario: Scenario, dirs: Dirs) -> LabPlan:
         initrd_path=lab_dir / "boot" / "initrd.img",
         nfs_server_dir=lab_dir / "nfs",
         kernel_package=scenario.kernel.package,
-        nic_driver=scenario.initrd.nic_driver,
-        nic_model="virtio" if scenario.initrd.nic_driver is NicDriver.VIRTIO_NET else "e1000",
+        nic_drivers=scenario.initrd.nic_drivers,
+        writable=scenario.root.writable,
         after_boot=scenario.root.after_boot,
         timeout=lab.timeout,
         terminals=tuple(terminals),

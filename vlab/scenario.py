@@ -50,6 +50,12 @@ class AfterBoot(StrEnum):
     POWEROFF = "poweroff"
 
 
+class Writable(StrEnum):
+    NONE = "none"
+    TMPFS = "tmpfs"
+    OVERLAY = "overlay"
+
+
 class KernelSource(StrEnum):
     DEBIAN = "debian"
 
@@ -78,6 +84,7 @@ class Lab:
 class Root:
     source: RootSource
     after_boot: AfterBoot
+    writable: Writable
 
 
 @dataclass(frozen=True)
@@ -89,12 +96,13 @@ class Kernel:
 @dataclass(frozen=True)
 class Initrd:
     builder: InitrdBuilder
-    nic_driver: NicDriver
+    nic_drivers: tuple[NicDriver, ...]
 
 
 @dataclass(frozen=True)
 class Terminal:
     name: str
+    nic: NicDriver
     mac: str | None
     memory: int
     vcpus: int
@@ -212,10 +220,11 @@ def load(path: Path) -> Scenario:
 def parse(path: Path, data: Mapping[str, Any]) -> Scenario:
     top = _Table(path, "", data, ("lab", "root", "kernel", "initrd", "terminal"))
     lab = _lab(_Table(path, "lab", _sub(top, "lab"), _LAB_KEYS))
-    root_t = _Table(path, "root", _sub(top, "root", {}), ("source", "after_boot"))
+    root_t = _Table(path, "root", _sub(top, "root", {}), ("source", "after_boot", "writable"))
     root = Root(
         source=root_t.choice("source", RootSource, RootSource.BUSYBOX),
         after_boot=root_t.choice("after_boot", AfterBoot, AfterBoot.SHELL),
+        writable=root_t.choice("writable", Writable, Writable.TMPFS),
     )
     kernel_t = _Table(path, "kernel", _sub(top, "kernel", {}), ("source", "package"))
     package = kernel_t.get("package", str, "linux-image-amd64")
@@ -226,12 +235,12 @@ def parse(path: Path, data: Mapping[str, Any]) -> Scenario:
         )
     kernel = Kernel(source=kernel_t.choice("source", KernelSource, KernelSource.DEBIAN),
                     package=package)
-    initrd_t = _Table(path, "initrd", _sub(top, "initrd", {}), ("builder", "nic_driver"))
+    initrd_t = _Table(path, "initrd", _sub(top, "initrd", {}), ("builder", "nic_drivers"))
     initrd = Initrd(
         builder=initrd_t.choice("builder", InitrdBuilder, InitrdBuilder.VLAB),
-        nic_driver=initrd_t.choice("nic_driver", NicDriver, NicDriver.VIRTIO_NET),
+        nic_drivers=_nic_drivers(initrd_t),
     )
-    terminals = _terminals(path, top)
+    terminals = _terminals(path, top, initrd.nic_drivers)
     return Scenario(path=path, lab=lab, root=root, kernel=kernel, initrd=initrd,
                     terminals=terminals)
 
@@ -281,10 +290,26 @@ def _nfs_version(t: _Table) -> NfsVersion:
     return t.choice("nfs_version", NfsVersion, NfsVersion.V4_2)
 
 
-_TERMINAL_KEYS = ("name", "mac", "memory", "vcpus", "root", "cmdline")
+def _nic_drivers(t: _Table) -> tuple[NicDriver, ...]:
+    raw = t.get("nic_drivers", list, ["virtio_net"])
+    allowed = ", ".join(f'"{e.value}"' for e in NicDriver)
+    drivers: list[NicDriver] = []
+    for value in raw:
+        try:
+            drivers.append(NicDriver(value))
+        except ValueError:
+            raise t.error("nic_drivers", f"{value!r} is not a supported NIC driver",
+                          f"list drivers from {allowed}") from None
+    if not drivers or len(set(drivers)) != len(drivers):
+        raise t.error("nic_drivers", f"{raw!r} must name each driver once, at least one",
+                      'e.g. nic_drivers = ["virtio_net", "e1000"]')
+    return tuple(drivers)
 
 
-def _terminals(path: Path, top: _Table) -> tuple[Terminal, ...]:
+_TERMINAL_KEYS = ("name", "nic", "mac", "memory", "vcpus", "root", "cmdline")
+
+
+def _terminals(path: Path, top: _Table, nics: tuple[NicDriver, ...]) -> tuple[Terminal, ...]:
     raw = top.data.get("terminal")
     if raw is None:
         raise ScenarioError(path, "terminal", "no terminals",
@@ -311,8 +336,12 @@ def _terminals(path: Path, top: _Table) -> tuple[Terminal, ...]:
         if any(c in cmdline for c in "\n\r\"'<>&"):
             raise t.error("cmdline", f"{cmdline!r} contains a character a kernel command line "
                           "cannot carry", "use plain space-separated key=value words")
+        nic = t.choice("nic", NicDriver, nics[0])
+        if nic not in nics:
+            raise t.error("nic", f'"{nic.value}" is not in [initrd] nic_drivers',
+                          f'add "{nic.value}" to nic_drivers, or use one of them')
         terminals.append(Terminal(
-            name=name, mac=mac,
+            name=name, nic=nic, mac=mac,
             memory=t.int_in("memory", 256, 128, 65536, " MiB"),
             vcpus=t.int_in("vcpus", 1, 1, 64),
             root=root, cmdline=cmdline,

@@ -14,9 +14,12 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from vlab.plan import FAIL_MARKER, MARKER
+from vlab.plan import FAIL_MARKER, MARKER, READY_MARKER
 
 OK = "ok"
+# What a root's own init says once the terminal is up, by kind of init.
+READY_BUSYBOX = re.compile(re.escape(READY_MARKER))
+READY_SYSTEMD = re.compile(r"Reached target .*Multi-User System|Reached target multi-user\.target")
 TIMEOUT = "timeout"
 STALLED = "stalled"
 
@@ -111,11 +114,17 @@ class Cancelled(Exception):
 
 
 def watch(console_log: Path, *, started: float, timeout: float, stall: float,
-          poll: float = 0.05, stop: threading.Event | None = None) -> Verdict:
-    """Follow one console until a decisive line, `stall` s of silence, or `timeout` s."""
+          ready: re.Pattern[str] | None = None, poll: float = 0.05,
+          stop: threading.Event | None = None) -> Verdict:
+    """Follow one console until a decisive line, `stall` s of silence, or `timeout` s.
+
+    With `ready`, the proof of the NFS root is not enough: the root's own init must also
+    say it is up (e.g. systemd reaching multi-user) for the verdict to be ok.
+    """
     follower = Follower(console_log)
     tail: deque[str] = deque(maxlen=20)
     last_output = started
+    proof: Proof | None = None
     while True:
         if stop is not None and stop.is_set():
             raise Cancelled
@@ -126,13 +135,16 @@ def watch(console_log: Path, *, started: float, timeout: float, stall: float,
         for line in lines:
             tail.append(line)
             decided = decide(line)
+            if decided is not None and decided[0] != OK:
+                return Verdict(decided[0], round(now - started, 1), line, proof, tuple(tail))
             if decided is not None:
-                name, proof = decided
-                return Verdict(name, round(now - started, 1), line, proof, tuple(tail))
+                proof = decided[1]
+            if proof is not None and (ready is None or ready.search(line)):
+                return Verdict(OK, round(now - started, 1), line, proof, tuple(tail))
         if now - started > timeout:
             return Verdict(TIMEOUT, round(now - started, 1), tail[-1] if tail else "",
-                           None, tuple(tail))
+                           proof, tuple(tail))
         if now - last_output > stall:
             return Verdict(STALLED, round(now - started, 1), tail[-1] if tail else "",
-                           None, tuple(tail))
+                           proof, tuple(tail))
         time.sleep(poll)

@@ -11,6 +11,7 @@ case "$1" in
         if [ -n "$router" ]; then
             ip route add default via "${router%% *}" dev "$interface"
         fi
+        [ -n "$hostname" ] && hostname "$hostname"
         echo "vlab-initrd: $interface is $ip/${mask:-24} (lease from ${serverid:-?})"
         ;;
 esac

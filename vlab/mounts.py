@@ -1,0 +1,139 @@
+"""Loop devices and mounts, as the seed page makes them by hand, on one context-managed stack.
+
+Whatever is mounted or attached through a MountStack is undone in reverse order when the
+`with` block ends: on success, on error and on Ctrl-C. `keep()` hands entries over to the
+caller (the lab keeps its image mounted while it runs; `vlab down` undoes it by record).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from vlab import run
+from vlab.errors import HostError
+
+# What the page mounts for its mkinitrd run, in its order (tmp, dev, var/lock, proc, sys).
+BUILD_MOUNTS = (("tmp", "tmpfs", "mode=1777"), ("dev", "tmpfs", "mode=755"),
+                ("var/lock", "tmpfs", "mode=1777"), ("proc", "proc", ""), ("sys", "sysfs", ""))
+# A tmpfs /dev holds nothing: the builders need these nodes (name, major, minor).
+DEV_NODES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
+             ("urandom", 1, 9), ("tty", 5, 0), ("console", 5, 1))
+
+
+def inside(root: Path, rel: str) -> Path:
+    """`rel` resolved inside `root`, following symlinks as a chroot would (never out of it)."""
+    parts = [p for p in rel.split("/") if p]
+    resolved = root
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            resolved = resolved.parent if resolved != root else root
+            continue
+        candidate = resolved / part
+        if candidate.is_symlink():
+            hops += 1
+            if hops > 40:
+                raise HostError(f"too many symlinks resolving {rel} in {root}")
+            target = os.readlink(candidate)
+            parts = [p for p in target.split("/") if p] + parts
+            if target.startswith("/"):
+                resolved = root
+            continue
+        resolved = candidate
+    return resolved
+
+
+def is_mounted(path: Path) -> bool:
+    real = os.path.realpath(path)
+    with open("/proc/self/mounts") as f:
+        return any(_unescape(line.split()[1]) == real for line in f)
+
+
+def _unescape(field: str) -> str:
+    return field.replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+
+
+def umount(path: Path) -> None:
+    if is_mounted(path):
+        run.run(["umount", str(path)], hint=f"something still uses {path}: see fuser -vm {path}")
+
+
+def detach(loop: str) -> None:
+    out = run.run(["losetup", "--list", "--noheadings", "--output", "NAME"], check=False).stdout
+    if loop in out.split():
+        run.run(["losetup", "--detach", loop])
+
+
+@dataclass
+class _Entry:
+    kind: str  # "mount" or "loop"
+    what: str
+
+
+class MountStack:
+    def __init__(self) -> None:
+        self._entries: list[_Entry] = []
+
+    def __enter__(self) -> MountStack:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def loop_readonly(self, image: Path) -> str:
+        dev = run.output(["losetup", "--find", "--show", "--read-only", str(image)]).strip()
+        self._entries.append(_Entry("loop", dev))
+        return dev
+
+    def mount(self, source: str, target: Path, fstype: str = "", options: str = "") -> None:
+        argv = ["mount"]
+        if fstype:
+            argv += ["-t", fstype]
+        if options:
+            argv += ["-o", options]
+        run.run([*argv, source, str(target)])
+        self._entries.append(_Entry("mount", str(target)))
+
+    def build_mounts(self, root: Path) -> None:
+        """The page's tmp, dev, var/lock, proc and sys, for a builder chrooted in root."""
+        for rel, fstype, options in BUILD_MOUNTS:
+            target = inside(root, rel)
+            if not target.is_dir():
+                raise HostError(f"{root} has no /{rel} to mount {fstype} on\n"
+                                f"  fix: a root filesystem needs /{rel}")
+            self.mount("none" if fstype == "tmpfs" else fstype, target, fstype, options)
+            if rel == "dev":
+                for name, major, minor in DEV_NODES:
+                    os.mknod(target / name, 0o20666, os.makedev(major, minor))
+
+    def keep(self) -> list[tuple[str, str]]:
+        """Stop managing what is mounted so far; return it, innermost last."""
+        kept = [(e.kind, e.what) for e in self._entries]
+        self._entries = []
+        return kept
+
+    def close(self) -> None:
+        errors = []
+        while self._entries:
+            entry = self._entries.pop()
+            try:
+                if entry.kind == "mount":
+                    umount(Path(entry.what))
+                else:
+                    detach(entry.what)
+            except Exception as err:  # keep undoing the rest, then report
+                errors.append(str(err))
+        if errors:
+            raise HostError("could not undo every mount:\n  " + "\n  ".join(errors))
+
+
+def undo(kept: list[tuple[str, str]]) -> None:
+    """Undo entries handed over by keep(), innermost first (used by vlab down)."""
+    stack = MountStack()
+    stack._entries = [_Entry(kind, what) for kind, what in kept]
+    stack.close()
