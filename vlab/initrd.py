@@ -8,7 +8,7 @@ from pathlib import Path
 from vlab import busybox, cache, render
 from vlab.cpio import Archive
 from vlab.errors import ScenarioError
-from vlab.kernel import KernelDir
+from vlab.kernel import Kernel
 from vlab.kmod import ModuleIndex, ModuleNotFound
 from vlab.plan import LabPlan
 from vlab.scenario import NfsVersion, Writable
@@ -23,7 +23,7 @@ def modules_for(plan: LabPlan) -> list[str]:
     return [*nics, nfs, *(["overlay"] if plan.writable is Writable.OVERLAY else [])]
 
 
-def load_order(kernel: KernelDir, plan: LabPlan) -> list[str]:
+def load_order(kernel: Kernel, plan: LabPlan) -> list[str]:
     try:
         return ModuleIndex.load(kernel.modules).load_order(modules_for(plan))
     except ModuleNotFound as err:
@@ -31,7 +31,7 @@ def load_order(kernel: KernelDir, plan: LabPlan) -> list[str]:
                             "name drivers that this kernel ships as modules") from None
 
 
-def contents(kernel: KernelDir, plan: LabPlan) -> Archive:
+def contents(kernel: Kernel, plan: LabPlan) -> Archive:
     """The initrd as an archive, in the order the kernel will unpack it."""
     order = load_order(kernel, plan)
     a = Archive()
@@ -58,11 +58,11 @@ def contents(kernel: KernelDir, plan: LabPlan) -> Archive:
     return a
 
 
-def build(kernel: KernelDir, plan: LabPlan, cache_dir: Path) -> Path:
+def build(kernel: Kernel, plan: LabPlan, cache_dir: Path) -> Path:
     """The initrd for this kernel and NIC driver, built once and reused while inputs match."""
     # Keyed by its inputs, so a warm run neither reads the modules nor compresses anything.
     inputs = cache.key(
-        str(kernel.root), *load_order(kernel, plan),
+        kernel.key, *load_order(kernel, plan),
         cache.file_digest(busybox.binary()), render.initrd_init(), render.udhcpc_script(),
     )
     final = cache_dir / "initrds" / f"{inputs}.img"

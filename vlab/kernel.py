@@ -1,4 +1,5 @@
-"""The guest kernel: Debian's linux-image package, fetched with apt, unpacked and depmod'ed."""
+"""The guest kernel: Debian's linux-image package fetched with apt, or the one installed in
+the root itself (as the page boots its image's own kernel), copied into the cache."""
 
 from __future__ import annotations
 
@@ -8,24 +9,21 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from vlab import cache, pvh, run
-from vlab.errors import HostError
+from vlab import cache, mounts, pvh, run
+from vlab.errors import HostError, ScenarioError
 
 
 @dataclass(frozen=True)
-class KernelDir:
-    """An unpacked kernel: vmlinuz and lib/modules/<release> with a fresh modules.dep."""
+class Kernel:
+    """A kernel vlab can boot: its bzImage, the PVH ELF if any, and its modules."""
 
-    root: Path
     release: str
-
-    @property
-    def vmlinuz(self) -> Path:
-        return self.root / "vmlinuz"
+    vmlinuz: Path
+    modules: Path
 
     @property
     def vmlinux(self) -> Path:
-        return self.root / "vmlinux"
+        return self.vmlinuz.with_name("vmlinux")
 
     @property
     def boot_image(self) -> Path:
@@ -33,8 +31,8 @@ class KernelDir:
         return self.vmlinux if self.vmlinux.exists() else self.vmlinuz
 
     @property
-    def modules(self) -> Path:
-        return self.root / "lib" / "modules" / self.release
+    def key(self) -> str:
+        return str(self.vmlinuz.parent)
 
 
 # apt's answer can only change when one of these changes.
@@ -79,12 +77,13 @@ def resolve(package: str) -> tuple[str, str]:
     return name, m.group(1)
 
 
-def fetch(package: str, cache_dir: Path) -> KernelDir:
+def fetch(package: str, cache_dir: Path) -> Kernel:
     """Download and unpack the kernel package once; later calls reuse the cache."""
     name, version = resolve_cached(package, cache_dir)
     final = cache_dir / "kernels" / f"{name}_{version}"
     if (final / "release").is_file():
-        return KernelDir(final, (final / "release").read_text().strip())
+        release = (final / "release").read_text().strip()
+        return Kernel(release, final / "vmlinuz", final / "lib" / "modules" / release)
     with cache.publish(final) as tmp:
         tmp.mkdir()
         run.run(["apt-get", "download", f"{name}={version}"], cwd=tmp,
@@ -105,7 +104,49 @@ def fetch(package: str, cache_dir: Path) -> KernelDir:
         (tmp / "release").write_text(release + "\n")
         for p in [tmp, *tmp.rglob("*")]:
             p.chmod(0o755 if p.is_dir() else 0o644)
-    return KernelDir(final, release)
+    return Kernel(release, final / "vmlinuz", final / "lib" / "modules" / release)
+
+
+def releases_in(root: Path) -> list[str]:
+    """Kernel releases installed in a root (/boot/vmlinuz-*), oldest first."""
+    boot = mounts.inside(root, "boot")
+    if not boot.is_dir():
+        return []
+    return sorted((p.name.removeprefix("vmlinuz-") for p in boot.glob("vmlinuz-*")),
+                  key=_version_key)
+
+
+def _version_key(release: str) -> list[tuple[int, str]]:
+    return [(int(p), "") if p.isdigit() else (-1, p) for p in re.split(r"[.-]", release)]
+
+
+def from_root(root: Path, wanted: str | None, cache_dir: Path, scenario: Path) -> Kernel:
+    """The root's own kernel (the newest, or the release the scenario names), copied out of
+    the root into the cache like the page's `mv nfs-export/tmp/initrd.img .`, readable by QEMU.
+    Its modules stay in the root: the builders read them there."""
+    available = releases_in(root)
+    if not available:
+        raise ScenarioError(scenario, "kernel.source", f'"root" but {root} has no /boot/vmlinuz-*',
+                            'install a kernel in the root, or use source = "debian"')
+    release = wanted or available[-1]
+    if release not in available:
+        raise ScenarioError(scenario, "kernel.version", f"{release!r} is not installed in {root}",
+                            f"use one of {', '.join(available)}")
+    src = mounts.inside(root, f"boot/vmlinuz-{release}")
+    modules = mounts.inside(root, f"lib/modules/{release}")
+    if not (modules / "modules.dep").is_file():
+        raise ScenarioError(scenario, "kernel.version", f"{root} has no modules.dep for {release}",
+                            f"run depmod {release} in the root")
+    digest = cache.file_digest(src)
+    final = cache_dir / "kernels" / f"root-{release}-{digest[:16]}"
+    if not (final / "vmlinuz").exists():
+        with cache.publish(final) as tmp:
+            tmp.mkdir()
+            shutil.copyfile(src, tmp / "vmlinuz")
+            _write_pvh_image(tmp)
+            for p in [tmp, *tmp.iterdir()]:
+                p.chmod(0o755 if p.is_dir() else 0o644)
+    return Kernel(release, final / "vmlinuz", modules)
 
 
 def _write_pvh_image(folder: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import threading
@@ -13,10 +14,22 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from vlab import initrd, kernel, labhost, nfsroot, nfsserver, procs, render, state, virt
+from vlab import (
+    builders,
+    initrd,
+    kernel,
+    labhost,
+    mounts,
+    nfsroot,
+    nfsserver,
+    procs,
+    render,
+    state,
+    virt,
+)
 from vlab.plan import Dirs, LabPlan, TerminalPlan
-from vlab.scenario import Hypervisor
-from vlab.watch import OK, READY_BUSYBOX, STALLED, Verdict, watch
+from vlab.scenario import Hypervisor, InitrdBuilder, KernelSource, RootSource
+from vlab.watch import OK, READY_BUSYBOX, READY_SYSTEMD, STALLED, Verdict, watch
 
 Say = Callable[[str], None]
 STALL_SECONDS = 45.0
@@ -57,15 +70,38 @@ def up(plan: LabPlan, dirs: Dirs, say: Say) -> dict[str, Any]:
 
 
 def build_nfs_root(plan: LabPlan, say: Say) -> None:
-    say(f"NFS root: busybox terminal at {plan.export_path}")
-    nfsroot.build_busybox(plan.export_path)
+    source = plan.root_source
+    if source is RootSource.BUSYBOX:
+        say(f"NFS root: busybox terminal at {plan.export_path}")
+        nfsroot.build_busybox(plan.export_path)
+    elif source is RootSource.DEBIAN:
+        nfsroot.build_debian(plan.export_path, plan.debian_suite, plan.debian_packages, say)
+        say(f"NFS root: Debian {plan.debian_suite} at {plan.export_path}")
+    elif source is RootSource.IMAGE:
+        assert plan.root_image is not None
+        state.update(plan.lab_dir, image=str(plan.root_image), image_mount=str(plan.export_path))
+        nfsroot.mount_image(plan.root_image, plan.export_path)
+        say(f"NFS root: image {plan.root_image}, attached and mounted read-only at "
+            f"{plan.export_path}")
+    else:
+        say(f"NFS root: directory {plan.export_path}, as it is")
 
 
 def build_boot_files(plan: LabPlan, dirs: Dirs, say: Say) -> None:
-    say(f"kernel: {plan.kernel_package} from Debian (cached after the first fetch)")
-    k = kernel.fetch(plan.kernel_package, dirs.cache)
-    say(f"initrd: vlab busybox initrd for {k.release} with {', '.join(initrd.modules_for(plan))}")
-    img = initrd.build(k, plan, dirs.cache)
+    if plan.kernel_source is KernelSource.ROOT:
+        k = kernel.from_root(plan.export_path, plan.kernel_version, dirs.cache, plan.scenario)
+        say(f"kernel: {k.release}, the root's own")
+    else:
+        say(f"kernel: {plan.kernel_package} from Debian (cached after the first fetch)")
+        k = kernel.fetch(plan.kernel_package, dirs.cache)
+    if plan.builder is InitrdBuilder.VLAB:
+        say(f"initrd: vlab's busybox initrd for {k.release} with "
+            f"{', '.join(initrd.modules_for(plan))}")
+        img = initrd.build(k, plan, dirs.cache)
+    else:
+        say(f"initrd: {plan.builder.value} chrooted in the root for {k.release} "
+            "(cached after the first build)")
+        img = builders.build(plan, plan.export_path, k, dirs.cache)
     boot = plan.kernel_path.parent
     boot.mkdir(parents=True, exist_ok=True)
     for d in (dirs.state, dirs.state / "labs", plan.lab_dir, boot):
@@ -127,6 +163,7 @@ def boot_terminals(plan: LabPlan, conn: virt.Conn, say: Say) -> dict[TerminalPla
 
 def watch_consoles(plan: LabPlan, started: dict[TerminalPlan, float],
                    say: Say) -> dict[TerminalPlan, Verdict]:
+    ready = ready_line(plan)
     say(f"watching {len(started)} console(s) for the NFS root (timeout {plan.timeout} s)")
     stall = min(STALL_SECONDS, plan.timeout)
 
@@ -134,7 +171,7 @@ def watch_consoles(plan: LabPlan, started: dict[TerminalPlan, float],
 
     def one(t: TerminalPlan) -> Verdict:
         v = watch(t.console_log, started=started[t], timeout=plan.timeout, stall=stall,
-                  ready=READY_BUSYBOX, stop=stop)
+                  ready=ready, stop=stop)
         say(f"{t.name}: {v.name} after {v.seconds} s" + ("" if v.ok else f": {v.line}"))
         if v.name == STALLED and plan.hypervisor is Hypervisor.KVM:
             say(f"{t.name}: no console output for {stall:.0f} s under KVM; if this machine "
@@ -147,6 +184,16 @@ def watch_consoles(plan: LabPlan, started: dict[TerminalPlan, float],
     finally:
         stop.set()  # on Ctrl-C, the watchers stop at their next poll
         pool.shutdown(wait=True)
+
+
+def ready_line(plan: LabPlan) -> re.Pattern[str] | None:
+    """What the root's own init prints once the terminal is up, by what its init is."""
+    if plan.root_source is RootSource.BUSYBOX:
+        return READY_BUSYBOX
+    # inside() follows the root's own symlinks (/sbin/init -> /lib/systemd/systemd).
+    if mounts.inside(plan.export_path, "sbin/init").name == "systemd":
+        return READY_SYSTEMD
+    return None
 
 
 # ---- status ---------------------------------------------------------------------------------
@@ -208,6 +255,10 @@ def down(plan: LabPlan, dirs: Dirs, say: Say) -> None:
         if nfsserver.pid(plan) is not None:
             say("stopped nfs-ganesha")
         nfsserver.stop(plan)
+        if recorded.get("image"):
+            for done in nfsroot.release_image(Path(recorded["image"]),
+                                              Path(recorded["image_mount"])):
+                say(done)
         if nfsserver.stop_rpcbind_if_unused(dirs.state / RPCBIND_PID, _ganesha_pid_files(dirs)):
             say("stopped rpcbind")
         shutil.rmtree(plan.kernel_path.parent, ignore_errors=True)

@@ -68,6 +68,13 @@ def detach(loop: str) -> None:
         run.run(["losetup", "--detach", loop])
 
 
+def loops_of(image: Path) -> list[str]:
+    """Loop devices backed by a file."""
+    out = run.run(["losetup", "--noheadings", "--output", "NAME", "--associated", str(image)],
+                  check=False).stdout
+    return out.split()
+
+
 @dataclass
 class _Entry:
     kind: str  # "mount" or "loop"

@@ -1,11 +1,16 @@
-"""The NFS root: vlab's busybox terminal, built into the cache and exported read-only."""
+"""The NFS root: vlab's busybox terminal or a Debian root built into the cache, a disk image
+mounted read-only, or a directory as it is; exported read-only."""
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
-from vlab import busybox, cache, render
+from vlab import busybox, cache, mounts, render, run
+from vlab.errors import MissingTool
+
+Say = Callable[[str], None]
 
 DIRS = ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "dev", "proc", "sys", "tmp", "run",
         "root", "var/tmp", "var/lock", "var/log")
@@ -40,3 +45,48 @@ def build_busybox(export_path: Path) -> Path:
         tmp.chmod(0o755)
         cache.stamp(tmp, inputs)
     return export_path
+
+
+def build_debian(export_path: Path, suite: str, packages: tuple[str, ...], say: Say) -> Path:
+    """Bootstrap a Debian root with mmdebstrap, once per suite and package set."""
+    inputs = cache.key(suite, *packages)
+    if cache.is_current(export_path, inputs):
+        return export_path
+    if run.which("mmdebstrap") is None:
+        raise MissingTool("mmdebstrap (for source = \"debian\")", "mmdebstrap")
+    say(f"bootstrapping Debian {suite} with {len(packages)} packages (about a minute, once)")
+    with cache.publish(export_path) as tmp:
+        # No mirror named: mmdebstrap takes Debian's and, for a stable suite, adds
+        # updates and security itself, so the kernel matches what apt sees here.
+        run.run(["mmdebstrap", "--variant=minbase", f"--include={','.join(packages)}",
+                 suite, str(tmp)], timeout=1800,
+                hint="mmdebstrap needs Debian's archive; see its message above")
+        tmp.chmod(0o755)
+        cache.stamp(tmp, inputs)
+    return export_path
+
+
+def mount_image(image: Path, mountpoint: Path) -> None:
+    """Attach the image read-only and mount it read-only where the lab exports it.
+    It stays mounted while the lab runs; release_image() undoes it."""
+    if mounts.is_mounted(mountpoint):
+        return
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    with mounts.MountStack() as stack:
+        dev = stack.loop_readonly(image)
+        stack.mount(dev, mountpoint, options="ro")
+        stack.keep()
+
+
+def release_image(image: Path, mountpoint: Path) -> list[str]:
+    """Unmount the lab's image and detach every loop device backed by it."""
+    done = []
+    if mounts.is_mounted(mountpoint):
+        mounts.umount(mountpoint)
+        done.append(f"unmounted {mountpoint}")
+    for dev in mounts.loops_of(image):
+        mounts.detach(dev)
+        done.append(f"detached {dev}")
+    if mountpoint.is_dir():
+        mountpoint.rmdir()
+    return done

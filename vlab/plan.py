@@ -17,8 +17,11 @@ from vlab.scenario import (
     AfterBoot,
     HostMode,
     Hypervisor,
+    InitrdBuilder,
+    KernelSource,
     NfsVersion,
     NicDriver,
+    RootSource,
     Scenario,
     Writable,
 )
@@ -29,7 +32,7 @@ NFS_PORT_BASE = 20490
 NETNS = "vlab-host"
 MARKER = "VLAB-NFSROOT-OK"
 # Words vlab adds for speed, not for function: a quiet serial console boots faster under TCG.
-TUNING_ARGS = ("quiet", "panic=0")
+TUNING_ARGS = ("quiet",)
 FAIL_MARKER = "VLAB-FAIL"
 READY_MARKER = "VLAB-TERMINAL-UP"
 
@@ -100,7 +103,14 @@ class LabPlan:
     kernel_path: Path
     initrd_path: Path
     nfs_server_dir: Path
+    root_source: RootSource
+    root_image: Path | None
+    debian_suite: str
+    debian_packages: tuple[str, ...]
+    kernel_source: KernelSource
     kernel_package: str
+    kernel_version: str | None
+    builder: InitrdBuilder
     nic_drivers: tuple[NicDriver, ...]
     writable: Writable
     after_boot: AfterBoot
@@ -136,7 +146,18 @@ def make_plan(scenario: Scenario, dirs: Dirs) -> LabPlan:
         raise ScenarioError(scenario.path, "terminal", f"{len(scenario.terminals)} terminals "
                             f"do not fit in {subnet}", "use fewer terminals")
     lab_dir = dirs.state / "labs" / lab.name
-    export_path = dirs.cache / "roots" / scenario.root.source.value
+    root = scenario.root
+    builder = scenario.initrd.builder
+    packages = debian_packages(root.packages, builder)
+    export_path = {
+        RootSource.BUSYBOX: dirs.cache / "roots" / "busybox",
+        RootSource.DIR: root.path,
+        # While the lab runs, the image stays mounted read-only here, and this is exported.
+        RootSource.IMAGE: lab_dir / "root",
+        RootSource.DEBIAN: dirs.cache / "roots" / (
+            f"debian-{root.suite}-" + _digest("debian", root.suite, *packages).hex()[:12]),
+    }[root.source]
+    assert export_path is not None
     nfs_port = NFS_PORT_BASE + int.from_bytes(_digest("port", lab.name)[:2]) % 1000
     mount_port = nfs_port + 1000
     nfs_options = f"vers={lab.nfs_version.value},port={nfs_port}"
@@ -150,11 +171,14 @@ def make_plan(scenario: Scenario, dirs: Dirs) -> LabPlan:
         if t.root:
             server, _, path = t.root.rpartition(":")
             server = server or gateway
-        words = [
-            "console=ttyS0", "selinux=0", f"root={server}:{path}", f"rootflags={nfs_options}",
-            f"vlab.after={scenario.root.after_boot.value}",
-            f"vlab.writable={scenario.root.writable.value}", *TUNING_ARGS,
-        ]
+        words = ["console=ttyS0", "selinux=0",
+                 *root_args(builder, lab.nfs_version, server, path, nfs_options),
+                 f"vlab.writable={root.writable.value}"]
+        if root.source is RootSource.BUSYBOX:
+            words.append(f"vlab.after={root.after_boot.value}")
+        else:
+            words.append("systemd.show_status=1")  # its "Reached target" line is the ready line
+        words += TUNING_ARGS
         if t.cmdline:
             words.append(t.cmdline)
         terminals.append(TerminalPlan(
@@ -193,13 +217,46 @@ def make_plan(scenario: Scenario, dirs: Dirs) -> LabPlan:
         kernel_path=lab_dir / "boot" / "vmlinuz",
         initrd_path=lab_dir / "boot" / "initrd.img",
         nfs_server_dir=lab_dir / "nfs",
+        root_source=root.source,
+        root_image=root.path if root.source is RootSource.IMAGE else None,
+        debian_suite=root.suite,
+        debian_packages=packages,
+        kernel_source=scenario.kernel.source,
         kernel_package=scenario.kernel.package,
+        kernel_version=scenario.kernel.version,
+        builder=builder,
         nic_drivers=scenario.initrd.nic_drivers,
         writable=scenario.root.writable,
         after_boot=scenario.root.after_boot,
         timeout=lab.timeout,
         terminals=tuple(terminals),
     )
+
+
+# What a bootstrapped Debian terminal needs, and what each initrd builder needs in it
+# (HOST-NOTES: dracut wants network-legacy's tools, procps and netbase, or mount.nfs fails).
+DEBIAN_BASE = ("systemd-sysv", "udev", "linux-image-amd64", "procps", "netbase", "iproute2")
+BUILDER_PACKAGES = {
+    InitrdBuilder.VLAB: (),
+    InitrdBuilder.INITRAMFS_TOOLS: ("initramfs-tools",),
+    InitrdBuilder.DRACUT: ("dracut", "dracut-network", "nfs-common", "isc-dhcp-client"),
+}
+
+
+def debian_packages(extra: tuple[str, ...], builder: InitrdBuilder) -> tuple[str, ...]:
+    return tuple(sorted({*DEBIAN_BASE, *BUILDER_PACKAGES[builder], *extra}))
+
+
+def root_args(builder: InitrdBuilder, version: NfsVersion, server: str, path: str,
+              options: str) -> list[str]:
+    """The kernel command line words that tell each initrd where its NFS root is."""
+    if builder is InitrdBuilder.INITRAMFS_TOOLS:
+        # klibc's nfsmount asks rpcbind for the ports and takes no mountport.
+        return ["root=/dev/nfs", f"nfsroot={server}:{path},tcp,nfsvers=3", "ip=dhcp"]
+    if builder is InitrdBuilder.DRACUT:
+        scheme = "nfs" if version is NfsVersion.V3 else "nfs4"
+        return [f"root={scheme}:{server}:{path}:{options}", "ip=dhcp", "rd.neednet=1"]
+    return [f"root={server}:{path}", f"rootflags={options}"]
 
 
 def _macs(scenario: Scenario) -> dict[str, str]:

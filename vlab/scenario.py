@@ -43,6 +43,9 @@ class NfsVersion(StrEnum):
 
 class RootSource(StrEnum):
     BUSYBOX = "busybox"
+    DIR = "dir"
+    IMAGE = "image"
+    DEBIAN = "debian"
 
 
 class AfterBoot(StrEnum):
@@ -58,10 +61,13 @@ class Writable(StrEnum):
 
 class KernelSource(StrEnum):
     DEBIAN = "debian"
+    ROOT = "root"
 
 
 class InitrdBuilder(StrEnum):
     VLAB = "vlab"
+    INITRAMFS_TOOLS = "initramfs-tools"
+    DRACUT = "dracut"
 
 
 class NicDriver(StrEnum):
@@ -85,12 +91,16 @@ class Root:
     source: RootSource
     after_boot: AfterBoot
     writable: Writable
+    path: Path | None  # dir and image
+    suite: str  # debian
+    packages: tuple[str, ...]  # debian
 
 
 @dataclass(frozen=True)
 class Kernel:
     source: KernelSource
     package: str
+    version: str | None
 
 
 @dataclass(frozen=True)
@@ -219,30 +229,94 @@ def load(path: Path) -> Scenario:
 
 def parse(path: Path, data: Mapping[str, Any]) -> Scenario:
     top = _Table(path, "", data, ("lab", "root", "kernel", "initrd", "terminal"))
-    lab = _lab(_Table(path, "lab", _sub(top, "lab"), _LAB_KEYS))
-    root_t = _Table(path, "root", _sub(top, "root", {}), ("source", "after_boot", "writable"))
-    root = Root(
-        source=root_t.choice("source", RootSource, RootSource.BUSYBOX),
-        after_boot=root_t.choice("after_boot", AfterBoot, AfterBoot.SHELL),
-        writable=root_t.choice("writable", Writable, Writable.TMPFS),
-    )
-    kernel_t = _Table(path, "kernel", _sub(top, "kernel", {}), ("source", "package"))
-    package = kernel_t.get("package", str, "linux-image-amd64")
-    if not re.match(r"^linux-image-[a-z0-9.+-]+$", package):
-        raise kernel_t.error(
-            "package", f"{package!r} is not a kernel package name",
-            'name a Debian kernel package, e.g. "linux-image-amd64"',
-        )
-    kernel = Kernel(source=kernel_t.choice("source", KernelSource, KernelSource.DEBIAN),
-                    package=package)
+    root = _root(_Table(path, "root", _sub(top, "root", {}), _ROOT_KEYS))
     initrd_t = _Table(path, "initrd", _sub(top, "initrd", {}), ("builder", "nic_drivers"))
     initrd = Initrd(
         builder=initrd_t.choice("builder", InitrdBuilder, InitrdBuilder.VLAB),
         nic_drivers=_nic_drivers(initrd_t),
     )
+    lab = _lab(_Table(path, "lab", _sub(top, "lab"), _LAB_KEYS), initrd.builder)
+    kernel = _kernel(_Table(path, "kernel", _sub(top, "kernel", {}), _KERNEL_KEYS), root)
+    _check_builder(path, root, kernel, initrd, lab)
     terminals = _terminals(path, top, initrd.nic_drivers)
     return Scenario(path=path, lab=lab, root=root, kernel=kernel, initrd=initrd,
                     terminals=terminals)
+
+
+_ROOT_KEYS = ("source", "path", "suite", "packages", "after_boot", "writable")
+_KERNEL_KEYS = ("source", "package", "version")
+PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]+$")
+
+
+def _root(t: _Table) -> Root:
+    source = t.choice("source", RootSource, RootSource.BUSYBOX)
+    path = None
+    if source in (RootSource.DIR, RootSource.IMAGE):
+        raw = t.get("path", str)
+        # Relative paths are relative to the scenario file, like any config file's.
+        path = (t.file.parent / raw).resolve()
+        kind = "directory" if source is RootSource.DIR else "file"
+        if not (path.is_dir() if source is RootSource.DIR else path.is_file()):
+            raise t.error("path", f"{raw!r} is not a {kind} ({path})",
+                          f"give the path of the root {kind} (relative to the scenario file)")
+    elif "path" in t.data:
+        raise t.error("path", f'is only for source = "dir" or "image", not "{source.value}"',
+                      "remove path, or change source")
+    packages = t.get("packages", list, [])
+    for p in packages:
+        if not isinstance(p, str) or not PACKAGE_RE.match(p):
+            raise t.error("packages", f"{p!r} is not a Debian package name",
+                          'list package names, e.g. packages = ["openssh-server"]')
+    if source is not RootSource.DEBIAN and ("suite" in t.data or packages):
+        raise t.error("suite" if "suite" in t.data else "packages",
+                      f'is only for source = "debian", not "{source.value}"',
+                      "remove it, or use source = \"debian\"")
+    suite = t.get("suite", str, "bookworm")
+    if not re.match(r"^[a-z]+$", suite):
+        raise t.error("suite", f"{suite!r} is not a Debian suite name", 'use e.g. "bookworm"')
+    return Root(source=source, after_boot=t.choice("after_boot", AfterBoot, AfterBoot.SHELL),
+                writable=t.choice("writable", Writable, Writable.TMPFS), path=path,
+                suite=suite, packages=tuple(packages))
+
+
+def _kernel(t: _Table, root: Root) -> Kernel:
+    default = KernelSource.DEBIAN if root.source is RootSource.BUSYBOX else KernelSource.ROOT
+    source = t.choice("source", KernelSource, default)
+    if source is KernelSource.ROOT and root.source is RootSource.BUSYBOX:
+        raise t.error("source", '"root" but the busybox root has no kernel',
+                      'use source = "debian"')
+    package = t.get("package", str, "linux-image-amd64")
+    if not re.match(r"^linux-image-[a-z0-9.+-]+$", package):
+        raise t.error(
+            "package", f"{package!r} is not a kernel package name",
+            'name a Debian kernel package, e.g. "linux-image-amd64"',
+        )
+    version = t.get("version", str, "") or None
+    if version is not None and source is not KernelSource.ROOT:
+        raise t.error("version", 'picks a kernel installed in the root: only with source = "root"',
+                      "remove version, or name the package of that kernel in package")
+    return Kernel(source=source, package=package, version=version)
+
+
+def _check_builder(path: Path, root: Root, kernel: Kernel, initrd: Initrd, lab: Lab) -> None:
+    """Combinations that cannot boot are refused here, before anything is built."""
+    if initrd.builder is InitrdBuilder.VLAB:
+        return
+    name = initrd.builder.value
+    if root.source is RootSource.BUSYBOX:
+        raise ScenarioError(path, "initrd.builder", f'"{name}" runs inside the root, and the '
+                            "busybox root has none", 'use builder = "vlab", or a debian, dir or '
+                            "image root that has it installed")
+    if kernel.source is not KernelSource.ROOT:
+        raise ScenarioError(path, "kernel.source", f'"{name}" builds for a kernel installed in '
+                            "the root", 'use source = "root"')
+    if root.writable is Writable.OVERLAY:
+        raise ScenarioError(path, "root.writable", f'"overlay" is done by vlab\'s own initrd, '
+                            f'not by {name}', 'use builder = "vlab", or writable = "tmpfs"')
+    if initrd.builder is InitrdBuilder.INITRAMFS_TOOLS and lab.nfs_version is not NfsVersion.V3:
+        raise ScenarioError(path, "lab.nfs_version", f'"{lab.nfs_version.value}": '
+                            "initramfs-tools mounts with klibc's nfsmount, which speaks only "
+                            "NFSv2/v3", 'use nfs_version = "3" (the default with this builder)')
 
 
 _LAB_KEYS = ("name", "hypervisor", "uri", "host", "nfs_version", "timeout", "subnet")
@@ -254,7 +328,7 @@ def _sub(table: _Table, name: str, default: Mapping[str, Any] | None = None) -> 
     return table.get(name, dict)
 
 
-def _lab(t: _Table) -> Lab:
+def _lab(t: _Table, builder: InitrdBuilder) -> Lab:
     subnet_raw = t.data.get("subnet")
     subnet = None
     if subnet_raw is not None:
@@ -276,18 +350,19 @@ def _lab(t: _Table) -> Lab:
         hypervisor=t.choice("hypervisor", Hypervisor, Hypervisor.QEMU),
         uri=uri,
         host=t.choice("host", HostMode, HostMode.AUTO),
-        nfs_version=_nfs_version(t),
+        nfs_version=_nfs_version(t, builder),
         timeout=t.int_in("timeout", 120, 10, 3600, " s"),
         subnet=subnet,
     )
 
 
-def _nfs_version(t: _Table) -> NfsVersion:
+def _nfs_version(t: _Table, builder: InitrdBuilder) -> NfsVersion:
     # Accept 4 and 4.2 written as TOML numbers too: people will write them that way.
     raw = t.data.get("nfs_version")
     if isinstance(raw, int | float) and not isinstance(raw, bool):
         t = _Table(t.file, t.prefix, {**t.data, "nfs_version": str(raw)}, tuple(t.data))
-    return t.choice("nfs_version", NfsVersion, NfsVersion.V4_2)
+    default = NfsVersion.V3 if builder is InitrdBuilder.INITRAMFS_TOOLS else NfsVersion.V4_2
+    return t.choice("nfs_version", NfsVersion, default)
 
 
 def _nic_drivers(t: _Table) -> tuple[NicDriver, ...]:

@@ -1,0 +1,81 @@
+"""Initrds built by the root's own builder, chrooted in it, as the page runs mkinitrd:
+initramfs-tools' mkinitramfs or dracut. Their configuration goes in through a temporary
+directory on the build tmpfs (the image's /etc is never edited), and each gets a small vlab
+hook that prints the proof of the NFS root."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from vlab import cache, mounts, render, run
+from vlab.errors import MissingTool
+from vlab.initrd import modules_for
+from vlab.kernel import Kernel
+from vlab.plan import LabPlan
+from vlab.scenario import InitrdBuilder
+
+OUTPUT = "vlab-initrd.img"
+
+
+def config_files(plan: LabPlan) -> dict[str, tuple[str, int]]:
+    """The builder's temporary config directory: relative path -> (text, mode)."""
+    modules = modules_for(plan)
+    if plan.builder is InitrdBuilder.INITRAMFS_TOOLS:
+        return {
+            "initramfs.conf": (render.template("initramfs-tools.conf.j2"), 0o644),
+            "modules": (render.template("initramfs-tools-modules.j2", modules=modules), 0o644),
+            "conf.d/.keep": ("", 0o644),
+            "hooks/.keep": ("", 0o644),
+            "scripts/nfs-bottom/vlab": (render.template("initramfs-tools-bottom.sh.j2"), 0o755),
+        }
+    return {
+        "dracut.conf": (render.template("dracut.conf.j2", modules=modules), 0o644),
+        "conf.d/.keep": ("", 0o644),
+        "99-vlab.sh": (render.template("dracut-hook.sh.j2"), 0o755),
+    }
+
+
+def command(plan: LabPlan, release: str, confdir: str) -> list[str]:
+    """The builder's command line, as run inside the root (paths are the chroot's)."""
+    out = f"/tmp/{OUTPUT}"
+    if plan.builder is InitrdBuilder.INITRAMFS_TOOLS:
+        return ["mkinitramfs", "-d", confdir, "-o", out, release]
+    return ["dracut", "--force", "--no-hostonly", "--conf", f"{confdir}/dracut.conf",
+            "--confdir", f"{confdir}/conf.d", "--tmpdir", "/tmp",
+            "--include", f"{confdir}/99-vlab.sh", "/lib/dracut/hooks/pre-pivot/99-vlab.sh",
+            "--kver", release, out]
+
+
+PROGRAM = {InitrdBuilder.INITRAMFS_TOOLS: ("usr/sbin/mkinitramfs", "initramfs-tools"),
+           InitrdBuilder.DRACUT: ("usr/bin/dracut", "dracut dracut-network")}
+
+
+def build(plan: LabPlan, root: Path, kernel: Kernel, cache_dir: Path) -> Path:
+    """The initrd, built once per root, kernel and configuration, copied into the cache."""
+    files = config_files(plan)
+    confdir = f"/tmp/vlab-{plan.builder.value}"
+    argv = command(plan, kernel.release, confdir)
+    inputs = cache.key(plan.builder.value, kernel.key, str(root),
+                       str((kernel.modules / "modules.dep").stat().st_mtime_ns),
+                       repr(sorted(files.items())), *argv)
+    final = cache_dir / "initrds" / f"{plan.builder.value}-{inputs}.img"
+    if final.exists():
+        return final
+    program, package = PROGRAM[plan.builder]
+    if not mounts.inside(root, program).exists():
+        raise MissingTool(f"{plan.builder.value} in the root {root} (/{program})",
+                          f"{package} (inside the root)")
+    with mounts.MountStack() as stack, cache.publish(final) as tmp:
+        stack.build_mounts(root)
+        host_confdir = mounts.inside(root, confdir)
+        for rel, (text, mode) in files.items():
+            path = host_confdir / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            path.chmod(mode)
+        run.run(["chroot", str(root), *argv], env={"TMPDIR": "/tmp"}, timeout=1200,
+                hint=f"the {plan.builder.value} run inside {root} failed; see its output above")
+        shutil.copyfile(mounts.inside(root, f"tmp/{OUTPUT}"), tmp)
+        tmp.chmod(0o644)  # dracut writes 0600; QEMU runs as libvirt-qemu
+    return final
