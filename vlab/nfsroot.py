@@ -58,8 +58,10 @@ def build_debian(export_path: Path, suite: str, packages: tuple[str, ...], say: 
     with cache.publish(export_path) as tmp:
         # No mirror named: mmdebstrap takes Debian's and, for a stable suite, adds
         # updates and security itself, so the kernel matches what apt sees here.
+        # INITRD=No: the kernel's postinst hooks build no initrd while installing (vlab
+        # builds its own, with its own config); dracut's would even fail half-installed.
         run.run(["mmdebstrap", "--variant=minbase", f"--include={','.join(packages)}",
-                 suite, str(tmp)], timeout=1800,
+                 suite, str(tmp)], env={"INITRD": "No"}, timeout=1800,
                 hint="mmdebstrap needs Debian's archive; see its message above")
         tmp.chmod(0o755)
         cache.stamp(tmp, inputs)

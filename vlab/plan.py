@@ -239,12 +239,14 @@ DEBIAN_BASE = ("systemd-sysv", "udev", "linux-image-amd64", "procps", "netbase",
 BUILDER_PACKAGES = {
     InitrdBuilder.VLAB: (),
     InitrdBuilder.INITRAMFS_TOOLS: ("initramfs-tools",),
-    InitrdBuilder.DRACUT: ("dracut", "dracut-network", "nfs-common", "isc-dhcp-client"),
+    InitrdBuilder.DRACUT: ("dracut", "dracut-network", "nfs-common", "isc-dhcp-client",
+                           "iputils-arping"),
 }
 
 
 def debian_packages(extra: tuple[str, ...], builder: InitrdBuilder) -> tuple[str, ...]:
     return tuple(sorted({*DEBIAN_BASE, *BUILDER_PACKAGES[builder], *extra}))
+
 
 
 def root_args(builder: InitrdBuilder, version: NfsVersion, server: str, path: str,
