@@ -8,14 +8,14 @@ import libvirt
 import pytest
 from conftest import plan_of
 
-from vlab import render
+from vlab import lab, render
 
-SCENARIOS = ["tiny", "e1000", "nfs3", "overlay"]
+SCENARIOS = ["tiny", "e1000", "nfs3", "overlay", "debian-initramfs-tools", "debian-dracut"]
 
 
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_golden_artifacts(name: str, golden) -> None:  # type: ignore[no-untyped-def]
-    for rel, text in render.all_artifacts(plan_of(name)).items():
+    for rel, text in lab.artifacts(plan_of(name)).items():
         golden(f"{name}/{rel}", text)
 
 

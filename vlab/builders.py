@@ -16,6 +16,7 @@ from vlab.plan import LabPlan
 from vlab.scenario import InitrdBuilder
 
 OUTPUT = "vlab-initrd.img"
+CONFDIR = "/tmp/vlab-{builder}"  # inside the root, on the build tmpfs
 
 
 def config_files(plan: LabPlan) -> dict[str, tuple[str, int]]:
@@ -54,7 +55,7 @@ PROGRAM = {InitrdBuilder.INITRAMFS_TOOLS: ("usr/sbin/mkinitramfs", "initramfs-to
 def build(plan: LabPlan, root: Path, kernel: Kernel, cache_dir: Path) -> Path:
     """The initrd, built once per root, kernel and configuration, copied into the cache."""
     files = config_files(plan)
-    confdir = f"/tmp/vlab-{plan.builder.value}"
+    confdir = CONFDIR.format(builder=plan.builder.value)
     argv = command(plan, kernel.release, confdir)
     inputs = cache.key(plan.builder.value, kernel.key, str(root),
                        str((kernel.modules / "modules.dep").stat().st_mtime_ns),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import sys
 import threading
@@ -212,7 +213,7 @@ def report(plan: LabPlan, conn: virt.Conn | None) -> dict[str, Any]:
             "state": virt.domain_state(conn, t.domain) if conn is not None else "absent",
             "verdict": r.get("name"),
             "seconds": r.get("seconds"),
-            "line": r.get("line") if r.get("name") != OK else None,
+            "line": r.get("line"),
             "console_log": str(t.console_log),
             "proof": r.get("proof"),
         })
@@ -287,9 +288,25 @@ def host_down(netns: str, dirs: Dirs, say: Say) -> None:
     state.remove(dirs.state, HOST_FILE)
 
 
+def artifacts(plan: LabPlan) -> dict[str, str]:
+    """Every text file vlab would write for this lab, the builder's config dir included."""
+    files = render.all_artifacts(plan)
+    if plan.builder is not InitrdBuilder.VLAB:
+        del files["initrd/init"], files["initrd/udhcpc.sh"]
+        confdir = builders.CONFDIR.format(builder=plan.builder.value)
+        for rel, (text, _mode) in builders.config_files(plan).items():
+            files[f"initrd/{plan.builder.value}/{rel}"] = text
+        release = plan.kernel_version or "RELEASE"  # the root's newest kernel, found at up
+        files["initrd/command"] = shlex.join(["chroot", str(plan.export_path),
+                                              *builders.command(plan, release, confdir)]) + "\n"
+    if plan.root_source is not RootSource.BUSYBOX:
+        del files["root/sbin/init"]
+    return files
+
+
 def render_to(plan: LabPlan, out: Path) -> list[Path]:
     written = []
-    for name, text in render.all_artifacts(plan).items():
+    for name, text in artifacts(plan).items():
         path = out / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)

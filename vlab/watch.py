@@ -17,6 +17,7 @@ from pathlib import Path
 from vlab.plan import FAIL_MARKER, MARKER, READY_MARKER
 
 OK = "ok"
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # What a root's own init says once the terminal is up, by kind of init.
 READY_BUSYBOX = re.compile(re.escape(READY_MARKER))
 READY_SYSTEMD = re.compile(r"Reached target .*Multi-User System|Reached target multi-user\.target")
@@ -104,7 +105,7 @@ class Follower:
         except FileNotFoundError:
             return []
         self.offset += len(data)
-        text = self.partial + data.decode(errors="replace").replace("\r", "")
+        text = self.partial + ANSI.sub("", data.decode(errors="replace")).replace("\r", "")
         *complete, self.partial = text.split("\n")
         return complete
 

@@ -1,0 +1,39 @@
+#!/bin/sh
+# dracut pre-pivot hook added by vlab (dracut --include, the image is not touched): the proof
+# of the NFS root, and tmpfs where a stateless client must write, before the switch to $NEWROOT.
+# Print the proof of the NFS root: the mount as this guest's /proc/mounts shows it.
+# (Plain sh and read: klibc's and dracut's shells have no awk.)
+vlab_proof() {
+    vlab_line=
+    while read -r vlab_dev vlab_mnt vlab_fs vlab_opts vlab_rest; do
+        if [ "$vlab_mnt" = "$1" ]; then
+            case "$vlab_fs" in nfs*) vlab_line="$vlab_dev $vlab_fs $vlab_opts" ;; esac
+        fi
+    done < /proc/mounts
+    if [ -n "$vlab_line" ]; then
+        set -- $vlab_line
+        echo "VLAB-NFSROOT-OK server=${1%%:*} export=${1#*:} fstype=$2 options=$3"
+    else
+        echo "VLAB-FAIL init-failed: no NFS mount on $1"
+    fi
+}
+
+# Give a read-only NFS root somewhere to write: tmpfs over the usual volatile paths.
+# Symlinks (var/run -> /run) are left alone: they point into a tmpfs already.
+vlab_writable_tmpfs() {
+    vlab_done=
+    for vlab_dir in tmp var/tmp var/lock var/run var/log var/lib/dhcp; do
+        if [ -d "$1/$vlab_dir" ] && [ ! -L "$1/$vlab_dir" ]; then
+            mount -t tmpfs -o mode=1777,size=25% tmpfs "$1/$vlab_dir" \
+                && vlab_done="$vlab_done /$vlab_dir"
+        fi
+    done
+    echo "vlab: writable tmpfs on:$vlab_done"
+}
+
+vlab_writable=tmpfs
+for word in $(cat /proc/cmdline); do
+    case "$word" in vlab.writable=*) vlab_writable=${word#vlab.writable=} ;; esac
+done
+vlab_proof "$NEWROOT" > /dev/console
+[ "$vlab_writable" = tmpfs ] && vlab_writable_tmpfs "$NEWROOT" > /dev/console

@@ -1,0 +1,162 @@
+"""Real roots, as the page boots them: Debian roots whose own initramfs-tools or dracut built
+the initrd (chrooted, the root's config untouched), a directory, and a disk image attached
+read-only. Needs root; `make test` and CI run these. The Debian roots are cached by their
+inputs, so a second run skips the bootstrap."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from test_boot import leftovers, plan_for, tree_digest, up, vlab
+
+from vlab import nfsroot
+from vlab.plan import Dirs, LabPlan
+
+pytestmark = pytest.mark.boot
+
+ITOOLS = "scenarios/debian-initramfs-tools.toml"
+DRACUT = "scenarios/debian-dracut.toml"
+
+
+@pytest.fixture
+def lab_down():  # type: ignore[no-untyped-def]
+    used: list[str] = []
+    yield used
+    for path in used:
+        vlab("down", path)
+
+
+def _multi_user(t: dict) -> None:  # type: ignore[type-arg]
+    assert t["verdict"] == "ok", t
+    assert "Reached target multi-user.target" in t["line"], t["line"]
+
+
+def _wrote_tmpfs(t: dict) -> None:  # type: ignore[type-arg]
+    """The builder's vlab hook put tmpfs where a stateless Debian client writes."""
+    log = Path(t["console_log"]).read_text()
+    (line,) = [ln for ln in log.splitlines() if ln.startswith("vlab: writable tmpfs on:")]
+    assert {"/tmp", "/var/tmp", "/var/log"} <= set(line.split(":", 1)[1].split()), line
+
+
+def test_debian_root_with_initramfs_tools_initrd_reaches_multi_user(lab_down) -> None:  # type: ignore[no-untyped-def]
+    lab_down.append(ITOOLS)
+    plan = plan_for(ITOOLS)
+    proc, rep = up(ITOOLS)
+    assert proc.returncode == 0, proc.stderr
+    (t,) = rep["terminals"]
+    _multi_user(t)
+    assert t["proof"]["fstype"] == "nfs" and "vers=3" in t["proof"]["options"].split(",")
+    assert t["proof"]["export"] == str(plan.export_path)
+    assert "initramfs-tools chrooted in the root" in proc.stderr
+    # The root's own initramfs-tools configuration was never touched.
+    assert not (plan.export_path / "tmp/vlab-initramfs-tools").exists()
+    conf = plan.export_path / "etc/initramfs-tools/initramfs.conf"
+    assert "MODULES=most" in conf.read_text() and "BOOT=nfs" not in conf.read_text()
+    _wrote_tmpfs(t)
+    assert vlab("down", ITOOLS).returncode == 0
+    assert leftovers(plan) == []
+
+
+def test_debian_root_with_dracut_initrd_reaches_multi_user(lab_down) -> None:  # type: ignore[no-untyped-def]
+    lab_down.append(DRACUT)
+    plan = plan_for(DRACUT)
+    proc, rep = up(DRACUT)
+    assert proc.returncode == 0, proc.stderr
+    (t,) = rep["terminals"]
+    _multi_user(t)
+    assert t["proof"]["fstype"] == "nfs4" and "vers=4.2" in t["proof"]["options"].split(",")
+    assert "dracut chrooted in the root" in proc.stderr
+    assert not list((plan.export_path / "etc/dracut.conf.d").glob("*vlab*"))
+    _wrote_tmpfs(t)
+    assert vlab("down", DRACUT).returncode == 0
+    assert leftovers(plan) == []
+
+
+def _debian_root() -> Path:
+    """The initramfs-tools Debian root (bootstrapped once, then cached)."""
+    plan = plan_for(ITOOLS)
+    return nfsroot.build_debian(plan.export_path, plan.debian_suite, plan.debian_packages,
+                                lambda _text: None)
+
+
+def test_directory_root_boots_with_vlab_initrd_and_its_own_kernel(
+    tmp_path: Path, lab_down  # type: ignore[no-untyped-def]
+) -> None:
+    root = _debian_root()
+    scenario = tmp_path / "dir.toml"
+    scenario.write_text(f'[lab]\nname = "dirroot"\ntimeout = 240\n'
+                        f'[root]\nsource = "dir"\npath = "{root}"\n'
+                        '[[terminal]]\nname = "t1"\nmemory = 512\n')
+    lab_down.append(str(scenario))
+    before = tree_digest(root / "etc")
+    proc, rep = up(str(scenario))
+    assert proc.returncode == 0, proc.stderr
+    (t,) = rep["terminals"]
+    _multi_user(t)
+    assert t["proof"]["export"] == str(root) and t["proof"]["fstype"] == "nfs4"
+    assert "the root's own" in proc.stderr and "vlab's busybox initrd" in proc.stderr
+    assert vlab("down", str(scenario)).returncode == 0
+    assert tree_digest(root / "etc") == before
+
+
+def _image_of(root: Path, image: Path) -> str:
+    size = sum(p.lstat().st_size for p in root.rglob("*")) * 3 // 2 + (256 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(root), str(image), f"{size >> 20}M"],
+                   check=True)
+    return hashlib.sha256(image.read_bytes()).hexdigest()
+
+
+def _loops_and_mounts(image: Path, plan: LabPlan) -> list[str]:
+    loops = subprocess.run(["losetup", "-n", "-O", "NAME", "-j", str(image)],
+                           capture_output=True, text=True).stdout.split()
+    mounts = [ln for ln in Path("/proc/mounts").read_text().splitlines()
+              if str(plan.lab_dir) in ln or str(image) in ln]
+    return loops + mounts
+
+
+def test_disk_image_root_initrd_built_inside_it_and_image_never_changes(
+    tmp_path: Path, lab_down  # type: ignore[no-untyped-def]
+) -> None:
+    image = tmp_path / "terminal.img"
+    checksum = _image_of(_debian_root(), image)
+    scenario = tmp_path / "image.toml"
+    scenario.write_text('[lab]\nname = "imageroot"\ntimeout = 240\nnfs_version = "3"\n'
+                        '[root]\nsource = "image"\npath = "terminal.img"\n'
+                        '[initrd]\nbuilder = "initramfs-tools"\n'
+                        '[[terminal]]\nname = "t1"\nmemory = 512\n')
+    lab_down.append(str(scenario))
+    plan = _plan(scenario)
+
+    # A failure injected mid-build (a kernel the image does not have): nothing is left.
+    bad = tmp_path / "bad.toml"
+    bad.write_text(scenario.read_text().replace('[initrd]', '[kernel]\nversion = "9.9.9"\n'
+                                                '[initrd]'))
+    failed = vlab("up", str(bad))
+    assert failed.returncode == 2 and "9.9.9" in failed.stderr
+    assert vlab("down", str(bad)).returncode == 0
+    assert _loops_and_mounts(image, plan) == []
+
+    proc, rep = up(str(scenario))
+    assert proc.returncode == 0, proc.stderr
+    (t,) = rep["terminals"]
+    _multi_user(t)
+    assert t["proof"]["export"] == str(plan.export_path)
+    assert "attached and mounted read-only" in proc.stderr
+    assert vlab("down", str(scenario)).returncode == 0
+    assert _loops_and_mounts(image, plan) == []
+    assert hashlib.sha256(image.read_bytes()).hexdigest() == checksum
+
+
+def _plan(scenario: Path) -> LabPlan:
+    from vlab import scenario as sc
+    from vlab.plan import make_plan
+
+    return make_plan(sc.load(scenario), Dirs.from_env())
+
+
+def test_scenarios_are_in_the_repo() -> None:
+    assert (ROOT / ITOOLS).exists() and (ROOT / DRACUT).exists()
