@@ -12,6 +12,9 @@ case "$1" in
             ip route add default via "${router%% *}" dev "$interface"
         fi
         [ -n "$hostname" ] && hostname "$hostname"
+        mkdir -p /run
+        echo "${rootpath:-}" > /run/vlab-dhcp-rootpath
+        echo "${serverid:-}" > /run/vlab-dhcp-server
         echo "vlab-initrd: $interface is $ip/${mask:-24} (lease from ${serverid:-?})"
         ;;
 esac

@@ -150,6 +150,24 @@ def test_e1000_and_virtio_terminals_in_one_lab(lab_down) -> None:  # type: ignor
                                  "basename $(readlink /sys/class/net/eth0/device/driver)")
 
 
+def test_root_path_from_dhcp_in_several_forms_with_options_reaching_the_mount(lab_down) -> None:  # type: ignore[no-untyped-def]
+    path = "scenarios/dhcp-root.toml"
+    lab_down.append(path)
+    plan = plan_for(path)
+    assert all("root=" not in t.cmdline for t in plan.terminals)
+    proc, rep = up(path)
+    assert proc.returncode == 0, proc.stderr
+    by_name = {t["name"]: t for t in rep["terminals"]}
+    for t in by_name.values():
+        assert t["verdict"] == "ok" and t["proof"]["export"] == str(plan.export_path)
+        log = Path(t["console_log"]).read_text()
+        assert "vlab-initrd: root path from DHCP: " in log
+    assert "wsize=4096" in by_name["options"]["proof"]["options"].split(",")
+    assert "vers=4.1" in by_name["options"]["proof"]["options"].split(",")
+    assert "rsize=8192" in by_name["nopath"]["proof"]["options"].split(",")
+    assert by_name["nopath"]["proof"]["server"] == plan.gateway
+
+
 def test_nfs3_terminal_mounts_with_every_port_given_and_rpcbind_goes_with_down(lab_down) -> None:  # type: ignore[no-untyped-def]
     lab_down.append("scenarios/nfs3.toml")
     plan = plan_for("scenarios/nfs3.toml")

@@ -10,7 +10,8 @@ from conftest import plan_of
 
 from vlab import lab, render
 
-SCENARIOS = ["tiny", "e1000", "nfs3", "overlay", "debian-initramfs-tools", "debian-dracut"]
+SCENARIOS = ["tiny", "e1000", "nfs3", "overlay", "debian-initramfs-tools", "debian-dracut",
+             "dhcp-root"]
 
 
 @pytest.mark.parametrize("name", SCENARIOS)

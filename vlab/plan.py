@@ -22,6 +22,7 @@ from vlab.scenario import (
     NfsVersion,
     NicDriver,
     RootSource,
+    RootVia,
     Scenario,
     Writable,
 )
@@ -75,6 +76,7 @@ class TerminalPlan:
     vcpus: int
     root_server: str
     root_path: str
+    dhcp_root_path: str | None
     cmdline: str
     console_log: Path
 
@@ -171,8 +173,14 @@ def make_plan(scenario: Scenario, dirs: Dirs) -> LabPlan:
         if t.root:
             server, _, path = t.root.rpartition(":")
             server = server or gateway
+        dhcp_root = None
+        if lab.root_via is RootVia.DHCP:
+            dhcp_root = t.dhcp_root_path or dhcp_root_path(builder, lab.nfs_version, server,
+                                                           path, nfs_options)
+        given = lab.root_via is RootVia.CMDLINE or t.root is not None
         words = ["console=ttyS0", "selinux=0",
-                 *root_args(builder, lab.nfs_version, server, path, nfs_options),
+                 *root_args(builder, lab.nfs_version, server if given else None, path,
+                            nfs_options),
                  f"vlab.writable={root.writable.value}"]
         if root.source is RootSource.BUSYBOX:
             words.append(f"vlab.after={root.after_boot.value}")
@@ -191,6 +199,7 @@ def make_plan(scenario: Scenario, dirs: Dirs) -> LabPlan:
             vcpus=t.vcpus,
             root_server=server,
             root_path=path,
+            dhcp_root_path=dhcp_root,
             cmdline=" ".join(words),
             console_log=lab_dir / "console" / f"{t.name}.log",
         ))
@@ -249,9 +258,16 @@ def debian_packages(extra: tuple[str, ...], builder: InitrdBuilder) -> tuple[str
 
 
 
-def root_args(builder: InitrdBuilder, version: NfsVersion, server: str, path: str,
+def root_args(builder: InitrdBuilder, version: NfsVersion, server: str | None, path: str,
               options: str) -> list[str]:
-    """The kernel command line words that tell each initrd where its NFS root is."""
+    """The kernel command line words that tell each initrd where its NFS root is; with no
+    server, the initrd takes the root path from DHCP (option 17)."""
+    if server is None:
+        return {
+            InitrdBuilder.INITRAMFS_TOOLS: ["root=/dev/nfs", "ip=dhcp"],
+            InitrdBuilder.DRACUT: ["root=dhcp", "ip=dhcp", "rd.neednet=1"],
+            InitrdBuilder.VLAB: [],
+        }[builder]
     if builder is InitrdBuilder.INITRAMFS_TOOLS:
         # klibc's nfsmount asks rpcbind for the ports and takes no mountport.
         return ["root=/dev/nfs", f"nfsroot={server}:{path},tcp,nfsvers=3", "ip=dhcp"]
@@ -259,6 +275,15 @@ def root_args(builder: InitrdBuilder, version: NfsVersion, server: str, path: st
         scheme = "nfs" if version is NfsVersion.V3 else "nfs4"
         return [f"root={scheme}:{server}:{path}:{options}", "ip=dhcp", "rd.neednet=1"]
     return [f"root={server}:{path}", f"rootflags={options}"]
+
+
+def dhcp_root_path(builder: InitrdBuilder, version: NfsVersion, server: str, path: str,
+                   options: str) -> str:
+    """Option 17 as each initrd reads it (klibc's nfsmount asks rpcbind, so no options)."""
+    if builder is InitrdBuilder.INITRAMFS_TOOLS:
+        return f"{server}:{path}"
+    scheme = "nfs" if version is NfsVersion.V3 else "nfs4"
+    return f"{scheme}:{server}:{path}:{options}"
 
 
 def _macs(scenario: Scenario) -> dict[str, str]:

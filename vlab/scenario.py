@@ -53,6 +53,11 @@ class AfterBoot(StrEnum):
     POWEROFF = "poweroff"
 
 
+class RootVia(StrEnum):
+    CMDLINE = "cmdline"
+    DHCP = "dhcp"
+
+
 class Writable(StrEnum):
     NONE = "none"
     TMPFS = "tmpfs"
@@ -84,6 +89,7 @@ class Lab:
     nfs_version: NfsVersion
     timeout: int
     subnet: ipaddress.IPv4Network | None
+    root_via: RootVia
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,7 @@ class Terminal:
     memory: int
     vcpus: int
     root: str | None
+    dhcp_root_path: str | None
     cmdline: str
 
 
@@ -319,7 +326,8 @@ def _check_builder(path: Path, root: Root, kernel: Kernel, initrd: Initrd, lab: 
                             "NFSv2/v3", 'use nfs_version = "3" (the default with this builder)')
 
 
-_LAB_KEYS = ("name", "hypervisor", "uri", "host", "nfs_version", "timeout", "subnet")
+_LAB_KEYS = ("name", "hypervisor", "uri", "host", "nfs_version", "timeout", "subnet",
+             "root_via")
 
 
 def _sub(table: _Table, name: str, default: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
@@ -353,6 +361,7 @@ def _lab(t: _Table, builder: InitrdBuilder) -> Lab:
         nfs_version=_nfs_version(t, builder),
         timeout=t.int_in("timeout", 120, 10, 3600, " s"),
         subnet=subnet,
+        root_via=t.choice("root_via", RootVia, RootVia.CMDLINE),
     )
 
 
@@ -381,7 +390,8 @@ def _nic_drivers(t: _Table) -> tuple[NicDriver, ...]:
     return tuple(drivers)
 
 
-_TERMINAL_KEYS = ("name", "nic", "mac", "memory", "vcpus", "root", "cmdline")
+_TERMINAL_KEYS = ("name", "nic", "mac", "memory", "vcpus", "root", "dhcp_root_path", "cmdline")
+DHCP_ROOT_RE = re.compile(r"^((nfs|nfs4):)?([0-9.]+:)?/[A-Za-z0-9._/-]*([:,][A-Za-z0-9=.,_-]+)?$")
 
 
 def _terminals(path: Path, top: _Table, nics: tuple[NicDriver, ...]) -> tuple[Terminal, ...]:
@@ -407,6 +417,11 @@ def _terminals(path: Path, top: _Table, nics: tuple[NicDriver, ...]) -> tuple[Te
         if root is not None and not re.match(r"^([0-9.]+:)?/[A-Za-z0-9._/-]*$", root):
             raise t.error("root", f"{root!r} is not an NFS root",
                           'write it as the page does: "SERVER-IP:/path" or "/path"')
+        dhcp_root = t.get("dhcp_root_path", str, "") or None
+        if dhcp_root is not None and not DHCP_ROOT_RE.match(dhcp_root):
+            raise t.error("dhcp_root_path", f"{dhcp_root!r} is not a DHCP root path",
+                          'write "/path", "server:/path", "nfs:server:/path:options" '
+                          'or "nfs4:server:/path"')
         cmdline = t.get("cmdline", str, "")
         if any(c in cmdline for c in "\n\r\"'<>&"):
             raise t.error("cmdline", f"{cmdline!r} contains a character a kernel command line "
@@ -419,7 +434,7 @@ def _terminals(path: Path, top: _Table, nics: tuple[NicDriver, ...]) -> tuple[Te
             name=name, nic=nic, mac=mac,
             memory=t.int_in("memory", 256, 128, 65536, " MiB"),
             vcpus=t.int_in("vcpus", 1, 1, 64),
-            root=root, cmdline=cmdline,
+            root=root, dhcp_root_path=dhcp_root, cmdline=cmdline,
         ))
     return tuple(terminals)
 
