@@ -76,6 +76,20 @@ def test_debian_root_with_dracut_initrd_reaches_multi_user(lab_down) -> None:  #
     assert leftovers(plan) == []
 
 
+def test_dracut_takes_the_root_path_from_dhcp(tmp_path: Path, lab_down) -> None:  # type: ignore[no-untyped-def]
+    scenario = tmp_path / "dracut-dhcp.toml"
+    scenario.write_text((ROOT / DRACUT).read_text().replace(
+        'name = "deb-dracut"', 'name = "deb-dracut-dhcp"\nroot_via = "dhcp"'))
+    lab_down.append(str(scenario))
+    plan = _plan(scenario)
+    assert "root=dhcp" in plan.terminals[0].cmdline.split()
+    proc, rep = up(str(scenario))
+    assert proc.returncode == 0, proc.stderr
+    (t,) = rep["terminals"]
+    _multi_user(t)
+    assert t["proof"]["export"] == str(plan.export_path) and t["proof"]["fstype"] == "nfs4"
+
+
 def _debian_root() -> Path:
     """The initramfs-tools Debian root (bootstrapped once, then cached)."""
     plan = plan_for(ITOOLS)
