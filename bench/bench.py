@@ -9,6 +9,7 @@ Run as root: make bench (or .venv/bin/python bench/bench.py --rounds 5).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import statistics
@@ -75,13 +76,45 @@ def bare_qemu(plan: LabPlan) -> float:
     raise AssertionError
 
 
+BUILDER_SCENARIOS = (("vlab (busybox root)", "scenarios/tiny.toml"),
+                     ("initramfs-tools (Debian root)", "scenarios/debian-initramfs-tools.toml"),
+                     ("dracut (Debian root)", "scenarios/debian-dracut.toml"))
+
+
+def builders() -> None:
+    """Per initrd builder: `vlab up` with the initrd built cold, then warm, and the guest's
+    seconds from domain start to verdict (its root already bootstrapped and cached)."""
+    dirs = Dirs.from_env()
+    for label, path in BUILDER_SCENARIOS:
+        vlab("down", path)
+        runs = []
+        for cold in (True, False):
+            if cold:
+                for img in (dirs.cache / "initrds").glob("*.img"):
+                    img.unlink()
+            start = time.monotonic()
+            out = subprocess.run([*VLAB, "up", path, "--json"], cwd=ROOT, capture_output=True,
+                                 text=True, check=True).stdout
+            wall = time.monotonic() - start
+            verdicts = [t["seconds"] for t in json.loads(out)["terminals"]]
+            runs.append(f"{'cold' if cold else 'warm'} up {wall:6.1f} s "
+                        f"(boot to verdict {max(verdicts):5.1f} s)")
+            vlab("down", path)
+        print(f"{label:<32} " + "   ".join(runs), flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--builders", action="store_true",
+                        help="time each initrd builder instead: cold and warm build, boot")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench: run as root")
+    if args.builders:
+        builders()
+        return 0
     plan = make_plan(scenario.load(ROOT / SCENARIO), Dirs.from_env())
     vlab("host", "up")  # a warm lab host, like a developer's running libvirtd
     vlab("down", SCENARIO)

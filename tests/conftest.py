@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,3 +39,13 @@ def golden(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
 def plan_of(name: str) -> LabPlan:
     path = ROOT / "scenarios" / f"{name}.toml"
     return make_plan(scenario.load(path.relative_to(ROOT)), GOLDEN_DIRS)
+
+
+@pytest.fixture
+def lab_down():  # type: ignore[no-untyped-def]
+    """Scenario paths appended here are brought down after the test, even when it fails."""
+    used: list[str] = []
+    yield used
+    for path in used:
+        subprocess.run([sys.executable, "-m", "vlab", "down", path], cwd=ROOT,
+                       capture_output=True, timeout=300)

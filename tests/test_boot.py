@@ -72,15 +72,6 @@ def leftovers(plan: LabPlan) -> list[str]:
     return found
 
 
-@pytest.fixture
-def lab_down():  # type: ignore[no-untyped-def]
-    """Bring labs down after the test even when it fails."""
-    used: list[str] = []
-    yield used
-    for path in used:
-        vlab("down", path)
-
-
 def up(path: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     proc = vlab("up", path, "--json")
     assert proc.stdout, proc.stderr

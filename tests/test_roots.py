@@ -14,20 +14,12 @@ from conftest import ROOT
 from test_boot import leftovers, plan_for, tree_digest, up, vlab
 
 from vlab import nfsroot
-from vlab.plan import Dirs, LabPlan
+from vlab.plan import LabPlan
 
 pytestmark = pytest.mark.boot
 
 ITOOLS = "scenarios/debian-initramfs-tools.toml"
 DRACUT = "scenarios/debian-dracut.toml"
-
-
-@pytest.fixture
-def lab_down():  # type: ignore[no-untyped-def]
-    used: list[str] = []
-    yield used
-    for path in used:
-        vlab("down", path)
 
 
 def _multi_user(t: dict) -> None:  # type: ignore[type-arg]
@@ -81,7 +73,7 @@ def test_dracut_takes_the_root_path_from_dhcp(tmp_path: Path, lab_down) -> None:
     scenario.write_text((ROOT / DRACUT).read_text().replace(
         'name = "deb-dracut"', 'name = "deb-dracut-dhcp"\nroot_via = "dhcp"'))
     lab_down.append(str(scenario))
-    plan = _plan(scenario)
+    plan = plan_for(str(scenario))
     assert "root=dhcp" in plan.terminals[0].cmdline.split()
     proc, rep = up(str(scenario))
     assert proc.returncode == 0, proc.stderr
@@ -143,7 +135,7 @@ def test_disk_image_root_initrd_built_inside_it_and_image_never_changes(
                         '[initrd]\nbuilder = "initramfs-tools"\n'
                         '[[terminal]]\nname = "t1"\nmemory = 512\n')
     lab_down.append(str(scenario))
-    plan = _plan(scenario)
+    plan = plan_for(str(scenario))
 
     # A failure injected mid-build (a kernel the image does not have): nothing is left.
     bad = tmp_path / "bad.toml"
@@ -163,13 +155,6 @@ def test_disk_image_root_initrd_built_inside_it_and_image_never_changes(
     assert vlab("down", str(scenario)).returncode == 0
     assert _loops_and_mounts(image, plan) == []
     assert hashlib.sha256(image.read_bytes()).hexdigest() == checksum
-
-
-def _plan(scenario: Path) -> LabPlan:
-    from vlab import scenario as sc
-    from vlab.plan import make_plan
-
-    return make_plan(sc.load(scenario), Dirs.from_env())
 
 
 def test_scenarios_are_in_the_repo() -> None:
