@@ -6,7 +6,10 @@ inputs, so a second run skips the bootstrap."""
 from __future__ import annotations
 
 import hashlib
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -144,6 +147,23 @@ def test_disk_image_root_initrd_built_inside_it_and_image_never_changes(
     failed = vlab("up", str(bad))
     assert failed.returncode == 2 and "9.9.9" in failed.stderr
     assert vlab("down", str(bad)).returncode == 0
+    assert _loops_and_mounts(image, plan) == []
+
+    # Ctrl-C while initramfs-tools runs inside the image: the build mounts go at once,
+    # the lab's image mount stays recorded, and vlab down removes it.
+    building = subprocess.Popen([sys.executable, "-m", "vlab", "up", str(scenario)], cwd=ROOT,
+                                stderr=subprocess.PIPE, text=True)
+    assert building.stderr is not None
+    for line in building.stderr:
+        if "chrooted in the root" in line:
+            break
+    time.sleep(2)
+    building.send_signal(signal.SIGINT)
+    building.stderr.read()
+    assert building.wait(timeout=60) == 130
+    assert not [ln for ln in Path("/proc/mounts").read_text().splitlines()
+                if f"{plan.export_path}/" in ln.split()[1]]
+    assert vlab("down", str(scenario)).returncode == 0
     assert _loops_and_mounts(image, plan) == []
 
     proc, rep = up(str(scenario))

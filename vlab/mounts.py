@@ -8,6 +8,7 @@ caller (the lab keeps its image mounted while it runs; `vlab down` undoes it by 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -58,8 +59,14 @@ def _unescape(field: str) -> str:
 
 
 def umount(path: Path) -> None:
-    if is_mounted(path):
-        run.run(["umount", str(path)], hint=f"something still uses {path}: see fuser -vm {path}")
+    # A process that was just killed can hold a mount busy for a moment: retry briefly.
+    for _attempt in range(20):
+        if not is_mounted(path):
+            return
+        if run.run(["umount", str(path)], check=False).returncode == 0:
+            return
+        time.sleep(0.1)
+    run.run(["umount", str(path)], hint=f"something still uses {path}: see fuser -vm {path}")
 
 
 def detach(loop: str) -> None:

@@ -6,9 +6,11 @@ readable CommandError when a program fails or is missing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
+import signal
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,17 +46,30 @@ def run(
     full = ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
     log.debug("run: %s", shlex.join(full))
     try:
-        proc = subprocess.run(
-            full, cwd=cwd, env=_env(env), text=True, capture_output=True,
-            stdin=subprocess.DEVNULL, timeout=timeout,
-        )
+        # Its own process group, so that Ctrl-C or a timeout ends everything it started
+        # (a builder's children must not keep the build mounts busy).
+        child = subprocess.Popen(full, cwd=cwd, env=_env(env), text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 stdin=subprocess.DEVNULL, start_new_session=True)
     except FileNotFoundError:
         raise CommandError(full, 127, "", hint) from None
-    except subprocess.TimeoutExpired as err:
-        raise CommandError(full, -1, f"timed out after {timeout} s", hint) from err
+    try:
+        stdout, stderr = child.communicate(timeout=timeout)
+    except BaseException as err:
+        _kill_group(child)
+        if isinstance(err, subprocess.TimeoutExpired):
+            raise CommandError(full, -1, f"timed out after {timeout} s", hint) from err
+        raise
+    proc = subprocess.CompletedProcess(full, child.returncode, stdout, stderr)
     if check and proc.returncode != 0:
         raise CommandError(full, proc.returncode, proc.stderr or proc.stdout, hint)
     return proc
+
+
+def _kill_group(child: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
 
 
 def output(argv: Sequence[str], **kwargs: object) -> str:
