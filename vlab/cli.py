@@ -59,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     scenario_cmd("down", "destroy the lab's domains, network and NFS server (idempotent)")
     c = scenario_cmd("render", "write every artifact vlab would use into a folder; start nothing")
     c.add_argument("--out", type=Path, required=True, help="folder to write into")
+    c = scenario_cmd("pxe", "write the TFTP tree (pxelinux, GRUB, iPXE) and DHCP/NFS snippets "
+                     "for the scenario's [[host]]s; --check boots a virtual twin of each")
+    c.add_argument("--tftp-root", type=Path, required=True,
+                   help="the TFTP server's root, e.g. /tftpboot/linux-install")
+    c.add_argument("--check", action="store_true",
+                   help="boot a virtual twin per host through the files just written")
+    c.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     h = sub.add_parser("host", help="the isolated lab host (a libvirtd in its own namespace)",
                        description="Start, stop or show vlab's isolated lab host: virtlogd "
                        f"and libvirtd in network namespace {NETNS}, used when no system "
@@ -122,6 +129,29 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise BootFailed(f"{len(failed)} terminal(s) did not mount the NFS root: "
                              f"{', '.join(failed)}\n  the terminals are left running for a look "
                              f"(vlab console {args.scenario} NAME); vlab down removes them")
+        return EXIT_OK
+    if args.command == "pxe":
+        sc = scenario.load(args.scenario)
+        if not sc.pxe.hosts:
+            raise UsageError(f"{args.scenario}: no [[host]] tables\n  fix: list the physical "
+                             'hosts: [[host]] name = "pc1" mac = "00:11:22:33:44:55"')
+        changes = lab.pxe(sc, plan, dirs, args.tftp_root, say)
+        out: dict[str, Any] = {"lab": plan.lab, "tftp_root": str(args.tftp_root),
+                               "written": changes.written, "removed": changes.removed,
+                               "unchanged": changes.unchanged}
+        if args.check:
+            out["check"] = lab.pxe_check(sc, plan, dirs, args.tftp_root, say)
+        if args.json:
+            print(json.dumps(out, indent=2))
+        else:
+            for rel in changes.written:
+                print(f"wrote   {args.tftp_root / rel}")
+            for rel in changes.removed:
+                print(f"removed {args.tftp_root / rel}")
+            if args.check:
+                _print_report(out["check"])
+        if args.check and not lab.all_ok(out["check"]):
+            raise BootFailed("a virtual twin did not boot through the PXE tree")
         return EXIT_OK
     if args.command == "status":
         _output(lab.status(plan), args.json)

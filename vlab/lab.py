@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shlex
@@ -11,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,12 @@ from vlab import (
     procs,
     render,
     state,
+    tftp,
     virt,
 )
+from vlab import pxe as pxe_site
 from vlab.plan import Dirs, LabPlan, TerminalPlan
-from vlab.scenario import Hypervisor, InitrdBuilder, KernelSource, RootSource
+from vlab.scenario import Hypervisor, InitrdBuilder, KernelSource, RootSource, Scenario
 from vlab.watch import OK, READY_BUSYBOX, READY_SYSTEMD, STALLED, Verdict, watch
 
 Say = Callable[[str], None]
@@ -88,7 +91,7 @@ def build_nfs_root(plan: LabPlan, say: Say) -> None:
         say(f"NFS root: directory {plan.export_path}, as it is")
 
 
-def build_boot_files(plan: LabPlan, dirs: Dirs, say: Say) -> None:
+def build_boot_files(plan: LabPlan, dirs: Dirs, say: Say) -> tuple[kernel.Kernel, Path]:
     if plan.kernel_source is KernelSource.ROOT:
         k = kernel.from_root(plan.export_path, plan.kernel_version, dirs.cache, plan.scenario)
         say(f"kernel: {k.release}, the root's own")
@@ -115,6 +118,7 @@ def build_boot_files(plan: LabPlan, dirs: Dirs, say: Say) -> None:
         except OSError:
             shutil.copy2(src, tmp)
         os.replace(tmp, dst)
+    return k, img
 
 
 def start_lab_host(plan: LabPlan, dirs: Dirs, say: Say) -> str | None:
@@ -302,6 +306,57 @@ def artifacts(plan: LabPlan) -> dict[str, str]:
     if plan.root_source is not RootSource.BUSYBOX:
         del files["root/sbin/init"]
     return files
+
+
+# ---- pxe ------------------------------------------------------------------------------------
+
+
+def pxe(scenario: Scenario, plan: LabPlan, dirs: Dirs, tftp_root: Path, say: Say) -> tftp.Changes:
+    """Write the TFTP tree and site snippets for the scenario's physical hosts."""
+    site = pxe_site.site_plan(scenario, plan)  # lint first: nothing is written on an error
+    loaders = tftp.bootloaders()
+    with state.locked(plan.lab_dir, plan.lab):
+        build_nfs_root(plan, say)
+        k, img = build_boot_files(plan, dirs, say)
+    # pxelinux loads a bzImage: the PVH ELF is for direct kernel boot only.
+    copies = {**loaders, pxe_site.KERNEL: k.vmlinuz, pxe_site.INITRD: img}
+    changes = tftp.write_tree(tftp_root, pxe_site.files(site), copies)
+    say(f"TFTP tree {tftp_root}: {len(changes.written)} written, {len(changes.removed)} removed, "
+        f"{changes.unchanged} unchanged ({len(site.hosts)} hosts)")
+    return changes
+
+
+def twins(plan: LabPlan, site: pxe_site.Site) -> tuple[TerminalPlan, ...]:
+    """A virtual twin per physical host: its MAC, its fixed IP, booting from the network."""
+    return tuple(TerminalPlan(
+        name=f"pxe-{h.name}", domain=f"vlab-{plan.lab}-pxe-{h.name}", nic_model="virtio",
+        mac=h.mac, ip=h.ip if h.ip and ipaddress.IPv4Address(h.ip) in plan.subnet else "",
+        memory_mib=256, vcpus=1, root_server=site.server, root_path=site.export_path,
+        dhcp_root_path=None, cmdline=h.cmdline,
+        console_log=plan.lab_dir / "console" / f"pxe-{h.name}.log", boot="pxe",
+    ) for h in site.hosts)
+
+
+def pxe_check(scenario: Scenario, plan: LabPlan, dirs: Dirs, tftp_root: Path,
+              say: Say) -> dict[str, Any]:
+    """Boot a virtual twin of every host through the very files vlab wrote; then tear down."""
+    site = pxe_site.site_plan(scenario, plan)
+    twin_plans = twins(plan, site)
+    with state.locked(plan.lab_dir, plan.lab):
+        state.update(plan.lab_dir, scenario=str(plan.scenario), status="pxe-check")
+        netns = start_lab_host(plan, dirs, say)
+        conn = virt.connect(plan.uri)
+        say(f"network {plan.network}: TFTP from {tftp_root}, bootp pxelinux.0, IPv6 RAs")
+        state.update(plan.lab_dir, network=plan.network)
+        virt.start_network(conn, plan.network, render.network_xml(plan, tftp_root, twin_plans))
+        export_nfs_root(plan, dirs, netns, say)
+        pxe_plan = replace(plan, terminals=twin_plans)
+        started = boot_terminals(pxe_plan, conn, say)
+        verdicts = watch_consoles(pxe_plan, started, say)
+        state.save(plan.lab_dir, {t.name: asdict(v) for t, v in verdicts.items()}, state.RESULTS)
+        rep = report(pxe_plan, conn)
+    down(pxe_plan, dirs, say)
+    return rep
 
 
 def render_to(plan: LabPlan, out: Path) -> list[Path]:

@@ -79,6 +79,7 @@ class TerminalPlan:
     dhcp_root_path: str | None
     cmdline: str
     console_log: Path
+    boot: str = "kernel"  # "kernel": direct kernel boot; "pxe": the NIC's PXE ROM
 
 
 @dataclass(frozen=True)
@@ -178,17 +179,8 @@ def make_plan(scenario: Scenario, dirs: Dirs) -> LabPlan:
             dhcp_root = t.dhcp_root_path or dhcp_root_path(builder, lab.nfs_version, server,
                                                            path, nfs_options)
         given = lab.root_via is RootVia.CMDLINE or t.root is not None
-        words = ["console=ttyS0", "selinux=0",
-                 *root_args(builder, lab.nfs_version, server if given else None, path,
-                            nfs_options),
-                 f"vlab.writable={root.writable.value}"]
-        if root.source is RootSource.BUSYBOX:
-            words.append(f"vlab.after={root.after_boot.value}")
-        else:
-            words.append("systemd.show_status=1")  # its "Reached target" line is the ready line
-        words += TUNING_ARGS
-        if t.cmdline:
-            words.append(t.cmdline)
+        words = kernel_cmdline(scenario, server if given else None, path, nfs_options,
+                               ["console=ttyS0"], t.cmdline)
         terminals.append(TerminalPlan(
             name=t.name,
             domain=f"vlab-{lab.name}-{t.name}",
@@ -200,7 +192,7 @@ def make_plan(scenario: Scenario, dirs: Dirs) -> LabPlan:
             root_server=server,
             root_path=path,
             dhcp_root_path=dhcp_root,
-            cmdline=" ".join(words),
+            cmdline=words,
             console_log=lab_dir / "console" / f"{t.name}.log",
         ))
     return LabPlan(
@@ -275,6 +267,24 @@ def root_args(builder: InitrdBuilder, version: NfsVersion, server: str | None, p
         scheme = "nfs" if version is NfsVersion.V3 else "nfs4"
         return [f"root={scheme}:{server}:{path}:{options}", "ip=dhcp", "rd.neednet=1"]
     return [f"root={server}:{path}", f"rootflags={options}"]
+
+
+def kernel_cmdline(scenario: Scenario, server: str | None, path: str, nfs_options: str,
+                   consoles: list[str], extra: str) -> str:
+    """The whole kernel command line of a terminal (or of a PXE host)."""
+    root = scenario.root
+    words = [*consoles, "selinux=0",
+             *root_args(scenario.initrd.builder, scenario.lab.nfs_version, server, path,
+                        nfs_options),
+             f"vlab.writable={root.writable.value}"]
+    if root.source is RootSource.BUSYBOX:
+        words.append(f"vlab.after={root.after_boot.value}")
+    else:
+        words.append("systemd.show_status=1")  # its "Reached target" line is the ready line
+    words += TUNING_ARGS
+    if extra:
+        words.append(extra)
+    return " ".join(words)
 
 
 def dhcp_root_path(builder: InitrdBuilder, version: NfsVersion, server: str, path: str,

@@ -49,8 +49,12 @@ def domain_xml(plan: LabPlan, terminal: TerminalPlan) -> str:
     return xml
 
 
-def network_xml(plan: LabPlan) -> str:
-    xml = template("network.xml.j2", plan=plan)
+def network_xml(plan: LabPlan, tftp_root: Path | None = None,
+                twins: tuple[TerminalPlan, ...] = ()) -> str:
+    """The lab network; with a TFTP root it also serves PXE (pxelinux.0) to its guests."""
+    third = plan.subnet.network_address.packed[2]
+    xml = template("network.xml.j2", plan=plan, tftp_root=tftp_root, twins=twins,
+                   ipv6_gateway=f"fd00:213:{third:x}::1")
     validate(xml, "network")
     return xml
 

@@ -128,6 +128,23 @@ class Terminal:
 
 
 @dataclass(frozen=True)
+class Host:
+    """A physical terminal that PXE-boots the lab's root (vlab pxe)."""
+
+    name: str
+    mac: str
+    ip: ipaddress.IPv4Address | None
+    root: str | None
+    cmdline: str
+
+
+@dataclass(frozen=True)
+class Pxe:
+    nfs_server: ipaddress.IPv4Address | None  # None: the lab's own server
+    hosts: tuple[Host, ...]
+
+
+@dataclass(frozen=True)
 class Scenario:
     """A lab as the user wrote it: only user configuration, nothing derived."""
 
@@ -137,6 +154,7 @@ class Scenario:
     kernel: Kernel
     initrd: Initrd
     terminals: tuple[Terminal, ...]
+    pxe: Pxe
 
 
 E = TypeVar("E", bound=StrEnum)
@@ -235,7 +253,7 @@ def load(path: Path) -> Scenario:
 
 
 def parse(path: Path, data: Mapping[str, Any]) -> Scenario:
-    top = _Table(path, "", data, ("lab", "root", "kernel", "initrd", "terminal"))
+    top = _Table(path, "", data, ("lab", "root", "kernel", "initrd", "terminal", "pxe", "host"))
     root = _root(_Table(path, "root", _sub(top, "root", {}), _ROOT_KEYS))
     initrd_t = _Table(path, "initrd", _sub(top, "initrd", {}), ("builder", "nic_drivers"))
     initrd = Initrd(
@@ -245,9 +263,66 @@ def parse(path: Path, data: Mapping[str, Any]) -> Scenario:
     lab = _lab(_Table(path, "lab", _sub(top, "lab"), _LAB_KEYS), initrd.builder)
     kernel = _kernel(_Table(path, "kernel", _sub(top, "kernel", {}), _KERNEL_KEYS), root)
     _check_builder(path, root, kernel, initrd, lab)
-    terminals = _terminals(path, top, initrd.nic_drivers)
+    pxe = _pxe(path, top)
+    terminals = _terminals(path, top, initrd.nic_drivers, required=not pxe.hosts)
     return Scenario(path=path, lab=lab, root=root, kernel=kernel, initrd=initrd,
-                    terminals=terminals)
+                    terminals=terminals, pxe=pxe)
+
+
+def _ip(t: _Table, key: str) -> ipaddress.IPv4Address | None:
+    if key not in t.data:
+        return None
+    raw = t.get(key, str)
+    try:
+        return ipaddress.IPv4Address(raw)
+    except ValueError:
+        raise t.error(key, f"{raw!r} is not an IPv4 address",
+                      "the initrd mounts by address: write it like \"10.0.0.5\"") from None
+
+
+def _pxe(path: Path, top: _Table) -> Pxe:
+    pxe_t = _Table(path, "pxe", _sub(top, "pxe", {}), ("nfs_server",))
+    raw = top.data.get("host", [])
+    if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
+        raise ScenarioError(path, "host", "must be an array of tables",
+                            "write each physical host as a [[host]] table")
+    hosts: list[Host] = []
+    names: dict[str, int] = {}
+    macs: dict[str, int] = {}
+    ips: dict[ipaddress.IPv4Address, int] = {}
+    for i, item in enumerate(raw):
+        t = _Table(path, f"host[{i}]", item, ("name", "mac", "ip", "root", "cmdline"))
+        name = t.name("name", t.get("name", str))
+        if name in names:
+            raise t.error("name", f"{name!r} is also the name of host[{names[name]}]",
+                          "give every host its own name")
+        names[name] = i
+        if "mac" not in t.data:
+            raise t.error("mac", "is missing", 'a physical host is known by its MAC: '
+                          'add mac = "00:11:22:33:44:55"')
+        mac = _mac(t, macs, i, "host")
+        assert mac is not None
+        ip = _ip(t, "ip")
+        if ip is not None and ip in ips:
+            raise t.error("ip", f"{ip} is also the address of host[{ips[ip]}]",
+                          "give every host its own address")
+        if ip is not None:
+            ips[ip] = i
+        root = t.get("root", str, "") or None
+        if root is not None:
+            server, sep, _path = root.rpartition(":")
+            if not re.match(r"^/[A-Za-z0-9._/-]*$", _path):
+                raise t.error("root", f"{root!r} is not an NFS root",
+                              'write it as the page does: "SERVER-IP:/path" or "/path"')
+            if sep and not re.match(r"^[0-9.]+$", server):
+                raise t.error("root", f"the server {server!r} is a name, but the initrd mounts "
+                              "before any name service runs", "give the server's IP address")
+        cmdline = t.get("cmdline", str, "")
+        if any(c in cmdline for c in "\n\r\"'<>&"):
+            raise t.error("cmdline", f"{cmdline!r} contains a character a kernel command "
+                          "line cannot carry", "use plain space-separated key=value words")
+        hosts.append(Host(name=name, mac=mac, ip=ip, root=root, cmdline=cmdline))
+    return Pxe(nfs_server=_ip(pxe_t, "nfs_server"), hosts=tuple(hosts))
 
 
 _ROOT_KEYS = ("source", "path", "suite", "packages", "after_boot", "writable")
@@ -394,8 +469,11 @@ _TERMINAL_KEYS = ("name", "nic", "mac", "memory", "vcpus", "root", "dhcp_root_pa
 DHCP_ROOT_RE = re.compile(r"^((nfs|nfs4):)?([0-9.]+:)?/[A-Za-z0-9._/-]*([:,][A-Za-z0-9=.,_-]+)?$")
 
 
-def _terminals(path: Path, top: _Table, nics: tuple[NicDriver, ...]) -> tuple[Terminal, ...]:
+def _terminals(path: Path, top: _Table, nics: tuple[NicDriver, ...],
+               required: bool = True) -> tuple[Terminal, ...]:
     raw = top.data.get("terminal")
+    if raw is None and not required:
+        return ()
     if raw is None:
         raise ScenarioError(path, "terminal", "no terminals",
                             'add at least one [[terminal]] table with name = "t1"')
@@ -439,7 +517,7 @@ def _terminals(path: Path, top: _Table, nics: tuple[NicDriver, ...]) -> tuple[Te
     return tuple(terminals)
 
 
-def _mac(t: _Table, seen: dict[str, int], index: int) -> str | None:
+def _mac(t: _Table, seen: dict[str, int], index: int, kind: str = "terminal") -> str | None:
     if "mac" not in t.data:
         return None
     mac = t.get("mac", str).lower()
@@ -450,7 +528,7 @@ def _mac(t: _Table, seen: dict[str, int], index: int) -> str | None:
         raise t.error("mac", f"{mac!r} is a multicast address",
                       'use a unicast MAC such as "52:54:00:12:34:56"')
     if mac in seen:
-        raise t.error("mac", f"{mac!r} is also the MAC of terminal[{seen[mac]}]",
+        raise t.error("mac", f"{mac!r} is also the MAC of {kind}[{seen[mac]}]",
                       "give every terminal its own MAC, or leave it out to pin one")
     seen[mac] = index
     return mac

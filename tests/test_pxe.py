@@ -1,0 +1,119 @@
+"""vlab pxe: the files for physical hosts (golden), the lint, the TFTP tree's bookkeeping, and
+the proof: virtual twins PXE-boot through the very files vlab wrote."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, plan_of
+
+from vlab import lab, pxe, render, scenario, tftp
+from vlab.errors import ScenarioError
+from vlab.plan import Dirs, make_plan
+
+
+def site_of(name: str) -> pxe.Site:
+    return pxe.site_plan(scenario.load(ROOT / "scenarios" / f"{name}.toml"), plan_of(name))
+
+
+def test_golden_site_files(golden) -> None:  # type: ignore[no-untyped-def]
+    for rel, text in pxe.files(site_of("site")).items():
+        golden(f"site/tftp/{rel}", text)
+
+
+def test_golden_twin_network_and_domains(golden) -> None:  # type: ignore[no-untyped-def]
+    plan = plan_of("site")
+    twins = lab.twins(plan, site_of("site"))
+    golden("site/check/network.xml", render.network_xml(plan, Path("/srv/tftp"), twins))
+    for t in twins:
+        golden(f"site/check/{t.name}.xml", render.domain_xml(plan, t))
+
+
+def test_mac_and_hex_ip_file_names_as_the_page_and_pxelinux_want() -> None:
+    pc1, pc2 = site_of("site").hosts
+    assert pc1.pxelinux_name == "01-52-54-00-77-00-01"
+    assert pc1.hexip_name == "0AD54D32"  # 10.213.77.50
+    assert pc2.hexip_name is None
+    assert "loglevel=4" in pc2.append.split() and pc2.append.startswith("initrd=initrd.img ")
+
+
+def _scenario(tmp_path: Path, hosts: str, extra: str = "") -> Path:
+    path = tmp_path / "s.toml"
+    path.write_text(f'[lab]\nname = "lint"\n{extra}{hosts}')
+    return path
+
+
+@pytest.mark.parametrize(("hosts", "message"), [
+    ('[[host]]\nname = "a"\nmac = "00:11:22:33:44:zz"\n', "is not a MAC address"),
+    ('[[host]]\nname = "a"\nmac = "00:11:22:33:44:55"\n[[host]]\nname = "b"\n'
+     'mac = "00:11:22:33:44:55"\n', "is also the MAC of host[0]"),
+    ('[[host]]\nname = "a"\nmac = "00:11:22:33:44:55"\nip = "10.0.0.5"\n[[host]]\nname = "b"\n'
+     'mac = "00:11:22:33:44:56"\nip = "10.0.0.5"\n', "10.0.0.5 is also the address of host[0]"),
+    ('[[host]]\nname = "a"\nmac = "00:11:22:33:44:55"\n[[host]]\nname = "a"\n'
+     'mac = "00:11:22:33:44:56"\n', "'a' is also the name of host[0]"),
+    ('[[host]]\nname = "a"\nmac = "00:11:22:33:44:55"\nroot = "nfsserver:/srv/root"\n',
+     "the server 'nfsserver' is a name"),
+    ('[[host]]\nname = "../../etc/passwd"\nmac = "00:11:22:33:44:55"\n', "is not a valid name"),
+    ('[[host]]\nname = "a"\n', "host[0].mac: is missing"),
+])
+def test_lint_errors(tmp_path: Path, hosts: str, message: str) -> None:
+    with pytest.raises(ScenarioError, match=message.replace("[", r"\[").replace(".", r"\.")):
+        scenario.load(_scenario(tmp_path, hosts))
+
+
+def test_command_line_longer_than_linux_takes_is_refused_before_writing(tmp_path: Path) -> None:
+    long = " ".join(f"x{i}=y" for i in range(600))
+    path = _scenario(tmp_path, f'[[host]]\nname = "a"\nmac = "00:11:22:33:44:55"\n'
+                               f'cmdline = "{long}"\n')
+    s = scenario.load(path)
+    with pytest.raises(ScenarioError, match="Linux takes at most 2047"):
+        pxe.site_plan(s, make_plan(s, Dirs(tmp_path, tmp_path)))
+    out = tmp_path / "tftp"
+    proc = subprocess.run([sys.executable, "-m", "vlab", "pxe", str(path), "--tftp-root",
+                           str(out)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "2047" in proc.stderr and not out.exists()
+
+
+def test_tree_is_written_once_and_hosts_that_leave_are_removed(tmp_path: Path) -> None:
+    kernel = tmp_path / "k"
+    kernel.write_bytes(b"kernel")
+    root = tmp_path / "tftp"
+    first = tftp.write_tree(root, {"pxelinux.cfg/01-aa": "a\n", "pxelinux.cfg/01-bb": "b\n"},
+                            {"vmlinuz": kernel})
+    assert sorted(first.written) == ["pxelinux.cfg/01-aa", "pxelinux.cfg/01-bb", "vmlinuz"]
+    (root / "mine.txt").write_text("not vlab's")
+    again = tftp.write_tree(root, {"pxelinux.cfg/01-aa": "a\n", "pxelinux.cfg/01-bb": "b\n"},
+                            {"vmlinuz": kernel})
+    assert again.written == [] and again.unchanged == 3
+    changed = tftp.write_tree(root, {"pxelinux.cfg/01-aa": "A\n"}, {"vmlinuz": kernel})
+    assert changed.written == ["pxelinux.cfg/01-aa"] and changed.removed == ["pxelinux.cfg/01-bb"]
+    assert not (root / "pxelinux.cfg/01-bb").exists()
+    assert (root / "mine.txt").read_text() == "not vlab's"
+    assert (root / "pxelinux.cfg/01-aa").stat().st_mode & 0o777 == 0o644
+    assert not list(root.rglob(".*vlab-tmp"))
+
+
+@pytest.mark.boot
+def test_virtual_twins_pxe_boot_through_the_written_tree(lab_down) -> None:  # type: ignore[no-untyped-def]
+    lab_down.append("scenarios/site.toml")
+    tftp_root = Path("/var/lib/vlab/test-tftp/site")
+    proc = subprocess.run([sys.executable, "-m", "vlab", "pxe", "scenarios/site.toml",
+                           "--tftp-root", str(tftp_root), "--check", "--json"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads(proc.stdout)
+    twins = {t["name"]: t for t in rep["check"]["terminals"]}
+    assert set(twins) == {"pxe-pc1", "pxe-pc2"}
+    for t in twins.values():
+        assert t["verdict"] == "ok", t
+        assert t["proof"]["fstype"] == "nfs4"
+    log1 = Path(twins["pxe-pc1"]["console_log"]).read_text()
+    log2 = Path(twins["pxe-pc2"]["console_log"]).read_text()
+    assert "pxelinux configuration for pc1" in log1 or "01-52-54-00-77-00-01" in log1
+    assert twins["pxe-pc1"]["proof"]["options"].count("clientaddr=10.213.77.50") == 1
+    assert "loglevel=4" in Path(tftp_root / "pxelinux.cfg/01-52-54-00-77-00-02").read_text()
+    assert log2

@@ -1,0 +1,103 @@
+"""PXE for physical hosts: the site plan and every file of the TFTP tree and the DHCP/NFS
+snippets, rendered from the same scenario as the lab (pure; tftp.py writes them)."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from vlab import render
+from vlab.errors import ScenarioError
+from vlab.plan import LabPlan, kernel_cmdline
+from vlab.scenario import Host, NfsVersion, Scenario
+
+KERNEL = "vmlinuz"
+INITRD = "initrd.img"
+BOOTLOADER = "pxelinux.0"
+# x86 Linux takes at most 2047 characters of command line (COMMAND_LINE_SIZE 2048), and
+# that is what pxelinux hands over from APPEND.
+MAX_APPEND = 2047
+CONSOLES = ["console=tty0", "console=ttyS0"]  # the screen, and the serial line a twin reads
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    name: str
+    mac: str
+    ip: str | None
+    append: str  # the APPEND line: initrd=... and the kernel command line
+
+    @property
+    def pxelinux_name(self) -> str:
+        """The page's mac_address_to_filename: 01- and the MAC, lowercase, dashes."""
+        return "01-" + self.mac.lower().replace(":", "-")
+
+    @property
+    def hexip_name(self) -> str | None:
+        return f"{int(ipaddress.IPv4Address(self.ip)):08X}" if self.ip else None
+
+    @property
+    def cmdline(self) -> str:
+        return self.append.removeprefix(f"initrd={INITRD} ")
+
+
+@dataclass(frozen=True)
+class Site:
+    server: str
+    subnet: str
+    export_path: str
+    default_append: str
+    hosts: tuple[HostPlan, ...]
+
+
+def site_plan(scenario: Scenario, lab: LabPlan) -> Site:
+    """Names, addresses and command lines of every PXE host; lint errors before any write."""
+    explicit = scenario.pxe.nfs_server
+    server = str(explicit) if explicit else lab.gateway
+    # A real NFS server listens on 2049; vlab's own (for the twins) on the lab's port.
+    options = f"vers={lab.nfs_version.value}" if explicit else lab.nfs_options
+    if explicit and lab.nfs_version is NfsVersion.V3:
+        options += ",nolock"
+    export = str(lab.export_path)
+
+    def append(host: Host | None) -> str:
+        h_server, path = server, export
+        if host and host.root:
+            h_server, _, path = host.root.rpartition(":")
+            h_server = h_server or server
+        line = f"initrd={INITRD} " + kernel_cmdline(
+            scenario, h_server, path, options, CONSOLES, host.cmdline if host else "")
+        if len(line) > MAX_APPEND:
+            where = f"host[{scenario.pxe.hosts.index(host)}].cmdline" if host else "host"
+            raise ScenarioError(scenario.path, where, f"the APPEND line is {len(line)} "
+                                f"characters; Linux takes at most {MAX_APPEND}",
+                                "shorten the cmdline words")
+        return line
+
+    hosts = tuple(HostPlan(name=h.name, mac=h.mac, ip=str(h.ip) if h.ip else None,
+                           append=append(h)) for h in scenario.pxe.hosts)
+    return Site(server=server, subnet=str(lab.subnet), export_path=export,
+                default_append=append(None), hosts=hosts)
+
+
+def files(site: Site) -> dict[str, str]:
+    """Every text file of the site, by path relative to the TFTP root."""
+    out = {"pxelinux.cfg/default": render.template("pxelinux.cfg.j2", append=site.default_append,
+                                                   kernel=KERNEL, label="default")}
+    for h in site.hosts:
+        cfg = render.template("pxelinux.cfg.j2", append=h.append, kernel=KERNEL,
+                              label=h.name)
+        out[f"pxelinux.cfg/{h.pxelinux_name}"] = cfg
+        if h.hexip_name:
+            out[f"pxelinux.cfg/{h.hexip_name}"] = cfg
+        out[f"grub.cfg-{h.pxelinux_name}"] = render.template(
+            "grub.cfg.j2", h=h, kernel=KERNEL, initrd=INITRD)
+        out[f"{h.mac.lower().replace(':', '-')}.ipxe"] = render.template(
+            "ipxe.j2", h=h, kernel=KERNEL, initrd=INITRD)
+    out["vlab-site/exports"] = render.template(
+        "exports-site.j2", path=site.export_path, subnet=site.subnet)
+    out["vlab-site/dhcpd.conf"] = render.template("dhcpd.conf.j2", site=site,
+                                                  bootloader=BOOTLOADER)
+    out["vlab-site/dnsmasq.conf"] = render.template("dnsmasq.conf.j2", site=site,
+                                                    bootloader=BOOTLOADER)
+    return out
