@@ -31,7 +31,7 @@ from vlab import (
     virt,
 )
 from vlab import pxe as pxe_site
-from vlab.plan import Dirs, LabPlan, TerminalPlan
+from vlab.plan import Dirs, LabPlan, TerminalPlan, pinned_mac
 from vlab.scenario import Hypervisor, InitrdBuilder, KernelSource, RootSource, Scenario
 from vlab.watch import OK, READY_BUSYBOX, READY_SYSTEMD, STALLED, Verdict, watch
 
@@ -326,15 +326,21 @@ def pxe(scenario: Scenario, plan: LabPlan, dirs: Dirs, tftp_root: Path, say: Say
     return changes
 
 
-def twins(plan: LabPlan, site: pxe_site.Site) -> tuple[TerminalPlan, ...]:
-    """A virtual twin per physical host: its MAC, its fixed IP, booting from the network."""
+def twins(plan: LabPlan, site: pxe_site.Site, sample: int = 4) -> tuple[TerminalPlan, ...]:
+    """A virtual twin per physical host (a sample when there are many): its MAC, its fixed
+    IP, booting from the network; and one more whose MAC has no file, which must boot
+    through pxelinux.cfg/default."""
+    macs = {h.mac for h in site.hosts}
+    unknown = next(m for i in range(99) if (m := pinned_mac(plan.lab, "pxe-default", i))
+                   not in macs)
+    hosts = [(h.name, h.mac, h.ip, h.root_path) for h in site.hosts[:sample]]
     return tuple(TerminalPlan(
-        name=f"pxe-{h.name}", domain=f"vlab-{plan.lab}-pxe-{h.name}", nic_model="virtio",
-        mac=h.mac, ip=h.ip if h.ip and ipaddress.IPv4Address(h.ip) in plan.subnet else "",
+        name=f"pxe-{name}", domain=f"vlab-{plan.lab}-pxe-{name}", nic_model="virtio",
+        mac=mac, ip=ip if ip and ipaddress.IPv4Address(ip) in plan.subnet else "",
         memory_mib=256, vcpus=1, root_server=site.server, root_path=site.export_path,
-        dhcp_root_path=None, cmdline=h.cmdline,
-        console_log=plan.lab_dir / "console" / f"pxe-{h.name}.log", boot="pxe",
-    ) for h in site.hosts)
+        dhcp_root_path=root_path, cmdline="",
+        console_log=plan.lab_dir / "console" / f"pxe-{name}.log", boot="pxe",
+    ) for name, mac, ip, root_path in [*hosts, ("default", unknown, None, None)])
 
 
 def pxe_check(scenario: Scenario, plan: LabPlan, dirs: Dirs, tftp_root: Path,

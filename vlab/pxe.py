@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from vlab import render
 from vlab.errors import ScenarioError
-from vlab.plan import LabPlan, kernel_cmdline
-from vlab.scenario import Host, NfsVersion, Scenario
+from vlab.plan import LabPlan, dhcp_root_path, kernel_cmdline
+from vlab.scenario import Host, NfsVersion, RootVia, Scenario
 
 KERNEL = "vmlinuz"
 INITRD = "initrd.img"
@@ -26,6 +26,7 @@ class HostPlan:
     mac: str
     ip: str | None
     append: str  # the APPEND line: initrd=... and the kernel command line
+    root_path: str | None  # DHCP option 17, when the scenario hands the root out by DHCP
 
     @property
     def pxelinux_name(self) -> str:
@@ -60,13 +61,20 @@ def site_plan(scenario: Scenario, lab: LabPlan) -> Site:
         options += ",nolock"
     export = str(lab.export_path)
 
-    def append(host: Host | None) -> str:
-        h_server, path = server, export
+    by_dhcp = scenario.lab.root_via is RootVia.DHCP
+
+    def root_of(host: Host | None) -> tuple[str, str]:
         if host and host.root:
             h_server, _, path = host.root.rpartition(":")
-            h_server = h_server or server
+            return h_server or server, path
+        return server, export
+
+    def append(host: Host | None) -> str:
+        h_server, path = root_of(host)
+        given = not by_dhcp or (host is not None and host.root is not None)
         line = f"initrd={INITRD} " + kernel_cmdline(
-            scenario, h_server, path, options, CONSOLES, host.cmdline if host else "")
+            scenario, h_server if given else None, path, options, CONSOLES,
+            host.cmdline if host else "")
         if len(line) > MAX_APPEND:
             where = f"host[{scenario.pxe.hosts.index(host)}].cmdline" if host else "host"
             raise ScenarioError(scenario.path, where, f"the APPEND line is {len(line)} "
@@ -74,8 +82,11 @@ def site_plan(scenario: Scenario, lab: LabPlan) -> Site:
                                 "shorten the cmdline words")
         return line
 
-    hosts = tuple(HostPlan(name=h.name, mac=h.mac, ip=str(h.ip) if h.ip else None,
-                           append=append(h)) for h in scenario.pxe.hosts)
+    hosts = tuple(HostPlan(
+        name=h.name, mac=h.mac, ip=str(h.ip) if h.ip else None, append=append(h),
+        root_path=dhcp_root_path(scenario.initrd.builder, lab.nfs_version, *root_of(h),
+                                 options) if by_dhcp else None,
+    ) for h in scenario.pxe.hosts)
     return Site(server=server, subnet=str(lab.subnet), export_path=export,
                 default_append=append(None), hosts=hosts)
 

@@ -38,9 +38,15 @@ def _digest(data: bytes) -> str:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.vlab-tmp")
-    tmp.write_bytes(data)
-    tmp.chmod(0o644)  # dnsmasq's TFTP server runs unprivileged
+    tmp = f"{path.parent}/.{path.name}.vlab-tmp"
+    # Mode 0644 at creation: dnsmasq's TFTP server runs unprivileged. (os calls, not
+    # pathlib: this runs 40,000 times for 10,000 hosts.)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fchmod(fd, 0o644)
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
 
 
@@ -61,7 +67,7 @@ def write_tree(root: Path, texts: dict[str, str], copies: dict[str, Path]) -> Ch
         digest = _digest(data)
         new[rel] = digest
         path = root / rel
-        if old.get(rel) == digest and path.is_file():
+        if old.get(rel) == digest and os.path.isfile(path):  # as vlab wrote it before
             changes.unchanged += 1
             return
         if path.parent not in made_dirs:

@@ -44,7 +44,13 @@ FAILURES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
          r"mount: mounting \S+ on \S+ failed: (Protocol not supported|Invalid argument|"
          r"Protocol family not supported)|nfs: Unknown parameter|Program version wrong"),
         ("nfs-mount-failed", r"mount: mounting \S+ on \S+ failed"),
-        ("dhcp-failed", re.escape(FAIL_MARKER) + r" dhcp-failed"),
+        ("dhcp-failed", re.escape(FAIL_MARKER) + r" dhcp-failed|No more network devices|"
+         r"No configuration methods succeeded"),
+        # PXE: pxelinux and iPXE cannot fetch a file of the TFTP tree.
+        ("tftp-file-not-found",
+         r"Could not find (kernel|ramdisk) image|Unable to locate configuration file|"
+         r"failed: No such file or directory|TFTP error|File not found|"
+         r"Loading \S+\.\.\.failed"),
         ("nic-driver-missing", re.escape(FAIL_MARKER) + r" nic-driver-missing"),
         ("init-failed",
          re.escape(FAIL_MARKER) + r" init-failed|Attempted to kill init|"
