@@ -141,8 +141,14 @@ def test_e1000_and_virtio_terminals_in_one_lab(lab_down) -> None:  # type: ignor
                                  "basename $(readlink /sys/class/net/eth0/device/driver)")
 
 
-def test_root_path_from_dhcp_in_several_forms_with_options_reaching_the_mount(lab_down) -> None:  # type: ignore[no-untyped-def]
-    path = "scenarios/dhcp-root.toml"
+def test_root_path_from_dhcp_in_several_forms_with_options_reaching_the_mount(
+    tmp_path: Path, lab_down  # type: ignore[no-untyped-def]
+) -> None:
+    # The shipped example names the default cache folder: follow VLAB_CACHE_DIR if it is set.
+    example = ROOT / "scenarios/dhcp-root.toml"
+    path = str(tmp_path / "dhcp-root.toml")
+    Path(path).write_text(example.read_text().replace(
+        "/var/cache/vlab/roots/busybox", str(plan_for(str(example)).export_path)))
     lab_down.append(path)
     plan = plan_for(path)
     assert all("root=" not in t.cmdline for t in plan.terminals)

@@ -39,6 +39,7 @@ def test_mac_and_hex_ip_file_names_as_the_page_and_pxelinux_want() -> None:
     assert pc1.hexip_name == "0AD54D32"  # 10.213.77.50
     assert pc2.hexip_name is None
     assert "loglevel=4" in pc2.append.split() and pc2.append.startswith("initrd=initrd.img ")
+    assert "vlab.pxe=pc2" in pc2.append.split()
 
 
 def _scenario(tmp_path: Path, hosts: str, extra: str = "") -> Path:
@@ -107,13 +108,31 @@ def test_virtual_twins_pxe_boot_through_the_written_tree(lab_down) -> None:  # t
     assert proc.returncode == 0, proc.stderr
     rep = json.loads(proc.stdout)
     twins = {t["name"]: t for t in rep["check"]["terminals"]}
-    assert set(twins) == {"pxe-pc1", "pxe-pc2"}
+    assert set(twins) == {"pxe-pc1", "pxe-pc2", "pxe-default"}
     for t in twins.values():
         assert t["verdict"] == "ok", t
         assert t["proof"]["fstype"] == "nfs4"
     log1 = Path(twins["pxe-pc1"]["console_log"]).read_text()
     log2 = Path(twins["pxe-pc2"]["console_log"]).read_text()
-    assert "pxelinux configuration for pc1" in log1 or "01-52-54-00-77-00-01" in log1
+    assert "vlab.pxe=pc1" in log1 and "vlab.pxe=pc2 loglevel=4" in log2
+    assert "Filename: pxelinux.0" in log1 and "PXELINUX" in log1
     assert twins["pxe-pc1"]["proof"]["options"].count("clientaddr=10.213.77.50") == 1
     assert "loglevel=4" in Path(tftp_root / "pxelinux.cfg/01-52-54-00-77-00-02").read_text()
     assert log2
+    # The twin whose MAC has no file of its own booted through pxelinux.cfg/default.
+    assert twins_default_ok(rep)
+
+    # A broken tree (the initrd removed): a clear verdict, long before the timeout.
+    (tftp_root / "initrd.img").unlink()
+    proc = subprocess.run([sys.executable, "-m", "vlab", "pxe", "scenarios/site.toml",
+                           "--tftp-root", str(tftp_root), "--check-only", "--json"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stderr
+    for t in json.loads(proc.stdout)["check"]["terminals"]:
+        assert t["verdict"] == "tftp-file-not-found", t
+        assert t["seconds"] < 60
+
+
+def twins_default_ok(rep: dict) -> bool:  # type: ignore[type-arg]
+    (t,) = [t for t in rep["check"]["terminals"] if t["name"] == "pxe-default"]
+    return t["verdict"] == "ok" and "vlab.pxe=default" in Path(t["console_log"]).read_text()

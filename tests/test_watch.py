@@ -45,6 +45,9 @@ def test_proof_line_is_ok_with_its_proof() -> None:
      "root-mount-failed"),
     ("[    1.0] Kernel panic - not syncing: Out of memory and no killable processes",
      "kernel-panic"),
+    ("Loading initrd.img failed: No such file or directory", "tftp-file-not-found"),
+    ("Could not find kernel image: vmlinuz", "tftp-file-not-found"),
+    ("No more network devices", "dhcp-failed"),
 ])
 def test_failure_lines(line: str, verdict: str) -> None:
     decided = decide(line)

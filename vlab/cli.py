@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vlab import __version__, lab, scenario, state
+from vlab import __version__, lab, scenario, state, tftp
 from vlab.errors import BootFailed, Interrupted, UsageError, VlabError
 from vlab.plan import NETNS, Dirs, LabPlan, make_plan
 
@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="the TFTP server's root, e.g. /tftpboot/linux-install")
     c.add_argument("--check", action="store_true",
                    help="boot a virtual twin per host through the files just written")
+    c.add_argument("--check-only", action="store_true",
+                   help="boot the twins through the tree as it is now; write nothing")
     c.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     h = sub.add_parser("host", help="the isolated lab host (a libvirtd in its own namespace)",
                        description="Start, stop or show vlab's isolated lab host: virtlogd "
@@ -135,10 +137,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         if not sc.pxe.hosts:
             raise UsageError(f"{args.scenario}: no [[host]] tables\n  fix: list the physical "
                              'hosts: [[host]] name = "pc1" mac = "00:11:22:33:44:55"')
-        changes = lab.pxe(sc, plan, dirs, args.tftp_root, say)
+        changes = tftp.Changes() if args.check_only else lab.pxe(sc, plan, dirs,
+                                                                 args.tftp_root, say)
         out: dict[str, Any] = {"lab": plan.lab, "tftp_root": str(args.tftp_root),
                                "written": changes.written, "removed": changes.removed,
                                "unchanged": changes.unchanged}
+        args.check = args.check or args.check_only
         if args.check:
             out["check"] = lab.pxe_check(sc, plan, dirs, args.tftp_root, say)
         if args.json:

@@ -72,9 +72,12 @@ def site_plan(scenario: Scenario, lab: LabPlan) -> Site:
     def append(host: Host | None) -> str:
         h_server, path = root_of(host)
         given = not by_dhcp or (host is not None and host.root is not None)
+        # vlab.pxe names the config file that booted the host: its console shows which.
+        extra = f"vlab.pxe={host.name if host else 'default'}"
+        if host and host.cmdline:
+            extra += f" {host.cmdline}"
         line = f"initrd={INITRD} " + kernel_cmdline(
-            scenario, h_server if given else None, path, options, CONSOLES,
-            host.cmdline if host else "")
+            scenario, h_server if given else None, path, options, CONSOLES, extra)
         if len(line) > MAX_APPEND:
             where = f"host[{scenario.pxe.hosts.index(host)}].cmdline" if host else "host"
             raise ScenarioError(scenario.path, where, f"the APPEND line is {len(line)} "

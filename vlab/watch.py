@@ -49,8 +49,8 @@ FAILURES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         # PXE: pxelinux and iPXE cannot fetch a file of the TFTP tree.
         ("tftp-file-not-found",
          r"Could not find (kernel|ramdisk) image|Unable to locate configuration file|"
-         r"failed: No such file or directory|TFTP error|File not found|"
-         r"Loading \S+\.\.\.failed"),
+         r"failed:\s+No such file or directory|TFTP error|File not found|"
+         r"Loading \S+( |\.\.\.)\s*failed"),
         ("nic-driver-missing", re.escape(FAIL_MARKER) + r" nic-driver-missing"),
         ("init-failed",
          re.escape(FAIL_MARKER) + r" init-failed|Attempted to kill init|"
