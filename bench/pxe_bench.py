@@ -38,7 +38,8 @@ def generate(path: Path, tftp_root: Path, copies: dict[str, Path]) -> tuple[floa
     start = time.perf_counter()
     s = scenario.load(path)
     plan = make_plan(s, Dirs.from_env())
-    changes = tftp.write_tree(tftp_root, pxe.files(pxe.site_plan(s, plan)), copies)
+    site = pxe.site_plan(s, plan)
+    changes = tftp.write_tree(tftp_root, pxe.shared_files(site), copies, pxe.host_groups(site))
     return time.perf_counter() - start, len(changes.written)
 
 

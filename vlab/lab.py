@@ -320,7 +320,8 @@ def pxe(scenario: Scenario, plan: LabPlan, dirs: Dirs, tftp_root: Path, say: Say
         k, img = build_boot_files(plan, dirs, say)
     # pxelinux loads a bzImage: the PVH ELF is for direct kernel boot only.
     copies = {**loaders, pxe_site.KERNEL: k.vmlinuz, pxe_site.INITRD: img}
-    changes = tftp.write_tree(tftp_root, pxe_site.files(site), copies)
+    changes = tftp.write_tree(tftp_root, pxe_site.shared_files(site), copies,
+                              pxe_site.host_groups(site))
     say(f"TFTP tree {tftp_root}: {len(changes.written)} written, {len(changes.removed)} removed, "
         f"{changes.unchanged} unchanged ({len(site.hosts)} hosts)")
     return changes

@@ -39,6 +39,11 @@ def template(name: str, **values: object) -> str:
                                             ready_marker=READY_MARKER, **values)
 
 
+def source(name: str) -> str:
+    """A template's own text (what a cache key of its output must include)."""
+    return (Path(str(resources.files("vlab.domains"))) / name).read_text()
+
+
 def static(name: str) -> str:
     return (Path(str(resources.files("vlab.domains"))) / name).read_text()
 

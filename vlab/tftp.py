@@ -6,8 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from vlab.errors import MissingTool
 
@@ -50,24 +52,34 @@ def _write_atomically(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def write_tree(root: Path, texts: dict[str, str], copies: dict[str, Path]) -> Changes:
-    """Make root hold exactly these files (and whatever vlab never wrote, untouched)."""
+Group = tuple[str, Callable[[], dict[str, str]]]
+
+
+def write_tree(root: Path, texts: dict[str, str], copies: dict[str, Path],
+               groups: dict[str, Group] | None = None) -> Changes:
+    """Make root hold exactly these files (and whatever vlab never wrote, untouched).
+
+    A group (one host's files) comes with a key of all its inputs: when the manifest holds
+    the same key, its files are taken as written and not even rendered."""
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)
     manifest_path = root / MANIFEST
     try:
-        old: dict[str, str] = json.loads(manifest_path.read_text())
-    except (OSError, ValueError):
-        old = {}
-    new: dict[str, str] = {}
+        loaded = json.loads(manifest_path.read_text())
+        old_files: dict[str, str] = loaded["files"]
+        old_groups: dict[str, list[Any]] = loaded["groups"]
+    except (OSError, ValueError, KeyError, TypeError):
+        old_files, old_groups = {}, {}
+    new_files: dict[str, str] = {}
+    new_groups: dict[str, list[Any]] = {}
     changes = Changes()
     made_dirs: set[Path] = set()
 
     def put(rel: str, data: bytes) -> None:
         digest = _digest(data)
-        new[rel] = digest
+        new_files[rel] = digest
         path = root / rel
-        if old.get(rel) == digest and os.path.isfile(path):  # as vlab wrote it before
+        if old_files.get(rel) == digest and os.path.isfile(path):  # as vlab wrote it before
             changes.unchanged += 1
             return
         if path.parent not in made_dirs:
@@ -81,8 +93,21 @@ def write_tree(root: Path, texts: dict[str, str], copies: dict[str, Path]) -> Ch
         put(rel, src.read_bytes())
     for rel, text in texts.items():
         put(rel, text.encode())
-    for rel in sorted(set(old) - set(new)):
+    for name, (key, render_group) in (groups or {}).items():
+        old = old_groups.get(name)
+        if old and old[0] == key and all(rel in old_files for rel in old[1]):
+            for rel in old[1]:
+                new_files[rel] = old_files[rel]
+            changes.unchanged += len(old[1])
+            new_groups[name] = old
+            continue
+        rendered = render_group()
+        for rel, text in rendered.items():
+            put(rel, text.encode())
+        new_groups[name] = [key, sorted(rendered)]
+    for rel in sorted(set(old_files) - set(new_files)):
         (root / rel).unlink(missing_ok=True)
         changes.removed.append(rel)
-    _write_atomically(manifest_path, json.dumps(new, indent=0, sort_keys=True).encode())
+    manifest = {"files": new_files, "groups": new_groups}
+    _write_atomically(manifest_path, json.dumps(manifest, separators=(",", ":")).encode())
     return changes
