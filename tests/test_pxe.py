@@ -136,3 +136,18 @@ def test_virtual_twins_pxe_boot_through_the_written_tree(lab_down) -> None:  # t
 def twins_default_ok(rep: dict) -> bool:  # type: ignore[type-arg]
     (t,) = [t for t in rep["check"]["terminals"] if t["name"] == "pxe-default"]
     return t["verdict"] == "ok" and "vlab.pxe=default" in Path(t["console_log"]).read_text()
+
+
+@pytest.mark.boot
+def test_a_terminal_with_boot_pxe_reaches_the_same_verdict(lab_down) -> None:  # type: ignore[no-untyped-def]
+    path = "scenarios/pxe-terminal.toml"
+    lab_down.append(path)
+    proc = subprocess.run([sys.executable, "-m", "vlab", "up", path, "--json"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    t1, t2 = json.loads(proc.stdout)["terminals"]
+    assert t1["verdict"] == t2["verdict"] == "ok"
+    assert t1["proof"]["export"] == t2["proof"]["export"]
+    log2 = Path(t2["console_log"]).read_text()
+    assert "PXELINUX" in log2 and "vlab.pxe=t2" in log2
+    assert "PXELINUX" not in Path(t1["console_log"]).read_text()

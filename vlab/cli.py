@@ -124,7 +124,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(path)
         return EXIT_OK
     if args.command == "up":
-        rep = lab.up(plan, dirs, say)
+        if not plan.terminals:
+            raise UsageError(f"{args.scenario}: no [[terminal]] to boot\n  fix: add one, or "
+                             "use vlab pxe for the [[host]]s")
+        rep = lab.up(scenario.load(args.scenario), plan, dirs, say)
         _output(rep, args.json)
         if not lab.all_ok(rep):
             failed = [t["name"] for t in rep["terminals"] if t["verdict"] != "ok"]

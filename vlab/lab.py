@@ -53,18 +53,19 @@ def stderr_progress() -> Say:
 # ---- up -------------------------------------------------------------------------------------
 
 
-def up(plan: LabPlan, dirs: Dirs, say: Say) -> dict[str, Any]:
+def up(scenario: Scenario, plan: LabPlan, dirs: Dirs, say: Say) -> dict[str, Any]:
     """Build what is missing, export the root, boot every terminal, return the report."""
     with state.locked(plan.lab_dir, plan.lab):
         state.update(plan.lab_dir, scenario=str(plan.scenario), status="starting")
         build_nfs_root(plan, say)
-        build_boot_files(plan, dirs, say)
+        k, img = build_boot_files(plan, dirs, say)
         netns = start_lab_host(plan, dirs, say)
         conn = virt.connect(plan.uri)
         if all(virt.domain_state(conn, t.domain) == "running" for t in plan.terminals):
             say(f"lab {plan.lab} is already up: nothing changed")
             return report(plan, conn)
-        define_network(plan, conn, netns, say)
+        tftp_root = write_lab_tftp_tree(scenario, plan, k, img, say)
+        define_network(plan, conn, netns, say, tftp_root)
         export_nfs_root(plan, dirs, netns, say)
         started = boot_terminals(plan, conn, say)
         verdicts = watch_consoles(plan, started, say)
@@ -132,11 +133,26 @@ def start_lab_host(plan: LabPlan, dirs: Dirs, say: Say) -> str | None:
     return host.netns
 
 
-def define_network(plan: LabPlan, conn: virt.Conn, netns: str | None, say: Say) -> None:
+def write_lab_tftp_tree(scenario: Scenario, plan: LabPlan, k: kernel.Kernel, img: Path,
+                        say: Say) -> Path | None:
+    """Terminals with boot = "pxe" boot through a TFTP tree of the lab's own."""
+    hosts = pxe_site.terminal_hosts(scenario, plan)
+    if not hosts:
+        return None
+    site = pxe_site.site_plan(scenario, plan, hosts)
+    copies = {**tftp.bootloaders(), pxe_site.KERNEL: k.vmlinuz, pxe_site.INITRD: img}
+    tftp.write_tree(plan.tftp_root, pxe_site.shared_files(site), copies,
+                    pxe_site.host_groups(site))
+    say(f"PXE: TFTP tree {plan.tftp_root} for {', '.join(h.name for h in hosts)}")
+    return plan.tftp_root
+
+
+def define_network(plan: LabPlan, conn: virt.Conn, netns: str | None, say: Say,
+                   tftp_root: Path | None = None) -> None:
     say(f"network {plan.network}: bridge {plan.bridge}, {plan.subnet}, "
-        f"{len(plan.terminals)} pinned DHCP hosts")
+        f"{len(plan.terminals)} pinned DHCP hosts" + (", PXE" if tftp_root else ""))
     state.update(plan.lab_dir, network=plan.network)
-    virt.start_network(conn, plan.network, render.network_xml(plan))
+    virt.start_network(conn, plan.network, render.network_xml(plan, tftp_root))
 
 
 def export_nfs_root(plan: LabPlan, dirs: Dirs, netns: str | None, say: Say) -> None:
@@ -267,6 +283,7 @@ def down(plan: LabPlan, dirs: Dirs, say: Say) -> None:
         if nfsserver.stop_rpcbind_if_unused(dirs.state / RPCBIND_PID, _ganesha_pid_files(dirs)):
             say("stopped rpcbind")
         shutil.rmtree(plan.kernel_path.parent, ignore_errors=True)
+        shutil.rmtree(plan.tftp_root, ignore_errors=True)
         (plan.lab_dir / "exports").unlink(missing_ok=True)
         state.remove(plan.lab_dir)
         stop_host_if_unused(plan, dirs, say)

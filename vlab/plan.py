@@ -106,6 +106,7 @@ class LabPlan:
     kernel_path: Path
     initrd_path: Path
     nfs_server_dir: Path
+    tftp_root: Path  # only for terminals with boot = "pxe"
     root_source: RootSource
     root_image: Path | None
     debian_suite: str
@@ -194,6 +195,7 @@ def make_plan(scenario: Scenario, dirs: Dirs) -> LabPlan:
             dhcp_root_path=dhcp_root,
             cmdline=words,
             console_log=lab_dir / "console" / f"{t.name}.log",
+            boot=t.boot.value,
         ))
     return LabPlan(
         lab=lab.name,
@@ -218,6 +220,7 @@ def make_plan(scenario: Scenario, dirs: Dirs) -> LabPlan:
         kernel_path=lab_dir / "boot" / "vmlinuz",
         initrd_path=lab_dir / "boot" / "initrd.img",
         nfs_server_dir=lab_dir / "nfs",
+        tftp_root=lab_dir / "tftp",
         root_source=root.source,
         root_image=root.path if root.source is RootSource.IMAGE else None,
         debian_suite=root.suite,

@@ -54,8 +54,18 @@ class Site:
     hosts: tuple[HostPlan, ...]
 
 
-def site_plan(scenario: Scenario, lab: LabPlan) -> Site:
+def terminal_hosts(scenario: Scenario, lab: LabPlan) -> tuple[Host, ...]:
+    """The lab's own terminals with boot = "pxe", as hosts of the lab's TFTP tree."""
+    return tuple(
+        Host(name=tp.name, mac=tp.mac, ip=ipaddress.IPv4Address(tp.ip), root=t.root,
+             cmdline=t.cmdline)
+        for t, tp in zip(scenario.terminals, lab.terminals, strict=True) if tp.boot == "pxe")
+
+
+def site_plan(scenario: Scenario, lab: LabPlan, hosts: tuple[Host, ...] | None = None) -> Site:
     """Names, addresses and command lines of every PXE host; lint errors before any write."""
+    if hosts is None:
+        hosts = scenario.pxe.hosts
     explicit = scenario.pxe.nfs_server
     server = str(explicit) if explicit else lab.gateway
     # A real NFS server listens on 2049; vlab's own (for the twins) on the lab's port.
@@ -82,19 +92,19 @@ def site_plan(scenario: Scenario, lab: LabPlan) -> Site:
         line = f"initrd={INITRD} " + kernel_cmdline(
             scenario, h_server if given else None, path, options, CONSOLES, extra)
         if len(line) > MAX_APPEND:
-            where = f"host[{scenario.pxe.hosts.index(host)}].cmdline" if host else "host"
+            where = f"host[{hosts.index(host)}].cmdline" if host else "host"
             raise ScenarioError(scenario.path, where, f"the APPEND line is {len(line)} "
                                 f"characters; Linux takes at most {MAX_APPEND}",
                                 "shorten the cmdline words")
         return line
 
-    hosts = tuple(HostPlan(
+    plans = tuple(HostPlan(
         name=h.name, mac=h.mac, ip=str(h.ip) if h.ip else None, append=append(h),
         root_path=dhcp_root_path(scenario.initrd.builder, lab.nfs_version, *root_of(h),
                                  options) if by_dhcp else None,
-    ) for h in scenario.pxe.hosts)
+    ) for h in hosts)
     return Site(server=server, subnet=str(lab.subnet), export_path=export,
-                default_append=append(None), hosts=hosts)
+                default_append=append(None), hosts=plans)
 
 
 HOST_TEMPLATES = ("pxelinux.cfg.j2", "grub.cfg.j2", "ipxe.j2")

@@ -58,6 +58,11 @@ class RootVia(StrEnum):
     DHCP = "dhcp"
 
 
+class Boot(StrEnum):
+    KERNEL = "kernel"
+    PXE = "pxe"
+
+
 class Writable(StrEnum):
     NONE = "none"
     TMPFS = "tmpfs"
@@ -118,6 +123,7 @@ class Initrd:
 @dataclass(frozen=True)
 class Terminal:
     name: str
+    boot: Boot
     nic: NicDriver
     mac: str | None
     memory: int
@@ -465,7 +471,8 @@ def _nic_drivers(t: _Table) -> tuple[NicDriver, ...]:
     return tuple(drivers)
 
 
-_TERMINAL_KEYS = ("name", "nic", "mac", "memory", "vcpus", "root", "dhcp_root_path", "cmdline")
+_TERMINAL_KEYS = ("name", "boot", "nic", "mac", "memory", "vcpus", "root", "dhcp_root_path",
+                  "cmdline")
 DHCP_ROOT_RE = re.compile(r"^((nfs|nfs4):)?([0-9.]+:)?/[A-Za-z0-9._/-]*([:,][A-Za-z0-9=.,_-]+)?$")
 
 
@@ -509,7 +516,7 @@ def _terminals(path: Path, top: _Table, nics: tuple[NicDriver, ...],
             raise t.error("nic", f'"{nic.value}" is not in [initrd] nic_drivers',
                           f'add "{nic.value}" to nic_drivers, or use one of them')
         terminals.append(Terminal(
-            name=name, nic=nic, mac=mac,
+            name=name, boot=t.choice("boot", Boot, Boot.KERNEL), nic=nic, mac=mac,
             memory=t.int_in("memory", 256, 128, 65536, " MiB"),
             vcpus=t.int_in("vcpus", 1, 1, 64),
             root=root, dhcp_root_path=dhcp_root, cmdline=cmdline,
