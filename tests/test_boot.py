@@ -253,15 +253,16 @@ def test_overlay_makes_the_whole_root_writable_and_the_export_stays_unchanged(la
 def test_initrd_holds_exactly_the_nic_and_nfs_modules() -> None:
     dirs = Dirs.from_env()
     k = kernel.fetch("linux-image-amd64", dirs.cache)
-    for nic, must in (("virtio_net", "virtio_net.ko"), ("e1000", "e1000.ko")):
+    for nic, must in (("virtio_net", "virtio_net.ko"), ("e1000", "e1000.ko"),
+                      ("xen-netfront", "xen-netfront.ko")):
         plan = replace(plan_for("scenarios/tiny.toml"), nic_drivers=(NicDriver(nic),))
         names = read_names(initrd.contents(k, plan).gzipped())
         modules = [n for n in names if n.endswith(".ko")]
         assert any(n.endswith("/" + must) for n in modules)
         assert any(n.endswith("/nfsv4.ko") for n in modules)
         assert "dev/console" in names and "init" in names
-        other = "e1000.ko" if nic == "virtio_net" else "virtio_net.ko"
-        assert not any(n.endswith("/" + other) for n in modules)
+        others = {"virtio_net.ko", "e1000.ko", "xen-netfront.ko"} - {must}
+        assert not any(n.rsplit("/", 1)[-1] in others for n in modules)
 
 
 def test_ctrl_c_while_watching_then_down_leaves_nothing(lab_down) -> None:  # type: ignore[no-untyped-def]

@@ -28,6 +28,7 @@ from vlab.scenario import (
 )
 
 KVM_MAC_PREFIX = "52:54:00"
+XEN_MAC_PREFIX = "00:16:3e"  # Xen's own range, as the page's vif mac= advice wants
 FIRST_TERMINAL_HOST = 10
 NFS_PORT_BASE = 20490
 NETNS = "vlab-host"
@@ -39,7 +40,11 @@ READY_MARKER = "VLAB-TERMINAL-UP"
 
 
 # The libvirt NIC model that each guest driver drives.
-NIC_MODELS = {NicDriver.VIRTIO_NET: "virtio", NicDriver.E1000: "e1000"}
+NIC_MODELS = {NicDriver.VIRTIO_NET: "virtio", NicDriver.E1000: "e1000",
+              NicDriver.XEN_NETFRONT: "netfront"}
+# Where the kernel's console is: QEMU's first serial port, Xen's PV console.
+CONSOLE = {Hypervisor.KVM: "console=ttyS0", Hypervisor.QEMU: "console=ttyS0",
+           Hypervisor.XEN: "console=hvc0"}
 
 
 @dataclass(frozen=True)
@@ -129,10 +134,10 @@ def _digest(*parts: str) -> bytes:
     return hashlib.sha256("\0".join(parts).encode()).digest()
 
 
-def pinned_mac(lab: str, terminal: str, attempt: int = 0) -> str:
-    """A MAC in QEMU's 52:54:00 range, derived from lab and terminal name only."""
+def pinned_mac(lab: str, terminal: str, attempt: int = 0, prefix: str = KVM_MAC_PREFIX) -> str:
+    """A MAC in QEMU's 52:54:00 range (or Xen's 00:16:3e), from lab and terminal name only."""
     d = _digest("mac", lab, terminal, str(attempt))
-    return KVM_MAC_PREFIX + "".join(f":{b:02x}" for b in d[:3])
+    return prefix + "".join(f":{b:02x}" for b in d[:3])
 
 
 def lab_subnet(lab: str) -> ipaddress.IPv4Network:
@@ -181,7 +186,7 @@ def make_plan(scenario: Scenario, dirs: Dirs) -> LabPlan:
                                                            path, nfs_options)
         given = lab.root_via is RootVia.CMDLINE or t.root is not None
         words = kernel_cmdline(scenario, server if given else None, path, nfs_options,
-                               ["console=ttyS0"], t.cmdline)
+                               [CONSOLE[lab.hypervisor]], t.cmdline)
         terminals.append(TerminalPlan(
             name=t.name,
             domain=f"vlab-{lab.name}-{t.name}",
@@ -201,9 +206,11 @@ def make_plan(scenario: Scenario, dirs: Dirs) -> LabPlan:
         lab=lab.name,
         scenario=scenario.path,
         uri=lab.uri,
-        host_mode=lab.host,
+        # vlab's isolated lab host runs QEMU only: a Xen lab needs the Xen host's libvirtd.
+        host_mode=HostMode.SYSTEM if lab.hypervisor is Hypervisor.XEN else lab.host,
         hypervisor=lab.hypervisor,
-        domain_type="kvm" if lab.hypervisor is Hypervisor.KVM else "qemu",
+        domain_type={Hypervisor.KVM: "kvm", Hypervisor.QEMU: "qemu",
+                     Hypervisor.XEN: "xen"}[lab.hypervisor],
         netns=NETNS,
         network=f"vlab-{lab.name}",
         bridge="vlab" + _digest("bridge", lab.name).hex()[:8],
@@ -308,7 +315,8 @@ def _macs(scenario: Scenario) -> dict[str, str]:
             macs[t.name] = t.mac
             continue
         attempt = 0
-        while (mac := pinned_mac(scenario.lab.name, t.name, attempt)) in taken:
+        prefix = XEN_MAC_PREFIX if scenario.lab.hypervisor is Hypervisor.XEN else KVM_MAC_PREFIX
+        while (mac := pinned_mac(scenario.lab.name, t.name, attempt, prefix)) in taken:
             attempt += 1
         taken.add(mac)
         macs[t.name] = mac

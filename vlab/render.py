@@ -49,9 +49,14 @@ def static(name: str) -> str:
 
 
 def domain_xml(plan: LabPlan, terminal: TerminalPlan) -> str:
-    xml = template("domain.xml.j2", plan=plan, t=terminal, ns=METADATA_NS)
+    name = "domain-xen.xml.j2" if plan.domain_type == "xen" else "domain.xml.j2"
+    xml = template(name, plan=plan, t=terminal, ns=METADATA_NS)
     validate(xml, "domain")
     return xml
+
+
+def xl_cfg(plan: LabPlan, terminal: TerminalPlan) -> str:
+    return template("xl.cfg.j2", plan=plan, t=terminal)
 
 
 def network_xml(plan: LabPlan, tftp_root: Path | None = None,
@@ -116,4 +121,6 @@ def all_artifacts(plan: LabPlan) -> dict[str, str]:
     for t in plan.terminals:
         files[f"domains/{t.name}.xml"] = domain_xml(plan, t)
         files[f"cmdline/{t.name}"] = t.cmdline + "\n"
+        if plan.domain_type == "xen":
+            files[f"xl/{t.name}.cfg"] = xl_cfg(plan, t)
     return files

@@ -26,6 +26,7 @@ NAME_FIX = "use 1-24 characters: lowercase letters, digits and '-', starting wit
 class Hypervisor(StrEnum):
     KVM = "kvm"
     QEMU = "qemu"
+    XEN = "xen"
 
 
 class HostMode(StrEnum):
@@ -83,6 +84,7 @@ class InitrdBuilder(StrEnum):
 class NicDriver(StrEnum):
     VIRTIO_NET = "virtio_net"
     E1000 = "e1000"
+    XEN_NETFRONT = "xen-netfront"  # the page's xennet
 
 
 @dataclass(frozen=True)
@@ -264,7 +266,7 @@ def parse(path: Path, data: Mapping[str, Any]) -> Scenario:
     initrd_t = _Table(path, "initrd", _sub(top, "initrd", {}), ("builder", "nic_drivers"))
     initrd = Initrd(
         builder=initrd_t.choice("builder", InitrdBuilder, InitrdBuilder.VLAB),
-        nic_drivers=_nic_drivers(initrd_t),
+        nic_drivers=_nic_drivers(initrd_t, _is_xen(top)),
     )
     lab = _lab(_Table(path, "lab", _sub(top, "lab"), _LAB_KEYS), initrd.builder)
     kernel = _kernel(_Table(path, "kernel", _sub(top, "kernel", {}), _KERNEL_KEYS), root)
@@ -430,13 +432,20 @@ def _lab(t: _Table, builder: InitrdBuilder) -> Lab:
         if subnet.prefixlen != 24 or not subnet.is_private:
             raise t.error("subnet", f"{text!r} is not a private /24",
                           'use a private /24 such as "10.213.7.0/24"')
-    uri = t.get("uri", str, "qemu:///system")
-    if not re.match(r"^qemu(\+[a-z]+)?://[^\s]*/(system|session)$", uri):
-        raise t.error("uri", f"{uri!r} is not a QEMU libvirt URI",
-                      'use "qemu:///system" (or qemu+ssh://user@host/system)')
+    hypervisor = t.choice("hypervisor", Hypervisor, Hypervisor.QEMU)
+    xen = hypervisor is Hypervisor.XEN
+    uri = t.get("uri", str, "xen:///system" if xen else "qemu:///system")
+    driver = "xen" if xen else "qemu"
+    if not re.match(rf"^{driver}(\+[a-z]+)?://[^\s]*/(system|session)?$", uri):
+        raise t.error("uri", f"{uri!r} is not a {driver} libvirt URI (hypervisor = "
+                      f'"{hypervisor.value}")', f'use "{driver}:///system" (or '
+                      f"{driver}+ssh://user@host/system)")
+    if xen and t.data.get("host") == HostMode.ISOLATED.value:
+        raise t.error("host", '"isolated" starts a QEMU libvirtd, which cannot run Xen guests',
+                      'use host = "system" (the Xen host\'s libvirtd) or leave host out')
     return Lab(
         name=t.name("name", t.get("name", str)),
-        hypervisor=t.choice("hypervisor", Hypervisor, Hypervisor.QEMU),
+        hypervisor=hypervisor,
         uri=uri,
         host=t.choice("host", HostMode, HostMode.AUTO),
         nfs_version=_nfs_version(t, builder),
@@ -455,8 +464,13 @@ def _nfs_version(t: _Table, builder: InitrdBuilder) -> NfsVersion:
     return t.choice("nfs_version", NfsVersion, default)
 
 
-def _nic_drivers(t: _Table) -> tuple[NicDriver, ...]:
-    raw = t.get("nic_drivers", list, ["virtio_net"])
+def _is_xen(top: _Table) -> bool:
+    lab = top.data.get("lab")
+    return isinstance(lab, dict) and lab.get("hypervisor") == Hypervisor.XEN.value
+
+
+def _nic_drivers(t: _Table, xen: bool) -> tuple[NicDriver, ...]:
+    raw = t.get("nic_drivers", list, ["xen-netfront" if xen else "virtio_net"])
     allowed = ", ".join(f'"{e.value}"' for e in NicDriver)
     drivers: list[NicDriver] = []
     for value in raw:
