@@ -82,7 +82,8 @@ def test_kvm_and_xen_plans_differ_only_where_the_hypervisor_must(tmp_path: Path)
     lab_diff = {f.name for f in dataclasses.fields(xen)
                 if getattr(xen, f.name) != getattr(kvm, f.name)}
     lab_diff.discard("scenario")  # two files, one text apart
-    assert lab_diff == {"uri", "hypervisor", "domain_type", "nic_drivers", "terminals"}
+    assert lab_diff == {"uri", "hypervisor", "host_mode", "domain_type", "nic_drivers",
+                        "terminals"}
     (tx,), (tk,) = xen.terminals, kvm.terminals
     t_diff = {f.name for f in dataclasses.fields(tx) if getattr(tx, f.name) != getattr(tk, f.name)}
     assert t_diff == {"mac", "nic_model", "cmdline"}
