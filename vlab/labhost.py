@@ -9,7 +9,6 @@ does the NFS server, so nothing touches the machine's own network.
 from __future__ import annotations
 
 import os
-import socket
 import stat
 import time
 from dataclasses import dataclass
@@ -49,13 +48,7 @@ class HostStatus:
 
 
 def libvirtd_answers() -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(1)
-        try:
-            s.connect(str(LIBVIRT_SOCK))
-        except OSError:
-            return False
-    return True
+    return procs.socket_answers(LIBVIRT_SOCK)
 
 
 def netns_exists(netns: str) -> bool:

@@ -4,7 +4,6 @@ namespace, exporting the root read-only to the lab subnet only."""
 from __future__ import annotations
 
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -28,13 +27,7 @@ RPCBIND_SOCK = Path("/run/rpcbind.sock")
 
 
 def _rpcbind_answers() -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(1)
-        try:
-            s.connect(str(RPCBIND_SOCK))
-        except OSError:
-            return False
-    return True
+    return procs.socket_answers(RPCBIND_SOCK)
 
 
 def ensure_rpcbind(netns: str | None, pid_file: Path) -> None:

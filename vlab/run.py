@@ -43,7 +43,7 @@ def run(
     timeout: float | None = 600,
 ) -> subprocess.CompletedProcess[str]:
     """Run a program to completion and capture its output."""
-    full = ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
+    full = _in_netns(argv, netns)
     log.debug("run: %s", shlex.join(full))
     try:
         # Its own process group, so that Ctrl-C or a timeout ends everything it started
@@ -84,9 +84,13 @@ def which(program: str) -> str | None:
     return None
 
 
+def _in_netns(argv: Sequence[str], netns: str | None) -> list[str]:
+    return ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
+
+
 def daemon(argv: Sequence[str], *, netns: str | None, log_file: Path, hint: str = "") -> None:
     """Start a program that daemonizes itself; its early output goes to log_file."""
-    full = ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
+    full = _in_netns(argv, netns)
     log.debug("daemon: %s", shlex.join(full))
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as out:
@@ -102,7 +106,7 @@ def daemon(argv: Sequence[str], *, netns: str | None, log_file: Path, hint: str 
 
 def spawn(argv: Sequence[str], *, netns: str | None, log_file: Path) -> int:
     """Start a long-running program in the foreground of its own session; return its pid."""
-    full = ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
+    full = _in_netns(argv, netns)
     log.debug("spawn: %s", shlex.join(full))
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as out:
