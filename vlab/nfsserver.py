@@ -103,4 +103,8 @@ def stop(plan: LabPlan) -> None:
     server = pid(plan)
     if server is not None:
         procs.stop(server)
+    # Keep the last log beside the console logs: it explains a failed mount after the fact.
+    log_file = _files(plan)[2]
+    if log_file.exists():
+        shutil.copyfile(log_file, plan.lab_dir / "console" / "ganesha.log")
     shutil.rmtree(plan.nfs_server_dir, ignore_errors=True)
