@@ -65,8 +65,9 @@ def up(scenario: Scenario, plan: LabPlan, dirs: Dirs, say: Say) -> dict[str, Any
             say(f"lab {plan.lab} is already up: nothing changed")
             return report(plan, conn)
         tftp_root = write_lab_tftp_tree(scenario, plan, k, img, say)
+        export_nfs_root(plan, dirs, netns, say)  # starts while the network is defined
         define_network(plan, conn, netns, say, tftp_root)
-        export_nfs_root(plan, dirs, netns, say)
+        wait_for_nfs_server(plan, say)
         started = boot_terminals(plan, conn, say)
         verdicts = watch_consoles(plan, started, say)
         state.update(plan.lab_dir, status="up")
@@ -159,7 +160,12 @@ def export_nfs_root(plan: LabPlan, dirs: Dirs, netns: str | None, say: Say) -> N
     state.update(plan.lab_dir, nfs_server=str(plan.nfs_server_dir))
     plan.nfs_server_dir.mkdir(parents=True, exist_ok=True)
     (plan.lab_dir / "exports").write_text(render.exports_line(plan))
-    pid = nfsserver.start(plan, netns, dirs.state / RPCBIND_PID)
+    nfsserver.start(plan, netns, dirs.state / RPCBIND_PID)
+
+
+def wait_for_nfs_server(plan: LabPlan, say: Say) -> None:
+    """The guests boot only once the NFS server listens: they never wait for it."""
+    pid = nfsserver.wait_ready(plan)
     say(f"export: nfs-ganesha (pid {pid}) serves {plan.export_path} read-only to {plan.subnet} "
         f"on {plan.gateway}:{plan.nfs_port}")
 
@@ -372,8 +378,9 @@ def pxe_check(scenario: Scenario, plan: LabPlan, dirs: Dirs, tftp_root: Path,
         conn = virt.connect(plan.uri)
         say(f"network {plan.network}: TFTP from {tftp_root}, bootp pxelinux.0, IPv6 RAs")
         state.update(plan.lab_dir, network=plan.network)
-        virt.start_network(conn, plan.network, render.network_xml(plan, tftp_root, twin_plans))
         export_nfs_root(plan, dirs, netns, say)
+        virt.start_network(conn, plan.network, render.network_xml(plan, tftp_root, twin_plans))
+        wait_for_nfs_server(plan, say)
         pxe_plan = replace(plan, terminals=twin_plans)
         started = boot_terminals(pxe_plan, conn, say)
         verdicts = watch_consoles(pxe_plan, started, say)

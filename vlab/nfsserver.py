@@ -60,16 +60,16 @@ def pid(plan: LabPlan) -> int | None:
     return procs.read_pid(_files(plan)[1])
 
 
-def start(plan: LabPlan, netns: str | None, rpcbind_pid_file: Path) -> int:
-    """Start (or keep) the lab's ganesha; return once it listens on the lab's NFS port."""
+def start(plan: LabPlan, netns: str | None, rpcbind_pid_file: Path) -> None:
+    """Start (or keep) the lab's ganesha; wait_ready() says when it listens. (It listens on
+    every address of its namespace, so it can start while the network is being defined.)"""
     if run.which(GANESHA) is None:
         raise MissingTool(GANESHA, "nfs-ganesha")
     if not FSAL_VFS.exists():
         raise MissingTool(f"ganesha's VFS backend ({FSAL_VFS})", "nfs-ganesha-vfs")
     conf, pid_file, log_file = _files(plan)
-    running = procs.read_pid(pid_file)
-    if running is not None:
-        return running
+    if procs.read_pid(pid_file) is not None:
+        return
     if plan.nfs_version is NfsVersion.V3:
         ensure_rpcbind(netns, rpcbind_pid_file)
     (plan.nfs_server_dir / "recovery").mkdir(parents=True, exist_ok=True)
@@ -77,6 +77,11 @@ def start(plan: LabPlan, netns: str | None, rpcbind_pid_file: Path) -> int:
     log_file.write_text("")
     run.daemon([GANESHA, "-f", str(conf), "-L", str(log_file), "-p", str(pid_file),
                 "-N", "NIV_EVENT"], netns=netns, log_file=plan.nfs_server_dir / "stdout.log")
+
+
+def wait_ready(plan: LabPlan) -> int:
+    """The pid of the lab's ganesha, once it listens on the lab's NFS port."""
+    _conf, pid_file, log_file = _files(plan)
     started = time.monotonic()
     while True:
         server = procs.read_pid(pid_file)
