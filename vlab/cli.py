@@ -7,10 +7,11 @@ import json
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from vlab import __version__, lab, scenario, state, tftp
+from vlab import __version__, junit, lab, scenario, state, tftp
 from vlab.errors import BootFailed, Interrupted, UsageError, VlabError
 from vlab.plan import NETNS, Dirs, LabPlan, make_plan
 
@@ -29,6 +30,7 @@ examples:
   vlab console scenarios/tiny.toml t1  the live serial console of t1 (leave with Ctrl-])
   vlab down scenarios/tiny.toml        remove domains, network, NFS server (idempotent)
   vlab render scenarios/tiny.toml --out out/   every artifact vlab would write; nothing started
+  vlab check scenarios/tiny.toml --junit out.xml   CI: boot, verdicts, JUnit, tear down
 
 exit codes: 0 ok, 1 a terminal failed to boot, 2 bad input, 3 host or infrastructure failure,
 130 interrupted (run vlab down to remove what was started).
@@ -52,6 +54,14 @@ def _parser() -> argparse.ArgumentParser:
 
     c = scenario_cmd("up", "build what is missing, boot every terminal, print the verdict")
     c.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    c = scenario_cmd("check", "for CI: boot every terminal, wait for every verdict, tear "
+                     "everything down; exit 0 all ok, 1 a terminal failed, 2 bad input, "
+                     "3 host failure")
+    c.add_argument("--junit", type=Path, help="write a JUnit XML report here")
+    c.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    c.add_argument("--timeout", type=int, help="seconds each terminal gets (default: the "
+                   "scenario's [lab] timeout)")
+    c.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
     c = scenario_cmd("status", "terminals, MACs, IPs, state and last verdict of a lab")
     c.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     c = scenario_cmd("console", "attach to the live serial console of one terminal (Ctrl-] leaves)")
@@ -160,6 +170,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.check and not lab.all_ok(out["check"]):
             raise BootFailed("a virtual twin did not boot through the PXE tree")
         return EXIT_OK
+    if args.command == "check":
+        return _check(args, plan, dirs, say)
     if args.command == "status":
         _output(lab.status(plan), args.json)
         return EXIT_OK
@@ -179,6 +191,31 @@ def _dispatch(args: argparse.Namespace) -> int:
         virt.attach_console(plan.uri, t.domain)
         return EXIT_OK
     raise AssertionError(args.command)
+
+
+def _check(args: argparse.Namespace, plan: LabPlan, dirs: Dirs, say: lab.Say) -> int:
+    if args.timeout is not None:
+        if not 10 <= args.timeout <= 3600:
+            raise UsageError(f"--timeout {args.timeout}: use 10 to 3600 seconds")
+        plan = replace(plan, timeout=args.timeout)
+    if not plan.terminals:
+        raise UsageError(f"{args.scenario}: no [[terminal]] to boot")
+    sc = scenario.load(args.scenario)
+    try:
+        rep = lab.up(sc, plan, dirs, say)
+    finally:
+        if not args.keep:
+            lab.down(plan, dirs, say)
+    if args.junit:
+        args.junit.write_text(junit.report_to_junit(rep))
+        say(f"JUnit report: {args.junit}")
+    _output(rep, args.json)
+    if not lab.all_ok(rep):
+        failed = [f"{t['name']} ({t['verdict']})" for t in rep["terminals"]
+                  if t["verdict"] != "ok"]
+        raise BootFailed(f"{len(failed)} terminal(s) did not mount the NFS root: "
+                         f"{', '.join(failed)}")
+    return EXIT_OK
 
 
 def _output(rep: dict[str, Any], as_json: bool) -> None:

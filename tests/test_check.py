@@ -1,0 +1,56 @@
+"""vlab check: the CI mode. JUnit rendering (pure) and a real check of a failing lab."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from lxml import etree
+from test_boot import leftovers, plan_for
+
+from vlab.junit import report_to_junit
+
+
+def test_junit_has_a_testcase_per_terminal_and_the_decisive_line(tmp_path: Path) -> None:
+    log = tmp_path / "t2.log"
+    log.write_text("booting\x1b[0m\nmount: mounting s:/x on /newroot failed: No such file\n")
+    rep = {"lab": "l", "terminals": [
+        {"name": "t1", "verdict": "ok", "seconds": 4.2, "line": "VLAB-TERMINAL-UP",
+         "console_log": str(tmp_path / "missing.log")},
+        {"name": "t2", "verdict": "nfs-no-such-export", "seconds": 3.1,
+         "line": "mount: mounting s:/x on /newroot failed: No such file", "console_log": str(log)},
+    ]}
+    suite = etree.fromstring(report_to_junit(rep).encode())[0]
+    assert suite.get("tests") == "2" and suite.get("failures") == "1"
+    t1, t2 = suite.findall("testcase")
+    assert t1.find("failure") is None and t1.get("time") == "4.2"
+    failure = t2.find("failure")
+    assert failure is not None and failure.get("type") == "nfs-no-such-export"
+    assert "No such file" in failure.get("message", "")
+    assert "booting" in (t2.findtext("system-out") or "")
+
+
+@pytest.mark.boot
+def test_check_of_a_failing_lab_exits_1_writes_junit_and_leaves_nothing(tmp_path: Path) -> None:
+    path = "tests/scenarios/wrong-export.toml"
+    junit = tmp_path / "out.xml"
+    proc = subprocess.run([sys.executable, "-m", "vlab", "check", path, "--junit", str(junit),
+                           "--json", "--timeout", "60"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    (t,) = json.loads(proc.stdout)["terminals"]
+    assert t["verdict"] == "nfs-no-such-export"
+    case = etree.parse(str(junit)).getroot()[0].find("testcase")
+    assert case is not None and case.find("failure") is not None
+    assert leftovers(plan_for(path)) == []
+
+
+def test_check_of_a_bad_scenario_exits_2(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "vlab", "check",
+                           str(ROOT / "tests/bad/bad-uri.toml")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "lab.uri" in proc.stderr

@@ -1,0 +1,41 @@
+"""JUnit XML for CI: one testsuite per lab, one testcase per terminal (pure)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lxml import etree
+
+MAX_LOG = 200_000  # characters of console log kept in system-out
+
+
+def report_to_junit(rep: dict[str, Any]) -> str:
+    terminals = rep["terminals"]
+    failed = [t for t in terminals if t["verdict"] != "ok"]
+    suite = etree.Element("testsuite", name=f"vlab.{rep['lab']}", tests=str(len(terminals)),
+                          failures=str(len(failed)), errors="0",
+                          time=f"{max((t['seconds'] or 0) for t in terminals):.1f}")
+    for t in terminals:
+        case = etree.SubElement(suite, "testcase", classname=f"vlab.{rep['lab']}",
+                                name=t["name"], time=f"{t['seconds'] or 0:.1f}")
+        if t["verdict"] != "ok":
+            failure = etree.SubElement(case, "failure", type=t["verdict"] or "no-verdict",
+                                       message=f"{t['verdict']}: {t.get('line') or ''}")
+            failure.text = t.get("line") or ""
+        out = etree.SubElement(case, "system-out")
+        out.text = _console(t["console_log"])
+    root = etree.Element("testsuites")
+    root.append(suite)
+    return etree.tostring(root, pretty_print=True, xml_declaration=True,
+                          encoding="UTF-8").decode()
+
+
+def _console(path: str) -> str:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+    # XML 1.0 cannot carry most control characters (the console has escape sequences).
+    text = "".join(c for c in text if c in "\t\n" or c >= " ")
+    return text[-MAX_LOG:]
