@@ -86,8 +86,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _plan(args: argparse.Namespace, dirs: Dirs) -> LabPlan:
-    return make_plan(scenario.load(args.scenario), dirs)
+def _load(args: argparse.Namespace, dirs: Dirs) -> tuple[scenario.Scenario, LabPlan]:
+    """The scenario, read once, and its plan."""
+    sc = scenario.load(args.scenario)
+    return sc, make_plan(sc, dirs)
 
 
 def _print_report(rep: dict[str, Any]) -> None:
@@ -128,7 +130,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     say = lab.stderr_progress()
     if args.command == "host":
         return _host(args.action, dirs, say)
-    plan = _plan(args, dirs)
+    sc, plan = _load(args, dirs)
     if args.command == "render":
         for path in lab.render_to(plan, args.out):
             print(path)
@@ -137,7 +139,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if not plan.terminals:
             raise UsageError(f"{args.scenario}: no [[terminal]] to boot\n  fix: add one, or "
                              "use vlab pxe for the [[host]]s")
-        rep = lab.up(scenario.load(args.scenario), plan, dirs, say)
+        rep = lab.up(sc, plan, dirs, say)
         _output(rep, args.json)
         if not lab.all_ok(rep):
             failed = [t["name"] for t in rep["terminals"] if t["verdict"] != "ok"]
@@ -146,7 +148,6 @@ def _dispatch(args: argparse.Namespace) -> int:
                              f"(vlab console {args.scenario} NAME); vlab down removes them")
         return EXIT_OK
     if args.command == "pxe":
-        sc = scenario.load(args.scenario)
         if not sc.pxe.hosts:
             raise UsageError(f"{args.scenario}: no [[host]] tables\n  fix: list the physical "
                              'hosts: [[host]] name = "pc1" mac = "00:11:22:33:44:55"')
@@ -171,7 +172,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise BootFailed("a virtual twin did not boot through the PXE tree")
         return EXIT_OK
     if args.command == "check":
-        return _check(args, plan, dirs, say)
+        return _check(args, sc, plan, dirs, say)
     if args.command == "status":
         _output(lab.status(plan), args.json)
         return EXIT_OK
@@ -193,14 +194,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)
 
 
-def _check(args: argparse.Namespace, plan: LabPlan, dirs: Dirs, say: lab.Say) -> int:
+def _check(args: argparse.Namespace, sc: scenario.Scenario, plan: LabPlan, dirs: Dirs,
+           say: lab.Say) -> int:
     if args.timeout is not None:
         if not 10 <= args.timeout <= 3600:
             raise UsageError(f"--timeout {args.timeout}: use 10 to 3600 seconds")
         plan = replace(plan, timeout=args.timeout)
     if not plan.terminals:
         raise UsageError(f"{args.scenario}: no [[terminal]] to boot")
-    sc = scenario.load(args.scenario)
     try:
         rep = lab.up(sc, plan, dirs, say)
     finally:

@@ -176,10 +176,7 @@ def make_plan(scenario: Scenario, dirs: Dirs) -> LabPlan:
     macs = _macs(scenario)
     terminals = []
     for i, t in enumerate(scenario.terminals):
-        server, path = gateway, str(export_path)
-        if t.root:
-            server, _, path = t.root.rpartition(":")
-            server = server or gateway
+        server, path = root_target(t.root, gateway, str(export_path))
         dhcp_root = None
         if lab.root_via is RootVia.DHCP:
             dhcp_root = t.dhcp_root_path or dhcp_root_path(builder, lab.nfs_version, server,
@@ -277,6 +274,14 @@ def root_args(builder: InitrdBuilder, version: NfsVersion, server: str | None, p
         scheme = "nfs" if version is NfsVersion.V3 else "nfs4"
         return [f"root={scheme}:{server}:{path}:{options}", "ip=dhcp", "rd.neednet=1"]
     return [f"root={server}:{path}", f"rootflags={options}"]
+
+
+def root_target(override: str | None, server: str, export: str) -> tuple[str, str]:
+    """Server and path a terminal mounts: the page's root=[SERVER:]/path override, if any."""
+    if not override:
+        return server, export
+    o_server, _, path = override.rpartition(":")
+    return o_server or server, path
 
 
 def kernel_cmdline(scenario: Scenario, server: str | None, path: str, nfs_options: str,

@@ -11,7 +11,7 @@ from functools import partial
 
 from vlab import render
 from vlab.errors import ScenarioError
-from vlab.plan import LabPlan, dhcp_root_path, kernel_cmdline
+from vlab.plan import LabPlan, dhcp_root_path, kernel_cmdline, root_target
 from vlab.scenario import Host, NfsVersion, RootVia, Scenario
 
 KERNEL = "vmlinuz"
@@ -77,10 +77,7 @@ def site_plan(scenario: Scenario, lab: LabPlan, hosts: tuple[Host, ...] | None =
     by_dhcp = scenario.lab.root_via is RootVia.DHCP
 
     def root_of(host: Host | None) -> tuple[str, str]:
-        if host and host.root:
-            h_server, _, path = host.root.rpartition(":")
-            return h_server or server, path
-        return server, export
+        return root_target(host.root if host else None, server, export)
 
     def append(host: Host | None) -> str:
         h_server, path = root_of(host)

@@ -288,6 +288,29 @@ def _ip(t: _Table, key: str) -> ipaddress.IPv4Address | None:
                       "the initrd mounts by address: write it like \"10.0.0.5\"") from None
 
 
+def _root_override(t: _Table) -> str | None:
+    """The page's root=SERVER:/path override (of a terminal or a host), or None."""
+    root = t.get("root", str, "") or None
+    if root is None:
+        return None
+    server, sep, path = root.rpartition(":")
+    if not re.match(r"^/[A-Za-z0-9._/-]*$", path):
+        raise t.error("root", f"{root!r} is not an NFS root",
+                      'write it as the page does: "SERVER-IP:/path" or "/path"')
+    if sep and not re.match(r"^[0-9.]+$", server):
+        raise t.error("root", f"the server {server!r} is a name, but the initrd mounts "
+                      "before any name service runs", "give the server's IP address")
+    return root
+
+
+def _cmdline(t: _Table) -> str:
+    cmdline = t.get("cmdline", str, "")
+    if any(c in cmdline for c in "\n\r\"'<>&"):
+        raise t.error("cmdline", f"{cmdline!r} contains a character a kernel command line "
+                      "cannot carry", "use plain space-separated key=value words")
+    return cmdline
+
+
 def _pxe(path: Path, top: _Table) -> Pxe:
     pxe_t = _Table(path, "pxe", _sub(top, "pxe", {}), ("nfs_server",))
     raw = top.data.get("host", [])
@@ -316,20 +339,8 @@ def _pxe(path: Path, top: _Table) -> Pxe:
                           "give every host its own address")
         if ip is not None:
             ips[ip] = i
-        root = t.get("root", str, "") or None
-        if root is not None:
-            server, sep, _path = root.rpartition(":")
-            if not re.match(r"^/[A-Za-z0-9._/-]*$", _path):
-                raise t.error("root", f"{root!r} is not an NFS root",
-                              'write it as the page does: "SERVER-IP:/path" or "/path"')
-            if sep and not re.match(r"^[0-9.]+$", server):
-                raise t.error("root", f"the server {server!r} is a name, but the initrd mounts "
-                              "before any name service runs", "give the server's IP address")
-        cmdline = t.get("cmdline", str, "")
-        if any(c in cmdline for c in "\n\r\"'<>&"):
-            raise t.error("cmdline", f"{cmdline!r} contains a character a kernel command "
-                          "line cannot carry", "use plain space-separated key=value words")
-        hosts.append(Host(name=name, mac=mac, ip=ip, root=root, cmdline=cmdline))
+        hosts.append(Host(name=name, mac=mac, ip=ip, root=_root_override(t),
+                          cmdline=_cmdline(t)))
     return Pxe(nfs_server=_ip(pxe_t, "nfs_server"), hosts=tuple(hosts))
 
 
@@ -512,19 +523,13 @@ def _terminals(path: Path, top: _Table, nics: tuple[NicDriver, ...],
                           "give every terminal its own name")
         seen_names[name] = i
         mac = _mac(t, seen_macs, i)
-        root = t.get("root", str, "") or None
-        if root is not None and not re.match(r"^([0-9.]+:)?/[A-Za-z0-9._/-]*$", root):
-            raise t.error("root", f"{root!r} is not an NFS root",
-                          'write it as the page does: "SERVER-IP:/path" or "/path"')
+        root = _root_override(t)
         dhcp_root = t.get("dhcp_root_path", str, "") or None
         if dhcp_root is not None and not DHCP_ROOT_RE.match(dhcp_root):
             raise t.error("dhcp_root_path", f"{dhcp_root!r} is not a DHCP root path",
                           'write "/path", "server:/path", "nfs:server:/path:options" '
                           'or "nfs4:server:/path"')
-        cmdline = t.get("cmdline", str, "")
-        if any(c in cmdline for c in "\n\r\"'<>&"):
-            raise t.error("cmdline", f"{cmdline!r} contains a character a kernel command line "
-                          "cannot carry", "use plain space-separated key=value words")
+        cmdline = _cmdline(t)
         nic = t.choice("nic", NicDriver, nics[0])
         if nic not in nics:
             raise t.error("nic", f'"{nic.value}" is not in [initrd] nic_drivers',
