@@ -125,19 +125,21 @@ def _dispatch(args: argparse.Namespace) -> int:
                         format="vlab: %(message)s")
     if os.geteuid() != 0 and args.command in ("up", "down", "host"):
         raise UsageError(f"vlab {args.command} needs root (namespaces, libvirtd, the NFS server)"
-                         "\n  fix: run it as root")
+                         "; fix: run it as root")
     dirs = Dirs.from_env()
     say = lab.stderr_progress()
     if args.command == "host":
         return _host(args.action, dirs, say)
     sc, plan = _load(args, dirs)
+    if args.command in ("up", "check") or getattr(args, "check", False):
+        lab.preflight(plan)
     if args.command == "render":
         for path in lab.render_to(plan, args.out):
             print(path)
         return EXIT_OK
     if args.command == "up":
         if not plan.terminals:
-            raise UsageError(f"{args.scenario}: no [[terminal]] to boot\n  fix: add one, or "
+            raise UsageError(f"{args.scenario}: no [[terminal]] to boot; fix: add one, or "
                              "use vlab pxe for the [[host]]s")
         rep = lab.up(sc, plan, dirs, say)
         _output(rep, args.json)
@@ -149,7 +151,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.command == "pxe":
         if not sc.pxe.hosts:
-            raise UsageError(f"{args.scenario}: no [[host]] tables\n  fix: list the physical "
+            raise UsageError(f"{args.scenario}: no [[host]] tables; fix: list the physical "
                              'hosts: [[host]] name = "pc1" mac = "00:11:22:33:44:55"')
         changes = tftp.Changes() if args.check_only else lab.pxe(sc, plan, dirs,
                                                                  args.tftp_root, say)
@@ -184,8 +186,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         t = plan.terminal(args.terminal)
         if t is None:
             names = ", ".join(x.name for x in plan.terminals)
-            raise UsageError(f"{args.scenario}: no terminal {args.terminal!r}\n"
-                             f"  fix: use one of {names}")
+            raise UsageError(f"{args.scenario}: no terminal {args.terminal!r}; "
+                             f"fix: use one of {names}")
         from vlab import virt
 
         print(f"Connected to {t.domain}; leave with Ctrl-]", file=sys.stderr)

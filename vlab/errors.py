@@ -17,7 +17,7 @@ class VlabError(Exception):
 
 
 class ScenarioError(VlabError):
-    """The scenario file is wrong: names the file, the key, the bad value and the fix."""
+    """The scenario file is wrong: one line naming the file, the key, the bad value and the fix."""
 
     exit_code = 2
 
@@ -28,7 +28,7 @@ class ScenarioError(VlabError):
     def message(self) -> str:
         where = f"{self.file}: {self.key}" if self.key else self.file
         text = f"{where}: {self.why}"
-        return f"{text}\n  fix: {self.fix}" if self.fix else text
+        return f"{text}; fix: {self.fix}" if self.fix else text
 
 
 class UsageError(VlabError):
@@ -61,7 +61,7 @@ class MissingTool(VlabError):
 
     def __init__(self, what: str, package: str) -> None:
         self.what, self.package = what, package
-        super().__init__(f"{what} is missing\n  fix: apt-get install {package}")
+        super().__init__(f"{what} is missing; fix: apt-get install {package}")
 
 
 class VirtError(VlabError):
@@ -70,7 +70,7 @@ class VirtError(VlabError):
     def __init__(self, op: str, detail: str, fix: str = "") -> None:
         self.op, self.detail, self.fix = op, detail, fix
         text = f"libvirt: {op}: {detail}"
-        super().__init__(f"{text}\n  fix: {fix}" if fix else text)
+        super().__init__(f"{text}; fix: {fix}" if fix else text)
 
 
 class HostError(VlabError):

@@ -71,8 +71,8 @@ def resolve(package: str) -> tuple[str, str]:
     m = re.search(r"Candidate: (\S+)", policy)
     if not m or m.group(1) == "(none)":
         raise HostError(
-            f"apt knows no installable version of {name}\n"
-            "  fix: run apt-get update (or name an existing package in [kernel] package)"
+            f"apt knows no installable version of {name}; "
+            "fix: run apt-get update (or name an existing package in [kernel] package)"
         )
     return name, m.group(1)
 

@@ -31,6 +31,7 @@ from vlab import (
     virt,
 )
 from vlab import pxe as pxe_site
+from vlab.errors import ScenarioError
 from vlab.plan import Dirs, LabPlan, TerminalPlan, pinned_mac
 from vlab.scenario import Hypervisor, InitrdBuilder, KernelSource, RootSource, Scenario
 from vlab.watch import OK, READY_BUSYBOX, READY_SYSTEMD, STALLED, Verdict, watch
@@ -51,6 +52,16 @@ def stderr_progress() -> Say:
 
 
 # ---- up -------------------------------------------------------------------------------------
+
+
+def preflight(plan: LabPlan) -> None:
+    """Checks that need the outside world, done before anything is created (exit 2)."""
+    if re.match(r"^\w+(\+\w+)?://[^/]", plan.uri):  # a remote host the scenario names
+        why = virt.refuses(plan.uri)
+        if why is not None:
+            raise ScenarioError(plan.scenario, "lab.uri", f"{plan.uri!r} does not answer ({why})",
+                                "check that the host is up and libvirtd listens there, or leave "
+                                "uri out to use this machine")
 
 
 def up(scenario: Scenario, plan: LabPlan, dirs: Dirs, say: Say) -> dict[str, Any]:

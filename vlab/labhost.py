@@ -79,12 +79,12 @@ def ensure(mode: HostMode, netns: str, log_dir: Path) -> HostStatus:
         raise HostError(
             "host = \"system\" but no system libvirtd answers on " + str(LIBVIRT_SOCK)
             + ("" if current.mode == "down" else " (the one running is vlab's isolated host)")
-            + "\n  fix: start libvirtd, or use host = \"auto\" to let vlab start an isolated one"
+            + "; fix: start libvirtd, or use host = \"auto\" to let vlab start an isolated one"
         )
     if mode is HostMode.ISOLATED and current.mode == "system":
         raise HostError(
             "host = \"isolated\" but a system libvirtd already runs (only one libvirtd fits "
-            "on a machine)\n  fix: use host = \"system\" or \"auto\", or stop that libvirtd"
+            "on a machine); fix: use host = \"system\" or \"auto\", or stop that libvirtd"
         )
     if current.mode != "down":
         return current

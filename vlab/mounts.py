@@ -118,8 +118,8 @@ class MountStack:
         for rel, fstype, options in BUILD_MOUNTS:
             target = inside(root, rel)
             if not target.is_dir():
-                raise HostError(f"{root} has no /{rel} to mount {fstype} on\n"
-                                f"  fix: a root filesystem needs /{rel}")
+                raise HostError(f"{root} has no /{rel} to mount {fstype} on; "
+                                f"fix: a root filesystem needs /{rel}")
             self.mount("none" if fstype == "tmpfs" else fstype, target, fstype, options)
             if rel == "dev":
                 for name, major, minor in DEV_NODES:

@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 from vlab.errors import ScenarioError
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,23}$")
+# Terminal MACs live in the hypervisor's own range (the page's vif mac= advice for Xen).
+MAC_PREFIX = {"kvm": "52:54:00", "qemu": "52:54:00", "xen": "00:16:3e"}
 MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 NAME_FIX = "use 1-24 characters: lowercase letters, digits and '-', starting with a letter"
 
@@ -272,7 +274,8 @@ def parse(path: Path, data: Mapping[str, Any]) -> Scenario:
     kernel = _kernel(_Table(path, "kernel", _sub(top, "kernel", {}), _KERNEL_KEYS), root)
     _check_builder(path, root, kernel, initrd, lab)
     pxe = _pxe(path, top)
-    terminals = _terminals(path, top, initrd.nic_drivers, required=not pxe.hosts)
+    terminals = _terminals(path, top, initrd.nic_drivers, lab.hypervisor,
+                           required=not pxe.hosts)
     return Scenario(path=path, lab=lab, root=root, kernel=kernel, initrd=initrd,
                     terminals=terminals, pxe=pxe)
 
@@ -360,6 +363,10 @@ def _root(t: _Table) -> Root:
         if not (path.is_dir() if source is RootSource.DIR else path.is_file()):
             raise t.error("path", f"{raw!r} is not a {kind} ({path})",
                           f"give the path of the root {kind} (relative to the scenario file)")
+        if source is RootSource.IMAGE and filesystem_of(path) is None:
+            raise t.error("path", f"{raw!r} holds no filesystem vlab can mount",
+                          "give a raw ext2/3/4, xfs, btrfs or squashfs image (not a partitioned "
+                          "disk or qcow2), e.g. made with mkfs.ext4 -d ROOTDIR FILE 1G")
     elif "path" in t.data:
         raise t.error("path", f'is only for source = "dir" or "image", not "{source.value}"',
                       "remove path, or change source")
@@ -378,6 +385,24 @@ def _root(t: _Table) -> Root:
     return Root(source=source, after_boot=t.choice("after_boot", AfterBoot, AfterBoot.SHELL),
                 writable=t.choice("writable", Writable, Writable.TMPFS), path=path,
                 suite=suite, packages=tuple(packages))
+
+
+# (offset, magic) of the filesystems an image root may hold: enough to refuse anything else
+# before a loop device is attached.
+FS_MAGIC = (("ext4", 1080, b"\x53\xef"), ("xfs", 0, b"XFSB"), ("btrfs", 65600, b"_BHRfS_M"),
+            ("squashfs", 0, b"hsqs"))
+
+
+def filesystem_of(path: Path) -> str | None:
+    try:
+        with path.open("rb") as f:
+            head = f.read(65608)
+    except OSError:
+        return None
+    for name, offset, magic in FS_MAGIC:
+        if head[offset:offset + len(magic)] == magic:
+            return name
+    return None
 
 
 def _kernel(t: _Table, root: Root) -> Kernel:
@@ -501,7 +526,7 @@ _TERMINAL_KEYS = ("name", "boot", "nic", "mac", "memory", "vcpus", "root", "dhcp
 DHCP_ROOT_RE = re.compile(r"^((nfs|nfs4):)?([0-9.]+:)?/[A-Za-z0-9._/-]*([:,][A-Za-z0-9=.,_-]+)?$")
 
 
-def _terminals(path: Path, top: _Table, nics: tuple[NicDriver, ...],
+def _terminals(path: Path, top: _Table, nics: tuple[NicDriver, ...], hypervisor: Hypervisor,
                required: bool = True) -> tuple[Terminal, ...]:
     raw = top.data.get("terminal")
     if raw is None and not required:
@@ -523,6 +548,11 @@ def _terminals(path: Path, top: _Table, nics: tuple[NicDriver, ...],
                           "give every terminal its own name")
         seen_names[name] = i
         mac = _mac(t, seen_macs, i)
+        prefix = MAC_PREFIX[hypervisor]
+        if mac is not None and not mac.startswith(prefix):
+            raise t.error("mac", f"{mac!r} is outside {hypervisor.value}'s range {prefix}",
+                          f'use a MAC that starts with {prefix}, e.g. "{prefix}:12:34:56", '
+                          "or leave it out to pin one")
         root = _root_override(t)
         dhcp_root = t.get("dhcp_root_path", str, "") or None
         if dhcp_root is not None and not DHCP_ROOT_RE.match(dhcp_root):

@@ -50,6 +50,6 @@ def locked(lab_dir: Path, lab: str) -> Iterator[None]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise LabBusy(f"another vlab process is working on lab {lab!r}\n"
-                          "  fix: wait for it to finish") from None
+            raise LabBusy(f"another vlab process is working on lab {lab!r}; "
+                          "fix: wait for it to finish") from None
         yield

@@ -45,6 +45,15 @@ def connect(uri: str) -> Conn:
         raise _error(f"connect to {uri}", err) from None
 
 
+def refuses(uri: str) -> str | None:
+    """Why a libvirt URI does not answer, or None when it does."""
+    try:
+        libvirt.open(uri).close()
+    except libvirt.libvirtError as err:
+        return str(err.get_error_message())
+    return None
+
+
 def _lookup(lookup: Any, name: str, missing: int) -> Any:
     try:
         return lookup(name)
