@@ -6,10 +6,12 @@ import pickle
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from conftest import GOLDEN_DIRS, plan_of
 
-from vlab import scenario
-from vlab.plan import make_plan, pinned_mac
+from vlab import scenario, state
+from vlab.errors import ScenarioError
+from vlab.plan import Dirs, lab_subnet, make_plan, pinned_mac
 
 
 def test_same_scenario_same_plan_byte_for_byte() -> None:
@@ -68,3 +70,58 @@ def test_kernel_command_line_carries_selinux_0_and_nfs_options() -> None:
     words = t.cmdline.split()
     assert "selinux=0" in words and "console=ttyS0" in words
     assert any(w.startswith("rootflags=vers=4.2,port=") for w in words)
+
+
+def _lab(tmp_path: Path, name: str, extra: str = "") -> scenario.Scenario:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(f'[lab]\nname = "{name}"\n{extra}[[terminal]]\nname = "t1"\n'
+                    '[[terminal]]\nname = "t2"\n')
+    return scenario.load(path)
+
+
+def _twin_names() -> tuple[str, str]:
+    """Two lab names whose own subnets are the same /24 (250 to choose from: easy to find)."""
+    seen: dict[str, str] = {}
+    for i in range(1000):
+        name = f"lab{i}"
+        subnet = str(lab_subnet(name))
+        if subnet in seen:
+            return seen[subnet], name
+        seen[subnet] = name
+    raise AssertionError("no two names share a subnet")
+
+
+def test_a_second_lab_steers_clear_of_everything_the_first_holds(tmp_path: Path) -> None:
+    first, second = _twin_names()
+    dirs = Dirs(tmp_path / "cache", tmp_path / "state")
+    a = make_plan(_lab(tmp_path, first), dirs)
+    alone = make_plan(_lab(tmp_path, second), dirs)
+    assert alone.subnet == a.subnet  # what would collide
+    state.update(a.lab_dir, lease=state.lease_of(a))
+    b = make_plan(_lab(tmp_path, second), dirs, state.taken(dirs.state, second))
+    assert b.attempt > 0
+    assert b.subnet != a.subnet and b.bridge != a.bridge and b.network != a.network
+    assert not {b.nfs_port, b.mount_port} & {a.nfs_port, a.mount_port}
+    assert not {t.mac for t in b.terminals} & {t.mac for t in a.terminals}
+    assert not {t.ip for t in b.terminals} & {t.ip for t in a.terminals}
+    # The first lab's own plan ignores its own lease, and keeps it.
+    assert make_plan(_lab(tmp_path, first), dirs, state.taken(dirs.state, first),
+                     state.recorded_attempt(a.lab_dir)) == a
+    # Recorded, the second lab keeps its lease even once the first has gone.
+    state.update(b.lab_dir, lease=state.lease_of(b))
+    state.remove(a.lab_dir)
+    again = make_plan(_lab(tmp_path, second), dirs, state.taken(dirs.state, second),
+                      state.recorded_attempt(b.lab_dir))
+    assert again == b
+
+
+def test_a_given_subnet_that_another_lab_holds_is_bad_input(tmp_path: Path) -> None:
+    dirs = Dirs(tmp_path / "cache", tmp_path / "state")
+    a = make_plan(_lab(tmp_path, "one", 'subnet = "10.213.7.0/24"\n'), dirs)
+    state.update(a.lab_dir, lease=state.lease_of(a))
+    with pytest.raises(ScenarioError) as err:
+        make_plan(_lab(tmp_path, "two", 'subnet = "10.213.7.0/24"\n'), dirs,
+                  state.taken(dirs.state, "two"))
+    assert err.value.message() == (
+        f"{tmp_path}/two.toml: lab.subnet: '10.213.7.0/24' is the subnet of lab 'one', which "
+        "is up; fix: choose another subnet, or leave subnet out to get a free one")

@@ -13,7 +13,7 @@ from typing import Any
 
 from vlab import __version__, junit, lab, scenario, state, tftp
 from vlab.errors import BootFailed, Interrupted, UsageError, VlabError
-from vlab.plan import NETNS, Dirs, LabPlan, make_plan
+from vlab.plan import NETNS, Dirs, LabPlan
 
 EXIT_OK, EXIT_BOOT_FAILED, EXIT_BAD_INPUT, EXIT_HOST = 0, 1, 2, 3
 
@@ -89,7 +89,9 @@ def _parser() -> argparse.ArgumentParser:
 def _load(args: argparse.Namespace, dirs: Dirs) -> tuple[scenario.Scenario, LabPlan]:
     """The scenario, read once, and its plan."""
     sc = scenario.load(args.scenario)
-    return sc, make_plan(sc, dirs)
+    builds = args.command in ("up", "check") or getattr(args, "check", False) or getattr(
+        args, "check_only", False)
+    return sc, lab.claim(sc, dirs) if builds else lab.plan_for(sc, dirs)
 
 
 def _print_report(rep: dict[str, Any]) -> None:
@@ -131,8 +133,6 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "host":
         return _host(args.action, dirs, say)
     sc, plan = _load(args, dirs)
-    if args.command in ("up", "check") or getattr(args, "check", False):
-        lab.preflight(plan)
     if args.command == "render":
         for path in lab.render_to(plan, args.out):
             print(path)

@@ -32,7 +32,7 @@ from vlab import (
 )
 from vlab import pxe as pxe_site
 from vlab.errors import ScenarioError
-from vlab.plan import Dirs, LabPlan, TerminalPlan, pinned_mac
+from vlab.plan import Dirs, LabPlan, TerminalPlan, make_plan, pinned_mac
 from vlab.scenario import Hypervisor, InitrdBuilder, KernelSource, RootSource, Scenario
 from vlab.watch import OK, READY_BUSYBOX, READY_SYSTEMD, STALLED, Verdict, watch
 
@@ -52,6 +52,22 @@ def stderr_progress() -> Say:
 
 
 # ---- up -------------------------------------------------------------------------------------
+
+
+def plan_for(sc: Scenario, dirs: Dirs) -> LabPlan:
+    """The lab's plan on this machine: its recorded lease, or one clear of the other labs'."""
+    lab_dir = dirs.state / "labs" / sc.lab.name
+    return make_plan(sc, dirs, state.taken(dirs.state, sc.lab.name),
+                     state.recorded_attempt(lab_dir))
+
+
+def claim(sc: Scenario, dirs: Dirs) -> LabPlan:
+    """The plan of a lab about to be built; its lease is recorded before anything is made."""
+    preflight(plan_for(sc, dirs))  # bad input: nothing created, not even the lease
+    with state.machine_locked(dirs.state):
+        plan = plan_for(sc, dirs)
+        state.update(plan.lab_dir, scenario=str(plan.scenario), lease=state.lease_of(plan))
+    return plan
 
 
 def preflight(plan: LabPlan) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vlab.errors import ScenarioError
@@ -19,6 +19,7 @@ from vlab.scenario import (
     Hypervisor,
     InitrdBuilder,
     KernelSource,
+    Lab,
     NfsVersion,
     NicDriver,
     RootSource,
@@ -98,6 +99,7 @@ class LabPlan:
     netns: str
     network: str
     bridge: str
+    attempt: int  # > 0 when subnet, NFS port or bridge had to dodge another lab's
     subnet: ipaddress.IPv4Network
     gateway: str
     dhcp_start: str
@@ -140,15 +142,63 @@ def pinned_mac(lab: str, terminal: str, attempt: int = 0, prefix: str = KVM_MAC_
     return prefix + "".join(f":{b:02x}" for b in d[:3])
 
 
-def lab_subnet(lab: str) -> ipaddress.IPv4Network:
+def lab_subnet(lab: str, attempt: int = 0) -> ipaddress.IPv4Network:
     """A private /24 derived from the lab name, inside the lab host's own namespace."""
-    octet = 1 + _digest("subnet", lab)[0] % 250
+    octet = 1 + _digest("subnet", lab, *_again(attempt))[0] % 250
     return ipaddress.IPv4Network(f"10.213.{octet}.0/24")
 
 
-def make_plan(scenario: Scenario, dirs: Dirs) -> LabPlan:
+def _again(attempt: int) -> tuple[str, ...]:
+    return (str(attempt),) if attempt else ()
+
+
+@dataclass(frozen=True)
+class Taken:
+    """What the other labs on this machine hold: a new lab's plan steers clear of it."""
+
+    subnets: frozenset[str] = frozenset()
+    ports: frozenset[int] = frozenset()
+    bridges: frozenset[str] = frozenset()
+    macs: frozenset[str] = frozenset()
+    by: dict[str, str] = field(default_factory=dict, compare=False)  # resource -> lab
+
+    def holds(self, subnet: str, nfs_port: int, bridge: str) -> bool:
+        return (subnet in self.subnets or bridge in self.bridges
+                or bool({nfs_port, nfs_port + 1000} & self.ports))
+
+
+MAX_ATTEMPTS = 200
+
+
+Lease = tuple[int, ipaddress.IPv4Network, int, str]  # attempt, subnet, NFS port, bridge
+
+
+def _lease(lab: Lab, path: Path, taken: Taken, attempt: int | None) -> Lease:
+    """The lab's subnet, NFS port and bridge: from its name, re-derived past other labs'."""
+    def derive(n: int) -> tuple[ipaddress.IPv4Network, int, str]:
+        port = NFS_PORT_BASE + int.from_bytes(_digest("port", lab.name, *_again(n))[:2]) % 1000
+        bridge = "vlab" + _digest("bridge", lab.name, *_again(n)).hex()[:8]
+        return lab.subnet or lab_subnet(lab.name, n), port, bridge
+
+    if attempt is not None:  # recorded when the lab came up: keep it while it lives
+        return (attempt, *derive(attempt))
+    if lab.subnet is not None and str(lab.subnet) in taken.subnets:
+        raise ScenarioError(path, "lab.subnet", f"'{lab.subnet}' is the subnet of lab "
+                            f"{taken.by.get(str(lab.subnet), '?')!r}, which is up",
+                            "choose another subnet, or leave subnet out to get a free one")
+    for n in range(MAX_ATTEMPTS):
+        subnet, port, bridge = derive(n)
+        if not taken.holds(str(subnet), port, bridge):
+            return n, subnet, port, bridge
+    raise ScenarioError(path, "lab.name", f"{lab.name!r}: no free subnet and NFS port "
+                        f"after {MAX_ATTEMPTS} tries ({len(taken.subnets)} labs are up)",
+                        "take some labs down (vlab down) first")
+
+
+def make_plan(scenario: Scenario, dirs: Dirs, taken: Taken = Taken(),
+              attempt: int | None = None) -> LabPlan:
     lab = scenario.lab
-    subnet = lab.subnet or lab_subnet(lab.name)
+    attempt, subnet, nfs_port, bridge = _lease(lab, scenario.path, taken, attempt)
     hosts = list(subnet.hosts())
     gateway = str(hosts[0])
     if len(scenario.terminals) > len(hosts) - FIRST_TERMINAL_HOST:
@@ -167,13 +217,12 @@ def make_plan(scenario: Scenario, dirs: Dirs) -> LabPlan:
             f"debian-{root.suite}-" + _digest("debian", root.suite, *packages).hex()[:12]),
     }[root.source]
     assert export_path is not None
-    nfs_port = NFS_PORT_BASE + int.from_bytes(_digest("port", lab.name)[:2]) % 1000
     mount_port = nfs_port + 1000
     nfs_options = f"vers={lab.nfs_version.value},port={nfs_port}"
     if lab.nfs_version is NfsVersion.V3:
         # Every port given, so the terminal never needs to ask rpcbind.
         nfs_options += f",mountport={mount_port},mountproto=tcp,nolock"
-    macs = _macs(scenario)
+    macs = _macs(scenario, taken.macs)
     terminals = []
     for i, t in enumerate(scenario.terminals):
         server, path = root_target(t.root, gateway, str(export_path))
@@ -210,7 +259,8 @@ def make_plan(scenario: Scenario, dirs: Dirs) -> LabPlan:
                      Hypervisor.XEN: "xen"}[lab.hypervisor],
         netns=NETNS,
         network=f"vlab-{lab.name}",
-        bridge="vlab" + _digest("bridge", lab.name).hex()[:8],
+        bridge=bridge,
+        attempt=attempt,
         subnet=subnet,
         gateway=gateway,
         dhcp_start=str(hosts[FIRST_TERMINAL_HOST - 1]),
@@ -311,9 +361,10 @@ def dhcp_root_path(builder: InitrdBuilder, version: NfsVersion, server: str, pat
     return f"{scheme}:{server}:{path}:{options}"
 
 
-def _macs(scenario: Scenario) -> dict[str, str]:
-    """Given MACs win; the others are pinned, re-derived on a collision inside the lab."""
-    taken = {t.mac for t in scenario.terminals if t.mac}
+def _macs(scenario: Scenario, others: frozenset[str] = frozenset()) -> dict[str, str]:
+    """Given MACs win; the others are pinned, re-derived on a collision inside the lab or
+    with another lab's."""
+    taken = {t.mac for t in scenario.terminals if t.mac} | others
     macs: dict[str, str] = {}
     for t in scenario.terminals:
         if t.mac:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from vlab.errors import LabBusy
+from vlab.plan import LabPlan, Taken
 
 STATE = "state.json"
 RESULTS = "results.json"
@@ -53,3 +54,44 @@ def locked(lab_dir: Path, lab: str) -> Iterator[None]:
             raise LabBusy(f"another vlab process is working on lab {lab!r}; "
                           "fix: wait for it to finish") from None
         yield
+
+
+@contextmanager
+def machine_locked(state_dir: Path) -> Iterator[None]:
+    """Labs pick their subnets and ports one at a time (blocking: it is quick)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with (state_dir / "leases.lock").open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def lease_of(plan: LabPlan) -> dict[str, Any]:
+    return {"attempt": plan.attempt, "subnet": str(plan.subnet), "nfs_port": plan.nfs_port,
+            "mount_port": plan.mount_port, "bridge": plan.bridge,
+            "macs": [t.mac for t in plan.terminals]}
+
+
+def recorded_attempt(lab_dir: Path) -> int | None:
+    attempt = load(lab_dir).get("lease", {}).get("attempt")
+    return attempt if isinstance(attempt, int) else None
+
+
+def taken(state_dir: Path, but: str) -> Taken:
+    """The leases of every other lab that has state (is up, or was not taken down)."""
+    subnets: set[str] = set()
+    ports: set[int] = set()
+    bridges: set[str] = set()
+    macs: set[str] = set()
+    by: dict[str, str] = {}
+    for path in sorted((state_dir / "labs").glob(f"*/{STATE}")):
+        if path.parent.name == but:
+            continue
+        lease = load(path.parent).get("lease")
+        if not isinstance(lease, dict):
+            continue
+        subnets.add(str(lease.get("subnet")))
+        ports.update(int(lease.get(k, 0)) for k in ("nfs_port", "mount_port"))
+        bridges.add(str(lease.get("bridge")))
+        macs.update(str(m) for m in lease.get("macs", []))
+        by[str(lease.get("subnet"))] = path.parent.name
+    return Taken(frozenset(subnets), frozenset(ports), frozenset(bridges), frozenset(macs), by)
