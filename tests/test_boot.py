@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from conftest import ROOT
 
-from vlab import initrd, kernel, procs, scenario
+from vlab import cache, initrd, kernel, lab, procs, scenario
 from vlab.cpio import read_names
-from vlab.plan import Dirs, LabPlan, make_plan
+from vlab.plan import Dirs, LabPlan
 from vlab.scenario import NicDriver
 
 pytestmark = pytest.mark.boot
@@ -39,7 +39,8 @@ def vlab(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
 
 
 def plan_for(path: str) -> LabPlan:
-    return make_plan(scenario.load(ROOT / path), Dirs.from_env())
+    """The lab's plan as vlab makes it on this machine (its lease, clear of other labs')."""
+    return lab.plan_for(scenario.load(ROOT / path), Dirs.from_env())
 
 
 def leftovers(plan: LabPlan) -> list[str]:
@@ -56,13 +57,29 @@ def leftovers(plan: LabPlan) -> list[str]:
         if str(plan.nfs_server_dir) in cmd or any(t.domain in cmd for t in plan.terminals):
             found.append(f"process {pid}: {cmd.strip()}")
     mounts = Path("/proc/mounts").read_text()
-    found += [f"mount {ln}" for ln in mounts.splitlines() if str(plan.lab_dir) in ln]
+    found += [f"mount {ln}" for ln in mounts.splitlines() if str(plan.lab_dir) in ln
+              or f"{plan.export_path}/" in ln.split()[1]]
+    if plan.root_image is not None:
+        loops = subprocess.run(["losetup", "--noheadings", "--associated",
+                                str(plan.root_image)], capture_output=True, text=True).stdout
+        found += [f"loop device {ln}" for ln in loops.splitlines()]
+    dirs = Dirs.from_env()
+    if not HOST_KEPT and (dirs.state / "rpcbind.pid").exists():
+        pid = procs.read_pid(dirs.state / "rpcbind.pid")
+        if pid is not None:
+            found.append(f"rpcbind {pid}")
     if Path(f"/run/netns/{plan.netns}").exists():
         links = subprocess.run(["ip", "-n", plan.netns, "-o", "link"], capture_output=True,
                                text=True).stdout
-        found += [f"link {ln}" for ln in links.splitlines() if plan.bridge in ln]
+        found += [f"link {ln}" for ln in links.splitlines()
+                  if plan.bridge in ln or "vnet" in ln]  # the bridge and the guests' taps
         if not HOST_KEPT:
             found.append(f"network namespace {plan.netns}")
+    found += [f"half-built {p}" for p in cache.leftovers(dirs.cache)]
+    if plan.lab_dir.exists():
+        found += [f"temp file {p}" for p in plan.lab_dir.rglob("*")
+                  if p.name.endswith((".new", ".tmp"))]
+    found += [f"lease of {plan.lab}" for _ in [0] if (plan.lab_dir / "state.json").exists()]
     status = json.loads(vlab("status", str(plan.scenario), "--json").stdout)
     found += [f"domain {t['domain']}" for t in status["terminals"] if t["state"] != "absent"]
     if status.get("network"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,6 +50,47 @@ def publish(final: Path) -> Iterator[Path]:
         final.rename(old)
     tmp.rename(final)
     _remove(old)
+
+
+LEFTOVER_RE = re.compile(r"^\..+\.(tmp|old)-(\d+)$")
+
+
+def leftovers(root: Path, depth: int = 3) -> list[Path]:
+    """Half-built things a killed vlab left under root (their builder's pid is gone)."""
+    found = []
+    for folder, subdirs, files in os.walk(root):
+        here = Path(folder)
+        if len(here.relative_to(root).parts) >= depth:
+            subdirs[:] = []
+        for name in [*subdirs, *files]:
+            m = LEFTOVER_RE.match(name)
+            if m and not _pid_alive(int(m.group(2))):
+                found.append(here / name)
+        subdirs[:] = [d for d in subdirs if not LEFTOVER_RE.match(d)]
+    return found
+
+
+def sweep(root: Path) -> list[Path]:
+    """Remove what leftovers() finds, unless something is still mounted in it."""
+    removed = []
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1] for line in f]
+    for path in leftovers(root):
+        if any(p.startswith(f"{path}/") for p in points):
+            continue
+        _remove(path)
+        removed.append(path)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def is_current(folder: Path, inputs: str) -> bool:

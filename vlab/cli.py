@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vlab import __version__, junit, lab, scenario, state, tftp
-from vlab.errors import BootFailed, Interrupted, UsageError, VlabError
+from vlab.errors import BootFailed, Interrupted, ScenarioError, UsageError, VlabError
 from vlab.plan import NETNS, Dirs, LabPlan
 
 EXIT_OK, EXIT_BOOT_FAILED, EXIT_BAD_INPUT, EXIT_HOST = 0, 1, 2, 3
@@ -31,6 +31,7 @@ examples:
   vlab down scenarios/tiny.toml        remove domains, network, NFS server (idempotent)
   vlab render scenarios/tiny.toml --out out/   every artifact vlab would write; nothing started
   vlab check scenarios/tiny.toml --junit out.xml   CI: boot, verdicts, JUnit, tear down
+  vlab gc                              remove leftovers of labs whose state is gone
 
 exit codes: 0 ok, 1 a terminal failed to boot, 2 bad input, 3 host or infrastructure failure,
 130 interrupted (run vlab down to remove what was started).
@@ -78,6 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--check-only", action="store_true",
                    help="boot the twins through the tree as it is now; write nothing")
     c.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    sub.add_parser("gc", help="remove vlab-labelled leftovers of labs whose state is gone",
+                   description="Remove domains, networks, NFS servers and mounts that carry "
+                   "vlab's labels but belong to no lab vlab knows (e.g. its state folder was "
+                   "deleted). Labs that are up are not touched; vlab down takes those down.")
     h = sub.add_parser("host", help="the isolated lab host (a libvirtd in its own namespace)",
                        description="Start, stop or show vlab's isolated lab host: virtlogd "
                        f"and libvirtd in network namespace {NETNS}, used when no system "
@@ -125,13 +130,17 @@ def run(argv: list[str]) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="vlab: %(message)s")
-    if os.geteuid() != 0 and args.command in ("up", "down", "host"):
+    if os.geteuid() != 0 and args.command in ("up", "down", "host", "gc", "check"):
         raise UsageError(f"vlab {args.command} needs root (namespaces, libvirtd, the NFS server)"
                          "; fix: run it as root")
     dirs = Dirs.from_env()
     say = lab.stderr_progress()
     if args.command == "host":
         return _host(args.action, dirs, say)
+    if args.command == "gc":
+        removed = lab.gc(dirs, say)
+        print(f"removed {len(removed)} leftover(s)" if removed else "nothing to remove")
+        return EXIT_OK
     sc, plan = _load(args, dirs)
     if args.command == "render":
         for path in lab.render_to(plan, args.out):
@@ -141,7 +150,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if not plan.terminals:
             raise UsageError(f"{args.scenario}: no [[terminal]] to boot; fix: add one, or "
                              "use vlab pxe for the [[host]]s")
-        rep = lab.up(sc, plan, dirs, say)
+        rep = _up(sc, plan, dirs, say)
         _output(rep, args.json)
         if not lab.all_ok(rep):
             failed = [t["name"] for t in rep["terminals"] if t["verdict"] != "ok"]
@@ -205,7 +214,7 @@ def _check(args: argparse.Namespace, sc: scenario.Scenario, plan: LabPlan, dirs:
     if not plan.terminals:
         raise UsageError(f"{args.scenario}: no [[terminal]] to boot")
     try:
-        rep = lab.up(sc, plan, dirs, say)
+        rep = _up(sc, plan, dirs, say)
     finally:
         if not args.keep:
             lab.down(plan, dirs, say)
@@ -219,6 +228,16 @@ def _check(args: argparse.Namespace, sc: scenario.Scenario, plan: LabPlan, dirs:
         raise BootFailed(f"{len(failed)} terminal(s) did not mount the NFS root: "
                          f"{', '.join(failed)}")
     return EXIT_OK
+
+
+def _up(sc: scenario.Scenario, plan: LabPlan, dirs: Dirs, say: lab.Say) -> dict[str, Any]:
+    """lab.up; bad input that only shows once vlab looks inside the root (a kernel version
+    the image lacks) still leaves nothing: what was made for it is taken down again."""
+    try:
+        return lab.up(sc, plan, dirs, say)
+    except ScenarioError:
+        lab.down(plan, dirs, lambda _text: None)
+        raise
 
 
 def _output(rep: dict[str, Any], as_json: bool) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from vlab import (
     builders,
+    cache,
     initrd,
     kernel,
     labhost,
@@ -32,7 +33,7 @@ from vlab import (
 )
 from vlab import pxe as pxe_site
 from vlab.errors import ScenarioError
-from vlab.plan import Dirs, LabPlan, TerminalPlan, make_plan, pinned_mac
+from vlab.plan import NETNS, Dirs, LabPlan, TerminalPlan, make_plan, pinned_mac
 from vlab.scenario import Hypervisor, InitrdBuilder, KernelSource, RootSource, Scenario
 from vlab.watch import OK, READY_BUSYBOX, READY_SYSTEMD, STALLED, Verdict, watch
 
@@ -134,7 +135,10 @@ def build_boot_files(plan: LabPlan, dirs: Dirs, say: Say) -> tuple[kernel.Kernel
     else:
         say(f"initrd: {plan.builder.value} chrooted in the root for {k.release} "
             "(cached after the first build)")
+        # Recorded first: if vlab is killed mid-build, vlab down unmounts them.
+        state.update(plan.lab_dir, build_root=str(plan.export_path))
         img = builders.build(plan, plan.export_path, k, dirs.cache)
+        state.update(plan.lab_dir, build_root=None)
     boot = plan.kernel_path.parent
     boot.mkdir(parents=True, exist_ok=True)
     for d in (dirs.state, dirs.state / "labs", plan.lab_dir, boot):
@@ -151,11 +155,12 @@ def build_boot_files(plan: LabPlan, dirs: Dirs, say: Say) -> tuple[kernel.Kernel
 
 
 def start_lab_host(plan: LabPlan, dirs: Dirs, say: Say) -> str | None:
-    before = labhost.status(plan.netns)
-    if before.mode == "down":
-        say(f"lab host: starting an isolated libvirtd in network namespace {plan.netns}")
-        state.save(dirs.state, {"on_demand": True}, HOST_FILE)
-    host = labhost.ensure(plan.host_mode, plan.netns, dirs.state / "host")
+    with state.machine_locked(dirs.state):  # two labs coming up start one host
+        before = labhost.status(plan.netns)
+        if before.mode == "down":
+            say(f"lab host: starting an isolated libvirtd in network namespace {plan.netns}")
+            state.save(dirs.state, {"on_demand": True}, HOST_FILE)
+        host = labhost.ensure(plan.host_mode, plan.netns, dirs.state / "host")
     say(host.describe())
     state.update(plan.lab_dir, host=host.mode, netns=host.netns, uri=plan.uri)
     return host.netns
@@ -309,6 +314,9 @@ def down(plan: LabPlan, dirs: Dirs, say: Say) -> None:
         if nfsserver.pid(plan) is not None:
             say("stopped nfs-ganesha")
         nfsserver.stop(plan)
+        if recorded.get("build_root"):
+            for target in mounts.undo_build_mounts(Path(recorded["build_root"])):
+                say(f"unmounted {target} (left by a vlab that was killed while building)")
         if recorded.get("image"):
             for done in nfsroot.release_image(Path(recorded["image"]),
                                               Path(recorded["image_mount"])):
@@ -318,21 +326,26 @@ def down(plan: LabPlan, dirs: Dirs, say: Say) -> None:
         shutil.rmtree(plan.kernel_path.parent, ignore_errors=True)
         shutil.rmtree(plan.tftp_root, ignore_errors=True)
         (plan.lab_dir / "exports").unlink(missing_ok=True)
+        for path in cache.sweep(dirs.cache):
+            say(f"removed {path} (half-built by a vlab that was killed)")
         state.remove(plan.lab_dir)
         stop_host_if_unused(plan, dirs, say)
 
 
 def stop_host_if_unused(plan: LabPlan, dirs: Dirs, say: Say) -> None:
     """The isolated host that `up` started on demand goes when no vlab lab uses it any more."""
-    if not state.load(dirs.state, HOST_FILE).get("on_demand"):
-        return
-    host = labhost.status(plan.netns)
-    if host.mode == "isolated":
-        domains, networks = virt.names(virt.connect(plan.uri), "vlab-")
-        if domains or networks:
+    with state.machine_locked(dirs.state):  # not while another lab is coming up
+        if not state.load(dirs.state, HOST_FILE).get("on_demand"):
             return
-    if host.mode != "system":
-        host_down(plan.netns, dirs, say)
+        if any((dirs.state / "labs").glob(f"*/{state.STATE}")):
+            return  # another lab is up, or on its way up (its lease is recorded first)
+        host = labhost.status(plan.netns)
+        if host.mode == "isolated":
+            domains, networks = virt.names(virt.connect(plan.uri), "vlab-")
+            if domains or networks:
+                return
+        if host.mode != "system":
+            host_down(plan.netns, dirs, say)
 
 
 def host_down(netns: str, dirs: Dirs, say: Say) -> None:
@@ -446,6 +459,48 @@ def host_down_all(netns: str, dirs: Dirs, say: Say) -> None:
     if nfsserver.stop_rpcbind_if_unused(dirs.state / RPCBIND_PID, []):
         say("stopped rpcbind")
     host_down(netns, dirs, say)
+
+
+def gc(dirs: Dirs, say: Say) -> list[str]:
+    """`vlab gc`: remove what carries vlab's label but belongs to no lab with state.
+
+    A lab's state goes only with `vlab down`; what outlives it (state deleted by hand, a
+    state folder wiped) is found by its labels: domains by their vlab metadata, networks by
+    their vlab- name, NFS servers by their lab folder in their command line, mounts by their
+    place in a lab folder."""
+    labs = dirs.state / "labs"
+    live = {p.parent.name for p in labs.glob(f"*/{state.STATE}")}
+    removed: list[str] = []
+
+    def orphan(lab_name: str) -> bool:
+        return lab_name not in live
+
+    if labhost.status(NETNS).mode != "down":
+        conn = virt.connect("qemu:///system")
+        for name, owner in sorted(virt.labelled_domains(conn, render.METADATA_NS).items()):
+            if orphan(owner) and virt.destroy_domain(conn, name):
+                removed.append(f"domain {name} (lab {owner})")
+        for name in virt.names(conn, "vlab-")[1]:
+            if orphan(name.removeprefix("vlab-")) and virt.destroy_network(conn, name):
+                removed.append(f"network {name}")
+    for pid, cmd in sorted(procs.with_argument(str(labs) + "/").items()):
+        owner = cmd.split(str(labs) + "/", 1)[1].split("/", 1)[0]
+        if orphan(owner):
+            procs.stop(pid)
+            removed.append(f"process {pid} (lab {owner}): {cmd}")
+    for point in mounts.mounted_under(labs):
+        owner = point.relative_to(labs.resolve()).parts[0]
+        if orphan(owner):
+            mounts.umount(point)
+            removed.append(f"mount {point}")
+    if nfsserver.stop_rpcbind_if_unused(dirs.state / RPCBIND_PID, _ganesha_pid_files(dirs)):
+        removed.append("rpcbind")
+    removed += [f"half-built {p}" for p in cache.sweep(dirs.cache)]
+    if not live and state.load(dirs.state, HOST_FILE).get("on_demand"):
+        host_down(NETNS, dirs, say)
+    for what in removed:
+        say(f"removed {what}")
+    return removed
 
 
 def _ganesha_pid_files(dirs: Dirs) -> list[Path]:

@@ -54,6 +54,26 @@ def is_mounted(path: Path) -> bool:
         return any(_unescape(line.split()[1]) == real for line in f)
 
 
+def mounted_under(path: Path) -> list[Path]:
+    """Mount points at or below path, deepest first (the order to unmount them in)."""
+    real = os.path.realpath(path)
+    with open("/proc/self/mounts") as f:
+        points = {_unescape(line.split()[1]) for line in f}
+    inner = [p for p in points if p == real or p.startswith(real.rstrip("/") + "/")]
+    return [Path(p) for p in sorted(inner, key=lambda p: (-p.count("/"), p))]
+
+
+def undo_build_mounts(root: Path) -> list[Path]:
+    """Unmount the page's build mounts in root, if a killed vlab left them; return them."""
+    done = []
+    for rel, _fstype, _options in reversed(BUILD_MOUNTS):
+        target = inside(root, rel)
+        if is_mounted(target):
+            umount(target)
+            done.append(target)
+    return done
+
+
 def _unescape(field: str) -> str:
     return field.replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
 
@@ -98,11 +118,6 @@ class MountStack:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
-
-    def loop_readonly(self, image: Path) -> str:
-        dev = run.output(["losetup", "--find", "--show", "--read-only", str(image)]).strip()
-        self._entries.append(_Entry("loop", dev))
-        return dev
 
     def mount(self, source: str, target: Path, fstype: str = "", options: str = "") -> None:
         argv = ["mount"]

@@ -75,8 +75,9 @@ def mount_image(image: Path, mountpoint: Path) -> None:
         return
     mountpoint.mkdir(parents=True, exist_ok=True)
     with mounts.MountStack() as stack:
-        dev = stack.loop_readonly(image)
-        stack.mount(dev, mountpoint, options="ro")
+        # One step: mount(8) attaches a read-only loop device with autoclear, so the loop
+        # device goes with the unmount and no kill between two steps can orphan it.
+        stack.mount(str(image), mountpoint, options="loop,ro")
         stack.keep()
 
 

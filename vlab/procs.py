@@ -31,6 +31,22 @@ def alive(pid: int) -> bool:
         return False
 
 
+def with_argument(prefix: str) -> dict[int, str]:
+    """Live processes with an argument that starts with prefix (pid -> command line)."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [a.decode(errors="replace") for a in args if a]
+        if any(w.startswith(prefix) for w in words) and alive(int(entry)):
+            found[int(entry)] = " ".join(words)
+    return found
+
+
 def stop(pid: int, timeout: float = 5.0) -> None:
     """SIGTERM, then SIGKILL if it is still there after timeout seconds."""
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 2.0)):

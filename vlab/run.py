@@ -42,9 +42,13 @@ def run(
     hint: str = "",
     timeout: float | None = 600,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a program to completion and capture its output."""
-    full = _in_netns(argv, netns)
-    log.debug("run: %s", shlex.join(full))
+    """Run a program to completion and capture its output.
+
+    It dies with vlab: killed with SIGKILL, vlab cannot clean up, but then no builder of
+    its goes on writing into a folder that vlab down is about to sweep."""
+    shown = _in_netns(argv, netns)
+    full = [SETPRIV, "--pdeathsig", "KILL", *shown] if SETPRIV is not None else shown
+    log.debug("run: %s", shlex.join(shown))
     try:
         # Its own process group, so that Ctrl-C or a timeout ends everything it started
         # (a builder's children must not keep the build mounts busy).
@@ -52,18 +56,21 @@ def run(
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  stdin=subprocess.DEVNULL, start_new_session=True)
     except FileNotFoundError:
-        raise CommandError(full, 127, "", hint) from None
+        raise CommandError(shown, 127, "", hint) from None
     try:
         stdout, stderr = child.communicate(timeout=timeout)
     except BaseException as err:
         _kill_group(child)
         if isinstance(err, subprocess.TimeoutExpired):
-            raise CommandError(full, -1, f"timed out after {timeout} s", hint) from err
+            raise CommandError(shown, -1, f"timed out after {timeout} s", hint) from err
         raise
-    proc = subprocess.CompletedProcess(full, child.returncode, stdout, stderr)
+    proc = subprocess.CompletedProcess(shown, child.returncode, stdout, stderr)
     if check and proc.returncode != 0:
-        raise CommandError(full, proc.returncode, proc.stderr or proc.stdout, hint)
+        raise CommandError(shown, proc.returncode, proc.stderr or proc.stdout, hint)
     return proc
+
+
+SETPRIV = "/usr/bin/setpriv" if Path("/usr/bin/setpriv").exists() else None  # util-linux
 
 
 def _kill_group(child: subprocess.Popen[str]) -> None:

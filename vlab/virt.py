@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import termios
 import tty
@@ -142,6 +143,23 @@ def names(conn: Conn, prefix: str) -> tuple[list[str], list[str]]:
     except libvirt.libvirtError as err:
         raise _error("list domains and networks", err) from None
     return [d for d in doms if d.startswith(prefix)], [n for n in nets if n.startswith(prefix)]
+
+
+def labelled_domains(conn: Conn, namespace: str) -> dict[str, str]:
+    """Domain name -> lab, for every domain that carries vlab's metadata element."""
+    found = {}
+    try:
+        for dom in conn.listAllDomains():
+            try:
+                xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, namespace)
+            except libvirt.libvirtError:
+                continue  # not vlab's
+            m = re.search(r"\blab=['\"]([^'\"]+)['\"]", xml)
+            if m:
+                found[dom.name()] = m.group(1)
+    except libvirt.libvirtError as err:
+        raise _error("list domains", err) from None
+    return found
 
 
 def attach_console(uri: str, name: str) -> None:

@@ -1,0 +1,190 @@
+"""Faults: vlab up killed with SIGKILL at every stage, many up/down cycles, two labs side by
+side, vlab gc. After vlab down (or gc) nothing of a lab may remain. Real boots, like
+test_boot.py; needs root."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from test_boot import VLAB, leftovers, plan_for, up, vlab
+
+from vlab import nfsroot, run
+from vlab.plan import Dirs
+
+pytestmark = pytest.mark.boot
+
+# The progress line after which each kill lands, and what had happened by then.
+KILL_POINTS = [
+    ("NFS root: image", "building: the image is attached and mounted"),
+    ("export: nfs-ganesha", "the network is defined and the NFS server runs"),
+    ("boot t2:", "the domains were started"),
+    ("watching", "vlab is watching the consoles"),
+]
+
+
+@pytest.fixture
+def image_lab(tmp_path: Path, lab_down) -> str:  # type: ignore[no-untyped-def]
+    """An NFSv3 lab (rpcbind too) whose root is a disk image: every kind of resource."""
+    root = Dirs.from_env().cache / "roots" / "busybox"
+    nfsroot.build_busybox(root)
+    image = tmp_path / "terminal.img"
+    run.run(["mkfs.ext4", "-q", "-F", "-d", str(root), str(image), "64M"])
+    path = tmp_path / "killed.toml"
+    path.write_text('[lab]\nname = "killed"\nnfs_version = "3"\n'
+                    '[root]\nsource = "image"\npath = "terminal.img"\n[kernel]\nsource = "debian"\n'
+                    '[[terminal]]\nname = "t1"\n[[terminal]]\nname = "t2"\n')
+    lab_down.append(str(path))
+    return str(path)
+
+
+def _up_killed_after(path: str, line_start: str) -> str:
+    proc = subprocess.Popen([*VLAB, "up", path], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if line_start in line:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen)
+    return "".join(seen)
+
+
+@pytest.mark.parametrize(("line", "when"), KILL_POINTS, ids=[w for _, w in KILL_POINTS])
+def test_sigkill_during_up_then_down_leaves_nothing(image_lab: str, line: str, when: str) -> None:
+    plan = plan_for(image_lab)
+    _up_killed_after(image_lab, line)
+    assert (plan.lab_dir / "state.json").exists()  # what was made is on record
+    assert leftovers(plan) != []  # the kill left things behind for down to find
+    down = vlab("down", image_lab)
+    assert down.returncode == 0, down.stderr
+    assert leftovers(plan) == [], when
+    proc, rep = up(image_lab)  # and the lab comes up cleanly afterwards
+    assert proc.returncode == 0, proc.stderr
+    assert [t["verdict"] for t in rep["terminals"]] == ["ok", "ok"]
+    assert vlab("down", image_lab).returncode == 0
+    assert leftovers(plan) == []
+
+
+def test_twenty_up_down_cycles_leave_nothing(lab_down) -> None:  # type: ignore[no-untyped-def]
+    path = "tests/scenarios/one.toml"
+    lab_down.append(path)
+    plan = plan_for(path)
+    for cycle in range(20):
+        proc, rep = up(path)
+        assert proc.returncode == 0, f"cycle {cycle}: {proc.stderr}"
+        assert rep["terminals"][0]["verdict"] == "ok"
+        assert vlab("down", path).returncode == 0
+        assert leftovers(plan) == [], f"cycle {cycle}"
+
+
+def test_two_labs_up_at_once_do_not_collide(lab_down) -> None:  # type: ignore[no-untyped-def]
+    paths = ["scenarios/tiny.toml", "tests/scenarios/one.toml"]
+    lab_down.extend(paths)
+    procs = [subprocess.Popen([*VLAB, "up", p, "--json"], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for p in paths]
+    reports = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        reports.append(json.loads(out))
+    plans = [plan_for(p) for p in paths]
+    a, b = plans
+    assert a.subnet != b.subnet and a.bridge != b.bridge and a.network != b.network
+    assert not {a.nfs_port, a.mount_port} & {b.nfs_port, b.mount_port}
+    macs = [t["mac"] for r in reports for t in r["terminals"]]
+    ips = [t["ip"] for r in reports for t in r["terminals"]]
+    assert len(set(macs)) == len(macs) and len(set(ips)) == len(ips)
+    for rep, plan in zip(reports, plans, strict=True):
+        for t in rep["terminals"]:
+            assert t["verdict"] == "ok"
+            assert t["proof"]["server"] == plan.gateway  # each mounted its own lab's server
+            assert f"port={plan.nfs_port}" in t["proof"]["options"]
+    # One lab going down leaves the other running.
+    assert vlab("down", paths[0]).returncode == 0
+    status = json.loads(vlab("status", paths[1], "--json").stdout)
+    assert [t["state"] for t in status["terminals"]] == ["running"]
+    assert status["nfs_server_pid"]
+    assert vlab("down", paths[1]).returncode == 0
+    assert leftovers(a) == [] and leftovers(b) == []
+
+
+def test_a_second_vlab_on_the_same_lab_is_refused_while_the_first_works(lab_down) -> None:  # type: ignore[no-untyped-def]
+    path = "tests/scenarios/one.toml"
+    lab_down.append(path)
+    first = subprocess.Popen([*VLAB, "up", path], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    assert first.stderr is not None
+    for line in first.stderr:
+        if "lab host" in line:
+            break
+    second = vlab("up", path)
+    assert second.returncode == 3
+    assert "another vlab process is working on lab 'one'" in second.stderr
+    first.stderr.read()
+    assert first.wait(timeout=300) == 0
+    assert vlab("down", path).returncode == 0
+
+
+def test_gc_removes_what_a_lab_without_state_left(lab_down) -> None:  # type: ignore[no-untyped-def]
+    path = "tests/scenarios/one.toml"
+    lab_down.append(path)
+    plan = plan_for(path)
+    proc, _rep = up(path)
+    assert proc.returncode == 0, proc.stderr
+    (plan.lab_dir / "state.json").unlink()  # as if someone wiped vlab's state
+    gc = subprocess.run([*VLAB, "gc"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert gc.returncode == 0, gc.stderr
+    assert f"domain {plan.terminals[0].domain} (lab one)" in gc.stderr
+    assert f"network {plan.network}" in gc.stderr
+    assert "process" in gc.stderr and "ganesha" in gc.stderr
+    assert leftovers(plan) == []
+    again = subprocess.run([*VLAB, "gc"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "nothing to remove" in again.stdout
+
+
+def test_already_up_changes_nothing(lab_down) -> None:  # type: ignore[no-untyped-def]
+    path = "tests/scenarios/one.toml"
+    lab_down.append(path)
+    proc, _rep = up(path)
+    assert proc.returncode == 0, proc.stderr
+    before = json.loads(vlab("status", path, "--json").stdout)
+    log = Path(before["terminals"][0]["console_log"])
+    size = log.stat().st_size
+    time.sleep(1)
+    again = vlab("up", path)
+    assert again.returncode == 0 and "already up: nothing changed" in again.stderr
+    after = json.loads(vlab("status", path, "--json").stdout)
+    assert after == before
+    assert log.stat().st_size >= size and log.read_text().count("VLAB-NFSROOT-OK") == 1
+    assert vlab("down", path).returncode == 0
+
+
+def test_sigkill_mid_build_of_a_cached_artifact_leaves_no_half_built_folder(
+    tmp_path: Path, lab_down  # type: ignore[no-untyped-def]
+) -> None:
+    """A cold cache: kill vlab while it assembles the initrd, then down: no temp folder stays."""
+    env = {**os.environ, "VLAB_CACHE_DIR": str(tmp_path / "cache")}
+    path = "tests/scenarios/one.toml"
+    lab_down.append(path)
+    proc = subprocess.Popen([*VLAB, "up", path], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.strip().endswith("(cached after the first fetch)"):
+            break
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    down = subprocess.run([*VLAB, "down", path], cwd=ROOT, capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert down.returncode == 0, down.stderr
+    half = [p for p in (tmp_path / "cache").rglob(".*") if ".tmp-" in p.name]
+    assert half == []
