@@ -42,7 +42,7 @@ def test_proof_line_is_ok_with_its_proof() -> None:
     ("[    3.2] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100",
      "init-failed"),
     ("[    1.0] Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)",
-     "root-mount-failed"),
+     "kernel-panic"),
     ("[    1.0] Kernel panic - not syncing: Out of memory and no killable processes",
      "kernel-panic"),
     ("Loading initrd.img failed: No such file or directory", "tftp-file-not-found"),
@@ -95,3 +95,15 @@ def test_watch_timeout_and_stall(tmp_path: Path) -> None:
     log.write_text("a line\n")
     assert watch(log, started=time.monotonic(), timeout=0.3, stall=10, poll=0.01).name == TIMEOUT
     assert watch(log, started=time.monotonic(), timeout=10, stall=0.3, poll=0.01).name == STALLED
+
+
+def test_an_unknown_init_is_ok_only_once_it_has_settled(tmp_path: Path) -> None:
+    proof = "VLAB-NFSROOT-OK server=10.0.0.1 export=/srv fstype=nfs4 options=ro,vers=4.2\n"
+    log = tmp_path / "console.log"
+    log.write_text(proof + "[    3.2] Kernel panic - not syncing: Attempted to kill init!\n")
+    v = watch(log, started=time.monotonic(), timeout=10, stall=10, settle=0.5, poll=0.01)
+    assert v.name == "init-failed"
+    log.write_text(proof)
+    start = time.monotonic()
+    v = watch(log, started=start, timeout=10, stall=10, settle=0.3, poll=0.01)
+    assert v.ok and v.line == proof.strip() and time.monotonic() - start >= 0.3

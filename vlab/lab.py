@@ -38,8 +38,9 @@ from vlab.scenario import Hypervisor, InitrdBuilder, KernelSource, RootSource, S
 from vlab.watch import OK, READY_BUSYBOX, READY_SYSTEMD, STALLED, Verdict, watch
 
 Say = Callable[[str], None]
-STALL_SECONDS = 45.0
 HOST_FILE = "host.json"
+# A root whose init vlab cannot recognise is ok once it has run this long after the proof.
+SETTLE_SECONDS = 5.0
 RPCBIND_PID = "rpcbind.pid"
 
 
@@ -224,13 +225,13 @@ def watch_consoles(plan: LabPlan, started: dict[TerminalPlan, float],
                    say: Say) -> dict[TerminalPlan, Verdict]:
     ready = ready_line(plan)
     say(f"watching {len(started)} console(s) for the NFS root (timeout {plan.timeout} s)")
-    stall = min(STALL_SECONDS, plan.timeout)
+    stall = min(plan.stall, plan.timeout)
 
     stop = threading.Event()
 
     def one(t: TerminalPlan) -> Verdict:
         v = watch(t.console_log, started=started[t], timeout=plan.timeout, stall=stall,
-                  ready=ready, stop=stop)
+                  ready=ready, settle=SETTLE_SECONDS, stop=stop)
         say(f"{t.name}: {v.name} after {v.seconds} s" + ("" if v.ok else f": {v.line}"))
         if v.name == STALLED and plan.hypervisor is Hypervisor.KVM:
             say(f"{t.name}: no console output for {stall:.0f} s under KVM; if this machine "

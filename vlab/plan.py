@@ -126,6 +126,7 @@ class LabPlan:
     writable: Writable
     after_boot: AfterBoot
     timeout: int
+    stall: int
     terminals: tuple[TerminalPlan, ...]
 
     def terminal(self, name: str) -> TerminalPlan | None:
@@ -287,6 +288,7 @@ def make_plan(scenario: Scenario, dirs: Dirs, taken: Taken = Taken(),
         writable=scenario.root.writable,
         after_boot=scenario.root.after_boot,
         timeout=lab.timeout,
+        stall=lab.stall,
         terminals=tuple(terminals),
     )
 

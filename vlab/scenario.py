@@ -97,6 +97,7 @@ class Lab:
     host: HostMode
     nfs_version: NfsVersion
     timeout: int
+    stall: int  # seconds of console silence that count as a stalled guest
     subnet: ipaddress.IPv4Network | None
     root_via: RootVia
 
@@ -445,7 +446,7 @@ def _check_builder(path: Path, root: Root, kernel: Kernel, initrd: Initrd, lab: 
                             "NFSv2/v3", 'use nfs_version = "3" (the default with this builder)')
 
 
-_LAB_KEYS = ("name", "hypervisor", "uri", "host", "nfs_version", "timeout", "subnet",
+_LAB_KEYS = ("name", "hypervisor", "uri", "host", "nfs_version", "timeout", "stall", "subnet",
              "root_via")
 
 
@@ -486,6 +487,7 @@ def _lab(t: _Table, builder: InitrdBuilder) -> Lab:
         host=t.choice("host", HostMode, HostMode.AUTO),
         nfs_version=_nfs_version(t, builder),
         timeout=t.int_in("timeout", 120, 10, 3600, " s"),
+        stall=t.int_in("stall", 45, 5, 3600, " s"),
         subnet=subnet,
         root_via=t.choice("root_via", RootVia, RootVia.CMDLINE),
     )

@@ -56,7 +56,6 @@ FAILURES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
          re.escape(FAIL_MARKER) + r" init-failed|Attempted to kill init|"
          r"switch_root: |No working init found|Failed to execute /init"),
         ("nfs-mount-failed", re.escape(FAIL_MARKER) + r" nfs-mount"),
-        ("root-mount-failed", r"VFS: Unable to mount root"),
         ("kernel-panic", r"Kernel panic - not syncing"),
     )
 )
@@ -121,17 +120,20 @@ class Cancelled(Exception):
 
 
 def watch(console_log: Path, *, started: float, timeout: float, stall: float,
-          ready: re.Pattern[str] | None = None, poll: float = 0.05,
+          ready: re.Pattern[str] | None = None, settle: float = 0.0, poll: float = 0.05,
           stop: threading.Event | None = None) -> Verdict:
     """Follow one console until a decisive line, `stall` s of silence, or `timeout` s.
 
     With `ready`, the proof of the NFS root is not enough: the root's own init must also
-    say it is up (e.g. systemd reaching multi-user) for the verdict to be ok.
+    say it is up (e.g. systemd reaching multi-user) for the verdict to be ok. Without it (an
+    init vlab does not know), the proof is ok once `settle` s pass with no failure line: an
+    init that dies at once is caught.
     """
     follower = Follower(console_log)
     tail: deque[str] = deque(maxlen=20)
     last_output = started
     proof: Proof | None = None
+    proved_at, proof_line = 0.0, ""
     while True:
         if stop is not None and stop.is_set():
             raise Cancelled
@@ -145,9 +147,12 @@ def watch(console_log: Path, *, started: float, timeout: float, stall: float,
             if decided is not None and decided[0] != OK:
                 return Verdict(decided[0], round(now - started, 1), line, proof, tuple(tail))
             if decided is not None:
-                proof = decided[1]
-            if proof is not None and (ready is None or ready.search(line)):
+                proof, proved_at, proof_line = decided[1], now, line
+            if proof is not None and ready is not None and ready.search(line):
                 return Verdict(OK, round(now - started, 1), line, proof, tuple(tail))
+        if proof is not None and ready is None and now - proved_at >= settle:
+            return Verdict(OK, round(proved_at - started, 1), proof_line, proof,
+                           tuple(tail))
         if now - started > timeout:
             return Verdict(TIMEOUT, round(now - started, 1), tail[-1] if tail else "",
                            proof, tuple(tail))
