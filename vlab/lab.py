@@ -26,6 +26,7 @@ from vlab import (
     nfsroot,
     nfsserver,
     procs,
+    progress,
     render,
     state,
     tftp,
@@ -45,10 +46,8 @@ RPCBIND_PID = "rpcbind.pid"
 
 
 def stderr_progress() -> Say:
-    start = time.monotonic()
-
     def say(text: str) -> None:
-        print(f"[{time.monotonic() - start:5.1f}s] {text}", file=sys.stderr, flush=True)
+        print(f"[{time.monotonic() - progress.T0:5.1f}s] {text}", file=sys.stderr, flush=True)
 
     return say
 
@@ -228,22 +227,31 @@ def watch_consoles(plan: LabPlan, started: dict[TerminalPlan, float],
     stall = min(plan.stall, plan.timeout)
 
     stop = threading.Event()
+    board = progress.Board([t.name for t in started])
 
     def one(t: TerminalPlan) -> Verdict:
         v = watch(t.console_log, started=started[t], timeout=plan.timeout, stall=stall,
-                  ready=ready, settle=SETTLE_SECONDS, stop=stop)
-        say(f"{t.name}: {v.name} after {v.seconds} s" + ("" if v.ok else f": {v.line}"))
-        if v.name == STALLED and plan.hypervisor is Hypervisor.KVM:
-            say(f"{t.name}: no console output for {stall:.0f} s under KVM; if this machine "
-                'cannot run KVM guests, set hypervisor = "qemu" in [lab]')
+                  ready=ready, settle=SETTLE_SECONDS, stop=stop,
+                  on_phase=lambda phase: board.set(t.name, phase))
+        board.done(t.name, v.name, v.seconds)
         return v
 
     pool = ThreadPoolExecutor(max_workers=len(started))
     try:
-        return dict(zip(started, pool.map(one, started), strict=True))
+        with board:
+            for t, at in started.items():
+                board.booted(t.name, at)
+            verdicts = dict(zip(started, pool.map(one, started), strict=True))
     finally:
         stop.set()  # on Ctrl-C, the watchers stop at their next poll
         pool.shutdown(wait=True)
+    for t, v in verdicts.items():
+        if not v.ok:
+            say(f"{t.name}: {v.name}: {v.line}")
+        if v.name == STALLED and plan.hypervisor is Hypervisor.KVM:
+            say(f"{t.name}: no console output for {stall:.0f} s under KVM; if this machine "
+                'cannot run KVM guests, set hypervisor = "qemu" in [lab]')
+    return verdicts
 
 
 def ready_line(plan: LabPlan) -> re.Pattern[str] | None:

@@ -11,6 +11,7 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,20 @@ PROOF_RE = re.compile(
     re.escape(MARKER) + r" server=(?P<server>\S*) export=(?P<export>\S*) "
     r"fstype=(?P<fstype>\S+) options=(?P<options>\S+)"
 )
+
+# Milestones on the way to the verdict, for the progress board (direct boot, PXE, builders).
+PHASE_LINES = (
+    ("kernel", re.compile(r"Linux version|vlab-initrd: kernel command line|Run /init as init|"
+                          r"Loading, please wait|dracut-")),
+    ("dhcp", re.compile(r"lease of \S+ obtained|\(lease from|IP-Config: \S+ complete|"
+                        r"dhcp.*(bound|lease)|DHCPACK")),
+    ("nfs-mounted", PROOF_RE),
+)
+
+
+def phase_of(line: str) -> str | None:
+    return next((name for name, pattern in PHASE_LINES if pattern.search(line)), None)
+
 
 # First match wins, so specific causes come before the generic lines that follow them.
 FAILURES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
@@ -121,7 +136,8 @@ class Cancelled(Exception):
 
 def watch(console_log: Path, *, started: float, timeout: float, stall: float,
           ready: re.Pattern[str] | None = None, settle: float = 0.0, poll: float = 0.05,
-          stop: threading.Event | None = None) -> Verdict:
+          stop: threading.Event | None = None,
+          on_phase: Callable[[str], None] | None = None) -> Verdict:
     """Follow one console until a decisive line, `stall` s of silence, or `timeout` s.
 
     With `ready`, the proof of the NFS root is not enough: the root's own init must also
@@ -143,6 +159,8 @@ def watch(console_log: Path, *, started: float, timeout: float, stall: float,
             last_output = now
         for line in lines:
             tail.append(line)
+            if on_phase is not None and (phase := phase_of(line)) is not None:
+                on_phase(phase)
             decided = decide(line)
             if decided is not None and decided[0] != OK:
                 return Verdict(decided[0], round(now - started, 1), line, proof, tuple(tail))
