@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vlab import scenario  # noqa: E402
-from vlab.plan import MARKER, READY_MARKER, TUNING_ARGS, Dirs, LabPlan, make_plan  # noqa: E402
+from vlab import lab, scenario  # noqa: E402
+from vlab.plan import MARKER, READY_MARKER, TUNING_ARGS, Dirs, LabPlan  # noqa: E402
 
 SCENARIO = "bench/bench.toml"
 TAP = "vlbench0"
@@ -108,19 +108,91 @@ def builders() -> None:
         print(f"{label:<32} " + "   ".join(runs), flush=True)
 
 
+ONE, TEN, WRONG = "tests/scenarios/one.toml", "scenarios/ten.toml", \
+    "tests/scenarios/wrong-export.toml"
+
+
+def _up_json(path: str) -> tuple[float, dict[str, object]]:
+    start = time.monotonic()
+    out = subprocess.run([*VLAB, "up", path, "--json"], cwd=ROOT, capture_output=True,
+                         text=True).stdout
+    return time.monotonic() - start, json.loads(out)
+
+
+def _qemu_cpu_seconds(domain: str) -> float:
+    """CPU seconds the QEMU process of a domain has used so far (user + system)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if f"guest={domain},".encode() in cmd:
+            return (int(stat[11]) + int(stat[12])) / tick
+    raise SystemExit(f"bench: no QEMU process for {domain}")
+
+
+def scale(rounds: int = 3) -> None:
+    """Ten terminals against one, in one run: the target is stated against the CPU limit of
+    TCG guests sharing the cores: 10 terminals within 1.2x of (10 x one's CPU s / cores)."""
+    vlab("host", "up")
+    for path in (ONE, TEN, WRONG):
+        vlab("down", path)
+    vlab("up", ONE)  # warm artifacts
+    vlab("down", ONE)
+    cores = os.cpu_count() or 1
+    ones, cpus, tens, goods, wrongs = [], [], [], [], []
+    for i in range(rounds):
+        _wall, rep = _up_json(ONE)
+        t = rep["terminals"][0]  # type: ignore[index]
+        cpus.append(_qemu_cpu_seconds(t["domain"]))
+        ones.append(t["seconds"])
+        goods.append(t["seconds"])
+        vlab("down", ONE)
+        _wall, rep = _up_json(TEN)
+        verdicts = [t["verdict"] for t in rep["terminals"]]  # type: ignore[union-attr]
+        if verdicts != ["ok"] * 10:
+            raise SystemExit(f"bench: ten terminals: {verdicts}")
+        terms = rep["terminals"]  # type: ignore[union-attr]
+        # First domain started to last verdict.
+        tens.append(max(t["booted_at"] + t["seconds"] for t in terms)
+                    - min(t["booted_at"] for t in terms))
+        vlab("down", TEN)
+        _wall, rep = _up_json(WRONG)
+        wrongs.append(rep["terminals"][0]["seconds"])  # type: ignore[index]
+        vlab("down", WRONG)
+        print(f"round {i + 1}: 1 terminal {ones[-1]:.1f} s ({cpus[-1]:.1f} CPU s), "
+              f"10 terminals {tens[-1]:.1f} s, wrong export {wrongs[-1]:.1f} s", flush=True)
+    one, cpu, ten = statistics.median(ones), statistics.median(cpus), statistics.median(tens)
+    limit = 10 * cpu / cores
+    good, wrong = statistics.median(goods), statistics.median(wrongs)
+    print(f"1 terminal to its verdict:    {one:.1f} s, {cpu:.1f} CPU s of its QEMU")
+    print(f"10 terminals to all verdicts: {ten:.1f} s   (median of {rounds})")
+    print(f"CPU limit 10 x {cpu:.1f} / {cores} cores = {limit:.1f} s; "
+          f"10 terminals / limit = {ten / limit:.2f}x   (target <= 1.2x)")
+    print(f"wrong export to its verdict:  {wrong:.1f} s vs good boot {good:.1f} s = "
+          f"{wrong / good:.2f}x   (target <= 1.5x)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--builders", action="store_true",
                         help="time each initrd builder instead: cold and warm build, boot")
+    parser.add_argument("--scale", action="store_true",
+                        help="1 vs 10 terminals to all verdicts; a wrong export vs a good boot")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench: run as root")
     if args.builders:
         builders()
         return 0
-    plan = make_plan(scenario.load(ROOT / SCENARIO), Dirs.from_env())
+    if args.scale:
+        scale()
+        return 0
+    plan = lab.plan_for(scenario.load(ROOT / SCENARIO), Dirs.from_env())
     vlab("host", "up")  # a warm lab host, like a developer's running libvirtd
     vlab("down", SCENARIO)
     vlab("up", SCENARIO)  # warm the artifact cache

@@ -304,3 +304,18 @@ def test_terminals_boot_the_pvh_elf_kernel_that_vlab_extracted() -> None:
     k = kernel.fetch("linux-image-amd64", Dirs.from_env().cache)
     assert k.boot_image == k.vmlinux
     assert has_pvh_entry(k.vmlinux.read_bytes())
+
+
+def test_ten_terminals_boot_side_by_side(lab_down) -> None:  # type: ignore[no-untyped-def]
+    path = "scenarios/ten.toml"
+    lab_down.append(path)
+    plan = plan_for(path)
+    proc, rep = up(path)
+    assert proc.returncode == 0, proc.stderr
+    terms = rep["terminals"]
+    assert [t["verdict"] for t in terms] == ["ok"] * 10
+    assert len({t["mac"] for t in terms}) == 10 and len({t["ip"] for t in terms}) == 10
+    # In parallel: every domain was started before the first one reached its verdict.
+    assert max(t["booted_at"] for t in terms) < min(t["booted_at"] + t["seconds"] for t in terms)
+    assert vlab("down", path).returncode == 0
+    assert leftovers(plan) == []

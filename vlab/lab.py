@@ -99,7 +99,7 @@ def up(scenario: Scenario, plan: LabPlan, dirs: Dirs, say: Say) -> dict[str, Any
         started = boot_terminals(plan, conn, say)
         verdicts = watch_consoles(plan, started, say)
         state.update(plan.lab_dir, status="up")
-        state.save(plan.lab_dir, {t.name: asdict(v) for t, v in verdicts.items()}, state.RESULTS)
+        save_results(plan, started, verdicts)
         return report(plan, conn)
 
 
@@ -254,6 +254,13 @@ def watch_consoles(plan: LabPlan, started: dict[TerminalPlan, float],
     return verdicts
 
 
+def save_results(plan: LabPlan, started: dict[TerminalPlan, float],
+                 verdicts: dict[TerminalPlan, Verdict]) -> None:
+    # booted_at: seconds into the vlab command when the domain started (seconds count from it).
+    state.save(plan.lab_dir, {t.name: {**asdict(v), "booted_at": round(started[t] - progress.T0, 2)}
+                              for t, v in verdicts.items()}, state.RESULTS)
+
+
 def ready_line(plan: LabPlan) -> re.Pattern[str] | None:
     """What the root's own init prints once the terminal is up, by what its init is."""
     if plan.root_source is RootSource.BUSYBOX:
@@ -280,6 +287,7 @@ def report(plan: LabPlan, conn: virt.Conn | None) -> dict[str, Any]:
             "state": virt.domain_state(conn, t.domain) if conn is not None else "absent",
             "verdict": r.get("name"),
             "seconds": r.get("seconds"),
+            "booted_at": r.get("booted_at"),
             "line": r.get("line"),
             "console_log": str(t.console_log),
             "proof": r.get("proof"),
@@ -433,7 +441,7 @@ def pxe_check(scenario: Scenario, plan: LabPlan, dirs: Dirs, tftp_root: Path,
         pxe_plan = replace(plan, terminals=twin_plans)
         started = boot_terminals(pxe_plan, conn, say)
         verdicts = watch_consoles(pxe_plan, started, say)
-        state.save(plan.lab_dir, {t.name: asdict(v) for t, v in verdicts.items()}, state.RESULTS)
+        save_results(plan, started, verdicts)
         rep = report(pxe_plan, conn)
     down(pxe_plan, dirs, say)
     return rep
