@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT
 from test_boot import VLAB, leftovers, plan_for, up, vlab
 
-from vlab import nfsroot, run
+from vlab import nfsroot, procs, run
 from vlab.plan import Dirs
 
 pytestmark = pytest.mark.boot
@@ -188,3 +188,27 @@ def test_sigkill_mid_build_of_a_cached_artifact_leaves_no_half_built_folder(
     assert down.returncode == 0, down.stderr
     half = [p for p in (tmp_path / "cache").rglob(".*") if ".tmp-" in p.name]
     assert half == []
+
+
+def test_nothing_vlab_starts_listens_in_the_machines_own_namespace(lab_down) -> None:  # type: ignore[no-untyped-def]
+    path = "tests/scenarios/nfs3-one.toml"
+    lab_down.append(path)
+    plan = plan_for(path)
+    proc, _rep = up(path)
+    assert proc.returncode == 0, proc.stderr
+    mine = procs.netns_of(1)
+    started = {name: pid for name, pid in (
+        ("nfs-ganesha", procs.read_pid(plan.nfs_server_dir / "ganesha.pid")),
+        ("rpcbind", procs.read_pid(Dirs.from_env().state / "rpcbind.pid")),
+    )}
+    dnsmasq = procs.with_argument(f"--conf-file=/var/lib/libvirt/dnsmasq/{plan.network}.conf")
+    libvirtd = procs.with_argument("libvirtd")
+    assert dnsmasq and libvirtd
+    started |= {f"dnsmasq {pid}": pid for pid in dnsmasq}
+    started |= {f"libvirtd {pid}": pid for pid in libvirtd}
+    assert all(pid is not None for pid in started.values()), started
+    assert {name: procs.netns_of(pid) for name, pid in started.items()  # type: ignore[arg-type]
+            if procs.netns_of(pid) == mine} == {}  # type: ignore[arg-type]
+    assert not procs.listening(1, plan.nfs_port) and not procs.listening(1, plan.mount_port)
+    assert procs.listening(started["nfs-ganesha"], plan.nfs_port)  # type: ignore[arg-type]
+    assert vlab("down", path).returncode == 0
