@@ -30,21 +30,22 @@ def _scenario(tmp_path: Path, name: str, body: str, lab_down: list[str]) -> str:
     return str(path)
 
 
-def _up_in_process(path: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any]]:
-    rc = cli.main(["up", path, "--json"])
-    out = capsys.readouterr().out
-    return rc, json.loads(out)
-
-
-def _verdict(rep: dict[str, Any]) -> dict[str, Any]:
-    (t,) = rep["terminals"]
-    return t
-
-
-def _down_and_nothing_left(path: str) -> None:
+def _boots_to(verdict: str, path: str,
+              capsys: pytest.CaptureFixture[str] | None = None) -> tuple[dict[str, Any], str]:
+    """vlab up (in this process when a piece of it was swapped), the one terminal's report
+    with the verdict asserted (and vlab's stderr), then vlab down and nothing left."""
     plan = plan_for(path)
+    if capsys is not None:
+        rc = cli.main(["up", path, "--json"])
+        out, err = capsys.readouterr()
+    else:
+        proc = vlab("up", path, "--json")
+        rc, out, err = proc.returncode, proc.stdout, proc.stderr
+    (t,) = json.loads(out)["terminals"]
+    assert rc == 1 and t["verdict"] == verdict, t
     assert vlab("down", path).returncode == 0
     assert leftovers(plan) == []
+    return t, err
 
 
 TERMINAL = '[[terminal]]\nname = "t1"\n'
@@ -64,11 +65,8 @@ def test_export_to_another_subnet_is_nfs_access_denied(
         return real(replace(plan, subnet=other))
 
     monkeypatch.setattr(render, "ganesha_conf", exported_elsewhere)
-    rc, rep = _up_in_process(path, capsys)
-    t = _verdict(rep)
-    assert rc == 1 and t["verdict"] == "nfs-access-denied", t
+    t, err = _boots_to("nfs-access-denied", path, capsys)
     assert "Permission denied" in t["line"]
-    _down_and_nothing_left(path)
 
 
 def test_a_server_without_the_asked_minor_version_is_nfs_version_unsupported(
@@ -82,10 +80,7 @@ def test_a_server_without_the_asked_minor_version_is_nfs_version_unsupported(
         return real(plan).replace("NFSv4 {", "NFSv4 {\n    Minor_Versions = 0;", 1)
 
     monkeypatch.setattr(render, "ganesha_conf", only_v4_0)
-    rc, rep = _up_in_process(path, capsys)
-    t = _verdict(rep)
-    assert rc == 1 and t["verdict"] == "nfs-version-unsupported", t
-    _down_and_nothing_left(path)
+    t, err = _boots_to("nfs-version-unsupported", path, capsys)
 
 
 def test_a_network_without_dhcp_is_dhcp_failed(
@@ -99,11 +94,8 @@ def test_a_network_without_dhcp_is_dhcp_failed(
         return re.sub(r"<dhcp>.*?</dhcp>", "", real(plan, *args, **kwargs), flags=re.S)
 
     monkeypatch.setattr(render, "network_xml", without_dhcp)
-    rc, rep = _up_in_process(path, capsys)
-    t = _verdict(rep)
-    assert rc == 1 and t["verdict"] == "dhcp-failed", t
+    t, err = _boots_to("dhcp-failed", path, capsys)
     assert "no DHCP lease" in t["line"]
-    _down_and_nothing_left(path)
 
 
 def test_an_initrd_without_the_nic_driver_is_nic_driver_missing(
@@ -117,11 +109,8 @@ def test_an_initrd_without_the_nic_driver_is_nic_driver_missing(
         return [m for m in real(plan) if m.startswith("nfs")]
 
     monkeypatch.setattr(initrd, "modules_for", nfs_only)
-    rc, rep = _up_in_process(path, capsys)
-    t = _verdict(rep)
-    assert rc == 1 and t["verdict"] == "nic-driver-missing", t
+    t, err = _boots_to("nic-driver-missing", path, capsys)
     assert "no network interface appeared" in t["line"]
-    _down_and_nothing_left(path)
 
 
 def test_a_server_address_where_nothing_answers_is_nfs_unreachable(
@@ -129,10 +118,7 @@ def test_a_server_address_where_nothing_answers_is_nfs_unreachable(
 ) -> None:
     path = _scenario(tmp_path, "nobody", 'subnet = "10.213.249.0/24"\n' + TERMINAL
                      + 'root = "10.213.249.200:/srv/root"\n', lab_down)
-    proc = vlab("up", path, "--json")
-    t = _verdict(json.loads(proc.stdout))
-    assert proc.returncode == 1 and t["verdict"] == "nfs-unreachable", t
-    _down_and_nothing_left(path)
+    t, err = _boots_to("nfs-unreachable", path)
 
 
 def _root_with_init(tmp_path: Path, init: str) -> Path:
@@ -153,11 +139,8 @@ def test_an_init_that_exits_is_init_failed(tmp_path: Path, lab_down: list[str]) 
     _root_with_init(tmp_path, "#!/bin/sh\necho 'this init gives up'\nexit 3\n")
     path = _scenario(tmp_path, "initexits", '[root]\nsource = "dir"\npath = "root"\n'
                      '[kernel]\nsource = "debian"\n' + TERMINAL, lab_down)
-    proc = vlab("up", path, "--json")
-    t = _verdict(json.loads(proc.stdout))
-    assert proc.returncode == 1 and t["verdict"] == "init-failed", t
+    t, err = _boots_to("init-failed", path)
     assert "Attempted to kill init" in t["line"]
-    _down_and_nothing_left(path)
 
 
 def test_a_kernel_that_cannot_start_its_initrd_is_kernel_panic(
@@ -165,33 +148,24 @@ def test_a_kernel_that_cannot_start_its_initrd_is_kernel_panic(
 ) -> None:
     path = _scenario(tmp_path, "panic", TERMINAL + 'cmdline = "rdinit=/no/such/init"\n',
                      lab_down)
-    proc = vlab("up", path, "--json")
-    t = _verdict(json.loads(proc.stdout))
-    assert proc.returncode == 1 and t["verdict"] == "kernel-panic", t
+    t, err = _boots_to("kernel-panic", path)
     assert "Kernel panic - not syncing" in t["line"]
-    _down_and_nothing_left(path)
 
 
 def test_a_guest_that_prints_nothing_is_stalled(tmp_path: Path, lab_down: list[str]) -> None:
     """This machine's /dev/kvm cannot run guests: a KVM terminal never says a word."""
     path = _scenario(tmp_path, "silent", 'hypervisor = "kvm"\nstall = 10\n' + TERMINAL,
                      lab_down)
-    proc = vlab("up", path, "--json")
-    t = _verdict(json.loads(proc.stdout))
-    assert proc.returncode == 1 and t["verdict"] == "stalled", t
+    t, err = _boots_to("stalled", path)
     assert 10 <= t["seconds"] < 20
-    assert 'set hypervisor = "qemu"' in proc.stderr
-    _down_and_nothing_left(path)
+    assert 'set hypervisor = "qemu"' in err
 
 
 def test_a_boot_slower_than_the_timeout_is_timeout(tmp_path: Path, lab_down: list[str]) -> None:
     """Through PXE a terminal takes ~14 s; with 10 s it times out while still talking."""
     path = _scenario(tmp_path, "slow", 'timeout = 10\n' + TERMINAL + 'boot = "pxe"\n', lab_down)
-    proc = vlab("up", path, "--json")
-    t = _verdict(json.loads(proc.stdout))
-    assert proc.returncode == 1 and t["verdict"] == "timeout", t
+    t, err = _boots_to("timeout", path)
     assert 10 <= t["seconds"] < 15
-    _down_and_nothing_left(path)
 
 
 def test_every_verdict_name_is_provoked_by_a_test_here() -> None:

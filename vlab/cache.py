@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from vlab import procs
+
 STAMP = ".vlab-inputs"
 
 
@@ -64,7 +66,7 @@ def leftovers(root: Path, depth: int = 3) -> list[Path]:
             subdirs[:] = []
         for name in [*subdirs, *files]:
             m = LEFTOVER_RE.match(name)
-            if m and not _pid_alive(int(m.group(2))):
+            if m and not procs.alive(int(m.group(2))):
                 found.append(here / name)
         subdirs[:] = [d for d in subdirs if not LEFTOVER_RE.match(d)]
     return found
@@ -81,16 +83,6 @@ def sweep(root: Path) -> list[Path]:
         _remove(path)
         removed.append(path)
     return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def is_current(folder: Path, inputs: str) -> bool:
