@@ -3,7 +3,7 @@
 set -euo pipefail
 
 PACKAGES=(
-  busybox-static cpio kmod iproute2 iptables
+  busybox-static cpio kmod iproute2 iptables dropbear-bin
   qemu-system-x86 ipxe-qemu
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients dnsmasq-base
   # -system alone pulls systemd-sysv, which replaces init: take the sysv flavour with it.

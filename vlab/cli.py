@@ -28,6 +28,7 @@ examples:
   vlab up scenarios/tiny.toml          boot every terminal; exit 0 only if all mounted NFS root
   vlab status scenarios/tiny.toml      terminals, MACs, IPs, state, last verdict
   vlab console scenarios/tiny.toml t1  the live serial console of t1 (leave with Ctrl-])
+  vlab ssh scenarios/tiny.toml t1 -- uname -r   run a command on t1 over SSH (no command: a shell)
   vlab down scenarios/tiny.toml        remove domains, network, NFS server (idempotent)
   vlab render scenarios/tiny.toml --out out/   every artifact vlab would write; nothing started
   vlab check scenarios/tiny.toml --junit out.xml   CI: boot, verdicts, JUnit, tear down
@@ -67,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     c = scenario_cmd("console", "attach to the live serial console of one terminal (Ctrl-] leaves)")
     c.add_argument("terminal", help="terminal name, as in the scenario")
+    c = scenario_cmd("ssh", "a shell on a terminal over SSH, or run COMMAND there and exit "
+                     "with its status (host key pinned from the terminal's console)")
+    c.add_argument("terminal", help="terminal name, as in the scenario")
+    c.add_argument("remote", nargs=argparse.REMAINDER, metavar="-- COMMAND",
+                   help="the command to run (after --); without it, an interactive shell")
     scenario_cmd("down", "destroy the lab's domains, network and NFS server (idempotent)")
     c = scenario_cmd("render", "write every artifact vlab would use into a folder; start nothing")
     c.add_argument("--out", type=Path, required=True, help="folder to write into")
@@ -130,7 +136,7 @@ def run(argv: list[str]) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="vlab: %(message)s")
-    if os.geteuid() != 0 and args.command in ("up", "down", "host", "gc", "check"):
+    if os.geteuid() != 0 and args.command in ("up", "down", "host", "gc", "check", "ssh"):
         raise UsageError(f"vlab {args.command} needs root (namespaces, libvirtd, the NFS server)"
                          "; fix: run it as root")
     dirs = Dirs.from_env()
@@ -153,9 +159,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         rep = _up(sc, plan, dirs, say)
         _output(rep, args.json)
         if not lab.all_ok(rep):
-            failed = [t["name"] for t in rep["terminals"] if t["verdict"] != "ok"]
-            raise BootFailed(f"{len(failed)} terminal(s) did not mount the NFS root: "
-                             f"{', '.join(failed)}\n  the terminals are left running for a look "
+            raise BootFailed(f"{_failures(rep)}\n  the terminals are left running for a look "
                              f"(vlab console {args.scenario} NAME); vlab down removes them")
         return EXIT_OK
     if args.command == "pxe":
@@ -191,6 +195,21 @@ def _dispatch(args: argparse.Namespace) -> int:
         lab.down(plan, dirs, say)
         say(f"lab {plan.lab} is down")
         return EXIT_OK
+    if args.command == "ssh":
+        t = plan.terminal(args.terminal)
+        if t is None:
+            raise UsageError(f"{args.scenario}: no terminal {args.terminal!r}; "
+                             f"fix: use one of {', '.join(x.name for x in plan.terminals)}")
+        command = args.remote[1:] if args.remote[:1] == ["--"] else args.remote
+        session = lab.ssh_session(plan, t)
+        try:
+            if not command:
+                return session.shell()
+            status, output = session.run(" ".join(command), timeout=3600)
+        finally:
+            session.close()
+        sys.stdout.write(output)
+        return status
     if args.command == "console":
         t = plan.terminal(args.terminal)
         if t is None:
@@ -223,11 +242,20 @@ def _check(args: argparse.Namespace, sc: scenario.Scenario, plan: LabPlan, dirs:
         say(f"JUnit report: {args.junit}")
     _output(rep, args.json)
     if not lab.all_ok(rep):
-        failed = [f"{t['name']} ({t['verdict']})" for t in rep["terminals"]
-                  if t["verdict"] != "ok"]
-        raise BootFailed(f"{len(failed)} terminal(s) did not mount the NFS root: "
-                         f"{', '.join(failed)}")
+        raise BootFailed(_failures(rep))
     return EXIT_OK
+
+
+def _failures(rep: dict[str, Any]) -> str:
+    failed = [f"{t['name']} ({t['verdict']})" for t in rep["terminals"] if t["verdict"] != "ok"]
+    checks = [f"{t['name']}: {c['name']}" for t in rep["terminals"]
+              for c in t.get("checks", []) if not c["ok"] and t["verdict"] == "ok"]
+    parts = []
+    if failed:
+        parts.append(f"{len(failed)} terminal(s) did not mount the NFS root: {', '.join(failed)}")
+    if checks:
+        parts.append(f"{len(checks)} post-boot check(s) failed: {', '.join(checks)}")
+    return "; ".join(parts)
 
 
 def _up(sc: scenario.Scenario, plan: LabPlan, dirs: Dirs, say: lab.Say) -> dict[str, Any]:

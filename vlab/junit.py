@@ -25,6 +25,17 @@ def report_to_junit(rep: dict[str, Any]) -> str:
             failure.text = t.get("line") or ""
         out = etree.SubElement(case, "system-out")
         out.text = _console(t["console_log"])
+        for c in t.get("checks", []):  # post-boot checks run over SSH: a testcase each
+            check = etree.SubElement(suite, "testcase", classname=f"vlab.{rep['lab']}.{t['name']}",
+                                     name=c["name"], time="0")
+            if not c["ok"]:
+                fail = etree.SubElement(check, "failure", type="check-failed",
+                                        message=f"{c['run']}: exit {c['status']}")
+                fail.text = _xml_text(c["output"])
+                failed.append(c)
+            etree.SubElement(check, "system-out").text = _xml_text(c["output"])
+    suite.set("tests", str(len(suite)))
+    suite.set("failures", str(len(failed)))
     root = etree.Element("testsuites")
     root.append(suite)
     return etree.tostring(root, pretty_print=True, xml_declaration=True,
@@ -36,6 +47,9 @@ def _console(path: str) -> str:
         text = Path(path).read_text(errors="replace")
     except OSError:
         return ""
+    return _xml_text(text)[-MAX_LOG:]
+
+
+def _xml_text(text: str) -> str:
     # XML 1.0 cannot carry most control characters (the console has escape sequences).
-    text = "".join(c for c in text if c in "\t\n" or c >= " ")
-    return text[-MAX_LOG:]
+    return "".join(c for c in text if c in "\t\n" or c >= " ")

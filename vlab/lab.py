@@ -28,6 +28,7 @@ from vlab import (
     procs,
     progress,
     render,
+    sshkeys,
     state,
     tftp,
     virt,
@@ -68,7 +69,7 @@ def claim(sc: Scenario, dirs: Dirs) -> LabPlan:
     with state.machine_locked(dirs.state):
         plan = plan_for(sc, dirs)
         state.update(plan.lab_dir, scenario=str(plan.scenario), lease=state.lease_of(plan))
-    return plan
+    return replace(plan, ssh_key=sshkeys.lab_key(plan.lab_dir / "ssh"))
 
 
 def preflight(plan: LabPlan) -> None:
@@ -98,8 +99,9 @@ def up(scenario: Scenario, plan: LabPlan, dirs: Dirs, say: Say) -> dict[str, Any
         wait_for_nfs_server(plan, say)
         started = boot_terminals(plan, conn, say)
         verdicts = watch_consoles(plan, started, say)
+        checks = run_checks(scenario, plan, verdicts, say)
         state.update(plan.lab_dir, status="up")
-        save_results(plan, started, verdicts)
+        save_results(plan, started, verdicts, checks)
         return report(plan, conn)
 
 
@@ -255,10 +257,56 @@ def watch_consoles(plan: LabPlan, started: dict[TerminalPlan, float],
 
 
 def save_results(plan: LabPlan, started: dict[TerminalPlan, float],
-                 verdicts: dict[TerminalPlan, Verdict]) -> None:
+                 verdicts: dict[TerminalPlan, Verdict],
+                 checks: dict[str, list[dict[str, Any]]] | None = None) -> None:
     # booted_at: seconds into the vlab command when the domain started (seconds count from it).
-    state.save(plan.lab_dir, {t.name: {**asdict(v), "booted_at": round(started[t] - progress.T0, 2)}
+    state.save(plan.lab_dir, {t.name: {**asdict(v), "booted_at": round(started[t] - progress.T0, 2),
+                                       "checks": (checks or {}).get(t.name, [])}
                               for t, v in verdicts.items()}, state.RESULTS)
+
+
+def run_checks(sc: Scenario, plan: LabPlan, verdicts: dict[TerminalPlan, Verdict],
+               say: Say) -> dict[str, list[dict[str, Any]]]:
+    """The scenario's [[check]] commands, over SSH, on every terminal that booted."""
+    results: dict[str, list[dict[str, Any]]] = {}
+    if not sc.checks:
+        return results
+
+    def one(t: TerminalPlan) -> list[dict[str, Any]]:
+        if not verdicts[t].ok:
+            return [{"name": c.name, "run": c.run, "ok": False, "status": None,
+                     "output": f"not run: the terminal's verdict is {verdicts[t].name}"}
+                    for c in sc.checks]
+        done = []
+        session = ssh_session(plan, t)
+        try:
+            for c in sc.checks:
+                status, output = session.run(c.run)
+                ok = status == 0 and (c.expect is None or c.expect in output)
+                done.append({"name": c.name, "run": c.run, "ok": ok, "status": status,
+                             "output": output})
+                say(f"{t.name}: check {c.name!r}: " + ("ok" if ok else
+                    f"FAILED (exit {status}" + (f", no {c.expect!r} in its output" if
+                                                status == 0 else "") + ")"))
+        finally:
+            session.close()
+        return done
+
+    with ThreadPoolExecutor(max_workers=min(8, len(verdicts))) as pool:
+        for t, done in zip(verdicts, pool.map(one, verdicts), strict=True):
+            results[t.name] = done
+    return results
+
+
+def ssh_session(plan: LabPlan, t: TerminalPlan) -> sshkeys.Session:
+    """Logged in as root on a terminal, its host key pinned from its own console."""
+    key = sshkeys.host_key_from_console(t.console_log)
+    if key is None:
+        raise sshkeys.SshError(f"{t.name} printed no SSH host key on its console; fix: is it "
+                               "up (vlab status)? SSH is there for the busybox root")
+    host = labhost.status(plan.netns)
+    sock = labhost.connect_tcp(host.netns, t.ip, 22)
+    return sshkeys.connect(sock, t.ip, key, plan.lab_dir / "ssh", t.name)
 
 
 def ready_line(plan: LabPlan) -> re.Pattern[str] | None:
@@ -288,6 +336,7 @@ def report(plan: LabPlan, conn: virt.Conn | None) -> dict[str, Any]:
             "verdict": r.get("name"),
             "seconds": r.get("seconds"),
             "booted_at": r.get("booted_at"),
+            "checks": r.get("checks", []),
             "line": r.get("line"),
             "console_log": str(t.console_log),
             "proof": r.get("proof"),
@@ -306,7 +355,8 @@ def status(plan: LabPlan) -> dict[str, Any]:
 
 
 def all_ok(rep: dict[str, Any]) -> bool:
-    return all(t["verdict"] == OK for t in rep["terminals"])
+    return all(t["verdict"] == OK and all(c["ok"] for c in t.get("checks", []))
+               for t in rep["terminals"])
 
 
 # ---- down -----------------------------------------------------------------------------------

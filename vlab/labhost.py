@@ -8,8 +8,11 @@ does the NFS server, so nothing touches the machine's own network.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import socket
 import stat
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +52,36 @@ class HostStatus:
 
 def libvirtd_answers() -> bool:
     return procs.socket_answers(LIBVIRT_SOCK)
+
+
+CLONE_NEWNET = 0x40000000
+
+
+def connect_tcp(netns: str | None, ip: str, port: int, timeout: float = 10) -> socket.socket:
+    """A TCP connection made from inside the lab host's namespace, where the terminals are.
+
+    A thread enters the namespace (setns is per thread) and opens the socket there; the
+    socket stays in that namespace after the thread is gone, and vlab stays in its own."""
+    if netns is None:
+        return socket.create_connection((ip, port), timeout=timeout)
+    result: list[socket.socket | BaseException] = []
+
+    def inside() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            with open(NETNS_DIR / netns) as ns:
+                if libc.setns(ns.fileno(), CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns into {netns}")
+            result.append(socket.create_connection((ip, port), timeout=timeout))
+        except BaseException as err:  # handed to the caller's thread
+            result.append(err)
+
+    worker = threading.Thread(target=inside)
+    worker.start()
+    worker.join()
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]
 
 
 def netns_exists(netns: str) -> bool:

@@ -15,18 +15,41 @@ Say = Callable[[str], None]
 DIRS = ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "dev", "proc", "sys", "tmp", "run",
         "root", "var/tmp", "var/lock", "var/log")
 ETC = {
-    "etc/passwd": "root:x:0:0:root:/root:/bin/sh\n",
+    # root's home is a tmpfs made at boot: its ~/.ssh/authorized_keys comes from the kernel
+    # command line (vlab.sshkey=), never from the shared read-only root.
+    "etc/passwd": "root:x:0:0:root:/run/root:/bin/sh\n",
     "etc/group": "root:x:0:\n",
     "etc/hostname": "terminal\n",
     "etc/profile": 'export PATH=/bin:/sbin:/usr/bin:/usr/sbin\nPS1="vlab-terminal:\\w# "\n',
 }
 
 
+# Debian's dropbear (package dropbear-bin), with the libraries it links, for `vlab ssh`.
+SSH_PROGRAMS = ("/usr/sbin/dropbear", "/usr/bin/dropbearkey")
+
+
+def ssh_files() -> list[Path]:
+    """dropbear, dropbearkey and every shared object they load (ldd's answer), host paths."""
+    missing = [p for p in SSH_PROGRAMS if not Path(p).exists()]
+    if missing:
+        raise MissingTool(f"{missing[0]} (the terminals' SSH server)", "dropbear-bin")
+    files = {Path(p) for p in SSH_PROGRAMS}
+    for program in SSH_PROGRAMS:
+        for line in run.output(["ldd", program]).splitlines():
+            words = line.split()
+            path = words[2] if "=>" in words and len(words) > 2 else words[0]
+            if path.startswith("/"):
+                files.add(Path(path))
+    return sorted(files)
+
+
 def build_busybox(export_path: Path) -> Path:
     """Build (or reuse) the tiny root at export_path; its stamp records what went in."""
     bb = busybox.binary()
     init = render.root_init()
-    inputs = cache.key(cache.file_digest(bb), init, repr(sorted(ETC.items())), repr(DIRS))
+    ssh = ssh_files()
+    inputs = cache.key(cache.file_digest(bb), init, repr(sorted(ETC.items())), repr(DIRS),
+                       *(f"{p}:{cache.file_digest(p)}" for p in ssh))
     if cache.is_current(export_path, inputs):
         return export_path
     with cache.publish(export_path) as tmp:
@@ -40,6 +63,9 @@ def build_busybox(export_path: Path) -> Path:
         (tmp / "sbin/init").chmod(0o755)
         for name, text in ETC.items():
             (tmp / name).write_text(text)
+        for path in ssh:  # at the same paths: the loader finds its libraries as on the host
+            (tmp / path.relative_to("/")).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path.resolve(), tmp / path.relative_to("/"))
         for d in ("tmp", "var/tmp", "var/lock"):
             (tmp / d).chmod(0o1777)
         tmp.chmod(0o755)

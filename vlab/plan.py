@@ -38,6 +38,7 @@ MARKER = "VLAB-NFSROOT-OK"
 TUNING_ARGS = ("quiet",)
 FAIL_MARKER = "VLAB-FAIL"
 READY_MARKER = "VLAB-TERMINAL-UP"
+SSH_MARKER = "VLAB-SSH-HOSTKEY"  # then the terminal's name and its SSH host key
 
 
 # The libvirt NIC model that each guest driver drives.
@@ -128,6 +129,9 @@ class LabPlan:
     timeout: int
     stall: int
     terminals: tuple[TerminalPlan, ...]
+    # The lab's SSH public key (base64 of an ssh-ed25519 blob), given to the terminals on
+    # their command line; made by sshkeys.py when the lab is built, empty in a pure plan.
+    ssh_key: str = ""
 
     def terminal(self, name: str) -> TerminalPlan | None:
         return next((t for t in self.terminals if t.name == name), None)

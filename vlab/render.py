@@ -13,7 +13,7 @@ from pathlib import Path
 import jinja2
 from lxml import etree
 
-from vlab.plan import FAIL_MARKER, MARKER, READY_MARKER, LabPlan, TerminalPlan
+from vlab.plan import FAIL_MARKER, MARKER, READY_MARKER, SSH_MARKER, LabPlan, TerminalPlan
 
 METADATA_NS = "urn:vlab:terminal:1"
 SCHEMA_DIR = Path("/usr/share/libvirt/schemas")
@@ -36,7 +36,8 @@ def _env() -> jinja2.Environment:
 
 def template(name: str, **values: object) -> str:
     return _env().get_template(name).render(marker=MARKER, fail_marker=FAIL_MARKER,
-                                            ready_marker=READY_MARKER, **values)
+                                            ready_marker=READY_MARKER,
+                                            ssh_marker=SSH_MARKER, **values)
 
 
 def source(name: str) -> str:

@@ -166,6 +166,16 @@ class Scenario:
     initrd: Initrd
     terminals: tuple[Terminal, ...]
     pxe: Pxe
+    checks: tuple[Check, ...] = ()
+
+
+@dataclass(frozen=True)
+class Check:
+    """A command that must succeed over SSH on every terminal once it is up."""
+
+    name: str
+    run: str
+    expect: str | None  # a text its output must contain
 
 
 E = TypeVar("E", bound=StrEnum)
@@ -264,7 +274,8 @@ def load(path: Path) -> Scenario:
 
 
 def parse(path: Path, data: Mapping[str, Any]) -> Scenario:
-    top = _Table(path, "", data, ("lab", "root", "kernel", "initrd", "terminal", "pxe", "host"))
+    top = _Table(path, "", data, ("lab", "root", "kernel", "initrd", "terminal", "pxe", "host",
+                                  "check"))
     root = _root(_Table(path, "root", _sub(top, "root", {}), _ROOT_KEYS))
     initrd_t = _Table(path, "initrd", _sub(top, "initrd", {}), ("builder", "nic_drivers"))
     initrd = Initrd(
@@ -277,8 +288,34 @@ def parse(path: Path, data: Mapping[str, Any]) -> Scenario:
     pxe = _pxe(path, top)
     terminals = _terminals(path, top, initrd.nic_drivers, lab.hypervisor,
                            required=not pxe.hosts)
+    checks = _checks(path, top, root)
     return Scenario(path=path, lab=lab, root=root, kernel=kernel, initrd=initrd,
-                    terminals=terminals, pxe=pxe)
+                    terminals=terminals, pxe=pxe, checks=checks)
+
+
+def _checks(path: Path, top: _Table, root: Root) -> tuple[Check, ...]:
+    raw = top.data.get("check", [])
+    if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
+        raise ScenarioError(path, "check", "must be an array of tables",
+                            'write each as [[check]] name = "nfs root" run = "..."')
+    if raw and root.source is not RootSource.BUSYBOX:
+        raise ScenarioError(path, "check", f'runs over SSH, which only the busybox root '
+                            f'has so far, not source = "{root.source.value}"',
+                            'remove the [[check]] tables, or use source = "busybox"')
+    checks: list[Check] = []
+    names: dict[str, int] = {}
+    for i, item in enumerate(raw):
+        t = _Table(path, f"check[{i}]", item, ("name", "run", "expect"))
+        name = t.get("name", str)
+        if not name.strip() or name in names:
+            raise t.error("name", f"{name!r} is empty or also the name of check"
+                          f"[{names.get(name, '?')}]", "give every check its own name")
+        names[name] = i
+        run = t.get("run", str)
+        if not run.strip():
+            raise t.error("run", "is empty", 'give a shell command, e.g. run = "touch /tmp/x"')
+        checks.append(Check(name=name, run=run, expect=t.get("expect", str, "") or None))
+    return tuple(checks)
 
 
 def _ip(t: _Table, key: str) -> ipaddress.IPv4Address | None:

@@ -1,0 +1,152 @@
+"""SSH into terminals (paramiko): the lab's key pair, host keys pinned from the console,
+commands and interactive shells. No host key is ever accepted unseen: the only key a
+terminal may present is the one it printed on its serial console, a channel vlab already
+trusts."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import select
+import socket
+import sys
+import termios
+import tty
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from vlab.errors import VlabError
+from vlab.plan import SSH_MARKER
+
+KEY_FILE = "id_ed25519"
+HOST_KEY_RE = re.compile(re.escape(SSH_MARKER) + r" (?P<name>\S+) (?P<type>ssh-ed25519) "
+                         r"(?P<blob>[A-Za-z0-9+/=]+)")
+
+
+class SshError(VlabError):
+    """The terminal's SSH server could not be reached or did not prove who it is."""
+
+
+def lab_key(ssh_dir: Path) -> str:
+    """The lab's key pair (made once, private half mode 0600); returns the public blob."""
+    private = ssh_dir / KEY_FILE
+    if not private.exists():
+        ssh_dir.mkdir(parents=True, exist_ok=True)
+        ssh_dir.chmod(0o700)
+        key = Ed25519PrivateKey.generate()
+        tmp = private.with_name(KEY_FILE + ".tmp")
+        tmp.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.OpenSSH,
+                                          serialization.NoEncryption()))
+        tmp.chmod(0o600)
+        tmp.replace(private)
+    return paramiko.Ed25519Key(filename=str(private)).get_base64()
+
+
+def host_key_from_console(console_log: Path) -> paramiko.PKey | None:
+    """The host key the terminal printed on its console in this boot (the last one)."""
+    try:
+        text = console_log.read_text(errors="replace")
+    except OSError:
+        return None
+    found = list(HOST_KEY_RE.finditer(text))
+    if not found:
+        return None
+    return paramiko.Ed25519Key(data=base64.b64decode(found[-1]["blob"]))
+
+
+@dataclass
+class Session:
+    client: paramiko.SSHClient
+
+    def run(self, command: str, timeout: float = 60) -> tuple[int, str]:
+        """Run a command; its exit status and its output (stdout and stderr, interleaved)."""
+        chan = self.client.get_transport().open_session()  # type: ignore[union-attr]
+        chan.settimeout(timeout)
+        chan.set_combine_stderr(True)
+        chan.exec_command(command)
+        out = bytearray()
+        try:
+            while True:
+                data = chan.recv(65536)
+                if not data:
+                    break
+                out += data
+        except TimeoutError:
+            chan.close()
+            return -1, out.decode(errors="replace") + f"\n(timed out after {timeout:.0f} s)"
+        return chan.recv_exit_status(), out.decode(errors="replace")
+
+    def shell(self) -> int:
+        """An interactive shell on this terminal's TTY until the remote shell exits."""
+        chan = self.client.invoke_shell(term="xterm", width=_cols(), height=_rows())
+        fd = sys.stdin.fileno()
+        saved = termios.tcgetattr(fd) if sys.stdin.isatty() else None
+        try:
+            if saved is not None:
+                tty.setraw(fd, termios.TCSANOW)  # keep what was typed ahead
+            while True:
+                ready, _, _ = select.select([chan, fd], [], [])
+                if chan in ready:
+                    data = chan.recv(65536)
+                    if not data:
+                        break
+                    sys.stdout.buffer.write(data)
+                    sys.stdout.buffer.flush()
+                if fd in ready:
+                    data = os.read(fd, 65536)
+                    if not data:
+                        chan.shutdown_write()
+                    else:
+                        chan.sendall(data)
+        finally:
+            if saved is not None:
+                termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        return chan.recv_exit_status()
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _cols() -> int:
+    return _size()[0]
+
+
+def _rows() -> int:
+    return _size()[1]
+
+
+def _size() -> tuple[int, int]:
+    import shutil
+
+    size = shutil.get_terminal_size((80, 24))
+    return size.columns, size.lines
+
+
+def connect(sock: socket.socket, ip: str, host_key: paramiko.PKey, ssh_dir: Path,
+            terminal: str) -> Session:
+    """Log in as root with the lab's key; refuse any host key but the pinned one."""
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    client.get_host_keys().add(ip, host_key.get_name(), host_key)
+    try:
+        client.connect(ip, username="root", pkey=paramiko.Ed25519Key(
+            filename=str(ssh_dir / KEY_FILE)), sock=sock, look_for_keys=False,
+            allow_agent=False, timeout=15, banner_timeout=15, auth_timeout=15)
+    except paramiko.BadHostKeyException as err:
+        client.close()
+        raise SshError(
+            f"{terminal} ({ip}) presented SSH host key {err.key.get_fingerprint().hex()}, "
+            f"not the one it printed on its console "
+            f"({err.expected_key.get_fingerprint().hex()}): refused; fix: is another machine "
+            "answering on that address? `vlab up` the lab again") from None
+    except (paramiko.SSHException, OSError) as err:
+        client.close()
+        raise SshError(f"SSH to {terminal} ({ip}) failed: {err}; fix: see its console "
+                       "(vlab console) and its log for dropbear") from None
+    return Session(client)
