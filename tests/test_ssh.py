@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
-from test_boot import VLAB, leftovers, plan_for, up, vlab
 from lxml import etree
+from test_boot import VLAB, leftovers, plan_for, up, vlab
 
 pytestmark = pytest.mark.boot
 
