@@ -37,6 +37,16 @@ def _wrote_tmpfs(t: dict) -> None:  # type: ignore[type-arg]
     assert {"/tmp", "/var/tmp", "/var/log"} <= set(line.split(":", 1)[1].split()), line
 
 
+def _ssh_says(path: str, command: str, expected: str) -> None:
+    """openssh-server of the Debian root, its host key made at boot and pinned from the
+    console; the exported root holds no host key of its own."""
+    plan = plan_for(path)
+    assert not list((plan.export_path / "etc/ssh").glob("ssh_host_*"))
+    ran = vlab("ssh", path, "t1", "--", command)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == expected
+
+
 def test_debian_root_with_initramfs_tools_initrd_reaches_multi_user(lab_down) -> None:  # type: ignore[no-untyped-def]
     lab_down.append(ITOOLS)
     plan = plan_for(ITOOLS)
@@ -52,6 +62,7 @@ def test_debian_root_with_initramfs_tools_initrd_reaches_multi_user(lab_down) ->
     conf = plan.export_path / "etc/initramfs-tools/initramfs.conf"
     assert "MODULES=most" in conf.read_text() and "BOOT=nfs" not in conf.read_text()
     _wrote_tmpfs(t)
+    _ssh_says(ITOOLS, "findmnt -n -o FSTYPE /", "nfs")
     assert vlab("down", ITOOLS).returncode == 0
     assert leftovers(plan) == []
 
@@ -67,6 +78,7 @@ def test_debian_root_with_dracut_initrd_reaches_multi_user(lab_down) -> None:  #
     assert "dracut chrooted in the root" in proc.stderr
     assert not list((plan.export_path / "etc/dracut.conf.d").glob("*vlab*"))
     _wrote_tmpfs(t)
+    _ssh_says(DRACUT, "findmnt -n -o FSTYPE /", "nfs4")
     assert vlab("down", DRACUT).returncode == 0
     assert leftovers(plan) == []
 

@@ -303,7 +303,7 @@ def ssh_session(plan: LabPlan, t: TerminalPlan) -> sshkeys.Session:
     key = sshkeys.host_key_from_console(t.console_log)
     if key is None:
         raise sshkeys.SshError(f"{t.name} printed no SSH host key on its console; fix: is it "
-                               "up (vlab status)? SSH is there for the busybox root")
+                               "up (vlab status)? vlab sets up SSH in the busybox and debian roots")
     host = labhost.status(plan.netns)
     sock = labhost.connect_tcp(host.netns, t.ip, 22)
     return sshkeys.connect(sock, t.ip, key, plan.lab_dir / "ssh", t.name)

@@ -73,9 +73,23 @@ def build_busybox(export_path: Path) -> Path:
     return export_path
 
 
+def add_ssh(root: Path, files: dict[str, tuple[str, int]]) -> None:
+    """sshd with its host key made at boot in RAM: no private key in the shared export."""
+    for key in (root / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()  # made by openssh-server's postinst; every terminal would share them
+    for rel, (text, mode) in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+        (root / rel).chmod(mode)
+    requires = root / "etc/systemd/system/ssh.service.requires"
+    requires.mkdir(parents=True, exist_ok=True)
+    (requires / "vlab-ssh-keys.service").symlink_to("../vlab-ssh-keys.service")
+
+
 def build_debian(export_path: Path, suite: str, packages: tuple[str, ...], say: Say) -> Path:
     """Bootstrap a Debian root with mmdebstrap, once per suite and package set."""
-    inputs = cache.key(suite, *packages)
+    ssh = render.debian_ssh_files() if "openssh-server" in packages else {}
+    inputs = cache.key(suite, *packages, *(text for text, _mode in ssh.values()))
     if cache.is_current(export_path, inputs):
         return export_path
     if run.which("mmdebstrap") is None:
@@ -89,6 +103,8 @@ def build_debian(export_path: Path, suite: str, packages: tuple[str, ...], say: 
         run.run(["mmdebstrap", "--variant=minbase", f"--include={','.join(packages)}",
                  suite, str(tmp)], env={"INITRD": "No"}, timeout=1800,
                 hint="mmdebstrap needs Debian's archive; see its message above")
+        if ssh:
+            add_ssh(tmp, ssh)
         tmp.chmod(0o755)
         cache.stamp(tmp, inputs)
     return export_path

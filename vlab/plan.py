@@ -299,7 +299,8 @@ def make_plan(scenario: Scenario, dirs: Dirs, taken: Taken = Taken(),
 
 # What a bootstrapped Debian terminal needs, and what each initrd builder needs in it
 # (HOST-NOTES: dracut wants network-legacy's tools, procps and netbase, or mount.nfs fails).
-DEBIAN_BASE = ("systemd-sysv", "udev", "linux-image-amd64", "procps", "netbase", "iproute2")
+DEBIAN_BASE = ("systemd-sysv", "udev", "linux-image-amd64", "procps", "netbase", "iproute2",
+               "openssh-server")
 BUILDER_PACKAGES = {
     InitrdBuilder.VLAB: (),
     InitrdBuilder.INITRAMFS_TOOLS: ("initramfs-tools",),

@@ -86,6 +86,16 @@ def root_init() -> str:
     return template("root-init.sh.j2")
 
 
+def debian_ssh_files() -> dict[str, tuple[str, int]]:
+    """What vlab adds to a Debian root it bootstraps, so that `vlab ssh` reaches it: path in
+    the root -> (text, mode)."""
+    return {
+        "usr/local/sbin/vlab-ssh-keys": (template("debian-ssh-keys.sh.j2"), 0o755),
+        "etc/systemd/system/vlab-ssh-keys.service": (static("debian-ssh-keys.service"), 0o644),
+        "etc/ssh/sshd_config.d/vlab.conf": (static("debian-sshd.conf"), 0o644),
+    }
+
+
 def udhcpc_script() -> str:
     return static("udhcpc.sh")
 
@@ -119,6 +129,8 @@ def all_artifacts(plan: LabPlan) -> dict[str, str]:
         "initrd/udhcpc.sh": udhcpc_script(),
         "root/sbin/init": root_init(),
     }
+    if "openssh-server" in plan.debian_packages and plan.root_source == "debian":
+        files.update({f"root/{rel}": text for rel, (text, _mode) in debian_ssh_files().items()})
     for t in plan.terminals:
         files[f"domains/{t.name}.xml"] = domain_xml(plan, t)
         files[f"cmdline/{t.name}"] = t.cmdline + "\n"

@@ -298,10 +298,10 @@ def _checks(path: Path, top: _Table, root: Root) -> tuple[Check, ...]:
     if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
         raise ScenarioError(path, "check", "must be an array of tables",
                             'write each as [[check]] name = "nfs root" run = "..."')
-    if raw and root.source is not RootSource.BUSYBOX:
-        raise ScenarioError(path, "check", f'runs over SSH, which only the busybox root '
-                            f'has so far, not source = "{root.source.value}"',
-                            'remove the [[check]] tables, or use source = "busybox"')
+    if raw and root.source not in (RootSource.BUSYBOX, RootSource.DEBIAN):
+        raise ScenarioError(path, "check", f'runs over SSH, which vlab sets up in the roots it '
+                            f'builds (busybox, debian), not in source = "{root.source.value}"',
+                            'remove the [[check]] tables, or use a busybox or debian root')
     checks: list[Check] = []
     names: dict[str, int] = {}
     for i, item in enumerate(raw):
