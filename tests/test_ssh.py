@@ -106,3 +106,5 @@ def test_a_failing_check_fails_vlab_check_with_its_output_in_junit(
         ("vlab.failing.t1", "root is writable"), ("vlab.failing.t2", "root is writable")]
     assert "Read-only file system" in failed[0].find("failure").text  # type: ignore[union-attr]
     assert leftovers(plan) == []
+    gone = vlab("ssh", str(path), "t1", "--", "true")  # its console log is still on disk
+    assert gone.returncode == 3 and "t1 is not running; fix: vlab up" in gone.stderr

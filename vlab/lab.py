@@ -300,11 +300,15 @@ def run_checks(sc: Scenario, plan: LabPlan, verdicts: dict[TerminalPlan, Verdict
 
 def ssh_session(plan: LabPlan, t: TerminalPlan) -> sshkeys.Session:
     """Logged in as root on a terminal, its host key pinned from its own console."""
+    host = labhost.status(plan.netns)
+    running = host.mode != "down" and virt.domain_state(virt.connect(plan.uri),
+                                                         t.domain) == "running"
+    if not running:
+        raise sshkeys.SshError(f"{t.name} is not running; fix: vlab up {plan.scenario}")
     key = sshkeys.host_key_from_console(t.console_log)
     if key is None:
         raise sshkeys.SshError(f"{t.name} printed no SSH host key on its console; fix: is it "
                                "up (vlab status)? vlab sets up SSH in the busybox and debian roots")
-    host = labhost.status(plan.netns)
     sock = labhost.connect_tcp(host.netns, t.ip, 22)
     return sshkeys.connect(sock, t.ip, key, plan.lab_dir / "ssh", t.name)
 
