@@ -151,3 +151,8 @@ def test_a_terminal_with_boot_pxe_reaches_the_same_verdict(lab_down) -> None:  #
     log2 = Path(t2["console_log"]).read_text()
     assert "PXELINUX" in log2 and "vlab.pxe=t2" in log2
     assert "PXELINUX" not in Path(t1["console_log"]).read_text()
+    # The PXE-booted terminal got the lab's SSH key through its pxelinux file too.
+    for name in ("t1", "t2"):
+        ran = subprocess.run([sys.executable, "-m", "vlab", "ssh", path, name, "--", "hostname"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert ran.returncode == 0 and ran.stdout.strip() == name, ran.stderr

@@ -55,10 +55,12 @@ class Site:
 
 
 def terminal_hosts(scenario: Scenario, lab: LabPlan) -> tuple[Host, ...]:
-    """The lab's own terminals with boot = "pxe", as hosts of the lab's TFTP tree."""
+    """The lab's own terminals with boot = "pxe", as hosts of the lab's TFTP tree (with the
+    lab's SSH key, as direct kernel boot gives it)."""
+    key = f"vlab.sshkey={lab.ssh_key}" if lab.ssh_key else ""
     return tuple(
         Host(name=tp.name, mac=tp.mac, ip=ipaddress.IPv4Address(tp.ip), root=t.root,
-             cmdline=t.cmdline)
+             cmdline=" ".join(w for w in (t.cmdline, key) if w))
         for t, tp in zip(scenario.terminals, lab.terminals, strict=True) if tp.boot == "pxe")
 
 
