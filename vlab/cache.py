@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from vlab import procs
+from vlab import mounts, procs
 
 STAMP = ".vlab-inputs"
 
@@ -75,10 +75,8 @@ def leftovers(root: Path, depth: int = 3) -> list[Path]:
 def sweep(root: Path) -> list[Path]:
     """Remove what leftovers() finds, unless something is still mounted in it."""
     removed = []
-    with open("/proc/self/mounts") as f:
-        points = [line.split()[1] for line in f]
     for path in leftovers(root):
-        if any(p.startswith(f"{path}/") for p in points):
+        if mounts.mounted_under(path):
             continue
         _remove(path)
         removed.append(path)

@@ -13,7 +13,7 @@ from typing import Any
 
 from vlab import __version__, junit, lab, scenario, state, tftp
 from vlab.errors import BootFailed, Interrupted, ScenarioError, UsageError, VlabError
-from vlab.plan import NETNS, Dirs, LabPlan
+from vlab.plan import NETNS, Dirs, LabPlan, TerminalPlan
 
 EXIT_OK, EXIT_BOOT_FAILED, EXIT_BAD_INPUT, EXIT_HOST = 0, 1, 2, 3
 
@@ -196,10 +196,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         say(f"lab {plan.lab} is down")
         return EXIT_OK
     if args.command == "ssh":
-        t = plan.terminal(args.terminal)
-        if t is None:
-            raise UsageError(f"{args.scenario}: no terminal {args.terminal!r}; "
-                             f"fix: use one of {', '.join(x.name for x in plan.terminals)}")
+        t = _terminal(args, plan)
         command = args.remote[1:] if args.remote[:1] == ["--"] else args.remote
         session = lab.ssh_session(plan, t)
         try:
@@ -211,11 +208,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         sys.stdout.write(output)
         return status
     if args.command == "console":
-        t = plan.terminal(args.terminal)
-        if t is None:
-            names = ", ".join(x.name for x in plan.terminals)
-            raise UsageError(f"{args.scenario}: no terminal {args.terminal!r}; "
-                             f"fix: use one of {names}")
+        t = _terminal(args, plan)
         from vlab import virt
 
         print(f"Connected to {t.domain}; leave with Ctrl-]", file=sys.stderr)
@@ -256,6 +249,15 @@ def _failures(rep: dict[str, Any]) -> str:
     if checks:
         parts.append(f"{len(checks)} post-boot check(s) failed: {', '.join(checks)}")
     return "; ".join(parts)
+
+
+def _terminal(args: argparse.Namespace, plan: LabPlan) -> TerminalPlan:
+    t = plan.terminal(args.terminal)
+    if t is None:
+        names = ", ".join(x.name for x in plan.terminals)
+        raise UsageError(f"{args.scenario}: no terminal {args.terminal!r}; "
+                         f"fix: use one of {names}")
+    return t
 
 
 def _up(sc: scenario.Scenario, plan: LabPlan, dirs: Dirs, say: lab.Say) -> dict[str, Any]:

@@ -65,19 +65,20 @@ def plan_for(sc: Scenario, dirs: Dirs) -> LabPlan:
 
 def claim(sc: Scenario, dirs: Dirs) -> LabPlan:
     """The plan of a lab about to be built; its lease is recorded before anything is made."""
-    preflight(plan_for(sc, dirs))  # bad input: nothing created, not even the lease
+    preflight(sc)  # bad input: nothing created, not even the lease
     with state.machine_locked(dirs.state):
         plan = plan_for(sc, dirs)
         state.update(plan.lab_dir, scenario=str(plan.scenario), lease=state.lease_of(plan))
     return replace(plan, ssh_key=sshkeys.lab_key(plan.lab_dir / "ssh"))
 
 
-def preflight(plan: LabPlan) -> None:
+def preflight(sc: Scenario) -> None:
     """Checks that need the outside world, done before anything is created (exit 2)."""
-    if re.match(r"^\w+(\+\w+)?://[^/]", plan.uri):  # a remote host the scenario names
-        why = virt.refuses(plan.uri)
+    uri = sc.lab.uri
+    if re.match(r"^\w+(\+\w+)?://[^/]", uri):  # a remote host the scenario names
+        why = virt.refuses(uri)
         if why is not None:
-            raise ScenarioError(plan.scenario, "lab.uri", f"{plan.uri!r} does not answer ({why})",
+            raise ScenarioError(sc.path, "lab.uri", f"{uri!r} does not answer ({why})",
                                 "check that the host is up and libvirtd listens there, or leave "
                                 "uri out to use this machine")
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from vlab.errors import ScenarioError
 from vlab.scenario import (
+    MAC_PREFIX,
     AfterBoot,
     HostMode,
     Hypervisor,
@@ -28,10 +29,10 @@ from vlab.scenario import (
     Writable,
 )
 
-KVM_MAC_PREFIX = "52:54:00"
-XEN_MAC_PREFIX = "00:16:3e"  # Xen's own range, as the page's vif mac= advice wants
+KVM_MAC_PREFIX = MAC_PREFIX[Hypervisor.QEMU]
 FIRST_TERMINAL_HOST = 10
 NFS_PORT_BASE = 20490
+MOUNT_PORT_OFFSET = 1000  # NFSv3's MOUNT protocol listens this far above the NFS port
 NETNS = "vlab-host"
 MARKER = "VLAB-NFSROOT-OK"
 # Words vlab adds for speed, not for function: a quiet serial console boots faster under TCG.
@@ -169,7 +170,7 @@ class Taken:
 
     def holds(self, subnet: str, nfs_port: int, bridge: str) -> bool:
         return (subnet in self.subnets or bridge in self.bridges
-                or bool({nfs_port, nfs_port + 1000} & self.ports))
+                or bool({nfs_port, nfs_port + MOUNT_PORT_OFFSET} & self.ports))
 
 
 MAX_ATTEMPTS = 200
@@ -222,7 +223,7 @@ def make_plan(scenario: Scenario, dirs: Dirs, taken: Taken = Taken(),
             f"debian-{root.suite}-" + _digest("debian", root.suite, *packages).hex()[:12]),
     }[root.source]
     assert export_path is not None
-    mount_port = nfs_port + 1000
+    mount_port = nfs_port + MOUNT_PORT_OFFSET
     nfs_options = f"vers={lab.nfs_version.value},port={nfs_port}"
     if lab.nfs_version is NfsVersion.V3:
         # Every port given, so the terminal never needs to ask rpcbind.
@@ -378,7 +379,7 @@ def _macs(scenario: Scenario, others: frozenset[str] = frozenset()) -> dict[str,
             macs[t.name] = t.mac
             continue
         attempt = 0
-        prefix = XEN_MAC_PREFIX if scenario.lab.hypervisor is Hypervisor.XEN else KVM_MAC_PREFIX
+        prefix = MAC_PREFIX[scenario.lab.hypervisor]
         while (mac := pinned_mac(scenario.lab.name, t.name, attempt, prefix)) in taken:
             attempt += 1
         taken.add(mac)

@@ -9,6 +9,7 @@ import base64
 import os
 import re
 import select
+import shutil
 import socket
 import sys
 import termios
@@ -84,7 +85,8 @@ class Session:
 
     def shell(self) -> int:
         """An interactive shell on this terminal's TTY until the remote shell exits."""
-        chan = self.client.invoke_shell(term="xterm", width=_cols(), height=_rows())
+        size = shutil.get_terminal_size((80, 24))
+        chan = self.client.invoke_shell(term="xterm", width=size.columns, height=size.lines)
         fd = sys.stdin.fileno()
         saved = termios.tcgetattr(fd) if sys.stdin.isatty() else None
         try:
@@ -111,21 +113,6 @@ class Session:
 
     def close(self) -> None:
         self.client.close()
-
-
-def _cols() -> int:
-    return _size()[0]
-
-
-def _rows() -> int:
-    return _size()[1]
-
-
-def _size() -> tuple[int, int]:
-    import shutil
-
-    size = shutil.get_terminal_size((80, 24))
-    return size.columns, size.lines
 
 
 def connect(sock: socket.socket, ip: str, host_key: paramiko.PKey, ssh_dir: Path,
