@@ -89,6 +89,21 @@ def leftovers(plan: LabPlan) -> list[str]:
     return found
 
 
+def up_until(path: str, text: str,
+             env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
+    """Start `vlab up` and return once a progress line contains text (with the lines so
+    far); its stderr stays open for the rest."""
+    proc = subprocess.Popen([*VLAB, "up", path], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if text in line:
+            break
+    return proc, "".join(seen)
+
+
 def up(path: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     proc = vlab("up", path, "--json")
     assert proc.stdout, proc.stderr
@@ -285,13 +300,9 @@ def test_initrd_holds_exactly_the_nic_and_nfs_modules() -> None:
 def test_ctrl_c_while_watching_then_down_leaves_nothing(lab_down) -> None:  # type: ignore[no-untyped-def]
     path = "tests/scenarios/wrong-export.toml"
     lab_down.append(path)
-    proc = subprocess.Popen([*VLAB, "up", path], cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if "watching" in line:
-            break
+    proc, _seen = up_until(path, "watching")
     proc.send_signal(signal.SIGINT)
-    rest = proc.stderr.read()
+    rest = proc.stderr.read()  # type: ignore[union-attr]
     assert proc.wait(timeout=30) == 130
     assert f"vlab down {path}" in rest
     assert vlab("down", path).returncode == 0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
-from test_boot import VLAB, leftovers, plan_for, up, vlab
+from test_boot import VLAB, leftovers, plan_for, up, up_until, vlab
 
 from vlab import nfsroot, procs, run
 from vlab.plan import Dirs
@@ -45,17 +45,11 @@ def image_lab(tmp_path: Path, lab_down) -> str:  # type: ignore[no-untyped-def]
 
 
 def _up_killed_after(path: str, line_start: str) -> str:
-    proc = subprocess.Popen([*VLAB, "up", path], cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    seen = []
-    for line in proc.stderr:
-        seen.append(line)
-        if line_start in line:
-            os.kill(proc.pid, signal.SIGKILL)
-            break
+    proc, seen = up_until(path, line_start)
+    os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "".join(seen)
-    return "".join(seen)
+    assert proc.returncode == -signal.SIGKILL, seen
+    return seen
 
 
 @pytest.mark.parametrize(("line", "when"), KILL_POINTS, ids=[w for _, w in KILL_POINTS])
@@ -120,15 +114,11 @@ def test_two_labs_up_at_once_do_not_collide(lab_down) -> None:  # type: ignore[n
 def test_a_second_vlab_on_the_same_lab_is_refused_while_the_first_works(lab_down) -> None:  # type: ignore[no-untyped-def]
     path = "tests/scenarios/one.toml"
     lab_down.append(path)
-    first = subprocess.Popen([*VLAB, "up", path], cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    assert first.stderr is not None
-    for line in first.stderr:
-        if "lab host" in line:
-            break
+    first, _seen = up_until(path, "lab host")
     second = vlab("up", path)
     assert second.returncode == 3
     assert "another vlab process is working on lab 'one'" in second.stderr
-    first.stderr.read()
+    first.stderr.read()  # type: ignore[union-attr]
     assert first.wait(timeout=300) == 0
     assert vlab("down", path).returncode == 0
 
@@ -174,12 +164,7 @@ def test_sigkill_mid_build_of_a_cached_artifact_leaves_no_half_built_folder(
     env = {**os.environ, "VLAB_CACHE_DIR": str(tmp_path / "cache")}
     path = "tests/scenarios/one.toml"
     lab_down.append(path)
-    proc = subprocess.Popen([*VLAB, "up", path], cwd=ROOT, stderr=subprocess.PIPE, text=True,
-                            env=env)
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if line.strip().endswith("(cached after the first fetch)"):
-            break
+    proc, _seen = up_until(path, "(cached after the first fetch)", env=env)
     time.sleep(0.3)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)

@@ -8,13 +8,12 @@ from __future__ import annotations
 import hashlib
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from conftest import ROOT
-from test_boot import leftovers, plan_for, tree_digest, up, vlab
+from test_boot import leftovers, plan_for, tree_digest, up, up_until, vlab
 
 from vlab import nfsroot
 from vlab.plan import LabPlan
@@ -163,15 +162,10 @@ def test_disk_image_root_initrd_built_inside_it_and_image_never_changes(
 
     # Ctrl-C while initramfs-tools runs inside the image: the build mounts go at once,
     # the lab's image mount stays recorded, and vlab down removes it.
-    building = subprocess.Popen([sys.executable, "-m", "vlab", "up", str(scenario)], cwd=ROOT,
-                                stderr=subprocess.PIPE, text=True)
-    assert building.stderr is not None
-    for line in building.stderr:
-        if "chrooted in the root" in line:
-            break
+    building, _seen = up_until(str(scenario), "chrooted in the root")
     time.sleep(2)
     building.send_signal(signal.SIGINT)
-    building.stderr.read()
+    building.stderr.read()  # type: ignore[union-attr]
     assert building.wait(timeout=60) == 130
     assert not [ln for ln in Path("/proc/mounts").read_text().splitlines()
                 if f"{plan.export_path}/" in ln.split()[1]]
