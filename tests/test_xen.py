@@ -83,7 +83,8 @@ def test_kvm_and_xen_plans_differ_only_where_the_hypervisor_must(tmp_path: Path)
                 if getattr(xen, f.name) != getattr(kvm, f.name)}
     lab_diff.discard("scenario")  # two files, one text apart
     assert lab_diff == {"uri", "hypervisor", "host_mode", "domain_type", "nic_drivers",
-                        "terminals"}
+                        "terminals", "hosts"}  # hosts: the lab's own host has the lab's uri
+    assert [h.uri for h in xen.hosts] == [xen.uri] and [h.uri for h in kvm.hosts] == [kvm.uri]
     (tx,), (tk,) = xen.terminals, kvm.terminals
     t_diff = {f.name for f in dataclasses.fields(tx) if getattr(tx, f.name) != getattr(tk, f.name)}
     assert t_diff == {"mac", "nic_model", "cmdline"}

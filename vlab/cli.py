@@ -112,10 +112,13 @@ def _print_report(rep: dict[str, Any]) -> None:
         pid = rep.get("nfs_server_pid")
         print(f"  network: {rep.get('network') or 'down'}, "
               f"NFS server: {f'pid {pid}' if pid else 'down'}")
+    for name, why in rep.get("unreachable", {}).items():
+        print(f"  host {name}: does not answer ({why})")
     for t in rep["terminals"]:
         verdict = t["verdict"] or "-"
         secs = f" in {t['seconds']} s" if t["seconds"] is not None else ""
-        print(f"  {t['name']:<10} {t['mac']}  {t['ip']:<15} {t['state']:<8} {verdict}{secs}")
+        print(f"  {t['name']:<10} {t.get('host', 'local'):<8} {t['mac']}  {t['ip']:<15} "
+              f"{t['state']:<8} {verdict}{secs}")
         if t["proof"]:
             p = t["proof"]
             print(f"      proof: {p['server']}:{p['export']} {p['fstype']} {p['options']}")
@@ -211,8 +214,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         t = _terminal(args, plan)
         from vlab import virt
 
-        print(f"Connected to {t.domain}; leave with Ctrl-]", file=sys.stderr)
-        virt.attach_console(plan.uri, t.domain)
+        virt.register_events()
+        conn = lab.connect_host(plan, plan.host(t.host))
+        print(f"Connected to {t.domain} on {t.host}; leave with Ctrl-]", file=sys.stderr)
+        virt.attach_console(conn, t.domain)
         return EXIT_OK
     raise AssertionError(args.command)
 

@@ -28,16 +28,35 @@ from vlab import (
     procs,
     progress,
     render,
+    ship,
     sshkeys,
     state,
     tftp,
     virt,
 )
 from vlab import pxe as pxe_site
-from vlab.errors import ScenarioError
-from vlab.plan import NETNS, Dirs, LabPlan, TerminalPlan, make_plan, pinned_mac
-from vlab.scenario import Hypervisor, InitrdBuilder, KernelSource, RootSource, Scenario
-from vlab.watch import OK, READY_BUSYBOX, READY_SYSTEMD, STALLED, Verdict, watch
+from vlab.errors import HostError, ScenarioError, VirtError
+from vlab.plan import (
+    NETNS,
+    Dirs,
+    HostPlan,
+    LabPlan,
+    Placement,
+    TerminalPlan,
+    make_plan,
+    pinned_mac,
+    place,
+)
+from vlab.scenario import LOCAL, Hypervisor, InitrdBuilder, KernelSource, RootSource, Scenario
+from vlab.watch import (
+    OK,
+    READY_BUSYBOX,
+    READY_SYSTEMD,
+    STALLED,
+    Verdict,
+    address_from_console,
+    watch,
+)
 
 Say = Callable[[str], None]
 HOST_FILE = "host.json"
@@ -56,24 +75,33 @@ def stderr_progress() -> Say:
 # ---- up -------------------------------------------------------------------------------------
 
 
-def plan_for(sc: Scenario, dirs: Dirs) -> LabPlan:
-    """The lab's plan on this machine: its recorded lease, or one clear of the other labs'."""
+def plan_for(sc: Scenario, dirs: Dirs, placement: Placement | None = None) -> LabPlan:
+    """The lab's plan on this machine: its recorded lease and placement, or a lease clear of
+    the other labs'."""
     lab_dir = dirs.state / "labs" / sc.lab.name
+    recorded = state.load(lab_dir).get("placement")
     return make_plan(sc, dirs, state.taken(dirs.state, sc.lab.name),
-                     state.recorded_attempt(lab_dir))
+                     state.recorded_attempt(lab_dir),
+                     placement or (recorded if isinstance(recorded, dict) else None))
 
 
 def claim(sc: Scenario, dirs: Dirs) -> LabPlan:
     """The plan of a lab about to be built; its lease is recorded before anything is made."""
-    preflight(sc)  # bad input: nothing created, not even the lease
+    free = preflight(sc)  # bad input: nothing created, not even the lease
+    lab_dir = dirs.state / "labs" / sc.lab.name
+    recorded = state.load(lab_dir).get("placement")
+    # A lab that is up keeps its terminals where they are.
+    placement = recorded if isinstance(recorded, dict) else place(sc, free)
     with state.machine_locked(dirs.state):
-        plan = plan_for(sc, dirs)
-        state.update(plan.lab_dir, scenario=str(plan.scenario), lease=state.lease_of(plan))
+        plan = plan_for(sc, dirs, placement)
+        state.update(plan.lab_dir, scenario=str(plan.scenario), lease=state.lease_of(plan),
+                     placement={t.name: t.host for t in plan.terminals})
     return replace(plan, ssh_key=sshkeys.lab_key(plan.lab_dir / "ssh"))
 
 
-def preflight(sc: Scenario) -> None:
-    """Checks that need the outside world, done before anything is created (exit 2)."""
+def preflight(sc: Scenario) -> dict[str, int]:
+    """Checks that need the outside world, done before anything is created (exit 2); returns
+    the free memory of each host, for placing terminals."""
     uri = sc.lab.uri
     if re.match(r"^\w+(\+\w+)?://[^/]", uri):  # a remote host the scenario names
         why = virt.refuses(uri)
@@ -81,6 +109,44 @@ def preflight(sc: Scenario) -> None:
             raise ScenarioError(sc.path, "lab.uri", f"{uri!r} does not answer ({why})",
                                 "check that the host is up and libvirtd listens there, or leave "
                                 "uri out to use this machine")
+    if not sc.libvirt_hosts:
+        return {}
+    free = {LOCAL: labhost.free_memory_mib()}
+    for i, h in enumerate(sc.libvirt_hosts):
+        if h.netns is not None and not labhost.netns_exists(h.netns):
+            raise ScenarioError(sc.path, f"libvirt_host[{i}].netns", f"{h.netns!r}: no such "
+                                "network namespace", "create it, or leave netns out")
+        ship_session(h.name, h.uri, h.netns).close()  # its SSH host key is known
+        try:
+            conn = connect_uri(h.uri, h.netns)
+        except VirtError as err:
+            raise ScenarioError(sc.path, f"libvirt_host[{i}].uri", f"{h.uri!r} does not "
+                                f"answer ({err.detail})", "check that libvirtd runs there and "
+                                "that this user may use it over SSH") from None
+        try:
+            free[h.name] = virt.free_memory_mib(conn)
+            if h.network is not None and not virt.network_active(conn, h.network):
+                raise ScenarioError(sc.path, f"libvirt_host[{i}].network", f"{h.network!r} is "
+                                    f"not an active libvirt network on {h.name}",
+                                    f"start it there (virsh -c {h.uri} net-start {h.network}), "
+                                    "or name one that virsh net-list shows")
+        finally:
+            conn.close()
+    return free
+
+
+def ship_session(name: str, uri: str, netns: str | None) -> ship.Host:
+    """An SSH session to a hypervisor host, its host key checked against known_hosts."""
+    return ship.Host(name, uri, lambda address, port: labhost.connect_tcp(netns, address, port))
+
+
+def connect_host(plan: LabPlan, h: HostPlan) -> virt.Conn:
+    return connect_uri(h.uri, h.netns)
+
+
+def connect_uri(uri: str, netns: str | None) -> virt.Conn:
+    """A libvirt connection; to a host reached from a namespace, opened from inside it."""
+    return labhost.in_netns(netns, lambda: virt.connect(uri))
 
 
 def up(scenario: Scenario, plan: LabPlan, dirs: Dirs, say: Say) -> dict[str, Any]:
@@ -90,20 +156,21 @@ def up(scenario: Scenario, plan: LabPlan, dirs: Dirs, say: Say) -> dict[str, Any
         build_nfs_root(plan, say)
         k, img = build_boot_files(plan, dirs, say)
         netns = start_lab_host(plan, dirs, say)
-        conn = virt.connect(plan.uri)
-        if all(virt.domain_state(conn, t.domain) == "running" for t in plan.terminals):
+        conns = {h.name: connect_host(plan, h) for h in plan.hosts}
+        if all(virt.domain_state(conns[t.host], t.domain) == "running" for t in plan.terminals):
             say(f"lab {plan.lab} is already up: nothing changed")
-            return report(plan, conn)
+            return report(plan, conns)
         tftp_root = write_lab_tftp_tree(scenario, plan, k, img, say)
         export_nfs_root(plan, dirs, netns, say)  # starts while the network is defined
-        define_network(plan, conn, netns, say, tftp_root)
+        define_network(plan, conns[LOCAL], netns, say, tftp_root)
+        ship_boot_files(plan, say)
         wait_for_nfs_server(plan, say)
-        started = boot_terminals(plan, conn, say)
+        started = boot_terminals(plan, conns, say)
         verdicts = watch_consoles(plan, started, say)
         checks = run_checks(scenario, plan, verdicts, say)
         state.update(plan.lab_dir, status="up")
         save_results(plan, started, verdicts, checks)
-        return report(plan, conn)
+        return report(plan, conns)
 
 
 def build_nfs_root(plan: LabPlan, say: Say) -> None:
@@ -198,6 +265,24 @@ def export_nfs_root(plan: LabPlan, dirs: Dirs, netns: str | None, say: Say) -> N
     nfsserver.start(plan, netns, dirs.state / RPCBIND_PID)
 
 
+def ship_boot_files(plan: LabPlan, say: Say) -> None:
+    """The kernel and initrd to every other host that runs a terminal (direct kernel boot
+    reads them there); what is already there with the right checksum stays."""
+    for h in plan.hosts:
+        if not h.remote or not plan.on(h):
+            continue
+        state.update(plan.lab_dir, shipped=sorted({*state.load(plan.lab_dir).get(
+            "shipped", []), h.name}))
+        t0 = time.monotonic()
+        with ship_session(h.name, h.uri, h.netns) as session:
+            done = session.ship({plan.kernel_path: str(h.kernel_path),
+                                 plan.initrd_path: str(h.initrd_path)})
+        say(f"host {h.name}: " + (f"shipped {len(done.moved)} file(s), "
+            f"{done.bytes / 2**20:.1f} MiB, to {h.files_dir} in {time.monotonic() - t0:.1f} s"
+            if done.moved else f"kernel and initrd already in {h.files_dir}")
+            + (f" ({len(done.kept)} kept)" if done.moved and done.kept else ""))
+
+
 def wait_for_nfs_server(plan: LabPlan, say: Say) -> None:
     """The guests boot only once the NFS server listens: they never wait for it."""
     pid = nfsserver.wait_ready(plan)
@@ -205,18 +290,28 @@ def wait_for_nfs_server(plan: LabPlan, say: Say) -> None:
         f"on {plan.gateway}:{plan.nfs_port}")
 
 
-def boot_terminals(plan: LabPlan, conn: virt.Conn, say: Say) -> dict[TerminalPlan, float]:
-    state.update(plan.lab_dir, domains=[t.domain for t in plan.terminals])
+def boot_terminals(plan: LabPlan, conns: dict[str, virt.Conn],
+                   say: Say) -> dict[TerminalPlan, float]:
+    state.update(plan.lab_dir, domains=[t.domain for t in plan.terminals],
+                 hosts={t.domain: t.host for t in plan.terminals})
     xml = {t: render.domain_xml(plan, t) for t in plan.terminals}
     started: dict[TerminalPlan, float] = {}
 
     def boot(t: TerminalPlan) -> None:
+        conn = conns[t.host]
         t.console_log.parent.mkdir(parents=True, exist_ok=True)
         t.console_log.unlink(missing_ok=True)
         virt.destroy_domain(conn, t.domain)
-        started[t] = time.monotonic()
-        virt.start_domain(conn, xml[t])
-        say(f"boot {t.name}: {t.domain}, MAC {t.mac}, IP {t.ip}")
+        if t.host == LOCAL:
+            started[t] = time.monotonic()
+            virt.start_domain(conn, xml[t])
+        else:  # its console comes over libvirt: open it before the guest runs
+            virt.start_domain(conn, xml[t], paused=True)
+            virt.relay_console(conn, t.domain, t.console_log)
+            started[t] = time.monotonic()
+            virt.resume_domain(conn, t.domain)
+        say(f"boot {t.name}: {t.domain} on {t.host}, MAC {t.mac}"
+            + (f", IP {t.ip}" if t.ip else ", IP from its network's DHCP"))
 
     with ThreadPoolExecutor(max_workers=min(8, len(plan.terminals))) as pool:
         list(pool.map(boot, plan.terminals))  # list(): re-raise the first failure here
@@ -301,17 +396,33 @@ def run_checks(sc: Scenario, plan: LabPlan, verdicts: dict[TerminalPlan, Verdict
 
 def ssh_session(plan: LabPlan, t: TerminalPlan) -> sshkeys.Session:
     """Logged in as root on a terminal, its host key pinned from its own console."""
-    host = labhost.status(plan.netns)
-    running = host.mode != "down" and virt.domain_state(virt.connect(plan.uri),
-                                                         t.domain) == "running"
+    if t.host == LOCAL:
+        host = labhost.status(plan.netns)
+        netns = host.netns
+        running = host.mode != "down" and virt.domain_state(virt.connect(plan.uri),
+                                                             t.domain) == "running"
+    else:
+        h = plan.host(t.host)
+        netns = h.netns
+        running = virt.domain_state(connect_host(plan, h), t.domain) == "running"
     if not running:
         raise sshkeys.SshError(f"{t.name} is not running; fix: vlab up {plan.scenario}")
     key = sshkeys.host_key_from_console(t.console_log)
     if key is None:
         raise sshkeys.SshError(f"{t.name} printed no SSH host key on its console; fix: is it "
                                "up (vlab status)? vlab sets up SSH in the busybox and debian roots")
-    sock = labhost.connect_tcp(host.netns, t.ip, 22)
-    return sshkeys.connect(sock, t.ip, key, plan.lab_dir / "ssh", t.name)
+    ip = t.ip or terminal_address(t)
+    if not ip:
+        raise sshkeys.SshError(f"{t.name} runs on host {t.host}, whose network gave it an "
+                               "address vlab did not see on its console; fix: vlab console "
+                               f"{plan.scenario} {t.name}")
+    sock = labhost.connect_tcp(netns, ip, 22)
+    return sshkeys.connect(sock, ip, key, plan.lab_dir / "ssh", t.name)
+
+
+def terminal_address(t: TerminalPlan) -> str | None:
+    """The address a terminal on another host got from its network, as its initrd said."""
+    return None if t.host == LOCAL else address_from_console(t.console_log)
 
 
 def ready_line(plan: LabPlan) -> re.Pattern[str] | None:
@@ -327,17 +438,22 @@ def ready_line(plan: LabPlan) -> re.Pattern[str] | None:
 # ---- status ---------------------------------------------------------------------------------
 
 
-def report(plan: LabPlan, conn: virt.Conn | None) -> dict[str, Any]:
+def report(plan: LabPlan, conns: dict[str, virt.Conn | None]) -> dict[str, Any]:
+    """The lab's terminals: where they run, their state there, their last verdict. A host
+    missing from conns is down (the local one) or does not answer (another one)."""
     results = state.load(plan.lab_dir, state.RESULTS)
     terminals = []
     for t in plan.terminals:
         r = results.get(t.name, {})
+        conn = conns.get(t.host)
         terminals.append({
             "name": t.name,
+            "host": t.host,
             "domain": t.domain,
             "mac": t.mac,
-            "ip": t.ip,
-            "state": virt.domain_state(conn, t.domain) if conn is not None else "absent",
+            "ip": t.ip or terminal_address(t) or "",
+            "state": virt.domain_state(conn, t.domain) if conn is not None else (
+                "absent" if t.host == LOCAL else "unknown"),
             "verdict": r.get("name"),
             "seconds": r.get("seconds"),
             "booted_at": r.get("booted_at"),
@@ -352,10 +468,21 @@ def report(plan: LabPlan, conn: virt.Conn | None) -> dict[str, Any]:
 def status(plan: LabPlan) -> dict[str, Any]:
     host = labhost.status(plan.netns)
     conn = virt.connect(plan.uri) if host.mode != "down" else None
-    out = report(plan, conn)
+    conns: dict[str, virt.Conn | None] = {LOCAL: conn}
+    unreachable = {}
+    for h in plan.hosts[1:]:
+        if not plan.on(h):
+            continue
+        try:
+            conns[h.name] = connect_host(plan, h)
+        except VirtError as err:
+            unreachable[h.name] = err.detail
+    out = report(plan, conns)
     out["host"] = host.describe()
     out["network"] = plan.network if conn and virt.network_active(conn, plan.network) else None
     out["nfs_server_pid"] = nfsserver.pid(plan)
+    if unreachable:
+        out["unreachable"] = unreachable
     return out
 
 
@@ -371,10 +498,13 @@ def down(plan: LabPlan, dirs: Dirs, say: Say) -> None:
     """Remove everything the lab created; safe to run any number of times."""
     with state.locked(plan.lab_dir, plan.lab):
         recorded = state.load(plan.lab_dir)
+        on_host = {**{t.domain: t.host for t in plan.terminals}, **recorded.get("hosts", {})}
+        left = down_other_hosts(plan, on_host, recorded.get("shipped", []), say)
         host = labhost.status(plan.netns)
         if host.mode != "down":
             conn = virt.connect(plan.uri)
-            domains = sorted({*recorded.get("domains", []), *(t.domain for t in plan.terminals)})
+            domains = sorted(d for d in {*recorded.get("domains", []), *on_host}
+                             if on_host.get(d, LOCAL) == LOCAL)
             # libvirt waits for each QEMU to exit: destroy them side by side.
             with ThreadPoolExecutor(max_workers=min(8, len(domains))) as pool:
                 gone = list(pool.map(lambda name: virt.destroy_domain(conn, name), domains))
@@ -400,8 +530,42 @@ def down(plan: LabPlan, dirs: Dirs, say: Say) -> None:
         (plan.lab_dir / "exports").unlink(missing_ok=True)
         for path in cache.sweep(dirs.cache):
             say(f"removed {path} (half-built by a vlab that was killed)")
+        if left:  # the lab stays recorded until its other hosts are clean too
+            state.save(plan.lab_dir, {k: v for k, v in recorded.items()
+                                      if k in ("scenario", "lease", "placement")}
+                       | {"status": "down-incomplete", "hosts": {
+                           d: h for d, h in on_host.items() if h in left},
+                          "shipped": sorted(left)})
+            raise HostError("; ".join(f"host {h} does not answer ({why}); left there: {what}"
+                                      for h, (why, what) in sorted(left.items()))
+                            + f"; fix: run vlab down {plan.scenario} again once it answers")
         state.remove(plan.lab_dir)
         stop_host_if_unused(plan, dirs, say)
+
+
+def down_other_hosts(plan: LabPlan, on_host: dict[str, str], shipped: list[str],
+                     say: Say) -> dict[str, tuple[str, str]]:
+    """Destroy the lab's domains on its other hosts and remove the files shipped there.
+    Returns what is left on each host that did not answer: (why, what)."""
+    left: dict[str, tuple[str, str]] = {}
+    for h in plan.hosts[1:]:
+        domains = sorted(d for d, name in on_host.items() if name == h.name)
+        if not domains and h.name not in shipped:
+            continue
+        try:
+            conn = connect_host(plan, h)
+            for name in domains:
+                if virt.destroy_domain(conn, name):
+                    say(f"destroyed domain {name} on {h.name}")
+            conn.close()
+            with ship_session(h.name, h.uri, h.netns) as session:
+                if session.remove_tree(str(h.files_dir)):
+                    say(f"removed {h.files_dir} on {h.name}")
+        except (VirtError, ship.ShipError) as err:
+            what = ", ".join([*(f"domain {d}" for d in domains), f"folder {h.files_dir}"])
+            say(f"host {h.name} does not answer: left there: {what}")
+            left[h.name] = (str(getattr(err, "detail", err)), what)
+    return left
 
 
 def stop_host_if_unused(plan: LabPlan, dirs: Dirs, say: Say) -> None:
@@ -494,10 +658,10 @@ def pxe_check(scenario: Scenario, plan: LabPlan, dirs: Dirs, tftp_root: Path,
         virt.start_network(conn, plan.network, render.network_xml(plan, tftp_root, twin_plans))
         wait_for_nfs_server(plan, say)
         pxe_plan = replace(plan, terminals=twin_plans)
-        started = boot_terminals(pxe_plan, conn, say)
+        started = boot_terminals(pxe_plan, {LOCAL: conn}, say)
         verdicts = watch_consoles(pxe_plan, started, say)
         save_results(plan, started, verdicts)
-        rep = report(pxe_plan, conn)
+        rep = report(pxe_plan, {LOCAL: conn})
     down(pxe_plan, dirs, say)
     return rep
 

@@ -14,8 +14,10 @@ import socket
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from vlab import procs, run
 from vlab.errors import HostError, MissingTool
@@ -57,14 +59,18 @@ def libvirtd_answers() -> bool:
 CLONE_NEWNET = 0x40000000
 
 
-def connect_tcp(netns: str | None, ip: str, port: int, timeout: float = 10) -> socket.socket:
-    """A TCP connection made from inside the lab host's namespace, where the terminals are.
+R = TypeVar("R")
 
-    A thread enters the namespace (setns is per thread) and opens the socket there; the
-    socket stays in that namespace after the thread is gone, and vlab stays in its own."""
+
+def in_netns(netns: str | None, action: Callable[[], R]) -> R:
+    """Run action in a thread that entered a network namespace (setns is per thread).
+
+    What it opens there stays there: a socket keeps its namespace, and a program it starts
+    (libvirt's ssh for a qemu+ssh:// URI) runs in it; vlab itself stays in its own."""
     if netns is None:
-        return socket.create_connection((ip, port), timeout=timeout)
-    result: list[socket.socket | BaseException] = []
+        return action()
+    result: list[R] = []
+    failure: list[BaseException] = []
 
     def inside() -> None:
         try:
@@ -72,16 +78,21 @@ def connect_tcp(netns: str | None, ip: str, port: int, timeout: float = 10) -> s
             with open(NETNS_DIR / netns) as ns:
                 if libc.setns(ns.fileno(), CLONE_NEWNET) != 0:
                     raise OSError(ctypes.get_errno(), f"setns into {netns}")
-            result.append(socket.create_connection((ip, port), timeout=timeout))
+            result.append(action())
         except BaseException as err:  # handed to the caller's thread
-            result.append(err)
+            failure.append(err)
 
     worker = threading.Thread(target=inside)
     worker.start()
     worker.join()
-    if isinstance(result[0], BaseException):
-        raise result[0]
+    if failure:
+        raise failure[0]
     return result[0]
+
+
+def connect_tcp(netns: str | None, ip: str, port: int, timeout: float = 10) -> socket.socket:
+    """A TCP connection made from inside a namespace: the lab host's, where the terminals are."""
+    return in_netns(netns, lambda: socket.create_connection((ip, port), timeout=timeout))
 
 
 def netns_exists(netns: str) -> bool:
@@ -172,3 +183,11 @@ def stop(netns: str) -> None:
             procs.stop(pid)
     if netns_exists(netns):
         run.run(["ip", "netns", "del", netns])
+
+
+def free_memory_mib() -> int:
+    """This machine's free memory, as libvirt reports a host's (MemFree), for placement."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemFree:"):
+            return int(line.split()[1]) // 1024
+    return 0

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from vlab.errors import ScenarioError
 from vlab.scenario import (
+    LOCAL,
     MAC_PREFIX,
     AfterBoot,
     HostMode,
@@ -88,6 +89,26 @@ class TerminalPlan:
     cmdline: str
     console_log: Path
     boot: str = "kernel"  # "kernel": direct kernel boot; "pxe": the NIC's PXE ROM
+    host: str = LOCAL  # the hypervisor host it runs on
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    """A hypervisor host of the lab: the lab's own (local), or one of its [[libvirt_host]]s."""
+
+    name: str
+    uri: str
+    netns: str | None  # vlab reaches a remote host from inside this namespace
+    network: str  # the libvirt network its terminals join (or "")
+    bridge: str  # ...or the bridge (or "")
+    kernel_path: Path  # the boot files as that host's QEMU reads them
+    initrd_path: Path
+    files_dir: Path  # remote: the lab's folder of shipped files there
+    capacity: int | None = None
+
+    @property
+    def remote(self) -> bool:
+        return self.name != LOCAL
 
 
 @dataclass(frozen=True)
@@ -130,12 +151,20 @@ class LabPlan:
     timeout: int
     stall: int
     terminals: tuple[TerminalPlan, ...]
+    hosts: tuple[HostPlan, ...]  # the local host first
+    nfs_clients: tuple[ipaddress.IPv4Network, ...]  # the subnets its NFS server admits
     # The lab's SSH public key (base64 of an ssh-ed25519 blob), given to the terminals on
     # their command line; made by sshkeys.py when the lab is built, empty in a pure plan.
     ssh_key: str = ""
 
     def terminal(self, name: str) -> TerminalPlan | None:
         return next((t for t in self.terminals if t.name == name), None)
+
+    def host(self, name: str) -> HostPlan:
+        return next(h for h in self.hosts if h.name == name)
+
+    def on(self, host: HostPlan) -> tuple[TerminalPlan, ...]:
+        return tuple(t for t in self.terminals if t.host == host.name)
 
 
 def _digest(*parts: str) -> bytes:
@@ -201,8 +230,36 @@ def _lease(lab: Lab, path: Path, taken: Taken, attempt: int | None) -> Lease:
                         "take some labs down (vlab down) first")
 
 
+Placement = dict[str, str]  # terminal -> host
+
+
+def place(scenario: Scenario, free_mib: dict[str, int] | None = None) -> Placement:
+    """Which host each terminal runs on: where the scenario says, else the host with the most
+    free memory (as its libvirt reports it, less what this lab already put there), never over
+    a host's capacity. Without free-memory figures (render, status) every host counts equal."""
+    hosts = [LOCAL, *(h.name for h in scenario.libvirt_hosts)]
+    capacity = {h.name: h.capacity for h in scenario.libvirt_hosts}
+    free = {h: (free_mib or {}).get(h, 0) for h in hosts}
+    count = dict.fromkeys(hosts, 0)
+    placement: Placement = {}
+    for t in scenario.terminals:
+        if t.host is not None:
+            placement[t.name] = t.host
+            free[t.host] -= t.memory
+            count[t.host] += 1
+    for t in scenario.terminals:
+        if t.host is not None:
+            continue
+        room = [h for h in hosts if capacity.get(h) is None or count[h] < (capacity[h] or 0)]
+        best = max(room, key=lambda h: (free[h], -hosts.index(h)))
+        placement[t.name] = best
+        free[best] -= t.memory
+        count[best] += 1
+    return placement
+
+
 def make_plan(scenario: Scenario, dirs: Dirs, taken: Taken = Taken(),
-              attempt: int | None = None) -> LabPlan:
+              attempt: int | None = None, placement: Placement | None = None) -> LabPlan:
     lab = scenario.lab
     attempt, subnet, nfs_port, bridge = _lease(lab, scenario.path, taken, attempt)
     hosts = list(subnet.hosts())
@@ -229,9 +286,12 @@ def make_plan(scenario: Scenario, dirs: Dirs, taken: Taken = Taken(),
         # Every port given, so the terminal never needs to ask rpcbind.
         nfs_options += f",mountport={mount_port},mountproto=tcp,nolock"
     macs = _macs(scenario, taken.macs)
+    placement = placement or place(scenario)
+    servers = {h.name: str(h.nfs_server) for h in scenario.libvirt_hosts}
     terminals = []
     for i, t in enumerate(scenario.terminals):
-        server, path = root_target(t.root, gateway, str(export_path))
+        on = placement.get(t.name, LOCAL)
+        server, path = root_target(t.root, servers.get(on, gateway), str(export_path))
         dhcp_root = None
         if lab.root_via is RootVia.DHCP:
             dhcp_root = t.dhcp_root_path or dhcp_root_path(builder, lab.nfs_version, server,
@@ -244,7 +304,8 @@ def make_plan(scenario: Scenario, dirs: Dirs, taken: Taken = Taken(),
             domain=f"vlab-{lab.name}-{t.name}",
             nic_model=NIC_MODELS[t.nic],
             mac=macs[t.name],
-            ip=str(hosts[FIRST_TERMINAL_HOST - 1 + i]),
+            # Another host's terminals take an address from its network's DHCP.
+            ip=str(hosts[FIRST_TERMINAL_HOST - 1 + i]) if on == LOCAL else "",
             memory_mib=t.memory,
             vcpus=t.vcpus,
             root_server=server,
@@ -253,7 +314,18 @@ def make_plan(scenario: Scenario, dirs: Dirs, taken: Taken = Taken(),
             cmdline=words,
             console_log=lab_dir / "console" / f"{t.name}.log",
             boot=t.boot.value,
+            host=on,
         ))
+    kernel_path, initrd_path = lab_dir / "boot" / "vmlinuz", lab_dir / "boot" / "initrd.img"
+    host_plans = [HostPlan(name=LOCAL, uri=lab.uri, netns=None, network=f"vlab-{lab.name}",
+                           bridge="", kernel_path=kernel_path, initrd_path=initrd_path,
+                           files_dir=kernel_path.parent)]
+    for h in scenario.libvirt_hosts:
+        files = Path(h.files) / lab.name
+        host_plans.append(HostPlan(
+            name=h.name, uri=h.uri, netns=h.netns, network=h.network or "",
+            bridge=h.bridge or "", kernel_path=files / "vmlinuz",
+            initrd_path=files / "initrd.img", files_dir=files, capacity=h.capacity))
     return LabPlan(
         lab=lab.name,
         scenario=scenario.path,
@@ -277,8 +349,8 @@ def make_plan(scenario: Scenario, dirs: Dirs, taken: Taken = Taken(),
         nfs_options=nfs_options,
         export_path=export_path,
         lab_dir=lab_dir,
-        kernel_path=lab_dir / "boot" / "vmlinuz",
-        initrd_path=lab_dir / "boot" / "initrd.img",
+        kernel_path=kernel_path,
+        initrd_path=initrd_path,
         nfs_server_dir=lab_dir / "nfs",
         tftp_root=lab_dir / "tftp",
         root_source=root.source,
@@ -295,6 +367,9 @@ def make_plan(scenario: Scenario, dirs: Dirs, taken: Taken = Taken(),
         timeout=lab.timeout,
         stall=lab.stall,
         terminals=tuple(terminals),
+        hosts=tuple(host_plans),
+        nfs_clients=(subnet, *sorted({h.clients for h in scenario.libvirt_hosts if h.clients},
+                                     key=str)),
     )
 
 

@@ -51,7 +51,7 @@ def static(name: str) -> str:
 
 def domain_xml(plan: LabPlan, terminal: TerminalPlan) -> str:
     name = "domain-xen.xml.j2" if plan.domain_type == "xen" else "domain.xml.j2"
-    xml = template(name, plan=plan, t=terminal, ns=METADATA_NS)
+    xml = template(name, plan=plan, t=terminal, host=plan.host(terminal.host), ns=METADATA_NS)
     validate(xml, "domain")
     return xml
 

@@ -137,6 +137,7 @@ class Terminal:
     root: str | None
     dhcp_root_path: str | None
     cmdline: str
+    host: str | None = None  # a [[libvirt_host]] name or "local"; None: placed by vlab
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,25 @@ class Host:
     ip: ipaddress.IPv4Address | None
     root: str | None
     cmdline: str
+
+
+@dataclass(frozen=True)
+class LibvirtHost:
+    """Another hypervisor host the lab's terminals may run on, reached through libvirt."""
+
+    name: str
+    uri: str  # qemu+ssh://[user@]host[:port]/system[?keyfile=...]
+    capacity: int | None  # at most this many of the lab's terminals
+    network: str | None  # an existing libvirt network there that its terminals join...
+    bridge: str | None  # ...or an existing bridge
+    nfs_server: ipaddress.IPv4Address  # the NFS server address as its terminals reach it
+    clients: ipaddress.IPv4Network | None  # what the lab's NFS server admits from there
+    netns: str | None  # vlab reaches it from inside this network namespace
+    files: str  # where vlab ships the kernel and initrd there
+
+
+LOCAL = "local"  # the lab's own host: [lab] uri, with the network and NFS server vlab makes
+SHIP_DIR = "/var/cache/vlab/shipped"
 
 
 @dataclass(frozen=True)
@@ -168,6 +188,7 @@ class Scenario:
     terminals: tuple[Terminal, ...]
     pxe: Pxe
     checks: tuple[Check, ...] = ()
+    libvirt_hosts: tuple[LibvirtHost, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -276,7 +297,7 @@ def load(path: Path) -> Scenario:
 
 def parse(path: Path, data: Mapping[str, Any]) -> Scenario:
     top = _Table(path, "", data, ("lab", "root", "kernel", "initrd", "terminal", "pxe", "host",
-                                  "check"))
+                                  "check", "libvirt_host"))
     root = _root(_Table(path, "root", _sub(top, "root", {}), _ROOT_KEYS))
     initrd_t = _Table(path, "initrd", _sub(top, "initrd", {}), ("builder", "nic_drivers"))
     initrd = Initrd(
@@ -290,8 +311,110 @@ def parse(path: Path, data: Mapping[str, Any]) -> Scenario:
     terminals = _terminals(path, top, initrd.nic_drivers, lab.hypervisor,
                            required=not pxe.hosts)
     checks = _checks(path, top, root)
+    hosts = _libvirt_hosts(path, top, lab)
+    _check_placement(path, terminals, hosts)
     return Scenario(path=path, lab=lab, root=root, kernel=kernel, initrd=initrd,
-                    terminals=terminals, pxe=pxe, checks=checks)
+                    terminals=terminals, pxe=pxe, checks=checks, libvirt_hosts=hosts)
+
+
+_LIBVIRT_HOST_KEYS = ("name", "uri", "capacity", "network", "bridge", "nfs_server", "clients",
+                      "netns", "files")
+SSH_URI_RE = re.compile(r"^qemu\+ssh://([^@/?\s]+@)?([A-Za-z0-9.-]+|\[[0-9a-fA-F:]+\])(:\d+)?"
+                        r"/system(\?\S*)?$")
+
+
+def _libvirt_hosts(path: Path, top: _Table, lab: Lab) -> tuple[LibvirtHost, ...]:
+    raw = top.data.get("libvirt_host", [])
+    if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
+        raise ScenarioError(path, "libvirt_host", "must be an array of tables",
+                            'write each hypervisor host as a [[libvirt_host]] table')
+    if raw and lab.hypervisor is Hypervisor.XEN:
+        raise ScenarioError(path, "libvirt_host", "several hosts are for QEMU/KVM labs",
+                            "remove the [[libvirt_host]] tables, or use hypervisor = \"qemu\"")
+    if raw and lab.root_via is RootVia.DHCP:
+        raise ScenarioError(path, "lab.root_via", '"dhcp" hands out the root from the lab\'s '
+                            "own DHCP server, which terminals on other hosts do not reach",
+                            'use root_via = "cmdline" with [[libvirt_host]] tables')
+    hosts: list[LibvirtHost] = []
+    names: dict[str, int] = {}
+    for i, item in enumerate(raw):
+        t = _Table(path, f"libvirt_host[{i}]", item, _LIBVIRT_HOST_KEYS)
+        name = t.name("name", t.get("name", str))
+        if name == LOCAL or name in names:
+            raise t.error("name", f"{name!r} is also the name of " + (
+                "the lab's own host" if name == LOCAL else f"libvirt_host[{names[name]}]"),
+                "give every host its own name")
+        names[name] = i
+        uri = t.get("uri", str)
+        if not SSH_URI_RE.match(uri):
+            raise t.error("uri", f"{uri!r} is not a qemu+ssh:// URI of another host",
+                          "write it like \"qemu+ssh://root@host.example/system\" (vlab ships the "
+                          "kernel and initrd over the same SSH; the lab's own host is [lab] uri)")
+        network = t.get("network", str, "") or None
+        bridge = t.get("bridge", str, "") or None
+        if (network is None) == (bridge is None):
+            raise t.error("network" if network is None else "bridge",
+                          "name either a libvirt network or a bridge there, not " + (
+                              "neither" if network is None else "both"),
+                          'add network = "default" (a libvirt network on that host) or bridge = '
+                          '"br0" (a bridge there on the terminals\' LAN)')
+        for key, value in (("network", network), ("bridge", bridge)):
+            if value is not None and not re.match(r"^[A-Za-z0-9_.-]{1,64}$", value):
+                raise t.error(key, f"{value!r} is not a libvirt network or bridge name",
+                              "give the name as virsh net-list or ip link shows it")
+        if "nfs_server" not in t.data:
+            raise t.error("nfs_server", "is missing", "add the address at which its terminals "
+                          'reach the NFS server, e.g. nfs_server = "10.0.0.1"')
+        nfs_server = _ip(t, "nfs_server")
+        assert nfs_server is not None
+        clients = None
+        if "clients" in t.data:
+            text = t.get("clients", str)
+            try:
+                clients = ipaddress.IPv4Network(text)
+            except ValueError:
+                raise t.error("clients", f"{text!r} is not an IPv4 network",
+                              'give the subnet its terminals\' addresses come from, e.g. '
+                              '"10.0.1.0/24"') from None
+        netns = t.get("netns", str, "") or None
+        if netns is not None and not re.match(r"^[A-Za-z0-9_.-]{1,64}$", netns):
+            raise t.error("netns", f"{netns!r} is not a network namespace name",
+                          "give a name as ip netns list shows it, or leave netns out")
+        files = t.get("files", str, SHIP_DIR)
+        if not re.match(r"^/[A-Za-z0-9._/-]+$", files) or ".." in files.split("/"):
+            raise t.error("files", f"{files!r} is not an absolute folder path",
+                          f'give a folder vlab owns there, e.g. "{SHIP_DIR}"')
+        hosts.append(LibvirtHost(
+            name=name, uri=uri, network=network, bridge=bridge, nfs_server=nfs_server,
+            capacity=t.int_in("capacity", 1000, 1, 1000) if "capacity" in t.data else None,
+            clients=clients, netns=netns, files=files.rstrip("/") or "/"))
+    return tuple(hosts)
+
+
+def _check_placement(path: Path, terminals: tuple[Terminal, ...],
+                     hosts: tuple[LibvirtHost, ...]) -> None:
+    known = {LOCAL, *(h.name for h in hosts)}
+    placed: dict[str, int] = {}
+    for i, t in enumerate(terminals):
+        if t.host is None:
+            continue
+        key = f"terminal[{i}].host"
+        if t.host not in known:
+            close = difflib.get_close_matches(t.host, sorted(known), n=1)
+            raise ScenarioError(path, key, f"{t.host!r} is not a host of this lab",
+                                f"did you mean '{close[0]}'?" if close else "use one of "
+                                + ", ".join(f'"{k}"' for k in sorted(known))
+                                + " ([[libvirt_host]] names, or the lab's own)")
+        if t.host != LOCAL and t.boot is Boot.PXE:
+            raise ScenarioError(path, key, f"{t.host!r}: a PXE terminal boots from the lab's "
+                                "own network (its TFTP tree)", 'leave host out, or use boot = '
+                                '"kernel"')
+        placed[t.host] = placed.get(t.host, 0) + 1
+    for h in hosts:
+        if h.capacity is not None and placed.get(h.name, 0) > h.capacity:
+            raise ScenarioError(path, "terminal", f"{placed[h.name]} terminals name host "
+                                f"{h.name!r}, whose capacity is {h.capacity}",
+                                "raise libvirt_host capacity, or put some on other hosts")
 
 
 def _checks(path: Path, top: _Table, root: Root) -> tuple[Check, ...]:
@@ -562,7 +685,7 @@ def _nic_drivers(t: _Table, xen: bool) -> tuple[NicDriver, ...]:
 
 
 _TERMINAL_KEYS = ("name", "boot", "nic", "mac", "memory", "vcpus", "root", "dhcp_root_path",
-                  "cmdline")
+                  "cmdline", "host")
 DHCP_ROOT_RE = re.compile(r"^((nfs|nfs4):)?([0-9.]+:)?/[A-Za-z0-9._/-]*([:,][A-Za-z0-9=.,_-]+)?$")
 
 
@@ -609,6 +732,7 @@ def _terminals(path: Path, top: _Table, nics: tuple[NicDriver, ...], hypervisor:
             memory=t.int_in("memory", 256, 128, 65536, " MiB"),
             vcpus=t.int_in("vcpus", 1, 1, 64),
             root=root, dhcp_root_path=dhcp_root, cmdline=cmdline,
+            host=t.get("host", str, "") or None,
         ))
     return tuple(terminals)
 

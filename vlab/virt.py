@@ -6,7 +6,9 @@ import os
 import re
 import sys
 import termios
+import threading
 import tty
+from pathlib import Path
 from typing import Any
 
 import libvirt
@@ -96,12 +98,52 @@ def destroy_network(conn: Conn, name: str) -> bool:
     return True
 
 
-def start_domain(conn: Conn, xml: str) -> None:
+def start_domain(conn: Conn, xml: str, paused: bool = False) -> None:
     """Create and start a transient domain: destroying it leaves nothing defined."""
     try:
-        conn.createXML(xml, 0)
+        conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED if paused else 0)
     except libvirt.libvirtError as err:
         raise _error("start domain", err) from None
+
+
+def resume_domain(conn: Conn, name: str) -> None:
+    try:
+        conn.lookupByName(name).resume()
+    except libvirt.libvirtError as err:
+        raise _error(f"resume domain {name}", err) from None
+
+
+def relay_console(conn: Conn, name: str, log: Path) -> threading.Thread:
+    """Copy a domain's serial console into a local file, as QEMU's own log does on this
+    machine: for a guest on another host, whose log file vlab cannot read. Open it before the
+    guest runs (start it paused) and nothing is lost; it ends with the domain or with vlab."""
+    try:
+        stream = conn.newStream(0)
+        conn.lookupByName(name).openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
+    except libvirt.libvirtError as err:
+        raise _error(f"open the console of {name}", err) from None
+
+    def copy() -> None:
+        with log.open("wb", buffering=0) as out:
+            while True:
+                try:
+                    data = stream.recv(65536)
+                except libvirt.libvirtError:
+                    return
+                if not isinstance(data, bytes) or not data:
+                    return
+                out.write(data)
+
+    relay = threading.Thread(target=copy, name=f"console {name}", daemon=True)
+    relay.start()
+    return relay
+
+
+def free_memory_mib(conn: Conn) -> int:
+    try:
+        return int(conn.getFreeMemory()) // (1 << 20)
+    except libvirt.libvirtError as err:
+        raise _error("read the free memory", err) from None
 
 
 def domain_state(conn: Conn, name: str) -> str:
@@ -162,10 +204,13 @@ def labelled_domains(conn: Conn, namespace: str) -> dict[str, str]:
     return found
 
 
-def attach_console(uri: str, name: str) -> None:
-    """Relay the domain's serial console to this terminal until Ctrl-] (like virsh console)."""
+def register_events() -> None:
+    """attach_console needs libvirt's event loop, registered before the connection opens."""
     libvirt.virEventRegisterDefaultImpl()
-    conn = connect(uri)
+
+
+def attach_console(conn: Conn, name: str) -> None:
+    """Relay the domain's serial console to this terminal until Ctrl-] (like virsh console)."""
     dom = _lookup(conn.lookupByName, name, libvirt.VIR_ERR_NO_DOMAIN)
     if dom is None or not dom.isActive():
         raise VirtError("console", f"domain {name} is not running", "start it with vlab up")

@@ -40,6 +40,19 @@ PHASE_LINES = (
 )
 
 
+# vlab's initrd says which address its NIC got: "vlab-initrd: eth0 is 10.0.1.57/24 (lease ..."
+ADDRESS_RE = re.compile(r"vlab-initrd: \S+ is (\d+\.\d+\.\d+\.\d+)/")
+
+
+def address_from_console(console_log: Path) -> str | None:
+    """The last address the terminal's initrd reported on this console log."""
+    try:
+        found = ADDRESS_RE.findall(console_log.read_text(errors="replace"))
+    except OSError:
+        return None
+    return found[-1] if found else None
+
+
 def phase_of(line: str) -> str | None:
     return next((name for name, pattern in PHASE_LINES if pattern.search(line)), None)
 

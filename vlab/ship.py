@@ -1,0 +1,193 @@
+"""Boot files to other hypervisor hosts, over SFTP (paramiko).
+
+libvirt's direct kernel boot reads the kernel and initrd on the host that runs the guest, so
+vlab ships them into a folder of its own there, checks each by its SHA-256, and moves nothing
+that is already there. The host must prove who it is against known_hosts (the user's and the
+machine's, as `ssh` and libvirt's qemu+ssh:// check them): an unknown key is refused with
+its fingerprint and the command that trusts it, never accepted unseen.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import posixpath
+import shlex
+import socket
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import paramiko
+
+from vlab.errors import VlabError
+
+KNOWN_HOSTS = (Path("~/.ssh/known_hosts"), Path("/etc/ssh/ssh_known_hosts"))
+Connector = Callable[[str, int], socket.socket]  # (address, port) -> a connected socket
+
+
+class ShipError(VlabError):
+    """A hypervisor host could not be reached over SSH, or would not take the files."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a qemu+ssh:// URI points: user, address, port and key file."""
+
+    user: str
+    address: str
+    port: int
+    keyfile: str | None
+
+    @classmethod
+    def of(cls, uri: str) -> Target:
+        parts = urlsplit(uri)
+        query = parse_qs(parts.query)
+        keyfile = query["keyfile"][0] if "keyfile" in query else None
+        return cls(user=unquote(parts.username or "root"), address=parts.hostname or "",
+                   port=parts.port or 22, keyfile=keyfile)
+
+    @property
+    def known_as(self) -> str:
+        """The name known_hosts files it under."""
+        return self.address if self.port == 22 else f"[{self.address}]:{self.port}"
+
+
+@dataclass
+class Shipped:
+    moved: list[str] = field(default_factory=list)  # remote paths written
+    kept: list[str] = field(default_factory=list)  # already there with the right checksum
+    bytes: int = 0
+
+
+class _Unknown(paramiko.MissingHostKeyPolicy):
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
+                         key: paramiko.PKey) -> None:
+        raise _UnknownKey(hostname, key)
+
+
+class _UnknownKey(Exception):
+    def __init__(self, hostname: str, key: paramiko.PKey) -> None:
+        super().__init__(hostname)
+        self.hostname, self.key = hostname, key
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+class Host:
+    """An SSH session to a hypervisor host, for SFTP and checksums."""
+
+    def __init__(self, name: str, uri: str, connect_tcp: Connector) -> None:
+        self.name, self.target = name, Target.of(uri)
+        t = self.target
+        self.client = paramiko.SSHClient()
+        for path in KNOWN_HOSTS:
+            if path.expanduser().exists():
+                self.client.load_host_keys(str(path.expanduser()))
+        self.client.set_missing_host_key_policy(_Unknown())
+        where = f"host {name} ({t.user}@{t.known_as})"
+        try:
+            sock = connect_tcp(t.address, t.port)
+            self.client.connect(t.address, port=t.port, username=t.user, sock=sock,
+                                key_filename=t.keyfile, timeout=15, banner_timeout=15,
+                                auth_timeout=15)
+        except _UnknownKey as err:
+            self.client.close()
+            raise ShipError(
+                f"{where} is not in known_hosts: its SSH host key is "
+                f"{err.key.get_name()} {fingerprint(err.key)}, which nothing vouches for; "
+                f"fix: if that is its key (ask its admin: ssh-keygen -lf "
+                f"/etc/ssh/ssh_host_{_kind(err.key)}_key.pub), trust it: ssh-keyscan -p {t.port} "
+                f"-t {err.key.get_name()} {t.address} >> ~/.ssh/known_hosts") from None
+        except paramiko.BadHostKeyException as err:
+            self.client.close()
+            raise ShipError(
+                f"{where} presented SSH host key {fingerprint(err.key)}, but known_hosts "
+                f"holds {fingerprint(err.expected_key)} for it: refused; fix: if the host was "
+                f"reinstalled, remove the old key (ssh-keygen -R {t.known_as}) and trust the "
+                "new one") from None
+        except (paramiko.SSHException, OSError) as err:
+            self.client.close()
+            raise ShipError(f"{where} does not answer over SSH ({err or type(err).__name__}); "
+                            f"fix: check that it is up and that ssh {t.user}@{t.address} "
+                            "works") from None
+        self.sftp = self.client.open_sftp()
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> Host:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def sha256(self, path: str) -> str | None:
+        """The checksum of a file there, or None when there is no such file."""
+        chan = self.client.get_transport().open_session()  # type: ignore[union-attr]
+        chan.exec_command(f"sha256sum -- {shlex.quote(path)}")
+        out = chan.makefile("r").read().decode()
+        if chan.recv_exit_status() != 0:
+            return None
+        return out.split()[0] if out else None
+
+    def makedirs(self, path: str) -> None:
+        parts = path.strip("/").split("/")
+        for i in range(1, len(parts) + 1):
+            d = "/" + "/".join(parts[:i])
+            try:
+                if not stat.S_ISDIR(self.sftp.stat(d).st_mode or 0):
+                    raise ShipError(f"host {self.name}: {d} is not a folder; fix: remove it or "
+                                    "give another files = folder")
+            except FileNotFoundError:
+                self.sftp.mkdir(d, 0o755)  # QEMU runs as another user there: o+rx
+
+    def ship(self, files: dict[Path, str]) -> Shipped:
+        """Copy local files to remote paths; a file whose checksum matches stays."""
+        done = Shipped()
+        for local, remote in files.items():
+            want = _sha256(local)
+            if self.sha256(remote) == want:
+                done.kept.append(remote)
+                continue
+            self.makedirs(posixpath.dirname(remote))
+            part = remote + ".part"
+            self.sftp.put(str(local), part)
+            self.sftp.chmod(part, 0o644)
+            got = self.sha256(part)
+            if got != want:
+                self.sftp.remove(part)
+                raise ShipError(f"host {self.name}: {remote} arrived with SHA-256 {got}, "
+                                f"not {want}; fix: check the disk there, then vlab up again")
+            self.sftp.posix_rename(part, remote)
+            done.moved.append(remote)
+            done.bytes += local.stat().st_size
+        return done
+
+    def remove_tree(self, path: str) -> bool:
+        """Remove a folder of plain files; False when it was not there."""
+        try:
+            names = self.sftp.listdir(path)
+        except FileNotFoundError:
+            return False
+        for name in names:
+            self.sftp.remove(posixpath.join(path, name))
+        self.sftp.rmdir(path)
+        return True
+
+
+def _kind(key: paramiko.PKey) -> str:
+    return {"ssh-ed25519": "ed25519", "ssh-rsa": "rsa"}.get(key.get_name(), "ecdsa")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
