@@ -13,6 +13,8 @@ PACKAGES=(
   mmdebstrap e2fsprogs util-linux mount pxelinux syslinux-common
   # to build libvirt-python from its sdist, in a virtualenv
   libvirt-dev pkg-config gcc python3-dev python3-venv
+  # the tests' second hypervisor host runs an sshd inside namespaces of its own
+  openssh-server openssh-client
 )
 
 missing=()
@@ -27,6 +29,14 @@ if ((${#missing[@]})); then
   fi
   echo "install-deps: installing ${missing[*]}" >&2
   apt-get update -qq
+  # Without systemd, a package's init script would start its daemon (openssh-server's sshd
+  # on every address of the machine): policy-rc.d says no while apt runs.
+  policy=/usr/sbin/policy-rc.d
+  made_policy=
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
+    trap '[[ -n $made_policy ]] && rm -f "$policy"' EXIT
+  fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     "${missing[@]}" >/dev/null
 fi

@@ -55,7 +55,7 @@ def run(*argv: str) -> str:
     return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
 
 
-def _trust(host_pub: Path) -> None:
+def trust(host_pub: Path) -> None:
     """Put its host key in the machine's known_hosts, as `ssh-keyscan >>` would."""
     lines = [ln for ln in (KNOWN_HOSTS.read_text().splitlines() if KNOWN_HOSTS.exists() else [])
              if not ln.endswith(MARK)]
@@ -63,7 +63,7 @@ def _trust(host_pub: Path) -> None:
     KNOWN_HOSTS.write_text("\n".join([*lines, f"{ADDR} {kind} {blob} {MARK}"]) + "\n")
 
 
-def _distrust() -> None:
+def distrust() -> None:
     if KNOWN_HOSTS.exists():
         lines = [ln for ln in KNOWN_HOSTS.read_text().splitlines() if not ln.endswith(MARK)]
         KNOWN_HOSTS.write_text("".join(f"{ln}\n" for ln in lines))
@@ -75,7 +75,8 @@ def start(workdir: Path) -> SimHost:
     workdir.mkdir(parents=True, exist_ok=True)
     key = workdir / "id_ed25519"
     for path in (key, workdir / "ssh_host_ed25519_key"):
-        run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", MARK, "-f", str(path))
+        if not path.exists():  # kept from run to run
+            run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", MARK, "-f", str(path))
     shutil.copy(workdir / "id_ed25519.pub", workdir / "authorized_keys")
     run("ip", "netns", "add", NETNS)
     run("ip", "link", "add", PEER_LINK, "netns", LAB_HOST_NETNS, "type", "veth",
@@ -90,7 +91,7 @@ def start(workdir: Path) -> SimHost:
     subprocess.run(["ip", "netns", "exec", NETNS, "unshare", "--mount", "--propagation",
                     "private", sys.executable, __file__, "inside", str(workdir)],
                    check=True, timeout=120)
-    _trust(workdir / "ssh_host_ed25519_key.pub")
+    trust(workdir / "ssh_host_ed25519_key.pub")
     return SimHost(dir=workdir, key=key)
 
 
@@ -119,7 +120,7 @@ def stop(workdir: Path) -> None:
         time.sleep(0.1)
     subprocess.run(["ip", "netns", "del", NETNS], capture_output=True)
     subprocess.run(["ip", "-n", LAB_HOST_NETNS, "link", "del", PEER_LINK], capture_output=True)
-    _distrust()
+    distrust()
     (workdir / "pids.json").unlink(missing_ok=True)
 
 

@@ -11,7 +11,7 @@ from conftest import plan_of
 from vlab import lab, render
 
 SCENARIOS = ["tiny", "e1000", "nfs3", "overlay", "debian-initramfs-tools", "debian-dracut",
-             "dhcp-root", "pxe-terminal", "xen"]
+             "dhcp-root", "pxe-terminal", "xen", "many-hosts"]
 
 
 @pytest.mark.parametrize("name", SCENARIOS)

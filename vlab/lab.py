@@ -253,7 +253,8 @@ def write_lab_tftp_tree(scenario: Scenario, plan: LabPlan, k: kernel.Kernel, img
 def define_network(plan: LabPlan, conn: virt.Conn, netns: str | None, say: Say,
                    tftp_root: Path | None = None) -> None:
     say(f"network {plan.network}: bridge {plan.bridge}, {plan.subnet}, "
-        f"{len(plan.terminals)} pinned DHCP hosts" + (", PXE" if tftp_root else ""))
+        f"{len([t for t in plan.terminals if t.ip])} pinned DHCP hosts"
+        + (", PXE" if tftp_root else ""))
     state.update(plan.lab_dir, network=plan.network)
     virt.start_network(conn, plan.network, render.network_xml(plan, tftp_root))
 
@@ -286,8 +287,8 @@ def ship_boot_files(plan: LabPlan, say: Say) -> None:
 def wait_for_nfs_server(plan: LabPlan, say: Say) -> None:
     """The guests boot only once the NFS server listens: they never wait for it."""
     pid = nfsserver.wait_ready(plan)
-    say(f"export: nfs-ganesha (pid {pid}) serves {plan.export_path} read-only to {plan.subnet} "
-        f"on {plan.gateway}:{plan.nfs_port}")
+    say(f"export: nfs-ganesha (pid {pid}) serves {plan.export_path} read-only to "
+        f"{', '.join(map(str, plan.nfs_clients))} on {plan.gateway}:{plan.nfs_port}")
 
 
 def boot_terminals(plan: LabPlan, conns: dict[str, virt.Conn],
@@ -307,7 +308,7 @@ def boot_terminals(plan: LabPlan, conns: dict[str, virt.Conn],
             virt.start_domain(conn, xml[t])
         else:  # its console comes over libvirt: open it before the guest runs
             virt.start_domain(conn, xml[t], paused=True)
-            virt.relay_console(conn, t.domain, t.console_log)
+            virt.relay_console(connect_host(plan, plan.host(t.host)), t.domain, t.console_log)
             started[t] = time.monotonic()
             virt.resume_domain(conn, t.domain)
         say(f"boot {t.name}: {t.domain} on {t.host}, MAC {t.mac}"

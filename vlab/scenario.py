@@ -352,12 +352,13 @@ def _libvirt_hosts(path: Path, top: _Table, lab: Lab) -> tuple[LibvirtHost, ...]
                           "kernel and initrd over the same SSH; the lab's own host is [lab] uri)")
         network = t.get("network", str, "") or None
         bridge = t.get("bridge", str, "") or None
-        if (network is None) == (bridge is None):
-            raise t.error("network" if network is None else "bridge",
-                          "name either a libvirt network or a bridge there, not " + (
-                              "neither" if network is None else "both"),
-                          'add network = "default" (a libvirt network on that host) or bridge = '
-                          '"br0" (a bridge there on the terminals\' LAN)')
+        if network is None and bridge is None:
+            raise t.error("network", "is missing: its terminals join a network that is there "
+                          "already", 'add network = "default" (a libvirt network on that host) '
+                          'or bridge = "br0" (a bridge there on the terminals\' LAN)')
+        if network is not None and bridge is not None:
+            raise t.error("bridge", "is given with network: its terminals join one of them",
+                          "keep network (a libvirt network) or bridge, not both")
         for key, value in (("network", network), ("bridge", bridge)):
             if value is not None and not re.match(r"^[A-Za-z0-9_.-]{1,64}$", value):
                 raise t.error(key, f"{value!r} is not a libvirt network or bridge name",
@@ -410,11 +411,11 @@ def _check_placement(path: Path, terminals: tuple[Terminal, ...],
                                 "own network (its TFTP tree)", 'leave host out, or use boot = '
                                 '"kernel"')
         placed[t.host] = placed.get(t.host, 0) + 1
-    for h in hosts:
+    for i, h in enumerate(hosts):
         if h.capacity is not None and placed.get(h.name, 0) > h.capacity:
-            raise ScenarioError(path, "terminal", f"{placed[h.name]} terminals name host "
-                                f"{h.name!r}, whose capacity is {h.capacity}",
-                                "raise libvirt_host capacity, or put some on other hosts")
+            raise ScenarioError(path, f"libvirt_host[{i}].capacity", f"{h.capacity}, but "
+                                f"{placed[h.name]} terminals name host {h.name!r}",
+                                "raise capacity, or put some terminals on other hosts")
 
 
 def _checks(path: Path, top: _Table, root: Root) -> tuple[Check, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -116,7 +117,10 @@ def resume_domain(conn: Conn, name: str) -> None:
 def relay_console(conn: Conn, name: str, log: Path) -> threading.Thread:
     """Copy a domain's serial console into a local file, as QEMU's own log does on this
     machine: for a guest on another host, whose log file vlab cannot read. Open it before the
-    guest runs (start it paused) and nothing is lost; it ends with the domain or with vlab."""
+    guest runs (start it paused) and nothing is lost; it ends with the domain or with vlab.
+
+    conn is the relay's own: a blocking read holds its connection (the remote driver's lock)
+    until data comes, so a call on the same connection (the resume) would wait for ever."""
     try:
         stream = conn.newStream(0)
         conn.lookupByName(name).openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
@@ -129,10 +133,12 @@ def relay_console(conn: Conn, name: str, log: Path) -> threading.Thread:
                 try:
                     data = stream.recv(65536)
                 except libvirt.libvirtError:
-                    return
+                    break
                 if not isinstance(data, bytes) or not data:
-                    return
+                    break
                 out.write(data)
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.close()
 
     relay = threading.Thread(target=copy, name=f"console {name}", daemon=True)
     relay.start()
