@@ -14,7 +14,7 @@ from pathlib import Path
 import paramiko
 import pytest
 import simhost
-from test_boot import leftovers, plan_for, up, vlab
+from test_boot import leftovers, plan_for, up, up_until, vlab
 
 from vlab import kernel, scenario
 from vlab.plan import Dirs, LabPlan, place
@@ -198,3 +198,21 @@ def test_an_unknown_or_changed_host_key_is_refused_before_anything_is_made(secon
         assert not (plan.lab_dir / "state.json").exists()
     finally:
         simhost.trust(host_pub)
+
+
+@pytest.mark.boot
+def test_sigkill_mid_up_leaves_nothing_down_cannot_remove_on_either_host(second_host,  # type: ignore[no-untyped-def]
+                                                                          lab_down) -> None:
+    lab_down.append(TWO)
+    plan = plan_for(TWO)
+    proc, seen = up_until(TWO, "boot t2")
+    proc.kill()
+    proc.wait()
+    status = json.loads(vlab("status", TWO, "--json").stdout)
+    assert {t["name"]: t["state"] for t in status["terminals"]}["t2"] == "running", seen
+    assert _on_second_host(str(plan.host("h2").files_dir)).exists()
+    down = vlab("down", TWO)
+    assert down.returncode == 0, down.stderr
+    assert "destroyed domain vlab-twohosts-t2 on h2" in down.stderr
+    assert not _on_second_host(str(plan.host("h2").files_dir)).exists()
+    assert _left(plan) == []
