@@ -10,15 +10,18 @@ import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import paramiko
 import pytest
 import simhost
+from conftest import ROOT
 from test_boot import leftovers, plan_for, up, up_until, vlab
 
 from vlab import kernel, scenario
 from vlab.plan import Dirs, LabPlan, place
-from vlab.ship import Target, fingerprint
+from vlab.ship import Target
+from vlab.sshkeys import fingerprint
 
 TWO = "tests/scenarios/two-hosts.toml"
 SIM_DIR = Path("/var/tmp/vlab-test-h2")  # the scenario names the test key in it
@@ -105,16 +108,22 @@ def _left(plan: LabPlan) -> list[str]:
     return [x for x in leftovers(plan) if x != f"network namespace {plan.netns}"]
 
 
+def _up_two(lab_down: list[str]) -> tuple[LabPlan, subprocess.CompletedProcess[str],
+                                          dict[str, Any]]:
+    lab_down.append(TWO)
+    plan = plan_for(TWO)
+    proc, rep = up(TWO)
+    assert proc.returncode == 0, proc.stderr
+    return plan, proc, rep
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.mark.boot
 def test_a_terminal_on_each_host_boots_over_the_same_nfs_root(second_host, lab_down) -> None:  # type: ignore[no-untyped-def]
-    lab_down.append(TWO)
-    plan = plan_for(TWO)
-    proc, rep = up(TWO)
-    assert proc.returncode == 0, proc.stderr
+    plan, proc, rep = _up_two(lab_down)
     by_name = {t["name"]: t for t in rep["terminals"]}
     assert by_name["t1"]["host"] == "local" and by_name["t2"]["host"] == "h2"
     assert all(t["verdict"] == "ok" for t in rep["terminals"]), proc.stderr
@@ -145,10 +154,7 @@ def test_a_terminal_on_each_host_boots_over_the_same_nfs_root(second_host, lab_d
 
 @pytest.mark.boot
 def test_down_tolerates_a_host_that_does_not_answer(second_host, lab_down) -> None:  # type: ignore[no-untyped-def]
-    lab_down.append(TWO)
-    plan = plan_for(TWO)
-    proc, rep = up(TWO)
-    assert proc.returncode == 0, proc.stderr
+    plan, _proc, _rep = _up_two(lab_down)
     simhost.stop_sshd(SIM_DIR)
     try:
         status = vlab("status", TWO)
@@ -216,3 +222,16 @@ def test_sigkill_mid_up_leaves_nothing_down_cannot_remove_on_either_host(second_
     assert "destroyed domain vlab-twohosts-t2 on h2" in down.stderr
     assert not _on_second_host(str(plan.host("h2").files_dir)).exists()
     assert _left(plan) == []
+
+
+@pytest.mark.boot
+def test_a_network_the_other_host_does_not_have_is_bad_input(second_host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "bad.toml"
+    bad.write_text((ROOT / TWO).read_text().replace('network = "h2lab"', 'network = "nope"'))
+    proc = vlab("up", str(bad))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        f"vlab: {bad}: libvirt_host[0].network: 'nope' is not an active libvirt network on h2; "
+        f"fix: start it there (virsh -c {second_host.uri} net-start nope), or name one that "
+        "virsh net-list shows"), proc.stderr
+    assert not (plan_for(TWO).lab_dir / "state.json").exists()

@@ -62,7 +62,7 @@ def test_export_to_another_subnet_is_nfs_access_denied(
     real = render.ganesha_conf
 
     def exported_elsewhere(plan: LabPlan) -> str:
-        return real(replace(plan, subnet=other))
+        return real(replace(plan, nfs_clients=(other,)))
 
     monkeypatch.setattr(render, "ganesha_conf", exported_elsewhere)
     t, err = _boots_to("nfs-access-denied", path, capsys)

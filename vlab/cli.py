@@ -215,7 +215,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from vlab import virt
 
         virt.register_events()
-        conn = lab.connect_host(plan, plan.host(t.host))
+        conn = lab.connect_host(plan.host(t.host))
         print(f"Connected to {t.domain} on {t.host}; leave with Ctrl-]", file=sys.stderr)
         virt.attach_console(conn, t.domain)
         return EXIT_OK

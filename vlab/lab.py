@@ -140,7 +140,7 @@ def ship_session(name: str, uri: str, netns: str | None) -> ship.Host:
     return ship.Host(name, uri, lambda address, port: labhost.connect_tcp(netns, address, port))
 
 
-def connect_host(plan: LabPlan, h: HostPlan) -> virt.Conn:
+def connect_host(h: HostPlan) -> virt.Conn:
     return connect_uri(h.uri, h.netns)
 
 
@@ -156,7 +156,8 @@ def up(scenario: Scenario, plan: LabPlan, dirs: Dirs, say: Say) -> dict[str, Any
         build_nfs_root(plan, say)
         k, img = build_boot_files(plan, dirs, say)
         netns = start_lab_host(plan, dirs, say)
-        conns = {h.name: connect_host(plan, h) for h in plan.hosts}
+        conns = {h.name: connect_host(h) for h in plan.hosts
+                 if not h.remote or plan.on(h)}
         if all(virt.domain_state(conns[t.host], t.domain) == "running" for t in plan.terminals):
             say(f"lab {plan.lab} is already up: nothing changed")
             return report(plan, conns)
@@ -315,7 +316,7 @@ def boot_terminals(plan: LabPlan, conns: dict[str, virt.Conn],
             virt.start_domain(conn, xml[t])
         else:  # its console comes over libvirt: open it before the guest runs
             virt.start_domain(conn, xml[t], paused=True)
-            virt.relay_console(connect_host(plan, plan.host(t.host)), t.domain, t.console_log)
+            virt.relay_console(connect_host(plan.host(t.host)), t.domain, t.console_log)
             started[t] = time.monotonic()
             virt.resume_domain(conn, t.domain)
         say(f"boot {t.name}: {t.domain} on {t.host}, MAC {t.mac}"
@@ -412,7 +413,7 @@ def ssh_session(plan: LabPlan, t: TerminalPlan) -> sshkeys.Session:
     else:
         h = plan.host(t.host)
         netns = h.netns
-        running = virt.domain_state(connect_host(plan, h), t.domain) == "running"
+        running = virt.domain_state(connect_host(h), t.domain) == "running"
     if not running:
         raise sshkeys.SshError(f"{t.name} is not running; fix: vlab up {plan.scenario}")
     key = sshkeys.host_key_from_console(t.console_log)
@@ -482,7 +483,7 @@ def status(plan: LabPlan) -> dict[str, Any]:
         if not plan.on(h):
             continue
         try:
-            conns[h.name] = connect_host(plan, h)
+            conns[h.name] = connect_host(h)
         except VirtError as err:
             unreachable[h.name] = err.detail
     out = report(plan, conns)
@@ -561,7 +562,7 @@ def down_other_hosts(plan: LabPlan, on_host: dict[str, str], shipped: list[str],
         if not domains and h.name not in shipped:
             continue
         try:
-            conn = connect_host(plan, h)
+            conn = connect_host(h)
             for name in domains:
                 if virt.destroy_domain(conn, name):
                     say(f"destroyed domain {name} on {h.name}")

@@ -9,7 +9,6 @@ its fingerprint and the command that trusts it, never accepted unseen.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import posixpath
 import shlex
@@ -23,6 +22,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import paramiko
 
 from vlab.errors import VlabError
+from vlab.sshkeys import fingerprint
 
 KNOWN_HOSTS = (Path("~/.ssh/known_hosts"), Path("/etc/ssh/ssh_known_hosts"))
 Connector = Callable[[str, int], socket.socket]  # (address, port) -> a connected socket
@@ -74,11 +74,6 @@ class _UnknownKey(Exception):
     def __init__(self, hostname: str, key: paramiko.PKey) -> None:
         super().__init__(hostname)
         self.hostname, self.key = hostname, key
-
-
-def fingerprint(key: paramiko.PKey) -> str:
-    digest = hashlib.sha256(key.asbytes()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
 class Host:

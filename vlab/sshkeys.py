@@ -6,6 +6,7 @@ trusts."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import re
 import select
@@ -31,6 +32,12 @@ HOST_KEY_RE = re.compile(re.escape(SSH_MARKER) + r" (?P<name>\S+) (?P<type>ssh-e
 
 class SshError(VlabError):
     """The terminal's SSH server could not be reached or did not prove who it is."""
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """A key's fingerprint as ssh-keygen -l prints it (SHA256:...)."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
 def lab_key(ssh_dir: Path) -> str:
@@ -128,9 +135,9 @@ def connect(sock: socket.socket, ip: str, host_key: paramiko.PKey, ssh_dir: Path
     except paramiko.BadHostKeyException as err:
         client.close()
         raise SshError(
-            f"{terminal} ({ip}) presented SSH host key {err.key.get_fingerprint().hex()}, "
+            f"{terminal} ({ip}) presented SSH host key {fingerprint(err.key)}, "
             f"not the one it printed on its console "
-            f"({err.expected_key.get_fingerprint().hex()}): refused; fix: is another machine "
+            f"({fingerprint(err.expected_key)}): refused; fix: is another machine "
             "answering on that address? `vlab up` the lab again") from None
     except (paramiko.SSHException, OSError) as err:
         client.close()
