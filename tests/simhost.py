@@ -162,8 +162,9 @@ def _inside(workdir: Path) -> None:
     private("/run")
     for d in ("/run/sshd", "/run/lock", "/run/user"):
         os.makedirs(d, mode=0o755, exist_ok=True)
-    for name in ("lib", "log", "cache"):
-        (workdir / name).mkdir(exist_ok=True)
+    for name in ("lib", "log", "cache"):  # fresh each start
+        shutil.rmtree(workdir / name, ignore_errors=True)
+        (workdir / name).mkdir()
     # Its own libvirt state, seeded from this machine's (users, capability cache, layout).
     run("cp", "-a", "/var/lib/libvirt/.", str(workdir / "lib"))
     run("cp", "-a", "/var/cache/libvirt/.", str(workdir / "cache"))

@@ -127,6 +127,7 @@ def test_a_terminal_on_each_host_boots_over_the_same_nfs_root(second_host, lab_d
     by_name = {t["name"]: t for t in rep["terminals"]}
     assert by_name["t1"]["host"] == "local" and by_name["t2"]["host"] == "h2"
     assert all(t["verdict"] == "ok" for t in rep["terminals"]), proc.stderr
+    assert [[c["ok"] for c in t["checks"]] for t in rep["terminals"]] == [[True], [True]]
     # Both mounted the one export; t2 through the address given for h2, from h2's network.
     export = str(plan.export_path)
     assert by_name["t1"]["proof"]["export"] == by_name["t2"]["proof"]["export"] == export

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vlab.watch import OK, STALLED, TIMEOUT, Follower, decide, watch
+from vlab.watch import OK, STALLED, TIMEOUT, Follower, address_from_console, decide, watch
 
 PROOF_LINE = (
     "VLAB-NFSROOT-OK server=10.213.1.1 export=/var/cache/vlab/roots/busybox fstype=nfs4 "
@@ -107,3 +107,17 @@ def test_an_unknown_init_is_ok_only_once_it_has_settled(tmp_path: Path) -> None:
     start = time.monotonic()
     v = watch(log, started=start, timeout=10, stall=10, settle=0.3, poll=0.01)
     assert v.ok and v.line == proof.strip() and time.monotonic() - start >= 0.3
+
+
+def test_the_address_a_terminal_got_is_read_off_its_console(tmp_path: Path) -> None:
+    log = tmp_path / "t.log"
+    for text, address in (
+        ("vlab-initrd: eth0 is 10.214.1.47/24 (lease from 10.214.1.1)\r\n", "10.214.1.47"),
+        ("IP-Config: ens2 complete (dhcp from 10.0.0.1):\r\n address: 10.0.0.12    "
+         "broadcast: 10.0.0.255\r\n", "10.0.0.12"),
+        ("VLAB-NFSROOT-OK server=10.0.0.1 export=/r fstype=nfs4 options=ro,"
+         "clientaddr=10.0.0.13,local_lock=none\r\n", "10.0.0.13"),
+        ("IP-Config: ens2 hardware address 52:54:00:57:13:a6 mtu 1500 DHCP\r\n", None),
+    ):
+        log.write_text(text)
+        assert address_from_console(log) == address

@@ -378,12 +378,18 @@ def run_checks(sc: Scenario, plan: LabPlan, verdicts: dict[TerminalPlan, Verdict
         return results
 
     def one(t: TerminalPlan) -> list[dict[str, Any]]:
-        if not verdicts[t].ok:
+        def not_run(why: str) -> list[dict[str, Any]]:
             return [{"name": c.name, "run": c.run, "ok": False, "status": None,
-                     "output": f"not run: the terminal's verdict is {verdicts[t].name}"}
-                    for c in sc.checks]
+                     "output": f"not run: {why}"} for c in sc.checks]
+
+        if not verdicts[t].ok:
+            return not_run(f"the terminal's verdict is {verdicts[t].name}")
         done = []
-        session = ssh_session(plan, t)
+        try:
+            session = ssh_session(plan, t)
+        except sshkeys.SshError as err:  # booted, but no way in: each check fails, saying why
+            say(f"{t.name}: checks not run: {err}")
+            return not_run(str(err))
         try:
             for c in sc.checks:
                 status, output = session.run(c.run)

@@ -40,8 +40,11 @@ PHASE_LINES = (
 )
 
 
-# vlab's initrd says which address its NIC got: "vlab-initrd: eth0 is 10.0.1.57/24 (lease ..."
-ADDRESS_RE = re.compile(r"vlab-initrd: \S+ is (\d+\.\d+\.\d+\.\d+)/")
+# Where a terminal's console says which address DHCP gave it: vlab's initrd ("vlab-initrd:
+# eth0 is 10.0.1.57/24"), klibc's ipconfig ("address: 10.0.1.57" under initramfs-tools), and
+# the NFSv4 proof line of every builder ("clientaddr=10.0.1.57").
+ADDRESS_RE = re.compile(r"(?:vlab-initrd: \S+ is |^ *address: |clientaddr=)"
+                        r"(\d+\.\d+\.\d+\.\d+)\b", re.MULTILINE)
 
 
 def address_from_console(console_log: Path) -> str | None:
