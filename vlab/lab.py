@@ -41,7 +41,6 @@ from vlab.plan import (
     Dirs,
     HostPlan,
     LabPlan,
-    Placement,
     TerminalPlan,
     make_plan,
     pinned_mac,
@@ -75,25 +74,22 @@ def stderr_progress() -> Say:
 # ---- up -------------------------------------------------------------------------------------
 
 
-def plan_for(sc: Scenario, dirs: Dirs, placement: Placement | None = None) -> LabPlan:
-    """The lab's plan on this machine: its recorded lease and placement, or a lease clear of
-    the other labs'."""
+def plan_for(sc: Scenario, dirs: Dirs, free_mib: dict[str, int] | None = None) -> LabPlan:
+    """The lab's plan on this machine: its recorded lease and placement (a lab that is up
+    keeps its terminals where they are), or a lease clear of the other labs' and terminals
+    placed by the hosts' free memory."""
     lab_dir = dirs.state / "labs" / sc.lab.name
     recorded = state.load(lab_dir).get("placement")
     return make_plan(sc, dirs, state.taken(dirs.state, sc.lab.name),
                      state.recorded_attempt(lab_dir),
-                     placement or (recorded if isinstance(recorded, dict) else None))
+                     recorded if isinstance(recorded, dict) else place(sc, free_mib))
 
 
 def claim(sc: Scenario, dirs: Dirs) -> LabPlan:
     """The plan of a lab about to be built; its lease is recorded before anything is made."""
     free = preflight(sc)  # bad input: nothing created, not even the lease
-    lab_dir = dirs.state / "labs" / sc.lab.name
-    recorded = state.load(lab_dir).get("placement")
-    # A lab that is up keeps its terminals where they are.
-    placement = recorded if isinstance(recorded, dict) else place(sc, free)
     with state.machine_locked(dirs.state):
-        plan = plan_for(sc, dirs, placement)
+        plan = plan_for(sc, dirs, free)
         state.update(plan.lab_dir, scenario=str(plan.scenario), lease=state.lease_of(plan),
                      placement={t.name: t.host for t in plan.terminals})
     return replace(plan, ssh_key=sshkeys.lab_key(plan.lab_dir / "ssh"))
@@ -411,15 +407,13 @@ def run_checks(sc: Scenario, plan: LabPlan, verdicts: dict[TerminalPlan, Verdict
 
 def ssh_session(plan: LabPlan, t: TerminalPlan) -> sshkeys.Session:
     """Logged in as root on a terminal, its host key pinned from its own console."""
-    if t.host == LOCAL:
-        host = labhost.status(plan.netns)
-        netns = host.netns
-        running = host.mode != "down" and virt.domain_state(virt.connect(plan.uri),
-                                                             t.domain) == "running"
+    h = plan.host(t.host)
+    if h.remote:
+        netns, answers = h.netns, True
     else:
-        h = plan.host(t.host)
-        netns = h.netns
-        running = virt.domain_state(connect_host(h), t.domain) == "running"
+        host = labhost.status(plan.netns)
+        netns, answers = host.netns, host.mode != "down"
+    running = answers and virt.domain_state(connect_host(h), t.domain) == "running"
     if not running:
         raise sshkeys.SshError(f"{t.name} is not running; fix: vlab up {plan.scenario}")
     key = sshkeys.host_key_from_console(t.console_log)
@@ -485,8 +479,8 @@ def status(plan: LabPlan) -> dict[str, Any]:
     conn = virt.connect(plan.uri) if host.mode != "down" else None
     conns: dict[str, virt.Conn | None] = {LOCAL: conn}
     unreachable = {}
-    for h in plan.hosts[1:]:
-        if not plan.on(h):
+    for h in plan.hosts:
+        if not h.remote or not plan.on(h):
             continue
         try:
             conns[h.name] = connect_host(h)
@@ -563,7 +557,9 @@ def down_other_hosts(plan: LabPlan, on_host: dict[str, str], shipped: list[str],
     """Destroy the lab's domains on its other hosts and remove the files shipped there.
     Returns what is left on each host that did not answer: (why, what)."""
     left: dict[str, tuple[str, str]] = {}
-    for h in plan.hosts[1:]:
+    for h in plan.hosts:
+        if not h.remote:
+            continue
         domains = sorted(d for d, name in on_host.items() if name == h.name)
         if not domains and h.name not in shipped:
             continue
@@ -579,7 +575,7 @@ def down_other_hosts(plan: LabPlan, on_host: dict[str, str], shipped: list[str],
         except (VirtError, ship.ShipError) as err:
             what = ", ".join([*(f"domain {d}" for d in domains), f"folder {h.files_dir}"])
             say(f"host {h.name} does not answer: left there: {what}")
-            left[h.name] = (str(getattr(err, "detail", err)), what)
+            left[h.name] = (err.detail if isinstance(err, VirtError) else str(err), what)
     return left
 
 

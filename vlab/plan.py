@@ -104,7 +104,6 @@ class HostPlan:
     kernel_path: Path  # the boot files as that host's QEMU reads them
     initrd_path: Path
     files_dir: Path  # remote: the lab's folder of shipped files there
-    capacity: int | None = None
 
     @property
     def remote(self) -> bool:
@@ -325,7 +324,7 @@ def make_plan(scenario: Scenario, dirs: Dirs, taken: Taken = Taken(),
         host_plans.append(HostPlan(
             name=h.name, uri=h.uri, netns=h.netns, network=h.network or "",
             bridge=h.bridge or "", kernel_path=files / "vmlinuz",
-            initrd_path=files / "initrd.img", files_dir=files, capacity=h.capacity))
+            initrd_path=files / "initrd.img", files_dir=files))
     return LabPlan(
         lab=lab.name,
         scenario=scenario.path,

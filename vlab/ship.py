@@ -113,7 +113,10 @@ class Host:
             raise ShipError(f"{where} does not answer over SSH ({err or type(err).__name__}); "
                             f"fix: check that it is up and that ssh {t.user}@{t.address} "
                             "works") from None
-        self.sftp = self.client.open_sftp()
+        sftp = paramiko.SFTPClient.from_transport(
+            self.client.get_transport(), window_size=WINDOW)  # type: ignore[arg-type]
+        assert sftp is not None
+        self.sftp = sftp
 
     def close(self) -> None:
         self.client.close()
@@ -157,26 +160,21 @@ class Host:
         done.kept = [r for r in want if r not in todo.values()]
         if not todo:
             return done
-        sftp = paramiko.SFTPClient.from_transport(
-            self.client.get_transport(), window_size=WINDOW)  # type: ignore[arg-type]
-        assert sftp is not None
-        try:
-            for local, remote in todo.items():
-                self.makedirs(posixpath.dirname(remote))
-                sftp.put(str(local), remote + ".part")
-                sftp.chmod(remote + ".part", 0o644)
-            got = self.sha256([r + ".part" for r in todo.values()])
-            for local, remote in todo.items():
-                if got.get(remote + ".part") != want[remote]:
-                    sftp.remove(remote + ".part")
-                    raise ShipError(f"host {self.name}: {remote} arrived with SHA-256 "
-                                    f"{got.get(remote + '.part')}, not {want[remote]}; fix: "
-                                    "check the disk there, then vlab up again")
-                sftp.posix_rename(remote + ".part", remote)
-                done.moved.append(remote)
-                done.bytes += local.stat().st_size
-        finally:
-            sftp.close()
+        sftp = self.sftp
+        for local, remote in todo.items():
+            self.makedirs(posixpath.dirname(remote))
+            sftp.put(str(local), remote + ".part")
+            sftp.chmod(remote + ".part", 0o644)
+        got = self.sha256([r + ".part" for r in todo.values()])
+        for local, remote in todo.items():
+            if got.get(remote + ".part") != want[remote]:
+                sftp.remove(remote + ".part")
+                raise ShipError(f"host {self.name}: {remote} arrived with SHA-256 "
+                                f"{got.get(remote + '.part')}, not {want[remote]}; fix: "
+                                "check the disk there, then vlab up again")
+            sftp.posix_rename(remote + ".part", remote)
+            done.moved.append(remote)
+            done.bytes += local.stat().st_size
         return done
 
     def remove_tree(self, path: str) -> bool:
@@ -196,8 +194,5 @@ def _kind(key: paramiko.PKey) -> str:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
