@@ -43,7 +43,7 @@ lint: deps
 	$(PY) -m mypy
 
 golden: deps
-	$(PY) -m pytest tests/test_render.py --regenerate
+	$(PY) -m pytest tests/test_render.py tests/test_pxe.py tests/test_xen.py -m "not boot" --regenerate
 	git diff --stat -- tests/golden
 
 bench: deps

@@ -13,7 +13,7 @@ from conftest import ROOT, plan_of
 
 from vlab import lab, pxe, render, scenario, tftp
 from vlab.errors import ScenarioError
-from vlab.plan import Dirs, make_plan
+from vlab.plan import Dirs, make_plan, nfs_client_id
 
 
 def site_of(name: str) -> pxe.Site:
@@ -112,6 +112,9 @@ def test_virtual_twins_pxe_boot_through_the_written_tree(lab_down) -> None:  # t
     for t in twins.values():
         assert t["verdict"] == "ok", t
         assert t["proof"]["fstype"] == "nfs4"
+        # Each names itself to the NFSv4 server by its MAC (pxe-pc2 and pxe-default get no
+        # host name by DHCP: by name alone both were "(none)", one client to the server).
+        assert t["proof"]["client"].startswith(nfs_client_id(t["mac"]) + "/"), t["proof"]
     log1 = Path(twins["pxe-pc1"]["console_log"]).read_text()
     log2 = Path(twins["pxe-pc2"]["console_log"]).read_text()
     assert "vlab.pxe=pc1" in log1 and "vlab.pxe=pc2 loglevel=4" in log2

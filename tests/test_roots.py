@@ -16,7 +16,7 @@ from conftest import ROOT
 from test_boot import leftovers, plan_for, tree_digest, up, up_until, vlab
 
 from vlab import nfsroot
-from vlab.plan import LabPlan
+from vlab.plan import LabPlan, nfs_client_id
 
 pytestmark = pytest.mark.boot
 
@@ -46,6 +46,11 @@ def _ssh_says(path: str, command: str, expected: str) -> None:
     assert ran.stdout.strip() == expected
 
 
+def _nfs_client_named_by_mac(t: dict) -> None:  # type: ignore[type-arg]
+    """kmod's modprobe gave nfs.ko the command line's nfs.nfs4_unique_id (the root's builder)."""
+    assert t["proof"]["client"].startswith(nfs_client_id(t["mac"]) + "/"), t["proof"]
+
+
 def test_debian_root_with_initramfs_tools_initrd_reaches_multi_user(lab_down) -> None:  # type: ignore[no-untyped-def]
     lab_down.append(ITOOLS)
     plan = plan_for(ITOOLS)
@@ -55,6 +60,7 @@ def test_debian_root_with_initramfs_tools_initrd_reaches_multi_user(lab_down) ->
     _multi_user(t)
     assert t["proof"]["fstype"] == "nfs" and "vers=3" in t["proof"]["options"].split(",")
     assert t["proof"]["export"] == str(plan.export_path)
+    _nfs_client_named_by_mac(t)
     assert "initramfs-tools chrooted in the root" in proc.stderr
     # The root's own initramfs-tools configuration was never touched.
     assert not (plan.export_path / "tmp/vlab-initramfs-tools").exists()
@@ -74,6 +80,7 @@ def test_debian_root_with_dracut_initrd_reaches_multi_user(lab_down) -> None:  #
     (t,) = rep["terminals"]
     _multi_user(t)
     assert t["proof"]["fstype"] == "nfs4" and "vers=4.2" in t["proof"]["options"].split(",")
+    _nfs_client_named_by_mac(t)
     assert "dracut chrooted in the root" in proc.stderr
     assert not list((plan.export_path / "etc/dracut.conf.d").glob("*vlab*"))
     _wrote_tmpfs(t)

@@ -8,7 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from vlab.watch import OK, STALLED, TIMEOUT, Follower, address_from_console, decide, watch
+from vlab.watch import (
+    OK,
+    STALLED,
+    TIMEOUT,
+    Follower,
+    Verdict,
+    address_from_console,
+    decide,
+    shared_client_ids,
+    watch,
+)
 
 PROOF_LINE = (
     "VLAB-NFSROOT-OK server=10.213.1.1 export=/var/cache/vlab/roots/busybox fstype=nfs4 "
@@ -26,6 +36,25 @@ def test_proof_line_is_ok_with_its_proof() -> None:
     assert (proof.server, proof.export, proof.fstype) == (
         "10.213.1.1", "/var/cache/vlab/roots/busybox", "nfs4")
     assert proof.options.startswith("ro,") and "vers=4.2" in proof.options
+    assert proof.client is None  # a proof line from before the client id was printed
+
+
+def test_proof_line_names_the_nfs_client_id() -> None:
+    decided = decide(PROOF_LINE + " client=vlab-525400770002/(none)")
+    assert decided is not None and decided[1] is not None
+    assert decided[1].client == "vlab-525400770002/(none)"
+    assert decided[1].options.endswith("addr=10.213.1.1")
+
+
+def test_terminals_sharing_an_nfs4_client_id_are_found() -> None:
+    def ok(client: str, fstype: str = "nfs4") -> Verdict:
+        line = PROOF_LINE.replace("fstype=nfs4", f"fstype={fstype}") + f" client={client}"
+        decided = decide(line)
+        assert decided is not None
+        return Verdict(OK, 1.0, line, decided[1])
+    verdicts = {"a": ok("(none)"), "b": ok("vlab-525400000002/(none)"), "c": ok("(none)"),
+                "d": ok("(none)", fstype="nfs"), "e": Verdict(TIMEOUT, 9.0)}
+    assert shared_client_ids(verdicts) == {"(none)": ["a", "c"]}
 
 
 @pytest.mark.parametrize(("line", "verdict"), [

@@ -14,7 +14,7 @@ import pytest
 from conftest import GOLDEN_DIRS, ROOT, plan_of
 
 from vlab import render, scenario
-from vlab.plan import make_plan
+from vlab.plan import make_plan, nfs_client_id
 
 # xl.cfg(5): KEY = VALUE, VALUE a "string", a number, or a [ list, of, "strings" ].
 XL_KEYS = {"name", "type", "memory", "vcpus", "kernel", "ramdisk", "extra", "vif",
@@ -88,5 +88,7 @@ def test_kvm_and_xen_plans_differ_only_where_the_hypervisor_must(tmp_path: Path)
     (tx,), (tk,) = xen.terminals, kvm.terminals
     t_diff = {f.name for f in dataclasses.fields(tx) if getattr(tx, f.name) != getattr(tk, f.name)}
     assert t_diff == {"mac", "nic_model", "cmdline"}
-    assert tx.cmdline.replace("console=hvc0", "console=ttyS0") == tk.cmdline
+    # The console, and the NFSv4 client id that follows the MAC.
+    assert tx.cmdline.replace("console=hvc0", "console=ttyS0").replace(
+        nfs_client_id(tx.mac), nfs_client_id(tk.mac)) == tk.cmdline
     assert xen.nic_drivers[0].value == "xen-netfront" and kvm.nic_drivers[0].value == "virtio_net"

@@ -54,6 +54,7 @@ from vlab.watch import (
     STALLED,
     Verdict,
     address_from_console,
+    shared_client_ids,
     watch,
 )
 
@@ -354,6 +355,10 @@ def watch_consoles(plan: LabPlan, started: dict[TerminalPlan, float],
         if v.name == STALLED and plan.hypervisor is Hypervisor.KVM:
             say(f"{t.name}: no console output for {stall:.0f} s under KVM; if this machine "
                 'cannot run KVM guests, set hypervisor = "qemu" in [lab]')
+    for client, names in shared_client_ids({t.name: v for t, v in verdicts.items()}).items():
+        say(f"{', '.join(names)}: one NFSv4 client id ({client}), so the server takes them "
+            "for one client and their mounts can fail; give each its own "
+            "nfs.nfs4_unique_id= (vlab sets one from the MAC unless a cmdline sets another)")
     return verdicts
 
 

@@ -297,7 +297,7 @@ def make_plan(scenario: Scenario, dirs: Dirs, taken: Taken = Taken(),
                                                            path, nfs_options)
         given = lab.root_via is RootVia.CMDLINE or t.root is not None
         words = kernel_cmdline(scenario, server if given else None, path, nfs_options,
-                               [CONSOLE[lab.hypervisor]], t.cmdline)
+                               [CONSOLE[lab.hypervisor]], t.cmdline, macs[t.name])
         terminals.append(TerminalPlan(
             name=t.name,
             domain=f"vlab-{lab.name}-{t.name}",
@@ -416,14 +416,26 @@ def root_target(override: str | None, server: str, export: str) -> tuple[str, st
     return o_server or server, path
 
 
+def nfs_client_id(mac: str) -> str:
+    """The NFSv4 client id a terminal gives its server, from its MAC.
+
+    Without one the kernel names itself to the server by host name alone, and terminals whose
+    DHCP answer names no host are all "(none)": the server takes them for one client that keeps
+    rebooting, and one of them loses its mount (EIO)."""
+    return "vlab-" + mac.replace(":", "")
+
+
 def kernel_cmdline(scenario: Scenario, server: str | None, path: str, nfs_options: str,
-                   consoles: list[str], extra: str) -> str:
-    """The whole kernel command line of a terminal (or of a PXE host)."""
+                   consoles: list[str], extra: str, mac: str | None) -> str:
+    """The whole kernel command line of a terminal (or of a PXE host; mac None: any host)."""
     root = scenario.root
     words = [*consoles, "selinux=0",
              *root_args(scenario.initrd.builder, scenario.lab.nfs_version, server, path,
-                        nfs_options),
-             f"vlab.writable={root.writable.value}"]
+                        nfs_options)]
+    if mac:
+        # kmod's modprobe (dracut, initramfs-tools) passes it to nfs.ko; vlab's initrd reads it.
+        words.append(f"nfs.nfs4_unique_id={nfs_client_id(mac)}")
+    words.append(f"vlab.writable={root.writable.value}")
     if root.source is RootSource.BUSYBOX:
         words.append(f"vlab.after={root.after_boot.value}")
     else:

@@ -89,7 +89,8 @@ def site_plan(scenario: Scenario, lab: LabPlan, hosts: tuple[Host, ...] | None =
         if host and host.cmdline:
             extra += f" {host.cmdline}"
         line = f"initrd={INITRD} " + kernel_cmdline(
-            scenario, h_server if given else None, path, options, CONSOLES, extra)
+            scenario, h_server if given else None, path, options, CONSOLES, extra,
+            host.mac if host else None)
         if len(line) > MAX_APPEND:
             where = f"host[{hosts.index(host)}].cmdline" if host else "host"
             raise ScenarioError(scenario.path, where, f"the APPEND line is {len(line)} "

@@ -27,7 +27,7 @@ STALLED = "stalled"
 
 PROOF_RE = re.compile(
     re.escape(MARKER) + r" server=(?P<server>\S*) export=(?P<export>\S*) "
-    r"fstype=(?P<fstype>\S+) options=(?P<options>\S+)"
+    r"fstype=(?P<fstype>\S+) options=(?P<options>\S+)(?: client=(?P<client>\S+))?"
 )
 
 # Milestones on the way to the verdict, for the progress board (direct boot, PXE, builders).
@@ -98,6 +98,7 @@ class Proof:
     export: str
     fstype: str
     options: str
+    client: str | None = None  # the NFSv4 client id: uniquifier/hostname, or the hostname
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,15 @@ class Verdict:
     @property
     def ok(self) -> bool:
         return self.name == OK
+
+
+def shared_client_ids(verdicts: dict[str, Verdict]) -> dict[str, list[str]]:
+    """NFSv4 client ids that more than one terminal showed in its proof, with those terminals."""
+    by_id: dict[str, list[str]] = {}
+    for name, v in verdicts.items():
+        if v.proof and v.proof.client and v.proof.fstype == "nfs4":
+            by_id.setdefault(v.proof.client, []).append(name)
+    return {client: names for client, names in by_id.items() if len(names) > 1}
 
 
 def decide(line: str) -> tuple[str, Proof | None] | None:
