@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -124,6 +125,32 @@ def test_watch_timeout_and_stall(tmp_path: Path) -> None:
     log.write_text("a line\n")
     assert watch(log, started=time.monotonic(), timeout=0.3, stall=10, poll=0.01).name == TIMEOUT
     assert watch(log, started=time.monotonic(), timeout=10, stall=0.3, poll=0.01).name == STALLED
+
+
+def test_a_console_redrawing_one_line_is_not_stalled(tmp_path: Path) -> None:
+    # systemd waiting on a job: one status line redrawn every second, never a newline.
+    log = tmp_path / "c.log"
+    log.write_text("VLAB-NFSROOT-OK server=10.0.0.1 export=/srv fstype=nfs4 options=ro\n")
+    stop = threading.Event()
+
+    def systemd() -> None:
+        for i in range(40):
+            if stop.is_set():
+                return
+            with log.open("a") as out:
+                out.write(f"\r\x1b[K[ ***  ] A start job is running for /dev/ttyS0 "
+                          f"({i}s / 1min 30s)")
+            time.sleep(0.05)
+        with log.open("a") as out:
+            out.write("\r\x1b[K[  OK  ] Reached target multi-user.target - Multi-User System.\n")
+
+    threading.Thread(target=systemd).start()
+    try:
+        v = watch(log, started=time.monotonic(), timeout=30, stall=0.5, poll=0.01,
+                  ready=re.compile("Reached target multi-user"))
+    finally:
+        stop.set()
+    assert v.ok and "Reached target" in v.line
 
 
 def test_an_unknown_init_is_ok_only_once_it_has_settled(tmp_path: Path) -> None:

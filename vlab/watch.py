@@ -140,6 +140,7 @@ class Follower:
         self.path = path
         self.offset = 0
         self.partial = ""
+        self.grew = False  # the last read found new bytes, whole lines or not
 
     def lines(self) -> list[str]:
         try:
@@ -151,6 +152,7 @@ class Follower:
         except FileNotFoundError:
             return []
         self.offset += len(data)
+        self.grew = bool(data)
         text = self.partial + ANSI.sub("", data.decode(errors="replace")).replace("\r", "")
         *complete, self.partial = text.split("\n")
         return complete
@@ -181,7 +183,7 @@ def watch(console_log: Path, *, started: float, timeout: float, stall: float,
             raise Cancelled
         now = time.monotonic()
         lines = follower.lines()
-        if lines:
+        if follower.grew:  # systemd redraws "A start job is running..." in place, no newline
             last_output = now
         for line in lines:
             tail.append(line)
