@@ -118,8 +118,8 @@ def test_a_second_vlab_on_the_same_lab_is_refused_while_the_first_works(lab_down
     second = vlab("up", path)
     assert second.returncode == 3
     assert "another vlab process is working on lab 'one'" in second.stderr
-    first.stderr.read()  # type: ignore[union-attr]
-    assert first.wait(timeout=300) == 0
+    rest = first.stderr.read()  # type: ignore[union-attr]
+    assert first.wait(timeout=300) == 0, _seen + rest
     assert vlab("down", path).returncode == 0
 
 
