@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,16 +27,22 @@ def load(lab_dir: Path, name: str = STATE) -> dict[str, Any]:
 
 
 def save(lab_dir: Path, data: dict[str, Any], name: str = STATE) -> None:
+    """Replace the file whole: a reader sees the old or the new one, never half of one."""
     lab_dir.mkdir(parents=True, exist_ok=True)
-    tmp = lab_dir / f".{name}.tmp"
+    tmp = lab_dir / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"  # one per writer
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, lab_dir / name)
 
 
 def update(lab_dir: Path, **changes: Any) -> dict[str, Any]:
-    data = load(lab_dir)
-    data.update(changes)
-    save(lab_dir, data)
+    """Read, change and write the lab's state as one step, also against other processes (a
+    second vlab up on the same lab records its lease while the first records what it made)."""
+    lab_dir.mkdir(parents=True, exist_ok=True)
+    with (lab_dir / f".{STATE}.lock").open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        data = load(lab_dir)
+        data.update(changes)
+        save(lab_dir, data)
     return data
 
 
