@@ -92,8 +92,11 @@ def claim(sc: Scenario, dirs: Dirs) -> LabPlan:
     free = preflight(sc)  # bad input: nothing created, not even the lease
     with state.machine_locked(dirs.state):
         plan = plan_for(sc, dirs, free)
-        state.update(plan.lab_dir, scenario=str(plan.scenario), lease=state.lease_of(plan),
-                     placement={t.name: t.host for t in plan.terminals})
+        # Not while another vlab works on this lab (LabBusy): that one's state is its own.
+        with state.locked(plan.lab_dir, plan.lab):
+            state.update(plan.lab_dir, scenario=str(plan.scenario),
+                         lease=state.lease_of(plan),
+                         placement={t.name: t.host for t in plan.terminals})
     return replace(plan, ssh_key=sshkeys.lab_key(plan.lab_dir / "ssh"))
 
 

@@ -143,6 +143,7 @@ class Follower:
         self.grew = False  # the last read found new bytes, whole lines or not
 
     def lines(self) -> list[str]:
+        self.grew = False
         try:
             with self.path.open("rb") as f:
                 if f.seek(0, 2) < self.offset:  # truncated: a new boot

@@ -10,15 +10,15 @@ vlab_proof() {
             case "$vlab_fs" in nfs*) vlab_line="$vlab_dev $vlab_fs $vlab_opts" ;; esac
         fi
     done < /proc/mounts
-    # The NFSv4 client id as the kernel builds it: its uniquifier (set in sysfs, or as the
-    # nfs module's parameter, which the kernel uses when sysfs has none), then the host name.
-    vlab_id=
-    read -r vlab_id 2>/dev/null < /sys/fs/nfs/net/nfs_client/identifier
-    case "$vlab_id" in  # unset, the file reads "(null)"
-        ""|"(null)") read -r vlab_id 2>/dev/null < /sys/module/nfs/parameters/nfs4_unique_id ;;
-    esac
-    read -r vlab_node < /proc/sys/kernel/hostname
     if [ -n "$vlab_line" ]; then
+        # The NFSv4 client id as the kernel builds it: its uniquifier (set in sysfs, or the
+        # nfs module's parameter, which the kernel uses when sysfs has none), the host name.
+        vlab_id=
+        read -r vlab_id 2>/dev/null < /sys/fs/nfs/net/nfs_client/identifier
+        case "$vlab_id" in  # unset, the file reads "(null)"
+            ""|"(null)") read -r vlab_id 2>/dev/null < /sys/module/nfs/parameters/nfs4_unique_id ;;
+        esac
+        read -r vlab_node < /proc/sys/kernel/hostname
         set -- $vlab_line
         echo "VLAB-NFSROOT-OK server=${1%%:*} export=${1#*:} fstype=$2 options=$3 client=${vlab_id:+$vlab_id/}$vlab_node"
     else
