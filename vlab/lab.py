@@ -59,7 +59,6 @@ from vlab.watch import (
 )
 
 Say = Callable[[str], None]
-HOST_KEY_WAIT = 30  # s a running terminal has to print its SSH host key
 HOST_FILE = "host.json"
 # A root whose init vlab cannot recognise is ok once it has run this long after the proof.
 SETTLE_SECONDS = 5.0
@@ -425,15 +424,10 @@ def ssh_session(plan: LabPlan, t: TerminalPlan) -> sshkeys.Session:
     running = answers and virt.domain_state(connect_host(h), t.domain) == "running"
     if not running:
         raise sshkeys.SshError(f"{t.name} is not running; fix: vlab up {plan.scenario}")
-    # The terminal starts its SSH server beside its own start: its key line may come after
-    # the verdict.
-    deadline = time.monotonic() + HOST_KEY_WAIT
-    while (key := sshkeys.host_key_from_console(t.console_log)) is None:
-        if time.monotonic() > deadline:
-            raise sshkeys.SshError(
-                f"{t.name} printed no SSH host key on its console in {HOST_KEY_WAIT} s; fix: "
-                "is it up (vlab status)? vlab sets up SSH in the busybox and debian roots")
-        time.sleep(0.2)
+    key = sshkeys.host_key_from_console(t.console_log)
+    if key is None:
+        raise sshkeys.SshError(f"{t.name} printed no SSH host key on its console; fix: is it "
+                               "up (vlab status)? vlab sets up SSH in the busybox and debian roots")
     ip = t.ip or terminal_address(t)
     if not ip:
         raise sshkeys.SshError(f"{t.name} runs on host {t.host}, whose network gave it an "
