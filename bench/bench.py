@@ -22,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vlab import lab, scenario  # noqa: E402
+from vlab import scenario  # noqa: E402
+from vlab.lab.claim import plan_for  # noqa: E402
 from vlab.plan import MARKER, READY_MARKER, TUNING_ARGS, Dirs, LabPlan  # noqa: E402
 
 SCENARIO = "bench/bench.toml"
@@ -192,7 +193,7 @@ def main() -> int:
     if args.scale:
         scale()
         return 0
-    plan = lab.plan_for(scenario.load(ROOT / SCENARIO), Dirs.from_env())
+    plan = plan_for(scenario.load(ROOT / SCENARIO), Dirs.from_env())
     vlab("host", "up")  # a warm lab host, like a developer's running libvirtd
     vlab("down", SCENARIO)
     vlab("up", SCENARIO)  # warm the artifact cache

@@ -19,7 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vlab import lab, pxe, scenario, tftp  # noqa: E402
+from vlab import pxe, scenario, tftp  # noqa: E402
+from vlab.lab import pxe as lab_pxe  # noqa: E402
 from vlab.plan import Dirs, make_plan  # noqa: E402
 
 
@@ -39,7 +40,7 @@ def generate(path: Path, tftp_root: Path, copies: dict[str, Path]) -> tuple[floa
     s = scenario.load(path)
     plan = make_plan(s, Dirs.from_env())
     site = pxe.site_plan(s, plan)
-    changes = tftp.write_tree(tftp_root, pxe.shared_files(site), copies, pxe.host_groups(site))
+    changes = tftp.write_tree(tftp_root, pxe.shared_files(site), copies, pxe.machine_groups(site))
     return time.perf_counter() - start, len(changes.written)
 
 
@@ -55,7 +56,7 @@ def main() -> int:
         # Warm the artifact cache once (kernel, initrd), as the target assumes.
         s = scenario.load(scen)
         plan = make_plan(s, Dirs.from_env())
-        lab.pxe(s, plan, Dirs.from_env(), tftp_root, lambda _t: None)
+        lab_pxe.write(s, plan, Dirs.from_env(), tftp_root, lambda _t: None)
         for name in (pxe.KERNEL, pxe.INITRD):
             shutil.copyfile(tftp_root / name, work / name)
         copies = {**tftp.bootloaders(), pxe.KERNEL: work / pxe.KERNEL,

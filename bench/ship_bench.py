@@ -23,7 +23,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import simhost  # noqa: E402
 
-from vlab import lab, scenario  # noqa: E402
+from vlab import scenario  # noqa: E402
+from vlab.lab.claim import plan_for  # noqa: E402
+from vlab.lab.nodes import session as node_session  # noqa: E402
+from vlab.lab.up import boot_files_for, build_boot_files  # noqa: E402
 from vlab.plan import Dirs  # noqa: E402
 
 SCENARIO = ROOT / "tests/scenarios/two-hosts.toml"
@@ -39,23 +42,23 @@ def main() -> int:
     subprocess.run([*VLAB, "host", "up"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     sim = simhost.start(SIM_DIR)
     dirs = Dirs.from_env()
-    plan = lab.plan_for(scenario.load(SCENARIO), dirs)
-    h2 = plan.host("h2")
+    plan = plan_for(scenario.load(SCENARIO), dirs)
+    h2 = plan.node("h2")
     try:
-        k, _img = lab.build_boot_files(plan, dirs, lambda _text: None)
-        files = lab.boot_files_for(plan, k, h2)
+        k, _img = build_boot_files(plan, dirs, lambda _text: None)
+        files = boot_files_for(plan, k, h2)
         size = sum(p.stat().st_size for p in files) / 2**20
         cold, warm, scp = [], [], []
         for _ in range(args.rounds):
-            with lab.ship_session(h2.name, h2.uri, h2.netns) as session:
+            with node_session(h2) as session:
                 session.remove_tree(str(h2.files_dir))
             t0 = time.monotonic()
-            with lab.ship_session(h2.name, h2.uri, h2.netns) as session:
+            with node_session(h2) as session:
                 done = session.ship(files)
             cold.append(time.monotonic() - t0)
             assert len(done.moved) == 2, done
             t0 = time.monotonic()
-            with lab.ship_session(h2.name, h2.uri, h2.netns) as session:
+            with node_session(h2) as session:
                 done = session.ship(files)
             warm.append(time.monotonic() - t0)
             assert not done.moved and done.bytes == 0, f"warm moved {done.moved}"
@@ -64,7 +67,7 @@ def main() -> int:
                             str(sim.key), *map(str, files), f"root@{simhost.ADDR}:/tmp/"],
                            check=True)
             scp.append(time.monotonic() - t0)
-        with lab.ship_session(h2.name, h2.uri, h2.netns) as session:
+        with node_session(h2) as session:
             session.remove_tree(str(h2.files_dir))
     finally:
         simhost.stop(SIM_DIR)

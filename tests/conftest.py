@@ -13,6 +13,7 @@ HERE = Path(__file__).parent
 ROOT = HERE.parent
 GOLDEN = HERE / "golden"
 # Fixed folders so golden files do not depend on who runs the tests.
+GOLDEN_TESTS = {"test_render.py", "test_pxe.py"}  # the files whose tests read golden files
 GOLDEN_DIRS = Dirs(cache=Path("/var/cache/vlab"), state=Path("/var/lib/vlab"))
 
 
@@ -21,19 +22,53 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help="rewrite golden files from the current output (then read the diff)")
 
 
+# Golden files the tests compared this session, and whether every test that reads them ran.
+_READ: set[str] = set()
+_SKIPPED_GOLDEN = False
+
+
 @pytest.fixture
 def golden(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
-    """Compare text with tests/golden/NAME; write it when missing or under --regenerate."""
+    """Compare text with tests/golden/NAME; (re)write it only under --regenerate."""
     regenerate = request.config.getoption("--regenerate")
 
     def compare(name: str, text: str) -> None:
         path = GOLDEN / name
-        if regenerate or not path.exists():
+        _READ.add(name)
+        if regenerate:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
+        assert path.exists(), f"{name} has no golden file: write it with make golden, read it"
         assert text == path.read_text(), f"{name} differs from its golden file (make golden)"
 
     return compare
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    global _SKIPPED_GOLDEN
+    if any("golden" in getattr(item, "fixturenames", ()) for item in items):
+        _SKIPPED_GOLDEN = True
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Golden files no test reads are stale: reported (removed under --regenerate), and the
+    run fails, once every golden test has run and passed."""
+    ran = {Path(str(item.path)).name for item in session.items
+           if "golden" in getattr(item, "fixturenames", ())}
+    if exitstatus != 0 or _SKIPPED_GOLDEN or not GOLDEN_TESTS.issubset(ran):
+        return
+    stale = sorted(str(p.relative_to(GOLDEN)) for p in GOLDEN.rglob("*")
+                   if p.is_file() and str(p.relative_to(GOLDEN)) not in _READ)
+    if not stale:
+        return
+    if session.config.getoption("--regenerate"):
+        for name in stale:
+            (GOLDEN / name).unlink()
+        print(f"\nremoved {len(stale)} stale golden file(s): {', '.join(stale)}")
+        return
+    print(f"\nstale golden files (no test reads them; make golden removes them): "
+          f"{', '.join(stale)}")
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def plan_of(name: str) -> LabPlan:

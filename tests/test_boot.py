@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 from conftest import ROOT
 
-from vlab import cache, initrd, kernel, lab, procs, scenario
+from vlab import cache, initrd, kernel, procs, scenario
 from vlab.cpio import read_names
+from vlab.lab.claim import plan_for as lab_plan_for
 from vlab.plan import Dirs, LabPlan
 from vlab.scenario import NicDriver
 
@@ -40,7 +41,7 @@ def vlab(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
 
 def plan_for(path: str) -> LabPlan:
     """The lab's plan as vlab makes it on this machine (its lease, clear of other labs')."""
-    return lab.plan_for(scenario.load(ROOT / path), Dirs.from_env())
+    return lab_plan_for(scenario.load(ROOT / path), Dirs.from_env())
 
 
 def leftovers(plan: LabPlan) -> list[str]:

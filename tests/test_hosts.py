@@ -134,7 +134,7 @@ def test_a_terminal_on_each_host_boots_over_the_same_nfs_root(second_host, lab_d
     assert by_name["t2"]["proof"]["server"] == "10.214.0.1"
     assert by_name["t2"]["ip"].startswith("10.214.1.")
     # The kernel and initrd really crossed over: h2 holds its own copies, byte for byte.
-    h2 = plan.host("h2")
+    h2 = plan.node("h2")
     assert _sha256(_on_second_host(str(h2.initrd_path))) == _sha256(plan.initrd_path)
     # A TCG lab ships the uncompressed kernel it boots here (a KVM lab the compressed one).
     assert _sha256(_on_second_host(str(h2.kernel_path))) == _sha256(plan.kernel_path)
@@ -164,7 +164,7 @@ def test_down_tolerates_a_host_that_does_not_answer(second_host, lab_down) -> No
         assert down.returncode == 3
         assert ("host h2 does not answer" in down.stderr
                 and "left there: domain vlab-twohosts-t2, folder "
-                f"{plan.host('h2').files_dir}" in down.stderr
+                f"{plan.node('h2').files_dir}" in down.stderr
                 and f"run vlab down {TWO} again once it answers" in down.stderr), down.stderr
         assert "destroyed domain vlab-twohosts-t1" in down.stderr  # this machine's part went
         assert json.loads(vlab("status", TWO, "--json").stdout)["network"] is None
@@ -217,11 +217,11 @@ def test_sigkill_mid_up_leaves_nothing_down_cannot_remove_on_either_host(second_
     proc.wait()
     status = json.loads(vlab("status", TWO, "--json").stdout)
     assert {t["name"]: t["state"] for t in status["terminals"]}["t2"] == "running", seen
-    assert _on_second_host(str(plan.host("h2").files_dir)).exists()
+    assert _on_second_host(str(plan.node("h2").files_dir)).exists()
     down = vlab("down", TWO)
     assert down.returncode == 0, down.stderr
     assert "destroyed domain vlab-twohosts-t2 on h2" in down.stderr
-    assert not _on_second_host(str(plan.host("h2").files_dir)).exists()
+    assert not _on_second_host(str(plan.node("h2").files_dir)).exists()
     assert _left(plan) == []
 
 

@@ -9,11 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, plan_of
+from conftest import GOLDEN_DIRS, ROOT, plan_of
 
-from vlab import lab, pxe, render, scenario, tftp
+from vlab import pxe, render, scenario, tftp
+from vlab.cmdline import nfs_client_id
 from vlab.errors import ScenarioError
-from vlab.plan import Dirs, make_plan, nfs_client_id
+from vlab.plan import Dirs, make_plan
 
 
 def site_of(name: str) -> pxe.Site:
@@ -21,20 +22,23 @@ def site_of(name: str) -> pxe.Site:
 
 
 def test_golden_site_files(golden) -> None:  # type: ignore[no-untyped-def]
-    for rel, text in pxe.files(site_of("site")).items():
+    site = site_of("site")
+    files = pxe.shared_files(site)
+    for m in site.machines:
+        files.update(pxe.machine_files(m))
+    for rel, text in files.items():
         golden(f"site/tftp/{rel}", text)
 
 
 def test_golden_twin_network_and_domains(golden) -> None:  # type: ignore[no-untyped-def]
-    plan = plan_of("site")
-    twins = lab.twins(plan, site_of("site"))
-    golden("site/check/network.xml", render.network_xml(plan, Path("/srv/tftp"), twins))
-    for t in twins:
-        golden(f"site/check/{t.name}.xml", render.domain_xml(plan, t))
+    twins = make_plan(scenario.load(ROOT / "scenarios" / "site.toml"), GOLDEN_DIRS, twins=True)
+    golden("site/check/network.xml", render.network_xml(twins, Path("/srv/tftp")))
+    for t in twins.terminals:
+        golden(f"site/check/{t.name}.xml", render.domain_xml(twins, t))
 
 
 def test_mac_and_hex_ip_file_names_as_the_page_and_pxelinux_want() -> None:
-    pc1, pc2 = site_of("site").hosts
+    pc1, pc2 = site_of("site").machines
     assert pc1.pxelinux_name == "01-52-54-00-77-00-01"
     assert pc1.hexip_name == "0AD54D32"  # 10.213.77.50
     assert pc2.hexip_name is None

@@ -8,7 +8,8 @@ import libvirt
 import pytest
 from conftest import plan_of
 
-from vlab import lab, render
+from vlab import render
+from vlab.lab.artifacts import artifacts
 
 SCENARIOS = ["tiny", "e1000", "nfs3", "overlay", "debian-initramfs-tools", "debian-dracut",
              "dhcp-root", "pxe-terminal", "xen", "many-hosts"]
@@ -16,7 +17,7 @@ SCENARIOS = ["tiny", "e1000", "nfs3", "overlay", "debian-initramfs-tools", "debi
 
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_golden_artifacts(name: str, golden) -> None:  # type: ignore[no-untyped-def]
-    for rel, text in lab.artifacts(plan_of(name)).items():
+    for rel, text in artifacts(plan_of(name)).items():
         golden(f"{name}/{rel}", text)
 
 

@@ -16,7 +16,8 @@ from conftest import ROOT
 from test_boot import leftovers, plan_for, tree_digest, up, up_until, vlab
 
 from vlab import nfsroot
-from vlab.plan import LabPlan, nfs_client_id
+from vlab.cmdline import nfs_client_id
+from vlab.plan import LabPlan
 
 pytestmark = pytest.mark.boot
 

@@ -10,7 +10,7 @@ from conftest import HERE, ROOT
 from vlab import scenario
 from vlab.cli import main
 from vlab.errors import ScenarioError
-from vlab.scenario import HostMode, Hypervisor, NfsVersion
+from vlab.scenario import Hypervisor, LabHostMode, NfsVersion
 
 BAD = sorted((HERE / "bad").glob("*.toml"))
 
@@ -90,7 +90,7 @@ def test_defaults(tmp_path: Path) -> None:
     path.write_text('[lab]\nname = "x"\n[[terminal]]\nname = "t1"\n')
     s = scenario.load(path)
     assert s.lab.hypervisor is Hypervisor.QEMU
-    assert s.lab.host is HostMode.AUTO
+    assert s.lab.lab_host is LabHostMode.AUTO
     assert s.lab.nfs_version is NfsVersion.V4_2
     assert s.terminals[0].memory == 256 and s.terminals[0].mac is None
 

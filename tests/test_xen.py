@@ -14,7 +14,8 @@ import pytest
 from conftest import GOLDEN_DIRS, ROOT, plan_of
 
 from vlab import render, scenario
-from vlab.plan import make_plan, nfs_client_id
+from vlab.cmdline import nfs_client_id
+from vlab.plan import make_plan
 
 # xl.cfg(5): KEY = VALUE, VALUE a "string", a number, or a [ list, of, "strings" ].
 XL_KEYS = {"name", "type", "memory", "vcpus", "kernel", "ramdisk", "extra", "vif",
@@ -82,9 +83,10 @@ def test_kvm_and_xen_plans_differ_only_where_the_hypervisor_must(tmp_path: Path)
     lab_diff = {f.name for f in dataclasses.fields(xen)
                 if getattr(xen, f.name) != getattr(kvm, f.name)}
     lab_diff.discard("scenario")  # two files, one text apart
-    assert lab_diff == {"uri", "hypervisor", "host_mode", "domain_type", "nic_drivers",
-                        "terminals", "hosts"}  # hosts: the lab's own host has the lab's uri
-    assert [h.uri for h in xen.hosts] == [xen.uri] and [h.uri for h in kvm.hosts] == [kvm.uri]
+    assert lab_diff == {"uri", "hypervisor", "lab_host", "nic_drivers",
+                        "terminals", "nodes"}  # nodes: the lab's own node has the lab's uri
+    assert xen.domain_type == "xen" and kvm.domain_type == "kvm"
+    assert [h.uri for h in xen.nodes] == [xen.uri] and [h.uri for h in kvm.nodes] == [kvm.uri]
     (tx,), (tk,) = xen.terminals, kvm.terminals
     t_diff = {f.name for f in dataclasses.fields(tx) if getattr(tx, f.name) != getattr(tk, f.name)}
     assert t_diff == {"mac", "nic_model", "cmdline"}

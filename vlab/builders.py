@@ -22,18 +22,22 @@ CONFDIR = "/tmp/vlab-{builder}"  # inside the root, on the build tmpfs
 def config_files(plan: LabPlan) -> dict[str, tuple[str, int]]:
     """The builder's temporary config directory: relative path -> (text, mode)."""
     modules = modules_for(plan)
+
+    def t(name: str) -> str:
+        return render.template(f"builders/{name}", modules=modules)
+
     if plan.builder is InitrdBuilder.INITRAMFS_TOOLS:
         return {
-            "initramfs.conf": (render.template("initramfs-tools.conf.j2"), 0o644),
-            "modules": (render.template("initramfs-tools-modules.j2", modules=modules), 0o644),
+            "initramfs.conf": (t("initramfs-tools.conf.j2"), 0o644),
+            "modules": (t("initramfs-tools-modules.j2"), 0o644),
             "conf.d/.keep": ("", 0o644),
             "hooks/.keep": ("", 0o644),
-            "scripts/nfs-bottom/vlab": (render.template("initramfs-tools-bottom.sh.j2"), 0o755),
+            "scripts/nfs-bottom/vlab": (t("initramfs-tools-bottom.sh.j2"), 0o755),
         }
     return {
-        "dracut.conf": (render.template("dracut.conf.j2", modules=modules), 0o644),
+        "dracut.conf": (t("dracut.conf.j2"), 0o644),
         "conf.d/.keep": ("", 0o644),
-        "99-vlab.sh": (render.template("dracut-hook.sh.j2"), 0o755),
+        "99-vlab.sh": (t("dracut-hook.sh.j2"), 0o755),
     }
 
 

@@ -7,13 +7,24 @@ import json
 import logging
 import os
 import sys
-from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vlab import __version__, junit, lab, scenario, state, tftp
+from vlab import __version__, junit, labhost, scenario, state, tftp, virt
 from vlab.errors import BootFailed, Interrupted, ScenarioError, UsageError, VlabError
+from vlab.lab import nodes
+from vlab.lab import pxe as lab_pxe
+from vlab.lab.artifacts import render_to
+from vlab.lab.checks import ssh_session
+from vlab.lab.claim import claim, plan_for
+from vlab.lab.down import down, everything_down
+from vlab.lab.gc import gc
+from vlab.lab.status import all_ok, status
+from vlab.lab.up import up
 from vlab.plan import NETNS, Dirs, LabPlan, TerminalPlan
+from vlab.progress import Say, stderr_progress
+from vlab.scenario import LabHostMode
 
 EXIT_OK, EXIT_BOOT_FAILED, EXIT_BAD_INPUT, EXIT_HOST = 0, 1, 2, 3
 
@@ -97,14 +108,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load(args: argparse.Namespace, dirs: Dirs) -> tuple[scenario.Scenario, LabPlan]:
-    """The scenario, read once, and its plan."""
-    sc = scenario.load(args.scenario)
-    builds = args.command in ("up", "check") or getattr(args, "check", False) or getattr(
-        args, "check_only", False)
-    return sc, lab.claim(sc, dirs) if builds else lab.plan_for(sc, dirs)
-
-
 def _print_report(rep: dict[str, Any]) -> None:
     print(f"lab {rep['lab']}")
     if "host" in rep:
@@ -136,112 +139,142 @@ def run(argv: list[str]) -> int:
         raise Interrupted(f"interrupted; `{down}` removes what was started") from None
 
 
+NEEDS_ROOT = ("up", "down", "host", "gc", "check", "ssh")
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="vlab: %(message)s")
-    if os.geteuid() != 0 and args.command in ("up", "down", "host", "gc", "check", "ssh"):
+    if os.geteuid() != 0 and args.command in NEEDS_ROOT:
         raise UsageError(f"vlab {args.command} needs root (namespaces, libvirtd, the NFS server)"
                          "; fix: run it as root")
     dirs = Dirs.from_env()
-    say = lab.stderr_progress()
+    say = stderr_progress()
     if args.command == "host":
         return _host(args.action, dirs, say)
     if args.command == "gc":
-        removed = lab.gc(dirs, say)
-        print(f"removed {len(removed)} leftover(s)" if removed else "nothing to remove")
-        return EXIT_OK
-    sc, plan = _load(args, dirs)
-    if args.command == "render":
-        for path in lab.render_to(plan, args.out):
-            print(path)
-        return EXIT_OK
-    if args.command == "up":
-        if not plan.terminals:
-            raise UsageError(f"{args.scenario}: no [[terminal]] to boot; fix: add one, or "
-                             "use vlab pxe for the [[host]]s")
-        rep = _up(sc, plan, dirs, say)
-        _output(rep, args.json)
-        if not lab.all_ok(rep):
-            raise BootFailed(f"{_failures(rep)}\n  the terminals are left running for a look "
-                             f"(vlab console {args.scenario} NAME); vlab down removes them")
-        return EXIT_OK
-    if args.command == "pxe":
-        if not sc.pxe.hosts:
-            raise UsageError(f"{args.scenario}: no [[host]] tables; fix: list the physical "
-                             'hosts: [[host]] name = "pc1" mac = "00:11:22:33:44:55"')
-        changes = tftp.Changes() if args.check_only else lab.pxe(sc, plan, dirs,
-                                                                 args.tftp_root, say)
-        out: dict[str, Any] = {"lab": plan.lab, "tftp_root": str(args.tftp_root),
-                               "written": changes.written, "removed": changes.removed,
-                               "unchanged": changes.unchanged}
-        args.check = args.check or args.check_only
-        if args.check:
-            out["check"] = lab.pxe_check(sc, plan, dirs, args.tftp_root, say)
-        if args.json:
-            print(json.dumps(out, indent=2))
-        else:
-            for rel in changes.written:
-                print(f"wrote   {args.tftp_root / rel}")
-            for rel in changes.removed:
-                print(f"removed {args.tftp_root / rel}")
-            if args.check:
-                _print_report(out["check"])
-        if args.check and not lab.all_ok(out["check"]):
-            raise BootFailed("a virtual twin did not boot through the PXE tree")
-        return EXIT_OK
-    if args.command == "check":
-        return _check(args, sc, plan, dirs, say)
-    if args.command == "status":
-        _output(lab.status(plan), args.json)
-        return EXIT_OK
-    if args.command == "down":
-        lab.down(plan, dirs, say)
-        say(f"lab {plan.lab} is down")
-        return EXIT_OK
-    if args.command == "ssh":
-        t = _terminal(args, plan)
-        command = args.remote[1:] if args.remote[:1] == ["--"] else args.remote
-        session = lab.ssh_session(plan, t)
-        try:
-            if not command:
-                return session.shell()
-            status, output = session.run(" ".join(command), timeout=3600)
-        finally:
-            session.close()
-        sys.stdout.write(output)
-        return status
-    if args.command == "console":
-        t = _terminal(args, plan)
-        from vlab import virt
-
-        virt.register_events()
-        conn = lab.connect_host(plan.host(t.host))
-        print(f"Connected to {t.domain} on {t.host}; leave with Ctrl-]", file=sys.stderr)
-        virt.attach_console(conn, t.domain)
-        return EXIT_OK
-    raise AssertionError(args.command)
+        return _gc(dirs, say)
+    sc = scenario.load(args.scenario)
+    command: Command = COMMANDS[args.command]
+    return command(args, sc, dirs, say)
 
 
-def _check(args: argparse.Namespace, sc: scenario.Scenario, plan: LabPlan, dirs: Dirs,
-           say: lab.Say) -> int:
-    if args.timeout is not None:
-        if not 10 <= args.timeout <= 3600:
-            raise UsageError(f"--timeout {args.timeout}: use 10 to 3600 seconds")
-        plan = replace(plan, timeout=args.timeout)
-    if not plan.terminals:
-        raise UsageError(f"{args.scenario}: no [[terminal]] to boot")
+Command = Callable[[argparse.Namespace, scenario.Scenario, Dirs, Say], int]
+
+
+def _gc(dirs: Dirs, say: Say) -> int:
+    removed = gc(dirs, say)
+    print(f"removed {len(removed)} leftover(s)" if removed else "nothing to remove")
+    return EXIT_OK
+
+
+def _render(args: argparse.Namespace, sc: scenario.Scenario, dirs: Dirs, say: Say) -> int:
+    for path in render_to(plan_for(sc, dirs), args.out):
+        print(path)
+    return EXIT_OK
+
+
+def _up(args: argparse.Namespace, sc: scenario.Scenario, dirs: Dirs, say: Say) -> int:
+    if not sc.terminals:
+        raise UsageError(f"{args.scenario}: no [[terminal]] to boot; fix: add one, or "
+                         "use vlab pxe for the [[host]]s")
+    plan = claim(sc, dirs)
+    rep = _built(sc, plan, dirs, say)
+    _output(rep, args.json)
+    if not all_ok(rep):
+        raise BootFailed(f"{_failures(rep)}\n  the terminals are left running for a look "
+                         f"(vlab console {args.scenario} NAME); vlab down removes them")
+    return EXIT_OK
+
+
+def _pxe(args: argparse.Namespace, sc: scenario.Scenario, dirs: Dirs, say: Say) -> int:
+    if not sc.pxe.machines:
+        raise UsageError(f"{args.scenario}: no [[host]] tables; fix: list the physical "
+                         'hosts: [[host]] name = "pc1" mac = "00:11:22:33:44:55"')
+    checking = args.check or args.check_only
+    plan = claim(sc, dirs, twins=True) if checking else plan_for(sc, dirs)
+    changes = tftp.Changes() if args.check_only else lab_pxe.write(sc, plan, dirs,
+                                                                   args.tftp_root, say)
+    out: dict[str, Any] = {"lab": plan.lab, "tftp_root": str(args.tftp_root),
+                           "written": changes.written, "removed": changes.removed,
+                           "unchanged": changes.unchanged}
+    if checking:
+        out["check"] = lab_pxe.check(plan, dirs, args.tftp_root, say)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for rel in changes.written:
+            print(f"wrote   {args.tftp_root / rel}")
+        for rel in changes.removed:
+            print(f"removed {args.tftp_root / rel}")
+        if checking:
+            _print_report(out["check"])
+    if checking and not all_ok(out["check"]):
+        raise BootFailed("a virtual twin did not boot through the PXE tree")
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace, sc: scenario.Scenario, dirs: Dirs, say: Say) -> int:
+    _output(status(plan_for(sc, dirs)), args.json)
+    return EXIT_OK
+
+
+def _down(args: argparse.Namespace, sc: scenario.Scenario, dirs: Dirs, say: Say) -> int:
+    plan = plan_for(sc, dirs)
+    down(plan, dirs, say)
+    say(f"lab {plan.lab} is down")
+    return EXIT_OK
+
+
+def _ssh(args: argparse.Namespace, sc: scenario.Scenario, dirs: Dirs, say: Say) -> int:
+    plan = plan_for(sc, dirs)
+    t = _terminal(args, plan)
+    command = args.remote[1:] if args.remote[:1] == ["--"] else args.remote
+    session = ssh_session(plan, t)
     try:
-        rep = _up(sc, plan, dirs, say)
+        if not command:
+            return session.shell()
+        exit_status, output = session.run(" ".join(command), timeout=3600)
+    finally:
+        session.close()
+    sys.stdout.write(output)
+    return exit_status
+
+
+def _console(args: argparse.Namespace, sc: scenario.Scenario, dirs: Dirs, say: Say) -> int:
+    plan = plan_for(sc, dirs)
+    t = _terminal(args, plan)
+    virt.register_events()
+    conn = nodes.connect(plan.node(t.node))
+    print(f"Connected to {t.domain} on {t.node}; leave with Ctrl-]", file=sys.stderr)
+    virt.attach_console(conn, t.domain)
+    return EXIT_OK
+
+
+def _check(args: argparse.Namespace, sc: scenario.Scenario, dirs: Dirs, say: Say) -> int:
+    if args.timeout is not None and not 10 <= args.timeout <= 3600:
+        raise UsageError(f"--timeout {args.timeout}: use 10 to 3600 seconds")
+    if not sc.terminals:
+        raise UsageError(f"{args.scenario}: no [[terminal]] to boot")
+    plan = claim(sc, dirs, timeout=args.timeout)
+    try:
+        rep = _built(sc, plan, dirs, say)
     finally:
         if not args.keep:
-            lab.down(plan, dirs, say)
+            down(plan, dirs, say)
     if args.junit:
         args.junit.write_text(junit.report_to_junit(rep))
         say(f"JUnit report: {args.junit}")
     _output(rep, args.json)
-    if not lab.all_ok(rep):
+    if not all_ok(rep):
         raise BootFailed(_failures(rep))
     return EXIT_OK
+
+
+COMMANDS: dict[str, Command] = {
+    "render": _render, "up": _up, "pxe": _pxe, "check": _check, "status": _status,
+    "down": _down, "ssh": _ssh, "console": _console,
+}
 
 
 def _failures(rep: dict[str, Any]) -> str:
@@ -265,13 +298,13 @@ def _terminal(args: argparse.Namespace, plan: LabPlan) -> TerminalPlan:
     return t
 
 
-def _up(sc: scenario.Scenario, plan: LabPlan, dirs: Dirs, say: lab.Say) -> dict[str, Any]:
-    """lab.up; bad input that only shows once vlab looks inside the root (a kernel version
+def _built(sc: scenario.Scenario, plan: LabPlan, dirs: Dirs, say: Say) -> dict[str, Any]:
+    """up(); bad input that only shows once vlab looks inside the root (a kernel version
     the image lacks) still leaves nothing: what was made for it is taken down again."""
     try:
-        return lab.up(sc, plan, dirs, say)
+        return up(sc, plan, dirs, say)
     except ScenarioError:
-        lab.down(plan, dirs, lambda _text: None)
+        down(plan, dirs, lambda _text: None)
         raise
 
 
@@ -282,16 +315,13 @@ def _output(rep: dict[str, Any], as_json: bool) -> None:
         _print_report(rep)
 
 
-def _host(action: str, dirs: Dirs, say: lab.Say) -> int:
-    from vlab import labhost
-    from vlab.scenario import HostMode
-
+def _host(action: str, dirs: Dirs, say: Say) -> int:
     if action == "up":
-        status = labhost.ensure(HostMode.ISOLATED, NETNS, dirs.state / "host")
-        state.remove(dirs.state, lab.HOST_FILE)
-        print(status.describe())
+        host = labhost.ensure(LabHostMode.ISOLATED, NETNS, dirs.state / "host")
+        state.remove(dirs.state, state.HOST_FILE)
+        print(host.describe())
     elif action == "down":
-        lab.host_down_all(NETNS, dirs, say)
+        everything_down(NETNS, dirs, say)
     else:
         print(labhost.status(NETNS).describe())
     return EXIT_OK

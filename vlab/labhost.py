@@ -21,7 +21,7 @@ from typing import TypeVar
 
 from vlab import procs, run
 from vlab.errors import HostError, MissingTool
-from vlab.scenario import HostMode
+from vlab.scenario import LabHostMode
 
 LIBVIRT_SOCK = Path("/run/libvirt/libvirt-sock")
 LIBVIRTD_PID = Path("/run/libvirtd.pid")
@@ -116,16 +116,16 @@ def status(netns: str) -> HostStatus:
     return HostStatus("system", pid, None)
 
 
-def ensure(mode: HostMode, netns: str, log_dir: Path) -> HostStatus:
+def ensure(mode: LabHostMode, netns: str, log_dir: Path) -> HostStatus:
     """Make sure a libvirtd of the asked-for kind answers; start the isolated one if needed."""
     current = status(netns)
-    if mode is HostMode.SYSTEM and current.mode != "system":
+    if mode is LabHostMode.SYSTEM and current.mode != "system":
         raise HostError(
             "host = \"system\" but no system libvirtd answers on " + str(LIBVIRT_SOCK)
             + ("" if current.mode == "down" else " (the one running is vlab's isolated host)")
             + "; fix: start libvirtd, or use host = \"auto\" to let vlab start an isolated one"
         )
-    if mode is HostMode.ISOLATED and current.mode == "system":
+    if mode is LabHostMode.ISOLATED and current.mode == "system":
         raise HostError(
             "host = \"isolated\" but a system libvirtd already runs (only one libvirtd fits "
             "on a machine); fix: use host = \"system\" or \"auto\", or stop that libvirtd"

@@ -4,13 +4,11 @@ mounted read-only, or a directory as it is; exported read-only."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 from vlab import busybox, cache, mounts, render, run
 from vlab.errors import MissingTool
-
-Say = Callable[[str], None]
+from vlab.progress import Say
 
 DIRS = ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "dev", "proc", "sys", "tmp", "run",
         "root", "var/tmp", "var/lock", "var/log")

@@ -24,6 +24,7 @@ def _files(plan: LabPlan) -> tuple[Path, Path, Path]:
 
 
 RPCBIND_SOCK = Path("/run/rpcbind.sock")
+RPCBIND_PID = "rpcbind.pid"  # in the state folder: the rpcbind vlab started, if it did
 
 
 def _rpcbind_answers() -> bool:
@@ -46,10 +47,16 @@ def ensure_rpcbind(netns: str | None, pid_file: Path) -> None:
         time.sleep(0.05)
 
 
-def stop_rpcbind_if_unused(pid_file: Path, ganesha_pids: list[Path]) -> bool:
+def pid_files(state_dir: Path) -> list[Path]:
+    """The pid file of every lab's nfs-ganesha (running or not)."""
+    return sorted((state_dir / "labs").glob("*/nfs/ganesha.pid"))
+
+
+def stop_rpcbind_if_unused(state_dir: Path) -> bool:
     """Stop the rpcbind vlab started once no NFS server of any lab runs."""
+    pid_file = state_dir / RPCBIND_PID
     rpcbind = procs.read_pid(pid_file)
-    if rpcbind is None or any(procs.read_pid(p) is not None for p in ganesha_pids):
+    if rpcbind is None or any(procs.read_pid(p) is not None for p in pid_files(state_dir)):
         return False
     procs.stop(rpcbind)
     pid_file.unlink(missing_ok=True)
@@ -60,7 +67,7 @@ def pid(plan: LabPlan) -> int | None:
     return procs.read_pid(_files(plan)[1])
 
 
-def start(plan: LabPlan, netns: str | None, rpcbind_pid_file: Path) -> None:
+def start(plan: LabPlan, netns: str | None, state_dir: Path) -> None:
     """Start (or keep) the lab's ganesha; wait_ready() says when it listens. (It listens on
     every address of its namespace, so it can start while the network is being defined.)"""
     if run.which(GANESHA) is None:
@@ -71,7 +78,7 @@ def start(plan: LabPlan, netns: str | None, rpcbind_pid_file: Path) -> None:
     if procs.read_pid(pid_file) is not None:
         return
     if plan.nfs_version is NfsVersion.V3:
-        ensure_rpcbind(netns, rpcbind_pid_file)
+        ensure_rpcbind(netns, state_dir / RPCBIND_PID)
     (plan.nfs_server_dir / "recovery").mkdir(parents=True, exist_ok=True)
     conf.write_text(render.ganesha_conf(plan))
     log_file.write_text("")

@@ -6,22 +6,28 @@ Everything after this step only renders the plan or acts on it.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from vlab.cmdline import (
+    MOUNT_PORT_OFFSET,
+    kernel_cmdline,
+    machines_nfs,
+    nfs_options,
+    root_path_by_dhcp,
+    root_target,
+)
 from vlab.errors import ScenarioError
+from vlab.lease import NO_OTHER_LABS, Taken, digest, lease, pinned_mac, pinned_macs
 from vlab.scenario import (
     LOCAL,
-    MAC_PREFIX,
     AfterBoot,
-    HostMode,
     Hypervisor,
     InitrdBuilder,
     KernelSource,
-    Lab,
+    LabHostMode,
     NfsVersion,
     NicDriver,
     RootSource,
@@ -30,17 +36,14 @@ from vlab.scenario import (
     Writable,
 )
 
-KVM_MAC_PREFIX = MAC_PREFIX[Hypervisor.QEMU]
 FIRST_TERMINAL_HOST = 10
-NFS_PORT_BASE = 20490
-MOUNT_PORT_OFFSET = 1000  # NFSv3's MOUNT protocol listens this far above the NFS port
 NETNS = "vlab-host"
 MARKER = "VLAB-NFSROOT-OK"
-# Words vlab adds for speed, not for function: a quiet serial console boots faster under TCG.
-TUNING_ARGS = ("quiet",)
 FAIL_MARKER = "VLAB-FAIL"
 READY_MARKER = "VLAB-TERMINAL-UP"
 SSH_MARKER = "VLAB-SSH-HOSTKEY"  # then the terminal's name and its SSH host key
+TWIN_SAMPLE = 4  # PXE machines that get a virtual twin (the rest are alike)
+DOMAIN_TYPES = {Hypervisor.KVM: "kvm", Hypervisor.QEMU: "qemu", Hypervisor.XEN: "xen"}
 
 
 # The libvirt NIC model that each guest driver drives.
@@ -80,62 +83,56 @@ class TerminalPlan:
     domain: str
     nic_model: str
     mac: str
-    ip: str
+    ip: str  # pinned by the lab's DHCP; "" on another node (its network's DHCP decides)
     memory_mib: int
     vcpus: int
-    root_server: str
-    root_path: str
     dhcp_root_path: str | None
     cmdline: str
     console_log: Path
     boot: str = "kernel"  # "kernel": direct kernel boot; "pxe": the NIC's PXE ROM
-    host: str = LOCAL  # the hypervisor host it runs on
+    node: str = LOCAL  # the node it runs on
 
 
 @dataclass(frozen=True)
-class HostPlan:
-    """A hypervisor host of the lab: the lab's own (local), or one of its [[libvirt_host]]s."""
+class NodePlan:
+    """A node of the lab: the lab host itself (LOCAL), or one of its [[libvirt_host]]s."""
 
     name: str
     uri: str
-    netns: str | None  # vlab reaches a remote host from inside this namespace
+    netns: str | None  # vlab reaches another node from inside this namespace
     network: str  # the libvirt network its terminals join (or "")
     bridge: str  # ...or the bridge (or "")
-    kernel_path: Path  # the boot files as that host's QEMU reads them
-    initrd_path: Path
-    files_dir: Path  # remote: the lab's folder of shipped files there
+    files_dir: Path  # the boot files as that node's QEMU reads them
 
     @property
     def remote(self) -> bool:
         return self.name != LOCAL
 
+    @property
+    def kernel_path(self) -> Path:
+        return self.files_dir / "vmlinuz"
+
+    @property
+    def initrd_path(self) -> Path:
+        return self.files_dir / "initrd.img"
+
 
 @dataclass(frozen=True)
 class LabPlan:
+    """Every decision about a lab; what follows from these fields is a property."""
+
     lab: str
     scenario: Path
     uri: str
-    host_mode: HostMode
+    lab_host: LabHostMode
     hypervisor: Hypervisor
-    domain_type: str
-    netns: str
-    network: str
     bridge: str
     attempt: int  # > 0 when subnet, NFS port or bridge had to dodge another lab's
     subnet: ipaddress.IPv4Network
-    gateway: str
-    dhcp_start: str
-    dhcp_end: str
     nfs_version: NfsVersion
     nfs_port: int
-    mount_port: int
-    nfs_options: str
     export_path: Path
     lab_dir: Path
-    kernel_path: Path
-    initrd_path: Path
-    nfs_server_dir: Path
-    tftp_root: Path  # only for terminals with boot = "pxe"
     root_source: RootSource
     root_image: Path | None
     debian_suite: str
@@ -150,83 +147,78 @@ class LabPlan:
     timeout: int
     stall: int
     terminals: tuple[TerminalPlan, ...]
-    hosts: tuple[HostPlan, ...]  # the local host first
+    nodes: tuple[NodePlan, ...]  # the lab host first
     nfs_clients: tuple[ipaddress.IPv4Network, ...]  # the subnets its NFS server admits
-    # The lab's SSH public key (base64 of an ssh-ed25519 blob), given to the terminals on
-    # their command line; made by sshkeys.py when the lab is built, empty in a pure plan.
+    # The lab's SSH public key (base64 of an ssh-ed25519 blob), on the terminals' command
+    # lines; made by sshkeys.py when the lab is built, empty in a pure plan.
     ssh_key: str = ""
+
+    netns = NETNS  # the isolated lab host's network namespace
+
+    @property
+    def domain_type(self) -> str:
+        return DOMAIN_TYPES[self.hypervisor]
+
+    @property
+    def gateway(self) -> str:
+        """The lab host's address on the lab network: DHCP, TFTP and NFS server."""
+        return str(self.subnet.network_address + 1)
+
+    @property
+    def dhcp_start(self) -> str:
+        return str(self.subnet.network_address + FIRST_TERMINAL_HOST)
+
+    @property
+    def dhcp_end(self) -> str:
+        return str(self.subnet.broadcast_address - 1)
+
+    @property
+    def mount_port(self) -> int:
+        return self.nfs_port + MOUNT_PORT_OFFSET
+
+    @property
+    def nfs_options(self) -> str:
+        return nfs_options(self.nfs_version, self.nfs_port)
+
+    @property
+    def root_squash(self) -> bool:
+        """The page exports with no_root_squash: a distribution root's init must read files
+        only root may read (/etc/shadow, keys). vlab's busybox root has none: squashed."""
+        return self.root_source is RootSource.BUSYBOX
+
+    @property
+    def network(self) -> str:
+        return self.node(LOCAL).network
+
+    @property
+    def kernel_path(self) -> Path:
+        return self.node(LOCAL).kernel_path
+
+    @property
+    def initrd_path(self) -> Path:
+        return self.node(LOCAL).initrd_path
+
+    @property
+    def nfs_server_dir(self) -> Path:
+        return self.lab_dir / "nfs"
+
+    @property
+    def tftp_root(self) -> Path:  # only for terminals with boot = "pxe"
+        return self.lab_dir / "tftp"
+
+    @property
+    def busy_nodes(self) -> tuple[NodePlan, ...]:
+        """The lab host, and every other node that runs one of the lab's terminals."""
+        return tuple(h for h in self.nodes if not h.remote or self.on(h))
 
     def terminal(self, name: str) -> TerminalPlan | None:
         return next((t for t in self.terminals if t.name == name), None)
 
-    def host(self, name: str) -> HostPlan:
-        return next(h for h in self.hosts if h.name == name)
+    def node(self, name: str) -> NodePlan:
+        return next(h for h in self.nodes if h.name == name)
 
-    def on(self, host: HostPlan) -> tuple[TerminalPlan, ...]:
-        return tuple(t for t in self.terminals if t.host == host.name)
-
-
-def _digest(*parts: str) -> bytes:
-    return hashlib.sha256("\0".join(parts).encode()).digest()
-
-
-def pinned_mac(lab: str, terminal: str, attempt: int = 0, prefix: str = KVM_MAC_PREFIX) -> str:
-    """A MAC in QEMU's 52:54:00 range (or Xen's 00:16:3e), from lab and terminal name only."""
-    d = _digest("mac", lab, terminal, str(attempt))
-    return prefix + "".join(f":{b:02x}" for b in d[:3])
-
-
-def lab_subnet(lab: str, attempt: int = 0) -> ipaddress.IPv4Network:
-    """A private /24 derived from the lab name, inside the lab host's own namespace."""
-    octet = 1 + _digest("subnet", lab, *_again(attempt))[0] % 250
-    return ipaddress.IPv4Network(f"10.213.{octet}.0/24")
-
-
-def _again(attempt: int) -> tuple[str, ...]:
-    return (str(attempt),) if attempt else ()
-
-
-@dataclass(frozen=True)
-class Taken:
-    """What the other labs on this machine hold: a new lab's plan steers clear of it."""
-
-    subnets: frozenset[str] = frozenset()
-    ports: frozenset[int] = frozenset()
-    bridges: frozenset[str] = frozenset()
-    macs: frozenset[str] = frozenset()
-    by: dict[str, str] = field(default_factory=dict, compare=False)  # resource -> lab
-
-    def holds(self, subnet: str, nfs_port: int, bridge: str) -> bool:
-        return (subnet in self.subnets or bridge in self.bridges
-                or bool({nfs_port, nfs_port + MOUNT_PORT_OFFSET} & self.ports))
-
-
-MAX_ATTEMPTS = 200
-
-
-Lease = tuple[int, ipaddress.IPv4Network, int, str]  # attempt, subnet, NFS port, bridge
-
-
-def _lease(lab: Lab, path: Path, taken: Taken, attempt: int | None) -> Lease:
-    """The lab's subnet, NFS port and bridge: from its name, re-derived past other labs'."""
-    def derive(n: int) -> tuple[ipaddress.IPv4Network, int, str]:
-        port = NFS_PORT_BASE + int.from_bytes(_digest("port", lab.name, *_again(n))[:2]) % 1000
-        bridge = "vlab" + _digest("bridge", lab.name, *_again(n)).hex()[:8]
-        return lab.subnet or lab_subnet(lab.name, n), port, bridge
-
-    if attempt is not None:  # recorded when the lab came up: keep it while it lives
-        return (attempt, *derive(attempt))
-    if lab.subnet is not None and str(lab.subnet) in taken.subnets:
-        raise ScenarioError(path, "lab.subnet", f"'{lab.subnet}' is the subnet of lab "
-                            f"{taken.by.get(str(lab.subnet), '?')!r}, which is up",
-                            "choose another subnet, or leave subnet out to get a free one")
-    for n in range(MAX_ATTEMPTS):
-        subnet, port, bridge = derive(n)
-        if not taken.holds(str(subnet), port, bridge):
-            return n, subnet, port, bridge
-    raise ScenarioError(path, "lab.name", f"{lab.name!r}: no free subnet and NFS port "
-                        f"after {MAX_ATTEMPTS} tries ({len(taken.subnets)} labs are up)",
-                        "take some labs down (vlab down) first")
+    def on(self, node: NodePlan) -> tuple[TerminalPlan, ...]:
+        return tuple(t for t in self.terminals if t.node == node.name)
 
 
 Placement = dict[str, str]  # terminal -> host
@@ -236,18 +228,18 @@ def place(scenario: Scenario, free_mib: dict[str, int] | None = None) -> Placeme
     """Which host each terminal runs on: where the scenario says, else the host with the most
     free memory (as its libvirt reports it, less what this lab already put there), never over
     a host's capacity. Without free-memory figures (render, status) every host counts equal."""
-    hosts = [LOCAL, *(h.name for h in scenario.libvirt_hosts)]
-    capacity = {h.name: h.capacity for h in scenario.libvirt_hosts}
+    hosts = [LOCAL, *(h.name for h in scenario.nodes)]
+    capacity = {h.name: h.capacity for h in scenario.nodes}
     free = {h: (free_mib or {}).get(h, 0) for h in hosts}
     count = dict.fromkeys(hosts, 0)
     placement: Placement = {}
     for t in scenario.terminals:
-        if t.host is not None:
-            placement[t.name] = t.host
-            free[t.host] -= t.memory
-            count[t.host] += 1
+        if t.node is not None:
+            placement[t.name] = t.node
+            free[t.node] -= t.memory
+            count[t.node] += 1
     for t in scenario.terminals:
-        if t.host is not None:
+        if t.node is not None:
             continue
         room = [h for h in hosts if capacity.get(h) is None or count[h] < (capacity[h] or 0)]
         best = max(room, key=lambda h: (free[h], -hosts.index(h)))
@@ -257,101 +249,45 @@ def place(scenario: Scenario, free_mib: dict[str, int] | None = None) -> Placeme
     return placement
 
 
-def make_plan(scenario: Scenario, dirs: Dirs, taken: Taken = Taken(),
-              attempt: int | None = None, placement: Placement | None = None) -> LabPlan:
+def domain_name(lab: str, terminal: str) -> str:
+    return f"vlab-{lab}-{terminal}"
+
+
+def make_plan(scenario: Scenario, dirs: Dirs, taken: Taken = NO_OTHER_LABS,
+              attempt: int | None = None, placement: Placement | None = None, *,
+              ssh_key: str = "", timeout: int | None = None, twins: bool = False) -> LabPlan:
+    """The lab's plan. `ssh_key` goes on every command line; `timeout` overrides [lab]
+    timeout; with `twins`, the terminals are virtual twins of the [[host]] machines."""
     lab = scenario.lab
-    attempt, subnet, nfs_port, bridge = _lease(lab, scenario.path, taken, attempt)
-    hosts = list(subnet.hosts())
-    gateway = str(hosts[0])
-    if len(scenario.terminals) > len(hosts) - FIRST_TERMINAL_HOST:
+    attempt, subnet, nfs_port, bridge = lease(lab, scenario.path, taken, attempt)
+    if len(scenario.terminals) > subnet.num_addresses - 2 - FIRST_TERMINAL_HOST:
         raise ScenarioError(scenario.path, "terminal", f"{len(scenario.terminals)} terminals "
                             f"do not fit in {subnet}", "use fewer terminals")
     lab_dir = dirs.state / "labs" / lab.name
     root = scenario.root
-    builder = scenario.initrd.builder
-    packages = debian_packages(root.packages, builder)
-    export_path = {
-        RootSource.BUSYBOX: dirs.cache / "roots" / "busybox",
-        RootSource.DIR: root.path,
-        # While the lab runs, the image stays mounted read-only here, and this is exported.
-        RootSource.IMAGE: lab_dir / "root",
-        RootSource.DEBIAN: dirs.cache / "roots" / (
-            f"debian-{root.suite}-" + _digest("debian", root.suite, *packages).hex()[:12]),
-    }[root.source]
-    assert export_path is not None
-    mount_port = nfs_port + MOUNT_PORT_OFFSET
-    nfs_options = f"vers={lab.nfs_version.value},port={nfs_port}"
-    if lab.nfs_version is NfsVersion.V3:
-        # Every port given, so the terminal never needs to ask rpcbind.
-        nfs_options += f",mountport={mount_port},mountproto=tcp,nolock"
-    macs = _macs(scenario, taken.macs)
-    placement = placement or place(scenario)
-    servers = {h.name: str(h.nfs_server) for h in scenario.libvirt_hosts}
-    terminals = []
-    for i, t in enumerate(scenario.terminals):
-        on = placement.get(t.name, LOCAL)
-        server, path = root_target(t.root, servers.get(on, gateway), str(export_path))
-        dhcp_root = None
-        if lab.root_via is RootVia.DHCP:
-            dhcp_root = t.dhcp_root_path or dhcp_root_path(builder, lab.nfs_version, server,
-                                                           path, nfs_options)
-        given = lab.root_via is RootVia.CMDLINE or t.root is not None
-        words = kernel_cmdline(scenario, server if given else None, path, nfs_options,
-                               [CONSOLE[lab.hypervisor]], t.cmdline, macs[t.name])
-        terminals.append(TerminalPlan(
-            name=t.name,
-            domain=f"vlab-{lab.name}-{t.name}",
-            nic_model=NIC_MODELS[t.nic],
-            mac=macs[t.name],
-            # Another host's terminals take an address from its network's DHCP.
-            ip=str(hosts[FIRST_TERMINAL_HOST - 1 + i]) if on == LOCAL else "",
-            memory_mib=t.memory,
-            vcpus=t.vcpus,
-            root_server=server,
-            root_path=path,
-            dhcp_root_path=dhcp_root,
-            cmdline=words,
-            console_log=lab_dir / "console" / f"{t.name}.log",
-            boot=t.boot.value,
-            host=on,
-        ))
-    kernel_path, initrd_path = lab_dir / "boot" / "vmlinuz", lab_dir / "boot" / "initrd.img"
-    host_plans = [HostPlan(name=LOCAL, uri=lab.uri, netns=None, network=f"vlab-{lab.name}",
-                           bridge="", kernel_path=kernel_path, initrd_path=initrd_path,
-                           files_dir=kernel_path.parent)]
-    for h in scenario.libvirt_hosts:
-        files = Path(h.files) / lab.name
-        host_plans.append(HostPlan(
-            name=h.name, uri=h.uri, netns=h.netns, network=h.network or "",
-            bridge=h.bridge or "", kernel_path=files / "vmlinuz",
-            initrd_path=files / "initrd.img", files_dir=files))
+    packages = debian_packages(root.packages, scenario.initrd.builder)
+    export_path = _export_path(scenario, dirs, lab_dir, packages)
+    gateway = str(subnet.network_address + 1)
+    nodes = _nodes(scenario, lab_dir)
+    if twins:
+        terminals = _twins(scenario, subnet, gateway, nfs_port, export_path, lab_dir)
+    else:
+        terminals = _terminals(scenario, subnet, gateway, nfs_port, export_path, lab_dir,
+                               placement or place(scenario), taken.macs, ssh_key)
     return LabPlan(
         lab=lab.name,
         scenario=scenario.path,
         uri=lab.uri,
         # vlab's isolated lab host runs QEMU only: a Xen lab needs the Xen host's libvirtd.
-        host_mode=HostMode.SYSTEM if lab.hypervisor is Hypervisor.XEN else lab.host,
+        lab_host=LabHostMode.SYSTEM if lab.hypervisor is Hypervisor.XEN else lab.lab_host,
         hypervisor=lab.hypervisor,
-        domain_type={Hypervisor.KVM: "kvm", Hypervisor.QEMU: "qemu",
-                     Hypervisor.XEN: "xen"}[lab.hypervisor],
-        netns=NETNS,
-        network=f"vlab-{lab.name}",
         bridge=bridge,
         attempt=attempt,
         subnet=subnet,
-        gateway=gateway,
-        dhcp_start=str(hosts[FIRST_TERMINAL_HOST - 1]),
-        dhcp_end=str(hosts[-1]),
         nfs_version=lab.nfs_version,
         nfs_port=nfs_port,
-        mount_port=mount_port,
-        nfs_options=nfs_options,
         export_path=export_path,
         lab_dir=lab_dir,
-        kernel_path=kernel_path,
-        initrd_path=initrd_path,
-        nfs_server_dir=lab_dir / "nfs",
-        tftp_root=lab_dir / "tftp",
         root_source=root.source,
         root_image=root.path if root.source is RootSource.IMAGE else None,
         debian_suite=root.suite,
@@ -359,17 +295,100 @@ def make_plan(scenario: Scenario, dirs: Dirs, taken: Taken = Taken(),
         kernel_source=scenario.kernel.source,
         kernel_package=scenario.kernel.package,
         kernel_version=scenario.kernel.version,
-        builder=builder,
+        builder=scenario.initrd.builder,
         nic_drivers=scenario.initrd.nic_drivers,
         writable=scenario.root.writable,
         after_boot=scenario.root.after_boot,
-        timeout=lab.timeout,
+        timeout=lab.timeout if timeout is None else timeout,
         stall=lab.stall,
-        terminals=tuple(terminals),
-        hosts=tuple(host_plans),
-        nfs_clients=(subnet, *sorted({h.clients for h in scenario.libvirt_hosts if h.clients},
+        terminals=terminals,
+        nodes=nodes,
+        nfs_clients=(subnet, *sorted({h.clients for h in scenario.nodes if h.clients},
                                      key=str)),
+        ssh_key=ssh_key,
     )
+
+
+def _export_path(scenario: Scenario, dirs: Dirs, lab_dir: Path,
+                 packages: tuple[str, ...]) -> Path:
+    root = scenario.root
+    if root.source is RootSource.BUSYBOX:
+        return dirs.cache / "roots" / "busybox"
+    if root.source is RootSource.IMAGE:
+        # While the lab runs, the image stays mounted read-only here, and this is exported.
+        return lab_dir / "root"
+    if root.source is RootSource.DEBIAN:
+        return dirs.cache / "roots" / (
+            f"debian-{root.suite}-" + digest("debian", root.suite, *packages).hex()[:12])
+    assert root.path is not None
+    return root.path
+
+
+def _nodes(scenario: Scenario, lab_dir: Path) -> tuple[NodePlan, ...]:
+    lab = scenario.lab
+    local = NodePlan(name=LOCAL, uri=lab.uri, netns=None, network=f"vlab-{lab.name}",
+                     bridge="", files_dir=lab_dir / "boot")
+    return (local, *(NodePlan(name=h.name, uri=h.uri, netns=h.netns, network=h.network or "",
+                              bridge=h.bridge or "", files_dir=Path(h.files) / lab.name)
+                     for h in scenario.nodes))
+
+
+def _terminals(scenario: Scenario, subnet: ipaddress.IPv4Network, gateway: str, nfs_port: int,
+               export_path: Path, lab_dir: Path, placement: Placement,
+               others: frozenset[str], ssh_key: str) -> tuple[TerminalPlan, ...]:
+    lab = scenario.lab
+    options = nfs_options(lab.nfs_version, nfs_port)
+    macs = pinned_macs(scenario, others)
+    servers = {h.name: str(h.nfs_server) for h in scenario.nodes}
+    terminals = []
+    for i, t in enumerate(scenario.terminals):
+        on = placement.get(t.name, LOCAL)
+        server, path = root_target(t.root, servers.get(on, gateway), str(export_path))
+        dhcp_root = None
+        if lab.root_via is RootVia.DHCP:
+            dhcp_root = t.dhcp_root_path or root_path_by_dhcp(scenario, None, server, path,
+                                                              options)
+        given = lab.root_via is RootVia.CMDLINE or t.root is not None
+        # A PXE terminal's key is in its pxelinux file, which pxe.py writes.
+        words = kernel_cmdline(scenario, server if given else None, path, options,
+                               [CONSOLE[lab.hypervisor]], t.cmdline, macs[t.name], ssh_key)
+        terminals.append(TerminalPlan(
+            name=t.name,
+            domain=domain_name(lab.name, t.name),
+            nic_model=NIC_MODELS[t.nic],
+            mac=macs[t.name],
+            # Another node's terminals take an address from its network's DHCP.
+            ip=str(subnet.network_address + FIRST_TERMINAL_HOST + i) if on == LOCAL else "",
+            memory_mib=t.memory,
+            vcpus=t.vcpus,
+            dhcp_root_path=dhcp_root,
+            cmdline=words,
+            console_log=lab_dir / "console" / f"{t.name}.log",
+            boot=t.boot.value,
+            node=on,
+        ))
+    return tuple(terminals)
+
+
+def _twins(scenario: Scenario, subnet: ipaddress.IPv4Network, gateway: str, nfs_port: int,
+           export_path: Path, lab_dir: Path) -> tuple[TerminalPlan, ...]:
+    """A virtual twin per physical machine (a sample when there are many): its MAC, its fixed
+    IP, booting from the network; and one more whose MAC has no file, which must boot
+    through pxelinux.cfg/default."""
+    lab = scenario.lab.name
+    machines = scenario.pxe.machines
+    macs = {m.mac for m in machines}
+    unknown = next(m for i in range(99) if (m := pinned_mac(lab, "pxe-default", i)) not in macs)
+    server, options = machines_nfs(scenario, gateway, nfs_port)
+    twins = [(m.name, m.mac, m.ip if m.ip and m.ip in subnet else None,
+              root_path_by_dhcp(scenario, m.root, server, str(export_path), options))
+             for m in machines[:TWIN_SAMPLE]]
+    return tuple(TerminalPlan(
+        name=f"pxe-{name}", domain=domain_name(lab, f"pxe-{name}"), nic_model="virtio",
+        mac=mac, ip=str(ip) if ip else "", memory_mib=256, vcpus=1,
+        dhcp_root_path=root_path, cmdline="",
+        console_log=lab_dir / "console" / f"pxe-{name}.log", boot="pxe",
+    ) for name, mac, ip, root_path in [*twins, ("default", unknown, None, None)])
 
 
 # What a bootstrapped Debian terminal needs, and what each initrd builder needs in it
@@ -386,88 +405,3 @@ BUILDER_PACKAGES = {
 
 def debian_packages(extra: tuple[str, ...], builder: InitrdBuilder) -> tuple[str, ...]:
     return tuple(sorted({*DEBIAN_BASE, *BUILDER_PACKAGES[builder], *extra}))
-
-
-
-def root_args(builder: InitrdBuilder, version: NfsVersion, server: str | None, path: str,
-              options: str) -> list[str]:
-    """The kernel command line words that tell each initrd where its NFS root is; with no
-    server, the initrd takes the root path from DHCP (option 17)."""
-    if server is None:
-        return {
-            InitrdBuilder.INITRAMFS_TOOLS: ["root=/dev/nfs", "ip=dhcp"],
-            InitrdBuilder.DRACUT: ["root=dhcp", "ip=dhcp", "rd.neednet=1"],
-            InitrdBuilder.VLAB: [],
-        }[builder]
-    if builder is InitrdBuilder.INITRAMFS_TOOLS:
-        # klibc's nfsmount asks rpcbind for the ports and takes no mountport.
-        return ["root=/dev/nfs", f"nfsroot={server}:{path},tcp,nfsvers=3", "ip=dhcp"]
-    if builder is InitrdBuilder.DRACUT:
-        scheme = "nfs" if version is NfsVersion.V3 else "nfs4"
-        return [f"root={scheme}:{server}:{path}:{options}", "ip=dhcp", "rd.neednet=1"]
-    return [f"root={server}:{path}", f"rootflags={options}"]
-
-
-def root_target(override: str | None, server: str, export: str) -> tuple[str, str]:
-    """Server and path a terminal mounts: the page's root=[SERVER:]/path override, if any."""
-    if not override:
-        return server, export
-    o_server, _, path = override.rpartition(":")
-    return o_server or server, path
-
-
-def nfs_client_id(mac: str) -> str:
-    """The NFSv4 client id a terminal gives its server, from its MAC.
-
-    Without one the kernel names itself to the server by host name alone, and terminals whose
-    DHCP answer names no host are all "(none)": the server takes them for one client that keeps
-    rebooting, and one of them loses its mount (EIO)."""
-    return "vlab-" + mac.replace(":", "")
-
-
-def kernel_cmdline(scenario: Scenario, server: str | None, path: str, nfs_options: str,
-                   consoles: list[str], extra: str, mac: str | None) -> str:
-    """The whole kernel command line of a terminal (or of a PXE host; mac None: any host)."""
-    root = scenario.root
-    words = [*consoles, "selinux=0",
-             *root_args(scenario.initrd.builder, scenario.lab.nfs_version, server, path,
-                        nfs_options)]
-    if mac:
-        # kmod's modprobe (dracut, initramfs-tools) passes it to nfs.ko; vlab's initrd reads it.
-        words.append(f"nfs.nfs4_unique_id={nfs_client_id(mac)}")
-    words.append(f"vlab.writable={root.writable.value}")
-    if root.source is RootSource.BUSYBOX:
-        words.append(f"vlab.after={root.after_boot.value}")
-    else:
-        words.append("systemd.show_status=1")  # its "Reached target" line is the ready line
-    words += TUNING_ARGS
-    if extra:
-        words.append(extra)
-    return " ".join(words)
-
-
-def dhcp_root_path(builder: InitrdBuilder, version: NfsVersion, server: str, path: str,
-                   options: str) -> str:
-    """Option 17 as each initrd reads it (klibc's nfsmount asks rpcbind, so no options)."""
-    if builder is InitrdBuilder.INITRAMFS_TOOLS:
-        return f"{server}:{path}"
-    scheme = "nfs" if version is NfsVersion.V3 else "nfs4"
-    return f"{scheme}:{server}:{path}:{options}"
-
-
-def _macs(scenario: Scenario, others: frozenset[str] = frozenset()) -> dict[str, str]:
-    """Given MACs win; the others are pinned, re-derived on a collision inside the lab or
-    with another lab's."""
-    taken = {t.mac for t in scenario.terminals if t.mac} | others
-    macs: dict[str, str] = {}
-    for t in scenario.terminals:
-        if t.mac:
-            macs[t.name] = t.mac
-            continue
-        attempt = 0
-        prefix = MAC_PREFIX[scenario.lab.hypervisor]
-        while (mac := pinned_mac(scenario.lab.name, t.name, attempt, prefix)) in taken:
-            attempt += 1
-        taken.add(mac)
-        macs[t.name] = mac
-    return macs

@@ -6,9 +6,18 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 T0 = time.monotonic()  # every progress line counts from the start of the vlab command
+Say = Callable[[str], None]  # how a step tells the user what it does
+
+
+def stderr_progress() -> Say:
+    def say(text: str) -> None:
+        print(f"[{time.monotonic() - T0:5.1f}s] {text}", file=sys.stderr, flush=True)
+
+    return say
 
 # The phases a terminal goes through, in order; a verdict ends it.
 PHASES = ("building", "defined", "kernel", "dhcp", "nfs-mounted")

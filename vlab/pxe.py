@@ -1,4 +1,4 @@
-"""PXE for physical hosts: the site plan and every file of the TFTP tree and the DHCP/NFS
+"""PXE for physical machines: the site plan and every file of the TFTP tree and the DHCP/NFS
 snippets, rendered from the same scenario as the lab (pure; tftp.py writes them)."""
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from functools import partial
 
 from vlab import render
+from vlab.cmdline import kernel_cmdline, machines_nfs, root_path_by_dhcp, root_target
 from vlab.errors import ScenarioError
-from vlab.plan import LabPlan, dhcp_root_path, kernel_cmdline, root_target
-from vlab.scenario import Host, NfsVersion, RootVia, Scenario
+from vlab.plan import LabPlan
+from vlab.scenario import Machine, RootVia, Scenario
 
 KERNEL = "vmlinuz"
 INITRD = "initrd.img"
@@ -24,7 +25,7 @@ CONSOLES = ["console=tty0", "console=ttyS0"]  # the screen, and the serial line 
 
 
 @dataclass(frozen=True)
-class HostPlan:
+class MachinePlan:
     name: str
     mac: str
     ip: str | None
@@ -50,104 +51,91 @@ class Site:
     server: str
     subnet: str
     export_path: str
+    root_squash: bool
     default_append: str
-    hosts: tuple[HostPlan, ...]
+    machines: tuple[MachinePlan, ...]
 
 
-def terminal_hosts(scenario: Scenario, lab: LabPlan) -> tuple[Host, ...]:
-    """The lab's own terminals with boot = "pxe", as hosts of the lab's TFTP tree (with the
-    lab's SSH key, as direct kernel boot gives it)."""
-    key = f"vlab.sshkey={lab.ssh_key}" if lab.ssh_key else ""
-    return tuple(
-        Host(name=tp.name, mac=tp.mac, ip=ipaddress.IPv4Address(tp.ip), root=t.root,
-             cmdline=" ".join(w for w in (t.cmdline, key) if w))
-        for t, tp in zip(scenario.terminals, lab.terminals, strict=True) if tp.boot == "pxe")
+def terminal_machines(scenario: Scenario, lab: LabPlan) -> tuple[Machine, ...]:
+    """The lab's own terminals with boot = "pxe", as machines of the lab's TFTP tree."""
+    out = []
+    for t in scenario.terminals:
+        tp = lab.terminal(t.name)
+        if tp is not None and tp.boot == "pxe":
+            out.append(Machine(name=tp.name, mac=tp.mac, ip=ipaddress.IPv4Address(tp.ip),
+                               root=t.root, cmdline=t.cmdline))
+    return tuple(out)
 
 
-def site_plan(scenario: Scenario, lab: LabPlan, hosts: tuple[Host, ...] | None = None) -> Site:
-    """Names, addresses and command lines of every PXE host; lint errors before any write."""
-    if hosts is None:
-        hosts = scenario.pxe.hosts
-    explicit = scenario.pxe.nfs_server
-    server = str(explicit) if explicit else lab.gateway
-    # A real NFS server listens on 2049; vlab's own (for the twins) on the lab's port.
-    options = f"vers={lab.nfs_version.value}" if explicit else lab.nfs_options
-    if explicit and lab.nfs_version is NfsVersion.V3:
-        options += ",nolock"
+def site_plan(scenario: Scenario, lab: LabPlan, machines: tuple[Machine, ...] | None = None,
+              ssh_key: str = "") -> Site:
+    """Names, addresses and command lines of every PXE machine (by default the scenario's
+    [[host]]s; `ssh_key` for the lab's own terminals); lint errors before any write."""
+    if machines is None:
+        machines = scenario.pxe.machines
+    server, options = machines_nfs(scenario, lab.gateway, lab.nfs_port)
     export = str(lab.export_path)
-
     by_dhcp = scenario.lab.root_via is RootVia.DHCP
 
-    def root_of(host: Host | None) -> tuple[str, str]:
-        return root_target(host.root if host else None, server, export)
-
-    def append(host: Host | None) -> str:
-        h_server, path = root_of(host)
-        given = not by_dhcp or (host is not None and host.root is not None)
-        # vlab.pxe names the config file that booted the host: its console shows which.
-        extra = f"vlab.pxe={host.name if host else 'default'}"
-        if host and host.cmdline:
-            extra += f" {host.cmdline}"
+    def append(m: Machine | None) -> str:
+        m_server, path = root_target(m.root if m else None, server, export)
+        given = not by_dhcp or (m is not None and m.root is not None)
+        # vlab.pxe names the config file that booted the machine: its console shows which.
+        extra = f"vlab.pxe={m.name if m else 'default'}"
+        if m and m.cmdline:
+            extra += f" {m.cmdline}"
         line = f"initrd={INITRD} " + kernel_cmdline(
-            scenario, h_server if given else None, path, options, CONSOLES, extra,
-            host.mac if host else None)
+            scenario, m_server if given else None, path, options, CONSOLES, extra,
+            m.mac if m else None, ssh_key if m else "")
         if len(line) > MAX_APPEND:
-            where = f"host[{hosts.index(host)}].cmdline" if host else "host"
+            where = f"host[{machines.index(m)}].cmdline" if m else "host"
             raise ScenarioError(scenario.path, where, f"the APPEND line is {len(line)} "
                                 f"characters; Linux takes at most {MAX_APPEND}",
                                 "shorten the cmdline words")
         return line
 
-    plans = tuple(HostPlan(
-        name=h.name, mac=h.mac, ip=str(h.ip) if h.ip else None, append=append(h),
-        root_path=dhcp_root_path(scenario.initrd.builder, lab.nfs_version, *root_of(h),
-                                 options) if by_dhcp else None,
-    ) for h in hosts)
+    plans = tuple(MachinePlan(
+        name=m.name, mac=m.mac, ip=str(m.ip) if m.ip else None, append=append(m),
+        root_path=root_path_by_dhcp(scenario, m.root, server, export, options),
+    ) for m in machines)
     return Site(server=server, subnet=str(lab.subnet), export_path=export,
-                default_append=append(None), hosts=plans)
+                root_squash=lab.root_squash, default_append=append(None), machines=plans)
 
 
-HOST_TEMPLATES = ("pxelinux.cfg.j2", "grub.cfg.j2", "ipxe.j2")
+MACHINE_TEMPLATES = ("pxe/pxelinux.cfg.j2", "pxe/grub.cfg.j2", "pxe/ipxe.j2")
 
 
-def host_files(h: HostPlan) -> dict[str, str]:
-    """The files of one host, by path relative to the TFTP root."""
-    cfg = render.template("pxelinux.cfg.j2", append=h.append, kernel=KERNEL, label=h.name)
-    out = {f"pxelinux.cfg/{h.pxelinux_name}": cfg}
-    if h.hexip_name:
-        out[f"pxelinux.cfg/{h.hexip_name}"] = cfg
-    out[f"grub.cfg-{h.pxelinux_name}"] = render.template(
-        "grub.cfg.j2", h=h, kernel=KERNEL, initrd=INITRD)
-    out[f"{h.mac.lower().replace(':', '-')}.ipxe"] = render.template(
-        "ipxe.j2", h=h, kernel=KERNEL, initrd=INITRD)
+def machine_files(m: MachinePlan) -> dict[str, str]:
+    """The files of one machine, by path relative to the TFTP root."""
+    cfg = render.template("pxe/pxelinux.cfg.j2", append=m.append, kernel=KERNEL, label=m.name)
+    out = {f"pxelinux.cfg/{m.pxelinux_name}": cfg}
+    if m.hexip_name:
+        out[f"pxelinux.cfg/{m.hexip_name}"] = cfg
+    out[f"grub.cfg-{m.pxelinux_name}"] = render.template(
+        "pxe/grub.cfg.j2", h=m, kernel=KERNEL, initrd=INITRD)
+    out[f"{m.mac.lower().replace(':', '-')}.ipxe"] = render.template(
+        "pxe/ipxe.j2", h=m, kernel=KERNEL, initrd=INITRD)
     return out
 
 
-def host_groups(site: Site) -> dict[str, tuple[str, Callable[[], dict[str, str]]]]:
-    """Per host: a key of everything its files depend on, and how to render them. A host
-    whose key is unchanged is not rendered again (10,000 hosts, one changed: 4 files)."""
-    templates = hashlib.sha256("".join(map(render.source, HOST_TEMPLATES)).encode()).hexdigest()
-    return {h.name: (hashlib.sha256(repr((templates, h)).encode()).hexdigest()[:20],
-                     partial(host_files, h)) for h in site.hosts}
+def machine_groups(site: Site) -> dict[str, tuple[str, Callable[[], dict[str, str]]]]:
+    """Per machine: a key of everything its files depend on, and how to render them. A
+    machine whose key is unchanged is not rendered again (10,000 of them, one changed: 4 files)."""
+    templates = hashlib.sha256("".join(map(render.static, MACHINE_TEMPLATES)).encode()).hexdigest()
+    return {m.name: (hashlib.sha256(repr((templates, m)).encode()).hexdigest()[:20],
+                     partial(machine_files, m)) for m in site.machines}
 
 
 def shared_files(site: Site) -> dict[str, str]:
-    """The files every host shares: the default config and the site snippets."""
+    """The files every machine shares: the default config and the site snippets."""
     return {
         "pxelinux.cfg/default": render.template(
-            "pxelinux.cfg.j2", append=site.default_append, kernel=KERNEL, label="default"),
+            "pxe/pxelinux.cfg.j2", append=site.default_append, kernel=KERNEL, label="default"),
         "vlab-site/exports": render.template(
-            "exports-site.j2", path=site.export_path, subnet=site.subnet),
-        "vlab-site/dhcpd.conf": render.template("dhcpd.conf.j2", site=site,
+            "nfs/exports-site.j2", path=site.export_path, subnet=site.subnet,
+            root_squash=site.root_squash),
+        "vlab-site/dhcpd.conf": render.template("pxe/dhcpd.conf.j2", site=site,
                                                 bootloader=BOOTLOADER),
-        "vlab-site/dnsmasq.conf": render.template("dnsmasq.conf.j2", site=site,
+        "vlab-site/dnsmasq.conf": render.template("pxe/dnsmasq.conf.j2", site=site,
                                                   bootloader=BOOTLOADER),
     }
-
-
-def files(site: Site) -> dict[str, str]:
-    """Every text file of the site, by path relative to the TFTP root."""
-    out = shared_files(site)
-    for h in site.hosts:
-        out.update(host_files(h))
-    return out

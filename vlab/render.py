@@ -40,64 +40,60 @@ def template(name: str, **values: object) -> str:
                                             ssh_marker=SSH_MARKER, **values)
 
 
-def source(name: str) -> str:
-    """A template's own text (what a cache key of its output must include)."""
-    return (Path(str(resources.files("vlab.domains"))) / name).read_text()
-
-
 def static(name: str) -> str:
+    """A file of domains/ as it is: a static file, or a template's own text (what a cache
+    key of its output must include)."""
     return (Path(str(resources.files("vlab.domains"))) / name).read_text()
 
 
 def domain_xml(plan: LabPlan, terminal: TerminalPlan) -> str:
-    name = "domain-xen.xml.j2" if plan.domain_type == "xen" else "domain.xml.j2"
-    xml = template(name, plan=plan, t=terminal, host=plan.host(terminal.host), ns=METADATA_NS)
+    xml = template("libvirt/domain.xml.j2", plan=plan, t=terminal, node=plan.node(terminal.node),
+                   ns=METADATA_NS)
     validate(xml, "domain")
     return xml
 
 
 def xl_cfg(plan: LabPlan, terminal: TerminalPlan) -> str:
-    return template("xl.cfg.j2", plan=plan, t=terminal)
+    return template("libvirt/xl.cfg.j2", plan=plan, t=terminal)
 
 
-def network_xml(plan: LabPlan, tftp_root: Path | None = None,
-                twins: tuple[TerminalPlan, ...] = ()) -> str:
+def network_xml(plan: LabPlan, tftp_root: Path | None = None) -> str:
     """The lab network; with a TFTP root it also serves PXE (pxelinux.0) to its guests."""
     third = plan.subnet.network_address.packed[2]
-    xml = template("network.xml.j2", plan=plan, tftp_root=tftp_root, twins=twins,
+    xml = template("libvirt/network.xml.j2", plan=plan, tftp_root=tftp_root,
                    ipv6_gateway=f"fd00:213:{third:x}::1")
     validate(xml, "network")
     return xml
 
 
 def ganesha_conf(plan: LabPlan) -> str:
-    return template("ganesha.conf.j2", plan=plan)
+    return template("nfs/ganesha.conf.j2", plan=plan)
 
 
 def exports_line(plan: LabPlan) -> str:
-    return template("exports.j2", plan=plan)
+    return template("nfs/exports.j2", plan=plan)
 
 
 def initrd_init() -> str:
-    return template("initrd-init.sh.j2")
+    return template("initrd/initrd-init.sh.j2")
 
 
 def root_init() -> str:
-    return template("root-init.sh.j2")
+    return template("root/root-init.sh.j2")
 
 
 def debian_ssh_files() -> dict[str, tuple[str, int]]:
     """What vlab adds to a Debian root it bootstraps, so that `vlab ssh` reaches it: path in
     the root -> (text, mode)."""
     return {
-        "usr/local/sbin/vlab-ssh-keys": (template("debian-ssh-keys.sh.j2"), 0o755),
-        "etc/systemd/system/vlab-ssh-keys.service": (static("debian-ssh-keys.service"), 0o644),
-        "etc/ssh/sshd_config.d/vlab.conf": (static("debian-sshd.conf"), 0o644),
+        "usr/local/sbin/vlab-ssh-keys": (template("root/debian-ssh-keys.sh.j2"), 0o755),
+        "etc/systemd/system/vlab-ssh-keys.service": (static("root/debian-ssh-keys.service"), 0o644),
+        "etc/ssh/sshd_config.d/vlab.conf": (static("root/debian-sshd.conf"), 0o644),
     }
 
 
 def udhcpc_script() -> str:
-    return static("udhcpc.sh")
+    return static("initrd/udhcpc.sh")
 
 
 @functools.cache

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from vlab.errors import LabBusy
-from vlab.plan import LabPlan, Taken
+from vlab.lease import Taken
+from vlab.plan import LabPlan
 
 STATE = "state.json"
 RESULTS = "results.json"
+HOST_FILE = "host.json"  # in the state folder: the isolated lab host, when up started it
 
 
 def load(lab_dir: Path, name: str = STATE) -> dict[str, Any]:

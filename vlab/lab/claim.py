@@ -1,0 +1,40 @@
+"""A lab's plan on this machine, and its claim: the lease recorded before anything is made."""
+
+from __future__ import annotations
+
+from vlab import sshkeys, state
+from vlab.lab.nodes import preflight
+from vlab.plan import Dirs, LabPlan, make_plan, place
+from vlab.scenario import Scenario
+
+
+def plan_for(sc: Scenario, dirs: Dirs, free_mib: dict[str, int] | None = None, *,
+             ssh_key: str = "", timeout: int | None = None, twins: bool = False) -> LabPlan:
+    """The lab's plan on this machine: its recorded lease and placement (a lab that is up
+    keeps its terminals where they are), or a lease clear of the other labs' and terminals
+    placed by the nodes' free memory."""
+    lab_dir = dirs.state / "labs" / sc.lab.name
+    recorded = state.load(lab_dir).get("placement")
+    return make_plan(sc, dirs, state.taken(dirs.state, sc.lab.name),
+                     state.recorded_attempt(lab_dir),
+                     recorded if isinstance(recorded, dict) else place(sc, free_mib),
+                     ssh_key=ssh_key, timeout=timeout, twins=twins)
+
+
+def claim(sc: Scenario, dirs: Dirs, *, timeout: int | None = None,
+          twins: bool = False) -> LabPlan:
+    """The plan of a lab about to be built; its lease and where each terminal runs are
+    recorded before anything is made."""
+    free = preflight(sc)  # bad input: nothing created, not even the lease
+    with state.machine_locked(dirs.state):
+        lab_dir = dirs.state / "labs" / sc.lab.name
+        plan = plan_for(sc, dirs, free, timeout=timeout, twins=twins)
+        # Not while another vlab works on this lab (LabBusy): that one's state is its own.
+        with state.locked(plan.lab_dir, plan.lab):
+            recorded = state.load(lab_dir).get("placement")
+            state.update(plan.lab_dir, scenario=str(plan.scenario),
+                         lease=state.lease_of(plan),
+                         placement={**(recorded if isinstance(recorded, dict) else {}),
+                                    **{t.name: t.node for t in plan.terminals}})
+    key = sshkeys.lab_key(plan.lab_dir / "ssh")
+    return plan_for(sc, dirs, free, ssh_key=key, timeout=timeout, twins=twins)

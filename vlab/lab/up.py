@@ -1,0 +1,282 @@
+"""`vlab up`: the seed page's steps in order. Build the NFS root, the kernel and initrd, start
+the lab host, export the root, define the network, boot the terminals, watch their consoles."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from vlab import (
+    builders,
+    initrd,
+    kernel,
+    labhost,
+    mounts,
+    nfsroot,
+    nfsserver,
+    progress,
+    pxe,
+    render,
+    state,
+    tftp,
+    virt,
+)
+from vlab.lab import nodes
+from vlab.lab.checks import run_checks
+from vlab.lab.status import report
+from vlab.plan import Dirs, LabPlan, NodePlan, TerminalPlan
+from vlab.progress import Say
+from vlab.scenario import LOCAL, Hypervisor, InitrdBuilder, KernelSource, RootSource, Scenario
+from vlab.watch import READY_BUSYBOX, READY_SYSTEMD, STALLED, Verdict, shared_client_ids, watch
+
+# A root whose init vlab cannot recognise is ok once it has run this long after the proof.
+SETTLE_SECONDS = 5.0
+
+
+def up(scenario: Scenario, plan: LabPlan, dirs: Dirs, say: Say) -> dict[str, Any]:
+    """Build what is missing, export the root, boot every terminal, return the report."""
+    with state.locked(plan.lab_dir, plan.lab):
+        state.update(plan.lab_dir, scenario=str(plan.scenario), status="starting")
+        build_nfs_root(plan, say)
+        k, img = build_boot_files(plan, dirs, say)
+        netns = start_lab_host(plan, dirs, say)
+        conns = {h.name: nodes.connect(h) for h in plan.busy_nodes}
+        if all(virt.domain_state(conns[t.node], t.domain) == "running" for t in plan.terminals):
+            say(f"lab {plan.lab} is already up: nothing changed")
+            return report(plan, conns)
+        tftp_root = write_lab_tftp_tree(scenario, plan, k, img, say)
+        export_nfs_root(plan, dirs, netns)  # starts while the network is defined
+        define_network(plan, conns[LOCAL], say, tftp_root)
+        ship_boot_files(plan, k, say)
+        wait_for_nfs_server(plan, say)
+        started = boot_terminals(plan, conns, say)
+        verdicts = watch_consoles(plan, started, say)
+        checks = run_checks(scenario, plan, verdicts, say)
+        state.update(plan.lab_dir, status="up")
+        save_results(plan, started, verdicts, checks)
+        return report(plan, conns)
+
+
+def build_nfs_root(plan: LabPlan, say: Say) -> None:
+    source = plan.root_source
+    if source is RootSource.BUSYBOX:
+        say(f"NFS root: busybox terminal at {plan.export_path}")
+        nfsroot.build_busybox(plan.export_path)
+    elif source is RootSource.DEBIAN:
+        nfsroot.build_debian(plan.export_path, plan.debian_suite, plan.debian_packages, say)
+        say(f"NFS root: Debian {plan.debian_suite} at {plan.export_path}")
+    elif source is RootSource.IMAGE:
+        assert plan.root_image is not None
+        state.update(plan.lab_dir, image=str(plan.root_image), image_mount=str(plan.export_path))
+        nfsroot.mount_image(plan.root_image, plan.export_path)
+        say(f"NFS root: image {plan.root_image}, attached and mounted read-only at "
+            f"{plan.export_path}")
+    else:
+        say(f"NFS root: directory {plan.export_path}, as it is")
+
+
+def build_boot_files(plan: LabPlan, dirs: Dirs, say: Say) -> tuple[kernel.Kernel, Path]:
+    if plan.kernel_source is KernelSource.ROOT:
+        k = kernel.from_root(plan.export_path, plan.kernel_version, dirs.cache, plan.scenario)
+        say(f"kernel: {k.release}, the root's own")
+    else:
+        say(f"kernel: {plan.kernel_package} from Debian (cached after the first fetch)")
+        k = kernel.fetch(plan.kernel_package, dirs.cache)
+    if plan.builder is InitrdBuilder.VLAB:
+        say(f"initrd: vlab's busybox initrd for {k.release} with "
+            f"{', '.join(initrd.modules_for(plan))}")
+        img = initrd.build(k, plan, dirs.cache)
+    else:
+        say(f"initrd: {plan.builder.value} chrooted in the root for {k.release} "
+            "(cached after the first build)")
+        # Recorded first: if vlab is killed mid-build, vlab down unmounts them.
+        state.update(plan.lab_dir, build_root=str(plan.export_path))
+        img = builders.build(plan, plan.export_path, k, dirs.cache)
+        state.update(plan.lab_dir, build_root=None)
+    boot = plan.kernel_path.parent
+    boot.mkdir(parents=True, exist_ok=True)
+    for d in (dirs.state, dirs.state / "labs", plan.lab_dir, boot):
+        d.chmod(0o755)  # QEMU (libvirt-qemu) must reach the kernel and initrd
+    for src, dst in ((k.boot_image, plan.kernel_path), (img, plan.initrd_path)):
+        tmp = dst.with_name(dst.name + ".new")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+    return k, img
+
+
+def start_lab_host(plan: LabPlan, dirs: Dirs, say: Say) -> str | None:
+    with state.machine_locked(dirs.state):  # two labs coming up start one host
+        before = labhost.status(plan.netns)
+        if before.mode == "down":
+            say(f"lab host: starting an isolated libvirtd in network namespace {plan.netns}")
+            state.save(dirs.state, {"on_demand": True}, state.HOST_FILE)
+        host = labhost.ensure(plan.lab_host, plan.netns, dirs.state / "host")
+    say(host.describe())
+    state.update(plan.lab_dir, host=host.mode, netns=host.netns, uri=plan.uri)
+    return host.netns
+
+
+def write_lab_tftp_tree(scenario: Scenario, plan: LabPlan, k: kernel.Kernel, img: Path,
+                        say: Say) -> Path | None:
+    """Terminals with boot = "pxe" boot through a TFTP tree of the lab's own."""
+    machines = pxe.terminal_machines(scenario, plan)
+    if not machines:
+        return None
+    site = pxe.site_plan(scenario, plan, machines, ssh_key=plan.ssh_key)
+    write_tftp_tree(plan.tftp_root, site, k, img)
+    say(f"PXE: TFTP tree {plan.tftp_root} for {', '.join(m.name for m in machines)}")
+    return plan.tftp_root
+
+
+def write_tftp_tree(tftp_root: Path, site: pxe.Site, k: kernel.Kernel,
+                    img: Path) -> tftp.Changes:
+    # pxelinux loads a bzImage: the PVH ELF is for direct kernel boot only.
+    copies = {**tftp.bootloaders(), pxe.KERNEL: k.vmlinuz, pxe.INITRD: img}
+    return tftp.write_tree(tftp_root, pxe.shared_files(site), copies, pxe.machine_groups(site))
+
+
+def define_network(plan: LabPlan, conn: virt.Conn, say: Say,
+                   tftp_root: Path | None = None) -> None:
+    say(f"network {plan.network}: bridge {plan.bridge}, {plan.subnet}, "
+        f"{len([t for t in plan.terminals if t.ip])} pinned DHCP hosts"
+        + (", PXE" if tftp_root else ""))
+    state.update(plan.lab_dir, network=plan.network)
+    virt.start_network(conn, plan.network, render.network_xml(plan, tftp_root))
+
+
+def export_nfs_root(plan: LabPlan, dirs: Dirs, netns: str | None) -> None:
+    state.update(plan.lab_dir, nfs_server=str(plan.nfs_server_dir))
+    plan.nfs_server_dir.mkdir(parents=True, exist_ok=True)
+    (plan.lab_dir / "exports").write_text(render.exports_line(plan))
+    nfsserver.start(plan, netns, dirs.state)
+
+
+def ship_boot_files(plan: LabPlan, k: kernel.Kernel, say: Say) -> None:
+    """The kernel and initrd to every other node that runs a terminal (direct kernel boot
+    reads them there); what is already there with the right checksum stays."""
+    for h in plan.busy_nodes:
+        if not h.remote:
+            continue
+        state.update(plan.lab_dir, shipped=sorted({*state.load(plan.lab_dir).get(
+            "shipped", []), h.name}))
+        t0 = time.monotonic()
+        with nodes.session(h) as session:
+            done = session.ship(boot_files_for(plan, k, h))
+        say(f"host {h.name}: " + (f"shipped {len(done.moved)} file(s), "
+            f"{done.bytes / 2**20:.1f} MiB, to {h.files_dir} in {time.monotonic() - t0:.1f} s"
+            if done.moved else f"kernel and initrd already in {h.files_dir}")
+            + (f" ({len(done.kept)} kept)" if done.moved and done.kept else ""))
+
+
+def boot_files_for(plan: LabPlan, k: kernel.Kernel, h: NodePlan) -> dict[Path, str]:
+    """What goes to another node: local file -> its path there. A KVM node gets the
+    compressed kernel (~8 MiB, decompressed in a blink); a TCG one the uncompressed ELF vlab
+    boots here too (~60 MiB: ~0.5 s more to ship on a LAN, ~2.3 s less to boot)."""
+    kernel_file = k.boot_image if plan.hypervisor is Hypervisor.QEMU else k.vmlinuz
+    return {kernel_file: str(h.kernel_path), plan.initrd_path: str(h.initrd_path)}
+
+
+def wait_for_nfs_server(plan: LabPlan, say: Say) -> None:
+    """The guests boot only once the NFS server listens: they never wait for it."""
+    pid = nfsserver.wait_ready(plan)
+    say(f"export: nfs-ganesha (pid {pid}) serves {plan.export_path} read-only to "
+        f"{', '.join(map(str, plan.nfs_clients))} on {plan.gateway}:{plan.nfs_port}")
+
+
+def boot_terminals(plan: LabPlan, conns: dict[str, virt.Conn],
+                   say: Say) -> dict[TerminalPlan, float]:
+    xml = {t: render.domain_xml(plan, t) for t in plan.terminals}
+    started: dict[TerminalPlan, float] = {}
+
+    def boot(t: TerminalPlan) -> None:
+        conn = conns[t.node]
+        t.console_log.parent.mkdir(parents=True, exist_ok=True)
+        t.console_log.unlink(missing_ok=True)
+        virt.destroy_domain(conn, t.domain)
+        if t.node == LOCAL:
+            started[t] = time.monotonic()
+            virt.start_domain(conn, xml[t])
+        else:  # its console comes over libvirt: open it before the guest runs
+            virt.start_domain(conn, xml[t], paused=True)
+            virt.relay_console(nodes.connect(plan.node(t.node)), t.domain, t.console_log)
+            started[t] = time.monotonic()
+            virt.resume_domain(conn, t.domain)
+        say(f"boot {t.name}: {t.domain} on {t.node}, MAC {t.mac}"
+            + (f", IP {t.ip}" if t.ip else ", IP from its network's DHCP"))
+
+    with ThreadPoolExecutor(max_workers=min(8, len(plan.terminals))) as pool:
+        list(pool.map(boot, plan.terminals))  # list(): re-raise the first failure here
+    return {t: started[t] for t in plan.terminals}
+
+
+def watch_consoles(plan: LabPlan, started: dict[TerminalPlan, float],
+                   say: Say) -> dict[TerminalPlan, Verdict]:
+    ready = ready_line(plan)
+    say(f"watching {len(started)} console(s) for the NFS root (timeout {plan.timeout} s)")
+    stall = min(plan.stall, plan.timeout)
+
+    stop = threading.Event()
+    board = progress.Board([t.name for t in started])
+
+    def one(t: TerminalPlan) -> Verdict:
+        v = watch(t.console_log, started=started[t], timeout=plan.timeout, stall=stall,
+                  ready=ready, settle=SETTLE_SECONDS, stop=stop,
+                  on_phase=lambda phase: board.set(t.name, phase))
+        board.done(t.name, v.name, v.seconds)
+        return v
+
+    pool = ThreadPoolExecutor(max_workers=len(started))
+    try:
+        with board:
+            for t, at in started.items():
+                board.booted(t.name, at)
+            verdicts = dict(zip(started, pool.map(one, started), strict=True))
+    finally:
+        stop.set()  # on Ctrl-C, the watchers stop at their next poll
+        pool.shutdown(wait=True)
+    say_verdicts(plan, verdicts, stall, say)
+    return verdicts
+
+
+def say_verdicts(plan: LabPlan, verdicts: dict[TerminalPlan, Verdict], stall: float,
+                 say: Say) -> None:
+    for t, v in verdicts.items():
+        if not v.ok:
+            say(f"{t.name}: {v.name}: {v.line}")
+        if v.name == STALLED and plan.hypervisor is Hypervisor.KVM:
+            say(f"{t.name}: no console output for {stall:.0f} s under KVM; if this machine "
+                'cannot run KVM guests, set hypervisor = "qemu" in [lab]')
+    for client, names in shared_client_ids({t.name: v for t, v in verdicts.items()}).items():
+        say(f"{', '.join(names)}: one NFSv4 client id ({client}), so the server takes them "
+            "for one client and their mounts can fail; give each its own "
+            "nfs.nfs4_unique_id= (vlab sets one from the MAC unless a cmdline sets another)")
+
+
+def save_results(plan: LabPlan, started: dict[TerminalPlan, float],
+                 verdicts: dict[TerminalPlan, Verdict],
+                 checks: dict[str, list[dict[str, Any]]] | None = None) -> None:
+    # booted_at: seconds into the vlab command when the domain started (seconds count from it).
+    state.save(plan.lab_dir, {t.name: {**asdict(v), "booted_at": round(started[t] - progress.T0, 2),
+                                       "checks": (checks or {}).get(t.name, [])}
+                              for t, v in verdicts.items()}, state.RESULTS)
+
+
+def ready_line(plan: LabPlan) -> re.Pattern[str] | None:
+    """What the root's own init prints once the terminal is up, by what its init is."""
+    if plan.root_source is RootSource.BUSYBOX:
+        return READY_BUSYBOX
+    # inside() follows the root's own symlinks (/sbin/init -> /lib/systemd/systemd).
+    if mounts.inside(plan.export_path, "sbin/init").name == "systemd":
+        return READY_SYSTEMD
+    return None

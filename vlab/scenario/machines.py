@@ -1,0 +1,40 @@
+"""`[pxe]` and the `[[host]]` tables: the physical machines that PXE-boot the lab's root."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from vlab.scenario.model import Machine, Pxe
+from vlab.scenario.table import Table
+
+KEYS = ("name", "mac", "ip", "root", "cmdline")
+
+
+def pxe(top: Table) -> Pxe:
+    pxe_t = Table(top.file, "pxe", top.sub("pxe", {}), ("nfs_server",))
+    raw = top.tables("host", "write each physical host as a [[host]] table")
+    found: list[Machine] = []
+    names: dict[str, int] = {}
+    macs: dict[str, int] = {}
+    ips: dict[ipaddress.IPv4Address, int] = {}
+    for i, item in enumerate(raw):
+        t = Table(top.file, f"host[{i}]", item, KEYS)
+        name = t.name("name", t.get("name", str))
+        if name in names:
+            raise t.error("name", f"{name!r} is also the name of host[{names[name]}]",
+                          "give every host its own name")
+        names[name] = i
+        if "mac" not in t.data:
+            raise t.error("mac", "is missing", 'a physical host is known by its MAC: '
+                          'add mac = "00:11:22:33:44:55"')
+        mac = t.mac(macs, i, "host")
+        assert mac is not None
+        ip = t.ip("ip")
+        if ip is not None and ip in ips:
+            raise t.error("ip", f"{ip} is also the address of host[{ips[ip]}]",
+                          "give every host its own address")
+        if ip is not None:
+            ips[ip] = i
+        found.append(Machine(name=name, mac=mac, ip=ip, root=t.root_override(),
+                             cmdline=t.cmdline()))
+    return Pxe(nfs_server=pxe_t.ip("nfs_server"), machines=tuple(found))

@@ -1,0 +1,197 @@
+"""The scenario model: a lab as the user wrote it, in frozen dataclasses and StrEnums.
+
+Only user configuration lives here: runtime state is in state.py, derived values in plan.py.
+The words: a *terminal* boots over NFS; the *lab host* is the libvirtd that runs the lab (the
+system one or vlab's isolated one, `[lab] host`); a *node* is a hypervisor host that runs some
+of its terminals (`[[libvirt_host]]`, or the lab host itself, LOCAL); a *machine* is a physical
+computer that PXE-boots the lab's root (`[[host]]`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,23}$")
+# Terminal MACs live in the hypervisor's own range (the page's vif mac= advice for Xen).
+# (plan.py pins MACs in the same ranges)
+MAC_PREFIX = {"kvm": "52:54:00", "qemu": "52:54:00", "xen": "00:16:3e"}
+MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+NAME_FIX = "use 1-24 characters: lowercase letters, digits and '-', starting with a letter"
+LOCAL = "local"  # the lab's own node: [lab] uri, with the network and NFS server vlab makes
+SHIP_DIR = "/var/cache/vlab/shipped"
+
+
+class Hypervisor(StrEnum):
+    KVM = "kvm"
+    QEMU = "qemu"
+    XEN = "xen"
+
+
+class LabHostMode(StrEnum):
+    """`[lab] host`: which libvirtd runs the lab."""
+
+    AUTO = "auto"
+    SYSTEM = "system"
+    ISOLATED = "isolated"
+
+
+class NfsVersion(StrEnum):
+    V3 = "3"
+    V4 = "4"
+    V4_1 = "4.1"
+    V4_2 = "4.2"
+
+
+class RootSource(StrEnum):
+    BUSYBOX = "busybox"
+    DIR = "dir"
+    IMAGE = "image"
+    DEBIAN = "debian"
+
+
+class AfterBoot(StrEnum):
+    SHELL = "shell"
+    POWEROFF = "poweroff"
+
+
+class RootVia(StrEnum):
+    CMDLINE = "cmdline"
+    DHCP = "dhcp"
+
+
+class Boot(StrEnum):
+    KERNEL = "kernel"
+    PXE = "pxe"
+
+
+class Writable(StrEnum):
+    NONE = "none"
+    TMPFS = "tmpfs"
+    OVERLAY = "overlay"
+
+
+class KernelSource(StrEnum):
+    DEBIAN = "debian"
+    ROOT = "root"
+
+
+class InitrdBuilder(StrEnum):
+    VLAB = "vlab"
+    INITRAMFS_TOOLS = "initramfs-tools"
+    DRACUT = "dracut"
+
+
+class NicDriver(StrEnum):
+    VIRTIO_NET = "virtio_net"
+    E1000 = "e1000"
+    XEN_NETFRONT = "xen-netfront"  # the page's xennet
+
+
+@dataclass(frozen=True)
+class Lab:
+    name: str
+    hypervisor: Hypervisor
+    uri: str
+    lab_host: LabHostMode  # the scenario key is `host`
+    nfs_version: NfsVersion
+    timeout: int
+    stall: int  # seconds of console silence that count as a stalled guest
+    subnet: ipaddress.IPv4Network | None
+    root_via: RootVia
+
+
+@dataclass(frozen=True)
+class Root:
+    source: RootSource
+    after_boot: AfterBoot
+    writable: Writable
+    path: Path | None  # dir and image
+    suite: str  # debian
+    packages: tuple[str, ...]  # debian
+
+
+@dataclass(frozen=True)
+class Kernel:
+    source: KernelSource
+    package: str
+    version: str | None
+
+
+@dataclass(frozen=True)
+class Initrd:
+    builder: InitrdBuilder
+    nic_drivers: tuple[NicDriver, ...]
+
+
+@dataclass(frozen=True)
+class Terminal:
+    name: str
+    boot: Boot
+    nic: NicDriver
+    mac: str | None
+    memory: int
+    vcpus: int
+    root: str | None
+    dhcp_root_path: str | None
+    cmdline: str
+    node: str | None = None  # a node's name or LOCAL (the key is `host`); None: placed by vlab
+
+
+@dataclass(frozen=True)
+class Machine:
+    """A physical computer that PXE-boots the lab's root (`[[host]]`, vlab pxe)."""
+
+    name: str
+    mac: str
+    ip: ipaddress.IPv4Address | None
+    root: str | None
+    cmdline: str
+
+
+@dataclass(frozen=True)
+class Node:
+    """Another hypervisor host the lab's terminals may run on (`[[libvirt_host]]`)."""
+
+    name: str
+    uri: str  # qemu+ssh://[user@]host[:port]/system[?keyfile=...]
+    capacity: int | None  # at most this many of the lab's terminals
+    network: str | None  # an existing libvirt network there that its terminals join...
+    bridge: str | None  # ...or an existing bridge
+    nfs_server: ipaddress.IPv4Address  # the NFS server address as its terminals reach it
+    clients: ipaddress.IPv4Network | None  # what the lab's NFS server admits from there
+    netns: str | None  # vlab reaches it from inside this network namespace
+    files: str  # where vlab ships the kernel and initrd there
+
+
+@dataclass(frozen=True)
+class Pxe:
+    nfs_server: ipaddress.IPv4Address | None  # None: the lab's own server
+    machines: tuple[Machine, ...]
+
+
+@dataclass(frozen=True)
+class Check:
+    """A command that must succeed over SSH on every terminal once it is up."""
+
+    name: str
+    run: str
+    expect: str | None  # a text its output must contain
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A lab as the user wrote it: only user configuration, nothing derived."""
+
+    path: Path
+    lab: Lab
+    root: Root
+    kernel: Kernel
+    initrd: Initrd
+    terminals: tuple[Terminal, ...]
+    pxe: Pxe
+    checks: tuple[Check, ...] = ()
+    nodes: tuple[Node, ...] = ()

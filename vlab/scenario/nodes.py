@@ -1,0 +1,99 @@
+"""`[[libvirt_host]]` tables: the other nodes (hypervisor hosts) a lab's terminals run on,
+and where the scenario places its terminals among them."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+
+from vlab.errors import ScenarioError
+from vlab.scenario.model import LOCAL, SHIP_DIR, Boot, Hypervisor, Lab, Node, RootVia, Terminal
+from vlab.scenario.table import Table
+
+KEYS = ("name", "uri", "capacity", "network", "bridge", "nfs_server", "clients", "netns",
+        "files")
+SSH_URI_RE = re.compile(r"^qemu\+ssh://([^@/?\s]+@)?([A-Za-z0-9.-]+|\[[0-9a-fA-F:]+\])(:\d+)?"
+                        r"/system(\?\S*)?$")
+
+
+def nodes(top: Table, lab: Lab) -> tuple[Node, ...]:
+    raw = top.tables("libvirt_host", "write each hypervisor host as a [[libvirt_host]] table")
+    if raw and lab.hypervisor is Hypervisor.XEN:
+        raise top.error("libvirt_host", "several hosts are for QEMU/KVM labs",
+                        "remove the [[libvirt_host]] tables, or use hypervisor = \"qemu\"")
+    if raw and lab.root_via is RootVia.DHCP:
+        raise top.error("lab.root_via", '"dhcp" hands out the root from the lab\'s own DHCP '
+                        "server, which terminals on other hosts do not reach",
+                        'use root_via = "cmdline" with [[libvirt_host]] tables')
+    found: list[Node] = []
+    names: dict[str, int] = {}
+    for i, item in enumerate(raw):
+        t = Table(top.file, f"libvirt_host[{i}]", item, KEYS)
+        name = t.name("name", t.get("name", str))
+        if name == LOCAL or name in names:
+            raise t.error("name", f"{name!r} is also the name of " + (
+                "the lab's own host" if name == LOCAL else f"libvirt_host[{names[name]}]"),
+                "give every host its own name")
+        names[name] = i
+        found.append(_node(t, name))
+    return tuple(found)
+
+
+def _node(t: Table, name: str) -> Node:
+    uri = t.get("uri", str)
+    if not SSH_URI_RE.match(uri):
+        raise t.error("uri", f"{uri!r} is not a qemu+ssh:// URI of another host",
+                      "write it like \"qemu+ssh://root@host.example/system\" (vlab ships the "
+                      "kernel and initrd over the same SSH; the lab's own host is [lab] uri)")
+    how = ("a libvirt network or bridge name", "give the name as virsh net-list or ip link "
+           "shows it")
+    network, bridge = t.iface_name("network", *how), t.iface_name("bridge", *how)
+    if network is None and bridge is None:
+        raise t.error("network", "is missing: its terminals join a network that is there "
+                      "already", 'add network = "default" (a libvirt network on that host) '
+                      'or bridge = "br0" (a bridge there on the terminals\' LAN)')
+    if network is not None and bridge is not None:
+        raise t.error("bridge", "is given with network: its terminals join one of them",
+                      "keep network (a libvirt network) or bridge, not both")
+    if "nfs_server" not in t.data:
+        raise t.error("nfs_server", "is missing", "add the address at which its terminals "
+                      'reach the NFS server, e.g. nfs_server = "10.0.0.1"')
+    nfs_server = t.ip("nfs_server")
+    assert nfs_server is not None
+    clients = t.network("clients", 'give the subnet its terminals\' addresses come from, e.g. '
+                        '"10.0.1.0/24"') if "clients" in t.data else None
+    netns = t.iface_name("netns", "a network namespace name",
+                         "give a name as ip netns list shows it, or leave netns out")
+    files = t.get("files", str, SHIP_DIR)
+    if not re.match(r"^/[A-Za-z0-9._/-]+$", files) or ".." in files.split("/"):
+        raise t.error("files", f"{files!r} is not an absolute folder path",
+                      f'give a folder vlab owns there, e.g. "{SHIP_DIR}"')
+    return Node(name=name, uri=uri, network=network, bridge=bridge, nfs_server=nfs_server,
+                capacity=t.int_in("capacity", 1000, 1, 1000) if "capacity" in t.data else None,
+                clients=clients, netns=netns, files=files.rstrip("/") or "/")
+
+
+def check_placement(path: Path, terminals: tuple[Terminal, ...], found: tuple[Node, ...]) -> None:
+    known = {LOCAL, *(h.name for h in found)}
+    placed: dict[str, int] = {}
+    for i, t in enumerate(terminals):
+        if t.node is None:
+            continue
+        key = f"terminal[{i}].host"
+        if t.node not in known:
+            close = difflib.get_close_matches(t.node, sorted(known), n=1)
+            raise ScenarioError(path, key, f"{t.node!r} is not a host of this lab",
+                                f"did you mean '{close[0]}'?" if close else "use one of "
+                                + ", ".join(f'"{k}"' for k in sorted(known))
+                                + " ([[libvirt_host]] names, or the lab's own)")
+        if t.node != LOCAL and t.boot is Boot.PXE:
+            raise ScenarioError(path, key, f"{t.node!r}: a PXE terminal boots from the lab's "
+                                "own network (its TFTP tree)", 'leave host out, or use boot = '
+                                '"kernel"')
+        placed[t.node] = placed.get(t.node, 0) + 1
+    for i, h in enumerate(found):
+        if h.capacity is not None and placed.get(h.name, 0) > h.capacity:
+            raise ScenarioError(path, f"libvirt_host[{i}].capacity", f"{h.capacity}, but "
+                                f"{placed[h.name]} terminals name host {h.name!r}",
+                                "raise capacity, or put some terminals on other hosts")

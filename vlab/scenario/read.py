@@ -1,0 +1,311 @@
+"""Reading a scenario file (TOML) into the model, once: the first problem is a ScenarioError
+that names the file, the key, the bad value and the fix."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from vlab.errors import ScenarioError
+from vlab.scenario import machines, nodes
+from vlab.scenario.model import (
+    MAC_PREFIX,
+    AfterBoot,
+    Boot,
+    Check,
+    Hypervisor,
+    Initrd,
+    InitrdBuilder,
+    Kernel,
+    KernelSource,
+    Lab,
+    LabHostMode,
+    NfsVersion,
+    NicDriver,
+    Root,
+    RootSource,
+    RootVia,
+    Scenario,
+    Terminal,
+    Writable,
+)
+from vlab.scenario.table import Table
+
+
+def load(path: Path) -> Scenario:
+    """Read and validate a scenario file; raise ScenarioError on the first problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ScenarioError(path, "", "no such file", "give the path of a scenario .toml") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ScenarioError(path, "", f"cannot read: {err}", "check the file") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ScenarioError(path, "", f"not valid TOML: {err}", "fix the TOML syntax") from None
+    return parse(path, data)
+
+
+def parse(path: Path, data: Mapping[str, Any]) -> Scenario:
+    top = Table(path, "", data, ("lab", "root", "kernel", "initrd", "terminal", "pxe", "host",
+                                 "check", "libvirt_host"))
+    root = _root(Table(path, "root", top.sub("root", {}), _ROOT_KEYS))
+    initrd_t = Table(path, "initrd", top.sub("initrd", {}), ("builder", "nic_drivers"))
+    initrd = Initrd(
+        builder=initrd_t.choice("builder", InitrdBuilder, InitrdBuilder.VLAB),
+        nic_drivers=_nic_drivers(initrd_t, _is_xen(top)),
+    )
+    lab = _lab(Table(path, "lab", top.sub("lab"), _LAB_KEYS), initrd.builder)
+    kernel = _kernel(Table(path, "kernel", top.sub("kernel", {}), _KERNEL_KEYS), root)
+    _check_builder(path, root, kernel, initrd, lab)
+    pxe = machines.pxe(top)
+    terminals = _terminals(top, initrd.nic_drivers, lab.hypervisor,
+                           required=not pxe.machines)
+    checks = _checks(top, root)
+    found = nodes.nodes(top, lab)
+    nodes.check_placement(path, terminals, found)
+    return Scenario(path=path, lab=lab, root=root, kernel=kernel, initrd=initrd,
+                    terminals=terminals, pxe=pxe, checks=checks, nodes=found)
+
+
+def _checks(top: Table, root: Root) -> tuple[Check, ...]:
+    raw = top.tables("check", 'write each as [[check]] name = "nfs root" run = "..."')
+    if raw and root.source not in (RootSource.BUSYBOX, RootSource.DEBIAN):
+        raise top.error("check", f'runs over SSH, which vlab sets up in the roots it '
+                        f'builds (busybox, debian), not in source = "{root.source.value}"',
+                        'remove the [[check]] tables, or use a busybox or debian root')
+    checks: list[Check] = []
+    names: dict[str, int] = {}
+    for i, item in enumerate(raw):
+        t = Table(top.file, f"check[{i}]", item, ("name", "run", "expect"))
+        name = t.get("name", str)
+        if not name.strip() or name in names:
+            raise t.error("name", f"{name!r} is empty or also the name of check"
+                          f"[{names.get(name, '?')}]", "give every check its own name")
+        names[name] = i
+        run = t.get("run", str)
+        if not run.strip():
+            raise t.error("run", "is empty", 'give a shell command, e.g. run = "touch /tmp/x"')
+        checks.append(Check(name=name, run=run, expect=t.get("expect", str, "") or None))
+    return tuple(checks)
+
+
+_ROOT_KEYS = ("source", "path", "suite", "packages", "after_boot", "writable")
+_KERNEL_KEYS = ("source", "package", "version")
+PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]+$")
+
+
+def _root(t: Table) -> Root:
+    source = t.choice("source", RootSource, RootSource.BUSYBOX)
+    path = None
+    if source in (RootSource.DIR, RootSource.IMAGE):
+        raw = t.get("path", str)
+        # Relative paths are relative to the scenario file, like any config file's.
+        path = (t.file.parent / raw).resolve()
+        kind = "directory" if source is RootSource.DIR else "file"
+        if not (path.is_dir() if source is RootSource.DIR else path.is_file()):
+            raise t.error("path", f"{raw!r} is not a {kind} ({path})",
+                          f"give the path of the root {kind} (relative to the scenario file)")
+        if source is RootSource.IMAGE and filesystem_of(path) is None:
+            raise t.error("path", f"{raw!r} holds no filesystem vlab can mount",
+                          "give a raw ext2/3/4, xfs, btrfs or squashfs image (not a partitioned "
+                          "disk or qcow2), e.g. made with mkfs.ext4 -d ROOTDIR FILE 1G")
+    elif "path" in t.data:
+        raise t.error("path", f'is only for source = "dir" or "image", not "{source.value}"',
+                      "remove path, or change source")
+    packages = t.get("packages", list, [])
+    for p in packages:
+        if not isinstance(p, str) or not PACKAGE_RE.match(p):
+            raise t.error("packages", f"{p!r} is not a Debian package name",
+                          'list package names, e.g. packages = ["openssh-server"]')
+    if source is not RootSource.DEBIAN and ("suite" in t.data or packages):
+        raise t.error("suite" if "suite" in t.data else "packages",
+                      f'is only for source = "debian", not "{source.value}"',
+                      "remove it, or use source = \"debian\"")
+    suite = t.get("suite", str, "bookworm")
+    if not re.match(r"^[a-z]+$", suite):
+        raise t.error("suite", f"{suite!r} is not a Debian suite name", 'use e.g. "bookworm"')
+    return Root(source=source, after_boot=t.choice("after_boot", AfterBoot, AfterBoot.SHELL),
+                writable=t.choice("writable", Writable, Writable.TMPFS), path=path,
+                suite=suite, packages=tuple(packages))
+
+
+# (offset, magic) of the filesystems an image root may hold: enough to refuse anything else
+# before a loop device is attached.
+FS_MAGIC = (("ext4", 1080, b"\x53\xef"), ("xfs", 0, b"XFSB"), ("btrfs", 65600, b"_BHRfS_M"),
+            ("squashfs", 0, b"hsqs"))
+
+
+def filesystem_of(path: Path) -> str | None:
+    try:
+        with path.open("rb") as f:
+            head = f.read(65608)
+    except OSError:
+        return None
+    for name, offset, magic in FS_MAGIC:
+        if head[offset:offset + len(magic)] == magic:
+            return name
+    return None
+
+
+def _kernel(t: Table, root: Root) -> Kernel:
+    default = KernelSource.DEBIAN if root.source is RootSource.BUSYBOX else KernelSource.ROOT
+    source = t.choice("source", KernelSource, default)
+    if source is KernelSource.ROOT and root.source is RootSource.BUSYBOX:
+        raise t.error("source", '"root" but the busybox root has no kernel',
+                      'use source = "debian"')
+    package = t.get("package", str, "linux-image-amd64")
+    if not re.match(r"^linux-image-[a-z0-9.+-]+$", package):
+        raise t.error(
+            "package", f"{package!r} is not a kernel package name",
+            'name a Debian kernel package, e.g. "linux-image-amd64"',
+        )
+    version = t.get("version", str, "") or None
+    if version is not None and source is not KernelSource.ROOT:
+        raise t.error("version", 'picks a kernel installed in the root: only with source = "root"',
+                      "remove version, or name the package of that kernel in package")
+    return Kernel(source=source, package=package, version=version)
+
+
+def _check_builder(path: Path, root: Root, kernel: Kernel, initrd: Initrd, lab: Lab) -> None:
+    """Combinations that cannot boot are refused here, before anything is built."""
+    if initrd.builder is InitrdBuilder.VLAB:
+        return
+    name = initrd.builder.value
+    if root.source is RootSource.BUSYBOX:
+        raise ScenarioError(path, "initrd.builder", f'"{name}" runs inside the root, and the '
+                            "busybox root has none", 'use builder = "vlab", or a debian, dir or '
+                            "image root that has it installed")
+    if kernel.source is not KernelSource.ROOT:
+        raise ScenarioError(path, "kernel.source", f'"{name}" builds for a kernel installed in '
+                            "the root", 'use source = "root"')
+    if root.writable is Writable.OVERLAY:
+        raise ScenarioError(path, "root.writable", f'"overlay" is done by vlab\'s own initrd, '
+                            f'not by {name}', 'use builder = "vlab", or writable = "tmpfs"')
+    if initrd.builder is InitrdBuilder.INITRAMFS_TOOLS and lab.nfs_version is not NfsVersion.V3:
+        raise ScenarioError(path, "lab.nfs_version", f'"{lab.nfs_version.value}": '
+                            "initramfs-tools mounts with klibc's nfsmount, which speaks only "
+                            "NFSv2/v3", 'use nfs_version = "3" (the default with this builder)')
+
+
+_LAB_KEYS = ("name", "hypervisor", "uri", "host", "nfs_version", "timeout", "stall", "subnet",
+             "root_via")
+
+
+def _lab(t: Table, builder: InitrdBuilder) -> Lab:
+    subnet_raw = t.data.get("subnet")
+    subnet = None
+    if subnet_raw is not None:
+        text = t.get("subnet", str)
+        subnet = t.network("subnet", 'write it like "10.213.7.0/24"')
+        if subnet.prefixlen != 24 or not subnet.is_private:
+            raise t.error("subnet", f"{text!r} is not a private /24",
+                          'use a private /24 such as "10.213.7.0/24"')
+    hypervisor = t.choice("hypervisor", Hypervisor, Hypervisor.QEMU)
+    xen = hypervisor is Hypervisor.XEN
+    uri = t.get("uri", str, "xen:///system" if xen else "qemu:///system")
+    driver = "xen" if xen else "qemu"
+    if not re.match(rf"^{driver}(\+[a-z]+)?://[^\s]*/(system|session)?$", uri):
+        raise t.error("uri", f"{uri!r} is not a {driver} libvirt URI (hypervisor = "
+                      f'"{hypervisor.value}")', f'use "{driver}:///system" (or '
+                      f"{driver}+ssh://user@host/system)")
+    if xen and t.data.get("host") == LabHostMode.ISOLATED.value:
+        raise t.error("host", '"isolated" starts a QEMU libvirtd, which cannot run Xen guests',
+                      'use host = "system" (the Xen host\'s libvirtd) or leave host out')
+    return Lab(
+        name=t.name("name", t.get("name", str)),
+        hypervisor=hypervisor,
+        uri=uri,
+        lab_host=t.choice("host", LabHostMode, LabHostMode.AUTO),
+        nfs_version=_nfs_version(t, builder),
+        timeout=t.int_in("timeout", 120, 10, 3600, " s"),
+        stall=t.int_in("stall", 45, 5, 3600, " s"),
+        subnet=subnet,
+        root_via=t.choice("root_via", RootVia, RootVia.CMDLINE),
+    )
+
+
+def _nfs_version(t: Table, builder: InitrdBuilder) -> NfsVersion:
+    # Accept 4 and 4.2 written as TOML numbers too: people will write them that way.
+    raw = t.data.get("nfs_version")
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        t = Table(t.file, t.prefix, {**t.data, "nfs_version": str(raw)}, tuple(t.data))
+    default = NfsVersion.V3 if builder is InitrdBuilder.INITRAMFS_TOOLS else NfsVersion.V4_2
+    return t.choice("nfs_version", NfsVersion, default)
+
+
+def _is_xen(top: Table) -> bool:
+    lab = top.data.get("lab")
+    return isinstance(lab, dict) and lab.get("hypervisor") == Hypervisor.XEN.value
+
+
+def _nic_drivers(t: Table, xen: bool) -> tuple[NicDriver, ...]:
+    raw = t.get("nic_drivers", list, ["xen-netfront" if xen else "virtio_net"])
+    allowed = ", ".join(f'"{e.value}"' for e in NicDriver)
+    drivers: list[NicDriver] = []
+    for value in raw:
+        try:
+            drivers.append(NicDriver(value))
+        except ValueError:
+            raise t.error("nic_drivers", f"{value!r} is not a supported NIC driver",
+                          f"list drivers from {allowed}") from None
+    if not drivers or len(set(drivers)) != len(drivers):
+        raise t.error("nic_drivers", f"{raw!r} must name each driver once, at least one",
+                      'e.g. nic_drivers = ["virtio_net", "e1000"]')
+    return tuple(drivers)
+
+
+_TERMINAL_KEYS = ("name", "boot", "nic", "mac", "memory", "vcpus", "root", "dhcp_root_path",
+                  "cmdline", "host")
+DHCP_ROOT_RE = re.compile(r"^((nfs|nfs4):)?([0-9.]+:)?/[A-Za-z0-9._/-]*([:,][A-Za-z0-9=.,_-]+)?$")
+
+
+def _terminals(top: Table, nics: tuple[NicDriver, ...], hypervisor: Hypervisor,
+               required: bool = True) -> tuple[Terminal, ...]:
+    if "terminal" not in top.data:
+        if not required:
+            return ()
+        raise top.error("terminal", "no terminals",
+                        'add at least one [[terminal]] table with name = "t1"')
+    raw = top.tables("terminal", "write each terminal as a [[terminal]] table")
+    terminals: list[Terminal] = []
+    seen_names: dict[str, int] = {}
+    seen_macs: dict[str, int] = {}
+    for i, item in enumerate(raw):
+        t = Table(top.file, f"terminal[{i}]", item, _TERMINAL_KEYS)
+        name = t.name("name", t.get("name", str))
+        if name in seen_names:
+            raise t.error("name", f"{name!r} is also the name of terminal[{seen_names[name]}]",
+                          "give every terminal its own name")
+        seen_names[name] = i
+        mac = t.mac(seen_macs, i)
+        prefix = MAC_PREFIX[hypervisor]
+        if mac is not None and not mac.startswith(prefix):
+            raise t.error("mac", f"{mac!r} is outside {hypervisor.value}'s range {prefix}",
+                          f'use a MAC that starts with {prefix}, e.g. "{prefix}:12:34:56", '
+                          "or leave it out to pin one")
+        root = t.root_override()
+        dhcp_root = t.get("dhcp_root_path", str, "") or None
+        if dhcp_root is not None and not DHCP_ROOT_RE.match(dhcp_root):
+            raise t.error("dhcp_root_path", f"{dhcp_root!r} is not a DHCP root path",
+                          'write "/path", "server:/path", "nfs:server:/path:options" '
+                          'or "nfs4:server:/path"')
+        cmdline = t.cmdline()
+        nic = t.choice("nic", NicDriver, nics[0])
+        if nic not in nics:
+            raise t.error("nic", f'"{nic.value}" is not in [initrd] nic_drivers',
+                          f'add "{nic.value}" to nic_drivers, or use one of them')
+        terminals.append(Terminal(
+            name=name, boot=t.choice("boot", Boot, Boot.KERNEL), nic=nic, mac=mac,
+            memory=t.int_in("memory", 256, 128, 65536, " MiB"),
+            vcpus=t.int_in("vcpus", 1, 1, 64),
+            root=root, dhcp_root_path=dhcp_root, cmdline=cmdline,
+            node=t.get("host", str, "") or None,
+        ))
+    return tuple(terminals)
+
+
