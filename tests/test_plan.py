@@ -2,21 +2,42 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import GOLDEN_DIRS, plan_of
+from conftest import GOLDEN_DIRS, HERE, ROOT, plan_of
 
 from vlab import scenario, state
 from vlab.errors import ScenarioError
 from vlab.lease import lab_subnet, pinned_mac
 from vlab.plan import Dirs, make_plan
 
+PLAN_IN_A_PROCESS = """
+import pickle, sys
+from conftest import plan_of
+sys.stdout.buffer.write(pickle.dumps([plan_of(n) for n in sys.argv[1:]]))
+"""
 
-def test_same_scenario_same_plan_byte_for_byte() -> None:
-    assert pickle.dumps(plan_of("tiny")) == pickle.dumps(plan_of("tiny"))
+
+def test_same_scenario_same_plan_byte_for_byte_in_other_processes() -> None:
+    """Two processes with other hash seeds, at other times: the same plan, byte for byte."""
+    def plan_bytes(seed: str) -> bytes:
+        return subprocess.run([sys.executable, "-c", PLAN_IN_A_PROCESS, *names], check=True,
+                              cwd=ROOT, capture_output=True, env={
+                                  **os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(HERE)}
+                              ).stdout
+
+    names = ["tiny", "many-hosts", "site", "dhcp-root", "xen", "pxe-terminal"]
+    first = plan_bytes("1")
+    time.sleep(1.1)
+    assert first == plan_bytes("2")
+    assert pickle.loads(first) == [plan_of(n) for n in names]  # and equal to this process's plan
 
 
 def test_pinned_macs_are_qemu_range_and_stable() -> None:

@@ -10,6 +10,7 @@ from conftest import plan_of
 
 from vlab import render
 from vlab.lab.artifacts import artifacts
+from vlab.scenario import InitrdBuilder, RootSource
 
 SCENARIOS = ["tiny", "e1000", "nfs3", "overlay", "debian-initramfs-tools", "debian-dracut",
              "dhcp-root", "pxe-terminal", "xen", "many-hosts"]
@@ -56,3 +57,18 @@ def test_libvirt_accepts_every_rendered_domain_and_network(name: str, test_drive
         dom.undefine()
     net.undefine()
     assert test_driver.listDefinedDomains() == []
+
+
+@pytest.mark.parametrize(("name", "builder"), [
+    ("debian-initramfs-tools", InitrdBuilder.INITRAMFS_TOOLS),
+    ("debian-dracut", InitrdBuilder.DRACUT),
+])
+def test_distro_scenarios_build_their_initrd_with_the_builder_they_name(
+        name: str, builder: InitrdBuilder) -> None:
+    """The scenarios tests/test_roots.py boots: a Debian root whose own builder runs in it."""
+    plan = plan_of(name)
+    assert plan.builder is builder and plan.root_source is RootSource.DEBIAN
+    assert builder.value in plan.debian_packages
+    command = artifacts(plan)["initrd/command"].split()
+    assert command[:3] == ["chroot", str(plan.export_path), builder.value.replace(
+        "initramfs-tools", "mkinitramfs")]

@@ -189,7 +189,3 @@ def test_disk_image_root_initrd_built_inside_it_and_image_never_changes(
     assert vlab("down", str(scenario)).returncode == 0
     assert _loops_and_mounts(image, plan) == []
     assert hashlib.sha256(image.read_bytes()).hexdigest() == checksum
-
-
-def test_scenarios_are_in_the_repo() -> None:
-    assert (ROOT / ITOOLS).exists() and (ROOT / DRACUT).exists()

@@ -1,15 +1,16 @@
 """Every failure verdict, provoked for real: a real libvirtd boots a real kernel against a real
 nfs-ganesha, and the verdict is read off the real console. Where the fault cannot be written
 in a scenario (a server that exports to another subnet, an initrd without the NIC driver, a
-network without DHCP), the test swaps one piece of vlab's pipeline for a broken one, in
-process; everything downstream of it is real. Needs root."""
+network without DHCP), the test passes `up` a plan changed in that one place, in process;
+everything downstream of the plan is real. Needs root."""
 
 from __future__ import annotations
 
 import ipaddress
 import json
-import re
 import shutil
+import subprocess
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,15 @@ from typing import Any
 import pytest
 from test_boot import leftovers, plan_for, vlab
 
-from vlab import cli, initrd, nfsroot, render
+from vlab import nfsroot, scenario
+from vlab.lab.claim import claim
+from vlab.lab.up import say_verdicts, start_lab_host, up
 from vlab.plan import Dirs, LabPlan
+from vlab.scenario import LOCAL, Hypervisor, NicDriver
+from vlab.watch import STALLED, Verdict
 
 pytestmark = pytest.mark.boot
+HERE = Path(__file__).parent
 
 
 def _scenario(tmp_path: Path, name: str, body: str, lab_down: list[str]) -> str:
@@ -31,85 +37,75 @@ def _scenario(tmp_path: Path, name: str, body: str, lab_down: list[str]) -> str:
 
 
 def _boots_to(verdict: str, path: str,
-              capsys: pytest.CaptureFixture[str] | None = None) -> tuple[dict[str, Any], str]:
-    """vlab up (in this process when a piece of it was swapped), the one terminal's report
-    with the verdict asserted (and vlab's stderr), then vlab down and nothing left."""
+              change: Callable[[LabPlan], LabPlan] | None = None) -> dict[str, Any]:
+    """vlab up (in this process, with its plan changed, when `change` is given), the one
+    terminal's report with the verdict asserted, then vlab down and nothing left."""
     plan = plan_for(path)
-    if capsys is not None:
-        rc = cli.main(["up", path, "--json"])
-        out, err = capsys.readouterr()
+    if change is not None:
+        sc = scenario.load(Path(path))
+        dirs = Dirs.from_env()
+        changed = change(claim(sc, dirs))
+        (t,) = up(sc, changed, dirs, lambda _text: None)["terminals"]
     else:
         proc = vlab("up", path, "--json")
-        rc, out, err = proc.returncode, proc.stdout, proc.stderr
-    (t,) = json.loads(out)["terminals"]
-    assert rc == 1 and t["verdict"] == verdict, t
+        assert proc.returncode == 1, proc.stderr
+        (t,) = json.loads(proc.stdout)["terminals"]
+    assert t["verdict"] == verdict, t
     assert vlab("down", path).returncode == 0
     assert leftovers(plan) == []
-    return t, err
+    return t
 
 
 TERMINAL = '[[terminal]]\nname = "t1"\n'
 
 
-def test_export_to_another_subnet_is_nfs_access_denied(
-    tmp_path: Path, lab_down: list[str], monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+def test_export_to_another_subnet_is_nfs_access_denied(tmp_path: Path,
+                                                       lab_down: list[str]) -> None:
     # NFSv3: its MOUNT protocol answers "access denied"; NFSv4 hides an export from a client
     # it is not for, so the same fault there reads as nfs-no-such-export.
     path = _scenario(tmp_path, "denied", 'nfs_version = "3"\n' + TERMINAL, lab_down)
     other = ipaddress.IPv4Network("10.213.251.0/24")
-    real = render.ganesha_conf
-
-    def exported_elsewhere(plan: LabPlan) -> str:
-        return real(replace(plan, nfs_clients=(other,)))
-
-    monkeypatch.setattr(render, "ganesha_conf", exported_elsewhere)
-    t, err = _boots_to("nfs-access-denied", path, capsys)
+    t = _boots_to("nfs-access-denied", path, lambda plan: replace(plan, nfs_clients=(other,)))
     assert "Permission denied" in t["line"]
 
 
-def test_a_server_without_the_asked_minor_version_is_nfs_version_unsupported(
-    tmp_path: Path, lab_down: list[str], monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    path = _scenario(tmp_path, "oldserver", 'nfs_version = "4.2"\n' + TERMINAL, lab_down)
-    real = render.ganesha_conf
+def test_a_minor_version_nobody_has_is_nfs_version_unsupported(tmp_path: Path,
+                                                               lab_down: list[str]) -> None:
+    path = _scenario(tmp_path, "minor", 'nfs_version = "4.2"\n' + TERMINAL, lab_down)
 
-    def only_v4_0(plan: LabPlan) -> str:
-        return real(plan).replace("NFSv4 {", "NFSv4 {\n    Minor_Versions = 0;", 1)
+    def asks_4_3(plan: LabPlan) -> LabPlan:
+        (t,) = plan.terminals
+        return replace(plan, terminals=(replace(t, cmdline=t.cmdline.replace(
+            "rootflags=vers=4.2,", "rootflags=vers=4.3,")),))
 
-    monkeypatch.setattr(render, "ganesha_conf", only_v4_0)
-    t, err = _boots_to("nfs-version-unsupported", path, capsys)
+    _boots_to("nfs-version-unsupported", path, asks_4_3)
 
 
-def test_a_network_without_dhcp_is_dhcp_failed(
-    tmp_path: Path, lab_down: list[str], monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+def test_a_network_without_dhcp_is_dhcp_failed(tmp_path: Path, lab_down: list[str]) -> None:
+    """The terminal joins a bridge of the lab host's namespace that no DHCP server serves."""
     path = _scenario(tmp_path, "nodhcp", TERMINAL, lab_down)
-    real = render.network_xml
+    bridge = "vlabnodhcp"
 
-    def without_dhcp(plan: LabPlan, *args: Any, **kwargs: Any) -> str:
-        return re.sub(r"<dhcp>.*?</dhcp>", "", real(plan, *args, **kwargs), flags=re.S)
+    def on_a_bare_bridge(plan: LabPlan) -> LabPlan:
+        netns = start_lab_host(plan, Dirs.from_env(), lambda _text: None)
+        assert netns is not None
+        for argv in (["link", "add", bridge, "type", "bridge"], ["link", "set", bridge, "up"]):
+            subprocess.run(["ip", "-n", netns, *argv], check=True)
+        bare = replace(plan.node(LOCAL), network="", bridge=bridge)
+        return replace(plan, nodes=(bare, *plan.nodes[1:]))
 
-    monkeypatch.setattr(render, "network_xml", without_dhcp)
-    t, err = _boots_to("dhcp-failed", path, capsys)
+    try:
+        t = _boots_to("dhcp-failed", path, on_a_bare_bridge)
+    finally:
+        subprocess.run(["ip", "-n", "vlab-host", "link", "del", bridge], capture_output=True)
     assert "no DHCP lease" in t["line"]
 
 
-def test_an_initrd_without_the_nic_driver_is_nic_driver_missing(
-    tmp_path: Path, lab_down: list[str], monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+def test_an_initrd_without_the_nic_driver_is_nic_driver_missing(tmp_path: Path,
+                                                                lab_down: list[str]) -> None:
     path = _scenario(tmp_path, "nonic", TERMINAL, lab_down)
-    real = initrd.modules_for
-
-    def nfs_only(plan: LabPlan) -> list[str]:
-        return [m for m in real(plan) if m.startswith("nfs")]
-
-    monkeypatch.setattr(initrd, "modules_for", nfs_only)
-    t, err = _boots_to("nic-driver-missing", path, capsys)
+    t = _boots_to("nic-driver-missing", path,  # a virtio NIC, an initrd with e1000 only
+                  lambda plan: replace(plan, nic_drivers=(NicDriver.E1000,)))
     assert "no network interface appeared" in t["line"]
 
 
@@ -118,7 +114,17 @@ def test_a_server_address_where_nothing_answers_is_nfs_unreachable(
 ) -> None:
     path = _scenario(tmp_path, "nobody", 'subnet = "10.213.249.0/24"\n' + TERMINAL
                      + 'root = "10.213.249.200:/srv/root"\n', lab_down)
-    t, err = _boots_to("nfs-unreachable", path)
+    _boots_to("nfs-unreachable", path)
+
+
+def test_a_root_path_that_is_a_file_is_nfs_mount_failed(tmp_path: Path,
+                                                        lab_down: list[str]) -> None:
+    """No errno vlab names (a file, not a folder): the mount's own failure line decides."""
+    busybox = Dirs.from_env().cache / "roots" / "busybox"
+    path = _scenario(tmp_path, "afile", TERMINAL + f'root = "{busybox}/bin/busybox"\n',
+                     lab_down)
+    t = _boots_to("nfs-mount-failed", path)
+    assert "failed" in t["line"]
 
 
 def _root_with_init(tmp_path: Path, init: str) -> Path:
@@ -139,7 +145,7 @@ def test_an_init_that_exits_is_init_failed(tmp_path: Path, lab_down: list[str]) 
     _root_with_init(tmp_path, "#!/bin/sh\necho 'this init gives up'\nexit 3\n")
     path = _scenario(tmp_path, "initexits", '[root]\nsource = "dir"\npath = "root"\n'
                      '[kernel]\nsource = "debian"\n' + TERMINAL, lab_down)
-    t, err = _boots_to("init-failed", path)
+    t = _boots_to("init-failed", path)
     assert "Attempted to kill init" in t["line"]
 
 
@@ -148,31 +154,59 @@ def test_a_kernel_that_cannot_start_its_initrd_is_kernel_panic(
 ) -> None:
     path = _scenario(tmp_path, "panic", TERMINAL + 'cmdline = "rdinit=/no/such/init"\n',
                      lab_down)
-    t, err = _boots_to("kernel-panic", path)
+    t = _boots_to("kernel-panic", path)
     assert "Kernel panic - not syncing" in t["line"]
 
 
-def test_a_guest_that_prints_nothing_is_stalled(tmp_path: Path, lab_down: list[str]) -> None:
-    """This machine's /dev/kvm cannot run guests: a KVM terminal never says a word."""
-    path = _scenario(tmp_path, "silent", 'hypervisor = "kvm"\nstall = 10\n' + TERMINAL,
-                     lab_down)
-    t, err = _boots_to("stalled", path)
-    assert 10 <= t["seconds"] < 20
-    assert 'set hypervisor = "qemu"' in err
+def _systemd_root(tmp_path: Path, init: str) -> None:
+    """A busybox root whose init vlab takes for systemd (/sbin/init -> /lib/systemd/systemd),
+    so it waits for a multi-user.target line that this one never prints."""
+    root = _root_with_init(tmp_path, init)
+    (root / "lib" / "systemd").mkdir(parents=True, exist_ok=True)
+    (root / "sbin" / "init").rename(root / "lib" / "systemd" / "systemd")
+    (root / "sbin" / "init").symlink_to("/lib/systemd/systemd")
+
+
+DIR_ROOT = '[root]\nsource = "dir"\npath = "root"\n[kernel]\nsource = "debian"\n'
+
+
+def test_a_guest_that_falls_silent_is_stalled(tmp_path: Path, lab_down: list[str]) -> None:
+    """Its init says nothing after the NFS root is mounted: stalled on any machine."""
+    _systemd_root(tmp_path, "#!/bin/sh\nexec sleep 100000\n")
+    path = _scenario(tmp_path, "silent", 'stall = 10\n' + DIR_ROOT + TERMINAL, lab_down)
+    t = _boots_to("stalled", path)
+    assert t["seconds"] >= 10 and t["proof"] is not None
+
+
+def test_silence_under_kvm_names_the_fix() -> None:
+    plan = plan_for("scenarios/tiny.toml")
+    kvm = replace(plan, hypervisor=Hypervisor.KVM)
+    said: list[str] = []
+    say_verdicts(kvm, {kvm.terminals[0]: Verdict(STALLED, 10.0)}, 10, said.append)
+    assert any('set hypervisor = "qemu"' in line for line in said)
+    said.clear()
+    say_verdicts(plan, {plan.terminals[0]: Verdict(STALLED, 10.0)}, 10, said.append)
+    assert not any("hypervisor" in line for line in said)
+
+
+LOOPING_SYSTEMD = """#!/bin/sh
+while :; do echo "still starting"; sleep 1; done
+"""
 
 
 def test_a_boot_slower_than_the_timeout_is_timeout(tmp_path: Path, lab_down: list[str]) -> None:
-    """Through PXE a terminal takes ~14 s; with 10 s it times out while still talking."""
-    path = _scenario(tmp_path, "slow", 'timeout = 10\n' + TERMINAL + 'boot = "pxe"\n', lab_down)
-    t, err = _boots_to("timeout", path)
+    """An init that vlab takes for systemd, talking but never reaching multi-user: the time
+    runs out first on any machine (output never pauses long enough to be a stall)."""
+    _systemd_root(tmp_path, LOOPING_SYSTEMD)
+    path = _scenario(tmp_path, "slow", 'timeout = 10\n' + DIR_ROOT + TERMINAL, lab_down)
+    t = _boots_to("timeout", path)
     assert 10 <= t["seconds"] < 15
 
 
-def test_every_verdict_name_is_provoked_by_a_test_here() -> None:
+def test_every_verdict_name_is_provoked_by_a_boot_test() -> None:
     from vlab.watch import FAILURES, STALLED, TIMEOUT
 
     names = {name for name, _ in FAILURES} | {STALLED, TIMEOUT}
-    text = Path(__file__).read_text()
-    missing = [n for n in sorted(names) if f'"{n}"' not in text
-               and n not in {"nfs-no-such-export", "tftp-file-not-found", "nfs-mount-failed"}]
+    text = "".join(p.read_text() for p in HERE.glob("test_*.py") if p.name != "test_watch.py")
+    missing = [n for n in sorted(names) if f'"{n}"' not in text]
     assert missing == []

@@ -9,11 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from vlab.progress import PHASES
 from vlab.watch import (
     OK,
+    READY_BUSYBOX,
+    READY_SYSTEMD,
     STALLED,
     TIMEOUT,
     Follower,
+    Judge,
     Verdict,
     address_from_console,
     decide,
@@ -177,3 +181,73 @@ def test_the_address_a_terminal_got_is_read_off_its_console(tmp_path: Path) -> N
     ):
         log.write_text(text)
         assert address_from_console(log) == address
+
+
+# Consoles captured from real boots (tests/consoles/): the pure judge replays them with a
+# line every 0.1 s, no sleeping, and must decide as it did when they were live.
+CONSOLES = Path(__file__).parent / "consoles"
+
+
+def _replay(name: str, ready: re.Pattern[str] | None, stall: float = 45,
+            timeout: float = 240) -> tuple[Verdict, list[str]]:
+    phases: list[str] = []
+    judge = Judge(started=0.0, timeout=timeout, stall=stall, ready=ready, settle=5.0,
+                  on_phase=phases.append)
+    now = 0.0
+    for line in Follower(CONSOLES / name).lines():
+        now += 0.1
+        if (verdict := judge.feed(line, now)) is not None:
+            return verdict, phases
+        if (verdict := judge.tick(now)) is not None:
+            return verdict, phases
+    while (verdict := judge.tick(now)) is None:  # then the console says no more
+        now += 1.0
+    return verdict, phases
+
+
+@pytest.mark.parametrize(("name", "ready", "verdict", "decisive"), [
+    ("busybox-ok.log", READY_BUSYBOX, OK, "VLAB-TERMINAL-UP"),
+    ("pxe-busybox-ok.log", READY_BUSYBOX, OK, "VLAB-TERMINAL-UP"),
+    ("initramfs-tools-ok.log", READY_SYSTEMD, OK, "multi-user.target"),
+    ("dir-vlab-initrd-ok.log", READY_SYSTEMD, OK, "multi-user.target"),
+    # dracut: the root mounted, then systemd printed nothing more (the open verdict issue)
+    ("dracut-proof-then-silent.log", READY_SYSTEMD, STALLED, "systemd-udevd"),
+    ("no-such-export.log", READY_BUSYBOX, "nfs-no-such-export", "No such file or directory"),
+    ("access-denied.log", READY_BUSYBOX, "nfs-access-denied", "Permission denied"),
+    ("pxe-initrd-missing.log", READY_BUSYBOX, "tftp-file-not-found", "Loading initrd.img failed"),
+])
+def test_recorded_consoles_are_judged_as_they_were_live(
+        name: str, ready: re.Pattern[str], verdict: str, decisive: str) -> None:
+    v, phases = _replay(name, ready)
+    assert (v.name, decisive in v.line) == (verdict, True), v
+    if verdict == OK:
+        assert v.proof is not None and v.proof.fstype in ("nfs", "nfs4")
+        seen = list(dict.fromkeys(phases))  # first sightings, in order
+        assert seen == [p for p in PHASES if p in seen] and seen[-2:] == ["dhcp", "nfs-mounted"]
+
+
+def test_an_unknown_init_is_ok_once_it_runs_settle_seconds_past_the_proof() -> None:
+    judge = Judge(started=0.0, timeout=60, stall=30, ready=None, settle=5.0)
+    assert judge.feed(PROOF_LINE, 2.0) is None
+    assert judge.tick(6.9) is None
+    v = judge.tick(7.0)
+    assert v is not None and v.name == OK and v.seconds == 2.0
+
+
+def test_the_judge_stalls_on_silence_but_not_on_a_line_redrawn_in_place() -> None:
+    judge = Judge(started=0.0, timeout=600, stall=45, ready=READY_SYSTEMD)
+    judge.feed(PROOF_LINE, 1.0)
+    for t in range(2, 100):
+        judge.output(float(t))  # "A start job is running..." with no newline
+        assert judge.tick(float(t)) is None
+    v = judge.tick(99.0 + 45.1)
+    assert v is not None and v.name == STALLED and v.proof is not None
+
+
+def test_the_judge_times_out_while_the_console_talks() -> None:
+    judge = Judge(started=0.0, timeout=10, stall=10, ready=READY_SYSTEMD)
+    for t in range(1, 11):
+        assert judge.feed(f"still starting {t}", float(t)) is None
+        assert judge.tick(float(t)) is None
+    v = judge.tick(10.5)
+    assert v is not None and v.name == TIMEOUT and v.line == "still starting 10"

@@ -28,9 +28,6 @@ class Archive:
     def chardev(self, name: str, major: int, minor: int, mode: int = 0o600) -> None:
         self.entries.append((name, stat.S_IFCHR | mode, b"", (major << 8) | minor))
 
-    def names(self) -> list[str]:
-        return [e[0] for e in self.entries]
-
     def to_bytes(self) -> bytes:
         out = bytearray()
         for ino, (name, mode, data, rdev) in enumerate(

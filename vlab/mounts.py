@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -102,15 +101,20 @@ def loops_of(image: Path) -> list[str]:
     return out.split()
 
 
-@dataclass
-class _Entry:
-    kind: str  # "mount" or "loop"
-    what: str
+def mount(source: str, target: Path, fstype: str = "", options: str = "") -> None:
+    argv = ["mount"]
+    if fstype:
+        argv += ["-t", fstype]
+    if options:
+        argv += ["-o", options]
+    run.run([*argv, source, str(target)])
 
 
 class MountStack:
+    """Mounts made one after another, undone innermost first when the stack closes."""
+
     def __init__(self) -> None:
-        self._entries: list[_Entry] = []
+        self._targets: list[Path] = []
 
     def __enter__(self) -> MountStack:
         return self
@@ -120,13 +124,8 @@ class MountStack:
         self.close()
 
     def mount(self, source: str, target: Path, fstype: str = "", options: str = "") -> None:
-        argv = ["mount"]
-        if fstype:
-            argv += ["-t", fstype]
-        if options:
-            argv += ["-o", options]
-        run.run([*argv, source, str(target)])
-        self._entries.append(_Entry("mount", str(target)))
+        mount(source, target, fstype, options)
+        self._targets.append(target)
 
     def build_mounts(self, root: Path) -> None:
         """The page's tmp, dev, var/lock, proc and sys, for a builder chrooted in root."""
@@ -140,29 +139,13 @@ class MountStack:
                 for name, major, minor in DEV_NODES:
                     os.mknod(target / name, 0o20666, os.makedev(major, minor))
 
-    def keep(self) -> list[tuple[str, str]]:
-        """Stop managing what is mounted so far; return it, innermost last."""
-        kept = [(e.kind, e.what) for e in self._entries]
-        self._entries = []
-        return kept
-
     def close(self) -> None:
         errors = []
-        while self._entries:
-            entry = self._entries.pop()
+        while self._targets:
+            target = self._targets.pop()
             try:
-                if entry.kind == "mount":
-                    umount(Path(entry.what))
-                else:
-                    detach(entry.what)
+                umount(target)
             except Exception as err:  # keep undoing the rest, then report
                 errors.append(str(err))
         if errors:
             raise HostError("could not undo every mount:\n  " + "\n  ".join(errors))
-
-
-def undo(kept: list[tuple[str, str]]) -> None:
-    """Undo entries handed over by keep(), innermost first (used by vlab down)."""
-    stack = MountStack()
-    stack._entries = [_Entry(kind, what) for kind, what in kept]
-    stack.close()

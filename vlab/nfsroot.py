@@ -114,11 +114,9 @@ def mount_image(image: Path, mountpoint: Path) -> None:
     if mounts.is_mounted(mountpoint):
         return
     mountpoint.mkdir(parents=True, exist_ok=True)
-    with mounts.MountStack() as stack:
-        # One step: mount(8) attaches a read-only loop device with autoclear, so the loop
-        # device goes with the unmount and no kill between two steps can orphan it.
-        stack.mount(str(image), mountpoint, options="loop,ro")
-        stack.keep()
+    # One step: mount(8) attaches a read-only loop device with autoclear, so the loop
+    # device goes with the unmount and no kill between two steps can orphan it.
+    mounts.mount(str(image), mountpoint, options="loop,ro")
 
 
 def release_image(image: Path, mountpoint: Path) -> list[str]:

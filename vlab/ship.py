@@ -9,7 +9,6 @@ its fingerprint and the command that trusts it, never accepted unseen.
 
 from __future__ import annotations
 
-import hashlib
 import posixpath
 import shlex
 import socket
@@ -21,6 +20,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import paramiko
 
+from vlab.cache import file_digest
 from vlab.errors import VlabError
 from vlab.sshkeys import fingerprint
 
@@ -153,7 +153,7 @@ class Host:
     def ship(self, files: dict[Path, str]) -> Shipped:
         """Copy local files to remote paths; a file whose checksum matches stays."""
         done = Shipped()
-        want = {remote: _sha256(local) for local, remote in files.items()}
+        want = {remote: file_digest(local) for local, remote in files.items()}
         there = self.sha256(list(want))
         todo = {local: remote for local, remote in files.items()
                 if there.get(remote) != want[remote]}
@@ -192,7 +192,3 @@ class Host:
 def _kind(key: paramiko.PKey) -> str:
     return {"ssh-ed25519": "ed25519", "ssh-rsa": "rsa"}.get(key.get_name(), "ecdsa")
 
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()

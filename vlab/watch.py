@@ -24,6 +24,7 @@ READY_BUSYBOX = re.compile(re.escape(READY_MARKER))
 READY_SYSTEMD = re.compile(r"Reached target .*Multi-User System|Reached target multi-user\.target")
 TIMEOUT = "timeout"
 STALLED = "stalled"
+INTERRUPTED = "interrupted"  # never reported: the vlab command itself was interrupted
 
 PROOF_RE = re.compile(
     re.escape(MARKER) + r" server=(?P<server>\S*) export=(?P<export>\S*) "
@@ -74,7 +75,9 @@ FAILURES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("nfs-version-unsupported",
          r"mount: mounting \S+ on \S+ failed: (Protocol not supported|Invalid argument|"
          r"Protocol family not supported)|nfs: Unknown parameter|Program version wrong"),
-        ("nfs-mount-failed", r"mount: mounting \S+ on \S+ failed"),
+        # Any other reason the mount gives (e.g. a root path that is a file: Not a directory).
+        ("nfs-mount-failed",
+         r"mount: mounting \S+ on \S+ failed|" + re.escape(FAIL_MARKER) + r" nfs-mount"),
         ("dhcp-failed", re.escape(FAIL_MARKER) + r" dhcp-failed|No more network devices|"
          r"No configuration methods succeeded"),
         # PXE: pxelinux and iPXE cannot fetch a file of the TFTP tree.
@@ -86,7 +89,6 @@ FAILURES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("init-failed",
          re.escape(FAIL_MARKER) + r" init-failed|Attempted to kill init|"
          r"switch_root: |No working init found|Failed to execute /init"),
-        ("nfs-mount-failed", re.escape(FAIL_MARKER) + r" nfs-mount"),
         ("kernel-panic", r"Kernel panic - not syncing"),
     )
 )
@@ -159,51 +161,78 @@ class Follower:
         return complete
 
 
-class Cancelled(Exception):
-    """The watch was stopped from outside (Ctrl-C in the main thread)."""
-
-
-def watch(console_log: Path, *, started: float, timeout: float, stall: float,
-          ready: re.Pattern[str] | None = None, settle: float = 0.0, poll: float = 0.05,
-          stop: threading.Event | None = None,
-          on_phase: Callable[[str], None] | None = None) -> Verdict:
-    """Follow one console until a decisive line, `stall` s of silence, or `timeout` s.
+class Judge:
+    """The verdict of one console, decided from its lines and the clock alone (pure: no
+    sleeping, no files). feed() each line as it arrives, output() when bytes arrived that
+    end no line yet, tick() now and then; each returns the verdict once there is one.
 
     With `ready`, the proof of the NFS root is not enough: the root's own init must also
     say it is up (e.g. systemd reaching multi-user) for the verdict to be ok. Without it (an
     init vlab does not know), the proof is ok once `settle` s pass with no failure line: an
     init that dies at once is caught.
     """
+
+    def __init__(self, *, started: float, timeout: float, stall: float,
+                 ready: re.Pattern[str] | None = None, settle: float = 0.0,
+                 on_phase: Callable[[str], None] | None = None) -> None:
+        self.started, self.timeout, self.stall = started, timeout, stall
+        self.ready, self.settle, self.on_phase = ready, settle, on_phase
+        self.tail: deque[str] = deque(maxlen=20)
+        self.last_output = started
+        self.proof: Proof | None = None
+        self.proved_at, self.proof_line = 0.0, ""
+
+    def verdict(self, name: str, at: float, line: str) -> Verdict:
+        return Verdict(name, round(at - self.started, 1), line, self.proof, tuple(self.tail))
+
+    def output(self, now: float) -> None:
+        """Bytes arrived (systemd redraws "A start job is running..." in place, no newline)."""
+        self.last_output = now
+
+    def feed(self, line: str, now: float) -> Verdict | None:
+        self.last_output = now
+        self.tail.append(line)
+        if self.on_phase is not None and (phase := phase_of(line)) is not None:
+            self.on_phase(phase)
+        decided = decide(line)
+        if decided is not None and decided[0] != OK:
+            return self.verdict(decided[0], now, line)
+        if decided is not None:
+            self.proof, self.proved_at, self.proof_line = decided[1], now, line
+        if self.proof is not None and self.ready is not None and self.ready.search(line):
+            return self.verdict(OK, now, line)
+        return None
+
+    def tick(self, now: float) -> Verdict | None:
+        if self.proof is not None and self.ready is None and now - self.proved_at >= self.settle:
+            return self.verdict(OK, self.proved_at, self.proof_line)
+        last = self.tail[-1] if self.tail else ""
+        if now - self.started > self.timeout:
+            return self.verdict(TIMEOUT, now, last)
+        if now - self.last_output > self.stall:
+            return self.verdict(STALLED, now, last)
+        return None
+
+
+def watch(console_log: Path, *, started: float, timeout: float, stall: float,
+          ready: re.Pattern[str] | None = None, settle: float = 0.0, poll: float = 0.05,
+          stop: threading.Event | None = None,
+          on_phase: Callable[[str], None] | None = None) -> Verdict:
+    """Follow one console until the judge decides: a decisive line, `stall` s of silence,
+    or `timeout` s. With `stop` set (Ctrl-C in the main thread), stop at the next poll."""
     follower = Follower(console_log)
-    tail: deque[str] = deque(maxlen=20)
-    last_output = started
-    proof: Proof | None = None
-    proved_at, proof_line = 0.0, ""
-    while True:
-        if stop is not None and stop.is_set():
-            raise Cancelled
+    judge = Judge(started=started, timeout=timeout, stall=stall, ready=ready, settle=settle,
+                  on_phase=on_phase)
+    while stop is None or not stop.is_set():
         now = time.monotonic()
         lines = follower.lines()
-        if follower.grew:  # systemd redraws "A start job is running..." in place, no newline
-            last_output = now
+        if follower.grew:
+            judge.output(now)
         for line in lines:
-            tail.append(line)
-            if on_phase is not None and (phase := phase_of(line)) is not None:
-                on_phase(phase)
-            decided = decide(line)
-            if decided is not None and decided[0] != OK:
-                return Verdict(decided[0], round(now - started, 1), line, proof, tuple(tail))
-            if decided is not None:
-                proof, proved_at, proof_line = decided[1], now, line
-            if proof is not None and ready is not None and ready.search(line):
-                return Verdict(OK, round(now - started, 1), line, proof, tuple(tail))
-        if proof is not None and ready is None and now - proved_at >= settle:
-            return Verdict(OK, round(proved_at - started, 1), proof_line, proof,
-                           tuple(tail))
-        if now - started > timeout:
-            return Verdict(TIMEOUT, round(now - started, 1), tail[-1] if tail else "",
-                           proof, tuple(tail))
-        if now - last_output > stall:
-            return Verdict(STALLED, round(now - started, 1), tail[-1] if tail else "",
-                           proof, tuple(tail))
+            if (verdict := judge.feed(line, now)) is not None:
+                return verdict
+        if (verdict := judge.tick(now)) is not None:
+            return verdict
         time.sleep(poll)
+    # Stopped from outside: the command is being interrupted, and no report is made of this.
+    return judge.verdict(INTERRUPTED, time.monotonic(), "interrupted")
