@@ -24,7 +24,7 @@ from vlab.cpio import read_names
 from vlab.lab.claim import plan_for as lab_plan_for
 from vlab.plan import Dirs, LabPlan
 from vlab.pvh import has_pvh_entry
-from vlab.scenario import NicDriver
+from vlab.scenario.model import NicDriver
 
 pytestmark = pytest.mark.boot
 

@@ -10,7 +10,7 @@ from conftest import plan_of
 
 from vlab import render
 from vlab.lab.artifacts import artifacts
-from vlab.scenario import InitrdBuilder, RootSource
+from vlab.scenario.model import InitrdBuilder, RootSource
 
 SCENARIOS = ["tiny", "e1000", "nfs3", "overlay", "debian-initramfs-tools", "debian-dracut",
              "dhcp-root", "pxe-terminal", "xen", "many-hosts"]

@@ -10,7 +10,7 @@ from conftest import HERE, ROOT
 from vlab import scenario
 from vlab.cli import main
 from vlab.errors import ScenarioError
-from vlab.scenario import Hypervisor, LabHostMode, NfsVersion
+from vlab.scenario.model import Hypervisor, LabHostMode, NfsVersion
 
 BAD = sorted((HERE / "bad").glob("*.toml"))
 

@@ -22,7 +22,7 @@ from vlab import nfsroot, scenario
 from vlab.lab.claim import claim
 from vlab.lab.up import say_verdicts, start_lab_host, up
 from vlab.plan import Dirs, LabPlan
-from vlab.scenario import LOCAL, Hypervisor, NicDriver
+from vlab.scenario.model import LOCAL, Hypervisor, NicDriver
 from vlab.watch import STALLED, Verdict
 
 pytestmark = pytest.mark.boot

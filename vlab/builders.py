@@ -13,7 +13,7 @@ from vlab.errors import MissingTool
 from vlab.initrd import modules_for
 from vlab.kernel import Kernel
 from vlab.plan import LabPlan
-from vlab.scenario import InitrdBuilder
+from vlab.scenario.model import InitrdBuilder
 
 OUTPUT = "vlab-initrd.img"
 CONFDIR = "/tmp/vlab-{builder}"  # inside the root, on the build tmpfs

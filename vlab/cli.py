@@ -24,7 +24,7 @@ from vlab.lab.status import all_ok, status
 from vlab.lab.up import up
 from vlab.plan import NETNS, Dirs, LabPlan, TerminalPlan
 from vlab.progress import Say, stderr_progress
-from vlab.scenario import LabHostMode
+from vlab.scenario.model import LabHostMode
 
 EXIT_OK, EXIT_BOOT_FAILED, EXIT_BAD_INPUT, EXIT_HOST = 0, 1, 2, 3
 

@@ -3,7 +3,7 @@ path (option 17) and the NFS mount options, per builder (vlab, initramfs-tools, 
 
 from __future__ import annotations
 
-from vlab.scenario import InitrdBuilder, NfsVersion, RootSource, RootVia, Scenario
+from vlab.scenario.model import InitrdBuilder, NfsVersion, RootSource, RootVia, Scenario
 
 MOUNT_PORT_OFFSET = 1000  # NFSv3's MOUNT protocol listens this far above the NFS port
 # Words vlab adds for speed, not for function: a quiet serial console boots faster under TCG.

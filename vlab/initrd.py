@@ -11,7 +11,7 @@ from vlab.errors import ScenarioError
 from vlab.kernel import Kernel
 from vlab.kmod import ModuleIndex, ModuleNotFound
 from vlab.plan import LabPlan
-from vlab.scenario import NfsVersion, Writable
+from vlab.scenario.model import NfsVersion, Writable
 
 NIC_BUS = {"virtio_net": ("virtio_pci",), "e1000": ()}
 

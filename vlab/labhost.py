@@ -21,7 +21,7 @@ from typing import TypeVar
 
 from vlab import procs, run
 from vlab.errors import HostError, MissingTool
-from vlab.scenario import LabHostMode
+from vlab.scenario.model import LabHostMode
 
 LIBVIRT_SOCK = Path("/run/libvirt/libvirt-sock")
 LIBVIRTD_PID = Path("/run/libvirtd.pid")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from vlab.cmdline import MOUNT_PORT_OFFSET
 from vlab.errors import ScenarioError
-from vlab.scenario import MAC_PREFIX, Hypervisor, Lab, Scenario
+from vlab.scenario.model import MAC_PREFIX, Hypervisor, Lab, Scenario
 
 KVM_MAC_PREFIX = MAC_PREFIX[Hypervisor.QEMU]
 NFS_PORT_BASE = 20490

@@ -10,7 +10,7 @@ from pathlib import Path
 from vlab import procs, render, run
 from vlab.errors import HostError, MissingTool
 from vlab.plan import LabPlan
-from vlab.scenario import NfsVersion
+from vlab.scenario.model import NfsVersion
 
 GANESHA = "ganesha.nfsd"
 FSAL_VFS = Path("/usr/lib/x86_64-linux-gnu/ganesha/libfsalvfs.so")

@@ -21,7 +21,7 @@ from vlab.cmdline import (
 )
 from vlab.errors import ScenarioError
 from vlab.lease import NO_OTHER_LABS, Taken, digest, lease, pinned_mac, pinned_macs
-from vlab.scenario import (
+from vlab.scenario.model import (
     LOCAL,
     AfterBoot,
     Hypervisor,

@@ -13,7 +13,7 @@ from vlab import render
 from vlab.cmdline import kernel_cmdline, machines_nfs, root_path_by_dhcp, root_target
 from vlab.errors import ScenarioError
 from vlab.plan import LabPlan
-from vlab.scenario import Machine, RootVia, Scenario
+from vlab.scenario.model import Machine, RootVia, Scenario
 
 KERNEL = "vmlinuz"
 INITRD = "initrd.img"

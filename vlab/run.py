@@ -12,8 +12,9 @@ import os
 import shlex
 import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from vlab.errors import CommandError
 
@@ -95,31 +96,34 @@ def _in_netns(argv: Sequence[str], netns: str | None) -> list[str]:
     return ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
 
 
-def daemon(argv: Sequence[str], *, netns: str | None, log_file: Path, hint: str = "") -> None:
-    """Start a program that daemonizes itself; its early output goes to log_file."""
+@contextlib.contextmanager
+def _started(what: str, argv: Sequence[str], netns: str | None, log_file: Path,
+             hint: str = "") -> Iterator[tuple[list[str], BinaryIO]]:
+    """The full command line (in the namespace) and its log, open; a missing program is
+    rc 127."""
     full = _in_netns(argv, netns)
-    log.debug("daemon: %s", shlex.join(full))
+    log.debug("%s: %s", what, shlex.join(full))
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as out:
         try:
-            rc = subprocess.run(full, env=_env(None), stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True,
-                                timeout=60).returncode
+            yield full, out
         except FileNotFoundError:
             raise CommandError(full, 127, "", hint) from None
+
+
+def daemon(argv: Sequence[str], *, netns: str | None, log_file: Path, hint: str = "") -> None:
+    """Start a program that daemonizes itself; its early output goes to log_file."""
+    with _started("daemon", argv, netns, log_file, hint) as (full, out):
+        rc = subprocess.run(full, env=_env(None), stdin=subprocess.DEVNULL, stdout=out,
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            timeout=60).returncode
     if rc != 0:
         raise CommandError(full, rc, log_file.read_text(errors="replace"), hint)
 
 
 def spawn(argv: Sequence[str], *, netns: str | None, log_file: Path) -> int:
     """Start a long-running program in the foreground of its own session; return its pid."""
-    full = _in_netns(argv, netns)
-    log.debug("spawn: %s", shlex.join(full))
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with log_file.open("ab") as out:
-        try:
-            proc = subprocess.Popen(full, env=_env(None), stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-        except FileNotFoundError:
-            raise CommandError(full, 127, "") from None
+    with _started("spawn", argv, netns, log_file) as (full, out):
+        proc = subprocess.Popen(full, env=_env(None), stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
     return proc.pid

@@ -254,7 +254,7 @@ def attach_console(conn: Conn, name: str) -> None:
     saved = termios.tcgetattr(stdin) if os.isatty(stdin) else None
     try:
         if saved is not None:
-            tty.setraw(stdin)
+            tty.setraw(stdin, termios.TCSANOW)  # keep what was typed before it attached
         while not done:
             libvirt.virEventRunDefaultImpl()
     finally:

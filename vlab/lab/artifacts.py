@@ -7,7 +7,7 @@ from pathlib import Path
 
 from vlab import builders, render
 from vlab.plan import LabPlan
-from vlab.scenario import InitrdBuilder, RootSource
+from vlab.scenario.model import InitrdBuilder, RootSource
 
 
 def artifacts(plan: LabPlan) -> dict[str, str]:

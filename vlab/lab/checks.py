@@ -10,7 +10,7 @@ from vlab.lab import nodes
 from vlab.lab.status import terminal_address
 from vlab.plan import LabPlan, TerminalPlan
 from vlab.progress import Say
-from vlab.scenario import Check, Scenario
+from vlab.scenario.model import Check, Scenario
 from vlab.watch import Verdict
 
 Result = dict[str, Any]  # one check's name, command, ok, exit status and output

@@ -5,7 +5,7 @@ from __future__ import annotations
 from vlab import sshkeys, state
 from vlab.lab.nodes import preflight
 from vlab.plan import Dirs, LabPlan, make_plan, place
-from vlab.scenario import Scenario
+from vlab.scenario.model import Scenario
 
 
 def plan_for(sc: Scenario, dirs: Dirs, free_mib: dict[str, int] | None = None, *,

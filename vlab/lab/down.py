@@ -13,7 +13,7 @@ from vlab.errors import HostError, VirtError
 from vlab.lab import nodes
 from vlab.plan import Dirs, LabPlan, domain_name
 from vlab.progress import Say
-from vlab.scenario import LOCAL
+from vlab.scenario.model import LOCAL
 
 
 def down(plan: LabPlan, dirs: Dirs, say: Say) -> None:

@@ -8,7 +8,7 @@ import re
 from vlab import labhost, ship, virt
 from vlab.errors import ScenarioError, VirtError
 from vlab.plan import NodePlan
-from vlab.scenario import LOCAL, Scenario
+from vlab.scenario.model import LOCAL, Scenario
 
 
 def connect_uri(uri: str, netns: str | None) -> virt.Conn:

@@ -22,7 +22,7 @@ from vlab.lab.up import (
 )
 from vlab.plan import Dirs, LabPlan
 from vlab.progress import Say
-from vlab.scenario import LOCAL, Scenario
+from vlab.scenario.model import LOCAL, Scenario
 
 
 def write(scenario: Scenario, plan: LabPlan, dirs: Dirs, tftp_root: Path,

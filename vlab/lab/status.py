@@ -8,7 +8,7 @@ from vlab import labhost, nfsserver, state, virt
 from vlab.errors import VirtError
 from vlab.lab import nodes
 from vlab.plan import LabPlan, TerminalPlan
-from vlab.scenario import LOCAL
+from vlab.scenario.model import LOCAL
 from vlab.watch import OK, address_from_console
 
 

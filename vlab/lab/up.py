@@ -33,7 +33,7 @@ from vlab.lab.checks import run_checks
 from vlab.lab.status import report
 from vlab.plan import Dirs, LabPlan, NodePlan, TerminalPlan
 from vlab.progress import Say
-from vlab.scenario import LOCAL, Hypervisor, InitrdBuilder, KernelSource, RootSource, Scenario
+from vlab.scenario.model import LOCAL, Hypervisor, InitrdBuilder, KernelSource, RootSource, Scenario
 from vlab.watch import READY_BUSYBOX, READY_SYSTEMD, STALLED, Verdict, shared_client_ids, watch
 
 # A root whose init vlab cannot recognise is ok once it has run this long after the proof.

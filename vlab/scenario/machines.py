@@ -19,11 +19,7 @@ def pxe(top: Table) -> Pxe:
     ips: dict[ipaddress.IPv4Address, int] = {}
     for i, item in enumerate(raw):
         t = Table(top.file, f"host[{i}]", item, KEYS)
-        name = t.name("name", t.get("name", str))
-        if name in names:
-            raise t.error("name", f"{name!r} is also the name of host[{names[name]}]",
-                          "give every host its own name")
-        names[name] = i
+        name = t.unique_name(names, i, "host")
         if "mac" not in t.data:
             raise t.error("mac", "is missing", 'a physical host is known by its MAC: '
                           'add mac = "00:11:22:33:44:55"')

@@ -277,11 +277,7 @@ def _terminals(top: Table, nics: tuple[NicDriver, ...], hypervisor: Hypervisor,
     seen_macs: dict[str, int] = {}
     for i, item in enumerate(raw):
         t = Table(top.file, f"terminal[{i}]", item, _TERMINAL_KEYS)
-        name = t.name("name", t.get("name", str))
-        if name in seen_names:
-            raise t.error("name", f"{name!r} is also the name of terminal[{seen_names[name]}]",
-                          "give every terminal its own name")
-        seen_names[name] = i
+        name = t.unique_name(seen_names, i, "terminal")
         mac = t.mac(seen_macs, i)
         prefix = MAC_PREFIX[hypervisor]
         if mac is not None and not mac.startswith(prefix):

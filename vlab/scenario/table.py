@@ -78,6 +78,15 @@ class Table:
             raise self.error(name, f"{value!r} is not a valid name", NAME_FIX)
         return value
 
+    def unique_name(self, seen: dict[str, int], index: int, kind: str) -> str:
+        """`name`, valid and unlike the names of the kind's earlier tables."""
+        name = self.name("name", self.get("name", str))
+        if name in seen:
+            raise self.error("name", f"{name!r} is also the name of {kind}[{seen[name]}]",
+                             f"give every {kind} its own name")
+        seen[name] = index
+        return name
+
     def sub(self, name: str, default: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
         """A sub-table's data (the default when the table is absent)."""
         if name not in self.data and default is not None:
