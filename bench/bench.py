@@ -24,7 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 from vlab import scenario  # noqa: E402
 from vlab.lab.claim import plan_for  # noqa: E402
-from vlab.plan import MARKER, READY_MARKER, TUNING_ARGS, Dirs, LabPlan  # noqa: E402
+from vlab.cmdline import TUNING_ARGS  # noqa: E402
+from vlab.plan import MARKER, READY_MARKER, Dirs, LabPlan  # noqa: E402
 
 SCENARIO = "bench/bench.toml"
 TAP = "vlbench0"
