@@ -251,3 +251,12 @@ def test_the_judge_times_out_while_the_console_talks() -> None:
         assert judge.tick(float(t)) is None
     v = judge.tick(10.5)
     assert v is not None and v.name == TIMEOUT and v.line == "still starting 10"
+
+
+def test_a_systemd_root_is_up_by_the_runtime_unit_when_systemd_no_longer_prints() -> None:
+    judge = Judge(started=0.0, timeout=240, stall=45, ready=READY_SYSTEMD)
+    assert judge.feed(PROOF_LINE, 5.0) is None
+    assert judge.feed("vm login: ", 40.0) is None
+    assert judge.feed("VLAB-TERMINAL-UP (none) nfs4 root", 41.0) is None  # busybox's: not this
+    v = judge.feed("VLAB-TERMINAL-UP vm systemd multi-user.target", 44.0)
+    assert v is not None and v.name == OK and v.seconds == 44.0

@@ -21,7 +21,10 @@ OK = "ok"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # What a root's own init says once the terminal is up, by kind of init.
 READY_BUSYBOX = re.compile(re.escape(READY_MARKER))
-READY_SYSTEMD = re.compile(r"Reached target .*Multi-User System|Reached target multi-user\.target")
+# systemd's own line, or (once a getty owns the console and systemd prints no more) the line
+# of the runtime unit the initrd adds (domains/initrd/ready.sh.j2).
+READY_SYSTEMD = re.compile(r"Reached target .*Multi-User System|Reached target multi-user\.target|"
+                           + re.escape(READY_MARKER) + r" \S+ systemd ")
 TIMEOUT = "timeout"
 STALLED = "stalled"
 INTERRUPTED = "interrupted"  # never reported: the vlab command itself was interrupted

@@ -39,9 +39,27 @@ vlab_writable_tmpfs() {
     echo "vlab: writable tmpfs on:$vlab_done"
 }
 
+# A runtime unit (in /run, gone at the next boot; the root is not touched) that tells the
+# console when a systemd root reaches multi-user.target: systemd itself stops printing its
+# status once a getty owns the serial console, which today's Debian starts first.
+vlab_ready_unit() {
+    mkdir -p "$1/systemd/system/multi-user.target.wants"
+    cat > "$1/systemd/system/vlab-ready.service" <<'UNIT'
+[Unit]
+Description=vlab: say on the console that the terminal is up
+After=multi-user.target
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'echo "VLAB-TERMINAL-UP $(cat /proc/sys/kernel/hostname) systemd multi-user.target" > /dev/console'
+UNIT
+    ln -sf ../vlab-ready.service "$1/systemd/system/multi-user.target.wants/vlab-ready.service"
+}
+
 vlab_writable=tmpfs
 for word in $(cat /proc/cmdline); do
     case "$word" in vlab.writable=*) vlab_writable=${word#vlab.writable=} ;; esac
 done
 vlab_proof "$NEWROOT" > /dev/console
 [ "$vlab_writable" = tmpfs ] && vlab_writable_tmpfs "$NEWROOT" > /dev/console
+vlab_ready_unit /run  # dracut moves its /run into $NEWROOT
