@@ -20,13 +20,11 @@ from test_boot import leftovers, plan_for, vlab
 
 from vlab import nfsroot, scenario
 from vlab.lab.claim import claim
-from vlab.lab.up import say_verdicts, start_lab_host, up
+from vlab.lab.up import start_lab_host, up
 from vlab.plan import Dirs, LabPlan
-from vlab.scenario.model import LOCAL, Hypervisor, NicDriver
-from vlab.watch import STALLED, Verdict
+from vlab.scenario.model import LOCAL, NicDriver
 
 pytestmark = pytest.mark.boot
-HERE = Path(__file__).parent
 
 
 def _scenario(tmp_path: Path, name: str, body: str, lab_down: list[str]) -> str:
@@ -178,17 +176,6 @@ def test_a_guest_that_falls_silent_is_stalled(tmp_path: Path, lab_down: list[str
     assert t["seconds"] >= 10 and t["proof"] is not None
 
 
-def test_silence_under_kvm_names_the_fix() -> None:
-    plan = plan_for("scenarios/tiny.toml")
-    kvm = replace(plan, hypervisor=Hypervisor.KVM)
-    said: list[str] = []
-    say_verdicts(kvm, {kvm.terminals[0]: Verdict(STALLED, 10.0)}, 10, said.append)
-    assert any('set hypervisor = "qemu"' in line for line in said)
-    said.clear()
-    say_verdicts(plan, {plan.terminals[0]: Verdict(STALLED, 10.0)}, 10, said.append)
-    assert not any("hypervisor" in line for line in said)
-
-
 LOOPING_SYSTEMD = """#!/bin/sh
 while :; do echo "still starting"; sleep 1; done
 """
@@ -201,12 +188,3 @@ def test_a_boot_slower_than_the_timeout_is_timeout(tmp_path: Path, lab_down: lis
     path = _scenario(tmp_path, "slow", 'timeout = 10\n' + DIR_ROOT + TERMINAL, lab_down)
     t = _boots_to("timeout", path)
     assert 10 <= t["seconds"] < 15
-
-
-def test_every_verdict_name_is_provoked_by_a_boot_test() -> None:
-    from vlab.watch import FAILURES, STALLED, TIMEOUT
-
-    names = {name for name, _ in FAILURES} | {STALLED, TIMEOUT}
-    text = "".join(p.read_text() for p in HERE.glob("test_*.py") if p.name != "test_watch.py")
-    missing = [n for n in sorted(names) if f'"{n}"' not in text]
-    assert missing == []

@@ -5,12 +5,17 @@ from __future__ import annotations
 import re
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import plan_of
 
+from vlab.lab.up import say_verdicts
 from vlab.progress import PHASES
+from vlab.scenario.model import Hypervisor
 from vlab.watch import (
+    FAILURES,
     OK,
     READY_BUSYBOX,
     READY_SYSTEMD,
@@ -260,3 +265,22 @@ def test_a_systemd_root_is_up_by_the_runtime_unit_when_systemd_no_longer_prints(
     assert judge.feed("VLAB-TERMINAL-UP (none) nfs4 root", 41.0) is None  # busybox's: not this
     v = judge.feed("VLAB-TERMINAL-UP vm systemd multi-user.target", 44.0)
     assert v is not None and v.name == OK and v.seconds == 44.0
+
+
+def test_silence_under_kvm_names_the_fix() -> None:
+    plan = plan_of("tiny")
+    kvm = replace(plan, hypervisor=Hypervisor.KVM)
+    said: list[str] = []
+    say_verdicts(kvm, {kvm.terminals[0]: Verdict(STALLED, 10.0)}, 10, said.append)
+    assert any('set hypervisor = "qemu"' in line for line in said)
+    said.clear()
+    say_verdicts(plan, {plan.terminals[0]: Verdict(STALLED, 10.0)}, 10, said.append)
+    assert not any("hypervisor" in line for line in said)
+
+
+def test_every_verdict_name_is_provoked_by_a_boot_test() -> None:
+    names = {name for name, _ in FAILURES} | {STALLED, TIMEOUT}
+    boot_tests = [p for p in Path(__file__).parent.glob("test_*.py") if p.name != "test_watch.py"]
+    text = "".join(p.read_text() for p in boot_tests)
+    missing = [n for n in sorted(names) if f'"{n}"' not in text]
+    assert missing == []
