@@ -249,6 +249,49 @@ def test_the_judge_stalls_on_silence_but_not_on_a_line_redrawn_in_place() -> Non
     assert v is not None and v.name == STALLED and v.proof is not None
 
 
+def test_a_silent_guest_that_keeps_its_cpu_busy_is_not_stalled() -> None:
+    # A soft lockup under TCG, or systemd starting units quietly on a loaded host: no
+    # console output for minutes, the vCPU at 30% to 100%. Not stalled; then it goes idle.
+    judge = Judge(started=0.0, timeout=600, stall=45, ready=READY_SYSTEMD)
+    judge.feed(PROOF_LINE, 1.0)
+    cpu = 0.0
+    for t in range(2, 200):
+        cpu += 0.3  # 30% of one CPU each second
+        judge.cpu(float(t), cpu)
+        assert judge.tick(float(t)) is None, t
+    for t in range(200, 245):  # idle: 1% (timer ticks), as a guest hung on its NFS server
+        cpu += 0.01
+        judge.cpu(float(t), cpu)
+        assert judge.tick(float(t)) is None, t
+    judge.cpu(246.0, cpu + 0.01)
+    v = judge.tick(246.0)
+    assert v is not None and v.name == STALLED
+
+
+def test_an_idle_silent_guest_stalls_within_its_stall_window() -> None:
+    judge = Judge(started=0.0, timeout=600, stall=45, ready=READY_SYSTEMD)
+    judge.feed(PROOF_LINE, 1.0)
+    for t in range(2, 47):
+        judge.cpu(float(t), 0.01 * t)
+        assert judge.tick(float(t)) is None
+    judge.cpu(47.0, 0.47)
+    v = judge.tick(47.0)
+    assert v is not None and v.name == STALLED and v.seconds == 47.0
+
+
+def test_watch_samples_the_guest_cpu(tmp_path: Path) -> None:
+    log = tmp_path / "console.log"
+    log.write_text(PROOF_LINE + "\n")
+    clock = time.monotonic()
+    busy = lambda: (time.monotonic() - clock) * 0.9  # noqa: E731  (a vCPU at 90%)
+    v = watch(log, started=time.monotonic(), timeout=2.5, stall=1.2, poll=0.01,
+              ready=READY_SYSTEMD, cpu=busy)
+    assert v.name == TIMEOUT  # busy all along: never stalled
+    v = watch(log, started=time.monotonic(), timeout=10, stall=1.2, poll=0.01,
+              ready=READY_SYSTEMD, cpu=lambda: 1.0)
+    assert v.name == STALLED and v.seconds < 3
+
+
 def test_the_judge_times_out_while_the_console_talks() -> None:
     judge = Judge(started=0.0, timeout=10, stall=10, ready=READY_SYSTEMD)
     for t in range(1, 11):

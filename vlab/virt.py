@@ -152,6 +152,14 @@ def free_memory_mib(conn: Conn) -> int:
         raise _error("read the free memory", err) from None
 
 
+def cpu_seconds(conn: Conn, name: str) -> float | None:
+    """The CPU time a domain's vCPUs have used so far, or None once it is gone."""
+    try:
+        return float(conn.lookupByName(name).info()[4]) / 1e9
+    except libvirt.libvirtError:
+        return None
+
+
 def domain_state(conn: Conn, name: str) -> str:
     dom = _lookup(conn.lookupByName, name, libvirt.VIR_ERR_NO_DOMAIN)
     if dom is None:

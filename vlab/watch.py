@@ -28,6 +28,11 @@ READY_SYSTEMD = re.compile(r"Reached target .*Multi-User System|Reached target m
 TIMEOUT = "timeout"
 STALLED = "stalled"
 INTERRUPTED = "interrupted"  # never reported: the vlab command itself was interrupted
+# A guest whose vCPU ran at least this share of the wall clock is working, console or not (an
+# idle guest, hung on a dead server or an init asleep, uses about 1%; a booting one, near 100%
+# on an idle host and well above this on a loaded one). CPU_POLL: seconds between samples.
+BUSY_SHARE = 0.2
+CPU_POLL = 1.0
 
 PROOF_RE = re.compile(
     re.escape(MARKER) + r" server=(?P<server>\S*) export=(?P<export>\S*) "
@@ -169,6 +174,10 @@ class Judge:
     sleeping, no files). feed() each line as it arrives, output() when bytes arrived that
     end no line yet, tick() now and then; each returns the verdict once there is one.
 
+    "stalled" needs both silence and idleness: cpu() takes samples of the guest's CPU time,
+    and a guest that keeps its vCPU busy (systemd starting units quietly on a slow or loaded
+    host, a guest kernel's soft lockup under TCG) is still booting, not stalled.
+
     With `ready`, the proof of the NFS root is not enough: the root's own init must also
     say it is up (e.g. systemd reaching multi-user) for the verdict to be ok. Without it (an
     init vlab does not know), the proof is ok once `settle` s pass with no failure line: an
@@ -182,6 +191,8 @@ class Judge:
         self.ready, self.settle, self.on_phase = ready, settle, on_phase
         self.tail: deque[str] = deque(maxlen=20)
         self.last_output = started
+        self.last_busy = started
+        self.cpu_sample: tuple[float, float] | None = None  # (when, guest CPU seconds)
         self.proof: Proof | None = None
         self.proved_at, self.proof_line = 0.0, ""
 
@@ -191,6 +202,14 @@ class Judge:
     def output(self, now: float) -> None:
         """Bytes arrived (systemd redraws "A start job is running..." in place, no newline)."""
         self.last_output = now
+
+    def cpu(self, now: float, seconds: float) -> None:
+        """A sample of the guest's CPU time (seconds used since it started)."""
+        if self.cpu_sample is not None:
+            at, before = self.cpu_sample
+            if now > at and (seconds - before) / (now - at) >= BUSY_SHARE:
+                self.last_busy = now
+        self.cpu_sample = (now, seconds)
 
     def feed(self, line: str, now: float) -> Verdict | None:
         self.last_output = now
@@ -212,7 +231,7 @@ class Judge:
         last = self.tail[-1] if self.tail else ""
         if now - self.started > self.timeout:
             return self.verdict(TIMEOUT, now, last)
-        if now - self.last_output > self.stall:
+        if now - max(self.last_output, self.last_busy) > self.stall:
             return self.verdict(STALLED, now, last)
         return None
 
@@ -220,14 +239,21 @@ class Judge:
 def watch(console_log: Path, *, started: float, timeout: float, stall: float,
           ready: re.Pattern[str] | None = None, settle: float = 0.0, poll: float = 0.05,
           stop: threading.Event | None = None,
-          on_phase: Callable[[str], None] | None = None) -> Verdict:
-    """Follow one console until the judge decides: a decisive line, `stall` s of silence,
-    or `timeout` s. With `stop` set (Ctrl-C in the main thread), stop at the next poll."""
+          on_phase: Callable[[str], None] | None = None,
+          cpu: Callable[[], float | None] | None = None) -> Verdict:
+    """Follow one console until the judge decides: a decisive line, `stall` s of silence
+    with the guest idle (cpu() gives its CPU seconds, None if unknown), or `timeout` s.
+    With `stop` set (Ctrl-C in the main thread), stop at the next poll."""
     follower = Follower(console_log)
     judge = Judge(started=started, timeout=timeout, stall=stall, ready=ready, settle=settle,
                   on_phase=on_phase)
+    sampled = 0.0
     while stop is None or not stop.is_set():
         now = time.monotonic()
+        if cpu is not None and now - sampled >= CPU_POLL:
+            sampled = now
+            if (seconds := cpu()) is not None:
+                judge.cpu(now, seconds)
         lines = follower.lines()
         if follower.grew:
             judge.output(now)

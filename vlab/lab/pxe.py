@@ -51,7 +51,7 @@ def check(twins: LabPlan, dirs: Dirs, tftp_root: Path, say: Say) -> dict[str, An
         virt.start_network(conn, twins.network, render.network_xml(twins, tftp_root))
         wait_for_nfs_server(twins, say)
         started = boot_terminals(twins, {LOCAL: conn}, say)
-        verdicts = watch_consoles(twins, started, say)
+        verdicts = watch_consoles(twins, {LOCAL: conn}, started, say)
         save_results(twins, started, verdicts)
         rep = report(twins, {LOCAL: conn})
     down(twins, dirs, say)

@@ -57,7 +57,7 @@ def up(scenario: Scenario, plan: LabPlan, dirs: Dirs, say: Say) -> dict[str, Any
         ship_boot_files(plan, k, say)
         wait_for_nfs_server(plan, say)
         started = boot_terminals(plan, conns, say)
-        verdicts = watch_consoles(plan, started, say)
+        verdicts = watch_consoles(plan, conns, started, say)
         checks = run_checks(scenario, plan, verdicts, say)
         state.update(plan.lab_dir, status="up")
         save_results(plan, started, verdicts, checks)
@@ -220,8 +220,8 @@ def boot_terminals(plan: LabPlan, conns: dict[str, virt.Conn],
     return {t: started[t] for t in plan.terminals}
 
 
-def watch_consoles(plan: LabPlan, started: dict[TerminalPlan, float],
-                   say: Say) -> dict[TerminalPlan, Verdict]:
+def watch_consoles(plan: LabPlan, conns: dict[str, virt.Conn],
+                   started: dict[TerminalPlan, float], say: Say) -> dict[TerminalPlan, Verdict]:
     ready = ready_line(plan)
     say(f"watching {len(started)} console(s) for the NFS root (timeout {plan.timeout} s)")
     stall = min(plan.stall, plan.timeout)
@@ -232,7 +232,8 @@ def watch_consoles(plan: LabPlan, started: dict[TerminalPlan, float],
     def one(t: TerminalPlan) -> Verdict:
         v = watch(t.console_log, started=started[t], timeout=plan.timeout, stall=stall,
                   ready=ready, settle=SETTLE_SECONDS, stop=stop,
-                  on_phase=lambda phase: board.set(t.name, phase))
+                  on_phase=lambda phase: board.set(t.name, phase),
+                  cpu=lambda: virt.cpu_seconds(conns[t.node], t.domain))
         board.done(t.name, v.name, v.seconds)
         return v
 
