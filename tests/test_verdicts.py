@@ -176,6 +176,27 @@ def test_a_guest_that_falls_silent_is_stalled(tmp_path: Path, lab_down: list[str
     assert t["seconds"] >= 10 and t["proof"] is not None
 
 
+BUSY_SILENT_SYSTEMD = """#!/bin/sh
+end=$(( $(date +%s) + 35 ))
+while [ "$(date +%s)" -lt "$end" ]; do :; done
+echo "[  OK  ] Reached target multi-user.target - Multi-User System."
+exec sleep 100000
+"""
+
+
+def test_a_guest_silent_but_busy_is_not_stalled(tmp_path: Path, lab_down: list[str]) -> None:
+    """Its init works for 35 s without a word (as systemd does on a loaded host), then
+    reaches multi-user: ok, though the console was silent for three stall windows."""
+    _systemd_root(tmp_path, BUSY_SILENT_SYSTEMD)
+    path = _scenario(tmp_path, "busysilent", 'stall = 10\ntimeout = 240\n' + DIR_ROOT
+                     + TERMINAL, lab_down)
+    proc = vlab("up", path, "--json")
+    assert proc.returncode == 0, proc.stderr
+    (t,) = json.loads(proc.stdout)["terminals"]
+    assert t["verdict"] == "ok" and t["seconds"] >= 35 and "multi-user" in t["line"], t
+    assert vlab("down", path).returncode == 0
+
+
 LOOPING_SYSTEMD = """#!/bin/sh
 while :; do echo "still starting"; sleep 1; done
 """
