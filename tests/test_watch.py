@@ -12,8 +12,10 @@ import pytest
 from conftest import plan_of
 
 from vlab.lab.up import say_verdicts
+from vlab.plan import SSH_MARKER
 from vlab.progress import PHASES
 from vlab.scenario.model import Hypervisor
+from vlab.sshkeys import host_key_from_console
 from vlab.watch import (
     FAILURES,
     OK,
@@ -113,6 +115,21 @@ def test_follower_reads_growing_file_and_keeps_partial_lines(tmp_path: Path) -> 
     assert f.lines() == ["two", "three"]
 
 
+def test_follower_keeps_a_character_or_escape_split_across_reads_whole(tmp_path: Path) -> None:
+    log = tmp_path / "c.log"
+    f = Follower(log)
+    line = "caf\u00e9 \x1b[0;32m  OK  \x1b[0m 10.213.1.12\n".encode()
+    cut_in_char, cut_in_escape = line.index(b"\xa9"), line.index(b"32m")
+    log.write_bytes(line[:cut_in_char])
+    assert f.lines() == []
+    with log.open("ab") as out:
+        out.write(line[cut_in_char:cut_in_escape])
+    assert f.lines() == []  # a half-written address is never read as an address
+    with log.open("ab") as out:
+        out.write(line[cut_in_escape:])
+    assert f.lines() == ["caf\u00e9   OK   10.213.1.12"]
+
+
 def test_watch_decides_on_the_line_not_at_the_timeout(tmp_path: Path) -> None:
     log = tmp_path / "c.log"
 
@@ -186,6 +203,21 @@ def test_the_address_a_terminal_got_is_read_off_its_console(tmp_path: Path) -> N
     ):
         log.write_text(text)
         assert address_from_console(log) == address
+    log.write_text("vlab-initrd: eth0 is 10.214.1.4")  # 10.214.1.47, half-written
+    assert address_from_console(log) is None
+
+
+def test_a_host_key_line_is_read_whole_and_a_bad_one_is_no_key(tmp_path: Path) -> None:
+    log = tmp_path / "t.log"
+    blob = "AAAAC3NzaC1lZDI1NTE5AAAAIAs8tkWLscRp0nS/VZsmMg4yIDgTveOiTPMyuWvNAEUU"
+    log.write_text(f"{SSH_MARKER} vm ssh-ed25519 {blob}\r\n")
+    found = host_key_from_console(log)
+    assert found is not None and found.get_base64() == blob
+    log.write_text(f"{SSH_MARKER} vm ssh-ed25519 {blob[:30]}")  # the guest still writing
+    assert host_key_from_console(log) is None
+    for bad in ("AAAA", "QUJD", "AAAAC3NzaC1lZDI1NTE5AAAAIAs8", "=="):
+        log.write_text(f"{SSH_MARKER} vm ssh-ed25519 {bad}\n")
+        assert host_key_from_console(log) is None, bad
 
 
 # Consoles captured from real boots (tests/consoles/): the pure judge replays them with a

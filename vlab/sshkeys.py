@@ -24,8 +24,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from vlab.errors import VlabError
 from vlab.plan import SSH_MARKER
+from vlab.watch import complete_lines
 
 KEY_FILE = "id_ed25519"
+ED25519_BLOB_BYTES = 51  # string "ssh-ed25519" (4 + 11) and string key (4 + 32)
 HOST_KEY_RE = re.compile(re.escape(SSH_MARKER) + r" (?P<name>\S+) (?P<type>ssh-ed25519) "
                          r"(?P<blob>[A-Za-z0-9+/=]+)")
 
@@ -58,14 +60,16 @@ def lab_key(ssh_dir: Path) -> str:
 
 def host_key_from_console(console_log: Path) -> paramiko.PKey | None:
     """The host key the terminal printed on its console in this boot (the last one)."""
-    try:
-        text = console_log.read_text(errors="replace")
-    except OSError:
-        return None
-    found = list(HOST_KEY_RE.finditer(text))
+    found = list(HOST_KEY_RE.finditer(complete_lines(console_log)))
     if not found:
         return None
-    return paramiko.Ed25519Key(data=base64.b64decode(found[-1]["blob"]))
+    try:  # the console is the guest's: a blob that is no key is no key, not a crash
+        blob = base64.b64decode(found[-1]["blob"], validate=True)
+        if len(blob) != ED25519_BLOB_BYTES:  # paramiko takes a short one
+            return None
+        return paramiko.Ed25519Key(data=blob)
+    except (ValueError, paramiko.SSHException):
+        return None
 
 
 @dataclass

@@ -56,12 +56,19 @@ ADDRESS_RE = re.compile(r"(?:vlab-initrd: \S+ is |^ *address: |clientaddr=)"
                         r"(\d+\.\d+\.\d+\.\d+)\b", re.MULTILINE)
 
 
+def complete_lines(console_log: Path) -> str:
+    """A console log's text up to its last newline ("" if unreadable): the guest may be
+    halfway through a line (an address, a host key), which is not read until it ends."""
+    try:
+        data = console_log.read_bytes()
+    except OSError:
+        return ""
+    return data[:data.rfind(b"\n") + 1].decode(errors="replace")
+
+
 def address_from_console(console_log: Path) -> str | None:
     """The last address the terminal's initrd reported on this console log."""
-    try:
-        found = ADDRESS_RE.findall(console_log.read_text(errors="replace"))
-    except OSError:
-        return None
+    found = ADDRESS_RE.findall(complete_lines(console_log))
     return found[-1] if found else None
 
 
@@ -144,12 +151,14 @@ def decide(line: str) -> tuple[str, Proof | None] | None:
 
 
 class Follower:
-    """Reads a console log file as it grows, line by line."""
+    """Reads a console log file as it grows, line by line. It works on bytes and decodes
+    and strips escapes per whole line only: a UTF-8 character or an escape split across two
+    reads comes out whole, and a half-written line (an address, a host key) is never read."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.offset = 0
-        self.partial = ""
+        self.partial = b""
         self.grew = False  # the last read found new bytes, whole lines or not
 
     def lines(self) -> list[str]:
@@ -157,16 +166,15 @@ class Follower:
         try:
             with self.path.open("rb") as f:
                 if f.seek(0, 2) < self.offset:  # truncated: a new boot
-                    self.offset = 0
+                    self.offset, self.partial = 0, b""
                 f.seek(self.offset)
                 data = f.read()
         except FileNotFoundError:
             return []
         self.offset += len(data)
         self.grew = bool(data)
-        text = self.partial + ANSI.sub("", data.decode(errors="replace")).replace("\r", "")
-        *complete, self.partial = text.split("\n")
-        return complete
+        *complete, self.partial = (self.partial + data).split(b"\n")
+        return [ANSI.sub("", raw.decode(errors="replace")).replace("\r", "") for raw in complete]
 
 
 class Judge:
