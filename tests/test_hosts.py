@@ -236,3 +236,16 @@ def test_a_network_the_other_host_does_not_have_is_bad_input(second_host, tmp_pa
         f"fix: start it there (virsh -c {second_host.uri} net-start nope), or name one that "
         "virsh net-list shows"), proc.stderr
     assert not (plan_for(TWO).lab_dir / "state.json").exists()
+
+
+@pytest.mark.boot
+def test_down_of_a_lab_never_up_asks_no_other_host_and_records_nothing() -> None:
+    """No second host here (its namespace is not there): a lab that was never brought up
+    has nothing on it, so `vlab down` neither calls it nor records a down-incomplete lab
+    (which kept the lab host up for every lab after it)."""
+    plan = plan_for(TWO)
+    assert not (plan.lab_dir / "state.json").exists()
+    proc = vlab("down", TWO)
+    assert proc.returncode == 0, proc.stderr
+    assert "does not answer" not in proc.stderr
+    assert not (plan.lab_dir / "state.json").exists()

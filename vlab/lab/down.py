@@ -38,10 +38,11 @@ def down(plan: LabPlan, dirs: Dirs, say: Say) -> None:
 
 
 def where_domains_run(plan: LabPlan, recorded: dict[str, Any]) -> dict[str, str]:
-    """domain -> node of every domain the lab may have: its plan's, and what its state
-    recorded (placement is written before a domain is made)."""
+    """domain -> node of every domain the lab may have: its plan's on this machine, and
+    what its state recorded (placement is written before a domain is made). Other nodes are
+    asked only for what was recorded: a lab never brought up is nobody's business there."""
     placement = recorded.get("placement", {})
-    return {**{t.domain: t.node for t in plan.terminals},
+    return {**{t.domain: t.node for t in plan.terminals if t.node == LOCAL},
             **{domain_name(plan.lab, t): n for t, n in placement.items()}}
 
 
