@@ -54,6 +54,12 @@ Type=oneshot
 ExecStart=/bin/sh -c 'echo "VLAB-TERMINAL-UP $(cat /proc/sys/kernel/hostname) systemd multi-user.target" > /dev/console'
 UNIT
     ln -sf ../vlab-ready.service "$1/systemd/system/multi-user.target.wants/vlab-ready.service"
+    # Masked for this boot only (a /run mask, as systemctl mask --runtime makes): units with
+    # nothing to do on a read-only NFS root. e2scrub_reap, scheduled idle, held
+    # multi-user.target back for 20 s to a minute on today's bookworm under TCG.
+    for vlab_unit in e2scrub_reap.service e2scrub_all.timer fstrim.timer; do
+        ln -sf /dev/null "$1/systemd/system/$vlab_unit"
+    done
 }
 
 vlab_writable=tmpfs
