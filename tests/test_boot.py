@@ -107,7 +107,8 @@ def up_until(path: str, text: str,
 
 
 def up(path: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    proc = vlab("up", path, "--json")
+    # A guard against a hung vlab only: a first Debian up bootstraps, builds and boots.
+    proc = vlab("up", path, "--json", timeout=1200)
     assert proc.stdout, proc.stderr
     return proc, json.loads(proc.stdout)
 
