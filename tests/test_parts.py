@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from vlab import initrd, kernel
 from vlab.cpio import Archive, read_names
-from vlab.kmod import ModuleIndex, ModuleNotFound
+from vlab.errors import HostError, ScenarioError
+from vlab.kernel import Kernel
+from vlab.kmod import BadModulesDep, ModuleIndex, ModuleNotFound
 
 
 @pytest.fixture
@@ -70,3 +74,71 @@ def test_gnu_cpio_reads_our_archive(tmp_path: Path) -> None:
     listing = proc.stdout.decode()
     assert "dev/console" in listing and listing.count("\n") == 4
     assert "crw-------" in listing
+
+
+# A root's modules.dep and its .ko files are untrusted: nothing of the host comes through.
+
+@pytest.mark.parametrize("line", [
+    "/etc/shadow.ko:\n", "kernel/../../../../etc/shadow.ko:\n",
+    "kernel/fs/nfs/nfs.ko: /root/.ssh/id_ed25519.ko\n", "kernel/fs/nfs/nfs.ko: ../x.ko\n",
+    "kernel/fs/nfs/shadow:\n",
+])
+def test_modules_dep_paths_must_stay_inside(tmp_path: Path, line: str) -> None:
+    (tmp_path / "modules.dep").write_text(line)
+    with pytest.raises(BadModulesDep, match="modules.dep line 1 names"):
+        ModuleIndex.load(tmp_path)
+
+
+def test_a_dependency_without_its_own_line_is_named(tmp_path: Path) -> None:
+    (tmp_path / "modules.dep").write_text("kernel/fs/nfs/nfs.ko: kernel/net/sunrpc/sunrpc.ko\n")
+    with pytest.raises(BadModulesDep, match="sunrpc.ko as a dependency but has no line"):
+        ModuleIndex.load(tmp_path).load_order(["nfs"])
+
+
+def _kernel_at(folder: Path) -> Kernel:
+    return Kernel("6.1.0-test", folder.parent.parent.parent / "boot/vmlinuz", folder)
+
+
+def test_a_symlinked_module_leading_out_is_refused(modules_dir: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("host secret")
+    (modules_dir / "kernel/net/sunrpc").mkdir(parents=True)
+    (modules_dir / "kernel/net/sunrpc/sunrpc.ko").symlink_to(secret)
+    with pytest.raises(HostError, match="leads out of"):
+        initrd.module_bytes(_kernel_at(modules_dir), "kernel/net/sunrpc/sunrpc.ko")
+
+
+def test_a_module_that_is_a_fifo_is_refused(modules_dir: Path) -> None:
+    (modules_dir / "kernel/net/sunrpc").mkdir(parents=True)
+    os.mkfifo(modules_dir / "kernel/net/sunrpc/sunrpc.ko")
+    with pytest.raises(HostError, match="not a regular file"):
+        initrd.module_bytes(_kernel_at(modules_dir), "kernel/net/sunrpc/sunrpc.ko")
+
+
+def test_a_module_inside_the_folder_is_read(modules_dir: Path) -> None:
+    (modules_dir / "kernel/net/sunrpc").mkdir(parents=True)
+    (modules_dir / "kernel/net/sunrpc/real.ko").write_bytes(b"\x7fELF module")
+    (modules_dir / "kernel/net/sunrpc/sunrpc.ko").symlink_to("real.ko")
+    assert initrd.module_bytes(_kernel_at(modules_dir),
+                               "kernel/net/sunrpc/sunrpc.ko") == b"\x7fELF module"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "chardev", "symlink-out"])
+def test_a_root_kernel_that_is_no_regular_file_is_refused(tmp_path: Path, kind: str) -> None:
+    root = tmp_path / "root"
+    (root / "boot").mkdir(parents=True)
+    (root / "lib/modules/6.1.0-test").mkdir(parents=True)
+    (root / "lib/modules/6.1.0-test/modules.dep").write_text("")
+    vmlinuz = root / "boot/vmlinuz-6.1.0-test"
+    if kind == "fifo":
+        os.mkfifo(vmlinuz)
+    elif kind == "chardev":
+        if os.geteuid() != 0:
+            pytest.skip("mknod needs root")
+        os.mknod(vmlinuz, 0o20644, os.makedev(1, 3))
+    else:
+        vmlinuz.symlink_to("/dev/zero")
+    with pytest.raises(ScenarioError, match="not a regular file"):
+        kernel.from_root(root, None, tmp_path / "cache", tmp_path / "s.toml")
+    assert not (tmp_path / "cache" / "kernels").exists() or not [
+        p for p in (tmp_path / "cache" / "kernels").iterdir()]

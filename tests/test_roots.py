@@ -66,7 +66,7 @@ def test_debian_root_with_initramfs_tools_initrd_reaches_multi_user(lab_down) ->
     assert t["proof"]["fstype"] == "nfs" and "vers=3" in t["proof"]["options"].split(",")
     assert t["proof"]["export"] == str(plan.export_path)
     _nfs_client_named_by_mac(t)
-    assert "initramfs-tools chrooted in the root" in proc.stderr
+    assert "initramfs-tools of the root, in vlab's sandbox" in proc.stderr
     # The root's own initramfs-tools configuration was never touched.
     assert not (plan.export_path / "tmp/vlab-initramfs-tools").exists()
     conf = plan.export_path / "etc/initramfs-tools/initramfs.conf"
@@ -86,7 +86,7 @@ def test_debian_root_with_dracut_initrd_reaches_multi_user(lab_down) -> None:  #
     _multi_user(t)
     assert t["proof"]["fstype"] == "nfs4" and "vers=4.2" in t["proof"]["options"].split(",")
     _nfs_client_named_by_mac(t)
-    assert "dracut chrooted in the root" in proc.stderr
+    assert "dracut of the root, in vlab's sandbox" in proc.stderr
     assert not list((plan.export_path / "etc/dracut.conf.d").glob("*vlab*"))
     _wrote_tmpfs(t)
     _ssh_says(DRACUT, "findmnt -n -o FSTYPE /", "nfs4")
@@ -174,7 +174,7 @@ def test_disk_image_root_initrd_built_inside_it_and_image_never_changes(
 
     # Ctrl-C while initramfs-tools runs inside the image: the build mounts go at once,
     # the lab's image mount stays recorded, and vlab down removes it.
-    building, _seen = up_until(str(scenario), "chrooted in the root")
+    building, _seen = up_until(str(scenario), "in vlab's sandbox")
     time.sleep(2)
     building.send_signal(signal.SIGINT)
     building.stderr.read()  # type: ignore[union-attr]
@@ -190,6 +190,19 @@ def test_disk_image_root_initrd_built_inside_it_and_image_never_changes(
     _multi_user(t)
     assert t["proof"]["export"] == str(plan.export_path)
     assert "attached and mounted read-only" in proc.stderr
-    assert vlab("down", str(scenario)).returncode == 0
+    # The image is untrusted: its setuid files, device nodes and programs are inert here.
+    (line,) = [ln.split() for ln in Path("/proc/mounts").read_text().splitlines()
+               if ln.split()[1] == str(plan.export_path)]
+    assert {"ro", "nosuid", "nodev", "noexec"} <= set(line[3].split(",")), line
+    loop_ro = Path(f"/sys/block/{Path(line[0]).name}/ro").read_text().strip()
+    assert loop_ro == "1", line
+    # Someone else's loop device on the same image is not vlab's to detach.
+    other = subprocess.run(["losetup", "-r", "-f", "--show", str(image)], check=True,
+                           capture_output=True, text=True).stdout.strip()
+    try:
+        assert vlab("down", str(scenario)).returncode == 0
+        assert _loops_and_mounts(image, plan) == [other]
+    finally:
+        subprocess.run(["losetup", "-d", other], check=True)
     assert _loops_and_mounts(image, plan) == []
     assert hashlib.sha256(image.read_bytes()).hexdigest() == checksum

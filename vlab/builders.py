@@ -1,11 +1,11 @@
-"""Initrds built by the root's own builder, chrooted in it, as the page runs mkinitrd:
-initramfs-tools' mkinitramfs or dracut. Their configuration goes in through a temporary
-directory on the build tmpfs (the image's /etc is never edited), and each gets a small vlab
-hook that prints the proof of the NFS root."""
+"""Initrds built by the root's own builder, in a sandbox (vlab.sandbox: the page's
+chroot and build mounts, made a boundary): initramfs-tools' mkinitramfs or dracut. Their
+configuration goes in through the builder's /tmp, a scratch folder (the root is read-only
+to it), and each gets a small vlab hook that prints the proof of the NFS root."""
 
 from __future__ import annotations
 
-import shutil
+import sys
 from pathlib import Path
 
 from vlab import cache, mounts, render, run
@@ -71,16 +71,18 @@ def build(plan: LabPlan, root: Path, kernel: Kernel, cache_dir: Path) -> Path:
     if not mounts.inside(root, program).exists():
         raise MissingTool(f"{plan.builder.value} in the root {root} (/{program})",
                           f"{package} (inside the root)")
-    with mounts.MountStack() as stack, cache.publish(final) as tmp:
-        stack.build_mounts(root)
-        host_confdir = mounts.inside(root, confdir)
+    with cache.publish(final) as tmp, cache.scratch(final.parent) as scratch:
+        # The builder sees the scratch folder as its /tmp: its config goes in there and
+        # its initrd comes out of it; the root itself is read-only to it (vlab.sandbox).
+        host_confdir = scratch / confdir.removeprefix("/tmp/")
         for rel, (text, mode) in files.items():
             path = host_confdir / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
             path.chmod(mode)
-        run.run(["chroot", str(root), *argv], env={"TMPDIR": "/tmp"}, timeout=1200,
+        run.run([sys.executable, "-m", "vlab.sandbox", str(root), str(scratch), "--", *argv],
+                timeout=1200,
                 hint=f"the {plan.builder.value} run inside {root} failed; see its output above")
-        shutil.copyfile(mounts.inside(root, f"tmp/{OUTPUT}"), tmp)
+        cache.copy_regular(scratch / OUTPUT, tmp, what=f"the initrd {plan.builder.value} wrote")
         tmp.chmod(0o644)  # dracut writes 0600; QEMU runs as libvirt-qemu
     return final

@@ -6,11 +6,13 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from vlab import mounts, procs
+from vlab.errors import HostError
 
 STAMP = ".vlab-inputs"
 
@@ -54,6 +56,33 @@ def publish(final: Path) -> Iterator[Path]:
     _remove(old)
 
 
+@contextmanager
+def scratch(parent: Path) -> Iterator[Path]:
+    """A private folder for one build, removed after it (a killed vlab's is swept)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    folder = parent / f".scratch.tmp-{os.getpid()}"
+    _remove(folder)
+    folder.mkdir(mode=0o700)
+    try:
+        yield folder
+    finally:
+        _remove(folder)
+
+
+def copy_regular(src: Path, dst: Path, what: str) -> None:
+    """Copy src only if it is a regular file, never through a symlink (src is untrusted)."""
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as err:
+        raise HostError(f"{what} ({src}) cannot be read: {err.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise HostError(f"{what} ({src}) is not a regular file; vlab copies regular "
+                            "files only")
+        with dst.open("wb") as out:
+            shutil.copyfileobj(f, out)
+
+
 LEFTOVER_RE = re.compile(r"^\..+\.(tmp|old)-(\d+)$")
 
 
@@ -65,10 +94,10 @@ def leftovers(root: Path, depth: int = 3) -> list[Path]:
         if len(here.relative_to(root).parts) >= depth:
             subdirs[:] = []
         for name in [*subdirs, *files]:
-            m = LEFTOVER_RE.match(name)
+            m = LEFTOVER_RE.fullmatch(name)
             if m and not procs.alive(int(m.group(2))):
                 found.append(here / name)
-        subdirs[:] = [d for d in subdirs if not LEFTOVER_RE.match(d)]
+        subdirs[:] = [d for d in subdirs if not LEFTOVER_RE.fullmatch(d)]
     return found
 
 

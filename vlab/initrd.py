@@ -3,13 +3,15 @@ the root over NFS (see domains/initrd-init.sh.j2)."""
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 from vlab import busybox, cache, render
 from vlab.cpio import Archive
-from vlab.errors import ScenarioError
+from vlab.errors import HostError, ScenarioError
 from vlab.kernel import Kernel
-from vlab.kmod import ModuleIndex, ModuleNotFound
+from vlab.kmod import BadModulesDep, ModuleIndex, ModuleNotFound
 from vlab.plan import LabPlan
 from vlab.scenario.model import NfsVersion, Writable
 
@@ -29,6 +31,35 @@ def load_order(kernel: Kernel, plan: LabPlan) -> list[str]:
     except ModuleNotFound as err:
         raise ScenarioError(plan.scenario, "initrd.nic_drivers", str(err),
                             "name drivers that this kernel ships as modules") from None
+    except BadModulesDep as err:
+        raise HostError(f"{kernel.modules}: {err}; fix: run depmod {kernel.release} in the "
+                        "root (vlab copies only regular .ko files inside the module folder)"
+                        ) from None
+
+
+def module_bytes(kernel: Kernel, module: str) -> bytes:
+    """A module's file, read only if it is a regular file inside the kernel's module folder
+    (a root's modules.dep or a symlinked .ko must not copy a host file into the initrd)."""
+    folder = kernel.modules
+    resolved = os.path.realpath(folder / module)
+    top = os.path.realpath(folder)
+    if not resolved.startswith(top + "/"):
+        raise HostError(f"{folder / module} leads out of {folder}; fix: a module must be a "
+                        "regular file inside the kernel's module folder")
+    fd = -1
+    try:
+        fd = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise HostError(f"{folder / module} is not a regular file; fix: run depmod in the "
+                            "root")
+        with os.fdopen(fd, "rb") as f:
+            fd = -1
+            return f.read()
+    except OSError as err:
+        raise HostError(f"{folder / module} cannot be read: {err.strerror}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def contents(kernel: Kernel, plan: LabPlan) -> Archive:
@@ -54,7 +85,7 @@ def contents(kernel: Kernel, plan: LabPlan) -> Archive:
             if folder not in made and len(folder.parts) > 2:
                 a.dir(str(folder))
                 made.add(folder)
-        a.file(f"lib/modules/{module}", (kernel.modules / module).read_bytes())
+        a.file(f"lib/modules/{module}", module_bytes(kernel, module))
     return a
 
 

@@ -137,15 +137,22 @@ def from_root(root: Path, wanted: str | None, cache_dir: Path, scenario: Path) -
     if not (modules / "modules.dep").is_file():
         raise ScenarioError(scenario, "kernel.version", f"{root} has no modules.dep for {release}",
                             f"run depmod {release} in the root")
-    digest = cache.file_digest(src)
-    final = cache_dir / "kernels" / f"root-{release}-{digest[:16]}"
-    if not (final / "vmlinuz").exists():
-        with cache.publish(final) as tmp:
-            tmp.mkdir()
-            shutil.copyfile(src, tmp / "vmlinuz")
-            _write_pvh_image(tmp)
-            for p in [tmp, *tmp.iterdir()]:
-                p.chmod(0o755 if p.is_dir() else 0o644)
+    if not src.is_file() or src.is_symlink():  # inside() resolved every symlink already
+        raise ScenarioError(scenario, "kernel.version", f"/boot/vmlinuz-{release} in {root} is "
+                            "not a regular file", "a root's kernel must be a regular file")
+    with cache.scratch(cache_dir / "kernels") as scratch:
+        # Copied once, never through a link, then digested: a FIFO or a device cannot
+        # hang vlab or land in the cache (the root is untrusted).
+        cache.copy_regular(src, scratch / "vmlinuz", what=f"the root's kernel {src}")
+        digest = cache.file_digest(scratch / "vmlinuz")
+        final = cache_dir / "kernels" / f"root-{release}-{digest[:16]}"
+        if not (final / "vmlinuz").exists():
+            with cache.publish(final) as tmp:
+                tmp.mkdir()
+                shutil.copyfile(scratch / "vmlinuz", tmp / "vmlinuz")
+                _write_pvh_image(tmp)
+                for p in [tmp, *tmp.iterdir()]:
+                    p.chmod(0o755 if p.is_dir() else 0o644)
     return Kernel(release, final / "vmlinuz", modules)
 
 

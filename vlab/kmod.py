@@ -12,6 +12,20 @@ class ModuleNotFound(Exception):
         self.name = name
 
 
+class BadModulesDep(Exception):
+    """modules.dep names something vlab will not copy (the root is untrusted)."""
+
+
+def _checked(path: str, line_no: int) -> str:
+    """A module path as modules.dep may give it: relative, no `..`, a .ko file name."""
+    parts = path.split("/")
+    if (not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts)
+            or ".ko" not in parts[-1] or any(ord(c) < 0x21 for c in path)):
+        raise BadModulesDep(f"modules.dep line {line_no} names {path!r}: a module path must "
+                            "be relative to the kernel's module folder, without ..")
+    return path
+
+
 def _norm(name: str) -> str:
     return name.replace("-", "_")
 
@@ -27,9 +41,13 @@ class ModuleIndex:
     def load(cls, modules_dir: Path) -> ModuleIndex:
         deps: dict[str, tuple[str, ...]] = {}
         by_name: dict[str, str] = {}
-        for line in (modules_dir / "modules.dep").read_text().splitlines():
+        text = (modules_dir / "modules.dep").read_text(errors="replace")
+        for line_no, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
             path, _, rest = line.partition(":")
-            deps[path] = tuple(rest.split())
+            path = _checked(path.strip(), line_no)
+            deps[path] = tuple(_checked(dep, line_no) for dep in rest.split())
             by_name[_norm(Path(path).name.split(".ko")[0])] = path
         builtin_file = modules_dir / "modules.builtin"
         builtin = frozenset(
@@ -45,6 +63,9 @@ class ModuleIndex:
         def visit(path: str) -> None:
             if path in order:
                 return
+            if path not in self.deps:
+                raise BadModulesDep(f"modules.dep names {path} as a dependency but has no "
+                                    "line for it")
             # modules.dep lists a module's needs so that the last one is loaded first.
             for dep in reversed(self.deps[path]):
                 visit(dep)

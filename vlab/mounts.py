@@ -15,13 +15,6 @@ from types import TracebackType
 from vlab import run
 from vlab.errors import HostError
 
-# What the page mounts for its mkinitrd run, in its order (tmp, dev, var/lock, proc, sys).
-BUILD_MOUNTS = (("tmp", "tmpfs", "mode=1777"), ("dev", "tmpfs", "mode=755"),
-                ("var/lock", "tmpfs", "mode=1777"), ("proc", "proc", ""), ("sys", "sysfs", ""))
-# A tmpfs /dev holds nothing: the builders need these nodes (name, major, minor).
-DEV_NODES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
-             ("urandom", 1, 9), ("tty", 5, 0), ("console", 5, 1))
-
 
 def inside(root: Path, rel: str) -> Path:
     """`rel` resolved inside `root`, following symlinks as a chroot would (never out of it)."""
@@ -53,6 +46,18 @@ def is_mounted(path: Path) -> bool:
         return any(_unescape(line.split()[1]) == real for line in f)
 
 
+def source_of(path: Path) -> str:
+    """The device mounted at path (the last mount there wins), "" if none."""
+    real = os.path.realpath(path)
+    source = ""
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            fields = line.split()
+            if _unescape(fields[1]) == real:
+                source = _unescape(fields[0])
+    return source
+
+
 def mounted_under(path: Path) -> list[Path]:
     """Mount points at or below path, deepest first (the order to unmount them in)."""
     real = os.path.realpath(path)
@@ -60,17 +65,6 @@ def mounted_under(path: Path) -> list[Path]:
         points = {_unescape(line.split()[1]) for line in f}
     inner = [p for p in points if p == real or p.startswith(real.rstrip("/") + "/")]
     return [Path(p) for p in sorted(inner, key=lambda p: (-p.count("/"), p))]
-
-
-def undo_build_mounts(root: Path) -> list[Path]:
-    """Unmount the page's build mounts in root, if a killed vlab left them; return them."""
-    done = []
-    for rel, _fstype, _options in reversed(BUILD_MOUNTS):
-        target = inside(root, rel)
-        if is_mounted(target):
-            umount(target)
-            done.append(target)
-    return done
 
 
 def _unescape(field: str) -> str:
@@ -126,18 +120,6 @@ class MountStack:
     def mount(self, source: str, target: Path, fstype: str = "", options: str = "") -> None:
         mount(source, target, fstype, options)
         self._targets.append(target)
-
-    def build_mounts(self, root: Path) -> None:
-        """The page's tmp, dev, var/lock, proc and sys, for a builder chrooted in root."""
-        for rel, fstype, options in BUILD_MOUNTS:
-            target = inside(root, rel)
-            if not target.is_dir():
-                raise HostError(f"{root} has no /{rel} to mount {fstype} on; "
-                                f"fix: a root filesystem needs /{rel}")
-            self.mount("none" if fstype == "tmpfs" else fstype, target, fstype, options)
-            if rel == "dev":
-                for name, major, minor in DEV_NODES:
-                    os.mknod(target / name, 0o20666, os.makedev(major, minor))
 
     def close(self) -> None:
         errors = []

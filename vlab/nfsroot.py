@@ -7,8 +7,9 @@ import shutil
 from pathlib import Path
 
 from vlab import busybox, cache, mounts, render, run
-from vlab.errors import MissingTool
+from vlab.errors import HostError, MissingTool
 from vlab.progress import Say
+from vlab.scenario.read import filesystem_of
 
 DIRS = ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "dev", "proc", "sys", "tmp", "run",
         "root", "var/tmp", "var/lock", "var/log")
@@ -108,26 +109,38 @@ def build_debian(export_path: Path, suite: str, packages: tuple[str, ...], say: 
     return export_path
 
 
-def mount_image(image: Path, mountpoint: Path) -> None:
-    """Attach the image read-only and mount it read-only where the lab exports it.
-    It stays mounted while the lab runs; release_image() undoes it."""
-    if mounts.is_mounted(mountpoint):
-        return
-    mountpoint.mkdir(parents=True, exist_ok=True)
-    # One step: mount(8) attaches a read-only loop device with autoclear, so the loop
-    # device goes with the unmount and no kill between two steps can orphan it.
-    mounts.mount(str(image), mountpoint, options="loop,ro")
+# Log replay writes to the device even on a read-only mount: each filesystem's way to skip it.
+NO_REPLAY = {"ext4": "noload", "xfs": "norecovery", "btrfs": "nologreplay"}
 
 
-def release_image(image: Path, mountpoint: Path) -> list[str]:
-    """Unmount the lab's image and detach every loop device backed by it."""
+def mount_image(image: Path, mountpoint: Path) -> str:
+    """Attach the image read-only and mount it read-only where the lab exports it; return
+    the loop device. It stays mounted while the lab runs; release_image() undoes it.
+    The image is untrusted: its setuid files, device nodes and programs are inert on the
+    host (nosuid, nodev, noexec), and its journal is not replayed."""
+    if not mounts.is_mounted(mountpoint):
+        mountpoint.mkdir(parents=True, exist_ok=True)
+        fstype = filesystem_of(image)
+        if fstype is None:
+            raise HostError(f"{image} holds no filesystem vlab can mount")
+        options = ",".join(filter(None, ("loop", "ro", "nosuid", "nodev", "noexec",
+                                         NO_REPLAY.get(fstype))))
+        # One step: mount(8) attaches a read-only loop device with autoclear, so the loop
+        # device goes with the unmount and no kill between two steps can orphan it.
+        mounts.mount(str(image), mountpoint, fstype=fstype, options=options)
+    return mounts.source_of(mountpoint)
+
+
+def release_image(image: Path, mountpoint: Path, loop: str | None) -> list[str]:
+    """Unmount the lab's image and detach the loop device vlab attached for it, if it is
+    still there and still backed by the image (never another one backed by the same file)."""
     done = []
     if mounts.is_mounted(mountpoint):
         mounts.umount(mountpoint)
         done.append(f"unmounted {mountpoint}")
-    for dev in mounts.loops_of(image):
-        mounts.detach(dev)
-        done.append(f"detached {dev}")
+    if loop and loop in mounts.loops_of(image):
+        mounts.detach(loop)
+        done.append(f"detached {loop}")
     if mountpoint.is_dir():
         mountpoint.rmdir()
     return done

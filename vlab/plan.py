@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,9 @@ MARKER = "VLAB-NFSROOT-OK"
 FAIL_MARKER = "VLAB-FAIL"
 READY_MARKER = "VLAB-TERMINAL-UP"
 SSH_MARKER = "VLAB-SSH-HOSTKEY"  # then the terminal's name and its SSH host key
+EXPORT_PATH_RE = re.compile(r"/[A-Za-z0-9._+@,/-]*")
+# x86 Linux keeps COMMAND_LINE_SIZE - 1 bytes of its command line and cuts the rest.
+MAX_CMDLINE_BYTES = 2047
 TWIN_SAMPLE = 4  # PXE machines that get a virtual twin (the rest are alike)
 DOMAIN_TYPES = {Hypervisor.KVM: "kvm", Hypervisor.QEMU: "qemu", Hypervisor.XEN: "xen"}
 
@@ -267,6 +271,7 @@ def make_plan(scenario: Scenario, dirs: Dirs, taken: Taken = NO_OTHER_LABS,
     root = scenario.root
     packages = debian_packages(root.packages, scenario.initrd.builder)
     export_path = _export_path(scenario, dirs, lab_dir, packages)
+    _check_export_path(scenario, export_path)
     gateway = str(subnet.network_address + 1)
     nodes = _nodes(scenario, lab_dir)
     if twins:
@@ -321,7 +326,24 @@ def _export_path(scenario: Scenario, dirs: Dirs, lab_dir: Path,
         return dirs.cache / "roots" / (
             f"debian-{root.suite}-" + digest("debian", root.suite, *packages).hex()[:12])
     assert root.path is not None
+    for folder in (dirs.state, dirs.cache):
+        # vlab's own state (lab keys, records) or the whole cache is no root to export.
+        if root.path == folder or folder.is_relative_to(root.path) or (
+                folder == dirs.state and root.path.is_relative_to(folder)):
+            raise ScenarioError(scenario.path, "root.path", f"{str(root.path)!r} holds vlab's "
+                                f"own {'state' if folder == dirs.state else 'cache'} "
+                                f"({folder})", "give a folder that holds only the root tree")
     return root.path
+
+
+def _check_export_path(scenario: Scenario, path: Path) -> None:
+    """The export path goes unquoted into ganesha.conf, exports and root=: plain characters."""
+    if not EXPORT_PATH_RE.fullmatch(str(path)):
+        key = "root.path" if scenario.root.path is not None else ""
+        raise ScenarioError(scenario.path, key, f"the export path {str(path)!r} has a character "
+                            "that ganesha.conf, /etc/exports or root= cannot carry",
+                            "use a path of letters, digits and . _ - + @ , / only (move the "
+                            "root, or set VLAB_STATE_DIR/VLAB_CACHE_DIR to such a path)")
 
 
 def _nodes(scenario: Scenario, lab_dir: Path) -> tuple[NodePlan, ...]:
@@ -352,6 +374,11 @@ def _terminals(scenario: Scenario, subnet: ipaddress.IPv4Network, gateway: str, 
         # A PXE terminal's key is in its pxelinux file, which pxe.py writes.
         words = kernel_cmdline(scenario, server if given else None, path, options,
                                [CONSOLE[lab.hypervisor]], t.cmdline, macs[t.name], ssh_key)
+        if len(words.encode()) > MAX_CMDLINE_BYTES:
+            raise ScenarioError(scenario.path, f"terminal[{i}].cmdline", f"the kernel command "
+                                f"line is {len(words.encode())} bytes with vlab's words; Linux "
+                                f"keeps {MAX_CMDLINE_BYTES} and cuts the rest (vlab.sshkey= last)",
+                                "shorten the cmdline words")
         terminals.append(TerminalPlan(
             name=t.name,
             domain=domain_name(lab.name, t.name),

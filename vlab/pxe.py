@@ -87,10 +87,10 @@ def site_plan(scenario: Scenario, lab: LabPlan, machines: tuple[Machine, ...] | 
         line = f"initrd={INITRD} " + kernel_cmdline(
             scenario, m_server if given else None, path, options, CONSOLES, extra,
             m.mac if m else None, ssh_key if m else "")
-        if len(line) > MAX_APPEND:
+        if len(line.encode()) > MAX_APPEND:
             where = f"host[{machines.index(m)}].cmdline" if m else "host"
-            raise ScenarioError(scenario.path, where, f"the APPEND line is {len(line)} "
-                                f"characters; Linux takes at most {MAX_APPEND}",
+            raise ScenarioError(scenario.path, where, f"the APPEND line is {len(line.encode())} "
+                                f"bytes; Linux takes at most {MAX_APPEND}",
                                 "shorten the cmdline words")
         return line
 

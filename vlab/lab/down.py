@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from vlab import cache, labhost, mounts, nfsroot, nfsserver, procs, ship, state, virt
+from vlab import cache, labhost, nfsroot, nfsserver, procs, ship, state, virt
 from vlab.errors import HostError, VirtError
 from vlab.lab import nodes
 from vlab.plan import Dirs, LabPlan, domain_name
@@ -66,12 +66,10 @@ def remove_local_files(plan: LabPlan, dirs: Dirs, recorded: dict[str, Any], say:
     if nfsserver.pid(plan) is not None:
         say("stopped nfs-ganesha")
     nfsserver.stop(plan)
-    if recorded.get("build_root"):
-        for target in mounts.undo_build_mounts(Path(recorded["build_root"])):
-            say(f"unmounted {target} (left by a vlab that was killed while building)")
     if recorded.get("image"):
         for done in nfsroot.release_image(Path(recorded["image"]),
-                                          Path(recorded["image_mount"])):
+                                          Path(recorded["image_mount"]),
+                                          recorded.get("image_loop")):
             say(done)
     if nfsserver.stop_rpcbind_if_unused(dirs.state):
         say("stopped rpcbind")

@@ -75,7 +75,8 @@ def build_nfs_root(plan: LabPlan, say: Say) -> None:
     elif source is RootSource.IMAGE:
         assert plan.root_image is not None
         state.update(plan.lab_dir, image=str(plan.root_image), image_mount=str(plan.export_path))
-        nfsroot.mount_image(plan.root_image, plan.export_path)
+        loop = nfsroot.mount_image(plan.root_image, plan.export_path)
+        state.update(plan.lab_dir, image_loop=loop)
         say(f"NFS root: image {plan.root_image}, attached and mounted read-only at "
             f"{plan.export_path}")
     else:
@@ -94,12 +95,11 @@ def build_boot_files(plan: LabPlan, dirs: Dirs, say: Say) -> tuple[kernel.Kernel
             f"{', '.join(initrd.modules_for(plan))}")
         img = initrd.build(k, plan, dirs.cache)
     else:
-        say(f"initrd: {plan.builder.value} chrooted in the root for {k.release} "
+        say(f"initrd: {plan.builder.value} of the root, in vlab's sandbox, for {k.release} "
             "(cached after the first build)")
-        # Recorded first: if vlab is killed mid-build, vlab down unmounts them.
-        state.update(plan.lab_dir, build_root=str(plan.export_path))
+        # Its build mounts live in the sandbox's own mount namespace: they go with it,
+        # whatever ends the build, so there is nothing of it to record for vlab down.
         img = builders.build(plan, plan.export_path, k, dirs.cache)
-        state.update(plan.lab_dir, build_root=None)
     boot = plan.kernel_path.parent
     boot.mkdir(parents=True, exist_ok=True)
     for d in (dirs.state, dirs.state / "labs", plan.lab_dir, boot):

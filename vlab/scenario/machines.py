@@ -20,6 +20,9 @@ def pxe(top: Table) -> Pxe:
     for i, item in enumerate(raw):
         t = Table(top.file, f"host[{i}]", item, KEYS)
         name = t.unique_name(names, i, "host")
+        if name == "default":
+            raise t.error("name", '"default" is the name of the config every unknown MAC '
+                          "boots (pxelinux.cfg/default) and of its twin", "rename the host")
         if "mac" not in t.data:
             raise t.error("mac", "is missing", 'a physical host is known by its MAC: '
                           'add mac = "00:11:22:33:44:55"')

@@ -15,6 +15,26 @@ KEYS = ("name", "uri", "capacity", "network", "bridge", "nfs_server", "clients",
         "files")
 SSH_URI_RE = re.compile(r"^qemu\+ssh://([^@/?\s]+@)?([A-Za-z0-9.-]+|\[[0-9a-fA-F:]+\])(:\d+)?"
                         r"/system(\?\S*)?$")
+# The one libvirt URI parameter vlab allows: others run programs (command=, netcat=), turn off
+# host-key checks (no_verify=) or reach other sockets (socket=).
+URI_PARAMS = ("keyfile",)
+KEYFILE_RE = re.compile(r"/[A-Za-z0-9._/-]+")
+
+
+def check_uri_query(t: Table, key: str, uri: str) -> None:
+    """Refuse a libvirt URI whose query string carries anything but keyfile=/abs/path."""
+    _base, sep, query = uri.partition("?")
+    if not sep:
+        return
+    for pair in query.split("&"):
+        name, _eq, value = pair.partition("=")
+        if name not in URI_PARAMS:
+            raise t.error(key, f"{uri!r} has the parameter {name!r}, which vlab does not allow "
+                          "(it would run a program, skip the host-key check or reach another "
+                          "socket)", "leave only ?keyfile=/path/to/key, or no query at all")
+        if not KEYFILE_RE.fullmatch(value) or ".." in value.split("/"):
+            raise t.error(key, f"{uri!r}: keyfile {value!r} is not an absolute file path",
+                          "write ?keyfile=/root/.ssh/id_ed25519")
 
 
 def nodes(top: Table, lab: Lab) -> tuple[Node, ...]:
@@ -42,10 +62,11 @@ def nodes(top: Table, lab: Lab) -> tuple[Node, ...]:
 
 def _node(t: Table, name: str) -> Node:
     uri = t.get("uri", str)
-    if not SSH_URI_RE.match(uri):
+    if not SSH_URI_RE.fullmatch(uri):
         raise t.error("uri", f"{uri!r} is not a qemu+ssh:// URI of another host",
                       "write it like \"qemu+ssh://root@host.example/system\" (vlab ships the "
                       "kernel and initrd over the same SSH; the lab's own host is [lab] uri)")
+    check_uri_query(t, "uri", uri)
     how = ("a libvirt network or bridge name", "give the name as virsh net-list or ip link "
            "shows it")
     network, bridge = t.iface_name("network", *how), t.iface_name("bridge", *how)
@@ -63,10 +84,15 @@ def _node(t: Table, name: str) -> Node:
     assert nfs_server is not None
     clients = t.network("clients", 'give the subnet its terminals\' addresses come from, e.g. '
                         '"10.0.1.0/24"') if "clients" in t.data else None
+    if clients is not None and (not clients.is_private or clients.prefixlen < 8):
+        raise t.error("clients", f"{str(clients)!r} would open the lab's NFS export (read by "
+                      "root, no root squash) to public or all addresses",
+                      "give the private subnet its terminals' addresses come from, e.g. "
+                      '"10.0.1.0/24"')
     netns = t.iface_name("netns", "a network namespace name",
                          "give a name as ip netns list shows it, or leave netns out")
     files = t.get("files", str, SHIP_DIR)
-    if not re.match(r"^/[A-Za-z0-9._/-]+$", files) or ".." in files.split("/"):
+    if not re.fullmatch(r"^/[A-Za-z0-9._/-]+$", files) or ".." in files.split("/"):
         raise t.error("files", f"{files!r} is not an absolute folder path",
                       f'give a folder vlab owns there, e.g. "{SHIP_DIR}"')
     return Node(name=name, uri=uri, network=network, bridge=bridge, nfs_server=nfs_server,

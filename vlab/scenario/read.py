@@ -94,6 +94,12 @@ def _checks(top: Table, root: Root) -> tuple[Check, ...]:
     return tuple(checks)
 
 
+# A dir root is exported whole and its builder reads it: never the machine's own system.
+SYSTEM_DIRS = frozenset(Path(p) for p in (
+    "/", "/bin", "/boot", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media",
+    "/mnt", "/opt", "/root", "/sbin", "/srv", "/tmp", "/usr", "/usr/local", "/usr/lib",
+    "/usr/share", "/var", "/var/lib", "/var/cache", "/var/log", "/var/tmp", "/var/lib/libvirt"))
+SYSTEM_TREES = frozenset((p,) for p in ("proc", "sys", "dev", "run"))
 _ROOT_KEYS = ("source", "path", "suite", "packages", "after_boot", "writable")
 _KERNEL_KEYS = ("source", "package", "version")
 PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]+$")
@@ -110,6 +116,10 @@ def _root(t: Table) -> Root:
         if not (path.is_dir() if source is RootSource.DIR else path.is_file()):
             raise t.error("path", f"{raw!r} is not a {kind} ({path})",
                           f"give the path of the root {kind} (relative to the scenario file)")
+        if source is RootSource.DIR and (path in SYSTEM_DIRS or path.parts[1:2] in SYSTEM_TREES):
+            raise t.error("path", f"{raw!r} is {path}, a folder of this machine's own system",
+                          "give a folder that holds only the terminal's root tree (exported "
+                          "to every terminal, read by its builder)")
         if source is RootSource.IMAGE and filesystem_of(path) is None:
             raise t.error("path", f"{raw!r} holds no filesystem vlab can mount",
                           "give a raw ext2/3/4, xfs, btrfs or squashfs image (not a partitioned "
@@ -119,7 +129,7 @@ def _root(t: Table) -> Root:
                       "remove path, or change source")
     packages = t.get("packages", list, [])
     for p in packages:
-        if not isinstance(p, str) or not PACKAGE_RE.match(p):
+        if not isinstance(p, str) or not PACKAGE_RE.fullmatch(p):
             raise t.error("packages", f"{p!r} is not a Debian package name",
                           'list package names, e.g. packages = ["openssh-server"]')
     if source is not RootSource.DEBIAN and ("suite" in t.data or packages):
@@ -127,7 +137,7 @@ def _root(t: Table) -> Root:
                       f'is only for source = "debian", not "{source.value}"',
                       "remove it, or use source = \"debian\"")
     suite = t.get("suite", str, "bookworm")
-    if not re.match(r"^[a-z]+$", suite):
+    if not re.fullmatch(r"^[a-z]+$", suite):
         raise t.error("suite", f"{suite!r} is not a Debian suite name", 'use e.g. "bookworm"')
     return Root(source=source, after_boot=t.choice("after_boot", AfterBoot, AfterBoot.SHELL),
                 writable=t.choice("writable", Writable, Writable.TMPFS), path=path,
@@ -159,7 +169,7 @@ def _kernel(t: Table, root: Root) -> Kernel:
         raise t.error("source", '"root" but the busybox root has no kernel',
                       'use source = "debian"')
     package = t.get("package", str, "linux-image-amd64")
-    if not re.match(r"^linux-image-[a-z0-9.+-]+$", package):
+    if not re.fullmatch(r"^linux-image-[a-z0-9.+-]+$", package):
         raise t.error(
             "package", f"{package!r} is not a kernel package name",
             'name a Debian kernel package, e.g. "linux-image-amd64"',
@@ -209,10 +219,13 @@ def _lab(t: Table, builder: InitrdBuilder) -> Lab:
     xen = hypervisor is Hypervisor.XEN
     uri = t.get("uri", str, "xen:///system" if xen else "qemu:///system")
     driver = "xen" if xen else "qemu"
-    if not re.match(rf"^{driver}(\+[a-z]+)?://[^\s]*/(system|session)?$", uri):
+    # No +ext transport: it runs a program named in the URI.
+    transport = r"(\+(ssh|libssh|libssh2|tls|tcp|unix))?"
+    if not re.fullmatch(rf"{driver}{transport}://[^\s/?]*/(system|session)?(\?\S*)?", uri):
         raise t.error("uri", f"{uri!r} is not a {driver} libvirt URI (hypervisor = "
                       f'"{hypervisor.value}")', f'use "{driver}:///system" (or '
                       f"{driver}+ssh://user@host/system)")
+    nodes.check_uri_query(t, "uri", uri)
     if xen and t.data.get("host") == LabHostMode.ISOLATED.value:
         raise t.error("host", '"isolated" starts a QEMU libvirtd, which cannot run Xen guests',
                       'use host = "system" (the Xen host\'s libvirtd) or leave host out')
@@ -286,17 +299,27 @@ def _terminals(top: Table, nics: tuple[NicDriver, ...], hypervisor: Hypervisor,
                           "or leave it out to pin one")
         root = t.root_override()
         dhcp_root = t.get("dhcp_root_path", str, "") or None
-        if dhcp_root is not None and not DHCP_ROOT_RE.match(dhcp_root):
+        if dhcp_root is not None and not DHCP_ROOT_RE.fullmatch(dhcp_root):
             raise t.error("dhcp_root_path", f"{dhcp_root!r} is not a DHCP root path",
                           'write "/path", "server:/path", "nfs:server:/path:options" '
                           'or "nfs4:server:/path"')
         cmdline = t.cmdline()
         nic = t.choice("nic", NicDriver, nics[0])
+        xen = hypervisor is Hypervisor.XEN
+        if xen != (nic is NicDriver.XEN_NETFRONT):
+            raise t.error("nic", f'"{nic.value}" is not a NIC of a {hypervisor.value} guest',
+                          'use "xen-netfront" for hypervisor = "xen"' if xen else
+                          'use "virtio_net" or "e1000" (xen-netfront is for hypervisor = "xen")')
+        boot = t.choice("boot", Boot, Boot.KERNEL)
+        if xen and boot is Boot.PXE:
+            raise t.error("boot", '"pxe" needs a PXE ROM in the NIC, and a Xen PV/PVH guest '
+                          "has none", 'use boot = "kernel" (vlab pxe --check proves PXE files '
+                          "with QEMU twins)")
         if nic not in nics:
             raise t.error("nic", f'"{nic.value}" is not in [initrd] nic_drivers',
                           f'add "{nic.value}" to nic_drivers, or use one of them')
         terminals.append(Terminal(
-            name=name, boot=t.choice("boot", Boot, Boot.KERNEL), nic=nic, mac=mac,
+            name=name, boot=boot, nic=nic, mac=mac,
             memory=t.int_in("memory", 256, 128, 65536, " MiB"),
             vcpus=t.int_in("vcpus", 1, 1, 64),
             root=root, dhcp_root_path=dhcp_root, cmdline=cmdline,

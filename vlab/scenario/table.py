@@ -17,6 +17,9 @@ from vlab.scenario.model import MAC_RE, NAME_FIX, NAME_RE
 E = TypeVar("E", bound=StrEnum)
 T = TypeVar("T")
 # A libvirt network, a bridge or a network namespace, as `virsh net-list` or `ip` shows it.
+# C0, DEL and C1 controls, and Unicode line and paragraph separators: never in a value.
+CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+CMDLINE_BAD_RE = re.compile(r"[^A-Za-z0-9 ._,:=/+@%-]")
 IFACE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -55,6 +58,11 @@ class Table:
             raise self.error(
                 name, f"must be {_kind_name(kind)}, not {_kind_name(type(value))} "
                 f"({_toml(value)})", fix)
+        for text in (value if isinstance(value, list) else [value]):
+            if isinstance(text, str) and (bad := CONTROL_RE.search(text)):
+                raise self.error(name, f"{text!r} holds the control character "
+                                 f"U+{ord(bad.group()):04X}", "write it on one line, without "
+                                 "control characters (newline, tab, NUL, ESC, ...)")
         return value
 
     def choice(self, name: str, enum: type[E], default: E) -> E:
@@ -74,7 +82,7 @@ class Table:
         return value
 
     def name(self, name: str, value: str) -> str:
-        if not NAME_RE.match(value):
+        if not NAME_RE.fullmatch(value):
             raise self.error(name, f"{value!r} is not a valid name", NAME_FIX)
         return value
 
@@ -120,7 +128,7 @@ class Table:
     def iface_name(self, key: str, why: str, fix: str) -> str | None:
         """An optional network, bridge or namespace name ("" counts as absent)."""
         value = self.get(key, str, "") or None
-        if value is not None and not IFACE_NAME_RE.match(value):
+        if value is not None and not IFACE_NAME_RE.fullmatch(value):
             raise self.error(key, f"{value!r} is not {why}", fix)
         return value
 
@@ -128,7 +136,7 @@ class Table:
         if "mac" not in self.data:
             return None
         mac = self.get("mac", str).lower()
-        if not MAC_RE.match(mac):
+        if not MAC_RE.fullmatch(mac):
             raise self.error("mac", f"{mac!r} is not a MAC address", 'write six hex pairs, e.g. '
                              '"52:54:00:12:34:56", or leave it out to pin one')
         if int(mac[:2], 16) & 1:
@@ -146,19 +154,23 @@ class Table:
         if root is None:
             return None
         server, sep, path = root.rpartition(":")
-        if not re.match(r"^/[A-Za-z0-9._/-]*$", path):
+        if not re.fullmatch(r"^/[A-Za-z0-9._/-]*$", path):
             raise self.error("root", f"{root!r} is not an NFS root",
                              'write it as the page does: "SERVER-IP:/path" or "/path"')
-        if sep and not re.match(r"^[0-9.]+$", server):
+        if sep and not re.fullmatch(r"^[0-9.]+$", server):
             raise self.error("root", f"the server {server!r} is a name, but the initrd mounts "
                              "before any name service runs", "give the server's IP address")
         return root
 
     def cmdline(self) -> str:
         cmdline = self.get("cmdline", str, "")
-        if any(c in cmdline for c in "\n\r\"'<>&"):
-            raise self.error("cmdline", f"{cmdline!r} contains a character a kernel command line "
-                             "cannot carry", "use plain space-separated key=value words")
+        # It goes into pxelinux, GRUB (where ; { } $ | end or open a command) and iPXE files
+        # and onto libvirt's <cmdline>: plain ASCII words only.
+        if bad := CMDLINE_BAD_RE.search(cmdline):
+            raise self.error("cmdline", f"{cmdline!r} contains {bad.group()!r}, which a kernel "
+                             "command line in a GRUB, iPXE or pxelinux file cannot carry safely",
+                             "use plain space-separated key=value words (letters, digits and "
+                             ". _ - , : = / + @ %)")
         return cmdline
 
 

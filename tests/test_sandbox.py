@@ -1,0 +1,104 @@
+"""The root's own initrd builder runs in vlab's sandbox: a hostile `mkinitramfs` in a root
+cannot read host files, write outside its scratch folder, see or reach host processes, or
+chroot its way out. Needs root (namespaces, mounts); no boot, so it is not marked `boot`.
+That a real builder still works in it is proven by the Debian boots in test_roots.py."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from vlab import builders, busybox, scenario
+from vlab.errors import CommandError
+from vlab.kernel import Kernel
+from vlab.lab.claim import plan_for
+from vlab.plan import Dirs
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root")
+
+HOSTILE = """#!/bin/sh
+out=/tmp/vlab-initrd.img
+{{
+cat {secret} && echo LEAK-read-host-file
+echo evil > {secret} && echo LEAK-wrote-host-file
+touch /etc/evil && echo LEAK-wrote-the-root
+[ -e /proc/{host_pid} ] && echo LEAK-sees-host-process
+kill -0 {host_pid} && echo LEAK-signals-host-process
+echo "processes: $(ls /proc | grep -c '^[0-9]')"
+chroot /proc/1/root /bin/cat {secret} && echo LEAK-chroot-escape
+mkdir -p /tmp/x && chroot /tmp/x /bin/true; cd / && echo "root: $(ls / | tr '\\n' ' ')"
+mknod /tmp/disk b 8 0 && head -c 1 /tmp/disk > /dev/null && echo LEAK-raw-disk
+mknod /dev/mem2 c 1 1 && head -c 1 /dev/mem2 > /dev/null && echo LEAK-dev-mem
+echo x > /sys/kernel/uevent_helper && echo LEAK-wrote-sys
+[ -e /proc/sys/kernel/core_pattern ] && echo '|/bin/sh' > /proc/sys/kernel/core_pattern \\
+  && echo LEAK-wrote-proc-sys
+[ -e /proc/sysrq-trigger ] && echo h > /proc/sysrq-trigger && echo LEAK-sysrq
+mount -t tmpfs none /tmp/x && echo LEAK-mounted
+ip link set lo up 2>/dev/null; ip link | grep -v '^ ' | grep -vc ': lo:' | sed 's/^/other-links: /'
+echo null-works > /dev/null && echo dev-null-ok
+}} > $out 2>&1
+"""
+
+
+def _hostile_root(top: Path, secret: Path) -> Path:
+    root = top / "root"
+    for d in ("bin", "usr/sbin", "etc", "dev", "proc", "sys", "tmp", "run", "var/tmp",
+              "var/lock", "boot", "lib/modules/6.1.0-vlab"):
+        (root / d).mkdir(parents=True)
+    shutil.copy2(busybox.binary(), root / "bin/busybox")
+    for applet in ("sh", "cat", "ls", "touch", "grep", "kill", "chroot", "mkdir", "tr",
+                   "mknod", "head", "mount", "ip", "sed", "true", "echo"):
+        (root / "bin" / applet).symlink_to("busybox")
+    program = root / "usr/sbin/mkinitramfs"
+    program.write_text(HOSTILE.format(secret=secret, host_pid=os.getpid()))
+    program.chmod(0o755)
+    (root / "boot/vmlinuz-6.1.0-vlab").write_bytes(b"not a kernel")
+    (root / "lib/modules/6.1.0-vlab/modules.dep").write_text("")
+    return root
+
+
+def _plan(tmp_path: Path, root: Path):  # type: ignore[no-untyped-def]
+    path = tmp_path / "hostile.toml"
+    path.write_text(f'[lab]\nname = "hostile"\nnfs_version = "3"\n'
+                    f'[root]\nsource = "dir"\npath = "{root}"\n'
+                    f'[kernel]\nsource = "root"\n[initrd]\nbuilder = "initramfs-tools"\n'
+                    f'[[terminal]]\nname = "t1"\n')
+    return plan_for(scenario.load(path), Dirs(cache=tmp_path / "cache",
+                                               state=tmp_path / "state"))
+
+
+def test_a_hostile_builder_reaches_nothing_of_the_host(tmp_path: Path) -> None:
+    secret = tmp_path / "host-secret"
+    secret.write_text("host secret\n")
+    root = _hostile_root(tmp_path, secret)
+    before = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    kernel = Kernel("6.1.0-vlab", root / "boot/vmlinuz-6.1.0-vlab",
+                    root / "lib/modules/6.1.0-vlab")
+    built = builders.build(_plan(tmp_path, root), root, kernel, tmp_path / "cache")
+    report = built.read_text()
+    assert "LEAK" not in report, report
+    assert "dev-null-ok" in report, report  # the builder's view still works
+    assert "processes: " in report and int(report.split("processes: ")[1].split()[0]) < 10
+    assert "other-links: 0" in report, report  # a network namespace of its own
+    assert secret.read_text() == "host secret\n"
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == before
+    # Nothing of the build is left: no scratch folder, no mount.
+    assert not list((tmp_path / "cache").rglob(".scratch*"))
+    assert str(root) not in Path("/proc/self/mounts").read_text()
+
+
+def test_a_builder_whose_output_is_a_symlink_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "host-secret"
+    secret.write_text("host secret\n")
+    root = _hostile_root(tmp_path, secret)
+    (root / "usr/sbin/mkinitramfs").write_text(
+        f"#!/bin/sh\nln -s {secret} /tmp/vlab-initrd.img\n")
+    kernel = Kernel("6.1.0-vlab", root / "boot/vmlinuz-6.1.0-vlab",
+                    root / "lib/modules/6.1.0-vlab")
+    with pytest.raises(Exception, match="cannot be read|not a regular file") as err:
+        builders.build(_plan(tmp_path, root), root, kernel, tmp_path / "cache")
+    assert not isinstance(err.value, CommandError)
+    assert not list((tmp_path / "cache" / "initrds").glob("*.img"))
