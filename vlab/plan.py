@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from vlab.cmdline import (
 from vlab.errors import ScenarioError
 from vlab.lease import NO_OTHER_LABS, Taken, digest, lease, pinned_mac, pinned_macs
 from vlab.scenario.model import (
+    EXPORT_PATH_RE,
     LOCAL,
     AfterBoot,
     Hypervisor,
@@ -43,7 +43,6 @@ MARKER = "VLAB-NFSROOT-OK"
 FAIL_MARKER = "VLAB-FAIL"
 READY_MARKER = "VLAB-TERMINAL-UP"
 SSH_MARKER = "VLAB-SSH-HOSTKEY"  # then the terminal's name and its SSH host key
-EXPORT_PATH_RE = re.compile(r"/[A-Za-z0-9._+@,/-]*")
 # x86 Linux keeps COMMAND_LINE_SIZE - 1 bytes of its command line and cuts the rest.
 MAX_CMDLINE_BYTES = 2047
 TWIN_SAMPLE = 4  # PXE machines that get a virtual twin (the rest are alike)
@@ -375,9 +374,9 @@ def _terminals(scenario: Scenario, subnet: ipaddress.IPv4Network, gateway: str, 
         words = kernel_cmdline(scenario, server if given else None, path, options,
                                [CONSOLE[lab.hypervisor]], t.cmdline, macs[t.name], ssh_key)
         if len(words.encode()) > MAX_CMDLINE_BYTES:
-            raise ScenarioError(scenario.path, f"terminal[{i}].cmdline", f"the kernel command "
-                                f"line is {len(words.encode())} bytes with vlab's words; Linux "
-                                f"keeps {MAX_CMDLINE_BYTES} and cuts the rest (vlab.sshkey= last)",
+            raise ScenarioError(scenario.path, f"terminal[{i}].cmdline", "the kernel command "
+                                f"line with vlab's words is over the {MAX_CMDLINE_BYTES} bytes "
+                                "Linux keeps (it cuts the rest, vlab.sshkey= last)",
                                 "shorten the cmdline words")
         terminals.append(TerminalPlan(
             name=t.name,

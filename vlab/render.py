@@ -13,14 +13,18 @@ from pathlib import Path
 import jinja2
 from lxml import etree
 
+from vlab.errors import VlabError
 from vlab.plan import FAIL_MARKER, MARKER, READY_MARKER, SSH_MARKER, LabPlan, TerminalPlan
 
 METADATA_NS = "urn:vlab:terminal:1"
 SCHEMA_DIR = Path("/usr/share/libvirt/schemas")
 
 
-class RenderError(Exception):
-    """A rendered artifact is not valid: a bug in vlab, never the user's input."""
+class RenderError(VlabError):
+    """A rendered artifact fails its own check: a value the scenario checks let through.
+    Found before anything is made (lab.claim renders everything first): exit 2."""
+
+    exit_code = 2
 
 
 @functools.cache

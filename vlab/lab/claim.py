@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from vlab import sshkeys, state
+from vlab import render, sshkeys, state
 from vlab.lab.nodes import preflight
 from vlab.plan import Dirs, LabPlan, make_plan, place
 from vlab.scenario.model import Scenario
+
+# An ed25519 public key blob is always 68 base64 characters (sshkeys.lab_key).
+KEY_STANDIN = "AAAAC3NzaC1lZDI1NTE5AAAAI" + "A" * 43
 
 
 def plan_for(sc: Scenario, dirs: Dirs, free_mib: dict[str, int] | None = None, *,
@@ -26,6 +29,10 @@ def claim(sc: Scenario, dirs: Dirs, *, timeout: int | None = None,
     """The plan of a lab about to be built; its lease and where each terminal runs are
     recorded before anything is made."""
     free = preflight(sc)  # bad input: nothing created, not even the lease
+    # Every artifact rendered and checked first, with a key as long as the lab's will be:
+    # a value that only shows in a rendered file is exit 2 with nothing made either.
+    render.all_artifacts(plan_for(sc, dirs, free, ssh_key=KEY_STANDIN, timeout=timeout,
+                                  twins=twins))
     with state.machine_locked(dirs.state):
         lab_dir = dirs.state / "labs" / sc.lab.name
         plan = plan_for(sc, dirs, free, timeout=timeout, twins=twins)

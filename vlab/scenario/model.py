@@ -19,6 +19,8 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,23}$")
 # Terminal MACs live in the hypervisor's own range (the page's vif mac= advice for Xen).
 # (plan.py pins MACs in the same ranges)
 MAC_PREFIX = {"kvm": "52:54:00", "qemu": "52:54:00", "xen": "00:16:3e"}
+# What an export path may hold: it goes unquoted into ganesha.conf, exports and root=.
+EXPORT_PATH_RE = re.compile(r"/[A-Za-z0-9._+@,/-]*")
 MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 NAME_FIX = "use 1-24 characters: lowercase letters, digits and '-', starting with a letter"
 LOCAL = "local"  # the lab's own node: [lab] uri, with the network and NFS server vlab makes

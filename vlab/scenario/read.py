@@ -12,6 +12,7 @@ from typing import Any
 from vlab.errors import ScenarioError
 from vlab.scenario import machines, nodes
 from vlab.scenario.model import (
+    EXPORT_PATH_RE,
     MAC_PREFIX,
     AfterBoot,
     Boot,
@@ -120,6 +121,10 @@ def _root(t: Table) -> Root:
             raise t.error("path", f"{raw!r} is {path}, a folder of this machine's own system",
                           "give a folder that holds only the terminal's root tree (exported "
                           "to every terminal, read by its builder)")
+        if source is RootSource.DIR and not EXPORT_PATH_RE.fullmatch(str(path)):
+            raise t.error("path", f"{raw!r} ({path}) has a character that ganesha.conf, "
+                          "/etc/exports or root= cannot carry", "move the root to a path of "
+                          "letters, digits and . _ - + @ , / only")
         if source is RootSource.IMAGE and filesystem_of(path) is None:
             raise t.error("path", f"{raw!r} holds no filesystem vlab can mount",
                           "give a raw ext2/3/4, xfs, btrfs or squashfs image (not a partitioned "
