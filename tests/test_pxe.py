@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 from conftest import GOLDEN_DIRS, ROOT, plan_of
+from test_boot import tree_digest
 
 from vlab import pxe, render, scenario, tftp
 from vlab.cmdline import nfs_client_id
-from vlab.errors import ScenarioError
+from vlab.errors import ScenarioError, UsageError
 from vlab.plan import Dirs, make_plan
 
 
@@ -163,3 +164,83 @@ def test_a_terminal_with_boot_pxe_reaches_the_same_verdict(lab_down) -> None:  #
         ran = subprocess.run([sys.executable, "-m", "vlab", "ssh", path, name, "--", "hostname"],
                              cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert ran.returncode == 0 and ran.stdout.strip() == name, ran.stderr
+
+
+# An operator's TFTP tree: files vlab did not write are not vlab's.
+
+def _kernel(tmp_path: Path) -> Path:
+    kernel = tmp_path / "k"
+    kernel.write_bytes(b"kernel")
+    return kernel
+
+
+def test_an_operators_files_are_never_replaced_and_nothing_is_written(tmp_path: Path) -> None:
+    root = tmp_path / "tftp"
+    (root / "pxelinux.cfg").mkdir(parents=True)
+    (root / "pxelinux.0").write_bytes(b"the operator's own loader")
+    (root / "pxelinux.cfg/default").write_text("DEFAULT local\n")
+    before = tree_digest(root)
+    with pytest.raises(UsageError, match="pxelinux.0.*pxelinux.cfg/default: vlab did not write"):
+        tftp.write_tree(root, {"pxelinux.cfg/default": "vlab\n", "pxelinux.cfg/01-aa": "a\n"},
+                        {"pxelinux.0": _kernel(tmp_path)})
+    assert tree_digest(root) == before  # not even the new host's file, nor a manifest
+
+
+def test_folder_modes_the_operator_set_are_kept(tmp_path: Path) -> None:
+    root = tmp_path / "tftp"
+    (root / "pxelinux.cfg").mkdir(parents=True)
+    root.chmod(0o2775)
+    (root / "pxelinux.cfg").chmod(0o750)
+    tftp.write_tree(root, {"pxelinux.cfg/01-aa": "a\n", "new/x": "x\n"}, {})
+    assert root.stat().st_mode & 0o7777 == 0o2775
+    assert (root / "pxelinux.cfg").stat().st_mode & 0o7777 == 0o750
+    assert (root / "new").stat().st_mode & 0o7777 == 0o755
+
+
+def test_a_file_changed_since_vlab_wrote_it_stays_when_its_host_leaves(tmp_path: Path) -> None:
+    root = tmp_path / "tftp"
+    tftp.write_tree(root, {"pxelinux.cfg/01-aa": "a\n", "pxelinux.cfg/01-bb": "b\n"}, {})
+    (root / "pxelinux.cfg/01-bb").write_text("the operator's now\n")
+    changes = tftp.write_tree(root, {"pxelinux.cfg/01-aa": "a\n"}, {})
+    assert changes.removed == []
+    assert (root / "pxelinux.cfg/01-bb").read_text() == "the operator's now\n"
+    with pytest.raises(UsageError, match="01-bb: vlab did not write"):
+        tftp.write_tree(root, {"pxelinux.cfg/01-bb": "b\n"}, {})
+
+
+def test_planted_links_are_not_followed(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    root = tmp_path / "tftp"
+    root.mkdir()
+    (root / "pxelinux.cfg").symlink_to(elsewhere)
+    with pytest.raises(UsageError, match="pxelinux.cfg is not a folder"):
+        tftp.write_tree(root, {"pxelinux.cfg/01-aa": "a\n"}, {})
+    assert list(elsewhere.iterdir()) == []
+    (root / "pxelinux.cfg").unlink()
+    (root / "pxelinux.cfg").mkdir()
+    (root / "pxelinux.cfg/.01-aa.vlab-tmp").symlink_to(victim)  # the temporary file's name
+    tftp.write_tree(root, {"pxelinux.cfg/01-aa": "a\n"}, {})
+    assert victim.read_text() == "precious\n"
+    assert (root / "pxelinux.cfg/01-aa").read_text() == "a\n"
+
+
+@pytest.mark.parametrize("manifest", [
+    '{"files": {"../victim": "x"}, "groups": {}}',
+    '{"files": {"/etc/hostname": "x"}, "groups": {}}',
+    '{"files": {"a": "x"}, "groups": {"h": ["k", ["../../victim"]]}}',
+    '{"files": [], "groups": {}}', "not json", '{"files": {}}',
+])
+def test_a_manifest_vlab_cannot_trust_is_named_and_nothing_is_removed(
+        tmp_path: Path, manifest: str) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    root = tmp_path / "tftp"
+    root.mkdir()
+    (root / tftp.MANIFEST).write_text(manifest)
+    with pytest.raises(UsageError, match="is not a manifest vlab can trust"):
+        tftp.write_tree(root, {"pxelinux.cfg/01-aa": "a\n"}, {})
+    assert victim.read_text() == "precious\n"
+    assert sorted(p.name for p in root.iterdir()) == [tftp.MANIFEST]

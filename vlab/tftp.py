@@ -3,15 +3,17 @@ before is left behind when its host leaves the scenario."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlab.errors import MissingTool
+from vlab.errors import MissingTool, UsageError
 
 MANIFEST = ".vlab-manifest.json"
 SYSLINUX = {
@@ -39,17 +41,104 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = f"{path.parent}/.{path.name}.vlab-tmp"
-    # Mode 0644 at creation: dnsmasq's TFTP server runs unprivileged. (os calls, not
-    # pathlib: this runs 40,000 times for 10,000 hosts.)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+def _write_atomically(folder_fd: int, name: str, data: bytes) -> None:
+    """Write name in the open folder through a new temporary file: never through a link."""
+    tmp = f".{name}.vlab-tmp"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp, dir_fd=folder_fd)
+    # Mode 0644 at creation: dnsmasq's TFTP server runs unprivileged. O_EXCL: a planted
+    # symlink at the temporary name is not followed. (os calls, not pathlib: this runs
+    # 40,000 times for 10,000 hosts.)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644,
+                 dir_fd=folder_fd)
     try:
         os.write(fd, data)
         os.fchmod(fd, 0o644)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    os.replace(tmp, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+
+
+def _safe_rel(rel: object) -> bool:
+    """A path a manifest may name: relative, plain parts, no .., no control characters."""
+    return (isinstance(rel, str) and bool(rel) and not rel.startswith("/")
+            and all(p not in ("", ".", "..") for p in rel.split("/"))
+            and not any(ord(c) < 0x20 or c == "\x7f" for c in rel))
+
+
+def _load_manifest(root: Path) -> tuple[dict[str, str], dict[str, list[Any]]]:
+    path = root / MANIFEST
+    if not os.path.lexists(path):
+        return {}, {}
+    fix = (f"if vlab did not write {path}, move it away; else remove it, and vlab treats every "
+           "file in the tree as not its own")
+    try:
+        if path.is_symlink():
+            raise ValueError("it is a symlink")
+        loaded = json.loads(path.read_text())
+        files, groups = loaded["files"], loaded["groups"]
+        if not (isinstance(files, dict) and isinstance(groups, dict)):
+            raise ValueError("files and groups must be objects")
+        for rel, digest in files.items():
+            if not _safe_rel(rel) or not isinstance(digest, str):
+                raise ValueError(f"it names {rel!r}")
+        for entry in groups.values():
+            if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], list)
+                    and all(_safe_rel(r) for r in entry[1])):
+                raise ValueError(f"a group entry is {entry!r}")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UsageError(f"{path} is not a manifest vlab can trust ({err}); fix: {fix}") from None
+    return files, groups
+
+
+def _file_digest(path: Path) -> str | None:
+    """The digest of a regular file at path, not through a link; None if it is anything else."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+class _Folders:
+    """Folders of the tree, opened without following links; only the ones vlab makes get
+    vlab's mode (an operator's 2775 or 0750 stays as it is)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.fds: dict[str, int] = {}
+
+    def open(self, rel_dir: str) -> int:
+        if rel_dir in self.fds:
+            return self.fds[rel_dir]
+        if rel_dir == "":
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        else:
+            parent_rel, _, name = rel_dir.rpartition("/")
+            parent = self.open(parent_rel)
+            try:
+                os.mkdir(name, 0o755, dir_fd=parent)
+                made = True
+            except FileExistsError:
+                made = False
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
+            except OSError:
+                raise UsageError(f"{self.root / rel_dir} is not a folder (a link or a file "
+                                 "there is not vlab's to follow or replace); fix: move it "
+                                 "away, or give vlab another --tftp-root") from None
+            if made:
+                os.fchmod(fd, 0o755)
+        self.fds[rel_dir] = fd
+        return fd
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
 
 
 Group = tuple[str, Callable[[], dict[str, str]]]
@@ -59,35 +148,26 @@ def write_tree(root: Path, texts: dict[str, str], copies: dict[str, Path],
                groups: dict[str, Group] | None = None) -> Changes:
     """Make root hold exactly these files (and whatever vlab never wrote, untouched).
 
-    A group (one host's files) comes with a key of all its inputs: when the manifest holds
-    the same key, its files are taken as written and not even rendered."""
-    root.mkdir(parents=True, exist_ok=True)
-    root.chmod(0o755)
-    manifest_path = root / MANIFEST
-    try:
-        loaded = json.loads(manifest_path.read_text())
-        old_files: dict[str, str] = loaded["files"]
-        old_groups: dict[str, list[Any]] = loaded["groups"]
-    except (OSError, ValueError, KeyError, TypeError):
-        old_files, old_groups = {}, {}
+    A file vlab did not write (not in its manifest, or changed since) is never replaced:
+    vlab names it and writes nothing. A group (one host's files) comes with a key of all
+    its inputs: when the manifest holds the same key, its files are taken as written and
+    not even rendered."""
+    if not root.exists():
+        root.mkdir(parents=True)
+        root.chmod(0o755)
+    old_files, old_groups = _load_manifest(root)
     new_files: dict[str, str] = {}
     new_groups: dict[str, list[Any]] = {}
+    pending: dict[str, bytes] = {}
     changes = Changes()
-    made_dirs: set[Path] = set()
 
     def put(rel: str, data: bytes) -> None:
         digest = _digest(data)
         new_files[rel] = digest
-        path = root / rel
-        if old_files.get(rel) == digest and os.path.isfile(path):  # as vlab wrote it before
+        if old_files.get(rel) == digest and os.path.isfile(root / rel):  # as vlab wrote it
             changes.unchanged += 1
             return
-        if path.parent not in made_dirs:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.parent.chmod(0o755)
-            made_dirs.add(path.parent)
-        _write_atomically(path, data)
-        changes.written.append(rel)
+        pending[rel] = data
 
     for rel, src in copies.items():
         put(rel, src.read_bytes())
@@ -105,9 +185,31 @@ def write_tree(root: Path, texts: dict[str, str], copies: dict[str, Path],
         for rel, text in rendered.items():
             put(rel, text.encode())
         new_groups[name] = [key, sorted(rendered)]
-    for rel in sorted(set(old_files) - set(new_files)):
-        (root / rel).unlink(missing_ok=True)
-        changes.removed.append(rel)
-    manifest = {"files": new_files, "groups": new_groups}
-    _write_atomically(manifest_path, json.dumps(manifest, separators=(",", ":")).encode())
+    # Check everything before writing anything: a file there that vlab did not write, or
+    # that changed since vlab wrote it, is the operator's.
+    theirs = [rel for rel in sorted(pending) if os.path.lexists(root / rel)
+              and (rel not in old_files or _file_digest(root / rel) != old_files[rel])]
+    if theirs:
+        shown = ", ".join(str(root / r) for r in theirs[:5])
+        more = f" and {len(theirs) - 5} more" if len(theirs) > 5 else ""
+        raise UsageError(f"{shown}{more}: vlab did not write (or someone changed since); "
+                         "vlab replaces only its own files and wrote nothing; fix: move them "
+                         "away if vlab's may replace them, or give vlab a --tftp-root of its own")
+    folders = _Folders(root)
+    try:
+        for rel, data in pending.items():
+            parent, _, name = rel.rpartition("/")
+            _write_atomically(folders.open(parent), name, data)
+            changes.written.append(rel)
+        for rel in sorted(set(old_files) - set(new_files)):
+            # Only a file still as vlab wrote it; one someone changed since is theirs now.
+            if _file_digest(root / rel) == old_files[rel]:
+                parent, _, name = rel.rpartition("/")
+                os.unlink(name, dir_fd=folders.open(parent))
+                changes.removed.append(rel)
+        manifest = {"files": new_files, "groups": new_groups}
+        _write_atomically(folders.open(""), MANIFEST,
+                          json.dumps(manifest, separators=(",", ":")).encode())
+    finally:
+        folders.close()
     return changes
