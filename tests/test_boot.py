@@ -67,7 +67,7 @@ def leftovers(plan: LabPlan) -> list[str]:
         found += [f"loop device {ln}" for ln in loops.splitlines()]
     dirs = Dirs.from_env()
     if not HOST_KEPT and (dirs.state / "rpcbind.pid").exists():
-        pid = procs.read_pid(dirs.state / "rpcbind.pid")
+        pid = procs.read_pid(dirs.state / "rpcbind.pid", "rpcbind")
         if pid is not None:
             found.append(f"rpcbind {pid}")
     if Path(f"/run/netns/{plan.netns}").exists():
@@ -215,7 +215,7 @@ def test_nfs3_terminal_mounts_with_every_port_given_and_rpcbind_goes_with_down(l
     assert "vers=3" in options and f"mountport={plan.mount_port}" in options
     assert "nolock" in options
     rpcbind_pid_file = Dirs.from_env().state / "rpcbind.pid"
-    rpcbind = procs.read_pid(rpcbind_pid_file)  # None when the machine runs its own rpcbind
+    rpcbind = procs.read_pid(rpcbind_pid_file, "rpcbind")  # None: the machine runs its own
     assert vlab("down", "scenarios/nfs3.toml").returncode == 0
     assert leftovers(plan) == []
     assert not rpcbind_pid_file.exists()

@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT
 from test_boot import VLAB, leftovers, plan_for, up, up_until, vlab
 
-from vlab import nfsroot, procs, run
+from vlab import nfsroot, nfsserver, procs, run
 from vlab.plan import Dirs
 
 pytestmark = pytest.mark.boot
@@ -183,11 +183,13 @@ def test_nothing_vlab_starts_listens_in_the_machines_own_namespace(lab_down) -> 
     assert proc.returncode == 0, proc.stderr
     mine = procs.netns_of(1)
     started = {name: pid for name, pid in (
-        ("nfs-ganesha", procs.read_pid(plan.nfs_server_dir / "ganesha.pid")),
-        ("rpcbind", procs.read_pid(Dirs.from_env().state / "rpcbind.pid")),
+        ("nfs-ganesha", nfsserver.server_pid(plan.nfs_server_dir / "ganesha.pid")),
+        ("rpcbind", procs.read_pid(Dirs.from_env().state / "rpcbind.pid", "rpcbind")),
     )}
-    dnsmasq = procs.with_argument(f"--conf-file=/var/lib/libvirt/dnsmasq/{plan.network}.conf")
-    libvirtd = procs.with_argument("libvirtd")
+    dnsmasq = procs.with_argument(f"--conf-file=/var/lib/libvirt/dnsmasq/{plan.network}.conf",
+                                  "dnsmasq")
+    libvirtd = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+                if procs.arguments(pid)[:1] == ["libvirtd"]]
     assert dnsmasq and libvirtd
     started |= {f"dnsmasq {pid}": pid for pid in dnsmasq}
     started |= {f"libvirtd {pid}": pid for pid in libvirtd}

@@ -108,7 +108,7 @@ def _in_netns(pid: int, netns: str) -> bool:
 
 
 def status(netns: str) -> HostStatus:
-    pid = procs.read_pid(LIBVIRTD_PID)
+    pid = procs.read_pid(LIBVIRTD_PID, "libvirtd")
     if not libvirtd_answers():
         return HostStatus("down", None, None)
     if pid is not None and _in_netns(pid, netns):
@@ -163,7 +163,7 @@ def start(netns: str, log_dir: Path) -> HostStatus:
         run.run(["ip", "netns", "add", netns])
     run.run(["ip", "-n", netns, "link", "set", "lo", "up"])
     _fix_kvm_permissions()
-    if procs.read_pid(VIRTLOGD_PID) is None:
+    if procs.read_pid(VIRTLOGD_PID, "virtlogd") is None:
         run.daemon(["virtlogd", "-d"], netns=netns, log_file=log_dir / "virtlogd.log")
     run.daemon(["libvirtd", "-d"], netns=netns, log_file=log_dir / "libvirtd.log",
                hint=f"see {log_dir / 'libvirtd.log'}")
@@ -177,8 +177,8 @@ def start(netns: str, log_dir: Path) -> HostStatus:
 
 def stop(netns: str) -> None:
     """Stop the isolated libvirtd and virtlogd and remove the namespace (guests first!)."""
-    for pid_file in (LIBVIRTD_PID, VIRTLOGD_PID):
-        pid = procs.read_pid(pid_file)
+    for pid_file, program in ((LIBVIRTD_PID, "libvirtd"), (VIRTLOGD_PID, "virtlogd")):
+        pid = procs.read_pid(pid_file, program)
         if pid is not None and _in_netns(pid, netns):
             procs.stop(pid)
     if netns_exists(netns):

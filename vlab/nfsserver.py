@@ -55,8 +55,8 @@ def pid_files(state_dir: Path) -> list[Path]:
 def stop_rpcbind_if_unused(state_dir: Path) -> bool:
     """Stop the rpcbind vlab started once no NFS server of any lab runs."""
     pid_file = state_dir / RPCBIND_PID
-    rpcbind = procs.read_pid(pid_file)
-    if rpcbind is None or any(procs.read_pid(p) is not None for p in pid_files(state_dir)):
+    rpcbind = procs.read_pid(pid_file, "rpcbind")
+    if rpcbind is None or any(server_pid(p) is not None for p in pid_files(state_dir)):
         return False
     procs.stop(rpcbind)
     pid_file.unlink(missing_ok=True)
@@ -64,7 +64,12 @@ def stop_rpcbind_if_unused(state_dir: Path) -> bool:
 
 
 def pid(plan: LabPlan) -> int | None:
-    return procs.read_pid(_files(plan)[1])
+    return server_pid(_files(plan)[1])
+
+
+def server_pid(pid_file: Path) -> int | None:
+    """The lab's ganesha, if the pid file's process is still it (started with its conf)."""
+    return procs.read_pid(pid_file, GANESHA, str(pid_file.with_name("ganesha.conf")))
 
 
 def start(plan: LabPlan, netns: str | None, state_dir: Path) -> None:
@@ -75,7 +80,7 @@ def start(plan: LabPlan, netns: str | None, state_dir: Path) -> None:
     if not FSAL_VFS.exists():
         raise MissingTool(f"ganesha's VFS backend ({FSAL_VFS})", "nfs-ganesha-vfs")
     conf, pid_file, log_file = _files(plan)
-    if procs.read_pid(pid_file) is not None:
+    if server_pid(pid_file) is not None:
         return
     if plan.nfs_version is NfsVersion.V3:
         ensure_rpcbind(netns, state_dir / RPCBIND_PID)
@@ -91,7 +96,7 @@ def wait_ready(plan: LabPlan) -> int:
     _conf, pid_file, log_file = _files(plan)
     started = time.monotonic()
     while True:
-        server = procs.read_pid(pid_file)
+        server = server_pid(pid_file)
         if server is not None and procs.listening(server, plan.nfs_port):
             return server
         waited = time.monotonic() - started

@@ -9,12 +9,30 @@ import time
 from pathlib import Path
 
 
-def read_pid(pid_file: Path) -> int | None:
+def read_pid(pid_file: Path, program: str, argument: str | None = None) -> int | None:
+    """The pid in pid_file, if that process lives and is still the one vlab started: its
+    program is `program` (and `argument` is one of its arguments). A pid file outlives a
+    reboot, and its number may belong to anyone's process by then."""
     try:
         pid = int(pid_file.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-    return pid if alive(pid) else None
+    if pid <= 1 or not alive(pid):
+        return None
+    args = arguments(pid)
+    if not args or Path(args[0]).name != program or (argument is not None
+                                                     and argument not in args[1:]):
+        return None
+    return pid
+
+
+def arguments(pid: int) -> list[str]:
+    """A process's command line, [] if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
 
 
 def alive(pid: int) -> bool:
@@ -31,18 +49,16 @@ def alive(pid: int) -> bool:
         return False
 
 
-def with_argument(prefix: str) -> dict[int, str]:
-    """Live processes with an argument that starts with prefix (pid -> command line)."""
+def with_argument(prefix: str, program: str) -> dict[int, str]:
+    """Live processes of `program` with an argument that starts with prefix (pid -> command
+    line): vlab's own, not a `tail -f` or a `tar` of the same files."""
     found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        try:
-            args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        words = [a.decode(errors="replace") for a in args if a]
-        if any(w.startswith(prefix) for w in words) and alive(int(entry)):
+        words = arguments(int(entry))
+        if (words and Path(words[0]).name == program
+                and any(w.startswith(prefix) for w in words[1:]) and alive(int(entry))):
             found[int(entry)] = " ".join(words)
     return found
 

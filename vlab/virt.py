@@ -201,6 +201,20 @@ def names(conn: Conn, prefix: str) -> tuple[list[str], list[str]]:
     return [d for d in doms if d.startswith(prefix)], [n for n in nets if n.startswith(prefix)]
 
 
+def lab_networks(conn: Conn) -> list[str]:
+    """Networks vlab makes: transient (vlab never defines one), named vlab-LAB, on a bridge
+    named as vlab names its bridges. A persistent vlab-something is someone else's."""
+    found = []
+    try:
+        for net in conn.listAllNetworks():
+            if (net.name().startswith("vlab-") and not net.isPersistent()
+                    and re.fullmatch(r"vlab[0-9a-f]{8}", net.bridgeName())):
+                found.append(net.name())
+    except libvirt.libvirtError as err:
+        raise _error("list networks", err) from None
+    return found
+
+
 def labelled_domains(conn: Conn, namespace: str) -> dict[str, str]:
     """Domain name -> lab, for every domain that carries vlab's metadata element."""
     found = {}

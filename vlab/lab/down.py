@@ -142,7 +142,7 @@ def everything_down(netns: str, dirs: Dirs, say: Say) -> None:
             virt.destroy_network(conn, name)
             say(f"destroyed network {name}")
     for pid_file in nfsserver.pid_files(dirs.state):
-        pid = procs.read_pid(pid_file)
+        pid = nfsserver.server_pid(pid_file)
         if pid is not None:
             procs.stop(pid)
             say(f"stopped nfs-ganesha of lab {pid_file.parent.parent.name}")

@@ -25,10 +25,10 @@ def gc(dirs: Dirs, say: Say) -> list[str]:
         for name, owner in sorted(virt.labelled_domains(conn, render.METADATA_NS).items()):
             if orphan(owner) and virt.destroy_domain(conn, name):
                 removed.append(f"domain {name} (lab {owner})")
-        for name in virt.names(conn, "vlab-")[1]:
+        for name in virt.lab_networks(conn):
             if orphan(name.removeprefix("vlab-")) and virt.destroy_network(conn, name):
                 removed.append(f"network {name}")
-    for pid, cmd in sorted(procs.with_argument(str(labs) + "/").items()):
+    for pid, cmd in sorted(procs.with_argument(str(labs) + "/", nfsserver.GANESHA).items()):
         owner = cmd.split(str(labs) + "/", 1)[1].split("/", 1)[0]
         if orphan(owner):
             procs.stop(pid)
