@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,8 @@ from lxml import etree
 from test_boot import leftovers, plan_for
 
 from vlab.junit import report_to_junit
+from vlab.sshkeys import host_key_from_console
+from vlab.watch import Follower, Judge
 
 
 def test_junit_has_a_testcase_per_terminal_and_the_decisive_line(tmp_path: Path) -> None:
@@ -54,3 +57,36 @@ def test_check_of_a_bad_scenario_exits_2(tmp_path: Path) -> None:
                            str(ROOT / "tests/bad/bad-uri.toml")], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2 and "lab.uri" in proc.stderr
+
+
+# The console is the guest's: random bytes are data, never a crash (seeded: reproducible).
+
+def _noise(rng: random.Random, n: int) -> bytes:
+    pieces = [rng.randbytes(rng.randint(0, 64)),
+              b"VLAB-SSH-HOSTKEY t1 ssh-ed25519 " + rng.randbytes(rng.randint(0, 80)) + b"\n",
+              b"VLAB-SSH-HOSTKEY t1 ssh-ed25519 AAAA" + bytes(rng.choice(b"AZaz09+/=")
+                                                           for _ in range(rng.randint(0, 90))),
+              b"VLAB-NFSROOT-OK " + rng.randbytes(20), b"\x1b[" + rng.randbytes(4),
+              "\ufffe\ud7ff\u2028é".encode(), b"\r\n", b"\x00\x0b\x0c\x7f"]
+    return b"".join(rng.choice(pieces) for _ in range(n))
+
+
+def test_random_console_bytes_feed_the_reader_the_key_reader_and_junit(tmp_path: Path) -> None:
+    rng = random.Random(1302)
+    for i in range(200):
+        log = tmp_path / f"t{i}.log"
+        data = _noise(rng, rng.randint(1, 60))
+        log.write_bytes(data)
+        follower = Follower(log)
+        lines = follower.lines()
+        judge = Judge(started=0.0, timeout=60.0, stall=30.0)
+        for line in lines:
+            judge.feed(line, 1.0)
+        host_key_from_console(log)  # a key or None; never an exception
+        decisive = lines[-1] if lines else data.decode(errors="replace")
+        rep = {"lab": "fuzz", "terminals": [
+            {"name": "t1", "verdict": "stalled", "seconds": 1.0, "line": decisive,
+             "console_log": str(log),
+             "checks": [{"name": "c\x1b", "run": decisive, "status": 1, "ok": False,
+                         "output": data.decode(errors="surrogateescape")}]}]}
+        etree.fromstring(report_to_junit(rep).encode())  # well-formed, whatever came in

@@ -146,10 +146,21 @@ def test_a_terminal_on_each_host_boots_over_the_same_nfs_root(second_host, lab_d
     # SSH into the terminal on h2, its host key pinned from the relayed console.
     ssh = vlab("ssh", TWO, "t2", "--", "grep ' / nfs' /proc/mounts")  # one word, as with ssh
     assert ssh.returncode == 0 and f"10.214.0.1:{export}" in ssh.stdout, ssh.stderr
+    # A file vlab did not ship, in its folder there: vlab down removes only what it shipped.
+    theirs = _on_second_host(str(h2.files_dir)) / "theirs.txt"
+    theirs.write_text("not vlab's\n")
     down = vlab("down", TWO)
     assert down.returncode == 0, down.stderr
     assert "destroyed domain vlab-twohosts-t2 on h2" in down.stderr
-    assert not _on_second_host(str(h2.files_dir)).exists()
+    assert theirs.read_text() == "not vlab's\n"
+    assert sorted(p.name for p in theirs.parent.iterdir()) == ["theirs.txt"]
+    # Without vlab's mark the folder is not vlab's: up refuses to ship into it.
+    again = vlab("up", TWO, timeout=900)
+    assert again.returncode == 3 and "is not a folder vlab made" in again.stderr, again.stderr
+    assert vlab("down", TWO).returncode == 0
+    assert theirs.read_text() == "not vlab's\n"
+    theirs.unlink()
+    theirs.parent.rmdir()
     assert _left(plan) == []
 
 

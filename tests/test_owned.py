@@ -87,3 +87,70 @@ def test_a_persistent_network_named_vlab_is_not_a_lab_network() -> None:
                     net.undefine()
             except libvirt.libvirtError:
                 pass
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "VLAB_STATE_DIR": str(tmp_path / "state"),
+            "VLAB_CACHE_DIR": str(tmp_path / "cache")}
+
+
+def test_pxe_check_of_a_lab_that_is_up_is_refused_and_its_state_kept(tmp_path: Path) -> None:
+    lab_dir = tmp_path / "state/labs/site"
+    lab_dir.mkdir(parents=True)
+    recorded = '{"status": "up", "domains": ["vlab-site-t1"], "network": "vlab-site"}'
+    (lab_dir / "state.json").write_text(recorded)
+    tftp_root = tmp_path / "tftp"
+    proc = subprocess.run([sys.executable, "-m", "vlab", "pxe", "scenarios/site.toml",
+                           "--tftp-root", str(tftp_root), "--check"], cwd=ROOT,
+                          env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "lab site is up" in proc.stderr and "vlab down" in proc.stderr
+    assert (lab_dir / "state.json").read_text() == recorded
+    assert not tftp_root.exists()
+
+
+def test_pxe_check_into_a_tree_its_tftp_server_cannot_reach_makes_nothing(
+        tmp_path: Path) -> None:
+    """The issue's own try: a --tftp-root under mktemp -d (mode 0700)."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    before = sorted(Path("/run/netns").iterdir()) if Path("/run/netns").exists() else []
+    proc = subprocess.run([sys.executable, "-m", "vlab", "pxe", "scenarios/site.toml",
+                           "--tftp-root", str(private / "tftp"), "--check"], cwd=ROOT,
+                          env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert f"{private} is mode 700" in proc.stderr and "chmod o+x" in proc.stderr
+    assert list(private.iterdir()) == []
+    assert not (tmp_path / "state").exists()
+    assert (sorted(Path("/run/netns").iterdir()) if Path("/run/netns").exists() else []) == before
+
+
+def test_nfs_server_stop_after_an_up_that_never_booted_keeps_its_log(tmp_path: Path) -> None:
+    from vlab import scenario
+    from vlab.lab.claim import plan_for
+    from vlab.plan import Dirs
+    plan = plan_for(scenario.load(ROOT / "scenarios/tiny.toml"),
+                    Dirs(cache=tmp_path / "cache", state=tmp_path / "state"))
+    plan.nfs_server_dir.mkdir(parents=True)
+    (plan.nfs_server_dir / "ganesha.log").write_text("why the mount failed\n")
+    assert not (plan.lab_dir / "console").exists()
+    nfsserver.stop(plan)
+    assert (plan.lab_dir / "console/ganesha.log").read_text() == "why the mount failed\n"
+    assert not plan.nfs_server_dir.exists()
+
+
+def test_an_error_vlab_did_not_expect_exits_4_never_1(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from vlab import cli
+
+    def broken(_argv: list[str]) -> int:
+        raise KeyError("a bug")
+
+    monkeypatch.setenv("VLAB_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setattr(cli, "run", broken)
+    assert cli.main(["status", "scenarios/tiny.toml"]) == 4
+    err = capsys.readouterr().err
+    assert "internal error (KeyError" in err and "a bug in vlab, not a verdict" in err
+    log = tmp_path / "state/vlab-errors.log"
+    assert str(log) in err and "KeyError: 'a bug'" in log.read_text()

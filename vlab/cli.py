@@ -7,6 +7,9 @@ import json
 import logging
 import os
 import sys
+import tempfile
+import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,7 @@ from vlab.plan import NETNS, Dirs, LabPlan, TerminalPlan
 from vlab.progress import Say, stderr_progress
 from vlab.scenario.model import LabHostMode
 
-EXIT_OK, EXIT_BOOT_FAILED, EXIT_BAD_INPUT, EXIT_HOST = 0, 1, 2, 3
+EXIT_OK, EXIT_BOOT_FAILED, EXIT_BAD_INPUT, EXIT_HOST, EXIT_BUG = 0, 1, 2, 3, 4
 
 DESCRIPTION = """\
 Boot stateless Linux terminals over an NFS root, as the Fedora StatelessLinux page does by
@@ -46,7 +49,8 @@ examples:
   vlab gc                              remove leftovers of labs whose state is gone
 
 exit codes: 0 ok, 1 a terminal failed to boot, 2 bad input, 3 host or infrastructure failure,
-130 interrupted (run vlab down to remove what was started).
+4 an error in vlab itself (a bug: the traceback is logged), 130 interrupted (run vlab down
+to remove what was started).
 environment: VLAB_CACHE_DIR, VLAB_STATE_DIR override where artifacts and lab state are kept.
 """
 
@@ -192,6 +196,8 @@ def _pxe(args: argparse.Namespace, sc: scenario.Scenario, dirs: Dirs, say: Say) 
         raise UsageError(f"{args.scenario}: no [[host]] tables; fix: list the physical "
                          'hosts: [[host]] name = "pc1" mac = "00:11:22:33:44:55"')
     checking = args.check or args.check_only
+    if checking:
+        lab_pxe.refuse_check(sc, dirs, args.tftp_root)
     plan = claim(sc, dirs, twins=True) if checking else plan_for(sc, dirs)
     changes = tftp.Changes() if args.check_only else lab_pxe.write(sc, plan, dirs,
                                                                    args.tftp_root, say)
@@ -337,3 +343,26 @@ def main(argv: list[str] | None = None) -> int:
         print("vlab: interrupted; run `vlab down SCENARIO` to remove what was started",
               file=sys.stderr)
         return 130
+    except Exception:  # a bug: never exit 1, which CI reads as "a terminal failed to boot"
+        log = _log_traceback()
+        kind, value = sys.exc_info()[:2]
+        print(f"vlab: internal error ({kind.__name__ if kind else 'error'}: {value}); this is "
+              f"a bug in vlab, not a verdict; the traceback is in {log}; run `vlab down "
+              "SCENARIO` to remove what was started", file=sys.stderr)
+        return EXIT_BUG
+
+
+def _log_traceback() -> Path:
+    """The current exception's traceback, appended to the state folder's error log."""
+    text = f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} vlab {' '.join(sys.argv[1:])}\n"
+    text += traceback.format_exc()
+    for folder in (Dirs.from_env().state, Path(tempfile.gettempdir())):
+        path = folder / "vlab-errors.log"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as f:
+                f.write(text)
+            return path
+        except OSError:
+            continue
+    return Path("(nowhere: no folder was writable)")

@@ -18,19 +18,21 @@ def report_to_junit(rep: dict[str, Any]) -> str:
                           time=f"{max((t['seconds'] or 0) for t in terminals):.1f}")
     for t in terminals:
         case = etree.SubElement(suite, "testcase", classname=f"vlab.{rep['lab']}",
-                                name=t["name"], time=f"{t['seconds'] or 0:.1f}")
+                                name=_xml_text(t["name"]), time=f"{t['seconds'] or 0:.1f}")
         if t["verdict"] != "ok":
+            line = _xml_text(t.get("line") or "")
             failure = etree.SubElement(case, "failure", type=t["verdict"] or "no-verdict",
-                                       message=f"{t['verdict']}: {t.get('line') or ''}")
-            failure.text = t.get("line") or ""
+                                       message=f"{t['verdict']}: {line}")
+            failure.text = line
         out = etree.SubElement(case, "system-out")
         out.text = _console(t["console_log"])
         for c in t.get("checks", []):  # post-boot checks run over SSH: a testcase each
-            check = etree.SubElement(suite, "testcase", classname=f"vlab.{rep['lab']}.{t['name']}",
-                                     name=c["name"], time="0")
+            check = etree.SubElement(suite, "testcase",
+                                     classname=_xml_text(f"vlab.{rep['lab']}.{t['name']}"),
+                                     name=_xml_text(c["name"]), time="0")
             if not c["ok"]:
                 fail = etree.SubElement(check, "failure", type="check-failed",
-                                        message=f"{c['run']}: exit {c['status']}")
+                                        message=_xml_text(f"{c['run']}: exit {c['status']}"))
                 fail.text = _xml_text(c["output"])
                 failed.append(c)
             etree.SubElement(check, "system-out").text = _xml_text(c["output"])
@@ -51,5 +53,7 @@ def _console(path: str) -> str:
 
 
 def _xml_text(text: str) -> str:
-    # XML 1.0 cannot carry most control characters (the console has escape sequences).
-    return "".join(c for c in text if c in "\t\n" or c >= " ")
+    """What XML 1.0 can carry of a text (the console has escape sequences, and a guest can
+    print anything): no C0 controls but tab and newline, no surrogates, no U+FFFE/U+FFFF."""
+    return "".join(c for c in str(text) if c in "\t\n" or (
+        c >= " " and not "\ud800" <= c <= "\udfff" and c not in "\ufffe\uffff"))

@@ -122,6 +122,8 @@ def stop(plan: LabPlan) -> None:
         procs.stop(server)
     # Keep the last log beside the console logs: it explains a failed mount after the fact.
     log_file = _files(plan)[2]
-    if log_file.exists():
-        shutil.copyfile(log_file, plan.lab_dir / "console" / "ganesha.log")
+    if log_file.is_file():
+        kept = plan.lab_dir / "console" / "ganesha.log"
+        kept.parent.mkdir(parents=True, exist_ok=True)  # an up that failed before any boot
+        shutil.copyfile(log_file, kept)
     shutil.rmtree(plan.nfs_server_dir, ignore_errors=True)

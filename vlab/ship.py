@@ -9,11 +9,12 @@ its fingerprint and the command that trusts it, never accepted unseen.
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 import shlex
 import socket
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -22,10 +23,14 @@ import paramiko
 
 from vlab.cache import file_digest
 from vlab.errors import VlabError
+from vlab.scenario.model import SHIP_DIR
 from vlab.sshkeys import fingerprint
 
 KNOWN_HOSTS = (Path("~/.ssh/known_hosts"), Path("/etc/ssh/ssh_known_hosts"))
 Connector = Callable[[str, int], socket.socket]  # (address, port) -> a connected socket
+# In every folder vlab makes on another host: only a folder with it is vlab's to empty.
+MARKER = ".vlab-shipped"
+MARKER_TEXT = "made by vlab for one lab's boot files; vlab down removes it\n"
 # SFTP's flow-control window: paramiko's 2 MiB default stalls a LAN-speed upload.
 WINDOW = 16 << 20
 
@@ -150,8 +155,50 @@ class Host:
             except FileNotFoundError:
                 self.sftp.mkdir(d, 0o755)  # QEMU runs as another user there: o+rx
 
+    @contextlib.contextmanager
+    def _sftp(self, what: str) -> Iterator[None]:
+        """SFTP and SSH failures as a ShipError naming the host and what vlab was doing."""
+        try:
+            yield
+        except (OSError, paramiko.SSHException, EOFError) as err:
+            raise ShipError(f"host {self.name}: {what}: {err or type(err).__name__}; fix: "
+                            "check the disk and permissions there, then run the command "
+                            "again") from None
+
+    def own_folder(self, folder: str) -> None:
+        """The lab's folder there, made by vlab and marked as its own (MARKER); an existing
+        folder without the mark is someone else's and is refused."""
+        with self._sftp(f"make {folder}"):
+            try:
+                st = self.sftp.lstat(folder)
+            except FileNotFoundError:
+                self.makedirs(posixpath.dirname(folder))
+                self.sftp.mkdir(folder, 0o755)
+                with self.sftp.open(posixpath.join(folder, MARKER), "w") as f:
+                    f.write(MARKER_TEXT)
+                return
+            if not stat.S_ISDIR(st.st_mode or 0) or not self._marked(folder):
+                raise ShipError(f"host {self.name}: {folder} is there and is not a folder vlab "
+                                "made (no " + MARKER + " in it): vlab neither writes into nor "
+                                "empties it; fix: give [[libvirt_host]] files = a folder of "
+                                f"vlab's own (the default is {SHIP_DIR})")
+
+    def _marked(self, folder: str) -> bool:
+        try:
+            with self.sftp.open(posixpath.join(folder, MARKER), "r") as f:
+                return bool(f.read(64).decode(errors="replace") == MARKER_TEXT)
+        except OSError:
+            return False
+
     def ship(self, files: dict[Path, str]) -> Shipped:
         """Copy local files to remote paths; a file whose checksum matches stays."""
+        folders = {posixpath.dirname(remote) for remote in files.values()}
+        for folder in sorted(folders):
+            self.own_folder(folder)
+        with self._sftp("ship the boot files"):
+            return self._ship(files)
+
+    def _ship(self, files: dict[Path, str]) -> Shipped:
         done = Shipped()
         want = {remote: file_digest(local) for local, remote in files.items()}
         there = self.sha256(list(want))
@@ -177,16 +224,27 @@ class Host:
             done.bytes += local.stat().st_size
         return done
 
-    def remove_tree(self, path: str) -> bool:
-        """Remove a folder of plain files; False when it was not there."""
-        try:
-            names = self.sftp.listdir(path)
-        except FileNotFoundError:
-            return False
-        for name in names:
-            self.sftp.remove(posixpath.join(path, name))
-        self.sftp.rmdir(path)
-        return True
+    def remove_shipped(self, folder: str, names: list[str]) -> bool:
+        """Remove what vlab shipped into its marked folder (the named files, their .part
+        leftovers and the mark), then the folder if nothing else is in it. False when it was
+        not there or is not vlab's: a folder without the mark is never touched."""
+        with self._sftp(f"remove {folder}"):
+            try:
+                if not stat.S_ISDIR(self.sftp.lstat(folder).st_mode or 0):
+                    return False
+            except FileNotFoundError:
+                return False
+            if not self._marked(folder):
+                return False
+            there = set(self.sftp.listdir(folder))
+            for name in [*names, *(n + ".part" for n in names), MARKER]:
+                if name in there:
+                    self.sftp.remove(posixpath.join(folder, name))
+                    there.discard(name)
+            if there:
+                return False
+            self.sftp.rmdir(folder)
+            return True
 
 
 def _kind(key: paramiko.PKey) -> str:

@@ -98,7 +98,8 @@ def down_other_nodes(plan: LabPlan, on_node: dict[str, str], shipped: list[str],
                     say(f"destroyed domain {name} on {h.name}")
             conn.close()
             with nodes.session(h) as session:
-                if session.remove_tree(str(h.files_dir)):
+                if session.remove_shipped(str(h.files_dir),
+                                          [h.kernel_path.name, h.initrd_path.name]):
                     say(f"removed {h.files_dir} on {h.name}")
         except (VirtError, ship.ShipError) as err:
             what = ", ".join([*(f"domain {d}" for d in domains), f"folder {h.files_dir}"])

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
 from vlab import pxe, render, state, tftp, virt
+from vlab.errors import UsageError
 from vlab.lab.down import down
 from vlab.lab.status import report
 from vlab.lab.up import (
@@ -39,8 +41,40 @@ def write(scenario: Scenario, plan: LabPlan, dirs: Dirs, tftp_root: Path,
     return changes
 
 
+def refuse_check(scenario: Scenario, dirs: Dirs, tftp_root: Path) -> None:
+    """Before anything is made for a check: the lab is not up (its twins would take its
+    place and their teardown its network and NFS server), and the twins' DHCP and TFTP
+    server (dnsmasq, an unprivileged user) can reach the tree."""
+    lab_dir = dirs.state / "labs" / scenario.lab.name
+    status = state.load(lab_dir).get("status")
+    if (lab_dir / state.STATE).exists() and status != "pxe-check":
+        raise UsageError(f"lab {scenario.lab.name} is {status or 'recorded'} (vlab up); "
+                         "vlab pxe --check boots its twins as that lab and would take its "
+                         f"place; fix: vlab down {scenario.path} first, or check from a copy "
+                         "of the scenario with another [lab] name")
+    folder = tftp_root.absolute()
+    for d in [folder, *folder.parents]:
+        if d.exists() and not d.stat().st_mode & 0o001:
+            raise UsageError(f"--tftp-root {tftp_root}: {d} is mode {d.stat().st_mode & 0o7777:o}"
+                             ", so the twins' TFTP server (dnsmasq, running unprivileged) "
+                             f"cannot reach the tree; fix: chmod o+x {d}, or give a --tftp-root "
+                             "in folders others may traverse")
+
+
 def check(twins: LabPlan, dirs: Dirs, tftp_root: Path, say: Say) -> dict[str, Any]:
-    """Boot the twins (a plan made with twins=True) through the tree; then tear down."""
+    """Boot the twins (a plan made with twins=True) through the tree; then tear down,
+    whatever happened (a twin is a check, not a lab to look at)."""
+    try:
+        rep = _boot_twins(twins, dirs, tftp_root, say)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            down(twins, dirs, say)
+        raise
+    down(twins, dirs, say)
+    return rep
+
+
+def _boot_twins(twins: LabPlan, dirs: Dirs, tftp_root: Path, say: Say) -> dict[str, Any]:
     with state.locked(twins.lab_dir, twins.lab):
         state.update(twins.lab_dir, scenario=str(twins.scenario), status="pxe-check")
         netns = start_lab_host(twins, dirs, say)
@@ -53,7 +87,5 @@ def check(twins: LabPlan, dirs: Dirs, tftp_root: Path, say: Say) -> dict[str, An
         started = boot_terminals(twins, {LOCAL: conn}, say)
         verdicts = watch_consoles(twins, {LOCAL: conn}, started, say)
         save_results(twins, started, verdicts)
-        rep = report(twins, {LOCAL: conn})
-    down(twins, dirs, say)
-    return rep
+        return report(twins, {LOCAL: conn})
 

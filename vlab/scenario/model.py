@@ -19,6 +19,11 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,23}$")
 # Terminal MACs live in the hypervisor's own range (the page's vif mac= advice for Xen).
 # (plan.py pins MACs in the same ranges)
 MAC_PREFIX = {"kvm": "52:54:00", "qemu": "52:54:00", "xen": "00:16:3e"}
+# Never a dir root (exported whole, read by its builder) nor a folder vlab ships into.
+SYSTEM_DIRS = frozenset(Path(p) for p in (
+    "/", "/bin", "/boot", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media",
+    "/mnt", "/opt", "/root", "/sbin", "/srv", "/tmp", "/usr", "/usr/local", "/usr/lib",
+    "/usr/share", "/var", "/var/lib", "/var/cache", "/var/log", "/var/tmp", "/var/lib/libvirt"))
 # What an export path may hold: it goes unquoted into ganesha.conf, exports and root=.
 EXPORT_PATH_RE = re.compile(r"/[A-Za-z0-9._+@,/-]*")
 MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")

@@ -8,7 +8,17 @@ import re
 from pathlib import Path
 
 from vlab.errors import ScenarioError
-from vlab.scenario.model import LOCAL, SHIP_DIR, Boot, Hypervisor, Lab, Node, RootVia, Terminal
+from vlab.scenario.model import (
+    LOCAL,
+    SHIP_DIR,
+    SYSTEM_DIRS,
+    Boot,
+    Hypervisor,
+    Lab,
+    Node,
+    RootVia,
+    Terminal,
+)
 from vlab.scenario.table import Table
 
 KEYS = ("name", "uri", "capacity", "network", "bridge", "nfs_server", "clients", "netns",
@@ -95,6 +105,10 @@ def _node(t: Table, name: str) -> Node:
     if not re.fullmatch(r"^/[A-Za-z0-9._/-]+$", files) or ".." in files.split("/"):
         raise t.error("files", f"{files!r} is not an absolute folder path",
                       f'give a folder vlab owns there, e.g. "{SHIP_DIR}"')
+    if Path(files.rstrip("/") or "/") in SYSTEM_DIRS:
+        raise t.error("files", f"{files!r} is a system folder of that host",
+                      f'give a folder vlab owns there, e.g. "{SHIP_DIR}" (vlab makes a folder '
+                      "per lab in it, and removes only what it shipped)")
     return Node(name=name, uri=uri, network=network, bridge=bridge, nfs_server=nfs_server,
                 capacity=t.int_in("capacity", 1000, 1, 1000) if "capacity" in t.data else None,
                 clients=clients, netns=netns, files=files.rstrip("/") or "/")

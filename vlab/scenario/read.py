@@ -14,6 +14,7 @@ from vlab.scenario import machines, nodes
 from vlab.scenario.model import (
     EXPORT_PATH_RE,
     MAC_PREFIX,
+    SYSTEM_DIRS,
     AfterBoot,
     Boot,
     Check,
@@ -95,11 +96,6 @@ def _checks(top: Table, root: Root) -> tuple[Check, ...]:
     return tuple(checks)
 
 
-# A dir root is exported whole and its builder reads it: never the machine's own system.
-SYSTEM_DIRS = frozenset(Path(p) for p in (
-    "/", "/bin", "/boot", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media",
-    "/mnt", "/opt", "/root", "/sbin", "/srv", "/tmp", "/usr", "/usr/local", "/usr/lib",
-    "/usr/share", "/var", "/var/lib", "/var/cache", "/var/log", "/var/tmp", "/var/lib/libvirt"))
 SYSTEM_TREES = frozenset((p,) for p in ("proc", "sys", "dev", "run"))
 _ROOT_KEYS = ("source", "path", "suite", "packages", "after_boot", "writable")
 _KERNEL_KEYS = ("source", "package", "version")
