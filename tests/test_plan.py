@@ -15,7 +15,7 @@ from conftest import GOLDEN_DIRS, HERE, ROOT, plan_of
 
 from vlab import scenario, state
 from vlab.errors import ScenarioError
-from vlab.lease import lab_subnet, pinned_mac
+from vlab.lease import NO_OTHER_LABS, lab_subnet, pinned_mac
 from vlab.plan import Dirs, make_plan
 
 PLAN_IN_A_PROCESS = """
@@ -146,3 +146,14 @@ def test_a_given_subnet_that_another_lab_holds_is_bad_input(tmp_path: Path) -> N
     assert err.value.message() == (
         f"{tmp_path}/two.toml: lab.subnet: '10.213.7.0/24' is the subnet of lab 'one', which "
         "is up; fix: choose another subnet, or leave subnet out to get a free one")
+
+
+@pytest.mark.parametrize("state", ["/tmp/a\nEXPORT { Path = /; }", "/tmp/with space",
+                                   "/tmp/quote\"x", "/tmp/semi;colon"])
+def test_an_export_path_ganesha_or_exports_cannot_carry_is_refused(tmp_path: Path,
+                                                                   state: str) -> None:
+    """The Debian root's export path comes from VLAB_CACHE_DIR: it goes unquoted into
+    ganesha.conf (a newline would render a second EXPORT block), exports and root=."""
+    sc = scenario.load(ROOT / "scenarios/debian-initramfs-tools.toml")
+    with pytest.raises(ScenarioError, match="has a character that ganesha.conf"):
+        make_plan(sc, Dirs(cache=Path(state), state=tmp_path), NO_OTHER_LABS, None, {})
