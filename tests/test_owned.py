@@ -154,3 +154,19 @@ def test_an_error_vlab_did_not_expect_exits_4_never_1(tmp_path: Path,
     assert "internal error (KeyError" in err and "a bug in vlab, not a verdict" in err
     log = tmp_path / "state/vlab-errors.log"
     assert str(log) in err and "KeyError: 'a bug'" in log.read_text()
+
+
+def test_a_rendered_file_that_fails_its_check_is_exit_2_before_anything_is_made(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from vlab import cli, render
+
+    def failing(xml: str, kind: str) -> None:
+        raise render.RenderError(f"rendered {kind} XML fails libvirt's {kind}.rng: (test)")
+
+    monkeypatch.setenv("VLAB_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("VLAB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(render, "validate", failing)
+    assert cli.main(["up", str(ROOT / "scenarios/tiny.toml")]) == 2
+    assert "fails libvirt's" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
