@@ -56,7 +56,11 @@ def test_gc_stops_only_vlabs_own_processes(tmp_path: Path) -> None:
     try:
         env = {**os.environ, "VLAB_STATE_DIR": str(tmp_path / "state"),
                "VLAB_CACHE_DIR": str(tmp_path / "cache")}
-        gc = subprocess.run([sys.executable, "-m", "vlab", "gc"], cwd=ROOT, env=env,
+        # In a mount namespace of its own where no libvirtd answers: this gc's state folder
+        # is empty, so every lab of a real lab host would look orphaned to it.
+        gc = subprocess.run(["unshare", "--mount", "--", "sh", "-c",
+                             'mkdir -p /run/libvirt && mount -t tmpfs none /run/libvirt '
+                             '&& exec "$0" -m vlab gc', sys.executable], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=120)
         assert gc.returncode == 0, gc.stderr
         server.wait(timeout=10)
