@@ -209,3 +209,18 @@ def test_a_boot_slower_than_the_timeout_is_timeout(tmp_path: Path, lab_down: lis
     path = _scenario(tmp_path, "slow", 'timeout = 10\n' + DIR_ROOT + TERMINAL, lab_down)
     t = _boots_to("timeout", path)
     assert 10 <= t["seconds"] < 15
+
+
+def test_a_guest_that_powers_off_is_domain_stopped_at_once(tmp_path: Path,
+                                                          lab_down: list[str]) -> None:
+    """Its init powers the machine off after the NFS root is mounted: libvirt says the
+    domain is shut off, and the verdict comes within a second or two, not after the stall
+    window or the timeout."""
+    _systemd_root(tmp_path, "#!/bin/sh\necho 'this init powers off'\nexec poweroff -f\n")
+    path = _scenario(tmp_path, "poweroff", 'stall = 60\ntimeout = 300\n' + DIR_ROOT + TERMINAL,
+                     lab_down)
+    t = _boots_to("domain-stopped", path)
+    assert "the domain is shut off (libvirt)" in t["line"], t
+    log = Path(t["console_log"]).read_text()
+    assert "this init powers off" in log
+    assert t["proof"] is not None and t["seconds"] < 60, t

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import plan_of
 
+from vlab.errors import VirtError
 from vlab.lab.up import say_verdicts
 from vlab.plan import SSH_MARKER
 from vlab.progress import PHASES
@@ -22,6 +23,7 @@ from vlab.watch import (
     READY_BUSYBOX,
     READY_SYSTEMD,
     STALLED,
+    STOPPED,
     TIMEOUT,
     Follower,
     Judge,
@@ -359,3 +361,31 @@ def test_every_verdict_name_is_provoked_by_a_boot_test() -> None:
     text = "".join(p.read_text() for p in boot_tests)
     missing = [n for n in sorted(names) if f'"{n}"' not in text]
     assert missing == []
+
+
+def test_a_domain_that_stops_is_decided_within_a_second_after_its_last_lines(
+        tmp_path: Path) -> None:
+    log = tmp_path / "console.log"
+    log.write_text("booting\n")
+    began = time.monotonic()
+    states = iter(["running", "running", "shut off"])
+    v = watch(log, started=began, timeout=60, stall=45, poll=0.01,
+              state=lambda: next(states, "shut off"))
+    assert v.name == STOPPED and "the domain is shut off (libvirt), after: booting" in v.line
+    assert time.monotonic() - began < 3.5
+    # A decisive line printed just before the domain went wins over the stop.
+    log.write_text("booting\nKernel panic - not syncing: VFS: Unable to mount root fs\n")
+    v = watch(log, started=time.monotonic(), timeout=60, stall=45, poll=0.01,
+              state=lambda: "absent")
+    assert v.name == "kernel-panic"
+
+
+def test_a_state_libvirt_cannot_give_is_not_a_death(tmp_path: Path) -> None:
+    log = tmp_path / "console.log"
+    log.write_text("booting\n")
+
+    def unknown() -> str:
+        raise VirtError("look up domain", "connection reset")
+
+    v = watch(log, started=time.monotonic(), timeout=1.5, stall=45, poll=0.01, state=unknown)
+    assert v.name == TIMEOUT

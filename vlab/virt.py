@@ -170,6 +170,7 @@ def domain_state(conn: Conn, name: str) -> str:
         return "absent"
     return {
         libvirt.VIR_DOMAIN_RUNNING: "running",
+        libvirt.VIR_DOMAIN_BLOCKED: "running",  # Xen: running, waiting for an event
         libvirt.VIR_DOMAIN_PAUSED: "paused",
         libvirt.VIR_DOMAIN_SHUTOFF: "shut off",
         libvirt.VIR_DOMAIN_CRASHED: "crashed",

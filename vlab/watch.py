@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from vlab.errors import VlabError
 from vlab.plan import FAIL_MARKER, MARKER, READY_MARKER
 
 OK = "ok"
@@ -27,6 +28,7 @@ READY_SYSTEMD = re.compile(r"Reached target .*Multi-User System|Reached target m
                            + re.escape(READY_MARKER) + r" \S+ systemd ")
 TIMEOUT = "timeout"
 STALLED = "stalled"
+STOPPED = "domain-stopped"  # the domain is no longer running: destroyed, shut off, crashed
 INTERRUPTED = "interrupted"  # never reported: the vlab command itself was interrupted
 # A guest whose vCPU ran at least this share of the wall clock is working, console or not (an
 # idle guest, hung on a dead server or an init asleep, uses about 1%; a booting one, near 100%
@@ -233,6 +235,12 @@ class Judge:
             return self.verdict(OK, now, line)
         return None
 
+    def stopped(self, now: float, state: str) -> Verdict:
+        """The domain is no longer running (libvirt says `state`): nothing more will come."""
+        last = self.tail[-1] if self.tail else ""
+        return self.verdict(STOPPED, now, f"the domain is {state} (libvirt), after: {last}"
+                            if last else f"the domain is {state} (libvirt)")
+
     def tick(self, now: float) -> Verdict | None:
         if self.proof is not None and self.ready is None and now - self.proved_at >= self.settle:
             return self.verdict(OK, self.proved_at, self.proof_line)
@@ -244,30 +252,48 @@ class Judge:
         return None
 
 
+DEAD = ("shut off", "crashed", "absent")  # virt.domain_state() of a domain that will print no more
+
+
+def _state(state: Callable[[], str]) -> str:
+    """The domain's state; "unknown" (alive, as far as vlab knows) if libvirt cannot say."""
+    try:
+        return state()
+    except VlabError:
+        return "unknown"
+
+
 def watch(console_log: Path, *, started: float, timeout: float, stall: float,
           ready: re.Pattern[str] | None = None, settle: float = 0.0, poll: float = 0.05,
           stop: threading.Event | None = None,
           on_phase: Callable[[str], None] | None = None,
-          cpu: Callable[[], float | None] | None = None) -> Verdict:
+          cpu: Callable[[], float | None] | None = None,
+          state: Callable[[], str] | None = None) -> Verdict:
     """Follow one console until the judge decides: a decisive line, `stall` s of silence
-    with the guest idle (cpu() gives its CPU seconds, None if unknown), or `timeout` s.
-    With `stop` set (Ctrl-C in the main thread), stop at the next poll."""
+    with the guest idle (cpu() gives its CPU seconds, None if unknown), the domain no longer
+    running (state() says "running" while it is), or `timeout` s. cpu and state are asked
+    once a second. With `stop` set (Ctrl-C in the main thread), stop at the next poll."""
     follower = Follower(console_log)
     judge = Judge(started=started, timeout=timeout, stall=stall, ready=ready, settle=settle,
                   on_phase=on_phase)
     sampled = 0.0
     while stop is None or not stop.is_set():
         now = time.monotonic()
-        if cpu is not None and now - sampled >= CPU_POLL:
+        gone = None
+        if now - sampled >= CPU_POLL:
             sampled = now
-            if (seconds := cpu()) is not None:
+            if cpu is not None and (seconds := cpu()) is not None:
                 judge.cpu(now, seconds)
+            if state is not None and (seen := _state(state)) in DEAD:
+                gone = seen  # read what it printed last before deciding on it
         lines = follower.lines()
         if follower.grew:
             judge.output(now)
         for line in lines:
             if (verdict := judge.feed(line, now)) is not None:
                 return verdict
+        if gone is not None:
+            return judge.stopped(now, gone)
         if (verdict := judge.tick(now)) is not None:
             return verdict
         time.sleep(poll)

@@ -233,7 +233,8 @@ def watch_consoles(plan: LabPlan, conns: dict[str, virt.Conn],
         v = watch(t.console_log, started=started[t], timeout=plan.timeout, stall=stall,
                   ready=ready, settle=SETTLE_SECONDS, stop=stop,
                   on_phase=lambda phase: board.set(t.name, phase),
-                  cpu=lambda: virt.cpu_seconds(conns[t.node], t.domain))
+                  cpu=lambda: virt.cpu_seconds(conns[t.node], t.domain),
+                  state=lambda: virt.domain_state(conns[t.node], t.domain))
         board.done(t.name, v.name, v.seconds)
         return v
 
