@@ -180,6 +180,7 @@ BUSY_SILENT_SYSTEMD = """#!/bin/sh
 end=$(( $(date +%s) + 35 ))
 while [ "$(date +%s)" -lt "$end" ]; do :; done
 echo "[  OK  ] Reached target multi-user.target - Multi-User System."
+echo "VLAB-TERMINAL-UP terminal systemd multi-user.target failed="
 exec sleep 100000
 """
 

@@ -24,6 +24,7 @@ from vlab.watch import (
     READY_SYSTEMD,
     STALLED,
     STOPPED,
+    SYSTEMD_REACHED,
     TIMEOUT,
     Follower,
     Judge,
@@ -231,7 +232,8 @@ def _replay(name: str, ready: re.Pattern[str] | None, stall: float = 45,
             timeout: float = 240) -> tuple[Verdict, list[str]]:
     phases: list[str] = []
     judge = Judge(started=0.0, timeout=timeout, stall=stall, ready=ready, settle=5.0,
-                  on_phase=phases.append)
+                  on_phase=phases.append,
+                  almost=SYSTEMD_REACHED if ready is READY_SYSTEMD else None)
     now = 0.0
     for line in Follower(CONSOLES / name).lines():
         now += 0.1
@@ -389,3 +391,14 @@ def test_a_state_libvirt_cannot_give_is_not_a_death(tmp_path: Path) -> None:
 
     v = watch(log, started=time.monotonic(), timeout=1.5, stall=45, poll=0.01, state=unknown)
     assert v.name == TIMEOUT
+
+
+def test_the_ready_line_names_failed_units_and_drops_what_is_no_unit_name() -> None:
+    from vlab.watch import failed_units
+    line = "VLAB-TERMINAL-UP t1 systemd multi-user.target failed=ssh.service,getty@ttyS0.service"
+    assert failed_units(line) == ["ssh.service", "getty@ttyS0.service"]
+    assert failed_units("VLAB-TERMINAL-UP t1 systemd multi-user.target failed=") == []
+    assert failed_units("VLAB-TERMINAL-UP t1 systemd multi-user.target failed=a$(x),b.mount"
+                        ) == ["b.mount"]
+    assert failed_units("Reached target multi-user.target") == []
+    assert failed_units(None) == []

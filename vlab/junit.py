@@ -26,6 +26,9 @@ def report_to_junit(rep: dict[str, Any]) -> str:
             failure.text = line
         out = etree.SubElement(case, "system-out")
         out.text = _console(t["console_log"])
+        if units := t.get("failed_units"):  # booted, but these units of the image failed
+            err = etree.SubElement(case, "system-err")
+            err.text = _xml_text("systemd units that failed: " + ", ".join(units))
         for c in t.get("checks", []):  # post-boot checks run over SSH: a testcase each
             check = etree.SubElement(suite, "testcase",
                                      classname=_xml_text(f"vlab.{rep['lab']}.{t['name']}"),

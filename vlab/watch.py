@@ -22,10 +22,14 @@ OK = "ok"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # What a root's own init says once the terminal is up, by kind of init.
 READY_BUSYBOX = re.compile(re.escape(READY_MARKER))
-# systemd's own line, or (once a getty owns the console and systemd prints no more) the line
-# of the runtime unit the initrd adds (domains/initrd/ready.sh.j2).
-READY_SYSTEMD = re.compile(r"Reached target .*Multi-User System|Reached target multi-user\.target|"
-                           + re.escape(READY_MARKER) + r" \S+ systemd ")
+# A systemd root is up at the line of the runtime unit the initrd adds (ready.sh.j2): it
+# comes once multi-user.target is reached, also after a getty took the console and systemd
+# prints no more, and it names the units that failed. systemd's own line is provisional: ok
+# at it only if the unit's line does not follow within READY_GRACE s.
+READY_SYSTEMD = re.compile(re.escape(READY_MARKER) + r" \S+ systemd ")
+SYSTEMD_REACHED = re.compile(r"Reached target .*Multi-User System|"
+                             r"Reached target multi-user\.target")
+READY_GRACE = 20.0
 TIMEOUT = "timeout"
 STALLED = "stalled"
 STOPPED = "domain-stopped"  # the domain is no longer running: destroyed, shut off, crashed
@@ -196,9 +200,13 @@ class Judge:
 
     def __init__(self, *, started: float, timeout: float, stall: float,
                  ready: re.Pattern[str] | None = None, settle: float = 0.0,
-                 on_phase: Callable[[str], None] | None = None) -> None:
+                 on_phase: Callable[[str], None] | None = None,
+                 almost: re.Pattern[str] | None = None, grace: float = READY_GRACE) -> None:
         self.started, self.timeout, self.stall = started, timeout, stall
         self.ready, self.settle, self.on_phase = ready, settle, on_phase
+        self.almost, self.grace = almost, grace
+        self.almost_at: float | None = None
+        self.almost_line = ""
         self.tail: deque[str] = deque(maxlen=20)
         self.last_output = started
         self.last_busy = started
@@ -233,6 +241,9 @@ class Judge:
             self.proof, self.proved_at, self.proof_line = decided[1], now, line
         if self.proof is not None and self.ready is not None and self.ready.search(line):
             return self.verdict(OK, now, line)
+        if (self.proof is not None and self.almost is not None and self.almost_at is None
+                and self.almost.search(line)):
+            self.almost_at, self.almost_line = now, line
         return None
 
     def stopped(self, now: float, state: str) -> Verdict:
@@ -244,12 +255,25 @@ class Judge:
     def tick(self, now: float) -> Verdict | None:
         if self.proof is not None and self.ready is None and now - self.proved_at >= self.settle:
             return self.verdict(OK, self.proved_at, self.proof_line)
+        if self.almost_at is not None and now - self.almost_at >= self.grace:
+            return self.verdict(OK, self.almost_at, self.almost_line)
         last = self.tail[-1] if self.tail else ""
         if now - self.started > self.timeout:
             return self.verdict(TIMEOUT, now, last)
         if now - max(self.last_output, self.last_busy) > self.stall:
             return self.verdict(STALLED, now, last)
         return None
+
+
+FAILED_UNITS_RE = re.compile(re.escape(READY_MARKER) + r" \S+ systemd \S+ failed=(\S*)")
+UNIT_RE = re.compile(r"[A-Za-z0-9@._:\\-]{1,256}")
+
+
+def failed_units(line: str | None) -> list[str]:
+    """The systemd units the runtime unit's ready line names as failed (guest output:
+    anything that is not a unit name is dropped)."""
+    m = FAILED_UNITS_RE.search(line or "")
+    return [u for u in m.group(1).split(",") if UNIT_RE.fullmatch(u)] if m else []
 
 
 DEAD = ("shut off", "crashed", "absent")  # virt.domain_state() of a domain that will print no more
@@ -268,14 +292,15 @@ def watch(console_log: Path, *, started: float, timeout: float, stall: float,
           stop: threading.Event | None = None,
           on_phase: Callable[[str], None] | None = None,
           cpu: Callable[[], float | None] | None = None,
-          state: Callable[[], str] | None = None) -> Verdict:
+          state: Callable[[], str] | None = None,
+          almost: re.Pattern[str] | None = None) -> Verdict:
     """Follow one console until the judge decides: a decisive line, `stall` s of silence
     with the guest idle (cpu() gives its CPU seconds, None if unknown), the domain no longer
     running (state() says "running" while it is), or `timeout` s. cpu and state are asked
     once a second. With `stop` set (Ctrl-C in the main thread), stop at the next poll."""
     follower = Follower(console_log)
     judge = Judge(started=started, timeout=timeout, stall=stall, ready=ready, settle=settle,
-                  on_phase=on_phase)
+                  on_phase=on_phase, almost=almost)
     sampled = 0.0
     while stop is None or not stop.is_set():
         now = time.monotonic()

@@ -9,7 +9,7 @@ from vlab.errors import VirtError
 from vlab.lab import nodes
 from vlab.plan import LabPlan, TerminalPlan
 from vlab.scenario.model import LOCAL
-from vlab.watch import OK, address_from_console
+from vlab.watch import OK, address_from_console, failed_units
 
 
 def terminal_address(t: TerminalPlan) -> str | None:
@@ -38,6 +38,7 @@ def report(plan: LabPlan, conns: dict[str, virt.Conn | None]) -> dict[str, Any]:
             "booted_at": r.get("booted_at"),
             "checks": r.get("checks", []),
             "line": r.get("line"),
+            "failed_units": failed_units(r.get("line")),
             "console_log": str(t.console_log),
             "proof": r.get("proof"),
         })

@@ -34,7 +34,16 @@ from vlab.lab.status import report
 from vlab.plan import Dirs, LabPlan, NodePlan, TerminalPlan
 from vlab.progress import Say
 from vlab.scenario.model import LOCAL, Hypervisor, InitrdBuilder, KernelSource, RootSource, Scenario
-from vlab.watch import READY_BUSYBOX, READY_SYSTEMD, STALLED, Verdict, shared_client_ids, watch
+from vlab.watch import (
+    READY_BUSYBOX,
+    READY_SYSTEMD,
+    STALLED,
+    SYSTEMD_REACHED,
+    Verdict,
+    failed_units,
+    shared_client_ids,
+    watch,
+)
 
 # A root whose init vlab cannot recognise is ok once it has run this long after the proof.
 SETTLE_SECONDS = 5.0
@@ -232,6 +241,7 @@ def watch_consoles(plan: LabPlan, conns: dict[str, virt.Conn],
     def one(t: TerminalPlan) -> Verdict:
         v = watch(t.console_log, started=started[t], timeout=plan.timeout, stall=stall,
                   ready=ready, settle=SETTLE_SECONDS, stop=stop,
+                  almost=SYSTEMD_REACHED if ready is READY_SYSTEMD else None,
                   on_phase=lambda phase: board.set(t.name, phase),
                   cpu=lambda: virt.cpu_seconds(conns[t.node], t.domain),
                   state=lambda: virt.domain_state(conns[t.node], t.domain))
@@ -256,6 +266,9 @@ def say_verdicts(plan: LabPlan, verdicts: dict[TerminalPlan, Verdict], stall: fl
     for t, v in verdicts.items():
         if not v.ok:
             say(f"{t.name}: {v.name}: {v.line}")
+        elif units := failed_units(v.line):
+            say(f"{t.name}: up, but these systemd units of the root failed: {', '.join(units)} "
+                f"(vlab ssh ... {t.name} -- systemctl status UNIT)")
         if v.name == STALLED and plan.hypervisor is Hypervisor.KVM:
             say(f"{t.name}: no console output for {stall:.0f} s under KVM; if this machine "
                 'cannot run KVM guests, set hypervisor = "qemu" in [lab]')

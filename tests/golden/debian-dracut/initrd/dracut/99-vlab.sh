@@ -51,8 +51,15 @@ After=multi-user.target
 
 [Service]
 Type=oneshot
-ExecStart=/bin/sh -c 'echo "VLAB-TERMINAL-UP $(cat /proc/sys/kernel/hostname) systemd multi-user.target" > /dev/console'
+ExecStart=/bin/sh /run/vlab-ready.sh
 UNIT
+    # The line names the units that failed on the way (systemctl --failed), or "failed=".
+    cat > "$1/vlab-ready.sh" <<'SCRIPT'
+failed=$(systemctl --failed --plain --no-legend 2>/dev/null | while read -r unit rest; do
+    case $unit in "●"|"*") unit=${rest%% *} ;; esac
+    printf '%s,' "$unit"; done)
+echo "VLAB-TERMINAL-UP $(cat /proc/sys/kernel/hostname) systemd multi-user.target failed=${failed%,}" > /dev/console
+SCRIPT
     ln -sf ../vlab-ready.service "$1/systemd/system/multi-user.target.wants/vlab-ready.service"
     # Masked for this boot only (a /run mask, as systemctl mask --runtime makes): units with
     # nothing to do on a read-only NFS root. e2scrub_reap, scheduled idle, held
