@@ -49,6 +49,12 @@ def connect(uri: str) -> Conn:
         raise _error(f"connect to {uri}", err) from None
 
 
+def close(conn: Conn) -> None:
+    """Close a connection; one that broke meanwhile is closed all the same."""
+    with contextlib.suppress(libvirt.libvirtError):
+        conn.close()
+
+
 def refuses(uri: str) -> str | None:
     """Why a libvirt URI does not answer, or None when it does."""
     try:

@@ -57,20 +57,30 @@ def up(scenario: Scenario, plan: LabPlan, dirs: Dirs, say: Say) -> dict[str, Any
         k, img = build_boot_files(plan, dirs, say)
         netns = start_lab_host(plan, dirs, say)
         conns = {h.name: nodes.connect(h) for h in plan.busy_nodes}
-        if all(virt.domain_state(conns[t.node], t.domain) == "running" for t in plan.terminals):
-            say(f"lab {plan.lab} is already up: nothing changed")
-            return report(plan, conns)
-        tftp_root = write_lab_tftp_tree(scenario, plan, k, img, say)
-        export_nfs_root(plan, dirs, netns)  # starts while the network is defined
-        define_network(plan, conns[LOCAL], say, tftp_root)
-        ship_boot_files(plan, k, say)
-        wait_for_nfs_server(plan, say)
-        started = boot_terminals(plan, conns, say)
-        verdicts = watch_consoles(plan, conns, started, say)
-        checks = run_checks(scenario, plan, verdicts, say)
-        state.update(plan.lab_dir, status="up")
-        save_results(plan, started, verdicts, checks)
+        try:
+            return _boot(scenario, plan, dirs, k, img, netns, conns, say)
+        finally:  # a qemu+ssh:// connection keeps an ssh process of its own until closed
+            for conn in conns.values():
+                virt.close(conn)
+
+
+def _boot(scenario: Scenario, plan: LabPlan, dirs: Dirs, k: kernel.Kernel, img: Path,
+          netns: str | None, conns: dict[str, virt.Conn], say: Say) -> dict[str, Any]:
+    """Export, define the network, ship, boot, watch, check: the lab's run."""
+    if all(virt.domain_state(conns[t.node], t.domain) == "running" for t in plan.terminals):
+        say(f"lab {plan.lab} is already up: nothing changed")
         return report(plan, conns)
+    tftp_root = write_lab_tftp_tree(scenario, plan, k, img, say)
+    export_nfs_root(plan, dirs, netns)  # starts while the network is defined
+    define_network(plan, conns[LOCAL], say, tftp_root)
+    ship_boot_files(plan, k, say)
+    wait_for_nfs_server(plan, say)
+    started = boot_terminals(plan, conns, say)
+    verdicts = watch_consoles(plan, conns, started, say)
+    checks = run_checks(scenario, plan, verdicts, say)
+    state.update(plan.lab_dir, status="up")
+    save_results(plan, started, verdicts, checks)
+    return report(plan, conns)
 
 
 def build_nfs_root(plan: LabPlan, say: Say) -> None:
