@@ -86,21 +86,34 @@ def phase_of(line: str) -> str | None:
 FAILURES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (name, re.compile(pattern))
     for name, pattern in (
-        ("nfs-no-such-export", r"mount: mounting \S+ on \S+ failed: No such file or directory"),
+        # vlab's initrd (busybox mount), dracut's (nfs-utils' mount.nfs) and initramfs-tools'
+        # (klibc's nfsmount, which initramfs-tools retries: its first such line decides).
+        ("nfs-no-such-export", r"mount: mounting \S+ on \S+ failed: No such file or directory"
+         r"|mounting \S+ failed, reason given by server: No such file or directory"
+         r"|mount call failed - server replied: No such file or directory"),
         ("nfs-access-denied",
-         r"mount: mounting \S+ on \S+ failed: (Permission denied|Operation not permitted)"),
+         r"mount: mounting \S+ on \S+ failed: (Permission denied|Operation not permitted)"
+         r"|access denied by server while mounting"
+         r"|mount call failed - server replied: Permission denied"),
         ("nfs-unreachable",
          r"mount: mounting \S+ on \S+ failed: (Connection refused|No route to host|"
          r"Network is unreachable|Connection timed out|Input/output error|Host is down)"
-         r"|nfs: server \S+ not responding"),
+         r"|nfs: server \S+ not responding"
+         r"|mount\.nfs4?: (Connection refused|No route to host|Network is unreachable|"
+         r"Connection timed out|timed out, giving up)"
+         r"|^nfsmount: (Connection refused|No route to host|Network is unreachable|"
+         r"Connection timed out)|NFS over TCP not available from"),
         ("nfs-version-unsupported",
          r"mount: mounting \S+ on \S+ failed: (Protocol not supported|Invalid argument|"
-         r"Protocol family not supported)|nfs: Unknown parameter|Program version wrong"),
+         r"Protocol family not supported)|nfs: Unknown parameter|Program version wrong"
+         r"|requested NFS version or transport protocol is not supported"),
         # Any other reason the mount gives (e.g. a root path that is a file: Not a directory).
         ("nfs-mount-failed",
-         r"mount: mounting \S+ on \S+ failed|" + re.escape(FAIL_MARKER) + r" nfs-mount"),
+         r"mount: mounting \S+ on \S+ failed|" + re.escape(FAIL_MARKER) + r" nfs-mount"
+         r"|mount call failed - server replied|mount\.nfs4?: mounting \S+ failed"),
         ("dhcp-failed", re.escape(FAIL_MARKER) + r" dhcp-failed|No more network devices|"
-         r"No configuration methods succeeded"),
+         r"No configuration methods succeeded"),  # not klibc's "IP-Config: no response
+        # after N secs": initramfs-tools tries again, and its first try often gets no lease
         # PXE: pxelinux and iPXE cannot fetch a file of the TFTP tree.
         ("tftp-file-not-found",
          r"Could not find (kernel|ramdisk) image|Unable to locate configuration file|"
@@ -109,7 +122,10 @@ FAILURES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("nic-driver-missing", re.escape(FAIL_MARKER) + r" nic-driver-missing"),
         ("init-failed",
          re.escape(FAIL_MARKER) + r" init-failed|Attempted to kill init|"
-         r"switch_root: |No working init found|Failed to execute /init"),
+         r"switch_root: |No working init found|Failed to execute /init"
+         # initramfs-tools' init, and dracut's
+         r"|Target filesystem doesn't have requested|No init found\. Try passing init="
+         r"|Cannot find init!"),
         ("kernel-panic", r"Kernel panic - not syncing"),
     )
 )
