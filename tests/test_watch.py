@@ -402,3 +402,18 @@ def test_the_ready_line_names_failed_units_and_drops_what_is_no_unit_name() -> N
                         ) == ["b.mount"]
     assert failed_units("Reached target multi-user.target") == []
     assert failed_units(None) == []
+
+
+def test_silence_after_an_address_and_before_any_mount_is_nfs_unreachable() -> None:
+    """klibc's nfsmount and mount.nfs wait for a server that does not answer without a word
+    (seen with initramfs-tools and dracut roots): named, not just stalled."""
+    judge = Judge(started=0.0, timeout=600, stall=45, ready=READY_SYSTEMD)
+    assert judge.feed("IP-Config: ens2 complete (dhcp from 10.213.231.1):", 10.0) is None
+    assert judge.feed(" filename  : ", 10.1) is None
+    assert judge.tick(50.0) is None
+    v = judge.tick(55.2)
+    assert v is not None and v.name == "nfs-unreachable" and "after DHCP" in v.line
+    dracut = Judge(started=0.0, timeout=600, stall=45, ready=READY_SYSTEMD)
+    dracut.feed("dhcp: BOUND setting up eth0", 5.0)
+    v = dracut.tick(60.0)
+    assert v is not None and v.name == "nfs-unreachable"

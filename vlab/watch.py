@@ -50,7 +50,7 @@ PHASE_LINES = (
     ("kernel", re.compile(r"Linux version|vlab-initrd: kernel command line|Run /init as init|"
                           r"Loading, please wait|dracut-")),
     ("dhcp", re.compile(r"lease of \S+ obtained|\(lease from|IP-Config: \S+ complete|"
-                        r"dhcp.*(bound|lease)|DHCPACK")),
+                        r"dhcp.*(bound|lease)|DHCPACK|dhcp: BOUND")),
     ("nfs-mounted", PROOF_RE),
 )
 
@@ -222,6 +222,7 @@ class Judge:
         self.ready, self.settle, self.on_phase = ready, settle, on_phase
         self.almost, self.grace = almost, grace
         self.almost_at: float | None = None
+        self.phase = ""  # the last boot phase a line showed (PHASE_LINES)
         self.almost_line = ""
         self.tail: deque[str] = deque(maxlen=20)
         self.last_output = started
@@ -248,8 +249,10 @@ class Judge:
     def feed(self, line: str, now: float) -> Verdict | None:
         self.last_output = now
         self.tail.append(line)
-        if self.on_phase is not None and (phase := phase_of(line)) is not None:
-            self.on_phase(phase)
+        if (phase := phase_of(line)) is not None:
+            self.phase = phase
+            if self.on_phase is not None:
+                self.on_phase(phase)
         decided = decide(line)
         if decided is not None and decided[0] != OK:
             return self.verdict(decided[0], now, line)
@@ -277,6 +280,12 @@ class Judge:
         if now - self.started > self.timeout:
             return self.verdict(TIMEOUT, now, last)
         if now - max(self.last_output, self.last_busy) > self.stall:
+            if self.phase == "dhcp" and self.proof is None:
+                # An address, then silence and an idle vCPU: klibc's nfsmount and mount.nfs
+                # wait without a word for a server that does not answer.
+                return self.verdict("nfs-unreachable", now, "silent and idle for "
+                                    f"{self.stall:.0f} s after DHCP, before any NFS mount: the "
+                                    f"NFS server does not answer (last line: {last})")
             return self.verdict(STALLED, now, last)
         return None
 
