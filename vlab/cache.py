@@ -10,6 +10,7 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from vlab import mounts, procs
 from vlab.errors import HostError
@@ -69,8 +70,10 @@ def scratch(parent: Path) -> Iterator[Path]:
         _remove(folder)
 
 
-def copy_regular(src: Path, dst: Path, what: str) -> None:
-    """Copy src only if it is a regular file, never through a symlink (src is untrusted)."""
+@contextmanager
+def open_regular(src: Path, what: str) -> Iterator[BinaryIO]:
+    """src open for reading, only if it is a regular file, never through a symlink as its
+    last part and never blocking (src is untrusted: a FIFO or a device is refused)."""
     try:
         fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as err:
@@ -79,8 +82,13 @@ def copy_regular(src: Path, dst: Path, what: str) -> None:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
             raise HostError(f"{what} ({src}) is not a regular file; vlab copies regular "
                             "files only")
-        with dst.open("wb") as out:
-            shutil.copyfileobj(f, out)
+        yield f
+
+
+def copy_regular(src: Path, dst: Path, what: str) -> None:
+    """Copy src only if it is a regular file (open_regular)."""
+    with open_regular(src, what) as f, dst.open("wb") as out:
+        shutil.copyfileobj(f, out)
 
 
 LEFTOVER_RE = re.compile(r"^\..+\.(tmp|old)-(\d+)$")

@@ -4,7 +4,6 @@ the root over NFS (see domains/initrd-init.sh.j2)."""
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 from vlab import busybox, cache, render
@@ -46,20 +45,8 @@ def module_bytes(kernel: Kernel, module: str) -> bytes:
     if not resolved.startswith(top + "/"):
         raise HostError(f"{folder / module} leads out of {folder}; fix: a module must be a "
                         "regular file inside the kernel's module folder")
-    fd = -1
-    try:
-        fd = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise HostError(f"{folder / module} is not a regular file; fix: run depmod in the "
-                            "root")
-        with os.fdopen(fd, "rb") as f:
-            fd = -1
-            return f.read()
-    except OSError as err:
-        raise HostError(f"{folder / module} cannot be read: {err.strerror}") from None
-    finally:
-        if fd >= 0:
-            os.close(fd)
+    with cache.open_regular(Path(resolved), f"the module {folder / module}") as f:
+        return f.read()
 
 
 def contents(kernel: Kernel, plan: LabPlan) -> Archive:
