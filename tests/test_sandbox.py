@@ -102,3 +102,18 @@ def test_a_builder_whose_output_is_a_symlink_is_refused(tmp_path: Path) -> None:
         builders.build(_plan(tmp_path, root), root, kernel, tmp_path / "cache")
     assert not isinstance(err.value, CommandError)
     assert not list((tmp_path / "cache" / "initrds").glob("*.img"))
+
+
+def test_a_changed_root_gets_a_new_initrd_the_same_root_the_cached_one(tmp_path: Path) -> None:
+    """Another image at the same mount point, or a package upgraded in a dir root, is
+    another initrd: the cache key is the root's tree, not its path."""
+    secret = tmp_path / "host-secret"
+    secret.write_text("x\n")
+    root = _hostile_root(tmp_path, secret)
+    kernel = Kernel("6.1.0-vlab", root / "boot/vmlinuz-6.1.0-vlab",
+                    root / "lib/modules/6.1.0-vlab")
+    plan = _plan(tmp_path, root)
+    first = builders.build(plan, root, kernel, tmp_path / "cache")
+    assert builders.build(plan, root, kernel, tmp_path / "cache") == first
+    (root / "etc/initramfs-hook-of-a-newer-package").write_text("changed\n")
+    assert builders.build(plan, root, kernel, tmp_path / "cache") != first

@@ -417,3 +417,16 @@ def test_silence_after_an_address_and_before_any_mount_is_nfs_unreachable() -> N
     dracut.feed("dhcp: BOUND setting up eth0", 5.0)
     v = dracut.tick(60.0)
     assert v is not None and v.name == "nfs-unreachable"
+
+
+def test_a_stalled_verdict_names_the_job_systemd_waited_for(tmp_path: Path) -> None:
+    log = tmp_path / "console.log"
+    log.write_bytes(PROOF_LINE.encode() + b"\n[  OK  ] Started Journal Service.\n"
+                    b"\x1b[K[ \x1b[0;31m*\x1b[0m] (2 of 7) Job dev-ttyS0.device/start running "
+                    b"(15s / 1min 30s)\r\r\x1b[K[**  ] (2 of 7) Job dev-ttyS0.device/start "
+                    b"running (16s / 1min 30s)\r")
+    v = watch(log, started=time.monotonic(), timeout=30, stall=1.0, poll=0.01,
+              ready=READY_SYSTEMD, cpu=lambda: 1.0)
+    assert v.name == STALLED
+    assert v.line == "[  OK  ] Started Journal Service. (systemd was waiting for " \
+                     "dev-ttyS0.device/start)", v.line

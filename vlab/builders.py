@@ -52,6 +52,9 @@ def command(plan: LabPlan, release: str, confdir: str) -> list[str]:
             "--kver", release, out]
 
 
+# Where a builder finds what goes into an initrd: programs, libraries, its own scripts and
+# configuration, the kernel's modules.
+TREES = ("etc", "usr", "lib", "lib64", "bin", "sbin")
 PROGRAM = {InitrdBuilder.INITRAMFS_TOOLS: ("usr/sbin/mkinitramfs", "initramfs-tools"),
            InitrdBuilder.DRACUT: ("usr/bin/dracut", "dracut dracut-network")}
 
@@ -61,8 +64,9 @@ def build(plan: LabPlan, root: Path, kernel: Kernel, cache_dir: Path) -> Path:
     files = config_files(plan)
     confdir = CONFDIR.format(builder=plan.builder.value)
     argv = command(plan, kernel.release, confdir)
-    inputs = cache.key(plan.builder.value, kernel.key, str(root),
-                       str((kernel.modules / "modules.dep").stat().st_mtime_ns),
+    # What the builder reads is the root's own tree: any file there that changed (another
+    # image at the same mount point, a package upgraded in a dir root) is another initrd.
+    inputs = cache.key(plan.builder.value, kernel.key, cache.tree_key(root, TREES),
                        repr(sorted(files.items())), *argv)
     final = cache_dir / "initrds" / f"{plan.builder.value}-{inputs}.img"
     if final.exists():

@@ -30,6 +30,8 @@ READY_SYSTEMD = re.compile(re.escape(READY_MARKER) + r" \S+ systemd ")
 SYSTEMD_REACHED = re.compile(r"Reached target .*Multi-User System|"
                              r"Reached target multi-user\.target")
 READY_GRACE = 20.0
+# What systemd says it waits for, in the status line it redraws in place (no newline).
+JOB_RE = re.compile(r"Job (\S+/\S+) running \(|A (?:start|stop) job is running for (.+?) \(")
 TIMEOUT = "timeout"
 STALLED = "stalled"
 STOPPED = "domain-stopped"  # the domain is no longer running: destroyed, shut off, crashed
@@ -198,6 +200,11 @@ class Follower:
         *complete, self.partial = (self.partial + data).split(b"\n")
         return [ANSI.sub("", raw.decode(errors="replace")).replace("\r", "") for raw in complete]
 
+    def pending(self) -> str:
+        """The unfinished line as it shows now (the last of its in-place redraws)."""
+        text = ANSI.sub("", self.partial[-4096:].decode(errors="replace"))
+        return next((part for part in reversed(text.split("\r")) if part.strip()), "")
+
 
 class Judge:
     """The verdict of one console, decided from its lines and the clock alone (pure: no
@@ -223,6 +230,7 @@ class Judge:
         self.almost, self.grace = almost, grace
         self.almost_at: float | None = None
         self.phase = ""  # the last boot phase a line showed (PHASE_LINES)
+        self.job = ""  # the last systemd job its status line said it waits for
         self.almost_line = ""
         self.tail: deque[str] = deque(maxlen=20)
         self.last_output = started
@@ -234,9 +242,15 @@ class Judge:
     def verdict(self, name: str, at: float, line: str) -> Verdict:
         return Verdict(name, round(at - self.started, 1), line, self.proof, tuple(self.tail))
 
-    def output(self, now: float) -> None:
-        """Bytes arrived (systemd redraws "A start job is running..." in place, no newline)."""
+    def output(self, now: float, pending: str = "") -> None:
+        """Bytes arrived (systemd redraws "A start job is running..." in place, no newline);
+        `pending` is that unfinished line as it shows now."""
         self.last_output = now
+        self._job(pending)
+
+    def _job(self, text: str) -> None:
+        if m := JOB_RE.search(text):
+            self.job = m.group(1) or m.group(2)
 
     def cpu(self, now: float, seconds: float) -> None:
         """A sample of the guest's CPU time (seconds used since it started)."""
@@ -249,6 +263,7 @@ class Judge:
     def feed(self, line: str, now: float) -> Verdict | None:
         self.last_output = now
         self.tail.append(line)
+        self._job(line)
         if (phase := phase_of(line)) is not None:
             self.phase = phase
             if self.on_phase is not None:
@@ -286,7 +301,8 @@ class Judge:
                 return self.verdict("nfs-unreachable", now, "silent and idle for "
                                     f"{self.stall:.0f} s after DHCP, before any NFS mount: the "
                                     f"NFS server does not answer (last line: {last})")
-            return self.verdict(STALLED, now, last)
+            waiting = f" (systemd was waiting for {self.job})" if self.job else ""
+            return self.verdict(STALLED, now, last + waiting)
         return None
 
 
@@ -338,7 +354,7 @@ def watch(console_log: Path, *, started: float, timeout: float, stall: float,
                 gone = seen  # read what it printed last before deciding on it
         lines = follower.lines()
         if follower.grew:
-            judge.output(now)
+            judge.output(now, follower.pending())
         for line in lines:
             if (verdict := judge.feed(line, now)) is not None:
                 return verdict
