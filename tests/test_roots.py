@@ -219,55 +219,45 @@ def test_disk_image_root_initrd_built_inside_it_and_image_never_changes(
     assert hashlib.sha256(image.read_bytes()).hexdigest() == checksum
 
 
-def _failing_lab(tmp_path: Path, base: str, name: str, subnet: str,
-                 terminals: dict[str, str]) -> Path:
+def _failures(tmp_path: Path, lab_down: list[str], base: str, name: str, subnet: str,
+              extra: dict[str, str] | None = None) -> dict[str, dict]:  # type: ignore[type-arg]
     """A copy of a Debian scenario (the same cached root) whose terminals each fail in
-    their own way: many failures, one lab, one boot of each terminal side by side."""
+    their own way, booted side by side in one lab: `noexport` (a path the server does not
+    export), `unreach` (a server address nobody has) and `extra`; their reports by name."""
     text = (ROOT / base).read_text().split("[[terminal]]")[0]
     text = re.sub(r'name = "[^"]+"', f'name = "{name}"\nsubnet = "{subnet}.0/24"', text,
                   count=1)
     text = re.sub(r"timeout = \d+", "timeout = 300", text)
-    for t, extra in terminals.items():
-        text += f'\n[[terminal]]\nname = "{t}"\nmemory = 512\n{extra}\n'
+    terminals = {"noexport": 'root = "/no/such/export"',
+                 "unreach": f'root = "{subnet}.254:/srv/none"', **(extra or {})}
+    for t, setting in terminals.items():
+        text += f'\n[[terminal]]\nname = "{t}"\nmemory = 512\n{setting}\n'
     path = tmp_path / f"{name}.toml"
     path.write_text(text)
-    return path
-
-
-def _verdicts_of(path: Path) -> dict[str, dict]:  # type: ignore[type-arg]
+    lab_down.append(str(path))
     proc, rep = up(str(path))
     assert proc.returncode == 1, proc.stderr
     assert vlab("down", str(path)).returncode == 0
-    return {t["name"]: t for t in rep["terminals"]}
+    by_name = {t["name"]: t for t in rep["terminals"]}
+    assert by_name["unreach"]["verdict"] == "nfs-unreachable", by_name["unreach"]
+    assert "after DHCP" in by_name["unreach"]["line"]
+    return by_name
 
 
 def test_initramfs_tools_failures_are_named(tmp_path: Path, lab_down) -> None:  # type: ignore[no-untyped-def]
     """klibc's nfsmount (retried by initramfs-tools for minutes) is judged by its first
     decisive line; a server that never answers by the silence after DHCP."""
-    path = _failing_lab(tmp_path, ITOOLS, "itools-fails", "10.213.231", {
-        "noexport": 'root = "/no/such/export"',
-        "unreach": 'root = "10.213.231.254:/srv/none"',
-        "noinit": 'cmdline = "init=/no/such/init"',
-    })
-    lab_down.append(str(path))
-    by_name = _verdicts_of(path)
+    by_name = _failures(tmp_path, lab_down, ITOOLS, "itools-fails", "10.213.231",
+                        {"noinit": 'cmdline = "init=/no/such/init"'})
     # ganesha answers a MOUNT of a path it does not export with "Permission denied".
     assert by_name["noexport"]["verdict"] == "nfs-access-denied", by_name["noexport"]
     assert "mount call failed - server replied: Permission denied" in by_name["noexport"]["line"]
     assert by_name["noexport"]["seconds"] < 150
-    assert by_name["unreach"]["verdict"] == "nfs-unreachable", by_name["unreach"]
     assert by_name["noinit"]["verdict"] == "init-failed", by_name["noinit"]
     assert "doesn't have requested /no/such/init" in by_name["noinit"]["line"]
 
 
 def test_dracut_failures_are_named(tmp_path: Path, lab_down) -> None:  # type: ignore[no-untyped-def]
-    path = _failing_lab(tmp_path, DRACUT, "dracut-fails", "10.213.232", {
-        "noexport": 'root = "/no/such/export"',
-        "unreach": 'root = "10.213.232.254:/srv/none"',
-    })
-    lab_down.append(str(path))
-    by_name = _verdicts_of(path)
+    by_name = _failures(tmp_path, lab_down, DRACUT, "dracut-fails", "10.213.232")
     assert by_name["noexport"]["verdict"] == "nfs-no-such-export", by_name["noexport"]
     assert "reason given by server: No such file or directory" in by_name["noexport"]["line"]
-    assert by_name["unreach"]["verdict"] == "nfs-unreachable", by_name["unreach"]
-    assert "after DHCP" in by_name["unreach"]["line"]
