@@ -154,7 +154,31 @@ def test_already_up_changes_nothing(lab_down) -> None:  # type: ignore[no-untype
     after = json.loads(vlab("status", path, "--json").stdout)
     assert after == before
     assert log.stat().st_size >= size and log.read_text().count("VLAB-NFSROOT-OK") == 1
+    # Its NFS server gone (killed): the next up starts it again, and the terminals stay.
+    plan = plan_for(path)
+    server = nfsserver.pid(plan)
+    assert server is not None
+    procs.stop(server)
+    revived = vlab("up", path)
+    assert revived.returncode == 0, revived.stderr
+    assert "its NFS server is gone: starting it again" in revived.stderr
+    assert nfsserver.pid(plan) not in (None, server)
+    assert json.loads(vlab("status", path, "--json").stdout)["terminals"] == before["terminals"]
     assert vlab("down", path).returncode == 0
+
+
+def test_up_of_a_changed_scenario_on_a_lab_that_is_up_names_what_would_change(
+        tmp_path: Path, lab_down) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "changing.toml"
+    path.write_text('[lab]\nname = "changing"\n[[terminal]]\nname = "t1"\n')
+    lab_down.append(str(path))
+    proc, _rep = up(str(path))
+    assert proc.returncode == 0, proc.stderr
+    path.write_text('[lab]\nname = "changing"\n[[terminal]]\nname = "t1"\nmemory = 384\n')
+    changed = vlab("up", str(path))
+    assert changed.returncode == 2, changed.stderr
+    assert "domains/t1.xml would change" in changed.stderr and "vlab down" in changed.stderr
+    assert vlab("down", str(path)).returncode == 0
 
 
 def test_sigkill_mid_build_of_a_cached_artifact_leaves_no_half_built_folder(

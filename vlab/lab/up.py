@@ -15,6 +15,7 @@ from typing import Any
 
 from vlab import (
     builders,
+    cache,
     initrd,
     kernel,
     labhost,
@@ -28,6 +29,7 @@ from vlab import (
     tftp,
     virt,
 )
+from vlab.errors import UsageError
 from vlab.lab import nodes
 from vlab.lab.checks import run_checks
 from vlab.lab.status import report
@@ -68,8 +70,7 @@ def _boot(scenario: Scenario, plan: LabPlan, dirs: Dirs, k: kernel.Kernel, img: 
           netns: str | None, conns: dict[str, virt.Conn], say: Say) -> dict[str, Any]:
     """Export, define the network, ship, boot, watch, check: the lab's run."""
     if all(virt.domain_state(conns[t.node], t.domain) == "running" for t in plan.terminals):
-        say(f"lab {plan.lab} is already up: nothing changed")
-        return report(plan, conns)
+        return already_up(plan, dirs, netns, conns, say)
     tftp_root = write_lab_tftp_tree(scenario, plan, k, img, say)
     export_nfs_root(plan, dirs, netns)  # starts while the network is defined
     define_network(plan, conns[LOCAL], say, tftp_root)
@@ -78,8 +79,38 @@ def _boot(scenario: Scenario, plan: LabPlan, dirs: Dirs, k: kernel.Kernel, img: 
     started = boot_terminals(plan, conns, say)
     verdicts = watch_consoles(plan, conns, started, say)
     checks = run_checks(scenario, plan, verdicts, say)
-    state.update(plan.lab_dir, status="up")
+    state.update(plan.lab_dir, status="up", artifacts=artifact_digests(plan))
     save_results(plan, started, verdicts, checks)
+    return report(plan, conns)
+
+
+def artifact_digests(plan: LabPlan) -> dict[str, str]:
+    """What the lab was made from: each rendered artifact's digest, by name."""
+    return {name: cache.key(text) for name, text in render.all_artifacts(plan).items()}
+
+
+def already_up(plan: LabPlan, dirs: Dirs, netns: str | None, conns: dict[str, virt.Conn],
+               say: Say) -> dict[str, Any]:
+    """Every terminal runs. If the scenario now renders other artifacts than the running lab
+    was made from, say which (vlab changes nothing under running guests); if the lab's NFS
+    server is gone, start it again; else nothing changes."""
+    state.update(plan.lab_dir, status="up")  # as it was: this up changes nothing of it
+    made = state.load(plan.lab_dir).get("artifacts")
+    if isinstance(made, dict):
+        now = artifact_digests(plan)
+        changed = sorted(n for n in {*made, *now} if made.get(n) != now.get(n))
+        if changed:
+            raise UsageError(f"lab {plan.lab} is up, made from another version of "
+                             f"{plan.scenario}: {', '.join(changed[:8])}"
+                             + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
+                             + f" would change; fix: vlab down {plan.scenario}, then vlab up "
+                             "again (vlab does not change a lab under running terminals)")
+    if nfsserver.pid(plan) is None:
+        say(f"lab {plan.lab} is up, but its NFS server is gone: starting it again")
+        export_nfs_root(plan, dirs, netns)
+        wait_for_nfs_server(plan, say)
+        return report(plan, conns)
+    say(f"lab {plan.lab} is already up: nothing changed")
     return report(plan, conns)
 
 
