@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -10,7 +11,6 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
 
 from vlab import mounts, procs
 from vlab.errors import HostError
@@ -71,7 +71,7 @@ def scratch(parent: Path) -> Iterator[Path]:
 
 
 @contextmanager
-def open_regular(src: Path, what: str) -> Iterator[BinaryIO]:
+def open_regular(src: Path, what: str) -> Iterator[io.BufferedReader]:
     """src open for reading, only if it is a regular file, never through a symlink as its
     last part and never blocking (src is untrusted: a FIFO or a device is refused)."""
     try:

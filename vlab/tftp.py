@@ -7,13 +7,13 @@ import contextlib
 import hashlib
 import json
 import os
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlab.errors import MissingTool, UsageError
+from vlab import cache
+from vlab.errors import HostError, MissingTool, UsageError
 
 MANIFEST = ".vlab-manifest.json"
 SYSLINUX = {
@@ -94,13 +94,10 @@ def _load_manifest(root: Path) -> tuple[dict[str, str], dict[str, list[Any]]]:
 def _file_digest(path: Path) -> str | None:
     """The digest of a regular file at path, not through a link; None if it is anything else."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
+        with cache.open_regular(path, "a file of the TFTP tree") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except HostError:
         return None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            return None
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class _Folders:
