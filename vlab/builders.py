@@ -1,7 +1,8 @@
 """Initrds built by the root's own builder, in a sandbox (vlab.sandbox: the page's
 chroot and build mounts, made a boundary): initramfs-tools' mkinitramfs or dracut. Their
 configuration goes in through the builder's /tmp, a scratch folder (the root is read-only
-to it), and each gets a small vlab hook that prints the proof of the NFS root."""
+to it), and each gets small vlab hooks: one says at once when no NIC appears, one prints the proof
+of the NFS root."""
 
 from __future__ import annotations
 
@@ -32,12 +33,14 @@ def config_files(plan: LabPlan) -> dict[str, tuple[str, int]]:
             "modules": (t("initramfs-tools-modules.j2"), 0o644),
             "conf.d/.keep": ("", 0o644),
             "hooks/.keep": ("", 0o644),
+            "scripts/nfs-top/vlab": (t("initramfs-tools-top.sh.j2"), 0o755),
             "scripts/nfs-bottom/vlab": (t("initramfs-tools-bottom.sh.j2"), 0o755),
         }
     return {
         "dracut.conf": (t("dracut.conf.j2"), 0o644),
         "conf.d/.keep": ("", 0o644),
         "99-vlab.sh": (t("dracut-hook.sh.j2"), 0o755),
+        "99-vlab-nic.sh": (t("dracut-settled.sh.j2"), 0o755),
     }
 
 
@@ -49,6 +52,8 @@ def command(plan: LabPlan, release: str, confdir: str) -> list[str]:
     return ["dracut", "--force", "--no-hostonly", "--conf", f"{confdir}/dracut.conf",
             "--confdir", f"{confdir}/conf.d", "--tmpdir", "/tmp",
             "--include", f"{confdir}/99-vlab.sh", "/lib/dracut/hooks/pre-pivot/99-vlab.sh",
+            "--include", f"{confdir}/99-vlab-nic.sh",
+            "/lib/dracut/hooks/initqueue/settled/99-vlab-nic.sh",
             "--kver", release, out]
 
 
