@@ -92,6 +92,15 @@ def test_terminals_sharing_an_nfs4_client_id_are_found() -> None:
     ("Loading initrd.img failed: No such file or directory", "tftp-file-not-found"),
     ("Could not find kernel image: vmlinuz", "tftp-file-not-found"),
     ("No more network devices", "dhcp-failed"),
+    # initramfs-tools (klibc) and dracut, as their consoles showed them
+    ("nfsmount: bad NFS version '4'", "nfs-version-unsupported"),
+    ("rpc failed: 3", "nfs-version-unsupported"),
+    ("mount.nfs4: an incorrect mount option was specified", "nfs-version-unsupported"),
+    ("IP-Config: no response after 6 secs - giving up", "dhcp-failed"),
+    ("IP-Config: no response after 16 secs - giving up", "dhcp-failed"),
+    ("[   75.2] dracut-initqueue[301]: Warning: dhcp for interface ens2 failed", "dhcp-failed"),
+    ("VLAB-FAIL nic-driver-missing: no network interface appeared (udev settled: the initrd "
+     "has no driver for the NIC, or it was not loaded)", "nic-driver-missing"),
 ])
 def test_failure_lines(line: str, verdict: str) -> None:
     decided = decide(line)
@@ -100,6 +109,10 @@ def test_failure_lines(line: str, verdict: str) -> None:
 
 @pytest.mark.parametrize("line", [
     "udhcpc: broadcasting discover",
+    # klibc's first rounds often end before the link is up; initramfs-tools tries again
+    "IP-Config: no response after 2 secs - giving up",
+    "IP-Config: no response after 4 secs - giving up",
+    "rpc failed: 1x",
     "vlab-initrd: mounting 10.213.1.1:/var/cache/vlab/roots/busybox (vers=4.2,port=21315)",
     "",
 ])

@@ -108,14 +108,24 @@ FAILURES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("nfs-version-unsupported",
          r"mount: mounting \S+ on \S+ failed: (Protocol not supported|Invalid argument|"
          r"Protocol family not supported)|nfs: Unknown parameter|Program version wrong"
-         r"|requested NFS version or transport protocol is not supported"),
+         r"|requested NFS version or transport protocol is not supported"
+         # mount.nfs's text for the kernel's EINVAL, which its NFS client gives for a
+         # version or minor version it does not have (vlab's own options are valid)
+         r"|mount\.nfs4?: an incorrect mount option was specified"
+         # klibc's nfsmount: NFSv2/v3 only, and a server without MOUNT v1 (NFSv2) answers
+         # PROG_MISMATCH or PROC_UNAVAIL
+         r"|^nfsmount: bad NFS version|^rpc failed: [23]$"),
         # Any other reason the mount gives (e.g. a root path that is a file: Not a directory).
         ("nfs-mount-failed",
          r"mount: mounting \S+ on \S+ failed|" + re.escape(FAIL_MARKER) + r" nfs-mount"
          r"|mount call failed - server replied|mount\.nfs4?: mounting \S+ failed"),
+        # klibc's ipconfig, retried by initramfs-tools in rounds of 2, 3, 4, 6, ... s: the
+        # first round often ends before the link is up, but a server that has let the 2, 3
+        # and 4 s rounds go by and the 6 s one too is not there (a lab's dnsmasq answers in milliseconds);
+        # dracut's dhclient gives up after its 60 s.
         ("dhcp-failed", re.escape(FAIL_MARKER) + r" dhcp-failed|No more network devices|"
-         r"No configuration methods succeeded"),  # not klibc's "IP-Config: no response
-        # after N secs": initramfs-tools tries again, and its first try often gets no lease
+         r"No configuration methods succeeded|IP-Config: no response after (?:[6-9]|\d\d+) "
+         r"secs|dhcp for interface \S+ failed"),
         # PXE: pxelinux and iPXE cannot fetch a file of the TFTP tree.
         ("tftp-file-not-found",
          r"Could not find (kernel|ramdisk) image|Unable to locate configuration file|"
