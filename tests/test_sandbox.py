@@ -15,7 +15,7 @@ from vlab import builders, busybox, scenario
 from vlab.errors import CommandError
 from vlab.kernel import Kernel
 from vlab.lab.claim import plan_for
-from vlab.plan import Dirs
+from vlab.plan import Dirs, LabPlan
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root")
 
@@ -70,6 +70,10 @@ def _plan(tmp_path: Path, root: Path):  # type: ignore[no-untyped-def]
                                                state=tmp_path / "state"))
 
 
+def _build(plan: LabPlan, root: Path, kernel: Kernel, cache: Path) -> Path:
+    return builders.build(plan, root, kernel, builders.output(plan, root, kernel, cache))
+
+
 def test_a_hostile_builder_reaches_nothing_of_the_host(tmp_path: Path) -> None:
     secret = tmp_path / "host-secret"
     secret.write_text("host secret\n")
@@ -77,7 +81,7 @@ def test_a_hostile_builder_reaches_nothing_of_the_host(tmp_path: Path) -> None:
     before = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
     kernel = Kernel("6.1.0-vlab", root / "boot/vmlinuz-6.1.0-vlab",
                     root / "lib/modules/6.1.0-vlab")
-    built = builders.build(_plan(tmp_path, root), root, kernel, tmp_path / "cache")
+    built = _build(_plan(tmp_path, root), root, kernel, tmp_path / "cache")
     report = built.read_text()
     assert "LEAK" not in report, report
     assert "dev-null-ok" in report, report  # the builder's view still works
@@ -99,7 +103,7 @@ def test_a_builder_whose_output_is_a_symlink_is_refused(tmp_path: Path) -> None:
     kernel = Kernel("6.1.0-vlab", root / "boot/vmlinuz-6.1.0-vlab",
                     root / "lib/modules/6.1.0-vlab")
     with pytest.raises(Exception, match="cannot be read|not a regular file") as err:
-        builders.build(_plan(tmp_path, root), root, kernel, tmp_path / "cache")
+        _build(_plan(tmp_path, root), root, kernel, tmp_path / "cache")
     assert not isinstance(err.value, CommandError)
     assert not list((tmp_path / "cache" / "initrds").glob("*.img"))
 
@@ -113,7 +117,7 @@ def test_a_changed_root_gets_a_new_initrd_the_same_root_the_cached_one(tmp_path:
     kernel = Kernel("6.1.0-vlab", root / "boot/vmlinuz-6.1.0-vlab",
                     root / "lib/modules/6.1.0-vlab")
     plan = _plan(tmp_path, root)
-    first = builders.build(plan, root, kernel, tmp_path / "cache")
-    assert builders.build(plan, root, kernel, tmp_path / "cache") == first
+    first = _build(plan, root, kernel, tmp_path / "cache")
+    assert _build(plan, root, kernel, tmp_path / "cache") == first
     (root / "etc/initramfs-hook-of-a-newer-package").write_text("changed\n")
-    assert builders.build(plan, root, kernel, tmp_path / "cache") != first
+    assert _build(plan, root, kernel, tmp_path / "cache") != first

@@ -64,18 +64,25 @@ PROGRAM = {InitrdBuilder.INITRAMFS_TOOLS: ("usr/sbin/mkinitramfs", "initramfs-to
            InitrdBuilder.DRACUT: ("usr/bin/dracut", "dracut dracut-network")}
 
 
-def build(plan: LabPlan, root: Path, kernel: Kernel, cache_dir: Path) -> Path:
-    """The initrd, built once per root, kernel and configuration, copied into the cache."""
+def output(plan: LabPlan, root: Path, kernel: Kernel, cache_dir: Path) -> Path:
+    """Where the initrd of this root, kernel and configuration is cached (it may not be
+    built yet). What the builder reads is the root's own tree: any file there that changed
+    (another image at the same mount point, a package upgraded in a dir root) is another
+    initrd."""
+    confdir = CONFDIR.format(builder=plan.builder.value)
+    inputs = cache.key(plan.builder.value, kernel.key, cache.tree_key(root, TREES),
+                       repr(sorted(config_files(plan).items())),
+                       *command(plan, kernel.release, confdir))
+    return cache_dir / "initrds" / f"{plan.builder.value}-{inputs}.img"
+
+
+def build(plan: LabPlan, root: Path, kernel: Kernel, final: Path) -> Path:
+    """The initrd at `final` (output()), built there unless it is already."""
+    if final.exists():
+        return final
     files = config_files(plan)
     confdir = CONFDIR.format(builder=plan.builder.value)
     argv = command(plan, kernel.release, confdir)
-    # What the builder reads is the root's own tree: any file there that changed (another
-    # image at the same mount point, a package upgraded in a dir root) is another initrd.
-    inputs = cache.key(plan.builder.value, kernel.key, cache.tree_key(root, TREES),
-                       repr(sorted(files.items())), *argv)
-    final = cache_dir / "initrds" / f"{plan.builder.value}-{inputs}.img"
-    if final.exists():
-        return final
     program, package = PROGRAM[plan.builder]
     if not mounts.inside(root, program).exists():
         raise MissingTool(f"{plan.builder.value} in the root {root} (/{program})",

@@ -145,11 +145,13 @@ def build_boot_files(plan: LabPlan, dirs: Dirs, say: Say) -> tuple[kernel.Kernel
             f"{', '.join(initrd.modules_for(plan))}")
         img = initrd.build(k, plan, dirs.cache)
     else:
-        say(f"initrd: {plan.builder.value} of the root, in vlab's sandbox, for {k.release} "
-            "(cached after the first build)")
+        img = builders.output(plan, plan.export_path, k, dirs.cache)
+        say(f"initrd: {plan.builder.value} of the root, in vlab's sandbox, for {k.release}: "
+            + (f"cached ({img.name}: the root's tree is as it was)" if img.exists() else
+               f"building {img.name} (a root, kernel or configuration not seen before)"))
         # Its build mounts live in the sandbox's own mount namespace: they go with it,
         # whatever ends the build, so there is nothing of it to record for vlab down.
-        img = builders.build(plan, plan.export_path, k, dirs.cache)
+        img = builders.build(plan, plan.export_path, k, img)
     boot = plan.kernel_path.parent
     boot.mkdir(parents=True, exist_ok=True)
     for d in (dirs.state, dirs.state / "labs", plan.lab_dir, boot):
