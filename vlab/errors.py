@@ -77,6 +77,10 @@ class HostError(VlabError):
     """The lab host (libvirtd, NFS server, namespace) could not be brought up."""
 
 
+class ShipError(VlabError):
+    """A hypervisor host could not be reached over SSH, or would not take the files."""
+
+
 class LabBusy(VlabError):
     """Another vlab process is working on the same lab."""
 

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import paramiko
 
 from vlab.cache import file_digest
-from vlab.errors import VlabError
+from vlab.errors import ShipError
 from vlab.scenario.model import SHIP_DIR
 from vlab.sshkeys import fingerprint
 
@@ -33,10 +33,6 @@ MARKER = ".vlab-shipped"
 MARKER_TEXT = "made by vlab for one lab's boot files; vlab down removes it\n"
 # SFTP's flow-control window: paramiko's 2 MiB default stalls a LAN-speed upload.
 WINDOW = 16 << 20
-
-
-class ShipError(VlabError):
-    """A hypervisor host could not be reached over SSH, or would not take the files."""
 
 
 @dataclass(frozen=True)

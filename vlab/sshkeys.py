@@ -14,17 +14,21 @@ import shutil
 import socket
 import sys
 import termios
+import time
 import tty
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from vlab.errors import VlabError
 from vlab.plan import SSH_MARKER
 from vlab.watch import complete_lines
+
+if TYPE_CHECKING:  # paramiko (and what it imports) is loaded only to speak SSH: ~25 MiB
+    import paramiko
 
 KEY_FILE = "id_ed25519"
 ED25519_BLOB_BYTES = 51  # string "ssh-ed25519" (4 + 11) and string key (4 + 32)
@@ -55,11 +59,16 @@ def lab_key(ssh_dir: Path) -> str:
                                           serialization.NoEncryption()))
         tmp.chmod(0o600)
         tmp.replace(private)
-    return paramiko.Ed25519Key(filename=str(private)).get_base64()
+    pair = serialization.load_ssh_private_key(private.read_bytes(), password=None)
+    line = pair.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                         serialization.PublicFormat.OpenSSH)
+    return line.split()[1].decode()
 
 
 def host_key_from_console(console_log: Path) -> paramiko.PKey | None:
     """The host key the terminal printed on its console in this boot (the last one)."""
+    import paramiko
+
     found = list(HOST_KEY_RE.finditer(complete_lines(console_log)))
     if not found:
         return None
@@ -70,6 +79,15 @@ def host_key_from_console(console_log: Path) -> paramiko.PKey | None:
         return paramiko.Ed25519Key(data=blob)
     except (ValueError, paramiko.SSHException):
         return None
+
+
+def await_host_key(console_log: Path, seconds: float) -> paramiko.PKey | None:
+    """The host key line, waited for up to `seconds`: a terminal says it is up first and
+    starts its SSH server after (off the boot's critical path)."""
+    deadline = time.monotonic() + seconds
+    while (key := host_key_from_console(console_log)) is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return key
 
 
 @dataclass
@@ -129,6 +147,8 @@ class Session:
 def connect(sock: socket.socket, ip: str, host_key: paramiko.PKey, ssh_dir: Path,
             terminal: str) -> Session:
     """Log in as root with the lab's key; refuse any host key but the pinned one."""
+    import paramiko
+
     client = paramiko.SSHClient()
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     client.get_host_keys().add(ip, host_key.get_name(), host_key)

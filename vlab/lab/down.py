@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from vlab import cache, labhost, nfsroot, nfsserver, procs, ship, state, virt
-from vlab.errors import HostError, VirtError
+from vlab import cache, labhost, nfsroot, nfsserver, procs, state, virt
+from vlab.errors import HostError, ShipError, VirtError
 from vlab.lab import nodes
 from vlab.plan import Dirs, LabPlan, domain_name
 from vlab.progress import Say
@@ -101,7 +101,7 @@ def down_other_nodes(plan: LabPlan, on_node: dict[str, str], shipped: list[str],
                 if session.remove_shipped(str(h.files_dir),
                                           [h.kernel_path.name, h.initrd_path.name]):
                     say(f"removed {h.files_dir} on {h.name}")
-        except (VirtError, ship.ShipError) as err:
+        except (VirtError, ShipError) as err:
             what = ", ".join([*(f"domain {d}" for d in domains), f"folder {h.files_dir}"])
             say(f"host {h.name} does not answer: left there: {what}")
             left[h.name] = (err.detail if isinstance(err, VirtError) else str(err), what)

@@ -4,11 +4,15 @@ namespace the node is reached from; and the checks of the outside world before a
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-from vlab import labhost, ship, virt
+from vlab import labhost, virt
 from vlab.errors import ScenarioError, VirtError
 from vlab.plan import NodePlan
 from vlab.scenario.model import LOCAL, Scenario
+
+if TYPE_CHECKING:  # vlab.ship loads paramiko, only needed where another host is reached
+    from vlab import ship
 
 
 def connect_uri(uri: str, netns: str | None) -> virt.Conn:
@@ -22,6 +26,8 @@ def connect(node: NodePlan) -> virt.Conn:
 
 def ship_session(name: str, uri: str, netns: str | None) -> ship.Host:
     """An SSH session to a node, its host key checked against known_hosts."""
+    from vlab import ship
+
     return ship.Host(name, uri, lambda address, port: labhost.connect_tcp(netns, address, port))
 
 
