@@ -99,7 +99,11 @@ def build_debian(export_path: Path, suite: str, packages: tuple[str, ...], say: 
         # updates and security itself, so the kernel matches what apt sees here.
         # INITRD=No: the kernel's postinst hooks build no initrd while installing (vlab
         # builds its own, with its own config); dracut's would even fail half-installed.
-        run.run(["mmdebstrap", "--variant=minbase", f"--include={','.join(packages)}",
+        # In a mount namespace of its own: the proc, sys and dev mounts mmdebstrap makes in
+        # the root go with it, however it ends (killed, its mounts would keep vlab down
+        # from removing the half-built root).
+        run.run(["unshare", "--mount", "--propagation", "private", "mmdebstrap",
+                 "--variant=minbase", f"--include={','.join(packages)}",
                  suite, str(tmp)], env={"INITRD": "No"}, timeout=1800,
                 hint="mmdebstrap needs Debian's archive; see its message above")
         if ssh:
