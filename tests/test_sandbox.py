@@ -120,4 +120,7 @@ def test_a_changed_root_gets_a_new_initrd_the_same_root_the_cached_one(tmp_path:
     first = _build(plan, root, kernel, tmp_path / "cache")
     assert _build(plan, root, kernel, tmp_path / "cache") == first
     (root / "etc/initramfs-hook-of-a-newer-package").write_text("changed\n")
-    assert _build(plan, root, kernel, tmp_path / "cache") != first
+    second = _build(plan, root, kernel, tmp_path / "cache")
+    assert second != first
+    (root / "etc/an-empty-folder").mkdir()  # nothing in it, but the tree is another
+    assert _build(plan, root, kernel, tmp_path / "cache") not in (first, second)
