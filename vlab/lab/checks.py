@@ -52,6 +52,11 @@ def _not_run(checks: tuple[Check, ...], why: str) -> list[Result]:
              "output": f"not run: {why}"} for c in checks]
 
 
+# A terminal prints its host key once its SSH server listens, after its ready line (busybox:
+# a key made in well under a second, more on a slow TCG guest) or before it (systemd roots).
+HOST_KEY_WAIT = 30.0
+
+
 def ssh_session(plan: LabPlan, t: TerminalPlan) -> sshkeys.Session:
     """Logged in as root on a terminal, its host key pinned from its own console."""
     h = plan.node(t.node)
@@ -60,13 +65,20 @@ def ssh_session(plan: LabPlan, t: TerminalPlan) -> sshkeys.Session:
     else:
         host = labhost.status(plan.netns)
         netns, answers = host.netns, host.mode != "down"
-    running = answers and virt.domain_state(nodes.connect(h), t.domain) == "running"
+    running = False
+    if answers:
+        conn = nodes.connect(h)
+        try:
+            running = virt.domain_state(conn, t.domain) == "running"
+        finally:
+            virt.close(conn)
     if not running:
         raise sshkeys.SshError(f"{t.name} is not running; fix: vlab up {plan.scenario}")
-    key = sshkeys.host_key_from_console(t.console_log)
+    key = sshkeys.await_host_key(t.console_log, HOST_KEY_WAIT)
     if key is None:
-        raise sshkeys.SshError(f"{t.name} printed no SSH host key on its console; fix: is it "
-                               "up (vlab status)? vlab sets up SSH in the busybox and debian roots")
+        raise sshkeys.SshError(f"{t.name} printed no SSH host key on its console in "
+                               f"{HOST_KEY_WAIT:.0f} s; fix: is it up (vlab status)? vlab "
+                               "sets up SSH in the busybox and debian roots")
     ip = t.ip or terminal_address(t)
     if not ip:
         raise sshkeys.SshError(f"{t.name} runs on host {t.node}, whose network gave it an "
