@@ -256,10 +256,11 @@ def boot_terminals(plan: LabPlan, conns: dict[str, virt.Conn],
         t.console_log.parent.mkdir(parents=True, exist_ok=True)
         t.console_log.unlink(missing_ok=True)
         virt.destroy_domain(conn, t.domain)
-        if t.node == LOCAL:
+        if t.node == LOCAL and plan.hypervisor is not Hypervisor.XEN:
             started[t] = time.monotonic()
             virt.start_domain(conn, xml[t])
-        else:  # its console comes over libvirt: open it before the guest runs
+        else:  # its console comes over libvirt (another host's, or Xen's, which libxl
+            # does not log to a file): open it before the guest runs
             virt.start_domain(conn, xml[t], paused=True)
             virt.relay_console(nodes.connect(plan.node(t.node)), t.domain, t.console_log)
             started[t] = time.monotonic()
