@@ -55,6 +55,10 @@ PHASE_LINES = (
                         r"dhcp.*(bound|lease)|DHCPACK|dhcp: BOUND")),
     ("nfs-mounted", PROOF_RE),
 )
+# A DHCP client asking for a lease (udhcpc, klibc's ipconfig, dracut's dhclient): silence and
+# an idle vCPU after one, with no lease, is no DHCP server (a lab's answers in milliseconds).
+DHCP_ASKED_RE = re.compile(r"udhcpc: (?:broadcasting|sending) discover|"
+                           r"IP-Config: \S+ hardware address .* DHCP|dhcp: PREINIT")
 
 
 # Where a terminal's console says which address DHCP gave it: vlab's initrd ("vlab-initrd:
@@ -120,8 +124,8 @@ FAILURES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
          r"mount: mounting \S+ on \S+ failed|" + re.escape(FAIL_MARKER) + r" nfs-mount"
          r"|mount call failed - server replied|mount\.nfs4?: mounting \S+ failed"),
         # klibc's ipconfig, retried by initramfs-tools in rounds of 2, 3, 4, 6, ... s: the
-        # first round often ends before the link is up, but a server that has let the 2, 3
-        # and 4 s rounds go by and the 6 s one too is not there (a lab's dnsmasq answers in milliseconds);
+        # first round often ends before the link is up, but a server that let the 2, 3, 4
+        # and 6 s rounds go by is not there (a lab's dnsmasq answers in milliseconds);
         # dracut's dhclient gives up after its 60 s.
         ("dhcp-failed", re.escape(FAIL_MARKER) + r" dhcp-failed|No more network devices|"
          r"No configuration methods succeeded|IP-Config: no response after (?:[6-9]|\d\d+) "
@@ -240,6 +244,7 @@ class Judge:
         self.almost, self.grace = almost, grace
         self.almost_at: float | None = None
         self.phase = ""  # the last boot phase a line showed (PHASE_LINES)
+        self.asked = False  # a DHCP client asked for a lease (DHCP_ASKED_RE)
         self.job = ""  # the last systemd job its status line said it waits for
         self.almost_line = ""
         self.tail: deque[str] = deque(maxlen=20)
@@ -278,6 +283,7 @@ class Judge:
             self.phase = phase
             if self.on_phase is not None:
                 self.on_phase(phase)
+        self.asked = self.asked or bool(DHCP_ASKED_RE.search(line))
         decided = decide(line)
         if decided is not None and decided[0] != OK:
             return self.verdict(decided[0], now, line)
@@ -311,6 +317,11 @@ class Judge:
                 return self.verdict("nfs-unreachable", now, "silent and idle for "
                                     f"{self.stall:.0f} s after DHCP, before any NFS mount: the "
                                     f"NFS server does not answer (last line: {last})")
+            if self.asked and self.phase in ("", "kernel"):
+                # dracut's dhclient says so only after its 60 s, in silence until then.
+                return self.verdict("dhcp-failed", now, f"silent and idle for "
+                                    f"{self.stall:.0f} s after asking for a DHCP lease, none "
+                                    f"came: no DHCP server answers (last line: {last})")
             waiting = f" (systemd was waiting for {self.job})" if self.job else ""
             return self.verdict(STALLED, now, last + waiting)
         return None
