@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -84,3 +85,17 @@ def lab_down():  # type: ignore[no-untyped-def]
     for path in used:
         subprocess.run([sys.executable, "-m", "vlab", "down", path], cwd=ROOT,
                        capture_output=True, timeout=300)
+
+
+@pytest.fixture
+def cpu_hogs():  # type: ignore[no-untyped-def]
+    """A loaded host: one busy process per core for the length of the test (each also
+    ends by itself after 15 minutes, should the test's teardown never run); their pids."""
+    spin = "import time\nend = time.monotonic() + 900\nwhile time.monotonic() < end: pass\n"
+    hogs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(os.cpu_count() or 1)]
+    try:
+        yield [h.pid for h in hogs]
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()

@@ -91,12 +91,12 @@ def leftovers(plan: LabPlan) -> list[str]:
     return found
 
 
-def up_until(path: str, text: str,
-             env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
-    """Start `vlab up` and return once a progress line contains text (with the lines so
-    far); its stderr stays open for the rest."""
-    proc = subprocess.Popen([*VLAB, "up", path], cwd=ROOT, stderr=subprocess.PIPE, text=True,
-                            env=env)
+def up_until(path: str, text: str, env: dict[str, str] | None = None,
+             args: tuple[str, ...] = ()) -> tuple[subprocess.Popen[str], str]:
+    """Start `vlab up` (with `args`) and return once a progress line contains text (with
+    the lines so far); its stdout and stderr stay open for the rest."""
+    proc = subprocess.Popen([*VLAB, "up", path, *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
     assert proc.stderr is not None
     seen = []
     for line in proc.stderr:

@@ -6,6 +6,7 @@ inputs, so a second run skips the bootstrap."""
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import signal
 import subprocess
@@ -58,10 +59,25 @@ def _nfs_client_named_by_mac(t: dict) -> None:  # type: ignore[type-arg]
     assert t["proof"]["client"].startswith(nfs_client_id(t["mac"]) + "/"), t["proof"]
 
 
-def test_debian_root_with_initramfs_tools_initrd_reaches_multi_user(lab_down) -> None:  # type: ignore[no-untyped-def]
+def _busy_seconds(pids: list[int]) -> float:
+    """CPU seconds the processes used so far (utime + stime)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    return sum(sum(int(f) for f in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1]
+                   .split()[11:13]) for pid in pids) / ticks
+
+
+def test_debian_root_with_initramfs_tools_initrd_reaches_multi_user_on_a_loaded_host(
+    lab_down, cpu_hogs  # type: ignore[no-untyped-def]
+) -> None:
+    """While a busy process runs on every core (TCG gets a share of the CPU, and systemd
+    works quietly for long stretches), the verdict is still ok, not stalled."""
     lab_down.append(ITOOLS)
     plan = plan_for(ITOOLS)
+    started = time.monotonic()
     proc, rep = up(ITOOLS)
+    took = time.monotonic() - started
+    # The hogs really competed: together they had well over one core's worth of the boot.
+    assert _busy_seconds(cpu_hogs) > 0.6 * took, (_busy_seconds(cpu_hogs), took)
     assert proc.returncode == 0, proc.stderr
     (t,) = rep["terminals"]
     _multi_user(t)
@@ -218,21 +234,45 @@ def test_disk_image_root_initrd_built_inside_it_and_image_never_changes(
     assert _loops_and_mounts(image, plan) == []
     assert hashlib.sha256(image.read_bytes()).hexdigest() == checksum
 
+    # Another image at the same path (here: this one with a folder added to its /etc) is
+    # another initrd: vlab up builds it, not the one cached for the image before.
+    (old,) = re.findall(r"initrd: .*: (?:cached \(|building )(initramfs-tools-\w+\.img)",
+                        proc.stderr)
+    subprocess.run(["debugfs", "-w", "-R", "mkdir /etc/vlab-test-changed", str(image)],
+                   check=True, capture_output=True)
+    building, seen = up_until(str(scenario), "initrd: ")
+    building.send_signal(signal.SIGINT)
+    building.stderr.read()  # type: ignore[union-attr]
+    building.wait(timeout=60)
+    assert vlab("down", str(scenario)).returncode == 0
+    (new,) = re.findall(r"initrd: .*: building (initramfs-tools-\w+\.img)", seen)
+    assert new != old, seen
+    assert _loops_and_mounts(image, plan) == []
+
 
 def _failures(tmp_path: Path, lab_down: list[str], base: str, name: str, subnet: str,
               extra: dict[str, str] | None = None) -> dict[str, dict]:  # type: ignore[type-arg]
     """A copy of a Debian scenario (the same cached root) whose terminals each fail in
     their own way, booted side by side in one lab: `noexport` (a path the server does not
-    export), `unreach` (a server address nobody has) and `extra`; their reports by name."""
+    export), `unreach` (a server address nobody has), `nonic` (its NIC's driver kept out
+    by modprobe.blacklist), `panic` (a kernel that cannot start the initrd) and `extra`,
+    whose settings may name the lab's {server}, {port} and {export}; their reports by name."""
     text = (ROOT / base).read_text().split("[[terminal]]")[0]
     text = re.sub(r'name = "[^"]+"', f'name = "{name}"\nsubnet = "{subnet}.0/24"', text,
                   count=1)
     text = re.sub(r"timeout = \d+", "timeout = 300", text)
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text + '\n[[terminal]]\nname = "noexport"\nroot = "/no/such/export"\n')
+    plan = plan_for(str(path))
     terminals = {"noexport": 'root = "/no/such/export"',
-                 "unreach": f'root = "{subnet}.254:/srv/none"', **(extra or {})}
+                 "unreach": f'root = "{subnet}.254:/srv/none"',
+                 "nonic": 'cmdline = "modprobe.blacklist=virtio_net"',
+                 "panic": 'cmdline = "rdinit=/no/such/init"',
+                 **{t: setting.format(server=plan.gateway, port=plan.nfs_port,
+                                      export=plan.export_path)
+                    for t, setting in (extra or {}).items()}}
     for t, setting in terminals.items():
         text += f'\n[[terminal]]\nname = "{t}"\nmemory = 512\n{setting}\n'
-    path = tmp_path / f"{name}.toml"
     path.write_text(text)
     lab_down.append(str(path))
     proc, rep = up(str(path))
@@ -241,6 +281,12 @@ def _failures(tmp_path: Path, lab_down: list[str], base: str, name: str, subnet:
     by_name = {t["name"]: t for t in rep["terminals"]}
     assert by_name["unreach"]["verdict"] == "nfs-unreachable", by_name["unreach"]
     assert "after DHCP" in by_name["unreach"]["line"]
+    # The builder would wait minutes for a network device; vlab's hook says it in seconds.
+    assert by_name["nonic"]["verdict"] == "nic-driver-missing", by_name["nonic"]
+    assert "no network interface appeared" in by_name["nonic"]["line"]
+    assert by_name["nonic"]["seconds"] < 150, by_name["nonic"]
+    assert by_name["panic"]["verdict"] == "kernel-panic", by_name["panic"]
+    assert "Kernel panic - not syncing" in by_name["panic"]["line"]
     return by_name
 
 
@@ -248,16 +294,24 @@ def test_initramfs_tools_failures_are_named(tmp_path: Path, lab_down) -> None:  
     """klibc's nfsmount (retried by initramfs-tools for minutes) is judged by its first
     decisive line; a server that never answers by the silence after DHCP."""
     by_name = _failures(tmp_path, lab_down, ITOOLS, "itools-fails", "10.213.231",
-                        {"noinit": 'cmdline = "init=/no/such/init"'})
+                        {"noinit": 'cmdline = "init=/no/such/init"',
+                         # klibc's nfsmount has NFSv2 and v3 only
+                         "nfs4": 'cmdline = "nfsroot={server}:{export},tcp,nfsvers=4"'})
     # ganesha answers a MOUNT of a path it does not export with "Permission denied".
     assert by_name["noexport"]["verdict"] == "nfs-access-denied", by_name["noexport"]
     assert "mount call failed - server replied: Permission denied" in by_name["noexport"]["line"]
     assert by_name["noexport"]["seconds"] < 150
     assert by_name["noinit"]["verdict"] == "init-failed", by_name["noinit"]
     assert "doesn't have requested /no/such/init" in by_name["noinit"]["line"]
+    assert by_name["nfs4"]["verdict"] == "nfs-version-unsupported", by_name["nfs4"]
+    assert "bad NFS version '4'" in by_name["nfs4"]["line"]
 
 
 def test_dracut_failures_are_named(tmp_path: Path, lab_down) -> None:  # type: ignore[no-untyped-def]
-    by_name = _failures(tmp_path, lab_down, DRACUT, "dracut-fails", "10.213.232")
+    by_name = _failures(tmp_path, lab_down, DRACUT, "dracut-fails", "10.213.232",
+                        # the last root= wins; NFSv4.3 is a minor version nobody has
+                        {"v43": 'cmdline = "root=nfs4:{server}:{export}:vers=4.3,port={port}"'})
+    assert by_name["v43"]["verdict"] == "nfs-version-unsupported", by_name["v43"]
+    assert "an incorrect mount option was specified" in by_name["v43"]["line"]
     assert by_name["noexport"]["verdict"] == "nfs-no-such-export", by_name["noexport"]
     assert "reason given by server: No such file or directory" in by_name["noexport"]["line"]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import plan_of
 
+from vlab import virt
 from vlab.errors import VirtError
 from vlab.lab.up import say_verdicts
 from vlab.plan import SSH_MARKER
@@ -395,6 +396,60 @@ def test_a_domain_that_stops_is_decided_within_a_second_after_its_last_lines(
     assert v.name == "kernel-panic"
 
 
+def test_a_death_an_event_tells_is_decided_at_the_next_poll(tmp_path: Path) -> None:
+    log = tmp_path / "console.log"
+    log.write_text("booting\n")
+    began = time.monotonic()
+    asked: list[float] = []
+
+    def state() -> str:
+        asked.append(time.monotonic())
+        return "running"
+
+    v = watch(log, started=began, timeout=60, stall=45, poll=0.01, state=state,
+              died=lambda: "crashed (the guest kernel panicked)"
+              if time.monotonic() - began > 0.5 else None)
+    assert v.name == STOPPED, v
+    assert v.line == ("the domain is crashed (the guest kernel panicked) (libvirt event), "
+                      "after: booting")
+    assert 0.5 <= time.monotonic() - began < 1.0
+    assert len(asked) == 1  # with events, the state is only the fallback
+
+
+def test_a_domain_gone_before_its_event_is_told_by_the_event(tmp_path: Path) -> None:
+    """libvirt can drop a domain a moment before its STOPPED event is dispatched: the state
+    poll's "absent" waits a moment for the event, and says it itself if none comes."""
+    log = tmp_path / "console.log"
+    log.write_text("reboot: Power down\n")
+    began = time.monotonic()
+    v = watch(log, started=began, timeout=60, stall=45, poll=0.01, state=lambda: "absent",
+              died=lambda: "shut off" if time.monotonic() - began > 0.3 else None)
+    assert v.line == "the domain is shut off (libvirt event), after: reboot: Power down", v
+    began = time.monotonic()
+    v = watch(log, started=began, timeout=60, stall=45, poll=0.01, state=lambda: "absent",
+              died=lambda: None)
+    assert v.line == "the domain is absent (libvirt), after: reboot: Power down", v
+    assert 1.0 <= time.monotonic() - began < 2.0
+
+
+def test_libvirt_lifecycle_events_name_a_destroyed_domain(tmp_path: Path) -> None:
+    """On libvirt's test driver (its own event source): a domain destroyed is told by an
+    event, through vlab's event loop, within a moment."""
+    conn = virt.connect("test:///default")
+    try:
+        deaths = virt.Deaths(conn)
+        assert deaths.live
+        virt.destroy_domain(conn, "test")
+        waited = time.monotonic()
+        while deaths.of("test") is None and time.monotonic() - waited < 5:
+            time.sleep(0.01)
+        assert deaths.of("test") == "shut off"
+        assert deaths.of("other") is None
+        deaths.close()
+    finally:
+        virt.close(conn)
+
+
 def test_a_state_libvirt_cannot_give_is_not_a_death(tmp_path: Path) -> None:
     log = tmp_path / "console.log"
     log.write_text("booting\n")
@@ -430,6 +485,26 @@ def test_silence_after_an_address_and_before_any_mount_is_nfs_unreachable() -> N
     dracut.feed("dhcp: BOUND setting up eth0", 5.0)
     v = dracut.tick(60.0)
     assert v is not None and v.name == "nfs-unreachable"
+
+
+@pytest.mark.parametrize("asked", [
+    "dhcp: PREINIT eth0 up",  # dracut's dhclient, which says nothing more for 60 s
+    "IP-Config: ens2 hardware address 52:54:00:ff:3b:df mtu 1500 DHCP",
+    "udhcpc: broadcasting discover",
+])
+def test_silence_after_asking_for_a_lease_and_none_came_is_dhcp_failed(asked: str) -> None:
+    judge = Judge(started=0.0, timeout=600, stall=45, ready=READY_SYSTEMD)
+    assert judge.feed("Starting systemd-udevd version 252.39-1~deb12u2", 4.0) is None
+    assert judge.feed(asked, 5.0) is None
+    assert judge.tick(49.0) is None
+    v = judge.tick(50.5)
+    assert v is not None and v.name == "dhcp-failed", v
+    assert "after asking for a DHCP lease" in v.line and asked in v.line
+    # Silence before any DHCP client asked is no DHCP failure.
+    quiet = Judge(started=0.0, timeout=600, stall=45, ready=READY_SYSTEMD)
+    quiet.feed("Starting systemd-udevd version 252.39-1~deb12u2", 4.0)
+    v = quiet.tick(50.5)
+    assert v is not None and v.name == "stalled", v
 
 
 def test_a_stalled_verdict_names_the_job_systemd_waited_for(tmp_path: Path) -> None:

@@ -250,7 +250,6 @@ def _ssh(args: argparse.Namespace, sc: scenario.Scenario, dirs: Dirs, say: Say) 
 def _console(args: argparse.Namespace, sc: scenario.Scenario, dirs: Dirs, say: Say) -> int:
     plan = plan_for(sc, dirs)
     t = _terminal(args, plan)
-    virt.register_events()
     conn = nodes.connect(plan.node(t.node))
     print(f"Connected to {t.domain} on {t.node}; leave with Ctrl-]", file=sys.stderr)
     virt.attach_console(conn, t.domain)

@@ -42,11 +42,41 @@ def _error(op: str, err: libvirt.libvirtError) -> VirtError:
     return VirtError(op, str(err).strip(), _fix_for(err))
 
 
+_loop = threading.Lock()
+_loop_running = False
+
+# Keepalive: a peer that answers none of 3 pings 5 s apart (a remote host gone, its ssh
+# stuck) is taken for dead and the connection closed, rather than hanging its callers.
+KEEPALIVE = (5, 3)
+
+
+def event_loop() -> None:
+    """libvirt's default event loop, run by a daemon thread: lifecycle events, keepalive and
+    console streams come through it. Started once, before the first connection opens (a
+    connection serves events only if the loop was registered when it was opened)."""
+    global _loop_running
+    with _loop:
+        if _loop_running:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run, name="libvirt events", daemon=True).start()
+        _loop_running = True
+
+
 def connect(uri: str) -> Conn:
+    event_loop()
     try:
-        return libvirt.open(uri)
+        conn = libvirt.open(uri)
     except libvirt.libvirtError as err:
         raise _error(f"connect to {uri}", err) from None
+    with contextlib.suppress(libvirt.libvirtError):  # a driver without keepalive (test:///)
+        conn.setKeepAlive(*KEEPALIVE)
+    return conn
 
 
 def close(conn: Conn) -> None:
@@ -183,6 +213,50 @@ def domain_state(conn: Conn, name: str) -> str:
     }.get(state, "other")
 
 
+class Deaths:
+    """What libvirt's lifecycle events said of the domains of one connection: a domain that
+    stopped, crashed or whose guest panicked, by name, as domain_state() would name it. The
+    event comes within milliseconds of the death; asking for the state is the fallback."""
+
+    def __init__(self, conn: Conn) -> None:
+        self._conn = conn
+        self._seen: dict[str, str] = {}
+        self._lock = threading.Lock()
+        try:
+            self._id: int | None = conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._event, None)
+        except libvirt.libvirtError:
+            self._id = None  # no events on this connection: the state is polled
+
+    @property
+    def live(self) -> bool:
+        """Whether events come on this connection."""
+        return self._id is not None
+
+    def _event(self, _conn: Conn, dom: Any, event: int, detail: int, _opaque: Any) -> None:
+        if event == libvirt.VIR_DOMAIN_EVENT_CRASHED:
+            state = ("crashed (the guest kernel panicked)"
+                     if detail == libvirt.VIR_DOMAIN_EVENT_CRASHED_PANICKED else "crashed")
+        elif event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
+            state = ("crashed" if detail == libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED
+                     else "shut off")
+        else:
+            return
+        with self._lock:
+            self._seen.setdefault(dom.name(), state)
+
+    def of(self, name: str) -> str | None:
+        """How the domain died, if an event said so."""
+        with self._lock:
+            return self._seen.get(name)
+
+    def close(self) -> None:
+        if self._id is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                self._conn.domainEventDeregisterAny(self._id)
+            self._id = None
+
+
 def destroy_domain(conn: Conn, name: str) -> bool:
     dom = _lookup(conn.lookupByName, name, libvirt.VIR_ERR_NO_DOMAIN)
     if dom is None:
@@ -239,11 +313,6 @@ def labelled_domains(conn: Conn, namespace: str) -> dict[str, str]:
     return found
 
 
-def register_events() -> None:
-    """attach_console needs libvirt's event loop, registered before the connection opens."""
-    libvirt.virEventRegisterDefaultImpl()
-
-
 def attach_console(conn: Conn, name: str) -> None:
     """Relay the domain's serial console to this terminal until Ctrl-] (like virsh console)."""
     dom = _lookup(conn.lookupByName, name, libvirt.VIR_ERR_NO_DOMAIN)
@@ -254,25 +323,24 @@ def attach_console(conn: Conn, name: str) -> None:
         dom.openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
     except libvirt.libvirtError as err:
         raise _error(f"open the console of {name}", err) from None
-    done = False
+    done = threading.Event()  # set in the event loop's thread (event_loop)
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
 
     def from_guest(st: Any, events: int, _opaque: Any) -> None:
-        nonlocal done
         if events & (libvirt.VIR_STREAM_EVENT_ERROR | libvirt.VIR_STREAM_EVENT_HANGUP):
-            done = True
+            done.set()
             return
         data = st.recv(4096)
         if data in (b"", -1, -2) or not isinstance(data, bytes):
-            done = data == b""
+            if data == b"":
+                done.set()
             return
         os.write(stdout, data)
 
     def from_user(_watch: int, fd: int, _events: int, _opaque: Any) -> None:
-        nonlocal done
         data = os.read(fd, 1024)
         if not data or ESCAPE in data:
-            done = True
+            done.set()
             return
         stream.send(data)
 
@@ -284,8 +352,7 @@ def attach_console(conn: Conn, name: str) -> None:
     try:
         if saved is not None:
             tty.setraw(stdin, termios.TCSANOW)  # keep what was typed before it attached
-        while not done:
-            libvirt.virEventRunDefaultImpl()
+        done.wait()
     finally:
         if saved is not None:
             termios.tcsetattr(stdin, termios.TCSADRAIN, saved)

@@ -41,6 +41,9 @@ INTERRUPTED = "interrupted"  # never reported: the vlab command itself was inter
 # on an idle host and well above this on a loaded one). CPU_POLL: seconds between samples.
 BUSY_SHARE = 0.2
 CPU_POLL = 1.0
+# With lifecycle events (died()), the domain's state is asked only this often, as a fallback.
+STATE_FALLBACK = 5.0
+EVENT_GRACE = 1.0
 
 PROOF_RE = re.compile(
     re.escape(MARKER) + r" server=(?P<server>\S*) export=(?P<export>\S*) "
@@ -299,8 +302,8 @@ class Judge:
     def stopped(self, now: float, state: str) -> Verdict:
         """The domain is no longer running (libvirt says `state`): nothing more will come."""
         last = self.tail[-1] if self.tail else ""
-        return self.verdict(STOPPED, now, f"the domain is {state} (libvirt), after: {last}"
-                            if last else f"the domain is {state} (libvirt)")
+        return self.verdict(STOPPED, now, f"the domain is {state}, after: {last}"
+                            if last else f"the domain is {state}")
 
     def tick(self, now: float) -> Verdict | None:
         if self.proof is not None and self.ready is None and now - self.proved_at >= self.settle:
@@ -355,24 +358,38 @@ def watch(console_log: Path, *, started: float, timeout: float, stall: float,
           on_phase: Callable[[str], None] | None = None,
           cpu: Callable[[], float | None] | None = None,
           state: Callable[[], str] | None = None,
+          died: Callable[[], str | None] | None = None,
           almost: re.Pattern[str] | None = None) -> Verdict:
     """Follow one console until the judge decides: a decisive line, `stall` s of silence
     with the guest idle (cpu() gives its CPU seconds, None if unknown), the domain no longer
-    running (state() says "running" while it is), or `timeout` s. cpu and state are asked
-    once a second. With `stop` set (Ctrl-C in the main thread), stop at the next poll."""
+    running, or `timeout` s. died() says how the domain died once a libvirt event said so
+    (asked at every poll); state() says "running" while it is (asked once a second, or
+    every STATE_FALLBACK s when died() is given). cpu is asked once a second. With `stop`
+    set (Ctrl-C in the main thread), stop at the next poll."""
     follower = Follower(console_log)
     judge = Judge(started=started, timeout=timeout, stall=stall, ready=ready, settle=settle,
                   on_phase=on_phase, almost=almost)
-    sampled = 0.0
+    sampled = asked = 0.0
+    every = STATE_FALLBACK if died is not None else CPU_POLL
+    polled: tuple[float, str] | None = None  # when the state said dead, and what it said
     while stop is None or not stop.is_set():
         now = time.monotonic()
-        gone = None
+        gone = None  # read what it printed last before deciding on it
+        if died is not None and (how := died()) is not None:
+            gone = f"{how} (libvirt event)"
         if now - sampled >= CPU_POLL:
             sampled = now
             if cpu is not None and (seconds := cpu()) is not None:
                 judge.cpu(now, seconds)
-            if state is not None and (seen := _state(state)) in DEAD:
-                gone = seen  # read what it printed last before deciding on it
+        if gone is None and polled is None and state is not None and now - asked >= every:
+            asked = now
+            if (seen := _state(state)) in DEAD:
+                polled = (now, f"{seen} (libvirt)")
+        # libvirt may drop a domain a moment before its event comes: with events, the
+        # state's word waits EVENT_GRACE s for the event's, which says how it died.
+        if gone is None and polled is not None and (
+                died is None or now - polled[0] >= EVENT_GRACE):
+            gone = polled[1]
         lines = follower.lines()
         if follower.grew:
             judge.output(now, follower.pending())

@@ -281,14 +281,18 @@ def watch_consoles(plan: LabPlan, conns: dict[str, virt.Conn],
 
     stop = threading.Event()
     board = progress.Board([t.name for t in started])
+    # A death is told by libvirt's lifecycle events at once; the state is polled as well.
+    deaths = {node: virt.Deaths(conn) for node, conn in conns.items()}
 
     def one(t: TerminalPlan) -> Verdict:
+        d = deaths[t.node]
         v = watch(t.console_log, started=started[t], timeout=plan.timeout, stall=stall,
                   ready=ready, settle=SETTLE_SECONDS, stop=stop,
                   almost=SYSTEMD_REACHED if ready is READY_SYSTEMD else None,
                   on_phase=lambda phase: board.set(t.name, phase),
                   cpu=lambda: virt.cpu_seconds(conns[t.node], t.domain),
-                  state=lambda: virt.domain_state(conns[t.node], t.domain))
+                  state=lambda: virt.domain_state(conns[t.node], t.domain),
+                  died=(lambda: d.of(t.domain)) if d.live else None)
         board.done(t.name, v.name, v.seconds)
         return v
 
@@ -301,6 +305,8 @@ def watch_consoles(plan: LabPlan, conns: dict[str, virt.Conn],
     finally:
         stop.set()  # on Ctrl-C, the watchers stop at their next poll
         pool.shutdown(wait=True)
+        for d in deaths.values():
+            d.close()
     say_verdicts(plan, verdicts, stall, say)
     return verdicts
 
