@@ -20,9 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from vlab.errors import VlabError
 from vlab.plan import SSH_MARKER
 from vlab.watch import complete_lines
@@ -47,8 +44,16 @@ def fingerprint(key: paramiko.PKey) -> str:
 
 
 def lab_key(ssh_dir: Path) -> str:
-    """The lab's key pair (made once, private half mode 0600); returns the public blob."""
-    private = ssh_dir / KEY_FILE
+    """The lab's key pair (made once, private half mode 0600, public half beside it in
+    OpenSSH's form); returns the public blob."""
+    private, public = ssh_dir / KEY_FILE, ssh_dir / (KEY_FILE + ".pub")
+    words = public.read_text().split() if public.is_file() and private.is_file() else []
+    if len(words) >= 2 and words[0] == "ssh-ed25519":
+        return words[1]
+    # cryptography (~10 MiB) is loaded only to make the pair, once per lab
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     if not private.exists():
         ssh_dir.mkdir(parents=True, exist_ok=True)
         ssh_dir.chmod(0o700)
@@ -62,6 +67,9 @@ def lab_key(ssh_dir: Path) -> str:
     pair = serialization.load_ssh_private_key(private.read_bytes(), password=None)
     line = pair.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                          serialization.PublicFormat.OpenSSH)
+    tmp = public.with_name(KEY_FILE + ".pub.tmp")
+    tmp.write_bytes(line + b" vlab\n")
+    tmp.replace(public)
     return line.split()[1].decode()
 
 

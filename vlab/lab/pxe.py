@@ -15,6 +15,7 @@ from vlab.lab.up import (
     boot_terminals,
     build_boot_files,
     build_nfs_root,
+    create_terminals,
     export_nfs_root,
     save_results,
     start_lab_host,
@@ -79,13 +80,17 @@ def _boot_twins(twins: LabPlan, dirs: Dirs, tftp_root: Path, say: Say) -> dict[s
         state.update(twins.lab_dir, scenario=str(twins.scenario), status="pxe-check")
         netns = start_lab_host(twins, dirs, say)
         conn = virt.connect(twins.uri)
-        say(f"network {twins.network}: TFTP from {tftp_root}, bootp pxelinux.0, IPv6 RAs")
-        state.update(twins.lab_dir, network=twins.network)
-        export_nfs_root(twins, dirs, netns)
-        virt.start_network(conn, twins.network, render.network_xml(twins, tftp_root))
-        wait_for_nfs_server(twins, say)
-        started = boot_terminals(twins, {LOCAL: conn}, say)
-        verdicts = watch_consoles(twins, {LOCAL: conn}, started, say)
-        save_results(twins, started, verdicts)
-        return report(twins, {LOCAL: conn})
+        try:
+            say(f"network {twins.network}: TFTP from {tftp_root}, bootp pxelinux.0, IPv6 RAs")
+            state.update(twins.lab_dir, network=twins.network)
+            export_nfs_root(twins, dirs, netns)
+            virt.start_network(conn, twins.network, render.network_xml(twins, tftp_root))
+            create_terminals(twins, {LOCAL: conn})
+            wait_for_nfs_server(twins, say)
+            started = boot_terminals(twins, {LOCAL: conn}, say)
+            verdicts = watch_consoles(twins, {LOCAL: conn}, started, say)
+            save_results(twins, started, verdicts)
+            return report(twins, {LOCAL: conn})
+        finally:
+            virt.close(conn)
 

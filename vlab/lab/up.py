@@ -75,6 +75,7 @@ def _boot(scenario: Scenario, plan: LabPlan, dirs: Dirs, k: kernel.Kernel, img: 
     export_nfs_root(plan, dirs, netns)  # starts while the network is defined
     define_network(plan, conns[LOCAL], say, tftp_root)
     ship_boot_files(plan, k, say)
+    create_terminals(plan, conns)
     wait_for_nfs_server(plan, say)
     started = boot_terminals(plan, conns, say)
     verdicts = watch_consoles(plan, conns, started, say)
@@ -246,31 +247,36 @@ def wait_for_nfs_server(plan: LabPlan, say: Say) -> None:
         f"{', '.join(map(str, plan.nfs_clients))} on {plan.gateway}:{plan.nfs_port}")
 
 
-def boot_terminals(plan: LabPlan, conns: dict[str, virt.Conn],
-                   say: Say) -> dict[TerminalPlan, float]:
+def create_terminals(plan: LabPlan, conns: dict[str, virt.Conn]) -> None:
+    """Every terminal's domain, created paused: QEMU starts while the NFS server does, and
+    a console libvirt relays (another host's, or Xen's, which libxl does not log to a
+    file) is open before the guest runs."""
     xml = {t: render.domain_xml(plan, t) for t in plan.terminals}
-    started: dict[TerminalPlan, float] = {}
 
-    def boot(t: TerminalPlan) -> None:
+    def create(t: TerminalPlan) -> None:
         conn = conns[t.node]
         t.console_log.parent.mkdir(parents=True, exist_ok=True)
         t.console_log.unlink(missing_ok=True)
         virt.destroy_domain(conn, t.domain)
-        if t.node == LOCAL and plan.hypervisor is not Hypervisor.XEN:
-            started[t] = time.monotonic()
-            virt.start_domain(conn, xml[t])
-        else:  # its console comes over libvirt (another host's, or Xen's, which libxl
-            # does not log to a file): open it before the guest runs
-            virt.start_domain(conn, xml[t], paused=True)
+        virt.start_domain(conn, xml[t], paused=True)
+        if t.node != LOCAL or plan.hypervisor is Hypervisor.XEN:
             virt.relay_console(nodes.connect(plan.node(t.node)), t.domain, t.console_log)
-            started[t] = time.monotonic()
-            virt.resume_domain(conn, t.domain)
-        say(f"boot {t.name}: {t.domain} on {t.node}, MAC {t.mac}"
-            + (f", IP {t.ip}" if t.ip else ", IP from its network's DHCP"))
 
     with ThreadPoolExecutor(max_workers=min(8, len(plan.terminals))) as pool:
-        list(pool.map(boot, plan.terminals))  # list(): re-raise the first failure here
-    return {t: started[t] for t in plan.terminals}
+        list(pool.map(create, plan.terminals))  # list(): re-raise the first failure here
+
+
+def boot_terminals(plan: LabPlan, conns: dict[str, virt.Conn],
+                   say: Say) -> dict[TerminalPlan, float]:
+    """Run the domains create_terminals() made (once the NFS server listens: the guests
+    never wait for it); when each started."""
+    started: dict[TerminalPlan, float] = {}
+    for t in plan.terminals:
+        started[t] = time.monotonic()
+        virt.resume_domain(conns[t.node], t.domain)
+        say(f"boot {t.name}: {t.domain} on {t.node}, MAC {t.mac}"
+            + (f", IP {t.ip}" if t.ip else ", IP from its network's DHCP"))
+    return started
 
 
 def watch_consoles(plan: LabPlan, conns: dict[str, virt.Conn],
