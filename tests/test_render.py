@@ -72,3 +72,19 @@ def test_distro_scenarios_build_their_initrd_with_the_builder_they_name(
     command = artifacts(plan)["initrd/command"].split()
     assert command[:3] == ["chroot", str(plan.export_path), builder.value.replace(
         "initramfs-tools", "mkinitramfs")]
+
+
+def test_a_document_that_passed_its_check_is_remembered_and_a_broken_one_still_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLAB_CACHE_DIR", str(tmp_path))
+    plan = plan_of("tiny")
+    xml = render.domain_xml(plan, plan.terminals[0])
+    assert len(list((tmp_path / "checked").iterdir())) == 1  # the passed check, remembered
+    render.validate(xml, "domain")  # answered from the cache
+    assert len(list((tmp_path / "checked").iterdir())) == 1
+    broken = xml.replace("<vcpu>1</vcpu>", "<vcpu>one</vcpu>")
+    with pytest.raises(render.RenderError, match="fails libvirt's domain.rng"):
+        render.validate(broken, "domain")
+    with pytest.raises(render.RenderError, match="not well-formed"):
+        render.validate(xml.replace("</domain>", ""), "domain")
+    assert len(list((tmp_path / "checked").iterdir())) == 1

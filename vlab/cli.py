@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vlab import __version__, junit, labhost, scenario, state, tftp, virt
+from vlab import __version__, labhost, scenario, state, tftp, virt
 from vlab.errors import BootFailed, Interrupted, ScenarioError, UsageError, VlabError
 from vlab.lab import nodes
 from vlab.lab import pxe as lab_pxe
@@ -268,6 +268,8 @@ def _check(args: argparse.Namespace, sc: scenario.Scenario, dirs: Dirs, say: Say
         if not args.keep:
             down(plan, dirs, say)
     if args.junit:
+        from vlab import junit  # lxml (~5 MiB) only for the commands that write JUnit
+
         args.junit.write_text(junit.report_to_junit(rep))
         say(f"JUnit report: {args.junit}")
     _output(rep, args.json)
