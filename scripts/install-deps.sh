@@ -9,8 +9,9 @@ PACKAGES=(
   # -system alone pulls systemd-sysv, which replaces init: take the sysv flavour with it.
   libvirt-daemon-system libvirt-daemon-system-sysv
   nfs-ganesha nfs-ganesha-vfs rpcbind
-  # Debian roots, disk images (the tests make one with mkfs.ext4 -d), PXE bootloaders
-  mmdebstrap e2fsprogs util-linux mount pxelinux syslinux-common
+  # Debian roots, disk images (qcow2 through qemu-img; the tests make partitioned ones with
+  # sfdisk, mkfs.ext4 -d and mkfs.vfat), PXE bootloaders
+  mmdebstrap e2fsprogs util-linux mount fdisk dosfstools qemu-utils pxelinux syslinux-common
   # to build libvirt-python from its sdist, in a virtualenv
   libvirt-dev pkg-config gcc python3-dev python3-venv
   # the tests' second hypervisor host runs an sshd inside namespaces of its own

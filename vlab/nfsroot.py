@@ -3,13 +3,13 @@ mounted read-only, or a directory as it is; exported read-only."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
-from vlab import busybox, cache, mounts, render, run
+from vlab import busybox, cache, disk, mounts, render, run
 from vlab.errors import HostError, MissingTool
 from vlab.progress import Say
-from vlab.scenario.read import filesystem_of
 
 DIRS = ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "dev", "proc", "sys", "tmp", "run",
         "root", "var/tmp", "var/lock", "var/log")
@@ -115,34 +115,94 @@ def build_debian(export_path: Path, suite: str, packages: tuple[str, ...], say: 
 
 # Log replay writes to the device even on a read-only mount: each filesystem's way to skip it.
 NO_REPLAY = {"ext4": "noload", "xfs": "norecovery", "btrfs": "nologreplay"}
+QEMU_IMG_LIMITS = ["prlimit", "--as=4294967296", "--cpu=1800"]  # a hostile image's parser
 
 
-def mount_image(image: Path, mountpoint: Path) -> str:
-    """Attach the image read-only and mount it read-only where the lab exports it; return
-    the loop device. It stays mounted while the lab runs; release_image() undoes it.
-    The image is untrusted: its setuid files, device nodes and programs are inert on the
-    host (nosuid, nodev, noexec), and its journal is not replayed."""
-    if not mounts.is_mounted(mountpoint):
-        mountpoint.mkdir(parents=True, exist_ok=True)
-        fstype = filesystem_of(image)
-        if fstype is None:
-            raise HostError(f"{image} holds no filesystem vlab can mount")
-        options = ",".join(filter(None, ("loop", "ro", "nosuid", "nodev", "noexec",
-                                         NO_REPLAY.get(fstype))))
-        # One step: mount(8) attaches a read-only loop device with autoclear, so the loop
-        # device goes with the unmount and no kill between two steps can orphan it.
-        mounts.mount(str(image), mountpoint, fstype=fstype, options=options)
-    return mounts.source_of(mountpoint)
+def raw_image(image: Path, cache_dir: Path, say: Say) -> Path:
+    """The image as a raw disk: the image itself, or a qcow2 image converted once into the
+    cache, keyed by the image's checksum (its stat memoizes the checksum, so a warm run does
+    not read it). Converting, not serving the qcow2 through qemu-storage-daemon's FUSE export,
+    leaves no daemon for a killed run to orphan, and a warm run reads nothing of the qcow2
+    but its stat. The qcow2 image is opened read-only, its format given, never probed."""
+    if disk.image_format(image) == "raw":
+        return image
+    if problem := disk.qcow2_problem(image):
+        raise HostError(f"{image} {problem}")
+    if run.which("qemu-img") is None:
+        raise MissingTool("qemu-img (for qcow2 images)", "qemu-utils")
+    folder = cache_dir / "images"
+    st = image.stat()
+    version = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    memo = folder / f"{cache.key(str(image), *map(str, version))}.sum"
+    digest = memo.read_text().strip() if memo.is_file() else ""
+    if not digest:
+        say(f"image {image}: qcow2, reading its checksum (once per version of the file)")
+        digest = cache.file_digest(image)
+        folder.mkdir(parents=True, exist_ok=True)
+        with cache.publish(memo) as tmp:
+            tmp.write_text(digest + "\n")
+    final = folder / f"{digest[:32]}.raw"
+    if not final.exists():
+        say(f"image {image}: qcow2, converting it once into the cache ({final.name})")
+        source = ('json:{"driver": "qcow2", "backing": null, "file": {"driver": "file", '
+                  f'"filename": {json.dumps(str(image))}}}}}')
+        with cache.publish(final) as tmp:
+            run.run([*QEMU_IMG_LIMITS, "qemu-img", "convert", "-O", "raw", source, str(tmp)],
+                    timeout=3600, hint=f"qemu-img could not read {image} as qcow2")
+            tmp.chmod(0o444)
+    return final
 
 
-def release_image(image: Path, mountpoint: Path, loop: str | None) -> list[str]:
-    """Unmount the lab's image and detach the loop device vlab attached for it, if it is
-    still there and still backed by the image (never another one backed by the same file)."""
-    done = []
+def _mount_partition(raw: Path, part: disk.Partition | None, mountpoint: Path) -> None:
+    """Attach raw (or one partition of it) read-only and mount it read-only. The image is
+    untrusted: its setuid files, device nodes and programs are inert on the host (nosuid,
+    nodev, noexec), and its journal is not replayed."""
+    fstype = part.fstype if part else disk.filesystem_of(raw)
+    if fstype is None:
+        raise HostError(f"{raw} holds no filesystem vlab can mount")
+    where = (f"offset={part.offset}", f"sizelimit={part.size}") if part else ()
+    options = ",".join(filter(None, ("loop", "ro", *where, "nosuid", "nodev", "noexec",
+                                     NO_REPLAY.get(fstype))))
+    # One step: mount(8) attaches a read-only loop device with autoclear, so the loop
+    # device goes with the unmount and no kill between two steps can orphan it.
+    mounts.mount(str(raw), mountpoint, fstype=fstype, options=options)
+
+
+def mount_image(image: Path, mountpoint: Path, partition: int | str | None,
+                boot_partition: int | str | None, cache_dir: Path, say: Say) -> Path:
+    """Mount the image's root read-only where the lab exports it, and a /boot partition of
+    its own on the root's /boot; return the raw file attached (the image, or its conversion).
+    It stays mounted while the lab runs; release_image() undoes it."""
+    raw = raw_image(image, cache_dir, say)
     if mounts.is_mounted(mountpoint):
-        mounts.umount(mountpoint)
-        done.append(f"unmounted {mountpoint}")
-    if loop and loop in mounts.loops_of(image):
+        return raw
+    root = boot = None
+    if disk.filesystem_of(raw) is None:
+        try:
+            root, boot = disk.choose(disk.partitions(raw), partition, boot_partition)
+        except disk.DiskError as err:
+            raise HostError(f"{image} {err}") from None
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    _mount_partition(raw, root, mountpoint)
+    if boot is not None:
+        target = mountpoint / "boot"
+        if target.is_symlink() or not target.is_dir():
+            mounts.umount(mountpoint)
+            raise HostError(f"{image}: partition {boot.number} is its /boot, but the root "
+                            "partition has no /boot folder to mount it on")
+        _mount_partition(raw, boot, target)
+    return raw
+
+
+def release_image(attached: Path, mountpoint: Path, loop: str | None) -> list[str]:
+    """Unmount the lab's image (its /boot first) and detach the loop device vlab attached for
+    it, if it is still there and still backed by the file vlab attached (never another one
+    backed by the same file)."""
+    done = []
+    for point in mounts.mounted_under(mountpoint):
+        mounts.umount(point)
+        done.append(f"unmounted {point}")
+    if loop and loop in mounts.loops_of(attached):
         mounts.detach(loop)
         done.append(f"detached {loop}")
     if mountpoint.is_dir():

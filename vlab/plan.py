@@ -138,6 +138,8 @@ class LabPlan:
     lab_dir: Path
     root_source: RootSource
     root_image: Path | None
+    root_partition: int | str | None  # image: as the scenario names it (None: found)
+    boot_partition: int | str | None
     debian_suite: str
     debian_packages: tuple[str, ...]
     kernel_source: KernelSource
@@ -294,6 +296,8 @@ def make_plan(scenario: Scenario, dirs: Dirs, taken: Taken = NO_OTHER_LABS,
         lab_dir=lab_dir,
         root_source=root.source,
         root_image=root.path if root.source is RootSource.IMAGE else None,
+        root_partition=root.partition,
+        boot_partition=root.boot_partition,
         debian_suite=root.suite,
         debian_packages=packages,
         kernel_source=scenario.kernel.source,

@@ -67,7 +67,7 @@ def remove_local_files(plan: LabPlan, dirs: Dirs, recorded: dict[str, Any], say:
         say("stopped nfs-ganesha")
     nfsserver.stop(plan)
     if recorded.get("image"):
-        for done in nfsroot.release_image(Path(recorded["image"]),
+        for done in nfsroot.release_image(Path(recorded.get("image_file") or recorded["image"]),
                                           Path(recorded["image_mount"]),
                                           recorded.get("image_loop")):
             say(done)

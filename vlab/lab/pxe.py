@@ -34,7 +34,7 @@ def write(scenario: Scenario, plan: LabPlan, dirs: Dirs, tftp_root: Path,
     site = pxe.site_plan(scenario, plan)  # lint first: nothing is written on an error
     tftp.bootloaders()  # ...and no loader missing
     with state.locked(plan.lab_dir, plan.lab):
-        build_nfs_root(plan, say)
+        build_nfs_root(plan, dirs, say)
         k, img = build_boot_files(plan, dirs, say)
     changes = write_tftp_tree(tftp_root, site, k, img)
     say(f"TFTP tree {tftp_root}: {len(changes.written)} written, {len(changes.removed)} removed, "

@@ -55,7 +55,7 @@ def up(scenario: Scenario, plan: LabPlan, dirs: Dirs, say: Say) -> dict[str, Any
     """Build what is missing, export the root, boot every terminal, return the report."""
     with state.locked(plan.lab_dir, plan.lab):
         state.update(plan.lab_dir, scenario=str(plan.scenario), status="starting")
-        build_nfs_root(plan, say)
+        build_nfs_root(plan, dirs, say)
         k, img = build_boot_files(plan, dirs, say)
         netns = start_lab_host(plan, dirs, say)
         conns = {h.name: nodes.connect(h) for h in plan.busy_nodes}
@@ -115,7 +115,7 @@ def already_up(plan: LabPlan, dirs: Dirs, netns: str | None, conns: dict[str, vi
     return report(plan, conns)
 
 
-def build_nfs_root(plan: LabPlan, say: Say) -> None:
+def build_nfs_root(plan: LabPlan, dirs: Dirs, say: Say) -> None:
     source = plan.root_source
     if source is RootSource.BUSYBOX:
         say(f"NFS root: busybox terminal at {plan.export_path}")
@@ -126,10 +126,12 @@ def build_nfs_root(plan: LabPlan, say: Say) -> None:
     elif source is RootSource.IMAGE:
         assert plan.root_image is not None
         state.update(plan.lab_dir, image=str(plan.root_image), image_mount=str(plan.export_path))
-        loop = nfsroot.mount_image(plan.root_image, plan.export_path)
-        state.update(plan.lab_dir, image_loop=loop)
+        raw = nfsroot.mount_image(plan.root_image, plan.export_path, plan.root_partition,
+                                  plan.boot_partition, dirs.cache, say)
+        state.update(plan.lab_dir, image_file=str(raw),
+                     image_loop=mounts.source_of(plan.export_path))
         say(f"NFS root: image {plan.root_image}, attached and mounted read-only at "
-            f"{plan.export_path}")
+            f"{plan.export_path}" + (f" (as {raw})" if raw != plan.root_image else ""))
     else:
         say(f"NFS root: directory {plan.export_path}, as it is")
 

@@ -3,6 +3,6 @@ TOML once (read.py, table.py), with the `[[libvirt_host]]` nodes (nodes.py) and 
 machines (machines.py)."""
 
 from vlab.scenario.model import Scenario
-from vlab.scenario.read import filesystem_of, load, parse
+from vlab.scenario.read import load, parse
 
-__all__ = ["Scenario", "filesystem_of", "load", "parse"]
+__all__ = ["Scenario", "load", "parse"]

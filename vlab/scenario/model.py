@@ -119,6 +119,8 @@ class Root:
     path: Path | None  # dir and image
     suite: str  # debian
     packages: tuple[str, ...]  # debian
+    partition: int | str | None = None  # image: the root's partition (number or label)
+    boot_partition: int | str | None = None  # image: a /boot partition of its own
 
 
 @dataclass(frozen=True)

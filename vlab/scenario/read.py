@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from vlab import disk
+from vlab.disk import filesystem_of
 from vlab.errors import ScenarioError
 from vlab.scenario import machines, nodes
 from vlab.scenario.model import (
@@ -97,7 +99,8 @@ def _checks(top: Table, root: Root) -> tuple[Check, ...]:
 
 
 SYSTEM_TREES = frozenset((p,) for p in ("proc", "sys", "dev", "run"))
-_ROOT_KEYS = ("source", "path", "suite", "packages", "after_boot", "writable")
+_ROOT_KEYS = ("source", "path", "partition", "boot_partition", "suite", "packages",
+              "after_boot", "writable")
 _KERNEL_KEYS = ("source", "package", "version")
 PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]+$")
 
@@ -121,13 +124,17 @@ def _root(t: Table) -> Root:
             raise t.error("path", f"{raw!r} ({path}) has a character that ganesha.conf, "
                           "/etc/exports or root= cannot carry", "move the root to a path of "
                           "letters, digits and . _ - + @ , / only")
-        if source is RootSource.IMAGE and filesystem_of(path) is None:
-            raise t.error("path", f"{raw!r} holds no filesystem vlab can mount",
-                          "give a raw ext2/3/4, xfs, btrfs or squashfs image (not a partitioned "
-                          "disk or qcow2), e.g. made with mkfs.ext4 -d ROOTDIR FILE 1G")
     elif "path" in t.data:
         raise t.error("path", f'is only for source = "dir" or "image", not "{source.value}"',
                       "remove path, or change source")
+    partition, boot_partition = _partition(t, "partition"), _partition(t, "boot_partition")
+    if source is RootSource.IMAGE:
+        assert path is not None
+        _check_image(t, path, partition, boot_partition)
+    elif partition is not None or boot_partition is not None:
+        raise t.error("partition" if partition is not None else "boot_partition",
+                      f'is only for source = "image", not "{source.value}"',
+                      "remove it, or change source")
     packages = t.get("packages", list, [])
     for p in packages:
         if not isinstance(p, str) or not PACKAGE_RE.fullmatch(p):
@@ -142,25 +149,59 @@ def _root(t: Table) -> Root:
         raise t.error("suite", f"{suite!r} is not a Debian suite name", 'use e.g. "bookworm"')
     return Root(source=source, after_boot=t.choice("after_boot", AfterBoot, AfterBoot.SHELL),
                 writable=t.choice("writable", Writable, Writable.TMPFS), path=path,
-                suite=suite, packages=tuple(packages))
+                suite=suite, packages=tuple(packages), partition=partition,
+                boot_partition=boot_partition)
 
 
-# (offset, magic) of the filesystems an image root may hold: enough to refuse anything else
-# before a loop device is attached.
-FS_MAGIC = (("ext4", 1080, b"\x53\xef"), ("xfs", 0, b"XFSB"), ("btrfs", 65600, b"_BHRfS_M"),
-            ("squashfs", 0, b"hsqs"))
-
-
-def filesystem_of(path: Path) -> str | None:
-    try:
-        with path.open("rb") as f:
-            head = f.read(65608)
-    except OSError:
+def _partition(t: Table, name: str) -> int | str | None:
+    """A partition as the scenario names it: its number, or its partition or filesystem label."""
+    if name not in t.data:
         return None
-    for name, offset, magic in FS_MAGIC:
-        if head[offset:offset + len(magic)] == magic:
-            return name
-    return None
+    value = t.data[name]
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise t.error(name, f"must be a partition number or a label, not {value!r}",
+                      f'write e.g. {name} = 2 or {name} = "root"')
+    if isinstance(value, int) and not 1 <= value <= disk.MAX_GPT_ENTRIES:
+        raise t.error(name, f"{value} is not a partition number", "partitions count from 1")
+    if isinstance(value, str):
+        t.get(name, str)  # refuses control characters
+        if not value:
+            raise t.error(name, "is empty", f'give a label, e.g. {name} = "root"')
+    return value
+
+
+def _check_image(t: Table, path: Path, partition: int | str | None,
+                 boot_partition: int | str | None) -> None:
+    """Refuse, before anything is made, an image vlab cannot boot from. A qcow2 image's
+    partitions are chosen once it is converted (vlab.images); a raw one's here."""
+    raw = t.data["path"]
+    try:
+        fmt = disk.image_format(path)
+        if fmt == "qcow2":
+            if problem := disk.qcow2_problem(path):
+                raise t.error("path", f"{raw!r} {problem}", "give a self-contained image")
+            return
+        if filesystem_of(path) is not None:
+            if partition is not None or boot_partition is not None:
+                key = "partition" if partition is not None else "boot_partition"
+                raise t.error(key, f"{raw!r} is a bare filesystem image: it has no partitions",
+                              f"remove {key}")
+            return
+        parts = disk.partitions(path)
+        if not parts:
+            raise t.error("path", f"{raw!r} holds no filesystem vlab can mount and no "
+                          "partition table", "give a raw or qcow2 disk image (GPT or MBR) or a "
+                          "bare ext2/3/4, xfs, btrfs or squashfs image, e.g. made with "
+                          "mkfs.ext4 -d ROOTDIR FILE 1G")
+        disk.choose(parts, partition, boot_partition)
+    except disk.DiskError as err:
+        key = ("partition" if partition is not None and "partition" in str(err) else "path")
+        raise t.error(key, f"{raw!r} {err}", "fix the image or name the partitions to use "
+                      "in [root] partition and boot_partition") from None
+    except OSError as err:
+        raise t.error("path", f"{raw!r} cannot be read: {err.strerror}",
+                      "give a readable image file") from None
+
 
 
 def _kernel(t: Table, root: Root) -> Kernel:
