@@ -142,3 +142,64 @@ def test_a_root_kernel_that_is_no_regular_file_is_refused(tmp_path: Path, kind: 
         kernel.from_root(root, None, tmp_path / "cache", tmp_path / "s.toml")
     assert not (tmp_path / "cache" / "kernels").exists() or not [
         p for p in (tmp_path / "cache" / "kernels").iterdir()]
+
+
+def _compressed_kernel(tmp_path: Path) -> Path:
+    """A kernel whose modules are compressed three ways, with softdeps between them."""
+    import gzip
+    import lzma
+
+    import zstandard
+
+    d = tmp_path / "lib/modules/6.12.0-test"
+    (d / "kernel").mkdir(parents=True)
+    (d / "modules.dep").write_text(
+        "kernel/nfsv4.ko.xz: kernel/nfs.ko.zst kernel/sunrpc.ko.gz\n"
+        "kernel/nfs.ko.zst: kernel/sunrpc.ko.gz\n"
+        "kernel/sunrpc.ko.gz:\n"
+        "kernel/crc32c-generic.ko.xz:\n"
+        "kernel/late.ko:\n")
+    (d / "modules.alias").write_text("alias crc32c crc32c_generic\nalias pci:v*d* late\n")
+    (d / "modules.softdep").write_text(
+        "# comment\nsoftdep nfs pre: crc32c absent_module post: late\nsoftdep bad pre: ../x\n")
+    (d / "kernel/nfsv4.ko.xz").write_bytes(lzma.compress(b"\x7fELF nfsv4"))
+    (d / "kernel/nfs.ko.zst").write_bytes(zstandard.ZstdCompressor().compress(b"\x7fELF nfs"))
+    (d / "kernel/sunrpc.ko.gz").write_bytes(gzip.compress(b"\x7fELF sunrpc"))
+    (d / "kernel/crc32c-generic.ko.xz").write_bytes(lzma.compress(b"\x7fELF crc"))
+    (d / "kernel/late.ko").write_bytes(b"\x7fELF late")
+    return d
+
+
+def test_softdeps_are_followed_and_compressed_modules_land_decompressed(tmp_path: Path) -> None:
+    from vlab.kmod import plain_bytes, plain_path
+
+    d = _compressed_kernel(tmp_path)
+    index = ModuleIndex.load(d)
+    order = index.load_order(["nfsv4"])
+    # crc32c (an alias) before nfs (pre:), late right after it (post:), an absent one skipped.
+    assert order == ["kernel/sunrpc.ko.gz", "kernel/crc32c-generic.ko.xz", "kernel/nfs.ko.zst",
+                     "kernel/late.ko", "kernel/nfsv4.ko.xz"]
+    assert [plain_path(m) for m in order][-1] == "kernel/nfsv4.ko"
+    got = {plain_path(m): plain_bytes(m, (d / m).read_bytes()) for m in order}
+    assert got["kernel/nfs.ko"] == b"\x7fELF nfs" and got["kernel/sunrpc.ko"] == b"\x7fELF sunrpc"
+    assert got["kernel/nfsv4.ko"] == b"\x7fELF nfsv4" and got["kernel/late.ko"] == b"\x7fELF late"
+
+
+def test_a_module_that_decompresses_too_big_or_not_at_all_is_refused(tmp_path: Path) -> None:
+    import lzma
+
+    from vlab.kmod import MAX_MODULE, plain_bytes
+
+    bomb = lzma.compress(b"\0" * (MAX_MODULE + 2))
+    with pytest.raises(BadModulesDep, match="decompresses to more than 64 MiB"):
+        plain_bytes("kernel/x.ko.xz", bomb)
+    with pytest.raises(BadModulesDep, match="cannot be decompressed"):
+        plain_bytes("kernel/x.ko.zst", b"not zstd at all")
+
+
+def test_a_dependency_chain_deeper_than_any_kernel_is_refused_not_a_crash(tmp_path: Path) -> None:
+    n = 5000
+    (tmp_path / "modules.dep").write_text("".join(
+        f"kernel/m{i}.ko: kernel/m{i + 1}.ko\n" for i in range(n)) + f"kernel/m{n}.ko:\n")
+    with pytest.raises(BadModulesDep, match="nests dependencies deeper"):
+        ModuleIndex.load(tmp_path).load_order(["m0"])

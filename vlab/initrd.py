@@ -10,7 +10,7 @@ from vlab import busybox, cache, render
 from vlab.cpio import Archive
 from vlab.errors import HostError, ScenarioError
 from vlab.kernel import Kernel
-from vlab.kmod import BadModulesDep, ModuleIndex, ModuleNotFound
+from vlab.kmod import BadModulesDep, ModuleIndex, ModuleNotFound, plain_bytes, plain_path
 from vlab.plan import LabPlan
 from vlab.scenario.model import NfsVersion, Writable
 
@@ -24,9 +24,18 @@ def modules_for(plan: LabPlan) -> list[str]:
     return [*nics, nfs, *(["overlay"] if plan.writable is Writable.OVERLAY else [])]
 
 
+def initrd_modules(plan: LabPlan) -> list[str]:
+    """What vlab's own initrd loads: the NIC drivers (with their bus), NFSv3 and NFSv4 both (a
+    terminal whose root= or DHCP root path asks for the other version than the lab's still
+    mounts; the lab's version first), overlay if asked."""
+    nics = [m for nic in plan.nic_drivers for m in (*NIC_BUS.get(nic.value, ()), nic.value)]
+    nfs = ["nfsv3", "nfsv4"] if plan.nfs_version is NfsVersion.V3 else ["nfsv4", "nfsv3"]
+    return [*nics, *nfs, *(["overlay"] if plan.writable is Writable.OVERLAY else [])]
+
+
 def load_order(kernel: Kernel, plan: LabPlan) -> list[str]:
     try:
-        return ModuleIndex.load(kernel.modules).load_order(modules_for(plan))
+        return ModuleIndex.load(kernel.modules).load_order(initrd_modules(plan))
     except ModuleNotFound as err:
         raise ScenarioError(plan.scenario, "initrd.nic_drivers", str(err),
                             "name drivers that this kernel ships as modules") from None
@@ -64,7 +73,7 @@ def contents(kernel: Kernel, plan: LabPlan) -> Archive:
             a.symlink(applet, "/bin/busybox")
     a.file("init", render.initrd_init().encode(), 0o755)
     a.file("etc/vlab/udhcpc.sh", render.udhcpc_script().encode(), 0o755)
-    a.file("etc/vlab/modules", "".join(f"{m}\n" for m in order).encode())
+    a.file("etc/vlab/modules", "".join(f"{plain_path(m)}\n" for m in order).encode())
     made: set[Path] = set()
     for module in order:
         parent = Path("lib/modules", module).parent
@@ -72,7 +81,12 @@ def contents(kernel: Kernel, plan: LabPlan) -> Archive:
             if folder not in made and len(folder.parts) > 2:
                 a.dir(str(folder))
                 made.add(folder)
-        a.file(f"lib/modules/{module}", module_bytes(kernel, module))
+        try:
+            data = plain_bytes(module, module_bytes(kernel, module))
+        except BadModulesDep as err:
+            raise HostError(f"{kernel.modules}: {err}; fix: reinstall the kernel's package "
+                            "in the root") from None
+        a.file(f"lib/modules/{plain_path(module)}", data)
     return a
 
 

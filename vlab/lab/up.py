@@ -145,7 +145,7 @@ def build_boot_files(plan: LabPlan, dirs: Dirs, say: Say) -> tuple[kernel.Kernel
         k = kernel.fetch(plan.kernel_package, dirs.cache)
     if plan.builder is InitrdBuilder.VLAB:
         say(f"initrd: vlab's busybox initrd for {k.release} with "
-            f"{', '.join(initrd.modules_for(plan))}")
+            f"{', '.join(initrd.initrd_modules(plan))}")
         img = initrd.build(k, plan, dirs.cache)
     else:
         img = builders.output(plan, plan.export_path, k, dirs.cache)
