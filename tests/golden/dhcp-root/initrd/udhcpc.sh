@@ -15,6 +15,7 @@ case "$1" in
         mkdir -p /run
         echo "${rootpath:-}" > /run/vlab-dhcp-rootpath
         echo "${serverid:-}" > /run/vlab-dhcp-server
+        [ "${siaddr:-0.0.0.0}" = 0.0.0.0 ] || echo "$siaddr" > /run/vlab-dhcp-next-server
         echo "vlab-initrd: $interface is $ip/${mask:-24} (lease from ${serverid:-?})"
         ;;
 esac
