@@ -157,3 +157,17 @@ def test_an_export_path_ganesha_or_exports_cannot_carry_is_refused(tmp_path: Pat
     sc = scenario.load(ROOT / "scenarios/debian-initramfs-tools.toml")
     with pytest.raises(ScenarioError, match="has a character that ganesha.conf"):
         make_plan(sc, Dirs(cache=Path(state), state=tmp_path), NO_OTHER_LABS, None, {})
+
+
+def test_nfsv42_with_a_linux_that_reads_through_read_plus_is_refused() -> None:
+    from conftest import plan_of
+
+    from vlab import nfsserver
+    from vlab.errors import ScenarioError
+
+    plan = plan_of("tiny")  # nfs_version = "4.2"
+    nfsserver.refuse_broken_reads(plan, "6.1.0-57-amd64")  # bookworm's: no READ_PLUS
+    with pytest.raises(ScenarioError, match=r'lab.nfs_version: "4.2" with the terminals\' '
+                       r"Linux 6.12.43\+deb13-amd64.*issue #1188.*nfs_version = \"4.1\""):
+        nfsserver.refuse_broken_reads(plan, "6.12.43+deb13-amd64")
+    nfsserver.refuse_broken_reads(plan_of("e1000"), "6.12.43+deb13-amd64")  # 4.1

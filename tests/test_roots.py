@@ -102,7 +102,7 @@ def test_debian_root_with_dracut_initrd_reaches_multi_user(lab_down) -> None:  #
     assert proc.returncode == 0, proc.stderr
     (t,) = rep["terminals"]
     _multi_user(t)
-    assert t["proof"]["fstype"] == "nfs4" and "vers=4.2" in t["proof"]["options"].split(",")
+    assert t["proof"]["fstype"] == "nfs4" and "vers=4.1" in t["proof"]["options"].split(",")
     _nfs_client_named_by_mac(t)
     assert "dracut of the root, in vlab's sandbox" in proc.stderr
     assert not list((plan.export_path / "etc/dracut.conf.d").glob("*vlab*"))

@@ -91,7 +91,7 @@ def test_defaults(tmp_path: Path) -> None:
     s = scenario.load(path)
     assert s.lab.hypervisor is Hypervisor.QEMU
     assert s.lab.lab_host is LabHostMode.AUTO
-    assert s.lab.nfs_version is NfsVersion.V4_2
+    assert s.lab.nfs_version is NfsVersion.V4_1
     assert s.terminals[0].memory == 256 and s.terminals[0].mac is None
 
 

@@ -3,12 +3,13 @@ namespace, exporting the root read-only to the lab subnet only."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from pathlib import Path
 
 from vlab import procs, render, run
-from vlab.errors import HostError, MissingTool
+from vlab.errors import HostError, MissingTool, ScenarioError
 from vlab.plan import LabPlan
 from vlab.scenario.model import NfsVersion
 
@@ -16,6 +17,25 @@ GANESHA = "ganesha.nfsd"
 FSAL_VFS = Path("/usr/lib/x86_64-linux-gnu/ganesha/libfsalvfs.so")
 # Log lines that are noise without dbus or Kerberos, which vlab does not use.
 HARMLESS = ("DBUS", "krb5", "keytab", "credentials for principal", "on UDP")
+
+
+# Linux 6.6 turned READ_PLUS on for NFSv4.2 (commit 9cf2744d); nfs-ganesha before 6.2 answers
+# it wrongly, and the client reads every file as EIO (nfs-ganesha issue #1188).
+READ_PLUS_LINUX = (6, 6)
+
+
+def refuse_broken_reads(plan: LabPlan, release: str) -> None:
+    """An NFSv4.2 lab whose terminals run Linux 6.6 or newer would mount its root and then fail
+    every exec: refused before anything boots, with the fix."""
+    m = re.match(r"(\d+)\.(\d+)", release)
+    if plan.nfs_version is not NfsVersion.V4_2 or not m:
+        return
+    if (int(m.group(1)), int(m.group(2))) >= READ_PLUS_LINUX:
+        raise ScenarioError(plan.scenario, "lab.nfs_version",
+                            f'"4.2" with the terminals\' Linux {release}: from 6.6 on it reads '
+                            "through NFSv4.2 READ_PLUS, which the lab's nfs-ganesha 4.3 answers "
+                            "wrongly (every read is EIO; nfs-ganesha issue #1188)",
+                            'use nfs_version = "4.1" (the default)')
 
 
 def _files(plan: LabPlan) -> tuple[Path, Path, Path]:

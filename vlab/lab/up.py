@@ -143,6 +143,7 @@ def build_boot_files(plan: LabPlan, dirs: Dirs, say: Say) -> tuple[kernel.Kernel
     else:
         say(f"kernel: {plan.kernel_package} from Debian (cached after the first fetch)")
         k = kernel.fetch(plan.kernel_package, dirs.cache)
+    nfsserver.refuse_broken_reads(plan, k.release)
     if plan.builder is InitrdBuilder.VLAB:
         say(f"initrd: vlab's busybox initrd for {k.release} with "
             f"{', '.join(initrd.initrd_modules(plan))}")

@@ -144,9 +144,9 @@ def _root(t: Table) -> Root:
         raise t.error("suite" if "suite" in t.data else "packages",
                       f'is only for source = "debian", not "{source.value}"',
                       "remove it, or use source = \"debian\"")
-    suite = t.get("suite", str, "bookworm")
+    suite = t.get("suite", str, "trixie")
     if not re.fullmatch(r"^[a-z]+$", suite):
-        raise t.error("suite", f"{suite!r} is not a Debian suite name", 'use e.g. "bookworm"')
+        raise t.error("suite", f"{suite!r} is not a Debian suite name", 'use e.g. "trixie" or "bookworm"')
     return Root(source=source, after_boot=t.choice("after_boot", AfterBoot, AfterBoot.SHELL),
                 writable=t.choice("writable", Writable, Writable.TMPFS), path=path,
                 suite=suite, packages=tuple(packages), partition=partition,
@@ -289,7 +289,9 @@ def _nfs_version(t: Table, builder: InitrdBuilder) -> NfsVersion:
     raw = t.data.get("nfs_version")
     if isinstance(raw, int | float) and not isinstance(raw, bool):
         t = Table(t.file, t.prefix, {**t.data, "nfs_version": str(raw)}, tuple(t.data))
-    default = NfsVersion.V3 if builder is InitrdBuilder.INITRAMFS_TOOLS else NfsVersion.V4_2
+    # Not 4.2: a Linux 6.6+ client reads through READ_PLUS there, which the lab's nfs-ganesha
+    # (4.3, Debian 12) answers wrongly: every exec of a trixie root fails with EIO.
+    default = NfsVersion.V3 if builder is InitrdBuilder.INITRAMFS_TOOLS else NfsVersion.V4_1
     return t.choice("nfs_version", NfsVersion, default)
 
 
