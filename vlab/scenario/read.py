@@ -146,7 +146,8 @@ def _root(t: Table) -> Root:
                       "remove it, or use source = \"debian\"")
     suite = t.get("suite", str, "trixie")
     if not re.fullmatch(r"^[a-z]+$", suite):
-        raise t.error("suite", f"{suite!r} is not a Debian suite name", 'use e.g. "trixie" or "bookworm"')
+        raise t.error("suite", f"{suite!r} is not a Debian suite name",
+                      'use e.g. "trixie" or "bookworm"')
     return Root(source=source, after_boot=t.choice("after_boot", AfterBoot, AfterBoot.SHELL),
                 writable=t.choice("writable", Writable, Writable.TMPFS), path=path,
                 suite=suite, packages=tuple(packages), partition=partition,
