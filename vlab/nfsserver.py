@@ -28,13 +28,16 @@ def refuse_broken_reads(plan: LabPlan, release: str) -> None:
     """An NFSv4.2 lab whose terminals run Linux 6.6 or newer would mount its root and then fail
     every exec: refused before anything boots, with the fix."""
     m = re.match(r"(\d+)\.(\d+)", release)
-    if plan.nfs_version is not NfsVersion.V4_2 or not m:
+    # "4" lets the client pick its newest minor version: 4.2.
+    if plan.nfs_version not in (NfsVersion.V4, NfsVersion.V4_2) or not m:
         return
     if (int(m.group(1)), int(m.group(2))) >= READ_PLUS_LINUX:
         raise ScenarioError(plan.scenario, "lab.nfs_version",
-                            f'"4.2" with the terminals\' Linux {release}: from 6.6 on it reads '
-                            "through NFSv4.2 READ_PLUS, which the lab's nfs-ganesha 4.3 answers "
-                            "wrongly (every read is EIO; nfs-ganesha issue #1188)",
+                            f'"{plan.nfs_version.value}" with the terminals\' Linux {release}: '
+                            "from 6.6 on it reads through NFSv4.2 READ_PLUS ("
+                            + ('"4" picks 4.2, ' if plan.nfs_version is NfsVersion.V4 else "")
+                            + "which the lab's nfs-ganesha 4.3 answers wrongly: every read is "
+                            "EIO; nfs-ganesha issue #1188)",
                             'use nfs_version = "4.1" (the default)')
 
 
