@@ -124,3 +124,38 @@ def test_a_changed_root_gets_a_new_initrd_the_same_root_the_cached_one(tmp_path:
     assert second != first
     (root / "etc/an-empty-folder").mkdir()  # nothing in it, but the tree is another
     assert _build(plan, root, kernel, tmp_path / "cache") not in (first, second)
+
+
+def test_only_an_image_boot_partition_mounted_in_the_root_reaches_the_builder(
+        tmp_path: Path) -> None:
+    """A tree's own mounts (here a tmpfs holding a host secret) stay out of the builder's
+    view; a read-only loop mount on /boot (an image's /boot partition) is in it, read-only."""
+    import subprocess
+
+    secret = tmp_path / "host-secret"
+    secret.write_text("x\n")
+    root = _hostile_root(tmp_path, secret)
+    (root / "mnt/host").mkdir(parents=True)
+    boot_fs = tmp_path / "boot.ext4"
+    (tmp_path / "boot-tree").mkdir()
+    (tmp_path / "boot-tree/from-partition").write_text("boot partition\n")
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tmp_path / "boot-tree"), str(boot_fs),
+                    "8M"], check=True)
+    program = root / "usr/sbin/mkinitramfs"
+    program.write_text("#!/bin/sh\n{ cat /mnt/host/data && echo LEAK-tree-mount\n"
+                       "cat /boot/from-partition\ntouch /boot/x && echo LEAK-boot-writable\n"
+                       "} > /tmp/vlab-initrd.img 2>&1\nexit 0\n")
+    subprocess.run(["mount", "-t", "tmpfs", "none", str(root / "mnt/host")], check=True)
+    try:
+        (root / "mnt/host/data").write_text("host data\n")
+        subprocess.run(["mount", "-o", "loop,ro", str(boot_fs), str(root / "boot")], check=True)
+        try:
+            kernel = Kernel("6.1.0-vlab", root / "mnt/host/data",
+                            root / "lib/modules/6.1.0-vlab")
+            report = _build(_plan(tmp_path, root), root, kernel, tmp_path / "cache").read_text()
+        finally:
+            subprocess.run(["umount", str(root / "boot")], check=True)
+    finally:
+        subprocess.run(["umount", str(root / "mnt/host")], check=True)
+    assert "LEAK" not in report, report
+    assert "boot partition" in report, report

@@ -11,7 +11,7 @@ from pathlib import Path
 from vlab import procs, render, run
 from vlab.errors import HostError, MissingTool, ScenarioError
 from vlab.plan import LabPlan
-from vlab.scenario.model import NfsVersion
+from vlab.scenario.model import InitrdBuilder, NfsVersion
 
 GANESHA = "ganesha.nfsd"
 FSAL_VFS = Path("/usr/lib/x86_64-linux-gnu/ganesha/libfsalvfs.so")
@@ -28,14 +28,16 @@ def refuse_broken_reads(plan: LabPlan, release: str) -> None:
     """An NFSv4.2 lab whose terminals run Linux 6.6 or newer would mount its root and then fail
     every exec: refused before anything boots, with the fix."""
     m = re.match(r"(\d+)\.(\d+)", release)
-    # "4" lets the client pick its newest minor version: 4.2.
-    if plan.nfs_version not in (NfsVersion.V4, NfsVersion.V4_2) or not m:
+    # "4" lets mount.nfs (dracut's) pick the newest minor version, 4.2; the kernel's own
+    # mount (vlab's initrd) takes it as 4.0.
+    negotiates = plan.builder is InitrdBuilder.DRACUT and plan.nfs_version is NfsVersion.V4
+    if not (plan.nfs_version is NfsVersion.V4_2 or negotiates) or not m:
         return
     if (int(m.group(1)), int(m.group(2))) >= READ_PLUS_LINUX:
         raise ScenarioError(plan.scenario, "lab.nfs_version",
                             f'"{plan.nfs_version.value}" with the terminals\' Linux {release}: '
                             "from 6.6 on it reads through NFSv4.2 READ_PLUS ("
-                            + ('"4" picks 4.2, ' if plan.nfs_version is NfsVersion.V4 else "")
+                            + ("dracut's mount.nfs picks 4.2 for \"4\", " if negotiates else "")
                             + "which the lab's nfs-ganesha 4.3 answers wrongly: every read is "
                             "EIO; nfs-ganesha issue #1188)",
                             'use nfs_version = "4.1" (the default)')

@@ -6,12 +6,12 @@ chroot is no boundary for root, and an image's builder is the image's code. vlab
 root's:
 
 - enters new mount, PID, network, IPC and UTS namespaces;
-- binds the root read-only onto itself, and mounts where a builder writes: a tmpfs on /dev
-  (nodev) holding bind mounts of the host's null, zero, full, random, urandom and tty only; the
-  scratch folder (the builder's only way out, nosuid, nodev) on /tmp; tmpfs on /run, /var/tmp
-  and /var/lock; a fresh /proc of the new PID namespace (it sees only the builder's
-  processes) with /proc/sys, /proc/sysrq-trigger and the other host knobs read-only or masked;
-  sysfs read-only;
+- binds the root read-only onto itself, with what is mounted in it (an image's /boot), and
+  mounts where a builder writes: a tmpfs on /dev (nodev) holding bind mounts of the host's null,
+  zero, full, random, urandom and tty only; the scratch folder (the builder's only way out,
+  nosuid, nodev) on /tmp; tmpfs on /run, /var/tmp and /var/lock; a fresh /proc of the new PID
+  namespace (it sees only the builder's processes) with /proc/sys, /proc/sysrq-trigger and the
+  other host knobs read-only or masked; sysfs read-only;
 - pivots into the root and detaches the host's tree, so no path, `..` or chroot leads out;
 - drops every capability but the file-ownership ones (no mount, no module loading, no raw
   I/O, no ptrace, no network administration) and sets no_new_privs.
@@ -29,7 +29,7 @@ import stat
 import sys
 from pathlib import Path
 
-from vlab.mounts import inside
+from vlab.mounts import inside, mounted_under
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
@@ -73,6 +73,17 @@ def _bind_readonly(path: str, extra: int = 0) -> None:
     _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | extra)
 
 
+def _image_boot(point: str) -> bool:
+    """A read-only mount of a loop device at point: an image's /boot partition, as vlab
+    mounts it."""
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            source, target, _fs, options = line.split()[:4]
+            if target == point and source.startswith("/dev/loop") and "ro" in options.split(","):
+                return True
+    return False
+
+
 def _folder(root: Path, rel: str, required: bool) -> str | None:
     """A folder of the root, resolved inside it (a symlink cannot aim a mount at the host)."""
     target = inside(root, rel)
@@ -88,8 +99,17 @@ def _prepare(root: Path, scratch: Path) -> None:
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     last_cap = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
     top = str(root)
-    _mount(top, top, None, MS_BIND)
-    _mount(None, top, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    # Recursive, for an image's own /boot partition (vlab mounts it read-only from a loop
+    # device on the root's /boot); anything else mounted inside a root is left out of the view
+    # (a tree's own mounts could lead to the host's files).
+    _mount(top, top, None, MS_BIND | MS_REC)
+    boot = os.path.join(top, "boot")
+    for point in sorted({str(p) for p in mounted_under(root)}, key=lambda p: -p.count("/")):
+        if point != top and not (point == boot and _image_boot(point)):
+            _check(_libc.umount2(point.encode(), MNT_DETACH), f"leave {point} out")
+    for point in (top, boot):
+        if point == top or _image_boot(point):
+            _mount(None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
     dev = _folder(root, "dev", True)
     assert dev is not None
     _mount("none", dev, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=755")
