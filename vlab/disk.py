@@ -183,13 +183,23 @@ def _mbr(f: BinaryIO, mbr: bytes, size: int) -> list[Partition]:
     return found
 
 
-def _named(parts: list[Partition], wanted: int | str) -> Partition | None:
+def _named(parts: list[Partition], wanted: int | str, seen: str, what: str) -> Partition:
+    """The partition the scenario names, by number or by partition or filesystem label."""
     if isinstance(wanted, int):
-        return next((p for p in parts if p.number == wanted), None)
-    hits = [p for p in parts if wanted in (p.label, p.fslabel)]
+        hits = [p for p in parts if p.number == wanted]
+    else:
+        hits = [p for p in parts if wanted in (p.label, p.fslabel)]
     if len(hits) > 1:
-        raise DiskError(f"has {len(hits)} partitions labelled {wanted!r}")
-    return hits[0] if hits else None
+        raise DiskError(f"has {len(hits)} partitions labelled {wanted!r} (partitions: {seen})")
+    if not hits:
+        raise DiskError(f"has no partition {wanted!r}{what} (partitions: {seen})")
+    return hits[0]
+
+
+def _found(parts: list[Partition], kind: str) -> list[Partition]:
+    """The partitions discovery may pick for a kind ("root", "xbootldr", "linux")."""
+    return [p for p in parts if p.kind == kind and p.auto
+            and (kind != "linux" or p.fstype in ROOT_FILESYSTEMS)]
 
 
 def choose(parts: list[Partition], root: int | str | None,
@@ -200,14 +210,9 @@ def choose(parts: list[Partition], root: int | str | None,
     XBOOTLDR one. A choice that is wrong or not unique raises DiskError naming what it saw."""
     seen = "; ".join(p.describe() for p in parts) or "no partitions"
     if root is not None:
-        picked = _named(parts, root)
-        if picked is None:
-            raise DiskError(f"has no partition {root!r} (partitions: {seen})")
+        picked = _named(parts, root, seen, "")
     else:
-        marked = [p for p in parts if p.kind == "root" and p.auto]
-        linux = [p for p in parts
-                 if p.kind == "linux" and p.auto and p.fstype in ROOT_FILESYSTEMS]
-        candidates = marked or linux
+        candidates = _found(parts, "root") or _found(parts, "linux")
         if len(candidates) != 1:
             why = ("no partition is marked as the x86-64 root and none is the only Linux "
                    "filesystem" if not candidates else
@@ -218,13 +223,10 @@ def choose(parts: list[Partition], root: int | str | None,
     if picked.fstype not in ROOT_FILESYSTEMS:
         raise DiskError(f"partition {picked.number} holds no root filesystem vlab can mount "
                         f"(ext4, xfs, btrfs, squashfs; partitions: {seen})")
-    boot_part = None
     if boot is not None:
-        boot_part = _named(parts, boot)
-        if boot_part is None:
-            raise DiskError(f"has no partition {boot!r} for /boot (partitions: {seen})")
+        boot_part: Partition | None = _named(parts, boot, seen, " for /boot")
     else:
-        xboot = [p for p in parts if p.kind == "xbootldr" and p.auto]
+        xboot = _found(parts, "xbootldr")
         if len(xboot) > 1:
             raise DiskError(f"has {len(xboot)} XBOOTLDR (/boot) partitions (partitions: "
                             f"{seen}); name one in [root] boot_partition")
