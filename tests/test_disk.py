@@ -98,6 +98,10 @@ def test_scenarios_take_qcow2_and_partitioned_images_and_refuse_with_the_partiti
         load(_scenario(tmp_path, 'partition = "nope"\n'))
     with pytest.raises(ScenarioError, match="root.partition.*a partition number or a label"):
         load(_scenario(tmp_path, "partition = true\n"))
+    with pytest.raises(ScenarioError, match="root.boot_partition.*no partition 9 for /boot"):
+        load(_scenario(tmp_path, 'partition = "root"\nboot_partition = 9\n'))
+    with pytest.raises(ScenarioError, match="root.boot_partition.*cannot be /boot: it is the"):
+        load(_scenario(tmp_path, 'partition = "root"\nboot_partition = "root"\n'))
     (tmp_path / "disk").unlink()
     (tmp_path / "disk").symlink_to(qcow2(raw, tmp_path / "disk.qcow2"))
     assert vdisk.image_format(tmp_path / "disk") == "qcow2"

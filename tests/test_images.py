@@ -90,7 +90,7 @@ def test_partitioned_and_qcow2_images_boot_with_every_builder_and_stay_unchanged
         results = dict(zip(labs, pool.map(boot, labs), strict=True))
     for lab, (seconds, proc, rep, points, left) in results.items():
         name, scenario = labs[lab]
-        assert proc.returncode == 0, (lab, proc.stderr)
+        assert proc.returncode == 0, f"{lab}:\n{proc.stderr}\n{rep}"
         (t,) = rep["terminals"]
         _multi_user(t)
         export = plan_for(str(scenario)).export_path

@@ -39,7 +39,13 @@ MAX_GPT_ENTRIES = 1024
 
 
 class DiskError(Exception):
-    """The image is not what vlab can boot from; the message says what it saw."""
+    """The image is not what vlab can boot from; the message says what it saw, and key
+    names the scenario key it is about: [root] partition or boot_partition when the scenario
+    named the partition, else path (what discovery found in the image)."""
+
+    def __init__(self, message: str, key: str = "path") -> None:
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass(frozen=True)
@@ -183,16 +189,19 @@ def _mbr(f: BinaryIO, mbr: bytes, size: int) -> list[Partition]:
     return found
 
 
-def _named(parts: list[Partition], wanted: int | str, seen: str, what: str) -> Partition:
-    """The partition the scenario names, by number or by partition or filesystem label."""
+def _named(parts: list[Partition], wanted: int | str, seen: str, key: str) -> Partition:
+    """The partition the scenario names in key, by number or by partition or filesystem
+    label."""
+    what = " for /boot" if key == "boot_partition" else ""
     if isinstance(wanted, int):
         hits = [p for p in parts if p.number == wanted]
     else:
         hits = [p for p in parts if wanted in (p.label, p.fslabel)]
     if len(hits) > 1:
-        raise DiskError(f"has {len(hits)} partitions labelled {wanted!r} (partitions: {seen})")
+        raise DiskError(f"has {len(hits)} partitions labelled {wanted!r} (partitions: {seen})",
+                        key)
     if not hits:
-        raise DiskError(f"has no partition {wanted!r}{what} (partitions: {seen})")
+        raise DiskError(f"has no partition {wanted!r}{what} (partitions: {seen})", key)
     return hits[0]
 
 
@@ -210,7 +219,7 @@ def choose(parts: list[Partition], root: int | str | None,
     XBOOTLDR one. A choice that is wrong or not unique raises DiskError naming what it saw."""
     seen = "; ".join(p.describe() for p in parts) or "no partitions"
     if root is not None:
-        picked = _named(parts, root, seen, "")
+        picked = _named(parts, root, seen, "partition")
     else:
         candidates = _found(parts, "root") or _found(parts, "linux")
         if len(candidates) != 1:
@@ -222,9 +231,10 @@ def choose(parts: list[Partition], root: int | str | None,
         picked = candidates[0]
     if picked.fstype not in ROOT_FILESYSTEMS:
         raise DiskError(f"partition {picked.number} holds no root filesystem vlab can mount "
-                        f"(ext4, xfs, btrfs, squashfs; partitions: {seen})")
+                        f"(ext4, xfs, btrfs, squashfs; partitions: {seen})",
+                        "path" if root is None else "partition")
     if boot is not None:
-        boot_part: Partition | None = _named(parts, boot, seen, " for /boot")
+        boot_part: Partition | None = _named(parts, boot, seen, "boot_partition")
     else:
         xboot = _found(parts, "xbootldr")
         if len(xboot) > 1:
@@ -234,5 +244,6 @@ def choose(parts: list[Partition], root: int | str | None,
     if boot_part is not None and (boot_part.fstype is None or boot_part == picked):
         raise DiskError(f"partition {boot_part.number} cannot be /boot: "
                         + ("it is the root" if boot_part == picked else
-                           "it holds no filesystem vlab can mount") + f" (partitions: {seen})")
+                           "it holds no filesystem vlab can mount") + f" (partitions: {seen})",
+                        "path" if boot is None else "boot_partition")
     return picked, boot_part

@@ -5,7 +5,6 @@ its modules plain or compressed (.ko.xz, .ko.zst, .ko.gz)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,19 +150,16 @@ class ModuleIndex:
 
         try:
             for name in names:
-                self._visit_name(name, visit)
+                key = _norm(name)
+                if key in self.builtin:
+                    continue
+                if key not in self.by_name:
+                    raise ModuleNotFound(name, self.release)
+                visit(self.by_name[key])
         except RecursionError:  # the root's modules.dep is untrusted: no crash on a chain
             raise BadModulesDep("modules.dep nests dependencies deeper than any kernel's"
                                 ) from None
         return order
-
-    def _visit_name(self, name: str, visit: Callable[[str], None]) -> None:
-        key = _norm(name)
-        if key in self.builtin:
-            return
-        if key not in self.by_name:
-            raise ModuleNotFound(name, self.release)
-        visit(self.by_name[key])
 
 
 def _softdeps(path: Path) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:

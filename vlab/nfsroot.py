@@ -153,13 +153,11 @@ def raw_image(image: Path, cache_dir: Path, say: Say) -> Path:
     return final
 
 
-def _mount_partition(raw: Path, part: disk.Partition | None, mountpoint: Path) -> None:
-    """Attach raw (or one partition of it) read-only and mount it read-only. The image is
-    untrusted: its setuid files, device nodes and programs are inert on the host (nosuid,
-    nodev, noexec), and its journal is not replayed."""
-    fstype = part.fstype if part else disk.filesystem_of(raw)
-    if fstype is None:
-        raise HostError(f"{raw} holds no filesystem vlab can mount")
+def _mount_partition(raw: Path, fstype: str, part: disk.Partition | None,
+                     mountpoint: Path) -> None:
+    """Attach raw (or one partition of it) read-only and mount its fstype read-only. The
+    image is untrusted: its setuid files, device nodes and programs are inert on the host
+    (nosuid, nodev, noexec), and its journal is not replayed."""
     where = (f"offset={part.offset}", f"sizelimit={part.size}") if part else ()
     options = ",".join(filter(None, ("loop", "ro", *where, "nosuid", "nodev", "noexec",
                                      NO_REPLAY.get(fstype))))
@@ -177,20 +175,25 @@ def mount_image(image: Path, mountpoint: Path, partition: int | str | None,
     if mounts.is_mounted(mountpoint):
         return raw
     root = boot = None
-    if disk.filesystem_of(raw) is None:
+    fstype = disk.filesystem_of(raw)
+    if fstype is None:
         try:
             root, boot = disk.choose(disk.partitions(raw), partition, boot_partition)
         except disk.DiskError as err:
             raise HostError(f"{image} {err}") from None
+        fstype = root.fstype
+    # choose() returns partitions that hold a filesystem; this keeps mypy sure of it
+    if fstype is None or (boot is not None and boot.fstype is None):
+        raise HostError(f"{image} holds no filesystem vlab can mount")
     mountpoint.mkdir(parents=True, exist_ok=True)
-    _mount_partition(raw, root, mountpoint)
+    _mount_partition(raw, fstype, root, mountpoint)
     if boot is not None:
         target = mountpoint / "boot"
         if target.is_symlink() or not target.is_dir():
             mounts.umount(mountpoint)
             raise HostError(f"{image}: partition {boot.number} is its /boot, but the root "
                             "partition has no /boot folder to mount it on")
-        _mount_partition(raw, boot, target)
+        _mount_partition(raw, boot.fstype or "", boot, target)
     return raw
 
 

@@ -196,8 +196,7 @@ def _check_image(t: Table, path: Path, partition: int | str | None,
                           "mkfs.ext4 -d ROOTDIR FILE 1G")
         disk.choose(parts, partition, boot_partition)
     except disk.DiskError as err:
-        key = ("partition" if partition is not None and "partition" in str(err) else "path")
-        raise t.error(key, f"{raw!r} {err}", "fix the image or name the partitions to use "
+        raise t.error(err.key, f"{raw!r} {err}", "fix the image or name the partitions to use "
                       "in [root] partition and boot_partition") from None
     except OSError as err:
         raise t.error("path", f"{raw!r} cannot be read: {err.strerror}",
