@@ -8,6 +8,8 @@ PACKAGES=(
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients dnsmasq-base
   # -system alone pulls systemd-sysv, which replaces init: take the sysv flavour with it.
   libvirt-daemon-system libvirt-daemon-system-sysv
+  # the isolated libvirtd runs under tini, a subreaper that reaps its QEMUs at once
+  tini
   nfs-ganesha nfs-ganesha-vfs rpcbind
   # Debian roots, disk images (qcow2 through qemu-img; the tests make partitioned ones with
   # sfdisk, mkfs.ext4 -d and mkfs.vfat), PXE bootloaders

@@ -7,10 +7,13 @@ import hashlib
 import json
 import os
 import pty
+import re
 import select
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -111,6 +114,53 @@ def up(path: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     proc = vlab("up", path, "--json", timeout=1200)
     assert proc.stdout, proc.stderr
     return proc, json.loads(proc.stdout)
+
+
+BOOTING = re.compile(r"^\[\s*[\d.]+s\] (boot \S+:|watching )")
+
+
+def up_side_by_side(paths: list[str], at_once: int = 2, stagger: bool = False
+                    ) -> dict[str, tuple[float, subprocess.CompletedProcess[str], dict[str, Any]]]:
+    """`vlab up --json` of several labs, at most at_once running (two cores: two booting
+    TCG guests keep both busy), each timed. stagger: each lab starts once the one before it
+    has built everything and begun to boot (labs that share an artifact build it once)."""
+    slots = threading.Semaphore(at_once)
+    results: dict[str, tuple[float, subprocess.CompletedProcess[str], dict[str, Any]]] = {}
+    threads = []
+
+    def run_one(path: str, built: threading.Event) -> None:
+        start = time.monotonic()
+        try:
+            with tempfile.TemporaryFile("w+") as out:
+                proc = subprocess.Popen([*VLAB, "up", path, "--json"], cwd=ROOT, stdout=out,
+                                        stderr=subprocess.PIPE, text=True)
+                assert proc.stderr is not None
+                err = []
+                for line in proc.stderr:
+                    err.append(line)
+                    if BOOTING.match(line):
+                        built.set()
+                proc.wait(timeout=1200)
+                out.seek(0)
+                report = out.read()
+            done = subprocess.CompletedProcess(proc.args, proc.returncode, report, "".join(err))
+            results[path] = (time.monotonic() - start, done,
+                             json.loads(report) if report else {})
+        finally:
+            built.set()
+            slots.release()
+
+    for path in paths:
+        slots.acquire()
+        built = threading.Event()
+        thread = threading.Thread(target=run_one, args=(path, built))
+        thread.start()
+        threads.append(thread)
+        if stagger:
+            built.wait(timeout=1200)
+    for thread in threads:
+        thread.join(timeout=1500)
+    return results
 
 
 def test_tiny_boots_both_terminals_over_nfs_and_down_leaves_nothing(lab_down) -> None:  # type: ignore[no-untyped-def]

@@ -12,11 +12,12 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import ROOT
 from lxml import etree
-from test_boot import leftovers, plan_for, tree_digest, up, up_until, vlab
+from test_boot import leftovers, plan_for, tree_digest, up, up_side_by_side, up_until, vlab
 
 from vlab import nfsroot
 from vlab.cmdline import nfs_client_id
@@ -95,10 +96,29 @@ def test_debian_root_with_initramfs_tools_initrd_reaches_multi_user_on_a_loaded_
     assert leftovers(plan) == []
 
 
-def test_debian_root_with_dracut_initrd_reaches_multi_user(lab_down) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="module")
+def dracut_labs(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The Debian dracut lab and a copy taking its root path from DHCP, booted side by side
+    (the copy starts once the lab's dracut initrd, which it shares, is built). The copy goes
+    down at once; the lab stays up for its test's SSH. Their `vlab up` results by scenario."""
+    dhcp = tmp_path_factory.mktemp("dracut-dhcp") / "dracut-dhcp.toml"
+    dhcp.write_text((ROOT / DRACUT).read_text().replace(
+        'name = "deb-dracut"', 'name = "deb-dracut-dhcp"\nroot_via = "dhcp"')
+        + 'cmdline = "systemd.wants=systemd-backlight@backlight:vlab.service"\n')
+    assert "root=dhcp" in plan_for(str(dhcp)).terminals[0].cmdline.split()
+    try:
+        booted = up_side_by_side([DRACUT, str(dhcp)], stagger=True)
+    finally:
+        down = vlab("down", str(dhcp))
+    assert down.returncode == 0, down.stderr
+    yield {"lab": booted[DRACUT], "dhcp": booted[str(dhcp)], "dhcp-scenario": str(dhcp)}
+    vlab("down", DRACUT)
+
+
+def test_debian_root_with_dracut_initrd_reaches_multi_user(dracut_labs, lab_down) -> None:  # type: ignore[no-untyped-def]
     lab_down.append(DRACUT)
     plan = plan_for(DRACUT)
-    proc, rep = up(DRACUT)
+    _seconds, proc, rep = dracut_labs["lab"]
     assert proc.returncode == 0, proc.stderr
     (t,) = rep["terminals"]
     _multi_user(t)
@@ -112,18 +132,12 @@ def test_debian_root_with_dracut_initrd_reaches_multi_user(lab_down) -> None:  #
     assert leftovers(plan) == []
 
 
-def test_dracut_takes_the_root_path_from_dhcp(tmp_path: Path, lab_down) -> None:  # type: ignore[no-untyped-def]
+def test_dracut_takes_the_root_path_from_dhcp(dracut_labs) -> None:  # type: ignore[no-untyped-def]
     """Also: a unit of the root that fails (systemd-backlight for a device that is not
     there, pulled in from the command line) is named by the ready line, in the report and
     in the JUnit."""
-    scenario = tmp_path / "dracut-dhcp.toml"
-    scenario.write_text((ROOT / DRACUT).read_text().replace(
-        'name = "deb-dracut"', 'name = "deb-dracut-dhcp"\nroot_via = "dhcp"')
-        + 'cmdline = "systemd.wants=systemd-backlight@backlight:vlab.service"\n')
-    lab_down.append(str(scenario))
-    plan = plan_for(str(scenario))
-    assert "root=dhcp" in plan.terminals[0].cmdline.split()
-    proc, rep = up(str(scenario))
+    plan = plan_for(dracut_labs["dhcp-scenario"])
+    _seconds, proc, rep = dracut_labs["dhcp"]
     assert proc.returncode == 0, proc.stderr
     (t,) = rep["terminals"]
     _multi_user(t)
@@ -250,18 +264,18 @@ def test_disk_image_root_initrd_built_inside_it_and_image_never_changes(
     assert _loops_and_mounts(image, plan) == []
 
 
-def _failures(tmp_path: Path, lab_down: list[str], base: str, name: str, subnet: str,
-              extra: dict[str, str] | None = None) -> dict[str, dict]:  # type: ignore[type-arg]
+def _failure_lab(folder: Path, base: str, name: str, subnet: str,
+                 extra: dict[str, str]) -> str:
     """A copy of a Debian scenario (the same cached root) whose terminals each fail in
-    their own way, booted side by side in one lab: `noexport` (a path the server does not
-    export), `unreach` (a server address nobody has), `nonic` (its NIC's driver kept out
-    by modprobe.blacklist), `panic` (a kernel that cannot start the initrd) and `extra`,
-    whose settings may name the lab's {server}, {port} and {export}; their reports by name."""
+    their own way, side by side in one lab: `noexport` (a path the server does not export),
+    `unreach` (a server address nobody has), `nonic` (its NIC's driver kept out by
+    modprobe.blacklist), `panic` (a kernel that cannot start the initrd) and `extra`, whose
+    settings may name the lab's {server}, {port} and {export}."""
     text = (ROOT / base).read_text().split("[[terminal]]")[0]
     text = re.sub(r'name = "[^"]+"', f'name = "{name}"\nsubnet = "{subnet}.0/24"', text,
                   count=1)
     text = re.sub(r"timeout = \d+", "timeout = 300", text)
-    path = tmp_path / f"{name}.toml"
+    path = folder / f"{name}.toml"
     path.write_text(text + '\n[[terminal]]\nname = "noexport"\nroot = "/no/such/export"\n')
     plan = plan_for(str(path))
     terminals = {"noexport": 'root = "/no/such/export"',
@@ -270,14 +284,43 @@ def _failures(tmp_path: Path, lab_down: list[str], base: str, name: str, subnet:
                  "panic": 'cmdline = "rdinit=/no/such/init"',
                  **{t: setting.format(server=plan.gateway, port=plan.nfs_port,
                                       export=plan.export_path)
-                    for t, setting in (extra or {}).items()}}
+                    for t, setting in extra.items()}}
     for t, setting in terminals.items():
         text += f'\n[[terminal]]\nname = "{t}"\nmemory = 512\n{setting}\n'
     path.write_text(text)
-    lab_down.append(str(path))
-    proc, rep = up(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def failures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The initramfs-tools and the dracut failure labs, booted side by side, then down:
+    their `vlab up` results by builder."""
+    folder = tmp_path_factory.mktemp("failures")
+    labs = {
+        "initramfs-tools": _failure_lab(
+            folder, ITOOLS, "itools-fails", "10.213.231",
+            {"noinit": 'cmdline = "init=/no/such/init"',
+             # klibc's nfsmount has NFSv2 and v3 only
+             "nfs4": 'cmdline = "nfsroot={server}:{export},tcp,nfsvers=4"'}),
+        "dracut": _failure_lab(
+            folder, DRACUT, "dracut-fails", "10.213.232",
+            # the last root= wins; NFSv4.3 is a minor version nobody has (no `noinit`:
+            # dracut tries init=, then rd.distroinit=, then /sbin/init, so an init=
+            # nobody has boots the root's own)
+            {"v43": 'cmdline = "root=nfs4:{server}:{export}:vers=4.3,port={port}"'}),
+    }
+    try:
+        booted = up_side_by_side(list(labs.values()))
+    finally:
+        downs = [vlab("down", path) for path in labs.values()]
+    assert all(d.returncode == 0 for d in downs), [d.stderr for d in downs]
+    return {builder: booted[path] for builder, path in labs.items()}
+
+
+def _failed_as_named(result: tuple[float, Any, dict[str, Any]]) -> dict[str, dict]:  # type: ignore[type-arg]
+    """What every failure lab's terminals must say; their reports by name."""
+    _seconds, proc, rep = result
     assert proc.returncode == 1, proc.stderr
-    assert vlab("down", str(path)).returncode == 0
     by_name = {t["name"]: t for t in rep["terminals"]}
     assert by_name["unreach"]["verdict"] == "nfs-unreachable", by_name["unreach"]
     assert "after DHCP" in by_name["unreach"]["line"]
@@ -290,13 +333,10 @@ def _failures(tmp_path: Path, lab_down: list[str], base: str, name: str, subnet:
     return by_name
 
 
-def test_initramfs_tools_failures_are_named(tmp_path: Path, lab_down) -> None:  # type: ignore[no-untyped-def]
+def test_initramfs_tools_failures_are_named(failures: dict[str, Any]) -> None:
     """klibc's nfsmount (retried by initramfs-tools for minutes) is judged by its first
     decisive line; a server that never answers by the silence after DHCP."""
-    by_name = _failures(tmp_path, lab_down, ITOOLS, "itools-fails", "10.213.231",
-                        {"noinit": 'cmdline = "init=/no/such/init"',
-                         # klibc's nfsmount has NFSv2 and v3 only
-                         "nfs4": 'cmdline = "nfsroot={server}:{export},tcp,nfsvers=4"'})
+    by_name = _failed_as_named(failures["initramfs-tools"])
     # ganesha answers a MOUNT of a path it does not export with "Permission denied".
     assert by_name["noexport"]["verdict"] == "nfs-access-denied", by_name["noexport"]
     assert "mount call failed - server replied: Permission denied" in by_name["noexport"]["line"]
@@ -307,12 +347,8 @@ def test_initramfs_tools_failures_are_named(tmp_path: Path, lab_down) -> None:  
     assert "bad NFS version '4'" in by_name["nfs4"]["line"]
 
 
-def test_dracut_failures_are_named(tmp_path: Path, lab_down) -> None:  # type: ignore[no-untyped-def]
-    by_name = _failures(tmp_path, lab_down, DRACUT, "dracut-fails", "10.213.232",
-                        # the last root= wins; NFSv4.3 is a minor version nobody has
-                        # (no `noinit`: dracut tries init=, then rd.distroinit=, then
-                        # /sbin/init, so an init= nobody has boots the root's own)
-                        {"v43": 'cmdline = "root=nfs4:{server}:{export}:vers=4.3,port={port}"'})
+def test_dracut_failures_are_named(failures: dict[str, Any]) -> None:
+    by_name = _failed_as_named(failures["dracut"])
     assert by_name["v43"]["verdict"] == "nfs-version-unsupported", by_name["v43"]
     assert "an incorrect mount option was specified" in by_name["v43"]["line"]
     assert by_name["noexport"]["verdict"] == "nfs-no-such-export", by_name["noexport"]
