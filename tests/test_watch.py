@@ -518,3 +518,29 @@ def test_a_stalled_verdict_names_the_job_systemd_waited_for(tmp_path: Path) -> N
     assert v.name == STALLED
     assert v.line == "[  OK  ] Started Journal Service. (systemd was waiting for " \
                      "dev-ttyS0.device/start)", v.line
+
+
+def test_a_root_brought_as_a_folder_is_judged_by_what_its_init_is(tmp_path: Path) -> None:
+    """systemd: its ready line; vlab's busybox init (the marker in it): its own; anything
+    else (an init vlab does not know, a FIFO where the init should be): the settle time."""
+    import os
+
+    from vlab.lab.up import ready_line
+    from vlab.plan import READY_MARKER
+    from vlab.scenario.model import RootSource
+    from vlab.watch import READY_BUSYBOX, READY_SYSTEMD
+
+    plan = replace(plan_of("tiny"), root_source=RootSource.DIR, export_path=tmp_path)
+    (tmp_path / "sbin").mkdir()
+    (tmp_path / "lib/systemd").mkdir(parents=True)
+    (tmp_path / "lib/systemd/systemd").write_text("ELF")
+    (tmp_path / "sbin/init").symlink_to("/lib/systemd/systemd")
+    assert ready_line(plan) is READY_SYSTEMD
+    (tmp_path / "sbin/init").unlink()
+    (tmp_path / "sbin/init").write_text(f"#!/bin/sh\necho {READY_MARKER} $name\n")
+    assert ready_line(plan) is READY_BUSYBOX
+    (tmp_path / "sbin/init").write_text("#!/bin/sh\nexec /bin/sh\n")
+    assert ready_line(plan) is None
+    (tmp_path / "sbin/init").unlink()
+    os.mkfifo(tmp_path / "sbin/init")
+    assert ready_line(plan) is None  # and it did not block on the FIFO

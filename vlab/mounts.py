@@ -8,6 +8,7 @@ caller (the lab keeps its image mounted while it runs; `vlab down` undoes it by 
 from __future__ import annotations
 
 import os
+import stat
 import time
 from pathlib import Path
 from types import TracebackType
@@ -38,6 +39,21 @@ def inside(root: Path, rel: str) -> Path:
             continue
         resolved = candidate
     return resolved
+
+
+def head(path: Path, limit: int) -> bytes:
+    """The first `limit` bytes of a regular file in an untrusted tree; b"" for anything else
+    (a FIFO is never opened for a read that would block, a symlink never followed)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return b""
+    try:
+        return os.read(fd, limit) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
 
 
 def is_mounted(path: Path) -> bool:

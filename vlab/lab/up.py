@@ -33,7 +33,7 @@ from vlab.errors import UsageError
 from vlab.lab import nodes
 from vlab.lab.checks import run_checks
 from vlab.lab.status import report
-from vlab.plan import Dirs, LabPlan, NodePlan, TerminalPlan
+from vlab.plan import READY_MARKER, Dirs, LabPlan, NodePlan, TerminalPlan
 from vlab.progress import Say
 from vlab.scenario.model import LOCAL, Hypervisor, InitrdBuilder, KernelSource, RootSource, Scenario
 from vlab.watch import (
@@ -351,6 +351,10 @@ def ready_line(plan: LabPlan) -> re.Pattern[str] | None:
     if plan.root_source is RootSource.BUSYBOX:
         return READY_BUSYBOX
     # inside() follows the root's own symlinks (/sbin/init -> /lib/systemd/systemd).
-    if mounts.inside(plan.export_path, "sbin/init").name == "systemd":
+    init = mounts.inside(plan.export_path, "sbin/init")
+    if init.name == "systemd":
         return READY_SYSTEMD
+    # vlab's busybox root, brought as an image or a folder: its init says when it is up.
+    if READY_MARKER.encode() in mounts.head(init, 64 << 10):
+        return READY_BUSYBOX
     return None
