@@ -8,7 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
-from vlab import procs, render, run
+from vlab import procs, render, run, state
 from vlab.errors import HostError, MissingTool, ScenarioError
 from vlab.plan import LabPlan
 from vlab.scenario.model import InitrdBuilder, NfsVersion
@@ -73,19 +73,32 @@ def ensure_rpcbind(netns: str | None, pid_file: Path) -> None:
 
 
 def pid_files(state_dir: Path) -> list[Path]:
-    """The pid file of every lab's nfs-ganesha (running or not)."""
-    return sorted((state_dir / "labs").glob("*/nfs/ganesha.pid"))
+    """Where every lab's nfs-ganesha writes its pid (running, starting or not)."""
+    return sorted(p.with_name("ganesha.pid")
+                  for p in (state_dir / "labs").glob("*/nfs/ganesha.conf"))
+
+
+def _needs_rpcbind(conf: Path) -> bool:
+    try:
+        return "Protocols = 3" in conf.read_text()
+    except OSError:
+        return False
 
 
 def stop_rpcbind_if_unused(state_dir: Path) -> bool:
-    """Stop the rpcbind vlab started once no NFS server of any lab runs."""
-    pid_file = state_dir / RPCBIND_PID
-    rpcbind = procs.read_pid(pid_file, "rpcbind")
-    if rpcbind is None or any(server_pid(p) is not None for p in pid_files(state_dir)):
-        return False
-    procs.stop(rpcbind)
-    pid_file.unlink(missing_ok=True)
-    return True
+    """Stop the rpcbind vlab started once no lab has an NFSv3 server: none runs, and none is
+    starting (its configuration is written, under the machine lock, before it asks for
+    rpcbind; a lab coming up while another goes down keeps the rpcbind it registered with)."""
+    with state.machine_locked(state_dir):
+        pid_file = state_dir / RPCBIND_PID
+        rpcbind = procs.read_pid(pid_file, "rpcbind")
+        if rpcbind is None or any(
+                _needs_rpcbind(p.with_name("ganesha.conf"))
+                and (not p.exists() or server_pid(p) is not None) for p in pid_files(state_dir)):
+            return False
+        procs.stop(rpcbind)
+        pid_file.unlink(missing_ok=True)
+        return True
 
 
 def pid(plan: LabPlan) -> int | None:
@@ -107,10 +120,11 @@ def start(plan: LabPlan, netns: str | None, state_dir: Path) -> None:
     conf, pid_file, log_file = _files(plan)
     if server_pid(pid_file) is not None:
         return
-    if plan.nfs_version is NfsVersion.V3:
-        ensure_rpcbind(netns, state_dir / RPCBIND_PID)
     (plan.nfs_server_dir / "recovery").mkdir(parents=True, exist_ok=True)
-    conf.write_text(render.ganesha_conf(plan))
+    with state.machine_locked(state_dir):  # no other lab's down stops rpcbind meanwhile
+        conf.write_text(render.ganesha_conf(plan))
+        if plan.nfs_version is NfsVersion.V3:
+            ensure_rpcbind(netns, state_dir / RPCBIND_PID)
     log_file.write_text("")
     run.daemon([GANESHA, "-f", str(conf), "-L", str(log_file), "-p", str(pid_file),
                 "-N", "NIV_EVENT"], netns=netns, log_file=plan.nfs_server_dir / "stdout.log")
