@@ -14,6 +14,8 @@ PACKAGES=(
   # Debian roots, disk images (qcow2 through qemu-img; the tests make partitioned ones with
   # sfdisk, mkfs.ext4 -d and mkfs.vfat), PXE bootloaders
   mmdebstrap e2fsprogs util-linux mount fdisk dosfstools qemu-utils pxelinux syslinux-common
+  # UEFI PXE hosts: Debian's signed shim and network GRUB; OVMF for their twins
+  shim-signed grub-efi-amd64-signed ovmf
   # to build libvirt-python from its sdist, in a virtualenv
   libvirt-dev pkg-config gcc python3-dev python3-venv
   # the tests' second hypervisor host runs an sshd inside namespaces of its own

@@ -92,6 +92,11 @@ def test_terminals_sharing_an_nfs4_client_id_are_found() -> None:
      "kernel-panic"),
     ("Loading initrd.img failed: No such file or directory", "tftp-file-not-found"),
     ("Could not find kernel image: vmlinuz", "tftp-file-not-found"),
+    ("error: file `/vmlinuz' not found.", "tftp-file-not-found"),  # GRUB
+    ("Verification failed: (0x1A) Security Violation", "secure-boot-refused"),  # shim
+    ("error: bad shim signature.", "secure-boot-refused"),  # GRUB, for an unsigned kernel
+    ("BdsDxe: failed to load Boot0001 \"UEFI PXEv4 (MAC:525400780002)\" from PciRoot(0x0)"
+     "/Pci(0x1,0x0)/MAC(525400780002,0x1)/IPv4(0.0.0.0): Access Denied", "secure-boot-refused"),
     ("No more network devices", "dhcp-failed"),
     # initramfs-tools (klibc) and dracut, as their consoles showed them
     ("nfsmount: bad NFS version '4'", "nfs-version-unsupported"),

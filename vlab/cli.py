@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -199,8 +200,14 @@ def _pxe(args: argparse.Namespace, sc: scenario.Scenario, dirs: Dirs, say: Say) 
     if checking:
         lab_pxe.refuse_check(sc, dirs, args.tftp_root)
     plan = claim(sc, dirs, twins=True) if checking else plan_for(sc, dirs)
-    changes = tftp.Changes() if args.check_only else lab_pxe.write(sc, plan, dirs,
-                                                                   args.tftp_root, say)
+    try:
+        changes = tftp.Changes() if args.check_only else lab_pxe.write(sc, plan, dirs,
+                                                                       args.tftp_root, say)
+    except BaseException:
+        if checking:  # the twins' claim and boot files go with the write that failed
+            with contextlib.suppress(Exception):
+                down(plan, dirs, lambda _text: None)
+        raise
     out: dict[str, Any] = {"lab": plan.lab, "tftp_root": str(args.tftp_root),
                            "written": changes.written, "removed": changes.removed,
                            "unchanged": changes.unchanged}

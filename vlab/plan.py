@@ -25,10 +25,12 @@ from vlab.scenario.model import (
     EXPORT_PATH_RE,
     LOCAL,
     AfterBoot,
+    Firmware,
     Hypervisor,
     InitrdBuilder,
     KernelSource,
     LabHostMode,
+    Machine,
     NfsVersion,
     NicDriver,
     RootSource,
@@ -94,6 +96,8 @@ class TerminalPlan:
     console_log: Path
     boot: str = "kernel"  # "kernel": direct kernel boot; "pxe": the NIC's PXE ROM
     node: str = LOCAL  # the node it runs on
+    firmware: Firmware = Firmware.BIOS
+    nvram: Path | None = None  # a UEFI guest's copy of OVMF's variable store
 
 
 @dataclass(frozen=True)
@@ -408,17 +412,35 @@ def _twins(scenario: Scenario, subnet: ipaddress.IPv4Network, gateway: str, nfs_
     lab = scenario.lab.name
     machines = scenario.pxe.machines
     macs = {m.mac for m in machines}
-    unknown = next(m for i in range(99) if (m := pinned_mac(lab, "pxe-default", i)) not in macs)
     server, options = machines_nfs(scenario, gateway, nfs_port)
     twins = [(m.name, m.mac, m.ip if m.ip and m.ip in subnet else None,
-              root_path_by_dhcp(scenario, m.root, server, str(export_path), options))
-             for m in machines[:TWIN_SAMPLE]]
+              root_path_by_dhcp(scenario, m.root, server, str(export_path), options),
+              m.firmware) for m in _sample(machines)]
+    # One twin per firmware of the site whose MAC has no file: it boots the default config.
+    kinds = [f for f in Firmware if any(m.firmware is f for m in machines)]
+    for firmware in kinds or [scenario.pxe.firmware]:
+        name = "default" if firmware is Firmware.BIOS else f"default-{firmware.value}"
+        mac = next(m for n in range(99) if (m := pinned_mac(lab, f"pxe-{name}", n)) not in macs)
+        macs.add(mac)
+        twins.append((name, mac, None, None, firmware))
     return tuple(TerminalPlan(
         name=f"pxe-{name}", domain=domain_name(lab, f"pxe-{name}"), nic_model="virtio",
-        mac=mac, ip=str(ip) if ip else "", memory_mib=256, vcpus=1,
-        dhcp_root_path=root_path, cmdline="",
-        console_log=lab_dir / "console" / f"pxe-{name}.log", boot="pxe",
-    ) for name, mac, ip, root_path in [*twins, ("default", unknown, None, None)])
+        # GRUB under OVMF cannot allocate the kernel and initrd in 256 MiB ("out of memory")
+        mac=mac, ip=str(ip) if ip else "", memory_mib=256 if firmware is Firmware.BIOS else 512,
+        vcpus=1, dhcp_root_path=root_path, cmdline="",
+        console_log=lab_dir / "console" / f"pxe-{name}.log", boot="pxe", firmware=firmware,
+        nvram=None if firmware is Firmware.BIOS else lab_dir / "nvram" / f"pxe-{name}.fd",
+    ) for name, mac, ip, root_path, firmware in twins)
+
+
+def _sample(machines: tuple[Machine, ...]) -> tuple[Machine, ...]:
+    """The machines that get a twin: the first TWIN_SAMPLE, and the first of each firmware
+    the sample would miss (every firmware of the site is booted at least once)."""
+    picked = list(machines[:TWIN_SAMPLE])
+    for firmware in Firmware:
+        if not any(m.firmware is firmware for m in picked):
+            picked += [m for m in machines if m.firmware is firmware][:1]
+    return tuple(picked)
 
 
 # What a bootstrapped Debian terminal needs, and what each initrd builder needs in it

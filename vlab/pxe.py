@@ -9,15 +9,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-from vlab import render
+from vlab import efi, render
 from vlab.cmdline import kernel_cmdline, machines_nfs, root_path_by_dhcp, root_target
 from vlab.errors import ScenarioError
 from vlab.plan import LabPlan
-from vlab.scenario.model import Machine, RootVia, Scenario
+from vlab.scenario.model import Firmware, Machine, RootVia, Scenario
 
 KERNEL = "vmlinuz"
 INITRD = "initrd.img"
 BOOTLOADER = "pxelinux.0"
+# The boot file DHCP hands each firmware (it tells by the client's architecture, option 93:
+# 0 BIOS, 7 and 9 x86-64 UEFI). A UEFI host gets Debian's signed shim, Secure Boot or not; shim
+# loads the signed network GRUB, which reads GRUB_DIR/grub.cfg (its built-in prefix).
+BOOT_FILES = {Firmware.BIOS: BOOTLOADER, Firmware.UEFI: efi.SHIM, Firmware.UEFI_SECURE: efi.SHIM}
+GRUB_DIR = "grub"  # Debian's signed GRUB's prefix (efi.loaders() reads it from the image)
 # x86 Linux takes at most 2047 characters of command line (COMMAND_LINE_SIZE 2048), and
 # that is what pxelinux hands over from APPEND.
 MAX_APPEND = 2047
@@ -31,6 +36,7 @@ class MachinePlan:
     ip: str | None
     append: str  # the APPEND line: initrd=... and the kernel command line
     root_path: str | None  # DHCP option 17, when the scenario hands the root out by DHCP
+    firmware: Firmware = Firmware.BIOS
 
     @property
     def pxelinux_name(self) -> str:
@@ -54,6 +60,16 @@ class Site:
     root_squash: bool
     default_append: str
     machines: tuple[MachinePlan, ...]
+    grub_dir: str = GRUB_DIR
+
+    @property
+    def firmwares(self) -> tuple[Firmware, ...]:
+        """The firmwares of the site's machines, in a fixed order."""
+        return tuple(f for f in Firmware if any(m.firmware is f for m in self.machines))
+
+    @property
+    def uefi(self) -> bool:
+        return any(f is not Firmware.BIOS for f in self.firmwares)
 
 
 def terminal_machines(scenario: Scenario, lab: LabPlan) -> tuple[Machine, ...]:
@@ -68,9 +84,10 @@ def terminal_machines(scenario: Scenario, lab: LabPlan) -> tuple[Machine, ...]:
 
 
 def site_plan(scenario: Scenario, lab: LabPlan, machines: tuple[Machine, ...] | None = None,
-              ssh_key: str = "") -> Site:
+              ssh_key: str = "", grub_dir: str = GRUB_DIR) -> Site:
     """Names, addresses and command lines of every PXE machine (by default the scenario's
-    [[host]]s; `ssh_key` for the lab's own terminals); lint errors before any write."""
+    [[host]]s; `ssh_key` for the lab's own terminals; `grub_dir` the folder GRUB reads);
+    lint errors before any write."""
     if machines is None:
         machines = scenario.pxe.machines
     server, options = machines_nfs(scenario, lab.gateway, lab.nfs_port)
@@ -97,21 +114,24 @@ def site_plan(scenario: Scenario, lab: LabPlan, machines: tuple[Machine, ...] | 
     plans = tuple(MachinePlan(
         name=m.name, mac=m.mac, ip=str(m.ip) if m.ip else None, append=append(m),
         root_path=root_path_by_dhcp(scenario, m.root, server, export, options),
+        firmware=m.firmware,
     ) for m in machines)
     return Site(server=server, subnet=str(lab.subnet), export_path=export,
-                root_squash=lab.root_squash, default_append=append(None), machines=plans)
+                root_squash=lab.root_squash, default_append=append(None), machines=plans,
+                grub_dir=grub_dir)
 
 
 MACHINE_TEMPLATES = ("pxe/pxelinux.cfg.j2", "pxe/grub.cfg.j2", "pxe/ipxe.j2")
 
 
-def machine_files(m: MachinePlan) -> dict[str, str]:
+def machine_files(m: MachinePlan, grub_dir: str = GRUB_DIR) -> dict[str, str]:
     """The files of one machine, by path relative to the TFTP root."""
     cfg = render.template("pxe/pxelinux.cfg.j2", append=m.append, kernel=KERNEL, label=m.name)
     out = {f"pxelinux.cfg/{m.pxelinux_name}": cfg}
     if m.hexip_name:
         out[f"pxelinux.cfg/{m.hexip_name}"] = cfg
-    out[f"grub.cfg-{m.pxelinux_name}"] = render.template(
+    # GRUB's own name for a host's network config, in the folder it reads.
+    out[f"{grub_dir}/grub.cfg-{m.pxelinux_name}"] = render.template(
         "pxe/grub.cfg.j2", h=m, kernel=KERNEL, initrd=INITRD)
     out[f"{m.mac.lower().replace(':', '-')}.ipxe"] = render.template(
         "pxe/ipxe.j2", h=m, kernel=KERNEL, initrd=INITRD)
@@ -122,8 +142,8 @@ def machine_groups(site: Site) -> dict[str, tuple[str, Callable[[], dict[str, st
     """Per machine: a key of everything its files depend on, and how to render them. A
     machine whose key is unchanged is not rendered again (10,000 of them, one changed: 4 files)."""
     templates = hashlib.sha256("".join(map(render.static, MACHINE_TEMPLATES)).encode()).hexdigest()
-    return {m.name: (hashlib.sha256(repr((templates, m)).encode()).hexdigest()[:20],
-                     partial(machine_files, m)) for m in site.machines}
+    return {m.name: (hashlib.sha256(repr((templates, site.grub_dir, m)).encode()).hexdigest()[:20],
+                     partial(machine_files, m, site.grub_dir)) for m in site.machines}
 
 
 def shared_files(site: Site) -> dict[str, str]:
@@ -131,11 +151,14 @@ def shared_files(site: Site) -> dict[str, str]:
     return {
         "pxelinux.cfg/default": render.template(
             "pxe/pxelinux.cfg.j2", append=site.default_append, kernel=KERNEL, label="default"),
+        f"{site.grub_dir}/grub.cfg": render.template(
+            "pxe/grub-default.cfg.j2", cmdline=site.default_append.removeprefix(
+                f"initrd={INITRD} "), kernel=KERNEL, initrd=INITRD),
         "vlab-site/exports": render.template(
             "nfs/exports-site.j2", path=site.export_path, subnet=site.subnet,
             root_squash=site.root_squash),
         "vlab-site/dhcpd.conf": render.template("pxe/dhcpd.conf.j2", site=site,
-                                                bootloader=BOOTLOADER),
+                                                bootloader=BOOTLOADER, shim=efi.SHIM),
         "vlab-site/dnsmasq.conf": render.template("pxe/dnsmasq.conf.j2", site=site,
-                                                  bootloader=BOOTLOADER),
+                                                  bootloader=BOOTLOADER, shim=efi.SHIM),
     }

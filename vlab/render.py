@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import jinja2
 
-from vlab import cache
+from vlab import cache, efi
 from vlab.errors import VlabError
 from vlab.plan import FAIL_MARKER, MARKER, READY_MARKER, SSH_MARKER, Dirs, LabPlan, TerminalPlan
 
@@ -58,8 +58,9 @@ def static(name: str) -> str:
 
 
 def domain_xml(plan: LabPlan, terminal: TerminalPlan) -> str:
+    firmware = efi.FIRMWARE.get(terminal.firmware.value)
     xml = template("libvirt/domain.xml.j2", plan=plan, t=terminal, node=plan.node(terminal.node),
-                   ns=METADATA_NS)
+                   ns=METADATA_NS, firmware=firmware)
     validate(xml, "domain")
     return xml
 
@@ -72,7 +73,7 @@ def network_xml(plan: LabPlan, tftp_root: Path | None = None) -> str:
     """The lab network; with a TFTP root it also serves PXE (pxelinux.0) to its guests."""
     third = plan.subnet.network_address.packed[2]
     xml = template("libvirt/network.xml.j2", plan=plan, tftp_root=tftp_root,
-                   ipv6_gateway=f"fd00:213:{third:x}::1")
+                   ipv6_gateway=f"fd00:213:{third:x}::1", shim=efi.SHIM)
     validate(xml, "network")
     return xml
 

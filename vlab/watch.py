@@ -133,11 +133,16 @@ FAILURES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("dhcp-failed", re.escape(FAIL_MARKER) + r" dhcp-failed|No more network devices|"
          r"No configuration methods succeeded|IP-Config: no response after (?:[6-9]|\d\d+) "
          r"secs|dhcp for interface \S+ failed"),
-        # PXE: pxelinux and iPXE cannot fetch a file of the TFTP tree.
+        # PXE under Secure Boot: shim refuses a loader (GRUB) no key it trusts signed, GRUB
+        # (through shim) a kernel, OVMF a boot file itself.
+        ("secure-boot-refused",
+         r"Verification failed: \(0x1A\) Security Violation|error: bad shim signature|"
+         r"prohibited by secure boot policy|BdsDxe: failed to load .*: Access Denied"),
+        # PXE: pxelinux, iPXE and GRUB cannot fetch a file of the TFTP tree.
         ("tftp-file-not-found",
          r"Could not find (kernel|ramdisk) image|Unable to locate configuration file|"
          r"failed:\s+No such file or directory|TFTP error|File not found|"
-         r"Loading \S+( |\.\.\.)\s*failed"),
+         r"Loading \S+( |\.\.\.)\s*failed|error: file `[^']*' not found"),
         ("nic-driver-missing", re.escape(FAIL_MARKER) + r" nic-driver-missing"),
         ("init-failed",
          re.escape(FAIL_MARKER) + r" init-failed|Attempted to kill init|"

@@ -17,6 +17,7 @@ from vlab.lab.up import (
     build_nfs_root,
     create_terminals,
     export_nfs_root,
+    grub_dir,
     save_results,
     start_lab_host,
     wait_for_nfs_server,
@@ -31,8 +32,9 @@ from vlab.scenario.model import LOCAL, Scenario
 def write(scenario: Scenario, plan: LabPlan, dirs: Dirs, tftp_root: Path,
           say: Say) -> tftp.Changes:
     """Write the TFTP tree and site snippets for the scenario's physical machines."""
-    site = pxe.site_plan(scenario, plan)  # lint first: nothing is written on an error
-    tftp.bootloaders()  # ...and no loader missing
+    # Lint first: nothing is written on an error, and no loader is missing.
+    site = pxe.site_plan(scenario, plan, grub_dir=grub_dir(scenario.pxe.machines))
+    tftp.bootloaders()
     with state.locked(plan.lab_dir, plan.lab):
         build_nfs_root(plan, dirs, say)
         k, img = build_boot_files(plan, dirs, say)

@@ -16,6 +16,7 @@ from typing import Any
 from vlab import (
     builders,
     cache,
+    efi,
     initrd,
     kernel,
     labhost,
@@ -35,7 +36,16 @@ from vlab.lab.checks import run_checks
 from vlab.lab.status import report
 from vlab.plan import READY_MARKER, Dirs, LabPlan, NodePlan, TerminalPlan
 from vlab.progress import Say
-from vlab.scenario.model import LOCAL, Hypervisor, InitrdBuilder, KernelSource, RootSource, Scenario
+from vlab.scenario.model import (
+    LOCAL,
+    Firmware,
+    Hypervisor,
+    InitrdBuilder,
+    KernelSource,
+    Machine,
+    RootSource,
+    Scenario,
+)
 from vlab.watch import (
     READY_BUSYBOX,
     READY_SYSTEMD,
@@ -195,10 +205,20 @@ def write_lab_tftp_tree(scenario: Scenario, plan: LabPlan, k: kernel.Kernel, img
     return plan.tftp_root
 
 
+def grub_dir(machines: tuple[Machine, ...]) -> str:
+    """The folder the site's GRUB reads its configuration from: read from Debian's signed
+    network GRUB when a UEFI machine boots it (else where that GRUB would read it)."""
+    if any(m.firmware is not Firmware.BIOS for m in machines):
+        return efi.loaders().grub_dir
+    return pxe.GRUB_DIR
+
+
 def write_tftp_tree(tftp_root: Path, site: pxe.Site, k: kernel.Kernel,
                     img: Path) -> tftp.Changes:
-    # pxelinux loads a bzImage: the PVH ELF is for direct kernel boot only.
-    copies = {**tftp.bootloaders(), pxe.KERNEL: k.vmlinuz, pxe.INITRD: img}
+    # pxelinux and GRUB load a bzImage (Debian's, signed: shim's GRUB checks it under Secure
+    # Boot): the PVH ELF is for direct kernel boot only.
+    copies = {**tftp.bootloaders(), **(efi.loaders().files if site.uefi else {}),
+              pxe.KERNEL: k.vmlinuz, pxe.INITRD: img}
     return tftp.write_tree(tftp_root, pxe.shared_files(site), copies, pxe.machine_groups(site))
 
 
@@ -260,6 +280,9 @@ def create_terminals(plan: LabPlan, conns: dict[str, virt.Conn]) -> None:
         conn = conns[t.node]
         t.console_log.parent.mkdir(parents=True, exist_ok=True)
         t.console_log.unlink(missing_ok=True)
+        if t.nvram is not None:  # libvirt copies OVMF's variable store here: a fresh one
+            t.nvram.parent.mkdir(parents=True, exist_ok=True)
+            t.nvram.unlink(missing_ok=True)
         virt.destroy_domain(conn, t.domain)
         virt.start_domain(conn, xml[t], paused=True)
         if t.node != LOCAL or plan.hypervisor is Hypervisor.XEN:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import ipaddress
 
-from vlab.scenario.model import Machine, Pxe
+from vlab.scenario.model import Firmware, Machine, Pxe
 from vlab.scenario.table import Table
 
-KEYS = ("name", "mac", "ip", "root", "cmdline")
+KEYS = ("name", "mac", "ip", "root", "cmdline", "firmware")
 
 
 def pxe(top: Table) -> Pxe:
-    pxe_t = Table(top.file, "pxe", top.sub("pxe", {}), ("nfs_server",))
+    pxe_t = Table(top.file, "pxe", top.sub("pxe", {}), ("nfs_server", "firmware"))
+    default = pxe_t.choice("firmware", Firmware, Firmware.BIOS)
     raw = top.tables("host", "write each physical host as a [[host]] table")
     found: list[Machine] = []
     names: dict[str, int] = {}
@@ -35,5 +36,5 @@ def pxe(top: Table) -> Pxe:
         if ip is not None:
             ips[ip] = i
         found.append(Machine(name=name, mac=mac, ip=ip, root=t.root_override(),
-                             cmdline=t.cmdline()))
-    return Pxe(nfs_server=pxe_t.ip("nfs_server"), machines=tuple(found))
+                             cmdline=t.cmdline(), firmware=t.choice("firmware", Firmware, default)))
+    return Pxe(nfs_server=pxe_t.ip("nfs_server"), machines=tuple(found), firmware=default)

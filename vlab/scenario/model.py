@@ -75,6 +75,15 @@ class Boot(StrEnum):
     PXE = "pxe"
 
 
+class Firmware(StrEnum):
+    """What a PXE host (and its twin) boots with: SeaBIOS's PXE, UEFI's, UEFI with Secure
+    Boot enforced."""
+
+    BIOS = "bios"
+    UEFI = "uefi"
+    UEFI_SECURE = "uefi-secure"
+
+
 class Writable(StrEnum):
     NONE = "none"
     TMPFS = "tmpfs"
@@ -159,6 +168,7 @@ class Machine:
     ip: ipaddress.IPv4Address | None
     root: str | None
     cmdline: str
+    firmware: Firmware = Firmware.BIOS
 
 
 @dataclass(frozen=True)
@@ -180,6 +190,7 @@ class Node:
 class Pxe:
     nfs_server: ipaddress.IPv4Address | None  # None: the lab's own server
     machines: tuple[Machine, ...]
+    firmware: Firmware = Firmware.BIOS  # the hosts' default
 
 
 @dataclass(frozen=True)
