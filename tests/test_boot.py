@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from conftest import ROOT
 
-from vlab import cache, initrd, kernel, procs, scenario
+from vlab import cache, initrd, kernel, nfsserver, procs, scenario
 from vlab.cpio import read_names
 from vlab.lab.claim import plan_for as lab_plan_for
 from vlab.plan import Dirs, LabPlan
@@ -73,6 +73,8 @@ def leftovers(plan: LabPlan) -> list[str]:
         pid = procs.read_pid(dirs.state / "rpcbind.pid", "rpcbind")
         if pid is not None:
             found.append(f"rpcbind {pid}")
+    if plan.nfs_netns and Path(f"/run/netns/{plan.nfs_netns}").exists():
+        found.append(f"network namespace {plan.nfs_netns}")
     if Path(f"/run/netns/{plan.netns}").exists():
         links = subprocess.run(["ip", "-n", plan.netns, "-o", "link"], capture_output=True,
                                text=True).stdout
@@ -175,7 +177,7 @@ def test_tiny_boots_both_terminals_over_nfs_and_down_leaves_nothing(lab_down) ->
         assert t["mac"] == tp.mac and t["ip"] == tp.ip
         assert t["state"] == "running"
         proof = t["proof"]
-        assert proof["server"] == plan.gateway
+        assert proof["server"] == plan.nfs_address
         assert proof["export"] == str(plan.export_path)
         assert proof["fstype"] == "nfs4"
         assert proof["options"].split(",")[0] == "ro"
@@ -251,25 +253,31 @@ def test_root_path_from_dhcp_in_several_forms_with_options_reaching_the_mount(
     assert "wsize=4096" in by_name["options"]["proof"]["options"].split(",")
     assert "vers=4.1" in by_name["options"]["proof"]["options"].split(",")
     assert "rsize=8192" in by_name["nopath"]["proof"]["options"].split(",")
-    assert by_name["nopath"]["proof"]["server"] == plan.gateway
+    assert by_name["nopath"]["proof"]["server"] == plan.nfs_address  # DHCP's next server
 
 
-def test_nfs3_terminal_mounts_with_every_port_given_and_rpcbind_goes_with_down(lab_down) -> None:  # type: ignore[no-untyped-def]
+def test_nfs3_terminal_mounts_through_the_labs_own_rpcbind_which_goes_with_down(lab_down) -> None:  # type: ignore[no-untyped-def]
+    """Like a site's: no port words; the kernel asks the lab's rpcbind (111, in the server's
+    namespace, not the machine's) for NFS and mountd."""
     lab_down.append("scenarios/nfs3.toml")
     plan = plan_for("scenarios/nfs3.toml")
+    assert "port=" not in plan.terminals[0].cmdline
     proc, rep = up("scenarios/nfs3.toml")
     assert proc.returncode == 0, proc.stderr
     (t,) = rep["terminals"]
     options = t["proof"]["options"].split(",")
     assert t["verdict"] == "ok" and t["proof"]["fstype"] == "nfs"
-    assert "vers=3" in options and f"mountport={plan.mount_port}" in options
-    assert "nolock" in options
-    rpcbind_pid_file = Dirs.from_env().state / "rpcbind.pid"
-    rpcbind = procs.read_pid(rpcbind_pid_file, "rpcbind")  # None: the machine runs its own
+    # No port anywhere: the kernel found NFS and mountd through the lab's rpcbind.
+    assert {"vers=3", "nolock", f"mountaddr={plan.nfs_address}"} <= set(options), options
+    assert not any(o.startswith(("port=", "mountport=")) for o in options), options
+    rpcbind = procs.read_pid(plan.nfs_server_dir / "rpcbind.pid", "rpcbind")
+    assert rpcbind is not None and plan.nfs_netns is not None
+    assert procs.netns_of(rpcbind) == procs.netns_of(nfsserver.pid(plan) or 0) \
+        != procs.netns_of(1)
+    assert not (Dirs.from_env().state / "rpcbind.pid").exists()  # the machine's: not used
     assert vlab("down", "scenarios/nfs3.toml").returncode == 0
     assert leftovers(plan) == []
-    assert not rpcbind_pid_file.exists()
-    assert rpcbind is None or not procs.alive(rpcbind)
+    assert not procs.alive(rpcbind) and not Path(f"/run/netns/{plan.nfs_netns}").exists()
 
 
 def console(terminal: str, path: str, command: str, timeout: float = 60) -> str:

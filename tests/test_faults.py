@@ -93,15 +93,16 @@ def test_two_labs_up_at_once_do_not_collide(lab_down) -> None:  # type: ignore[n
     plans = [plan_for(p) for p in paths]
     a, b = plans
     assert a.subnet != b.subnet and a.bridge != b.bridge and a.network != b.network
-    assert not {a.nfs_port, a.mount_port} & {b.nfs_port, b.mount_port}
+    # Each lab's server: a namespace and an address of its own, on a site's ports.
+    assert a.nfs_netns != b.nfs_netns and a.nfs_address != b.nfs_address
     macs = [t["mac"] for r in reports for t in r["terminals"]]
     ips = [t["ip"] for r in reports for t in r["terminals"]]
     assert len(set(macs)) == len(macs) and len(set(ips)) == len(ips)
     for rep, plan in zip(reports, plans, strict=True):
         for t in rep["terminals"]:
             assert t["verdict"] == "ok"
-            assert t["proof"]["server"] == plan.gateway  # each mounted its own lab's server
-            assert f"port={plan.nfs_port}" in t["proof"]["options"]
+            assert t["proof"]["server"] == plan.nfs_address  # each its own lab's server
+            assert "port=2049" in t["proof"]["options"].split(",")
     # One lab going down leaves the other running.
     assert vlab("down", paths[0]).returncode == 0
     status = json.loads(vlab("status", paths[1], "--json").stdout)
@@ -135,6 +136,7 @@ def test_gc_removes_what_a_lab_without_state_left(lab_down) -> None:  # type: ig
     assert f"domain {plan.terminals[0].domain} (lab one)" in gc.stderr
     assert f"network {plan.network}" in gc.stderr
     assert "process" in gc.stderr and "ganesha" in gc.stderr
+    assert f"network namespace {plan.nfs_netns}" in gc.stderr
     assert leftovers(plan) == []
     again = subprocess.run([*VLAB, "gc"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "nothing to remove" in again.stdout
@@ -208,7 +210,7 @@ def test_nothing_vlab_starts_listens_in_the_machines_own_namespace(lab_down) -> 
     mine = procs.netns_of(1)
     started = {name: pid for name, pid in (
         ("nfs-ganesha", nfsserver.server_pid(plan.nfs_server_dir / "ganesha.pid")),
-        ("rpcbind", procs.read_pid(Dirs.from_env().state / "rpcbind.pid", "rpcbind")),
+        ("rpcbind", procs.read_pid(plan.nfs_server_dir / "rpcbind.pid", "rpcbind")),
     )}
     dnsmasq = procs.with_argument(f"--conf-file=/var/lib/libvirt/dnsmasq/{plan.network}.conf",
                                   "dnsmasq")

@@ -83,14 +83,21 @@ def test_root_override_as_the_page_does(tmp_path: Path) -> None:
                             '[[terminal]]\nname = "b"\nroot = "/other"\n')
     a, b = make_plan(s, GOLDEN_DIRS).terminals
     assert "root=10.9.9.9:/foo/bar" in a.cmdline.split()
-    assert f"root={make_plan(s, GOLDEN_DIRS).gateway}:/other" in b.cmdline.split()
+    assert f"root={make_plan(s, GOLDEN_DIRS).nfs_address}:/other" in b.cmdline.split()
 
 
 def test_kernel_command_line_carries_selinux_0_and_nfs_options() -> None:
     t = plan_of("tiny").terminals[0]
     words = t.cmdline.split()
     assert "selinux=0" in words and "console=ttyS0" in words
-    assert any(w.startswith("rootflags=vers=4.2,port=") for w in words)
+    # The lab's server listens where a site's does (2049, its own namespace): no port words.
+    assert "rootflags=vers=4.2" in words and "root=10.213.1.2:/var/cache/vlab/roots/busybox" \
+        in words and not any("port=" in w for w in words)
+    # A lab with other hypervisor hosts keeps its server in the lab host's namespace, on
+    # ports of its own, which its terminals' options name.
+    many = plan_of("many-hosts")
+    assert many.nfs_netns is None and many.nfs_address == many.gateway
+    assert f"port={many.nfs_port}" in many.terminals[0].cmdline
 
 
 def _lab(tmp_path: Path, name: str, extra: str = "") -> scenario.Scenario:
@@ -122,7 +129,9 @@ def test_a_second_lab_steers_clear_of_everything_the_first_holds(tmp_path: Path)
     b = make_plan(_lab(tmp_path, second), dirs, state.taken(dirs.state, second))
     assert b.attempt > 0
     assert b.subnet != a.subnet and b.bridge != a.bridge and b.network != a.network
-    assert not {b.nfs_port, b.mount_port} & {a.nfs_port, a.mount_port}
+    # Each lab's server has a namespace and an address of its own, on the standard ports.
+    assert b.nfs_netns != a.nfs_netns and b.nfs_address != a.nfs_address
+    assert (a.nfs_port, a.mount_port) == (b.nfs_port, b.mount_port) == (2049, 20048)
     assert not {t.mac for t in b.terminals} & {t.mac for t in a.terminals}
     assert not {t.ip for t in b.terminals} & {t.ip for t in a.terminals}
     # The first lab's own plan ignores its own lease, and keeps it.

@@ -270,7 +270,7 @@ def _failure_lab(folder: Path, base: str, name: str, subnet: str,
     their own way, side by side in one lab: `noexport` (a path the server does not export),
     `unreach` (a server address nobody has), `nonic` (its NIC's driver kept out by
     modprobe.blacklist), `panic` (a kernel that cannot start the initrd) and `extra`, whose
-    settings may name the lab's {server}, {port} and {export}."""
+    settings may name the lab's {server} and {export}."""
     text = (ROOT / base).read_text().split("[[terminal]]")[0]
     text = re.sub(r'name = "[^"]+"', f'name = "{name}"\nsubnet = "{subnet}.0/24"', text,
                   count=1)
@@ -282,8 +282,7 @@ def _failure_lab(folder: Path, base: str, name: str, subnet: str,
                  "unreach": f'root = "{subnet}.254:/srv/none"',
                  "nonic": 'cmdline = "modprobe.blacklist=virtio_net"',
                  "panic": 'cmdline = "rdinit=/no/such/init"',
-                 **{t: setting.format(server=plan.gateway, port=plan.nfs_port,
-                                      export=plan.export_path)
+                 **{t: setting.format(server=plan.nfs_address, export=plan.export_path)
                     for t, setting in extra.items()}}
     for t, setting in terminals.items():
         text += f'\n[[terminal]]\nname = "{t}"\nmemory = 512\n{setting}\n'
@@ -307,7 +306,7 @@ def failures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             # the last root= wins; NFSv4.3 is a minor version nobody has (no `noinit`:
             # dracut tries init=, then rd.distroinit=, then /sbin/init, so an init=
             # nobody has boots the root's own)
-            {"v43": 'cmdline = "root=nfs4:{server}:{export}:vers=4.3,port={port}"'}),
+            {"v43": 'cmdline = "root=nfs4:{server}:{export}:vers=4.3"'}),
     }
     try:
         booted = up_side_by_side(list(labs.values()))

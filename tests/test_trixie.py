@@ -41,8 +41,7 @@ def _vlab_lab(folder: Path, root: Path) -> tuple[Path, str]:
             f'[root]\nsource = "dir"\npath = "{root}"\n[kernel]\nsource = "root"\n')
     path.write_text(head + '[[terminal]]\nname = "v3"\nmemory = 512\n')
     plan = plan_for(str(path))
-    form = (f"root=nfs4:{plan.gateway}:{plan.export_path}:vers={{v}},port={plan.nfs_port} "
-            f"rootflags=port={plan.nfs_port}")
+    form = f"root=nfs4:{plan.nfs_address}:{plan.export_path}:vers={{v}} rootflags=wsize=8192"
     text = head + '[[terminal]]\nname = "v3"\nmemory = 512\n'
     for v in ("4.0", "4.1"):
         text += (f'[[terminal]]\nname = "v{v.replace(".", "")}"\nmemory = 512\n'

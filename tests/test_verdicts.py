@@ -78,7 +78,7 @@ def test_a_minor_version_nobody_has_is_nfs_version_unsupported(tmp_path: Path,
     def asks_4_3(plan: LabPlan) -> LabPlan:
         (t,) = plan.terminals
         return replace(plan, terminals=(replace(t, cmdline=t.cmdline.replace(
-            "rootflags=vers=4.2,", "rootflags=vers=4.3,")),))
+            "rootflags=vers=4.2", "rootflags=vers=4.3")),))
 
     _boots_to("nfs-version-unsupported", path, asks_4_3)
 

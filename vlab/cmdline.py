@@ -11,8 +11,9 @@ TUNING_ARGS = ("quiet",)
 
 
 def nfs_options(version: NfsVersion, port: int | None) -> str:
-    """The mount options: for vlab's own server every port is given, so a terminal never
-    needs rpcbind; a real server (port None) listens on 2049."""
+    """The mount options: a server on a port of its own (a lab with other hypervisor hosts)
+    has every port given, so a terminal never needs rpcbind; a site's server, and a lab's in
+    its own namespace (port None), listen on 2049 (NFSv3: mountd through rpcbind)."""
     options = f"vers={version.value}"
     if port is None:
         return options + (",nolock" if version is NfsVersion.V3 else "")
@@ -22,13 +23,13 @@ def nfs_options(version: NfsVersion, port: int | None) -> str:
     return options
 
 
-def machines_nfs(scenario: Scenario, gateway: str, nfs_port: int) -> tuple[str, str]:
+def machines_nfs(scenario: Scenario, server: str, port: int | None) -> tuple[str, str]:
     """Server and mount options of PXE machines: [pxe] nfs_server (a real server), else the
-    lab's own."""
+    lab's own (port None: it listens on 2049, as a site's does)."""
     explicit = scenario.pxe.nfs_server
     if explicit:
         return str(explicit), nfs_options(scenario.lab.nfs_version, None)
-    return gateway, nfs_options(scenario.lab.nfs_version, nfs_port)
+    return server, nfs_options(scenario.lab.nfs_version, port)
 
 
 def _scheme(version: NfsVersion) -> str:

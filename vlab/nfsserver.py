@@ -1,16 +1,20 @@
-"""The embedded NFS server: one nfs-ganesha (FSAL VFS, NFSv4) per lab, in the lab host's
-namespace, exporting the root read-only to the lab subnet only."""
+"""The embedded NFS server: one nfs-ganesha (FSAL VFS, NFSv4 or v3+v4) per lab, exporting the
+root read-only to the lab subnet only. It runs in a network namespace of its own, joined to
+the lab bridge by a veth pair, on a site's ports (2049; for NFSv3 mountd and an rpcbind of its
+own on 111), so nothing of it is reachable but from the lab network; a lab with other
+hypervisor hosts keeps it in the lab host's namespace on ports of its own."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import time
 from pathlib import Path
 
-from vlab import procs, render, run, state
+from vlab import labhost, procs, render, run, state
 from vlab.errors import HostError, MissingTool, ScenarioError
-from vlab.plan import LabPlan
+from vlab.plan import NFS_NETNS_PREFIX, LabPlan
 from vlab.scenario.model import InitrdBuilder, NfsVersion
 
 GANESHA = "ganesha.nfsd"
@@ -49,6 +53,7 @@ def _files(plan: LabPlan) -> tuple[Path, Path, Path]:
 
 
 RPCBIND_SOCK = Path("/run/rpcbind.sock")
+LINK = "eth0"  # the server's end of the veth pair, in its own namespace
 RPCBIND_PID = "rpcbind.pid"  # in the state folder: the rpcbind vlab started, if it did
 
 
@@ -79,6 +84,9 @@ def pid_files(state_dir: Path) -> list[Path]:
 
 
 def _needs_rpcbind(conf: Path) -> bool:
+    """An NFSv3 server in the lab host's namespace (one in its own has its own rpcbind)."""
+    if conf.with_name("run").is_dir():
+        return False
     try:
         return "Protocols = 3" in conf.read_text()
     except OSError:
@@ -101,6 +109,79 @@ def stop_rpcbind_if_unused(state_dir: Path) -> bool:
         return True
 
 
+def _ip(netns: str | None) -> list[str]:
+    return ["ip", "-n", netns] if netns else ["ip"]
+
+
+def make_namespace(plan: LabPlan, host_netns: str | None) -> None:
+    """The server's namespace with its end of a veth pair at the lab's NFS address; the
+    other end waits in the lab host's namespace for join_bridge(). Again after a kill: the
+    pair is made anew."""
+    ns = plan.nfs_netns
+    assert ns is not None
+    if not (labhost.NETNS_DIR / ns).exists():
+        run.run(["ip", "netns", "add", ns])
+    run.run(["ip", "-n", ns, "link", "set", "lo", "up"])
+    run.run([*_ip(host_netns), "link", "del", plan.nfs_link], check=False)
+    run.run([*_ip(host_netns), "link", "add", plan.nfs_link, "type", "veth", "peer", "name",
+             LINK, "netns", ns])
+    run.run(["ip", "-n", ns, "addr", "add", f"{plan.nfs_address}/{plan.subnet.prefixlen}",
+             "dev", LINK])
+    run.run(["ip", "-n", ns, "link", "set", LINK, "up"])
+
+
+def join_bridge(plan: LabPlan, host_netns: str | None) -> None:
+    """Put the server on the lab network (once libvirt made its bridge)."""
+    run.run([*_ip(host_netns), "link", "set", plan.nfs_link, "master", plan.bridge, "up"])
+
+
+def remove_namespace(ns: str) -> bool:
+    """The server's namespace and the veth pair with it, after whatever still runs in it (a
+    ganesha or rpcbind whose pid file a kill left unwritten): a namespace only vlab makes."""
+    path = labhost.NETNS_DIR / ns
+    if not ns.startswith(NFS_NETNS_PREFIX) or not path.exists():
+        return False
+    inside = f"net:[{os.stat(path).st_ino}]"
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        if procs.netns_of(int(entry)) == inside:
+            procs.stop(int(entry))
+    run.run(["ip", "netns", "del", ns])
+    return True
+
+
+def namespaces() -> list[str]:
+    """Every lab's server namespace on this machine."""
+    if not labhost.NETNS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in labhost.NETNS_DIR.glob(f"{NFS_NETNS_PREFIX}*"))
+
+
+def _private_run(run_dir: Path, argv: list[str]) -> list[str]:
+    """argv in a mount namespace of its own whose /run is run_dir: the lab's rpcbind and its
+    ganesha meet on run_dir/rpcbind.sock, which no other rpcbind (the machine's, another
+    lab's) shares. (rpcbind's socket is a path, not tied to a network namespace.)"""
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+            'mount --bind "$0" /run && exec "$@"', str(run_dir), *argv]
+
+
+def _start_own_rpcbind(plan: LabPlan, run_dir: Path) -> None:
+    if run.which("rpcbind") is None:
+        raise MissingTool("rpcbind (needed for nfs_version = \"3\")", "rpcbind")
+    pid_file = plan.nfs_server_dir / RPCBIND_PID
+    if procs.read_pid(pid_file, "rpcbind") is not None:
+        return
+    # -f: in the foreground, so the pid is rpcbind's own (ip, unshare and sh exec it).
+    pid = run.spawn(_private_run(run_dir, ["rpcbind", "-f", "-w"]), netns=plan.nfs_netns,
+                    log_file=plan.nfs_server_dir / "rpcbind.log")
+    pid_file.write_text(f"{pid}\n")
+    started = time.monotonic()
+    while not procs.socket_answers(run_dir / RPCBIND_SOCK.name):
+        if time.monotonic() - started > 10 or not procs.alive(pid):
+            raise HostError(f"the lab's rpcbind did not answer within 10 s; see "
+                            f"{plan.nfs_server_dir / 'rpcbind.log'}")
+        time.sleep(0.05)
+
+
 def pid(plan: LabPlan) -> int | None:
     return server_pid(_files(plan)[1])
 
@@ -121,13 +202,22 @@ def start(plan: LabPlan, netns: str | None, state_dir: Path) -> None:
     if server_pid(pid_file) is not None:
         return
     (plan.nfs_server_dir / "recovery").mkdir(parents=True, exist_ok=True)
-    with state.machine_locked(state_dir):  # no other lab's down stops rpcbind meanwhile
+    argv = [GANESHA, "-f", str(conf), "-L", str(log_file), "-p", str(pid_file),
+            "-N", "NIV_EVENT"]
+    if plan.nfs_netns is not None:
+        run_dir = plan.nfs_server_dir / "run"
+        run_dir.mkdir(mode=0o755, exist_ok=True)
         conf.write_text(render.ganesha_conf(plan))
         if plan.nfs_version is NfsVersion.V3:
-            ensure_rpcbind(netns, state_dir / RPCBIND_PID)
+            _start_own_rpcbind(plan, run_dir)
+        argv, netns = _private_run(run_dir, argv), plan.nfs_netns
+    else:
+        with state.machine_locked(state_dir):  # no other lab's down stops rpcbind meanwhile
+            conf.write_text(render.ganesha_conf(plan))
+            if plan.nfs_version is NfsVersion.V3:
+                ensure_rpcbind(netns, state_dir / RPCBIND_PID)
     log_file.write_text("")
-    run.daemon([GANESHA, "-f", str(conf), "-L", str(log_file), "-p", str(pid_file),
-                "-N", "NIV_EVENT"], netns=netns, log_file=plan.nfs_server_dir / "stdout.log")
+    run.daemon(argv, netns=netns, log_file=plan.nfs_server_dir / "stdout.log")
 
 
 def wait_ready(plan: LabPlan) -> int:
@@ -159,6 +249,9 @@ def stop(plan: LabPlan) -> None:
     server = pid(plan)
     if server is not None:
         procs.stop(server)
+    own_rpcbind = procs.read_pid(plan.nfs_server_dir / RPCBIND_PID, "rpcbind")
+    if own_rpcbind is not None:
+        procs.stop(own_rpcbind)
     # Keep the last log beside the console logs: it explains a failed mount after the fact.
     log_file = _files(plan)[2]
     if log_file.is_file():

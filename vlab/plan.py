@@ -41,6 +41,14 @@ from vlab.scenario.model import (
 
 FIRST_TERMINAL_HOST = 10
 NETNS = "vlab-host"
+# A lab's NFS server has a network namespace of its own, joined to the lab bridge, at the lab
+# network's .2 (the lab host is .1, DHCP and TFTP; terminals from .10): there it listens where
+# a site's server does, so root paths and mount options are a site's. (Not for labs with
+# [[libvirt_host]]s: their terminals reach the server through the lab host's namespace.)
+NFS_HOST = 2
+NFS_PORT = 2049
+MOUNT_PORT = 20048  # mountd's usual port (nfs-utils' nfs.conf), found through rpcbind
+NFS_NETNS_PREFIX = "vlab-nfs-"
 MARKER = "VLAB-NFSROOT-OK"
 FAIL_MARKER = "VLAB-FAIL"
 READY_MARKER = "VLAB-TERMINAL-UP"
@@ -138,6 +146,7 @@ class LabPlan:
     subnet: ipaddress.IPv4Network
     nfs_version: NfsVersion
     nfs_port: int
+    nfs_netns: str | None  # the NFS server's own namespace; None: the lab host's
     export_path: Path
     lab_dir: Path
     root_source: RootSource
@@ -182,12 +191,29 @@ class LabPlan:
         return str(self.subnet.broadcast_address - 1)
 
     @property
+    def nfs_address(self) -> str:
+        """Where terminals mount the root: the server's own namespace, or the lab host."""
+        if self.nfs_netns is None:
+            return self.gateway
+        return str(self.subnet.network_address + NFS_HOST)
+
+    @property
+    def option_port(self) -> int | None:
+        """The NFS port mount options must name: None where the server listens on 2049."""
+        return None if self.nfs_netns else self.nfs_port
+
+    @property
     def mount_port(self) -> int:
-        return self.nfs_port + MOUNT_PORT_OFFSET
+        return MOUNT_PORT if self.nfs_netns else self.nfs_port + MOUNT_PORT_OFFSET
+
+    @property
+    def nfs_link(self) -> str:
+        """The lab host's end of the veth pair into the server's namespace."""
+        return "vn" + self.bridge.removeprefix("vlab")
 
     @property
     def nfs_options(self) -> str:
-        return nfs_options(self.nfs_version, self.nfs_port)
+        return nfs_options(self.nfs_version, self.option_port)
 
     @property
     def root_squash(self) -> bool:
@@ -277,12 +303,16 @@ def make_plan(scenario: Scenario, dirs: Dirs, taken: Taken = NO_OTHER_LABS,
     packages = debian_packages(root.packages, scenario.initrd.builder)
     export_path = _export_path(scenario, dirs, lab_dir, packages)
     _check_export_path(scenario, export_path)
-    gateway = str(subnet.network_address + 1)
+    own_netns = not scenario.nodes
+    if own_netns:
+        server, nfs_port, option_port = str(subnet.network_address + NFS_HOST), NFS_PORT, None
+    else:
+        server, option_port = str(subnet.network_address + 1), nfs_port
     nodes = _nodes(scenario, lab_dir)
     if twins:
-        terminals = _twins(scenario, subnet, gateway, nfs_port, export_path, lab_dir)
+        terminals = _twins(scenario, subnet, server, option_port, export_path, lab_dir)
     else:
-        terminals = _terminals(scenario, subnet, gateway, nfs_port, export_path, lab_dir,
+        terminals = _terminals(scenario, subnet, server, option_port, export_path, lab_dir,
                                placement or place(scenario), taken.macs, ssh_key)
     return LabPlan(
         lab=lab.name,
@@ -296,6 +326,7 @@ def make_plan(scenario: Scenario, dirs: Dirs, taken: Taken = NO_OTHER_LABS,
         subnet=subnet,
         nfs_version=lab.nfs_version,
         nfs_port=nfs_port,
+        nfs_netns=NFS_NETNS_PREFIX + lab.name if own_netns else None,
         export_path=export_path,
         lab_dir=lab_dir,
         root_source=root.source,
@@ -362,17 +393,17 @@ def _nodes(scenario: Scenario, lab_dir: Path) -> tuple[NodePlan, ...]:
                      for h in scenario.nodes))
 
 
-def _terminals(scenario: Scenario, subnet: ipaddress.IPv4Network, gateway: str, nfs_port: int,
-               export_path: Path, lab_dir: Path, placement: Placement,
+def _terminals(scenario: Scenario, subnet: ipaddress.IPv4Network, nfs_server: str,
+               option_port: int | None, export_path: Path, lab_dir: Path, placement: Placement,
                others: frozenset[str], ssh_key: str) -> tuple[TerminalPlan, ...]:
     lab = scenario.lab
-    options = nfs_options(lab.nfs_version, nfs_port)
+    options = nfs_options(lab.nfs_version, option_port)
     macs = pinned_macs(scenario, others)
     servers = {h.name: str(h.nfs_server) for h in scenario.nodes}
     terminals = []
     for i, t in enumerate(scenario.terminals):
         on = placement.get(t.name, LOCAL)
-        server, path = root_target(t.root, servers.get(on, gateway), str(export_path))
+        server, path = root_target(t.root, servers.get(on, nfs_server), str(export_path))
         dhcp_root = None
         if lab.root_via is RootVia.DHCP:
             dhcp_root = t.dhcp_root_path or root_path_by_dhcp(scenario, None, server, path,
@@ -404,15 +435,16 @@ def _terminals(scenario: Scenario, subnet: ipaddress.IPv4Network, gateway: str, 
     return tuple(terminals)
 
 
-def _twins(scenario: Scenario, subnet: ipaddress.IPv4Network, gateway: str, nfs_port: int,
-           export_path: Path, lab_dir: Path) -> tuple[TerminalPlan, ...]:
+def _twins(scenario: Scenario, subnet: ipaddress.IPv4Network, nfs_server: str,
+           option_port: int | None, export_path: Path, lab_dir: Path
+           ) -> tuple[TerminalPlan, ...]:
     """A virtual twin per physical machine (a sample when there are many): its MAC, its fixed
     IP, booting from the network; and one more whose MAC has no file, which must boot
     through pxelinux.cfg/default."""
     lab = scenario.lab.name
     machines = scenario.pxe.machines
     macs = {m.mac for m in machines}
-    server, options = machines_nfs(scenario, gateway, nfs_port)
+    server, options = machines_nfs(scenario, nfs_server, option_port)
     twins = [(m.name, m.mac, m.ip if m.ip and m.ip in subnet else None,
               root_path_by_dhcp(scenario, m.root, server, str(export_path), options),
               m.firmware) for m in _sample(machines)]

@@ -90,7 +90,7 @@ def site_plan(scenario: Scenario, lab: LabPlan, machines: tuple[Machine, ...] | 
     lint errors before any write."""
     if machines is None:
         machines = scenario.pxe.machines
-    server, options = machines_nfs(scenario, lab.gateway, lab.nfs_port)
+    server, options = machines_nfs(scenario, lab.nfs_address, lab.option_port)
     export = str(lab.export_path)
     by_dhcp = scenario.lab.root_via is RootVia.DHCP
 

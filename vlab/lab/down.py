@@ -66,6 +66,9 @@ def remove_local_files(plan: LabPlan, dirs: Dirs, recorded: dict[str, Any], say:
     if nfsserver.pid(plan) is not None:
         say("stopped nfs-ganesha")
     nfsserver.stop(plan)
+    for ns in {plan.nfs_netns, recorded.get("nfs_netns")} - {None}:
+        if nfsserver.remove_namespace(str(ns)):
+            say(f"removed the NFS server's network namespace {ns}")
     if recorded.get("image"):
         for done in nfsroot.release_image(Path(recorded.get("image_file") or recorded["image"]),
                                           Path(recorded["image_mount"]),
@@ -148,6 +151,12 @@ def everything_down(netns: str, dirs: Dirs, say: Say) -> None:
         if pid is not None:
             procs.stop(pid)
             say(f"stopped nfs-ganesha of lab {pid_file.parent.parent.name}")
+        rpcbind = procs.read_pid(pid_file.with_name(nfsserver.RPCBIND_PID), "rpcbind")
+        if rpcbind is not None:
+            procs.stop(rpcbind)
+    for ns in nfsserver.namespaces():
+        nfsserver.remove_namespace(ns)
+        say(f"removed network namespace {ns}")
     if nfsserver.stop_rpcbind_if_unused(dirs.state):
         say("stopped rpcbind")
     lab_host_down(netns, dirs, say)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from vlab import cache, labhost, mounts, nfsserver, procs, render, state, virt
 from vlab.lab.down import lab_host_down
-from vlab.plan import NETNS, Dirs
+from vlab.plan import NETNS, NFS_NETNS_PREFIX, Dirs
 from vlab.progress import Say
 
 
@@ -33,6 +33,9 @@ def gc(dirs: Dirs, say: Say) -> list[str]:
         if orphan(owner):
             procs.stop(pid)
             removed.append(f"process {pid} (lab {owner}): {cmd}")
+    for ns in nfsserver.namespaces():  # with the lab's rpcbind, and anything else in it
+        if orphan(ns.removeprefix(NFS_NETNS_PREFIX)) and nfsserver.remove_namespace(ns):
+            removed.append(f"network namespace {ns}")
     for point in mounts.mounted_under(labs):
         owner = point.relative_to(labs.resolve()).parts[0]
         if orphan(owner):

@@ -18,6 +18,7 @@ from vlab.lab.up import (
     create_terminals,
     export_nfs_root,
     grub_dir,
+    join_lab_network,
     save_results,
     start_lab_host,
     wait_for_nfs_server,
@@ -87,6 +88,7 @@ def _boot_twins(twins: LabPlan, dirs: Dirs, tftp_root: Path, say: Say) -> dict[s
             state.update(twins.lab_dir, network=twins.network)
             export_nfs_root(twins, dirs, netns)
             virt.start_network(conn, twins.network, render.network_xml(twins, tftp_root))
+            join_lab_network(twins, netns)
             create_terminals(twins, {LOCAL: conn})
             wait_for_nfs_server(twins, say)
             started = boot_terminals(twins, {LOCAL: conn}, say)

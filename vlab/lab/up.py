@@ -84,6 +84,7 @@ def _boot(scenario: Scenario, plan: LabPlan, dirs: Dirs, k: kernel.Kernel, img: 
     tftp_root = write_lab_tftp_tree(scenario, plan, k, img, say)
     export_nfs_root(plan, dirs, netns)  # starts while the network is defined
     define_network(plan, conns[LOCAL], say, tftp_root)
+    join_lab_network(plan, netns)
     ship_boot_files(plan, k, say)
     create_terminals(plan, conns)
     wait_for_nfs_server(plan, say)
@@ -119,6 +120,7 @@ def already_up(plan: LabPlan, dirs: Dirs, netns: str | None, conns: dict[str, vi
     if nfsserver.pid(plan) is None:
         say(f"lab {plan.lab} is up, but its NFS server is gone: starting it again")
         export_nfs_root(plan, dirs, netns)
+        join_lab_network(plan, netns)
         wait_for_nfs_server(plan, say)
         return report(plan, conns)
     say(f"lab {plan.lab} is already up: nothing changed")
@@ -232,10 +234,19 @@ def define_network(plan: LabPlan, conn: virt.Conn, say: Say,
 
 
 def export_nfs_root(plan: LabPlan, dirs: Dirs, netns: str | None) -> None:
-    state.update(plan.lab_dir, nfs_server=str(plan.nfs_server_dir))
+    """Start the lab's NFS server: in a namespace of its own (made first, recorded before),
+    or in the lab host's. join_lab_network() puts it on the lab network once that is up."""
+    state.update(plan.lab_dir, nfs_server=str(plan.nfs_server_dir), nfs_netns=plan.nfs_netns)
     plan.nfs_server_dir.mkdir(parents=True, exist_ok=True)
     (plan.lab_dir / "exports").write_text(render.exports_line(plan))
+    if plan.nfs_netns is not None:
+        nfsserver.make_namespace(plan, netns)
     nfsserver.start(plan, netns, dirs.state)
+
+
+def join_lab_network(plan: LabPlan, netns: str | None) -> None:
+    if plan.nfs_netns is not None:
+        nfsserver.join_bridge(plan, netns)
 
 
 def ship_boot_files(plan: LabPlan, k: kernel.Kernel, say: Say) -> None:
@@ -267,7 +278,9 @@ def wait_for_nfs_server(plan: LabPlan, say: Say) -> None:
     """The guests boot only once the NFS server listens: they never wait for it."""
     pid = nfsserver.wait_ready(plan)
     say(f"export: nfs-ganesha (pid {pid}) serves {plan.export_path} read-only to "
-        f"{', '.join(map(str, plan.nfs_clients))} on {plan.gateway}:{plan.nfs_port}")
+        f"{', '.join(map(str, plan.nfs_clients))} on {plan.nfs_address}:{plan.nfs_port}"
+        + (f" (network namespace {plan.nfs_netns}, on the lab network only)"
+           if plan.nfs_netns else ""))
 
 
 def create_terminals(plan: LabPlan, conns: dict[str, virt.Conn]) -> None:
