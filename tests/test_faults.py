@@ -102,7 +102,8 @@ def test_two_labs_up_at_once_do_not_collide(lab_down) -> None:  # type: ignore[n
         for t in rep["terminals"]:
             assert t["verdict"] == "ok"
             assert t["proof"]["server"] == plan.nfs_address  # each its own lab's server
-            assert "port=2049" in t["proof"]["options"].split(",")
+            # on 2049, which the kernel does not print (it shows a port only if another)
+            assert not any(o.startswith("port=") for o in t["proof"]["options"].split(","))
     # One lab going down leaves the other running.
     assert vlab("down", paths[0]).returncode == 0
     status = json.loads(vlab("status", paths[1], "--json").stdout)
