@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from disks import ESP, ROOT_X86_64, Part, disk, qcow2  # noqa: E402
+from disks import ESP, ROOT_X86_64, Part, disk, qcow2, size_mib  # noqa: E402
 
 from vlab import nfsroot, scenario  # noqa: E402
 from vlab.lab.claim import plan_for  # noqa: E402
@@ -57,13 +57,12 @@ def main() -> int:
         plan = plan_for(scenario.load(ROOT / "scenarios/debian-initramfs-tools.toml"), dirs)
         tree = nfsroot.build_debian(plan.export_path, plan.debian_suite, plan.debian_packages,
                                     print)
-        used = sum(p.lstat().st_size for p in tree.rglob("*") if not p.is_symlink())
-        size_mib = used * 3 // 2 // 2**20 + 256
+        size = size_mib(tree)
         kernel = '[kernel]\nsource = "root"\n'
         terminal = 'memory = 512\n'
     else:
         tree = nfsroot.build_busybox(dirs.cache / "roots" / "busybox")
-        size_mib, kernel, terminal = 64, '[kernel]\nsource = "debian"\n', ""
+        size, kernel, terminal = 64, '[kernel]\nsource = "debian"\n', ""
     results: dict[str, tuple[list[float], list[float]]] = {}
     converted = dirs.cache / "images"
     before = set(converted.glob("*")) if converted.is_dir() else set()
@@ -74,12 +73,12 @@ def main() -> int:
             bare = folder / "bare.img"
             bare.unlink(missing_ok=True)
             subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tree), str(bare),
-                            f"{size_mib}M"], check=True)
+                            f"{size}M"], check=True)
             (folder / "stamp").write_text(str(time.time()))
             subprocess.run(["debugfs", "-w", "-R", f"write {folder / 'stamp'} /stamp",
                             str(bare)], check=True, capture_output=True)
             gpt = disk(folder / "gpt.img", "gpt", [Part(ESP, 8, "vfat"),
-                                                   Part(ROOT_X86_64, size_mib, None)])
+                                                   Part(ROOT_X86_64, size, None)])
             subprocess.run(["dd", f"if={bare}", f"of={gpt}", "bs=1M", "seek=9",
                             "conv=notrunc,sparse", "status=none"], check=True)
             q = qcow2(gpt, folder / "gpt.qcow2")

@@ -26,6 +26,12 @@ class Part:
     fslabel: str = ""
 
 
+def size_mib(tree: Path) -> int:
+    """A filesystem size that holds the tree with room to spare (1.5x, plus 256 MiB)."""
+    used = sum(p.lstat().st_size for p in tree.rglob("*") if not p.is_symlink())
+    return used * 3 // 2 // MiB + 256
+
+
 def sha256(path: Path) -> str:
     with path.open("rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()

@@ -13,24 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from disks import ESP, ROOT_X86_64, XBOOTLDR, Part, disk, qcow2, sha256
+from disks import ESP, ROOT_X86_64, XBOOTLDR, Part, disk, qcow2, sha256, size_mib
 from test_boot import plan_for, up, vlab
 from test_roots import _debian_root, _multi_user
 
 pytestmark = pytest.mark.boot
 
-MiB = 1 << 20
-
-
-def _size_mib(tree: Path) -> int:
-    used = sum(p.lstat().st_size for p in tree.rglob("*") if not p.is_symlink())
-    return used * 3 // 2 // MiB + 256
 
 
 def _root_partition(root: Path, out: Path) -> Path:
     """The root's tree as an ext4 filesystem whose /boot is an empty mount point."""
     subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(root), str(out),
-                    f"{_size_mib(root)}M"], check=True)
+                    f"{size_mib(root)}M"], check=True)
     for entry in (root / "boot").iterdir():
         subprocess.run(["debugfs", "-w", "-R", f"rm /boot/{entry.name}", str(out)],
                        check=True, capture_output=True)
@@ -42,7 +36,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """gpt (raw), qcow2 (the gpt disk converted), mbr (raw, /boot inside the root)."""
     root = _debian_root()
     folder = tmp_path_factory.mktemp("images")
-    size = _size_mib(root)
+    size = size_mib(root)
     root_fs = _root_partition(root, folder / "root.ext4")
     gpt = disk(folder / "gpt.img", "gpt", [
         Part(ESP, 16, "vfat", fslabel="EFI"),

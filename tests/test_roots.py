@@ -149,9 +149,10 @@ def test_dracut_takes_the_root_path_from_dhcp(dracut_labs) -> None:  # type: ign
     assert unit in (junit.findtext(".//system-err") or "")
 
 
-def _debian_root() -> Path:
-    """The initramfs-tools Debian root (bootstrapped once, then cached)."""
-    plan = plan_for(ITOOLS)
+def _debian_root(path: str = ITOOLS) -> Path:
+    """A shipped scenario's Debian root, by default initramfs-tools' (bootstrapped once, then
+    cached)."""
+    plan = plan_for(path)
     return nfsroot.build_debian(plan.export_path, plan.debian_suite, plan.debian_packages,
                                 lambda _text: None)
 

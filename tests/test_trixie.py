@@ -13,9 +13,7 @@ from typing import Any
 
 import pytest
 from test_boot import plan_for, up_side_by_side, vlab
-from test_roots import _multi_user
-
-from vlab import nfsroot
+from test_roots import _debian_root, _multi_user
 
 pytestmark = pytest.mark.boot
 
@@ -25,12 +23,6 @@ DRACUT = "scenarios/trixie-dracut.toml"
 
 def _version(t: dict) -> str:  # type: ignore[type-arg]
     return next(o for o in t["proof"]["options"].split(",") if o.startswith("vers="))
-
-
-def _bootstrap(path: str) -> Path:
-    plan = plan_for(path)
-    return nfsroot.build_debian(plan.export_path, plan.debian_suite, plan.debian_packages,
-                                lambda _text: None)
 
 
 def _vlab_lab(folder: Path, root: Path) -> tuple[Path, str]:
@@ -54,7 +46,7 @@ def _vlab_lab(folder: Path, root: Path) -> tuple[Path, str]:
 def trixie(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The three labs booted side by side, then down; their `vlab up` results by scenario."""
     with ThreadPoolExecutor(max_workers=2) as pool:
-        root = list(pool.map(_bootstrap, (ITOOLS, DRACUT)))[0]
+        root = list(pool.map(_debian_root, (ITOOLS, DRACUT)))[0]
     assert list((root / "lib/modules").glob("*/kernel/fs/nfs/nfsv4.ko.xz"))
     own, text = _vlab_lab(tmp_path_factory.mktemp("trixie"), root)
     labs = [DRACUT, ITOOLS, str(own)]  # the longest first

@@ -179,7 +179,8 @@ class LabPlan:
 
     @property
     def gateway(self) -> str:
-        """The lab host's address on the lab network: DHCP, TFTP and NFS server."""
+        """The lab host's address on the lab network: DHCP and TFTP (and the NFS server of
+        a lab with other hypervisor hosts)."""
         return str(self.subnet.network_address + 1)
 
     @property
@@ -192,10 +193,7 @@ class LabPlan:
 
     @property
     def nfs_address(self) -> str:
-        """Where terminals mount the root: the server's own namespace, or the lab host."""
-        if self.nfs_netns is None:
-            return self.gateway
-        return str(self.subnet.network_address + NFS_HOST)
+        return nfs_address(self.subnet, self.nfs_netns)
 
     @property
     def option_port(self) -> int | None:
@@ -284,6 +282,11 @@ def place(scenario: Scenario, free_mib: dict[str, int] | None = None) -> Placeme
     return placement
 
 
+def nfs_address(subnet: ipaddress.IPv4Network, nfs_netns: str | None) -> str:
+    """Where terminals mount the root: the server's own namespace (.2), or the lab host."""
+    return str(subnet.network_address + (1 if nfs_netns is None else NFS_HOST))
+
+
 def domain_name(lab: str, terminal: str) -> str:
     return f"vlab-{lab}-{terminal}"
 
@@ -303,11 +306,11 @@ def make_plan(scenario: Scenario, dirs: Dirs, taken: Taken = NO_OTHER_LABS,
     packages = debian_packages(root.packages, scenario.initrd.builder)
     export_path = _export_path(scenario, dirs, lab_dir, packages)
     _check_export_path(scenario, export_path)
-    own_netns = not scenario.nodes
-    if own_netns:
-        server, nfs_port, option_port = str(subnet.network_address + NFS_HOST), NFS_PORT, None
-    else:
-        server, option_port = str(subnet.network_address + 1), nfs_port
+    nfs_netns = None if scenario.nodes else NFS_NETNS_PREFIX + lab.name
+    server = nfs_address(subnet, nfs_netns)
+    if nfs_netns:
+        nfs_port = NFS_PORT
+    option_port = None if nfs_netns else nfs_port
     nodes = _nodes(scenario, lab_dir)
     if twins:
         terminals = _twins(scenario, subnet, server, option_port, export_path, lab_dir)
@@ -326,7 +329,7 @@ def make_plan(scenario: Scenario, dirs: Dirs, taken: Taken = NO_OTHER_LABS,
         subnet=subnet,
         nfs_version=lab.nfs_version,
         nfs_port=nfs_port,
-        nfs_netns=NFS_NETNS_PREFIX + lab.name if own_netns else None,
+        nfs_netns=nfs_netns,
         export_path=export_path,
         lab_dir=lab_dir,
         root_source=root.source,

@@ -151,10 +151,7 @@ def everything_down(netns: str, dirs: Dirs, say: Say) -> None:
         if pid is not None:
             procs.stop(pid)
             say(f"stopped nfs-ganesha of lab {pid_file.parent.parent.name}")
-        rpcbind = procs.read_pid(pid_file.with_name(nfsserver.RPCBIND_PID), "rpcbind")
-        if rpcbind is not None:
-            procs.stop(rpcbind)
-    for ns in nfsserver.namespaces():
+    for ns in nfsserver.namespaces():  # with each lab's own rpcbind in it
         nfsserver.remove_namespace(ns)
         say(f"removed network namespace {ns}")
     if nfsserver.stop_rpcbind_if_unused(dirs.state):
