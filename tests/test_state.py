@@ -1,11 +1,13 @@
-"""The lab's state file under writers in several processes at once."""
+"""The lab's state file and the cache under writers in several processes at once."""
 
 from __future__ import annotations
 
 import multiprocessing
 from pathlib import Path
 
-from vlab import state
+import pytest
+
+from vlab import cache, state
 
 WRITERS, EACH = 6, 40
 
@@ -54,3 +56,24 @@ def test_a_lab_going_down_leaves_rpcbind_to_a_v3_lab_that_is_starting(tmp_path: 
         fake.wait(timeout=10)
     finally:
         fake.kill()
+
+
+def test_a_key_published_side_by_side_keeps_one_result(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two labs up at once build the same cache key (the root's kernel): the second rename
+    meets the first's folder, keeps it and drops its own (CI: ENOTEMPTY, an internal error)."""
+    final = tmp_path / "kernels" / "root-6.12-abc"
+    rename = Path.rename
+
+    def raced(self: Path, target: Path) -> Path:
+        if target == final and not final.exists():  # the other vlab wins, just now
+            final.mkdir()
+            (final / "vmlinuz").write_text("theirs")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", raced)
+    with cache.publish(final) as tmp:
+        tmp.mkdir()
+        (tmp / "vmlinuz").write_text("mine")
+    assert (final / "vmlinuz").read_text() == "theirs"
+    assert sorted(p.name for p in final.parent.iterdir()) == [final.name]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import os
@@ -54,7 +55,14 @@ def publish(final: Path) -> Iterator[Path]:
     old = final.with_name(f".{final.name}.old-{os.getpid()}")
     if final.exists():
         final.rename(old)
-    tmp.rename(final)
+    try:
+        tmp.rename(final)
+    except OSError as err:
+        # Another vlab (a lab coming up side by side) published the same key in between:
+        # its result is as good as this one (a key names what it is made from).
+        if err.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not final.is_dir():
+            raise
+        _remove(tmp)
     _remove(old)
 
 
