@@ -28,6 +28,7 @@ from vlab.lab.claim import plan_for as lab_plan_for
 from vlab.plan import Dirs, LabPlan
 from vlab.pvh import has_pvh_entry
 from vlab.scenario.model import NicDriver
+from vlab.watch import ANSI
 
 pytestmark = pytest.mark.boot
 
@@ -121,6 +122,23 @@ def up(path: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
 BOOTING = re.compile(r"^\[\s*[\d.]+s\] (boot \S+:|watching )")
 
 
+def failed_consoles(rep: dict[str, Any], lines: int = 60) -> str:
+    """The console tails of a report's terminals that were not ok, read before the lab goes
+    down (a failure in CI is then read from its log, not guessed at)."""
+    out = []
+    for t in rep.get("terminals", []):
+        if t.get("verdict") == "ok" or not t.get("console_log"):
+            continue
+        try:
+            text = Path(t["console_log"]).read_text(errors="replace")
+        except OSError:
+            continue
+        tail = "\n".join(ANSI.sub("", text).replace("\r", "\n").splitlines()[-lines:])
+        out.append(f"---- console of {t['name']} ({t.get('verdict')}), last {lines} lines ----"
+                   f"\n{tail}\n")
+    return "".join(out)
+
+
 def up_side_by_side(paths: list[str], at_once: int = 2, stagger: bool = False
                     ) -> dict[str, tuple[float, subprocess.CompletedProcess[str], dict[str, Any]]]:
     """`vlab up --json` of several labs, at most at_once running (two cores: two booting
@@ -145,9 +163,10 @@ def up_side_by_side(paths: list[str], at_once: int = 2, stagger: bool = False
                 proc.wait(timeout=1200)
                 out.seek(0)
                 report = out.read()
-            done = subprocess.CompletedProcess(proc.args, proc.returncode, report, "".join(err))
-            results[path] = (time.monotonic() - start, done,
-                             json.loads(report) if report else {})
+            rep = json.loads(report) if report else {}
+            done = subprocess.CompletedProcess(proc.args, proc.returncode, report,
+                                               "".join(err) + failed_consoles(rep))
+            results[path] = (time.monotonic() - start, done, rep)
         finally:
             built.set()
             slots.release()

@@ -512,6 +512,23 @@ def test_silence_after_asking_for_a_lease_and_none_came_is_dhcp_failed(asked: st
     assert v is not None and v.name == "stalled", v
 
 
+def test_a_dracut_root_silent_after_its_nfs_root_is_stalled_not_dhcp_failed() -> None:
+    """CI, a trixie root with its own dracut on a loaded host: the root mounted, then the
+    root's own systemd ran dracut-shutdown.service (a "dracut-" line, which is no initrd
+    starting again) and fell silent: that is not "no DHCP server answers"."""
+    judge = Judge(started=0.0, timeout=600, stall=45, ready=READY_SYSTEMD)
+    judge.feed("dhcp: PREINIT eth0 up", 10.0)
+    judge.feed("dhcp: BOUND setting up eth0", 14.0)
+    judge.feed(PROOF_LINE, 22.0)
+    judge.feed("[  OK  ] Finished dracut-shutdown.service - Restore /run/initramfs on shutdown.",
+               30.0)
+    judge.feed("[  OK  ] Finished getty-static.service - getty on tty2-tty6 if dbus and logind "
+               "are not available.", 40.0)
+    assert judge.phase == "nfs-mounted"
+    v = judge.tick(86.0)
+    assert v is not None and v.name == STALLED, v
+
+
 def test_a_stalled_verdict_names_the_job_systemd_waited_for(tmp_path: Path) -> None:
     log = tmp_path / "console.log"
     log.write_bytes(PROOF_LINE.encode() + b"\n[  OK  ] Started Journal Service.\n"

@@ -91,6 +91,13 @@ def phase_of(line: str) -> str | None:
     return next((name for name, pattern in PHASE_LINES if pattern.search(line)), None)
 
 
+PHASE_ORDER = [name for name, _pattern in PHASE_LINES]
+
+
+def _later(phase: str, than: str) -> bool:
+    return not than or PHASE_ORDER.index(phase) > PHASE_ORDER.index(than)
+
+
 # First match wins, so specific causes come before the generic lines that follow them.
 FAILURES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (name, re.compile(pattern))
@@ -287,7 +294,9 @@ class Judge:
         self.last_output = now
         self.tail.append(line)
         self._job(line)
-        if (phase := phase_of(line)) is not None:
+        if (phase := phase_of(line)) is not None and _later(phase, self.phase):
+            # A phase only moves on: a root's own "dracut-..." units after the NFS root is
+            # mounted are not its initrd starting again.
             self.phase = phase
             if self.on_phase is not None:
                 self.on_phase(phase)
@@ -325,7 +334,7 @@ class Judge:
                 return self.verdict("nfs-unreachable", now, "silent and idle for "
                                     f"{self.stall:.0f} s after DHCP, before any NFS mount: the "
                                     f"NFS server does not answer (last line: {last})")
-            if self.asked and self.phase in ("", "kernel"):
+            if self.asked and self.phase in ("", "kernel") and self.proof is None:
                 # dracut's dhclient says so only after its 60 s, in silence until then.
                 return self.verdict("dhcp-failed", now, f"silent and idle for "
                                     f"{self.stall:.0f} s after asking for a DHCP lease, none "
