@@ -64,6 +64,15 @@ def test_a_named_host_wins_and_counts_against_its_capacity(tmp_path: Path) -> No
     assert placed == {"x": "b", "y": "a", "z": "a"}
 
 
+def test_pxe_and_uefi_terminals_stay_on_the_lab_host(tmp_path: Path) -> None:
+    # A PXE terminal boots from the lab network's TFTP tree, a UEFI one from the lab host's
+    # OVMF: neither goes where the free memory is.
+    terminals = ('[[terminal]]\nname = "p"\nboot = "pxe"\n'
+                 '[[terminal]]\nname = "u"\nfirmware = "uefi"\n[[terminal]]\nname = "k"\n')
+    placed = place(_scenario(tmp_path, HOSTS + terminals), {"local": 1, "a": 9999, "b": 2})
+    assert placed == {"p": "local", "u": "local", "k": "a"}
+
+
 def test_without_figures_every_host_counts_equal_and_the_plan_is_stable(tmp_path: Path) -> None:
     terminals = "".join(f'[[terminal]]\nname = "t{i}"\n' for i in range(3))
     sc = _scenario(tmp_path, HOSTS + terminals)

@@ -4,6 +4,7 @@ the proof: virtual twins PXE-boot through the very files vlab wrote."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -255,6 +256,35 @@ def test_a_terminal_with_boot_pxe_reaches_the_same_verdict(lab_down) -> None:  #
         ran = subprocess.run([sys.executable, "-m", "vlab", "ssh", path, name, "--", "hostname"],
                              cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert ran.returncode == 0 and ran.stdout.strip() == name, ran.stderr
+
+
+def test_uefi_terminals_boot_their_kernel_directly_and_through_shim(lab_down) -> None:  # type: ignore[no-untyped-def]
+    """[[terminal]] firmware: t1 under OVMF starts its kernel directly (the bzImage's EFI
+    stub), t2 PXE-boots with Secure Boot enforced, through shim and GRUB and its own
+    grub.cfg-01-<mac> in the lab's TFTP tree, to the same verdict."""
+    path = "scenarios/uefi.toml"
+    lab_down.append(path)
+    proc = subprocess.run([sys.executable, "-m", "vlab", "up", path, "--json"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    t1, t2 = json.loads(proc.stdout)["terminals"]
+    assert t1["verdict"] == t2["verdict"] == "ok", (t1, t2)
+    log1 = Path(t1["console_log"]).read_text(errors="replace")
+    log2 = Path(t2["console_log"]).read_text(errors="replace")
+    assert "GRUB" not in log1 and "vlab.pxe=t2" in log2 and "PXELINUX" not in log2
+
+    def dmesg(name: str) -> str:  # the kernel's own word on its firmware (and the SSH key)
+        ran = subprocess.run([sys.executable, "-m", "vlab", "ssh", path, name, "--", "dmesg"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert ran.returncode == 0, ran.stderr
+        return ran.stdout
+
+    k1, k2 = dmesg("t1"), dmesg("t2")
+    assert re.search(r"efi: EFI v\S+ by EDK II", k1) and "Secure boot disabled" in k1, k1[:3000]
+    assert re.search(r"efi: EFI v\S+ by EDK II", k2) and "Secure boot enabled" in k2, k2[:3000]
+    assert subprocess.run([sys.executable, "-m", "vlab", "down", path], cwd=ROOT,
+                          capture_output=True, timeout=120).returncode == 0
+    assert not (Dirs.from_env().state / "labs/uefi/nvram").exists()
 
 
 # An operator's TFTP tree: files vlab did not write are not vlab's.

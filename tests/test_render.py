@@ -13,7 +13,7 @@ from vlab.lab.artifacts import artifacts
 from vlab.scenario.model import InitrdBuilder, RootSource
 
 SCENARIOS = ["tiny", "e1000", "nfs3", "overlay", "debian-initramfs-tools", "debian-dracut",
-             "dhcp-root", "pxe-terminal", "xen", "many-hosts"]
+             "dhcp-root", "pxe-terminal", "uefi", "xen", "many-hosts"]
 
 
 @pytest.mark.parametrize("name", SCENARIOS)

@@ -24,6 +24,7 @@ from vlab.lease import NO_OTHER_LABS, Taken, digest, lease, pinned_mac, pinned_m
 from vlab.scenario.model import (
     EXPORT_PATH_RE,
     LOCAL,
+    UEFI_PXE_MEMORY,
     AfterBoot,
     Firmware,
     Hypervisor,
@@ -130,6 +131,11 @@ class NodePlan:
     @property
     def initrd_path(self) -> Path:
         return self.files_dir / "initrd.img"
+
+    @property
+    def efi_kernel_path(self) -> Path:
+        """The bzImage, for terminals under OVMF (its EFI stub; OVMF cannot start PVH)."""
+        return self.files_dir / "vmlinuz.efi"
 
 
 @dataclass(frozen=True)
@@ -258,7 +264,8 @@ Placement = dict[str, str]  # terminal -> host
 
 
 def place(scenario: Scenario, free_mib: dict[str, int] | None = None) -> Placement:
-    """Which host each terminal runs on: where the scenario says, else the host with the most
+    """Which host each terminal runs on: where the scenario says (the lab host for one that
+    boots PXE or UEFI), else the host with the most
     free memory (as its libvirt reports it, less what this lab already put there), never over
     a host's capacity. Without free-memory figures (render, status) every host counts equal."""
     hosts = [LOCAL, *(h.name for h in scenario.nodes)]
@@ -267,12 +274,12 @@ def place(scenario: Scenario, free_mib: dict[str, int] | None = None) -> Placeme
     count = dict.fromkeys(hosts, 0)
     placement: Placement = {}
     for t in scenario.terminals:
-        if t.node is not None:
-            placement[t.name] = t.node
-            free[t.node] -= t.memory
-            count[t.node] += 1
+        if (on := t.node or (None if t.anywhere else LOCAL)) is not None:
+            placement[t.name] = on
+            free[on] -= t.memory
+            count[on] += 1
     for t in scenario.terminals:
-        if t.node is not None:
+        if t.name in placement:
             continue
         room = [h for h in hosts if capacity.get(h) is None or count[h] < (capacity[h] or 0)]
         best = max(room, key=lambda h: (free[h], -hosts.index(h)))
@@ -434,6 +441,8 @@ def _terminals(scenario: Scenario, subnet: ipaddress.IPv4Network, nfs_server: st
             console_log=lab_dir / "console" / f"{t.name}.log",
             boot=t.boot.value,
             node=on,
+            firmware=t.firmware,
+            nvram=None if t.firmware is Firmware.BIOS else lab_dir / "nvram" / f"{t.name}.fd",
         ))
     return tuple(terminals)
 
@@ -460,8 +469,8 @@ def _twins(scenario: Scenario, subnet: ipaddress.IPv4Network, nfs_server: str,
         twins.append((name, mac, None, None, firmware))
     return tuple(TerminalPlan(
         name=f"pxe-{name}", domain=domain_name(lab, f"pxe-{name}"), nic_model="virtio",
-        # GRUB under OVMF cannot allocate the kernel and initrd in 256 MiB ("out of memory")
-        mac=mac, ip=str(ip) if ip else "", memory_mib=256 if firmware is Firmware.BIOS else 512,
+        mac=mac, ip=str(ip) if ip else "",
+        memory_mib=256 if firmware is Firmware.BIOS else UEFI_PXE_MEMORY,
         vcpus=1, dhcp_root_path=root_path, cmdline="",
         console_log=lab_dir / "console" / f"pxe-{name}.log", boot="pxe", firmware=firmware,
         nvram=None if firmware is Firmware.BIOS else lab_dir / "nvram" / f"pxe-{name}.fd",

@@ -79,7 +79,7 @@ def terminal_machines(scenario: Scenario, lab: LabPlan) -> tuple[Machine, ...]:
         tp = lab.terminal(t.name)
         if tp is not None and tp.boot == "pxe":
             out.append(Machine(name=tp.name, mac=tp.mac, ip=ipaddress.IPv4Address(tp.ip),
-                               root=t.root, cmdline=t.cmdline))
+                               root=t.root, cmdline=t.cmdline, firmware=tp.firmware))
     return tuple(out)
 
 

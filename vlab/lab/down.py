@@ -78,7 +78,7 @@ def remove_local_files(plan: LabPlan, dirs: Dirs, recorded: dict[str, Any], say:
         say("stopped rpcbind")
     shutil.rmtree(plan.kernel_path.parent, ignore_errors=True)
     shutil.rmtree(plan.tftp_root, ignore_errors=True)
-    shutil.rmtree(plan.lab_dir / "nvram", ignore_errors=True)  # UEFI twins' variable stores
+    shutil.rmtree(plan.lab_dir / "nvram", ignore_errors=True)  # UEFI guests' variable stores
     (plan.lab_dir / "exports").unlink(missing_ok=True)
     for path in cache.sweep(dirs.cache):
         say(f"removed {path} (half-built by a vlab that was killed)")

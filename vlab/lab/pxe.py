@@ -7,7 +7,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from vlab import efi, pxe, render, state, tftp, virt
+from vlab import pxe, render, state, tftp, virt
 from vlab.errors import UsageError
 from vlab.lab.down import down
 from vlab.lab.status import report
@@ -15,6 +15,7 @@ from vlab.lab.up import (
     boot_terminals,
     build_boot_files,
     build_nfs_root,
+    check_firmware,
     create_terminals,
     export_nfs_root,
     grub_dir,
@@ -27,7 +28,7 @@ from vlab.lab.up import (
 )
 from vlab.plan import Dirs, LabPlan
 from vlab.progress import Say
-from vlab.scenario.model import LOCAL, Firmware, Scenario
+from vlab.scenario.model import LOCAL, Scenario
 
 
 def write(scenario: Scenario, plan: LabPlan, dirs: Dirs, tftp_root: Path,
@@ -79,9 +80,7 @@ def check(twins: LabPlan, dirs: Dirs, tftp_root: Path, say: Say) -> dict[str, An
 
 
 def _boot_twins(twins: LabPlan, dirs: Dirs, tftp_root: Path, say: Say) -> dict[str, Any]:
-    for t in twins.terminals:  # OVMF for the UEFI twins, before anything starts
-        if t.firmware is not Firmware.BIOS:
-            efi.firmware(t.firmware.value)
+    check_firmware(twins)
     with state.locked(twins.lab_dir, twins.lab):
         state.update(twins.lab_dir, scenario=str(twins.scenario), status="pxe-check")
         netns = start_lab_host(twins, dirs, say)

@@ -63,6 +63,7 @@ SETTLE_SECONDS = 5.0
 
 def up(scenario: Scenario, plan: LabPlan, dirs: Dirs, say: Say) -> dict[str, Any]:
     """Build what is missing, export the root, boot every terminal, return the report."""
+    check_firmware(plan)
     with state.locked(plan.lab_dir, plan.lab):
         state.update(plan.lab_dir, scenario=str(plan.scenario), status="starting")
         build_nfs_root(plan, dirs, say)
@@ -74,6 +75,13 @@ def up(scenario: Scenario, plan: LabPlan, dirs: Dirs, say: Say) -> dict[str, Any
         finally:  # a qemu+ssh:// connection keeps an ssh process of its own until closed
             for conn in conns.values():
                 virt.close(conn)
+
+
+def check_firmware(plan: LabPlan) -> None:
+    """OVMF is installed for the UEFI terminals, before anything starts."""
+    for t in plan.terminals:
+        if t.firmware is not Firmware.BIOS:
+            efi.firmware(t.firmware.value)
 
 
 def _boot(scenario: Scenario, plan: LabPlan, dirs: Dirs, k: kernel.Kernel, img: Path,
@@ -172,7 +180,10 @@ def build_boot_files(plan: LabPlan, dirs: Dirs, say: Say) -> tuple[kernel.Kernel
     boot.mkdir(parents=True, exist_ok=True)
     for d in (dirs.state, dirs.state / "labs", plan.lab_dir, boot):
         d.chmod(0o755)  # QEMU (libvirt-qemu) must reach the kernel and initrd
-    for src, dst in ((k.boot_image, plan.kernel_path), (img, plan.initrd_path)):
+    files = [(k.boot_image, plan.kernel_path), (img, plan.initrd_path)]
+    if any(t.firmware is not Firmware.BIOS and t.boot == "kernel" for t in plan.terminals):
+        files.append((k.vmlinuz, plan.node(LOCAL).efi_kernel_path))
+    for src, dst in files:
         tmp = dst.with_name(dst.name + ".new")
         tmp.unlink(missing_ok=True)
         try:
@@ -201,7 +212,8 @@ def write_lab_tftp_tree(scenario: Scenario, plan: LabPlan, k: kernel.Kernel, img
     machines = pxe.terminal_machines(scenario, plan)
     if not machines:
         return None
-    site = pxe.site_plan(scenario, plan, machines, ssh_key=plan.ssh_key)
+    site = pxe.site_plan(scenario, plan, machines, ssh_key=plan.ssh_key,
+                         grub_dir=grub_dir(machines))
     write_tftp_tree(plan.tftp_root, site, k, img)
     say(f"PXE: TFTP tree {plan.tftp_root} for {', '.join(m.name for m in machines)}")
     return plan.tftp_root

@@ -107,6 +107,10 @@ class NicDriver(StrEnum):
     XEN_NETFRONT = "xen-netfront"  # the page's xennet
 
 
+# MiB: GRUB under OVMF cannot allocate the kernel and initrd in less ("out of memory").
+UEFI_PXE_MEMORY = 512
+
+
 @dataclass(frozen=True)
 class Lab:
     name: str
@@ -157,6 +161,13 @@ class Terminal:
     dhcp_root_path: str | None
     cmdline: str
     node: str | None = None  # a node's name or LOCAL (the key is `host`); None: placed by vlab
+    firmware: Firmware = Firmware.BIOS
+
+    @property
+    def anywhere(self) -> bool:
+        """Can run on any node: PXE boots from the lab network's TFTP tree, and OVMF and
+        the variable store are the lab host's."""
+        return self.boot is Boot.KERNEL and self.firmware is Firmware.BIOS
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from vlab.scenario.model import (
     SHIP_DIR,
     SYSTEM_DIRS,
     Boot,
+    Firmware,
     Hypervisor,
     Lab,
     Node,
@@ -131,6 +132,10 @@ def check_placement(path: Path, terminals: tuple[Terminal, ...], found: tuple[No
             raise ScenarioError(path, key, f"{t.node!r}: a PXE terminal boots from the lab's "
                                 "own network (its TFTP tree)", 'leave host out, or use boot = '
                                 '"kernel"')
+        if t.node != LOCAL and t.firmware is not Firmware.BIOS:
+            raise ScenarioError(path, key, f"{t.node!r}: a UEFI terminal runs on the lab's own "
+                                "host (OVMF and its variable store are there)",
+                                'leave host out, or leave firmware out')
         placed[t.node] = placed.get(t.node, 0) + 1
     for i, h in enumerate(found):
         if h.capacity is not None and placed.get(h.name, 0) > h.capacity:

@@ -17,9 +17,11 @@ from vlab.scenario.model import (
     EXPORT_PATH_RE,
     MAC_PREFIX,
     SYSTEM_DIRS,
+    UEFI_PXE_MEMORY,
     AfterBoot,
     Boot,
     Check,
+    Firmware,
     Hypervisor,
     Initrd,
     InitrdBuilder,
@@ -317,8 +319,28 @@ def _nic_drivers(t: Table, xen: bool) -> tuple[NicDriver, ...]:
 
 
 _TERMINAL_KEYS = ("name", "boot", "nic", "mac", "memory", "vcpus", "root", "dhcp_root_path",
-                  "cmdline", "host")
+                  "cmdline", "host", "firmware")
 DHCP_ROOT_RE = re.compile(r"^((nfs|nfs4):)?([0-9.]+:)?/[A-Za-z0-9._/-]*([:,][A-Za-z0-9=.,_-]+)?$")
+
+
+def _firmware(t: Table, boot: Boot, memory: int, xen: bool) -> Firmware:
+    """A terminal's firmware: SeaBIOS, or OVMF (UEFI; with Secure Boot, PXE through shim)."""
+    firmware = t.choice("firmware", Firmware, Firmware.BIOS)
+    if firmware is Firmware.BIOS:
+        return firmware
+    if xen:
+        raise t.error("firmware", f'"{firmware.value}" is not a firmware of a Xen PV guest',
+                      'leave firmware out (Xen PV guests start the kernel directly)')
+    if firmware is Firmware.UEFI_SECURE and boot is Boot.KERNEL:
+        raise t.error("firmware", '"uefi-secure" with boot = "kernel": OVMF with Secure Boot '
+                      "starts only what Microsoft's keys sign, and a kernel is signed by its "
+                      "distribution", 'use boot = "pxe" (shim checks the kernel, as on a real '
+                      'host) or firmware = "uefi"')
+    if boot is Boot.PXE and memory < UEFI_PXE_MEMORY:
+        raise t.error("memory", f"{memory} MiB is too little for GRUB under OVMF to load the "
+                      "kernel and initrd over the network",
+                      f"use memory = {UEFI_PXE_MEMORY} or more")
+    return firmware
 
 
 def _terminals(top: Table, nics: tuple[NicDriver, ...], hypervisor: Hypervisor,
@@ -362,12 +384,13 @@ def _terminals(top: Table, nics: tuple[NicDriver, ...], hypervisor: Hypervisor,
         if nic not in nics:
             raise t.error("nic", f'"{nic.value}" is not in [initrd] nic_drivers',
                           f'add "{nic.value}" to nic_drivers, or use one of them')
+        memory = t.int_in("memory", 256, 128, 65536, " MiB")
+        firmware = _firmware(t, boot, memory, xen)
         terminals.append(Terminal(
-            name=name, boot=boot, nic=nic, mac=mac,
-            memory=t.int_in("memory", 256, 128, 65536, " MiB"),
+            name=name, boot=boot, nic=nic, mac=mac, memory=memory,
             vcpus=t.int_in("vcpus", 1, 1, 64),
             root=root, dhcp_root_path=dhcp_root, cmdline=cmdline,
-            node=t.get("host", str, "") or None,
+            node=t.get("host", str, "") or None, firmware=firmware,
         ))
     return tuple(terminals)
 
