@@ -66,6 +66,45 @@ def test_grub_reads_its_config_from_the_prefix_built_into_its_image() -> None:
         efi.grub_prefix(b"MZ" + b"\0" * 0x3A + b"\x40\0\0\0" + b"XX\0\0" + b"\0" * 64, "x")
 
 
+def test_grub_files_use_the_commands_debians_grub_has() -> None:
+    """`linuxefi`/`initrdefi` are a Fedora patch, not in Debian's (or upstream's) GRUB, whose
+    `linux` and `initrd` boot EFI and BIOS both: a config with them stops at "can't find
+    command" on every UEFI host."""
+    site = site_of("site-uefi")
+    texts = [t for rel, t in pxe.shared_files(site).items() if rel.startswith("grub/")]
+    texts += [t for m in site.machines for rel, t in pxe.machine_files(m).items()
+              if rel.startswith("grub/")]
+    assert texts
+    for text in texts:
+        words = {line.split()[0] for line in text.splitlines() if line.strip()}
+        assert not words & {"linuxefi", "initrdefi", "linux16", "initrd16"}, text
+        assert "linux" in text and "initrd" in text
+
+
+def test_a_secure_boot_host_with_an_unsigned_kernel_is_refused_before_writing(
+        tmp_path: Path) -> None:
+    """Lint: shim starts no unsigned kernel under Secure Boot (the boot test provokes the
+    refusal itself); Debian's signed PE images pass, the same image unsigned does not."""
+    from vlab import efi
+
+    signed = efi.LOADERS[efi.SHIM][0]
+    _unsigned(signed, tmp_path / "unsigned")
+    unsigned = (tmp_path / "unsigned").read_bytes()
+    assert efi.signed(signed.read_bytes()) and not efi.signed(unsigned)
+    assert not efi.signed(b"MZ" + b"\0" * 200) and not efi.signed(b"")
+    s = scenario.load(ROOT / "scenarios" / "site-uefi.toml")
+    site = pxe.site_plan(s, make_plan(s, GOLDEN_DIRS))
+    pxe.refuse_unsigned_kernel(s, site, signed.read_bytes(), "6.1.0-1-amd64")
+    with pytest.raises(ScenarioError) as err:
+        pxe.refuse_unsigned_kernel(s, site, unsigned, "6.1.0-1-amd64")
+    assert str(err.value).startswith(f"{s.path}: host[1].firmware: Secure Boot for sb1, but "
+                                     "the kernel (6.1.0-1-amd64) carries no signature")
+    assert 'firmware = "uefi"' in str(err.value)
+    plain = scenario.load(ROOT / "scenarios" / "site.toml")  # no Secure Boot host: fine
+    pxe.refuse_unsigned_kernel(plain, pxe.site_plan(plain, make_plan(plain, GOLDEN_DIRS)),
+                               unsigned, "6.1.0-1-amd64")
+
+
 def test_mac_and_hex_ip_file_names_as_the_page_and_pxelinux_want() -> None:
     pc1, pc2 = site_of("site").machines
     assert pc1.pxelinux_name == "01-52-54-00-77-00-01"

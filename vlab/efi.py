@@ -96,3 +96,30 @@ def _section(image: bytes, wanted: bytes) -> bytes:
                 raise ValueError(f"section {wanted.decode()} lies beyond the end of the file")
             return image[raw_at:raw_at + raw_size]
     raise ValueError(f"no {wanted.decode()} section")
+
+
+CERTIFICATE_TABLE = 4  # the PE data directory that holds an image's Authenticode signatures
+PE32_PLUS = 0x20B
+
+
+def signed(image: bytes) -> bool:
+    """Does a PE image (a bzImage with its EFI stub) carry an Authenticode signature? shim
+    starts no image without one under Secure Boot; which key signed it vlab cannot tell (a
+    site may have enrolled its own with mokutil)."""
+    try:
+        pe = struct.unpack_from("<I", image, 0x3C)[0]
+        if image[pe:pe + 4] != b"PE\0\0":
+            return False
+        optional = pe + 24
+        magic, = struct.unpack_from("<H", image, optional)
+        if magic != PE32_PLUS:
+            return False
+        count, = struct.unpack_from("<I", image, optional + 108)
+        if count <= CERTIFICATE_TABLE:
+            return False
+        at: int
+        size: int
+        at, size = struct.unpack_from("<II", image, optional + 112 + 8 * CERTIFICATE_TABLE)
+    except struct.error:
+        return False
+    return size > 8 and at + size <= len(image)

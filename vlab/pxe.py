@@ -121,6 +121,24 @@ def site_plan(scenario: Scenario, lab: LabPlan, machines: tuple[Machine, ...] | 
                 grub_dir=grub_dir)
 
 
+def refuse_unsigned_kernel(scenario: Scenario, site: Site, image: bytes, release: str) -> None:
+    """A Secure Boot machine gets a kernel shim can check: one without any signature would
+    stop at GRUB's "bad shim signature" on every such host (lint, before any write)."""
+    secure = [m.name for m in site.machines if m.firmware is Firmware.UEFI_SECURE]
+    if not secure or efi.signed(image):
+        return
+    hosts = [m.name for m in scenario.pxe.machines]
+    first = secure[0]
+    where = (f"host[{hosts.index(first)}].firmware" if first in hosts else
+             f"terminal[{[t.name for t in scenario.terminals].index(first)}].firmware")
+    raise ScenarioError(scenario.path, where, f"Secure Boot for {', '.join(secure[:5])}"
+                        f"{' and more' if len(secure) > 5 else ''}, but the kernel "
+                        f"({release}) carries no signature, and shim starts no unsigned "
+                        "kernel", 'use a signed one ([kernel] source = "debian": Debian\'s '
+                        "is), sign this one with a key the hosts trust (sbsign, and enroll "
+                        'it with mokutil), or set firmware = "uefi"')
+
+
 MACHINE_TEMPLATES = ("pxe/pxelinux.cfg.j2", "pxe/grub.cfg.j2", "pxe/ipxe.j2")
 
 

@@ -40,7 +40,7 @@ def write(scenario: Scenario, plan: LabPlan, dirs: Dirs, tftp_root: Path,
     with state.locked(plan.lab_dir, plan.lab):
         build_nfs_root(plan, dirs, say)
         k, img = build_boot_files(plan, dirs, say)
-    changes = write_tftp_tree(tftp_root, site, k, img)
+    changes = write_tftp_tree(scenario, tftp_root, site, k, img)
     say(f"TFTP tree {tftp_root}: {len(changes.written)} written, {len(changes.removed)} removed, "
         f"{changes.unchanged} unchanged ({len(site.machines)} hosts)")
     return changes

@@ -214,7 +214,7 @@ def write_lab_tftp_tree(scenario: Scenario, plan: LabPlan, k: kernel.Kernel, img
         return None
     site = pxe.site_plan(scenario, plan, machines, ssh_key=plan.ssh_key,
                          grub_dir=grub_dir(machines))
-    write_tftp_tree(plan.tftp_root, site, k, img)
+    write_tftp_tree(scenario, plan.tftp_root, site, k, img)
     say(f"PXE: TFTP tree {plan.tftp_root} for {', '.join(m.name for m in machines)}")
     return plan.tftp_root
 
@@ -227,8 +227,9 @@ def grub_dir(machines: tuple[Machine, ...]) -> str:
     return pxe.GRUB_DIR
 
 
-def write_tftp_tree(tftp_root: Path, site: pxe.Site, k: kernel.Kernel,
+def write_tftp_tree(scenario: Scenario, tftp_root: Path, site: pxe.Site, k: kernel.Kernel,
                     img: Path) -> tftp.Changes:
+    pxe.refuse_unsigned_kernel(scenario, site, k.vmlinuz.read_bytes(), k.release)
     # pxelinux and GRUB load a bzImage (Debian's, signed: shim's GRUB checks it under Secure
     # Boot): the PVH ELF is for direct kernel boot only.
     copies = {**tftp.bootloaders(), **(efi.loaders().files if site.uefi else {}),
