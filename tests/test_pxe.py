@@ -346,6 +346,29 @@ def test_an_operators_files_are_never_replaced_and_nothing_is_written(tmp_path: 
     assert tree_digest(root) == before  # not even the new host's file, nor a manifest
 
 
+def test_a_tree_on_a_file_system_without_unnamed_files_is_written_through_rename(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """O_TMPFILE (a file that gets its name only once whole) is not on every file system (an
+    NFS-mounted TFTP root): there vlab writes a temporary name and renames it."""
+    import errno
+    import os
+
+    real_open = os.open
+
+    def no_tmpfile(path, flags, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", no_tmpfile)
+    root = tmp_path / "tftp"
+    tftp.write_tree(root, {"pxelinux.cfg/01-aa": "a\n"}, {"vmlinuz": _kernel(tmp_path)})
+    tftp.write_tree(root, {"pxelinux.cfg/01-aa": "b\n"}, {"vmlinuz": _kernel(tmp_path)})
+    assert (root / "pxelinux.cfg/01-aa").read_text() == "b\n"
+    assert (root / "pxelinux.cfg/01-aa").stat().st_mode & 0o777 == 0o644
+    assert not list(root.rglob("*.vlab-tmp"))
+
+
 def test_folder_modes_the_operator_set_are_kept(tmp_path: Path) -> None:
     root = tmp_path / "tftp"
     (root / "pxelinux.cfg").mkdir(parents=True)
