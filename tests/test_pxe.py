@@ -14,7 +14,7 @@ import pytest
 from conftest import GOLDEN_DIRS, ROOT, plan_of
 from test_boot import tree_digest
 
-from vlab import pxe, render, scenario, tftp
+from vlab import nfsserver, pxe, render, scenario, tftp
 from vlab.cmdline import nfs_client_id
 from vlab.errors import ScenarioError, UsageError
 from vlab.plan import Dirs, make_plan
@@ -24,7 +24,7 @@ def site_of(name: str) -> pxe.Site:
     return pxe.site_plan(scenario.load(ROOT / "scenarios" / f"{name}.toml"), plan_of(name))
 
 
-@pytest.mark.parametrize("name", ["site", "site-uefi"])
+@pytest.mark.parametrize("name", ["site", "site-uefi", "site-own-server"])
 def test_golden_site_files(golden, name: str) -> None:  # type: ignore[no-untyped-def]
     site = site_of(name)
     files = pxe.shared_files(site)
@@ -34,7 +34,7 @@ def test_golden_site_files(golden, name: str) -> None:  # type: ignore[no-untype
         golden(f"{name}/tftp/{rel}", text)
 
 
-@pytest.mark.parametrize("name", ["site", "site-uefi"])
+@pytest.mark.parametrize("name", ["site", "site-uefi", "site-own-server"])
 def test_golden_twin_network_and_domains(golden, name: str) -> None:  # type: ignore[no-untyped-def]
     twins = make_plan(scenario.load(ROOT / "scenarios" / f"{name}.toml"), GOLDEN_DIRS,
                       twins=True)
@@ -206,6 +206,28 @@ def test_virtual_twins_pxe_boot_through_the_written_tree(lab_down) -> None:  # t
     for t in json.loads(proc.stdout)["check"]["terminals"]:
         assert t["verdict"] == "tftp-file-not-found", t
         assert t["seconds"] < 60
+
+
+@pytest.mark.boot
+def test_twins_of_a_site_with_its_own_nfs_server_mount_what_the_files_name(lab_down) -> None:  # type: ignore[no-untyped-def]
+    """[pxe] nfs_server: the files name the site's server, the twins boot those very files,
+    and in the lab vlab's own server answers at that address: the proof names it."""
+    path = "scenarios/site-own-server.toml"
+    lab_down.append(path)
+    tftp_root = Path("/var/lib/vlab/test-tftp/site-own-server")
+    shutil.rmtree(tftp_root, ignore_errors=True)
+    proc = subprocess.run([sys.executable, "-m", "vlab", "pxe", path, "--tftp-root",
+                           str(tftp_root), "--check", "--json"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "vlab's own server answers at 10.0.0.5" in proc.stderr, proc.stderr
+    assert "root=10.0.0.5:" in (tftp_root / "pxelinux.cfg/01-52-54-00-79-00-01").read_text()
+    twins = {t["name"]: t for t in json.loads(proc.stdout)["check"]["terminals"]}
+    assert set(twins) == {"pxe-pc1", "pxe-default"}
+    for t in twins.values():
+        assert t["verdict"] == "ok", t
+        assert t["proof"]["server"] == "10.0.0.5" and "addr=10.0.0.5" in t["proof"]["options"]
+    assert not [ns for ns in nfsserver.namespaces() if ns.endswith("-siteown")]
 
 
 def _unsigned(kernel: Path, out: Path) -> None:

@@ -127,6 +127,8 @@ def make_namespace(plan: LabPlan, host_netns: str | None) -> None:
              LINK, "netns", ns])
     run.run(["ip", "-n", ns, "addr", "add", f"{plan.nfs_address}/{plan.subnet.prefixlen}",
              "dev", LINK])
+    if plan.stand_in:  # the site's server's address, which exists only in this namespace
+        run.run(["ip", "-n", ns, "addr", "add", f"{plan.stand_in}/32", "dev", LINK])
     run.run(["ip", "-n", ns, "link", "set", LINK, "up"])
 
 

@@ -176,6 +176,9 @@ class LabPlan:
     # The lab's SSH public key (base64 of an ssh-ed25519 blob), on the terminals' command
     # lines; made by sshkeys.py when the lab is built, empty in a pure plan.
     ssh_key: str = ""
+    # Twins of a site with its own NFS server ([pxe] nfs_server): the files they boot name
+    # that address, and in the lab vlab's server answers at it (and is their router).
+    stand_in: str | None = None
 
     netns = NETNS  # the isolated lab host's network namespace
 
@@ -359,6 +362,8 @@ def make_plan(scenario: Scenario, dirs: Dirs, taken: Taken = NO_OTHER_LABS,
         nfs_clients=(subnet, *sorted({h.clients for h in scenario.nodes if h.clients},
                                      key=str)),
         ssh_key=ssh_key,
+        stand_in=(str(scenario.pxe.nfs_server) if twins and nfs_netns
+                  and scenario.pxe.nfs_server else None),
     )
 
 

@@ -87,6 +87,12 @@ def _boot_twins(twins: LabPlan, dirs: Dirs, tftp_root: Path, say: Say) -> dict[s
         conn = virt.connect(twins.uri)
         try:
             say(f"network {twins.network}: TFTP from {tftp_root}, bootp pxelinux.0, IPv6 RAs")
+            if twins.stand_in:
+                say(f"twins: their files name your NFS server {twins.stand_in} ([pxe] "
+                    f"nfs_server); in the lab, vlab's own server answers at {twins.stand_in} "
+                    f"with the same tree at the same path {twins.export_path}, so the check "
+                    "proves the files, loaders, kernel, initrd and the mount they name, not "
+                    "your server's exports (vlab-site/exports is that line)")
             state.update(twins.lab_dir, network=twins.network)
             export_nfs_root(twins, dirs, netns)
             virt.start_network(conn, twins.network, render.network_xml(twins, tftp_root))
