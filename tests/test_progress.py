@@ -12,10 +12,18 @@ PROOF = "VLAB-NFSROOT-OK server=10.0.0.1 export=/srv fstype=nfs4 options=ro"
 
 
 def test_console_lines_move_a_terminal_through_its_phases() -> None:
-    lines = ["vlab-initrd: kernel command line: console=ttyS0 root=10.0.0.1:/srv",
+    lines = ["iPXE (http://ipxe.org) 00:02.0 C000 PCI2.10 PnP PMM+0EFCF110+0EF0F110 C000",
+             ">>Start PXE over IPv4.", "Welcome to GRUB!",
+             "PXELINUX 6.04 PXE 20200816 Copyright (C) 1994-2015 H. Peter Anvin et al",
+             "[    0.000000] Linux version 6.1.0-57-amd64 (debian-kernel@lists.debian.org)",
+             "EFI stub: Loaded initrd from LINUX_EFI_INITRD_MEDIA_GUID device path",
+             "vlab-initrd: kernel command line: console=ttyS0 root=10.0.0.1:/srv",
+             "Loading, please wait...",
              "udhcpc: lease of 10.213.5.10 obtained from 10.213.5.1, lease time 3600",
              "IP-Config: eth0 complete (dhcp from 10.0.0.1):", PROOF, "something else"]
-    assert [phase_of(ln) for ln in lines] == ["kernel", "dhcp", "dhcp", "nfs-mounted", None]
+    assert [phase_of(ln) for ln in lines] == [
+        "loader", "loader", "loader", "loader", "kernel", "kernel", "initrd", "initrd", "dhcp",
+        "dhcp", "nfs-mounted", None]
 
 
 def test_without_a_tty_one_timestamped_line_per_change() -> None:

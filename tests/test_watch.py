@@ -286,6 +286,31 @@ def test_recorded_consoles_are_judged_as_they_were_live(
         assert seen == [p for p in PHASES if p in seen] and seen[-2:] == ["dhcp", "nfs-mounted"]
 
 
+def test_a_verdict_carries_the_phases_with_the_second_each_began() -> None:
+    """The boot report's timeline: a PXE boot's loader (iPXE, pxelinux), initrd, DHCP and
+    mount, each at the second of the line that began it, in order, once each."""
+    v, _phases = _replay("pxe-busybox-ok.log", READY_BUSYBOX)
+    names = [name for name, _at in v.phases]
+    assert names == ["loader", "initrd", "dhcp", "nfs-mounted"], v.phases
+    seconds = [at for _name, at in v.phases]
+    assert seconds == sorted(seconds) and seconds[-1] <= v.seconds
+
+
+def test_the_console_bytes_arrival_times_are_kept_beside_the_log(tmp_path: Path) -> None:
+    log, stamps = tmp_path / "t1.log", tmp_path / "t1.times"
+    log.write_bytes(b"vlab-initrd: kernel command line: x\n")
+    follower = Follower(log, stamps, started=time.monotonic() - 3.0)
+    follower.lines()
+    with log.open("ab") as f:
+        f.write(PROOF_LINE.encode() + b"\n")
+    follower.lines()
+    follower.lines()  # nothing new: no stamp
+    follower.close()
+    rows = [line.split() for line in stamps.read_text().splitlines()]
+    assert [int(offset) for _s, offset in rows] == [36, log.stat().st_size]
+    assert 3.0 <= float(rows[0][0]) <= float(rows[1][0]) < 60
+
+
 def test_an_unknown_init_is_ok_once_it_runs_settle_seconds_past_the_proof() -> None:
     judge = Judge(started=0.0, timeout=60, stall=30, ready=None, settle=5.0)
     assert judge.feed(PROOF_LINE, 2.0) is None

@@ -47,6 +47,7 @@ examples:
   vlab down scenarios/tiny.toml        remove domains, network, NFS server (idempotent)
   vlab render scenarios/tiny.toml --out out/   every artifact vlab would write; nothing started
   vlab check scenarios/tiny.toml --junit out.xml   CI: boot, verdicts, JUnit, tear down
+  vlab report scenarios/tiny.toml --out report.html   the last boot as one HTML page
   vlab gc                              remove leftovers of labs whose state is gone
 
 exit codes: 0 ok, 1 a terminal failed to boot, 2 bad input, 3 host or infrastructure failure,
@@ -72,14 +73,22 @@ def _parser() -> argparse.ArgumentParser:
 
     c = scenario_cmd("up", "build what is missing, boot every terminal, print the verdict")
     c.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    c.add_argument("--report", type=Path, metavar="FILE",
+                   help="also write the boot report (one HTML file) here")
     c = scenario_cmd("check", "for CI: boot every terminal, wait for every verdict, tear "
                      "everything down; exit 0 all ok, 1 a terminal failed, 2 bad input, "
                      "3 host failure")
     c.add_argument("--junit", type=Path, help="write a JUnit XML report here")
+    c.add_argument("--report", type=Path, metavar="FILE",
+                   help="write the boot report (one HTML file) here")
     c.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     c.add_argument("--timeout", type=int, help="seconds each terminal gets (default: the "
                    "scenario's [lab] timeout)")
     c.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    c = scenario_cmd("report", "write the boot report of the lab's last boot: one HTML file "
+                     "with each terminal's verdict, phase timeline and console")
+    c.add_argument("--out", type=Path, required=True, metavar="FILE",
+                   help="the HTML file to write, e.g. report.html")
     c = scenario_cmd("status", "terminals, MACs, IPs, state and last verdict of a lab")
     c.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     c = scenario_cmd("console", "attach to the live serial console of one terminal (Ctrl-] leaves)")
@@ -185,6 +194,7 @@ def _up(args: argparse.Namespace, sc: scenario.Scenario, dirs: Dirs, say: Say) -
                          "use vlab pxe for the [[host]]s")
     plan = claim(sc, dirs)
     rep = _built(sc, plan, dirs, say)
+    _write_report(rep, args.report, say)
     _output(rep, args.json)
     if not all_ok(rep):
         raise BootFailed(f"{_failures(rep)}\n  the terminals are left running for a look "
@@ -224,6 +234,28 @@ def _pxe(args: argparse.Namespace, sc: scenario.Scenario, dirs: Dirs, say: Say) 
             _print_report(out["check"])
     if checking and not all_ok(out["check"]):
         raise BootFailed("a virtual twin did not boot through the PXE tree")
+    return EXIT_OK
+
+
+def _write_report(rep: dict[str, Any], path: Path | None, say: Say) -> None:
+    if path is None:
+        return
+    from vlab import report  # jinja2's HTML page only for the commands that write one
+
+    try:
+        path.write_text(report.page(rep))
+    except OSError as err:
+        raise UsageError(f"--report {path}: {err.strerror}; fix: name a file in a folder "
+                         "that exists and you may write") from None
+    say(f"boot report: {path}")
+
+
+def _report(args: argparse.Namespace, sc: scenario.Scenario, dirs: Dirs, say: Say) -> int:
+    rep = status(plan_for(sc, dirs))
+    if not any(t["verdict"] for t in rep["terminals"]):
+        raise UsageError(f"lab {rep['lab']} has no boot on record; fix: vlab up or vlab check "
+                         f"{args.scenario} first")
+    _write_report(rep, args.out, say)
     return EXIT_OK
 
 
@@ -279,6 +311,7 @@ def _check(args: argparse.Namespace, sc: scenario.Scenario, dirs: Dirs, say: Say
 
         args.junit.write_text(junit.report_to_junit(rep))
         say(f"JUnit report: {args.junit}")
+    _write_report(rep, args.report, say)
     _output(rep, args.json)
     if not all_ok(rep):
         raise BootFailed(_failures(rep))
@@ -287,7 +320,7 @@ def _check(args: argparse.Namespace, sc: scenario.Scenario, dirs: Dirs, say: Say
 
 COMMANDS: dict[str, Command] = {
     "render": _render, "up": _up, "pxe": _pxe, "check": _check, "status": _status,
-    "down": _down, "ssh": _ssh, "console": _console,
+    "down": _down, "ssh": _ssh, "console": _console, "report": _report,
 }
 
 

@@ -20,7 +20,7 @@ def stderr_progress() -> Say:
     return say
 
 # The phases a terminal goes through, in order; a verdict ends it.
-PHASES = ("building", "defined", "kernel", "dhcp", "nfs-mounted")
+PHASES = ("building", "defined", "loader", "kernel", "initrd", "dhcp", "nfs-mounted")
 
 
 class Board:

@@ -40,7 +40,7 @@ def _env() -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(folder),
         undefined=jinja2.StrictUndefined,
-        autoescape=jinja2.select_autoescape(enabled_extensions=("xml.j2", "xml")),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("xml.j2", "xml", "html.j2")),
         keep_trailing_newline=True,
     )
 

@@ -52,7 +52,11 @@ PROOF_RE = re.compile(
 
 # Milestones on the way to the verdict, for the progress board (direct boot, PXE, builders).
 PHASE_LINES = (
-    ("kernel", re.compile(r"Linux version|vlab-initrd: kernel command line|Run /init as init|"
+    # PXE: the NIC's iPXE, pxelinux, OVMF's own PXE, shim and GRUB (before them: firmware).
+    ("loader", re.compile(r"\biPXE\b|PXELINUX \d|>>Start PXE over IPv4|Welcome to GRUB|"
+                          r"GNU GRUB|Booting from ROM")),
+    ("kernel", re.compile(r"Linux version \d|EFI stub: |Decompressing Linux")),
+    ("initrd", re.compile(r"vlab-initrd: kernel command line|Run /init as init|"
                           r"Loading, please wait|dracut-")),
     ("dhcp", re.compile(r"lease of \S+ obtained|\(lease from|IP-Config: \S+ complete|"
                         r"dhcp.*(bound|lease)|DHCPACK|dhcp: BOUND")),
@@ -92,6 +96,7 @@ def phase_of(line: str) -> str | None:
 
 
 PHASE_ORDER = [name for name, _pattern in PHASE_LINES]
+BEFORE_DHCP = ("", *PHASE_ORDER[:PHASE_ORDER.index("dhcp")])
 
 
 def _later(phase: str, than: str) -> bool:
@@ -178,6 +183,9 @@ class Verdict:
     line: str = ""
     proof: Proof | None = None
     tail: tuple[str, ...] = ()
+    # Each phase the console showed, with the second (since the domain started) of the line
+    # that began it; the verdict's own second ends the last.
+    phases: tuple[tuple[str, float], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -208,11 +216,16 @@ class Follower:
     and strips escapes per whole line only: a UTF-8 character or an escape split across two
     reads comes out whole, and a half-written line (an address, a host key) is never read."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, stamps: Path | None = None,
+                 started: float | None = None) -> None:
         self.path = path
         self.offset = 0
         self.partial = b""
         self.grew = False  # the last read found new bytes, whole lines or not
+        # Arrival times beside the log: "SECONDS OFFSET" lines, the bytes up to OFFSET had
+        # come SECONDS after `started` (the boot report's timeline reads any line's time).
+        self.stamps = stamps.open("w") if stamps is not None else None
+        self.started = time.monotonic() if started is None else started
 
     def lines(self) -> list[str]:
         self.grew = False
@@ -226,8 +239,15 @@ class Follower:
             return []
         self.offset += len(data)
         self.grew = bool(data)
+        if data and self.stamps is not None:
+            self.stamps.write(f"{time.monotonic() - self.started:.2f} {self.offset}\n")
+            self.stamps.flush()
         *complete, self.partial = (self.partial + data).split(b"\n")
         return [ANSI.sub("", raw.decode(errors="replace")).replace("\r", "") for raw in complete]
+
+    def close(self) -> None:
+        if self.stamps is not None:
+            self.stamps.close()
 
     def pending(self) -> str:
         """The unfinished line as it shows now (the last of its in-place redraws)."""
@@ -259,6 +279,7 @@ class Judge:
         self.almost, self.grace = almost, grace
         self.almost_at: float | None = None
         self.phase = ""  # the last boot phase a line showed (PHASE_LINES)
+        self.phases: list[tuple[str, float]] = []
         self.asked = False  # a DHCP client asked for a lease (DHCP_ASKED_RE)
         self.job = ""  # the last systemd job its status line said it waits for
         self.almost_line = ""
@@ -270,7 +291,8 @@ class Judge:
         self.proved_at, self.proof_line = 0.0, ""
 
     def verdict(self, name: str, at: float, line: str) -> Verdict:
-        return Verdict(name, round(at - self.started, 1), line, self.proof, tuple(self.tail))
+        return Verdict(name, round(at - self.started, 1), line, self.proof, tuple(self.tail),
+                       tuple(self.phases))
 
     def output(self, now: float, pending: str = "") -> None:
         """Bytes arrived (systemd redraws "A start job is running..." in place, no newline);
@@ -298,6 +320,7 @@ class Judge:
             # A phase only moves on: a root's own "dracut-..." units after the NFS root is
             # mounted are not its initrd starting again.
             self.phase = phase
+            self.phases.append((phase, round(now - self.started, 2)))
             if self.on_phase is not None:
                 self.on_phase(phase)
         self.asked = self.asked or bool(DHCP_ASKED_RE.search(line))
@@ -334,7 +357,7 @@ class Judge:
                 return self.verdict("nfs-unreachable", now, "silent and idle for "
                                     f"{self.stall:.0f} s after DHCP, before any NFS mount: the "
                                     f"NFS server does not answer (last line: {last})")
-            if self.asked and self.phase in ("", "kernel") and self.proof is None:
+            if self.asked and self.phase in BEFORE_DHCP and self.proof is None:
                 # dracut's dhclient says so only after its 60 s, in silence until then.
                 return self.verdict("dhcp-failed", now, f"silent and idle for "
                                     f"{self.stall:.0f} s after asking for a DHCP lease, none "
@@ -373,14 +396,28 @@ def watch(console_log: Path, *, started: float, timeout: float, stall: float,
           cpu: Callable[[], float | None] | None = None,
           state: Callable[[], str] | None = None,
           died: Callable[[], str | None] | None = None,
-          almost: re.Pattern[str] | None = None) -> Verdict:
+          almost: re.Pattern[str] | None = None, stamps: Path | None = None) -> Verdict:
     """Follow one console until the judge decides: a decisive line, `stall` s of silence
     with the guest idle (cpu() gives its CPU seconds, None if unknown), the domain no longer
     running, or `timeout` s. died() says how the domain died once a libvirt event said so
     (asked at every poll); state() says "running" while it is (asked once a second, or
     every STATE_FALLBACK s when died() is given). cpu is asked once a second. With `stop`
-    set (Ctrl-C in the main thread), stop at the next poll."""
-    follower = Follower(console_log)
+    set (Ctrl-C in the main thread), stop at the next poll. With `stamps`, when the console's
+    bytes came is written there (Follower)."""
+    follower = Follower(console_log, stamps, started)
+    try:
+        return _follow(follower, started=started, timeout=timeout, stall=stall, ready=ready,
+                       settle=settle, poll=poll, stop=stop, on_phase=on_phase, cpu=cpu,
+                       state=state, died=died, almost=almost)
+    finally:
+        follower.close()
+
+
+def _follow(follower: Follower, *, started: float, timeout: float, stall: float,
+            ready: re.Pattern[str] | None, settle: float, poll: float,
+            stop: threading.Event | None, on_phase: Callable[[str], None] | None,
+            cpu: Callable[[], float | None] | None, state: Callable[[], str] | None,
+            died: Callable[[], str | None] | None, almost: re.Pattern[str] | None) -> Verdict:
     judge = Judge(started=started, timeout=timeout, stall=stall, ready=ready, settle=settle,
                   on_phase=on_phase, almost=almost)
     sampled = asked = 0.0

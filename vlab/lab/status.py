@@ -41,6 +41,8 @@ def report(plan: LabPlan, conns: dict[str, virt.Conn | None]) -> dict[str, Any]:
             "failed_units": failed_units(r.get("line")),
             "console_log": str(t.console_log),
             "proof": r.get("proof"),
+            # [phase, second it began] as the console showed them; the verdict's ends the last
+            "phases": r.get("phases", []),
         })
     return {"lab": plan.lab, "scenario": str(plan.scenario), "terminals": terminals}
 

@@ -350,7 +350,8 @@ def watch_consoles(plan: LabPlan, conns: dict[str, virt.Conn],
                   on_phase=lambda phase: board.set(t.name, phase),
                   cpu=lambda: virt.cpu_seconds(conns[t.node], t.domain),
                   state=lambda: virt.domain_state(conns[t.node], t.domain),
-                  died=(lambda: d.of(t.domain)) if d.live else None)
+                  died=(lambda: d.of(t.domain)) if d.live else None,
+                  stamps=t.console_log.with_suffix(".times"))
         board.done(t.name, v.name, v.seconds)
         return v
 

@@ -1,0 +1,68 @@
+"""The boot report page from recorded consoles: one row per terminal, failures first, phase
+widths proportional to the measured seconds, valid HTML, nothing to fetch, the guest's text
+escaped. (tests/test_report_boot.py renders real labs' reports and opens them in Chromium.)"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import html5lib
+import pytest
+
+from vlab import report
+
+CONSOLES = Path(__file__).parent / "consoles"
+
+
+def _rep() -> dict:  # type: ignore[type-arg]
+    return {"lab": "tiny", "scenario": "scenarios/tiny.toml", "terminals": [
+        {"name": "t1", "verdict": "ok", "seconds": 8.0, "mac": "52:54:00:00:00:01",
+         "ip": "10.0.0.10", "line": "VLAB-TERMINAL-UP t1 nfs4 root",
+         "console_log": str(CONSOLES / "pxe-busybox-ok.log"),
+         "phases": [["loader", 1.0], ["initrd", 4.0], ["dhcp", 5.0], ["nfs-mounted", 6.0]]},
+        {"name": "t2", "verdict": "nfs-access-denied", "seconds": 4.0, "mac": "52:54:00:00:00:02",
+         "ip": "10.0.0.11",
+         "line": "mount: mounting 10.213.108.1:/tmp/cache-base/roots/busybox on /newroot "
+         "failed: Permission denied", "console_log": str(CONSOLES / "access-denied.log"),
+         "cause": "the NFS server refused 10.0.0.11: <the export admits 10.0.2.0/24 only>",
+         "phases": [["initrd", 1.0], ["dhcp", 2.0]]},
+    ]}
+
+
+def test_segments_run_from_each_phase_to_the_next_and_the_last_to_the_verdict() -> None:
+    segs = report.segments([["loader", 1.0], ["initrd", 4.0], ["nfs-mounted", 6.0]], 8.0)
+    assert [(s.phase, s.start, s.end) for s in segs] == [
+        ("firmware", 0.0, 1.0), ("loader", 1.0, 4.0), ("initrd", 4.0, 6.0),
+        ("userspace", 6.0, 8.0)]
+    assert report.segments([], 3.0)[0].phase == "firmware"
+
+
+def test_the_page_is_valid_html_with_a_row_per_terminal_failures_first() -> None:
+    page = report.page(_rep())
+    html5lib.HTMLParser(strict=True).parse(page)  # raises on any parse error
+    rows = re.findall(r'<tr class="terminal (\w+)" id="row-(\w+)"', page)
+    assert rows == [("failed", "t2"), ("ok", "t1")]
+    # Widths proportional to the seconds, on one axis (the longest boot: BAR_WIDTH px).
+    widths = {(m[0], m[1]): float(m[2]) for m in re.findall(
+        r'data-phase="(\w+)" data-start="([\d.]+)" data-end="[\d.]+" x="[\d.]+" y="2" '
+        r'width="([\d.]+)"', page)}
+    scale = report.BAR_WIDTH / 8.0
+    assert widths[("loader", "1.0")] == pytest.approx(3.0 * scale, abs=0.1)
+    assert widths[("userspace", "6.0")] == pytest.approx(2.0 * scale, abs=0.1)
+    # Phase names in text, not colour alone; the decisive line marked in the console.
+    assert "loader 1.0–4.0 s" in page and '<mark id="decisive-t2">' in page
+    assert 'id="t1-dhcp"' in page
+
+
+def test_nothing_is_fetched_and_the_guests_text_is_only_text(tmp_path: Path) -> None:
+    evil = tmp_path / "evil.log"
+    evil.write_text('<script src="http://example.com/x.js"></script>\n<img src=x onerror=1>\n'
+                    "vlab-initrd: kernel command line: <b>x</b>\n")
+    rep = _rep()
+    rep["terminals"][1]["console_log"] = str(evil)
+    rep["terminals"][1]["line"] = "<img src=x onerror=1>"
+    page = report.page(rep)
+    assert "<script" not in page and "<img" not in page and "&lt;script" in page
+    assert not re.search(r'(src|href)="(https?:)?//', page)
+    assert "&lt;the export admits" in page  # a cause is text too
