@@ -20,6 +20,8 @@ PACKAGES=(
   libvirt-dev pkg-config gcc python3-dev python3-venv
   # the tests' second hypervisor host runs an sshd inside namespaces of its own
   openssh-server openssh-client
+  # the tests open the boot report in a real headless browser (screenshot, DOM)
+  chromium
 )
 
 missing=()

@@ -193,6 +193,11 @@ class LabPlan:
         return str(self.subnet.network_address + 1)
 
     @property
+    def dnsmasq_log(self) -> Path:
+        """What the lab network's dnsmasq saw (DHCP and TFTP), beside the consoles."""
+        return self.lab_dir / "console" / "dnsmasq.log"
+
+    @property
     def dhcp_start(self) -> str:
         return str(self.subnet.network_address + FIRST_TERMINAL_HOST)
 

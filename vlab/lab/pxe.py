@@ -95,6 +95,8 @@ def _boot_twins(twins: LabPlan, dirs: Dirs, tftp_root: Path, say: Say) -> dict[s
                     "your server's exports (vlab-site/exports is that line)")
             state.update(twins.lab_dir, network=twins.network)
             export_nfs_root(twins, dirs, netns)
+            twins.dnsmasq_log.parent.mkdir(parents=True, exist_ok=True)
+            twins.dnsmasq_log.unlink(missing_ok=True)
             virt.start_network(conn, twins.network, render.network_xml(twins, tftp_root))
             join_lab_network(twins, netns)
             create_terminals(twins, {LOCAL: conn})

@@ -243,6 +243,8 @@ def define_network(plan: LabPlan, conn: virt.Conn, say: Say,
         f"{len([t for t in plan.terminals if t.ip])} pinned DHCP hosts"
         + (", PXE" if tftp_root else ""))
     state.update(plan.lab_dir, network=plan.network)
+    plan.dnsmasq_log.parent.mkdir(parents=True, exist_ok=True)
+    plan.dnsmasq_log.unlink(missing_ok=True)  # this boot's, not the last one's
     virt.start_network(conn, plan.network, render.network_xml(plan, tftp_root))
 
 
