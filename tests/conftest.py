@@ -77,6 +77,16 @@ def plan_of(name: str) -> LabPlan:
     return make_plan(scenario.load(path.relative_to(ROOT)), GOLDEN_DIRS)
 
 
+@pytest.fixture(scope="session")
+def browser():  # type: ignore[no-untyped-def]
+    """browser.look(page, name): a real headless Chromium in a namespace of its own, which
+    goes when the session ends."""
+    import browser as chromium
+
+    yield chromium.look
+    chromium.close()
+
+
 @pytest.fixture
 def lab_down():  # type: ignore[no-untyped-def]
     """Scenario paths appended here are brought down after the test, even when it fails."""

@@ -139,11 +139,14 @@ def failed_consoles(rep: dict[str, Any], lines: int = 60) -> str:
     return "".join(out)
 
 
-def up_side_by_side(paths: list[str], at_once: int = 2, stagger: bool = False
+def up_side_by_side(paths: list[str], at_once: int = 2, stagger: bool = False,
+                    keep: tuple[str, ...] = ()
                     ) -> dict[str, tuple[float, subprocess.CompletedProcess[str], dict[str, Any]]]:
     """`vlab up --json` of several labs, at most at_once running (two cores: two booting
-    TCG guests keep both busy), each timed. stagger: each lab starts once the one before it
-    has built everything and begun to boot (labs that share an artifact build it once)."""
+    TCG guests keep both busy), each timed, and each down as soon as its verdicts are in
+    (a systemd root keeps its vCPU busy after its verdict: the next lab would boot against
+    it), unless it is in `keep`. stagger: each lab starts once the one before it has built
+    everything and begun to boot (labs that share an artifact build it once)."""
     slots = threading.Semaphore(at_once)
     results: dict[str, tuple[float, subprocess.CompletedProcess[str], dict[str, Any]]] = {}
     threads = []
@@ -167,6 +170,8 @@ def up_side_by_side(paths: list[str], at_once: int = 2, stagger: bool = False
             done = subprocess.CompletedProcess(proc.args, proc.returncode, report,
                                                "".join(err) + failed_consoles(rep))
             results[path] = (time.monotonic() - start, done, rep)
+            if path not in keep:  # the caller's own down checks it is gone
+                vlab("down", path)
         finally:
             built.set()
             slots.release()

@@ -38,18 +38,29 @@ def test_junit_has_a_testcase_per_terminal_and_the_decisive_line(tmp_path: Path)
 
 
 @pytest.mark.boot
-def test_check_of_a_failing_lab_exits_1_writes_junit_and_leaves_nothing(tmp_path: Path) -> None:
+def test_check_of_a_failing_lab_exits_1_writes_junit_and_leaves_nothing(
+        tmp_path: Path, browser) -> None:  # type: ignore[no-untyped-def]
     path = "tests/scenarios/wrong-export.toml"
-    junit = tmp_path / "out.xml"
+    junit, page = tmp_path / "out.xml", tmp_path / "report.html"
     proc = subprocess.run([sys.executable, "-m", "vlab", "check", path, "--junit", str(junit),
-                           "--json", "--timeout", "60"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+                           "--report", str(page), "--json", "--timeout", "60"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr
     (t,) = json.loads(proc.stdout)["terminals"]
     assert t["verdict"] == "nfs-no-such-export"
+    # Both ends: the terminal asked for a path the server does not export.
+    assert t["cause"] and t["cause"].startswith("the terminal asked for /no/such/export; the "
+                                                "NFS server exports /"), t
+    assert f"cause: {t['cause']}" in proc.stderr
     case = etree.parse(str(junit)).getroot()[0].find("testcase")
     assert case is not None and case.find("failure") is not None
+    assert case.find("failure").get("message") == f"nfs-no-such-export: {t['cause']}"  # type: ignore[union-attr]
     assert leftovers(plan_for(path)) == []
+    # The report, as a person sees it: one row, the cause, the console with its line marked.
+    dom, asked = browser(page, "check-wrong-export")
+    assert asked == [], asked
+    assert dom.count('class="terminal failed"') == 1 and t["cause"] in dom
+    assert 'data-verdict="nfs-no-such-export"' in dom and '<mark id="decisive-t1">' in dom
 
 
 def test_check_of_a_bad_scenario_exits_2(tmp_path: Path) -> None:

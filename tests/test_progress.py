@@ -18,11 +18,12 @@ def test_console_lines_move_a_terminal_through_its_phases() -> None:
              "[    0.000000] Linux version 6.1.0-57-amd64 (debian-kernel@lists.debian.org)",
              "EFI stub: Loaded initrd from LINUX_EFI_INITRD_MEDIA_GUID device path",
              "vlab-initrd: kernel command line: console=ttyS0 root=10.0.0.1:/srv",
-             "Loading, please wait...",
+             "Loading, please wait...", "Starting systemd-udevd version 252.39-1~deb12u2",
              "udhcpc: lease of 10.213.5.10 obtained from 10.213.5.1, lease time 3600",
              "IP-Config: eth0 complete (dhcp from 10.0.0.1):", PROOF, "something else"]
     assert [phase_of(ln) for ln in lines] == [
-        "loader", "loader", "loader", "loader", "kernel", "kernel", "initrd", "initrd", "dhcp",
+        "loader", "loader", "loader", "loader", "kernel", "kernel", "initrd", "initrd", "initrd",
+        "dhcp",
         "dhcp", "nfs-mounted", None]
 
 

@@ -206,6 +206,9 @@ def test_virtual_twins_pxe_boot_through_the_written_tree(lab_down) -> None:  # t
     for t in json.loads(proc.stdout)["check"]["terminals"]:
         assert t["verdict"] == "tftp-file-not-found", t
         assert t["seconds"] < 60
+        # What the TFTP server said, joined by the twin's address.
+        assert t["cause"] == ("TFTP: initrd.img is not in the tree the lab serves (the server "
+                              "said: not found)"), t
 
 
 @pytest.mark.boot

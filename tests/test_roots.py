@@ -107,7 +107,7 @@ def dracut_labs(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
         + 'cmdline = "systemd.wants=systemd-backlight@backlight:vlab.service"\n')
     assert "root=dhcp" in plan_for(str(dhcp)).terminals[0].cmdline.split()
     try:
-        booted = up_side_by_side([DRACUT, str(dhcp)], stagger=True)
+        booted = up_side_by_side([DRACUT, str(dhcp)], stagger=True, keep=(DRACUT,))
     finally:
         down = vlab("down", str(dhcp))
     assert down.returncode == 0, down.stderr

@@ -6,6 +6,7 @@ everything downstream of the plan is real. Needs root."""
 
 from __future__ import annotations
 
+import html
 import ipaddress
 import json
 import os
@@ -39,20 +40,27 @@ def _scenario(tmp_path: Path, name: str, body: str, lab_down: list[str]) -> str:
 
 
 def _boots_to(verdict: str, path: str,
-              change: Callable[[LabPlan], LabPlan] | None = None) -> dict[str, Any]:
+              change: Callable[[LabPlan], LabPlan] | None = None,
+              cause: str | None = None, look: Callable[..., Any] | None = None
+              ) -> dict[str, Any]:
     """vlab up (in this process, with its plan changed, when `change` is given), the one
-    terminal's report with the verdict asserted, then vlab down and nothing left."""
+    terminal's report with the verdict (and the cause both ends saw) asserted, its boot
+    report opened in a browser (`look`), then vlab down and nothing left."""
     plan = plan_for(path)
     if change is not None:
         sc = scenario.load(Path(path))
         dirs = Dirs.from_env()
         changed = change(claim(sc, dirs))
-        (t,) = up(sc, changed, dirs, lambda _text: None)["terminals"]
+        rep = up(sc, changed, dirs, lambda _text: None)
     else:
         proc = vlab("up", path, "--json")
         assert proc.returncode == 1, proc.stderr
-        (t,) = json.loads(proc.stdout)["terminals"]
+        rep = json.loads(proc.stdout)
+    (t,) = rep["terminals"]
     assert t["verdict"] == verdict, t
+    if cause is not None:
+        assert cause in (t["cause"] or ""), t
+        seen_by(rep, f"{verdict}-{plan.lab}", look)
     assert vlab("down", path).returncode == 0
     assert leftovers(plan) == []
     return t
@@ -61,13 +69,33 @@ def _boots_to(verdict: str, path: str,
 TERMINAL = '[[terminal]]\nname = "t1"\n'
 
 
-def test_export_to_another_subnet_is_nfs_access_denied(tmp_path: Path,
-                                                       lab_down: list[str]) -> None:
+def seen_by(rep: dict[str, Any], name: str, look: Callable[..., Any] | None) -> None:
+    """The lab's boot report in a real browser: a row per terminal, each failure's cause
+    on the page, nothing fetched."""
+    from vlab import report
+
+    if look is None:
+        return
+    page = Path(os.environ.get("VLAB_TEST_ARTIFACTS", "/tmp/vlab-test-artifacts")) / f"{name}.html"
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(report.page(rep))
+    dom, asked = look(page, name)
+    assert asked == [], asked
+    assert dom.count('<tr class="terminal') == len(rep["terminals"])
+    for t in rep["terminals"]:
+        if t["verdict"] != "ok" and t.get("cause"):
+            assert html.escape(t["cause"], quote=False) in dom, t["cause"]
+
+
+def test_export_to_another_subnet_is_nfs_access_denied(tmp_path: Path, lab_down: list[str],
+                                                       browser: Any) -> None:
     # NFSv3: its MOUNT protocol answers "access denied"; NFSv4 hides an export from a client
     # it is not for, so the same fault there reads as nfs-no-such-export.
     path = _scenario(tmp_path, "denied", 'nfs_version = "3"\n' + TERMINAL, lab_down)
     other = ipaddress.IPv4Network("10.213.251.0/24")
-    t = _boots_to("nfs-access-denied", path, lambda plan: replace(plan, nfs_clients=(other,)))
+    t = _boots_to("nfs-access-denied", path, lambda plan: replace(plan, nfs_clients=(other,)),
+                  cause="the export admits only 10.213.251.0/24", look=browser)
+    assert t["cause"].startswith("the NFS server refused 10.213.")
     assert "Permission denied" in t["line"]
 
 
@@ -95,7 +123,7 @@ DEBIAN = '[root]\nsource = "debian"\nsuite = "bookworm"\n[kernel]\nsource = "roo
     ("dracut", "after asking for a DHCP lease"),
 ])
 def test_a_network_without_dhcp_is_dhcp_failed(tmp_path: Path, lab_down: list[str],
-                                               builder: str, line: str) -> None:
+                                               builder: str, line: str, browser: Any) -> None:
     """The terminal joins a bridge of the lab host's namespace that no DHCP server serves;
     the Debian roots are the ones test_roots boots (cached)."""
     nfs3 = 'nfs_version = "3"\n' if builder == "initramfs-tools" else ""
@@ -113,7 +141,8 @@ def test_a_network_without_dhcp_is_dhcp_failed(tmp_path: Path, lab_down: list[st
         return replace(plan, nodes=(bare, *plan.nodes[1:]))
 
     try:
-        t = _boots_to("dhcp-failed", path, on_a_bare_bridge)
+        t = _boots_to("dhcp-failed", path, on_a_bare_bridge,
+                      cause="DHCP server never heard a DISCOVER from", look=browser)
     finally:
         subprocess.run(["ip", "-n", "vlab-host", "link", "del", bridge], capture_output=True)
     assert line in t["line"], t
@@ -281,6 +310,7 @@ def test_a_root_whose_nfs_server_died_is_stalled_within_its_stall(tmp_path: Path
     (t,) = json.loads(out)["terminals"]
     assert t["verdict"] == "stalled", t
     assert re.search(r"probe \d+ answered", t["line"]), t
+    assert "the lab's NFS server (nfs-ganesha) is not running" in (t["cause"] or ""), t
     # The window counts from the last answer, which came up to a second before the kill.
     assert 15 - 1.5 <= waited < 15 + 30, (waited, t)
     assert vlab("down", path).returncode == 0

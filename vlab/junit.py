@@ -21,9 +21,10 @@ def report_to_junit(rep: dict[str, Any]) -> str:
                                 name=_xml_text(t["name"]), time=f"{t['seconds'] or 0:.1f}")
         if t["verdict"] != "ok":
             line = _xml_text(t.get("line") or "")
+            why = _xml_text(t.get("cause") or "")
             failure = etree.SubElement(case, "failure", type=t["verdict"] or "no-verdict",
-                                       message=f"{t['verdict']}: {line}")
-            failure.text = line
+                                       message=f"{t['verdict']}: {why or line}")
+            failure.text = f"{why}\n{line}" if why else line
         out = etree.SubElement(case, "system-out")
         out.text = _console(t["console_log"])
         if units := t.get("failed_units"):  # booted, but these units of the image failed

@@ -57,7 +57,7 @@ PHASE_LINES = (
                           r"GNU GRUB|Booting from ROM")),
     ("kernel", re.compile(r"Linux version \d|EFI stub: |Decompressing Linux")),
     ("initrd", re.compile(r"vlab-initrd: kernel command line|Run /init as init|"
-                          r"Loading, please wait|dracut-")),
+                          r"Loading, please wait|dracut-|Starting systemd-udevd version")),
     ("dhcp", re.compile(r"lease of \S+ obtained|\(lease from|IP-Config: \S+ complete|"
                         r"dhcp.*(bound|lease)|DHCPACK|dhcp: BOUND")),
     ("nfs-mounted", PROOF_RE),

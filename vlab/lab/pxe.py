@@ -102,8 +102,8 @@ def _boot_twins(twins: LabPlan, dirs: Dirs, tftp_root: Path, say: Say) -> dict[s
             create_terminals(twins, {LOCAL: conn})
             wait_for_nfs_server(twins, say)
             started = boot_terminals(twins, {LOCAL: conn}, say)
-            verdicts = watch_consoles(twins, {LOCAL: conn}, started, say)
-            save_results(twins, started, verdicts)
+            verdicts = watch_consoles(twins, {LOCAL: conn}, started, say, tftp_root)
+            save_results(twins, started, verdicts, tftp_root=tftp_root)
             return report(twins, {LOCAL: conn})
         finally:
             virt.close(conn)

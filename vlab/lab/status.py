@@ -43,6 +43,8 @@ def report(plan: LabPlan, conns: dict[str, virt.Conn | None]) -> dict[str, Any]:
             "proof": r.get("proof"),
             # [phase, second it began] as the console showed them; the verdict's ends the last
             "phases": r.get("phases", []),
+            # the failure's cause where the lab's servers saw it too (cause.py), or None
+            "cause": r.get("cause"),
         })
     return {"lab": plan.lab, "scenario": str(plan.scenario), "terminals": terminals}
 

@@ -16,6 +16,7 @@ from typing import Any
 from vlab import (
     builders,
     cache,
+    cause,
     efi,
     initrd,
     kernel,
@@ -33,7 +34,7 @@ from vlab import (
 from vlab.errors import UsageError
 from vlab.lab import nodes
 from vlab.lab.checks import run_checks
-from vlab.lab.status import report
+from vlab.lab.status import report, terminal_address
 from vlab.plan import READY_MARKER, Dirs, LabPlan, NodePlan, TerminalPlan
 from vlab.progress import Say
 from vlab.scenario.model import (
@@ -97,10 +98,10 @@ def _boot(scenario: Scenario, plan: LabPlan, dirs: Dirs, k: kernel.Kernel, img: 
     create_terminals(plan, conns)
     wait_for_nfs_server(plan, say)
     started = boot_terminals(plan, conns, say)
-    verdicts = watch_consoles(plan, conns, started, say)
+    verdicts = watch_consoles(plan, conns, started, say, tftp_root)
     checks = run_checks(scenario, plan, verdicts, say)
     state.update(plan.lab_dir, status="up", artifacts=artifact_digests(plan))
-    save_results(plan, started, verdicts, checks)
+    save_results(plan, started, verdicts, checks, tftp_root)
     return report(plan, conns)
 
 
@@ -334,7 +335,8 @@ def boot_terminals(plan: LabPlan, conns: dict[str, virt.Conn],
 
 
 def watch_consoles(plan: LabPlan, conns: dict[str, virt.Conn],
-                   started: dict[TerminalPlan, float], say: Say) -> dict[TerminalPlan, Verdict]:
+                   started: dict[TerminalPlan, float], say: Say,
+                   tftp_root: Path | None = None) -> dict[TerminalPlan, Verdict]:
     ready = ready_line(plan)
     say(f"watching {len(started)} console(s) for the NFS root (timeout {plan.timeout} s)")
     stall = min(plan.stall, plan.timeout)
@@ -368,15 +370,18 @@ def watch_consoles(plan: LabPlan, conns: dict[str, virt.Conn],
         pool.shutdown(wait=True)
         for d in deaths.values():
             d.close()
-    say_verdicts(plan, verdicts, stall, say)
+    say_verdicts(plan, verdicts, stall, say, tftp_root)
     return verdicts
 
 
 def say_verdicts(plan: LabPlan, verdicts: dict[TerminalPlan, Verdict], stall: float,
-                 say: Say) -> None:
+                 say: Say, tftp_root: Path | None = None) -> None:
+    causes = causes_of(plan, verdicts, tftp_root)
     for t, v in verdicts.items():
         if not v.ok:
             say(f"{t.name}: {v.name}: {v.line}")
+            if (why := causes.get(t)) is not None:
+                say(f"{t.name}: cause: {why}")
         elif units := failed_units(v.line):
             say(f"{t.name}: up, but these systemd units of the root failed: {', '.join(units)} "
                 f"(vlab ssh ... {t.name} -- systemctl status UNIT)")
@@ -391,11 +396,36 @@ def say_verdicts(plan: LabPlan, verdicts: dict[TerminalPlan, Verdict], stall: fl
 
 def save_results(plan: LabPlan, started: dict[TerminalPlan, float],
                  verdicts: dict[TerminalPlan, Verdict],
-                 checks: dict[str, list[dict[str, Any]]] | None = None) -> None:
+                 checks: dict[str, list[dict[str, Any]]] | None = None,
+                 tftp_root: Path | None = None) -> None:
     # booted_at: seconds into the vlab command when the domain started (seconds count from it).
+    causes = causes_of(plan, verdicts, tftp_root)
     state.save(plan.lab_dir, {t.name: {**asdict(v), "booted_at": round(started[t] - progress.T0, 2),
-                                       "checks": (checks or {}).get(t.name, [])}
+                                       "checks": (checks or {}).get(t.name, []),
+                                       "cause": causes.get(t)}
                               for t, v in verdicts.items()}, state.RESULTS)
+
+
+def causes_of(plan: LabPlan, verdicts: dict[TerminalPlan, Verdict],
+              tftp_root: Path | None = None) -> dict[TerminalPlan, str]:
+    """Each failed terminal's cause, where the lab's servers saw it too (cause.py)."""
+    failed = [t for t, v in verdicts.items() if not v.ok]
+    if not failed:
+        return {}
+    try:
+        log = plan.dnsmasq_log.read_text(errors="replace")[-(4 << 20):]
+    except OSError:
+        log = ""
+    out = {}
+    for t in failed:
+        facts = cause.Facts(export_path=str(plan.export_path),
+                            nfs_clients=tuple(map(str, plan.nfs_clients)),
+                            nfs_running=nfsserver.pid(plan) is not None, dhcp=t.node == LOCAL,
+                            dnsmasq_log=log, tftp_root=str(tftp_root or ""))
+        seen = {"mac": t.mac, "ip": t.ip or terminal_address(t) or "", "line": verdicts[t].line}
+        if (why := cause.explain(verdicts[t].name, seen, facts)) is not None:
+            out[t] = why
+    return out
 
 
 def ready_line(plan: LabPlan) -> re.Pattern[str] | None:

@@ -1,0 +1,53 @@
+"""Open a boot report the way a person would: in a real headless Chromium (Debian's package),
+inside a network namespace of its own with only loopback (Chromium's own update and time
+requests cannot leave it). Keeps a screenshot per page as a test artifact and returns the DOM
+Chromium built, and every request the page itself started."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+ARTIFACTS = Path(os.environ.get("VLAB_TEST_ARTIFACTS", "/tmp/vlab-test-artifacts"))
+NETNS = "vlab-test-browser"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-default-apps", "--window-size=1280,1000"]
+
+
+def _chromium(*args: str) -> subprocess.CompletedProcess[str]:
+    if shutil.which("chromium") is None:
+        raise AssertionError("chromium is missing: make deps installs it (scripts/install-deps.sh)")
+    if not Path("/run/netns", NETNS).exists():
+        subprocess.run(["ip", "netns", "add", NETNS], check=True)
+        subprocess.run(["ip", "-n", NETNS, "link", "set", "lo", "up"], check=True)
+    return subprocess.run(["ip", "netns", "exec", NETNS, "chromium", *FLAGS, *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def look(page: Path, name: str) -> tuple[str, list[str]]:
+    """(the DOM as Chromium built it, the URLs the page itself asked for); the screenshot
+    goes to ARTIFACTS/NAME.png."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    url = page.absolute().as_uri()
+    shot = _chromium(f"--screenshot={ARTIFACTS / f'{name}.png'}", url)
+    assert (ARTIFACTS / f"{name}.png").is_file(), shot.stderr[-2000:]
+    with tempfile.TemporaryDirectory() as tmp:
+        netlog = Path(tmp) / "net.json"
+        dom = _chromium(f"--log-net-log={netlog}", "--dump-dom", url)
+        assert dom.returncode == 0 and "<html" in dom.stdout, dom.stderr[-2000:]
+        log = json.loads(netlog.read_text())
+    kinds = {v: k for k, v in log["constants"]["logEventTypes"].items()}
+    starts = [e.get("params", {}) for e in log["events"]
+              if kinds.get(e["type"]) == "URL_REQUEST_START_JOB"]
+    asked = [p["url"] for p in starts  # its end events carry no url
+             if "url" in p and p.get("initiator") != "not an origin"]  # not Chromium's own
+    return dom.stdout, asked
+
+
+def close() -> None:
+    subprocess.run(["ip", "netns", "del", NETNS], capture_output=True)

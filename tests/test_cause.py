@@ -1,0 +1,62 @@
+"""A failure's cause from both ends: the verdict and what the lab's servers saw (recorded
+dnsmasq lines in its real format; tests/test_verdicts.py provokes each for real)."""
+
+from __future__ import annotations
+
+from vlab.cause import Facts, explain
+
+MAC = "52:54:00:25:4b:95"
+HEARD = (f"Dec  3 14:13:40 dnsmasq-dhcp[32004]: 3631986009 DHCPDISCOVER(vlabce6d6dff) {MAC} \n"
+         "Dec  3 14:13:40 dnsmasq-dhcp[32004]: 3631986009 tags: known, vlabce6d6dff\n")
+OFFERED = (f"Dec  3 14:13:40 dnsmasq-dhcp[32004]: 3631986009 DHCPOFFER(vlabce6d6dff) "
+           f"10.0.0.11 {MAC} \n")
+
+
+def _facts(**changed: object) -> Facts:
+    base = {"export_path": "/var/cache/vlab/roots/busybox", "nfs_clients": ("10.213.1.0/24",),
+            "nfs_running": True, "dhcp": True, "dnsmasq_log": HEARD + OFFERED,
+            "tftp_root": "/srv/tftp"}
+    return Facts(**{**base, **changed})  # type: ignore[arg-type]
+
+
+def test_access_denied_names_the_address_and_what_the_export_admits() -> None:
+    t = {"mac": MAC, "ip": "10.213.1.10", "line": "mount: ... Permission denied"}
+    assert explain("nfs-access-denied", t, _facts(nfs_clients=("10.213.251.0/24",))) == (
+        "the NFS server refused 10.213.1.10: the export admits only 10.213.251.0/24")
+    assert explain("nfs-access-denied", t, _facts()) is None  # admitted: the servers say nothing
+
+
+def test_no_such_export_names_what_was_asked_and_what_is_exported() -> None:
+    t = {"mac": MAC, "ip": "10.213.1.10", "line": "mount: mounting 10.213.1.2:/srv/nothere on "
+         "/newroot failed: No such file or directory"}
+    assert explain("nfs-no-such-export", t, _facts()) == (
+        "the terminal asked for /srv/nothere; the NFS server exports "
+        "/var/cache/vlab/roots/busybox only")
+
+
+def test_no_dhcp_says_whether_the_server_heard_the_terminal() -> None:
+    t = {"mac": MAC, "ip": "", "line": "udhcpc: no lease"}
+    assert explain("dhcp-failed", t, _facts(dnsmasq_log="")) == (
+        f"DHCP: the lab network's DHCP server never heard a DISCOVER from {MAC} (the request "
+        "did not reach it)")
+    assert explain("dhcp-failed", t, _facts(dnsmasq_log=HEARD)).startswith(
+        f"DHCP DISCOVER from {MAC} seen, no lease offered")
+    assert explain("dhcp-failed", t, _facts(dhcp=False)) is None  # another host's network
+
+
+def test_a_missing_tftp_file_is_named_relative_to_the_tree() -> None:
+    log = ("Dec  3 14:20:01 dnsmasq-tftp[4242]: sent /srv/tftp/vmlinuz to 10.213.77.50\n"
+           "Dec  3 14:20:02 dnsmasq-tftp[4242]: file /srv/tftp/initrd.img not found for "
+           "10.213.77.50\n")
+    t = {"mac": MAC, "ip": "10.213.77.50", "line": "Loading initrd.img failed"}
+    assert explain("tftp-file-not-found", t, _facts(dnsmasq_log=log)) == (
+        "TFTP: initrd.img is not in the tree the lab serves (the server said: not found)")
+    assert explain("tftp-file-not-found", {**t, "ip": "10.213.77.51"},
+                   _facts(dnsmasq_log=log)) is None  # another machine's request
+
+
+def test_a_server_that_is_gone_is_named_and_ok_has_no_cause() -> None:
+    t = {"mac": MAC, "ip": "10.213.1.10", "line": "[ OK ] Started Journal Service."}
+    assert "nfs-ganesha) is not running" in (explain("stalled", t, _facts(nfs_running=False))
+                                             or "")
+    assert explain("ok", t, _facts(nfs_running=False)) is None

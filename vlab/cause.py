@@ -1,0 +1,80 @@
+"""A failed boot's cause in one sentence, when the two ends of the wire say it together: the
+terminal's verdict and what the lab's servers saw (the network's dnsmasq log for DHCP and
+TFTP, whether nfs-ganesha still runs, what its export admits). Pure: facts in, a sentence
+out (or None when the servers say nothing the verdict does not)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+MOUNTING_RE = re.compile(r"mount(?:ing)? (?:of )?(?:nfs4?:)?(\d+\.\d+\.\d+\.\d+):(/\S*)")
+TFTP_MISSING_RE = re.compile(r"dnsmasq-tftp\[\d+\]: file (\S+) not found(?: for (\S+))?")
+TFTP_SENT_RE = re.compile(r"dnsmasq-tftp\[\d+\]: (?:sent|error \d+ .*? received from) (\S+)")
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the lab's own side knows and saw during the boot."""
+
+    export_path: str
+    nfs_clients: tuple[str, ...]  # the networks the export admits
+    nfs_running: bool  # the lab's nfs-ganesha still runs
+    dhcp: bool  # the lab network's dnsmasq serves the terminal (not another host's network)
+    dnsmasq_log: str  # what its dnsmasq logged ("" if nothing)
+    tftp_root: str = ""  # the tree the network serves, if any
+
+
+def _admitted(ip: str, clients: tuple[str, ...]) -> bool:
+    try:
+        return any(ipaddress.IPv4Address(ip) in ipaddress.IPv4Network(c) for c in clients)
+    except ValueError:
+        return True  # not an address vlab can judge: say nothing about it
+
+
+def _dhcp(mac: str, log: str) -> list[str]:
+    """dnsmasq's DHCP lines about one MAC (its transaction lines carry it)."""
+    return [ln for ln in log.splitlines() if "dnsmasq-dhcp" in ln and mac.lower() in ln.lower()]
+
+
+def explain(verdict: str, terminal: Mapping[str, object], facts: Facts) -> str | None:
+    mac = str(terminal.get("mac") or "")
+    ip = str(terminal.get("ip") or "")
+    line = str(terminal.get("line") or "")
+    if verdict in ("ok", None):
+        return None
+    if not facts.nfs_running and verdict in ("stalled", "nfs-unreachable", "timeout"):
+        return ("the lab's NFS server (nfs-ganesha) is not running: it stopped while the "
+                "terminal booted, so its NFS requests go unanswered")
+    if verdict == "nfs-access-denied" and ip and not _admitted(ip, facts.nfs_clients):
+        return (f"the NFS server refused {ip}: the export admits only "
+                f"{', '.join(facts.nfs_clients)}")
+    if verdict == "nfs-no-such-export":
+        m = MOUNTING_RE.search(line)
+        asked = m.group(2) if m else ""
+        if asked and asked.rstrip("/") != facts.export_path.rstrip("/"):
+            return (f"the terminal asked for {asked}; the NFS server exports "
+                    f"{facts.export_path} only")
+    if verdict == "dhcp-failed":
+        if not facts.dhcp:
+            return None  # another host's network: its DHCP server's log is not vlab's
+        seen = _dhcp(mac, facts.dnsmasq_log)
+        if not any("DHCPDISCOVER" in ln for ln in seen):
+            return (f"DHCP: the lab network's DHCP server never heard a DISCOVER from {mac} "
+                    "(the request did not reach it)")
+        if not any("DHCPOFFER" in ln for ln in seen):
+            why = next((ln.split(": ", 1)[-1] for ln in seen if "no address" in ln
+                        or "ignored" in ln), "")
+            return (f"DHCP DISCOVER from {mac} seen, no lease offered"
+                    + (f" (dnsmasq: {why.strip()})" if why else ""))
+    if verdict == "tftp-file-not-found":
+        missing = [m.group(1) for m in TFTP_MISSING_RE.finditer(facts.dnsmasq_log)
+                   if not ip or not m.group(2) or m.group(2) == ip]
+        if missing:
+            rel = missing[-1]
+            if facts.tftp_root and rel.startswith(facts.tftp_root):
+                rel = rel[len(facts.tftp_root):].lstrip("/")
+            return f"TFTP: {rel} is not in the tree the lab serves (the server said: not found)"
+    return None
