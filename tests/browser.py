@@ -5,12 +5,16 @@ Chromium built, and every request the page itself started."""
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ARTIFACTS = Path(os.environ.get("VLAB_TEST_ARTIFACTS", "/tmp/vlab-test-artifacts"))
 NETNS = "vlab-test-browser"
@@ -51,3 +55,29 @@ def look(page: Path, name: str) -> tuple[str, list[str]]:
 
 def close() -> None:
     subprocess.run(["ip", "netns", "del", NETNS], capture_output=True)
+
+
+def seen(rep: dict[str, Any], name: str, look: Callable[[Path, str], tuple[str, list[str]]]
+         ) -> str:
+    """A lab's boot report as a person sees it: one row per terminal, each phase bar as wide
+    as its measured seconds on the shared axis, each failure's cause on the page, nothing
+    fetched. Returns the DOM."""
+    from vlab import report
+
+    page = ARTIFACTS / f"{name}.html"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.write_text(report.page(rep))
+    dom, asked = look(page, name)
+    assert asked == [], asked
+    assert dom.count('<tr class="terminal') == len(rep["terminals"])
+    longest = max([float(t.get("seconds") or 0) for t in rep["terminals"]] + [1.0])
+    bars = re.findall(r'data-start="([\d.]+)" data-end="([\d.]+)" x="[\d.]+" y="2" '
+                      r'width="([\d.]+)"', dom)
+    assert bars, "no timeline"
+    for start, end, width in bars:
+        want = (float(end) - float(start)) * report.BAR_WIDTH / longest
+        assert abs(float(width) - want) <= 0.2, (start, end, width, want)
+    for t in rep["terminals"]:
+        if t["verdict"] != "ok" and t.get("cause"):
+            assert html.escape(t["cause"], quote=False) in dom, t["cause"]
+    return dom

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from browser import seen
 from conftest import ROOT
 
 from vlab import cache, initrd, kernel, nfsserver, procs, scenario
@@ -410,7 +411,7 @@ def _qemu_argument(domain: str, option: str) -> str:
     raise AssertionError(f"no QEMU runs {domain}")
 
 
-def test_ten_terminals_boot_side_by_side(lab_down) -> None:  # type: ignore[no-untyped-def]
+def test_ten_terminals_boot_side_by_side(lab_down, browser) -> None:  # type: ignore[no-untyped-def]
     path = "scenarios/ten.toml"
     lab_down.append(path)
     plan = plan_for(path)
@@ -421,5 +422,8 @@ def test_ten_terminals_boot_side_by_side(lab_down) -> None:  # type: ignore[no-u
     assert len({t["mac"] for t in terms}) == 10 and len({t["ip"] for t in terms}) == 10
     # In parallel: every domain was started before the first one reached its verdict.
     assert max(t["booted_at"] for t in terms) < min(t["booted_at"] + t["seconds"] for t in terms)
+    # Their boot report: ten rows read at a glance, every phase of each measured.
+    dom = seen(rep, "ten-terminals", browser)
+    assert dom.count('data-phase="DHCP"') == 10 and dom.count('data-phase="userspace"') == 10
     assert vlab("down", path).returncode == 0
     assert leftovers(plan) == []

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from browser import seen
 from conftest import GOLDEN_DIRS, ROOT, plan_of
 from test_boot import tree_digest
 
@@ -171,7 +172,7 @@ def test_tree_is_written_once_and_hosts_that_leave_are_removed(tmp_path: Path) -
 
 
 @pytest.mark.boot
-def test_virtual_twins_pxe_boot_through_the_written_tree(lab_down) -> None:  # type: ignore[no-untyped-def]
+def test_virtual_twins_pxe_boot_through_the_written_tree(lab_down, browser) -> None:  # type: ignore[no-untyped-def]
     lab_down.append("scenarios/site.toml")
     tftp_root = Path("/var/lib/vlab/test-tftp/site")
     proc = subprocess.run([sys.executable, "-m", "vlab", "pxe", "scenarios/site.toml",
@@ -196,6 +197,9 @@ def test_virtual_twins_pxe_boot_through_the_written_tree(lab_down) -> None:  # t
     assert log2
     # The twin whose MAC has no file of its own booted through pxelinux.cfg/default.
     assert twins_default_ok(rep)
+    # The check's boot report shows where a PXE boot's time goes: firmware, then the loader.
+    dom = seen(rep["check"], "pxe-twins", browser)
+    assert dom.count('data-phase="loader"') == 3, dom[:2000]
 
     # A broken tree (the initrd removed): a clear verdict, long before the timeout.
     (tftp_root / "initrd.img").unlink()
@@ -203,7 +207,9 @@ def test_virtual_twins_pxe_boot_through_the_written_tree(lab_down) -> None:  # t
                            "--tftp-root", str(tftp_root), "--check-only", "--json"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1, proc.stderr
-    for t in json.loads(proc.stdout)["check"]["terminals"]:
+    broken = json.loads(proc.stdout)["check"]
+    seen(broken, "pxe-twins-initrd-missing", browser)
+    for t in broken["terminals"]:
         assert t["verdict"] == "tftp-file-not-found", t
         assert t["seconds"] < 60
         # What the TFTP server said, joined by the twin's address.

@@ -189,11 +189,24 @@ def free_memory_mib(conn: Conn) -> int:
 
 
 def cpu_seconds(conn: Conn, name: str) -> float | None:
-    """The CPU time a domain's vCPUs have used so far, or None once it is gone."""
+    """The seconds a domain's vCPUs have wanted a host CPU so far: the time they ran plus the
+    time they were ready to run but waited for one (libvirt's vcpu.N.delay, from the
+    scheduler). On a loaded host a booting guest gets a small share of a core and waits for
+    the rest: it is busy, not idle. None once the domain is gone."""
     try:
-        return float(conn.lookupByName(name).info()[4]) / 1e9
-    except libvirt.libvirtError:
+        dom = conn.lookupByName(name)
+        ((_dom, stats),) = conn.domainListGetStats([dom], libvirt.VIR_DOMAIN_STATS_VCPU)
+    except (libvirt.libvirtError, ValueError):
         return None
+    count = int(stats.get("vcpu.current", 0))
+    ran = [stats.get(f"vcpu.{i}.time") for i in range(count)]
+    if count == 0 or None in ran:  # a hypervisor that gives no per-vCPU times
+        try:
+            return float(dom.info()[4]) / 1e9
+        except libvirt.libvirtError:
+            return None
+    waited = sum(int(stats.get(f"vcpu.{i}.delay", 0)) for i in range(count))
+    return (sum(int(t) for t in ran) + waited) / 1e9
 
 
 def domain_state(conn: Conn, name: str) -> str:

@@ -36,9 +36,10 @@ TIMEOUT = "timeout"
 STALLED = "stalled"
 STOPPED = "domain-stopped"  # the domain is no longer running: destroyed, shut off, crashed
 INTERRUPTED = "interrupted"  # never reported: the vlab command itself was interrupted
-# A guest whose vCPU ran at least this share of the wall clock is working, console or not (an
-# idle guest, hung on a dead server or an init asleep, uses about 1%; a booting one, near 100%
-# on an idle host and well above this on a loaded one). CPU_POLL: seconds between samples.
+# A guest whose vCPU ran, or was ready to run and waited for a host CPU, at least this share
+# of the wall clock is working, console or not (an idle guest, hung on a dead server or an
+# init asleep, uses about 1%; a booting one near 100%: on a loaded host, twelve TCG guests on
+# two cores, it runs a sixth of the time and waits the rest). CPU_POLL: seconds between samples.
 BUSY_SHARE = 0.2
 CPU_POLL = 1.0
 # With lifecycle events (died()), the domain's state is asked only this often, as a fallback.
