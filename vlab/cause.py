@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 MOUNTING_RE = re.compile(r"mount(?:ing)? (?:of )?(?:nfs4?:)?(\d+\.\d+\.\d+\.\d+):(/\S*)")
 TFTP_MISSING_RE = re.compile(r"dnsmasq-tftp\[\d+\]: file (\S+) not found(?: for (\S+))?")
-TFTP_SENT_RE = re.compile(r"dnsmasq-tftp\[\d+\]: (?:sent|error \d+ .*? received from) (\S+)")
 
 
 @dataclass(frozen=True)

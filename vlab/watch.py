@@ -187,6 +187,9 @@ class Verdict:
     # Each phase the console showed, with the second (since the domain started) of the line
     # that began it; the verdict's own second ends the last.
     phases: tuple[tuple[str, float], ...] = ()
+    # Where the lab's servers saw the failure too, its cause in a sentence (cause.py; set by
+    # the lab once the judge decided, never by the judge).
+    cause: str | None = None
 
     @property
     def ok(self) -> bool:

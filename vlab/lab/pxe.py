@@ -103,7 +103,7 @@ def _boot_twins(twins: LabPlan, dirs: Dirs, tftp_root: Path, say: Say) -> dict[s
             wait_for_nfs_server(twins, say)
             started = boot_terminals(twins, {LOCAL: conn}, say)
             verdicts = watch_consoles(twins, {LOCAL: conn}, started, say, tftp_root)
-            save_results(twins, started, verdicts, tftp_root=tftp_root)
+            save_results(twins, started, verdicts)
             return report(twins, {LOCAL: conn})
         finally:
             virt.close(conn)

@@ -9,7 +9,7 @@ import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +101,7 @@ def _boot(scenario: Scenario, plan: LabPlan, dirs: Dirs, k: kernel.Kernel, img: 
     verdicts = watch_consoles(plan, conns, started, say, tftp_root)
     checks = run_checks(scenario, plan, verdicts, say)
     state.update(plan.lab_dir, status="up", artifacts=artifact_digests(plan))
-    save_results(plan, started, verdicts, checks, tftp_root)
+    save_results(plan, started, verdicts, checks)
     return report(plan, conns)
 
 
@@ -370,18 +370,20 @@ def watch_consoles(plan: LabPlan, conns: dict[str, virt.Conn],
         pool.shutdown(wait=True)
         for d in deaths.values():
             d.close()
-    say_verdicts(plan, verdicts, stall, say, tftp_root)
+    # The causes once, while the lab's servers are as the boots left them.
+    causes = causes_of(plan, verdicts, tftp_root)
+    verdicts = {t: replace(v, cause=causes.get(t)) for t, v in verdicts.items()}
+    say_verdicts(plan, verdicts, stall, say)
     return verdicts
 
 
 def say_verdicts(plan: LabPlan, verdicts: dict[TerminalPlan, Verdict], stall: float,
-                 say: Say, tftp_root: Path | None = None) -> None:
-    causes = causes_of(plan, verdicts, tftp_root)
+                 say: Say) -> None:
     for t, v in verdicts.items():
         if not v.ok:
             say(f"{t.name}: {v.name}: {v.line}")
-            if (why := causes.get(t)) is not None:
-                say(f"{t.name}: cause: {why}")
+            if v.cause is not None:
+                say(f"{t.name}: cause: {v.cause}")
         elif units := failed_units(v.line):
             say(f"{t.name}: up, but these systemd units of the root failed: {', '.join(units)} "
                 f"(vlab ssh ... {t.name} -- systemctl status UNIT)")
@@ -396,13 +398,10 @@ def say_verdicts(plan: LabPlan, verdicts: dict[TerminalPlan, Verdict], stall: fl
 
 def save_results(plan: LabPlan, started: dict[TerminalPlan, float],
                  verdicts: dict[TerminalPlan, Verdict],
-                 checks: dict[str, list[dict[str, Any]]] | None = None,
-                 tftp_root: Path | None = None) -> None:
+                 checks: dict[str, list[dict[str, Any]]] | None = None) -> None:
     # booted_at: seconds into the vlab command when the domain started (seconds count from it).
-    causes = causes_of(plan, verdicts, tftp_root)
     state.save(plan.lab_dir, {t.name: {**asdict(v), "booted_at": round(started[t] - progress.T0, 2),
-                                       "checks": (checks or {}).get(t.name, []),
-                                       "cause": causes.get(t)}
+                                       "checks": (checks or {}).get(t.name, [])}
                               for t, v in verdicts.items()}, state.RESULTS)
 
 
@@ -416,12 +415,13 @@ def causes_of(plan: LabPlan, verdicts: dict[TerminalPlan, Verdict],
         log = plan.dnsmasq_log.read_text(errors="replace")[-(4 << 20):]
     except OSError:
         log = ""
+    lab = cause.Facts(export_path=str(plan.export_path),
+                      nfs_clients=tuple(map(str, plan.nfs_clients)),
+                      nfs_running=nfsserver.pid(plan) is not None, dhcp=True, dnsmasq_log=log,
+                      tftp_root=str(tftp_root or ""))
     out = {}
     for t in failed:
-        facts = cause.Facts(export_path=str(plan.export_path),
-                            nfs_clients=tuple(map(str, plan.nfs_clients)),
-                            nfs_running=nfsserver.pid(plan) is not None, dhcp=t.node == LOCAL,
-                            dnsmasq_log=log, tftp_root=str(tftp_root or ""))
+        facts = replace(lab, dhcp=t.node == LOCAL)
         seen = {"mac": t.mac, "ip": t.ip or terminal_address(t) or "", "line": verdicts[t].line}
         if (why := cause.explain(verdicts[t].name, seen, facts)) is not None:
             out[t] = why
