@@ -108,3 +108,37 @@ def test_a_failing_check_fails_vlab_check_with_its_output_in_junit(
     assert leftovers(plan) == []
     gone = vlab("ssh", str(path), "t1", "--", "true")  # its console log is still on disk
     assert gone.returncode == 3 and "t1 is not running; fix: vlab up" in gone.stderr
+
+
+def test_a_terminal_that_mounts_its_root_read_write_still_cannot_write_it(
+    tmp_path: Path, lab_down  # type: ignore[no-untyped-def]
+) -> None:
+    """The export is read-only in the NFS server's kernel (a read-only bind mount in its own
+    mount namespace), not only in ganesha's configuration: a terminal that mounts the root
+    `rw` and writes where the root's own modes let anyone write gets EROFS, and the folder
+    is unchanged."""
+    root = tmp_path / "root"
+    busybox = plan_for("scenarios/tiny.toml").export_path
+    subprocess.run(["cp", "-a", str(busybox), str(root)], check=True)
+    (root / "open").mkdir(mode=0o1777)
+    (root / "open").chmod(0o1777)  # past the umask: the root squashed to nobody may write
+    (root / "open" / "file").write_text("as it was\n")
+    (root / "open" / "file").chmod(0o666)
+    path = tmp_path / "rw.toml"
+    path.write_text(f'[lab]\nname = "rwroot"\n[root]\nsource = "dir"\npath = "{root}"\n'
+                    '[kernel]\nsource = "debian"\n'
+                    '[[terminal]]\nname = "t1"\ncmdline = "rootflags=vers=4.0,rw"\n')
+    lab_down.append(str(path))
+    proc, rep = up(str(path))
+    assert proc.returncode == 0, proc.stderr
+    (t,) = rep["terminals"]
+    assert t["proof"]["options"].startswith("rw,"), t["proof"]
+    tried = vlab("ssh", str(path), "t1", "--",
+                 "grep -E '^[^ ]+ / nfs4? rw,' /proc/mounts && touch /open/new;"
+                 " echo x > /open/file")
+    assert tried.returncode == 1, tried
+    assert tried.stdout.count("Read-only file system") == 2, tried
+    assert vlab("down", str(path)).returncode == 0
+    assert sorted(p.name for p in (root / "open").iterdir()) == ["file"]
+    assert (root / "open" / "file").read_text() == "as it was\n"
+    assert str(root) not in Path("/proc/self/mountinfo").read_text()  # the bind stayed inside

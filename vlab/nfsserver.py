@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -166,6 +167,13 @@ def _private_run(run_dir: Path, argv: list[str]) -> list[str]:
             'mount --bind "$0" /run && exec "$@"', str(run_dir), *argv]
 
 
+def _confined(plan: LabPlan, argv: list[str], run_dir: Path | None = None) -> list[str]:
+    """ganesha where every mount is read-only but its own folder (vlab/confine.py): the
+    kernel refuses every write to the export."""
+    return [sys.executable, "-m", "vlab.confine", str(plan.nfs_server_dir),
+            str(run_dir or ""), str(plan.export_path), "--", *argv]
+
+
 def _start_own_rpcbind(plan: LabPlan, run_dir: Path) -> None:
     if run.which("rpcbind") is None:
         raise MissingTool("rpcbind (needed for nfs_version = \"3\")", "rpcbind")
@@ -212,12 +220,13 @@ def start(plan: LabPlan, netns: str | None, state_dir: Path) -> None:
         conf.write_text(render.ganesha_conf(plan))
         if plan.nfs_version is NfsVersion.V3:
             _start_own_rpcbind(plan, run_dir)
-        argv, netns = _private_run(run_dir, argv), plan.nfs_netns
+        argv, netns = _confined(plan, argv, run_dir), plan.nfs_netns
     else:
         with state.machine_locked(state_dir):  # no other lab's down stops rpcbind meanwhile
             conf.write_text(render.ganesha_conf(plan))
             if plan.nfs_version is NfsVersion.V3:
                 ensure_rpcbind(netns, state_dir / RPCBIND_PID)
+        argv = _confined(plan, argv)
     log_file.write_text("")
     run.daemon(argv, netns=netns, log_file=plan.nfs_server_dir / "stdout.log")
 
