@@ -370,7 +370,9 @@ def _host(action: str, dirs: Dirs, say: Say) -> int:
     elif action == "down":
         everything_down(NETNS, dirs, say)
     else:
-        print(labhost.status(NETNS).describe())
+        host = labhost.status(NETNS)
+        print(host.describe())
+        print(f"  why: {host.why()}")
     return EXIT_OK
 
 

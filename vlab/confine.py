@@ -21,6 +21,7 @@ The exit status is ARGV's; 125 means the namespace could not be set up (the mess
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import sys
 
@@ -35,9 +36,11 @@ class ConfineError(Exception):
     pass
 
 
-def _mount(source: str | None, target: str, flags: int) -> None:
+def _mount(source: str | None, target: str, flags: int, *, gone_ok: bool = False) -> None:
     if _libc.mount(source and source.encode(), target.encode(), None, flags, None) != 0:
         err = ctypes.get_errno()
+        if gone_ok and err in (errno.ENOENT, errno.ENOTDIR):
+            return
         raise ConfineError(f"mount {target}: {os.strerror(err)}")
 
 
@@ -65,8 +68,9 @@ def confine(server_dir: str, run_dir: str, export: str) -> None:
     tmp = os.path.join(server_dir, "tmp")
     os.makedirs(tmp, mode=0o700, exist_ok=True)
     for point in points:
-        # A remount of the bind's flags: this namespace's copy of the mount only.
-        _mount(None, point, MS_REMOUNT | MS_BIND | MS_RDONLY)
+        # A remount of the bind's flags: this namespace's copy of the mount only. A mount
+        # point no path leads to (under a later mount) is out of ganesha's reach too.
+        _mount(None, point, MS_REMOUNT | MS_BIND | MS_RDONLY, gone_ok=True)
     # ganesha's /tmp is a folder of its own (it tests OFD locks there, and without them it
     # refuses every lock).
     _mount(tmp, "/tmp", MS_BIND)

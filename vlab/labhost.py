@@ -9,6 +9,8 @@ does the NFS server, so nothing touches the machine's own network.
 from __future__ import annotations
 
 import ctypes
+import ipaddress
+import json
 import os
 import socket
 import stat
@@ -28,6 +30,7 @@ LIBVIRTD_PID = Path("/run/libvirtd.pid")
 VIRTLOGD_PID = Path("/run/virtlogd.pid")
 NETNS_DIR = Path("/run/netns")
 KVM = Path("/dev/kvm")
+VLAB_LINK_PREFIX = "vlab"  # lab bridges (vlab<hex>) and NFS veths
 
 TOOLS = {
     "libvirtd": "libvirt-daemon-system libvirt-daemon-system-sysv",
@@ -51,6 +54,23 @@ class HostStatus:
             return "lab host: down (no libvirtd answers)"
         where = f"in network namespace {self.netns}" if self.netns else "in the machine's namespace"
         return f"lab host: {self.mode}, libvirtd pid {self.libvirtd_pid} {where}"
+
+    def why(self) -> str:
+        """Why vlab uses this libvirtd, and what it does there (`vlab host status`)."""
+        sock = str(LIBVIRT_SOCK)
+        if self.mode == "down":
+            return (f"no libvirtd answers on {sock}: vlab up starts an isolated one "
+                    "(host = \"auto\" or \"isolated\"); host = \"system\" needs yours started")
+        if self.mode == "isolated":
+            return (f"vlab started it, as no libvirtd answered on {sock}; its networks, "
+                    f"guests and their dnsmasq stay in namespace {self.netns}, away from this "
+                    "machine's own networks; vlab host down stops it (vlab down does, with "
+                    "the last lab it started it for)")
+        return (f"a libvirtd vlab did not start answers on {sock} (a workstation's: "
+                "host = \"auto\" and \"system\" use it); vlab adds only its labs' networks "
+                "(vlab-LAB, bridges vlab<hex>), guests (vlab-LAB-NAME) and one firewall rule "
+                "per lab, each NFS server in a namespace of its own, and vlab down removes "
+                "them; its other networks and guests are not touched")
 
 
 def libvirtd_answers() -> bool:
@@ -94,6 +114,28 @@ def in_netns(netns: str | None, action: Callable[[], R]) -> R:
 def connect_tcp(netns: str | None, ip: str, port: int, timeout: float = 10) -> socket.socket:
     """A TCP connection made from inside a namespace: the lab host's, where the terminals are."""
     return in_netns(netns, lambda: socket.create_connection((ip, port), timeout=timeout))
+
+
+def machine_networks() -> frozenset[str]:
+    """The IPv4 networks this machine routes in its own namespace (where a system libvirtd
+    makes lab bridges), but vlab's own bridges and veths: a new lab steers clear of them."""
+    found = run.run(["ip", "-j", "-4", "route", "show"], check=False)
+    try:
+        routes = json.loads(found.stdout or "[]")
+    except ValueError:
+        return frozenset()
+    nets = set()
+    for r in routes if isinstance(routes, list) else []:
+        dst, dev = str(r.get("dst", "")), str(r.get("dev", ""))
+        if dst == "default" or dev.startswith(VLAB_LINK_PREFIX):
+            continue
+        try:
+            net = ipaddress.IPv4Network(dst, strict=False)
+        except ValueError:
+            continue
+        if net.prefixlen and not net.is_loopback:
+            nets.add(str(net))
+    return frozenset(nets)
 
 
 def netns_exists(netns: str) -> bool:

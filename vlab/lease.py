@@ -45,10 +45,19 @@ class Taken:
     bridges: frozenset[str] = frozenset()
     macs: frozenset[str] = frozenset()
     by: dict[str, str] = field(default_factory=dict, compare=False)  # resource -> lab
+    # Networks the machine already routes that are not vlab's (a workstation's libvirt
+    # `default` network, its LAN, a VPN): a lab's subnet must not overlap them.
+    routed: frozenset[str] = frozenset()
 
     def holds(self, subnet: str, nfs_port: int, bridge: str) -> bool:
-        return (subnet in self.subnets or bridge in self.bridges
+        return (subnet in self.subnets or bridge in self.bridges or bool(self.routes(subnet))
                 or bool({nfs_port, nfs_port + MOUNT_PORT_OFFSET} & self.ports))
+
+    def routes(self, subnet: str) -> str | None:
+        """The machine's network that overlaps subnet, if one does."""
+        net = ipaddress.IPv4Network(subnet)
+        return next((r for r in sorted(self.routed) if ipaddress.IPv4Network(r).overlaps(net)),
+                    None)
 
 
 NO_OTHER_LABS = Taken()
@@ -71,6 +80,10 @@ def lease(lab: Lab, path: Path, taken: Taken, attempt: int | None) -> Lease:
         raise ScenarioError(path, "lab.subnet", f"'{lab.subnet}' is the subnet of lab "
                             f"{taken.by.get(str(lab.subnet), '?')!r}, which is up",
                             "choose another subnet, or leave subnet out to get a free one")
+    if lab.subnet is not None and (route := taken.routes(str(lab.subnet))):
+        raise ScenarioError(path, "lab.subnet", f"'{lab.subnet}' overlaps {route}, a network "
+                            "this machine already has", "choose another subnet, or leave "
+                            "subnet out to get a free one")
     for n in range(MAX_ATTEMPTS):
         subnet, port, bridge = derive(n)
         if not taken.holds(str(subnet), port, bridge):

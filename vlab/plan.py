@@ -193,6 +193,12 @@ class LabPlan:
         return str(self.subnet.network_address + 1)
 
     @property
+    def ipv6_subnet(self) -> str:
+        """The lab network's IPv6 /64 (a PXE lab's: iPXE waits for a router advertisement);
+        the lab host is its ::1."""
+        return f"fd00:213:{self.subnet.network_address.packed[2]:x}::/64"
+
+    @property
     def dnsmasq_log(self) -> Path:
         """What the lab network's dnsmasq saw (DHCP and TFTP), beside the consoles."""
         return self.lab_dir / "console" / "dnsmasq.log"

@@ -71,9 +71,8 @@ def xl_cfg(plan: LabPlan, terminal: TerminalPlan) -> str:
 
 def network_xml(plan: LabPlan, tftp_root: Path | None = None) -> str:
     """The lab network; with a TFTP root it also serves PXE (pxelinux.0) to its guests."""
-    third = plan.subnet.network_address.packed[2]
     xml = template("libvirt/network.xml.j2", plan=plan, tftp_root=tftp_root,
-                   ipv6_gateway=f"fd00:213:{third:x}::1", shim=efi.SHIM)
+                   ipv6_gateway=plan.ipv6_subnet.replace("::/64", "::1"), shim=efi.SHIM)
     validate(xml, "network")
     return xml
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from vlab import render, sshkeys, state
+import dataclasses
+
+from vlab import labhost, render, sshkeys, state
 from vlab.lab.nodes import preflight
 from vlab.plan import Dirs, LabPlan, make_plan, place
 from vlab.scenario.model import Scenario
@@ -18,7 +20,9 @@ def plan_for(sc: Scenario, dirs: Dirs, free_mib: dict[str, int] | None = None, *
     placed by the nodes' free memory."""
     lab_dir = dirs.state / "labs" / sc.lab.name
     recorded = state.load(lab_dir).get("placement")
-    return make_plan(sc, dirs, state.taken(dirs.state, sc.lab.name),
+    taken = dataclasses.replace(state.taken(dirs.state, sc.lab.name),
+                                routed=labhost.machine_networks())
+    return make_plan(sc, dirs, taken,
                      state.recorded_attempt(lab_dir),
                      recorded if isinstance(recorded, dict) else place(sc, free_mib),
                      ssh_key=ssh_key, timeout=timeout, twins=twins)

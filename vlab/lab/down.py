@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from vlab import cache, labhost, nfsroot, nfsserver, procs, state, virt
+from vlab import cache, firewall, labhost, nfsroot, nfsserver, procs, state, virt
 from vlab.errors import HostError, ShipError, VirtError
 from vlab.lab import nodes
 from vlab.plan import Dirs, LabPlan, domain_name
@@ -48,8 +48,11 @@ def where_domains_run(plan: LabPlan, recorded: dict[str, Any]) -> dict[str, str]
 
 def destroy_local(plan: LabPlan, recorded: dict[str, Any], domains: list[str],
                   say: Say) -> None:
-    if labhost.status(plan.netns).mode == "down":
+    host = labhost.status(plan.netns)
+    if host.mode == "down":
         return
+    if firewall.unguard(plan, host.netns):
+        say(f"removed the firewall rules of lab {plan.lab}")
     conn = virt.connect(plan.uri)
     # libvirt waits for each QEMU to exit: destroy them side by side.
     if domains:

@@ -18,6 +18,7 @@ from vlab import (
     cache,
     cause,
     efi,
+    firewall,
     initrd,
     kernel,
     labhost,
@@ -93,6 +94,8 @@ def _boot(scenario: Scenario, plan: LabPlan, dirs: Dirs, k: kernel.Kernel, img: 
     tftp_root = write_lab_tftp_tree(scenario, plan, k, img, say)
     export_nfs_root(plan, dirs, netns)  # starts while the network is defined
     define_network(plan, conns[LOCAL], say, tftp_root)
+    if plan.nfs_netns is not None:  # else other hosts' terminals reach its server at .1
+        firewall.guard(plan, netns, ipv6=tftp_root is not None)
     join_lab_network(plan, netns)
     ship_boot_files(plan, k, say)
     create_terminals(plan, conns)
