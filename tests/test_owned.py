@@ -20,7 +20,13 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 
 def _start(argv: list[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """argv running: Popen returns once it forked, and until the child has exec'd, its
+    /proc cmdline is still this Python's (seen on a loaded CI machine)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while procs.arguments(proc.pid)[:1] != argv[:1] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return proc
 
 
 def test_a_pid_file_whose_number_is_now_another_process_is_not_vlabs(tmp_path: Path) -> None:

@@ -88,3 +88,29 @@ def test_a_document_that_passed_its_check_is_remembered_and_a_broken_one_still_f
     with pytest.raises(render.RenderError, match="not well-formed"):
         render.validate(xml.replace("</domain>", ""), "domain")
     assert len(list((tmp_path / "checked").iterdir())) == 1
+
+
+def test_nfsv4_0_terminals_get_a_client_block_of_their_own_before_the_read_only_one(
+        tmp_path: Path) -> None:
+    """ganesha's RO check answers an NFSv4.0 OPEN for writing before its seqid bookkeeping
+    (the client then hangs), so terminals that mount v4.0 get RW there, read-only in the
+    kernel (vlab/confine.py); every other client keeps RO, whose ACCESS answers say "no
+    write" as a site's read-only export does."""
+    from conftest import GOLDEN_DIRS
+
+    from vlab import scenario
+    from vlab.plan import make_plan
+
+    path = tmp_path / "v40.toml"
+    path.write_text('[lab]\nname = "v40"\n[[terminal]]\nname = "a"\n'
+                    '[[terminal]]\nname = "b"\ncmdline = "rootflags=vers=4.0"\n'
+                    '[[terminal]]\nname = "c"\ncmdline = "rootflags=vers=4.1"\n')
+    plan = make_plan(scenario.load(path), GOLDEN_DIRS)
+    b = next(t for t in plan.terminals if t.name == "b")
+    assert plan.nfs40_clients == (b.ip,)
+    conf = render.ganesha_conf(plan)
+    rw, ro = conf.index(f"Clients = {b.ip};"), conf.index(f"Clients = {plan.subnet};")
+    assert rw < ro  # ganesha takes the first CLIENT block that matches
+    assert conf[rw:ro].count("Access_Type = RW;") == 1
+    assert conf[ro:].split("}")[0].count("Access_Type = RO;") == 1
+    assert render.ganesha_conf(plan_of("tiny")).count("Access_Type = RW;") == 0

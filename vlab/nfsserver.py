@@ -169,7 +169,11 @@ def _private_run(run_dir: Path, argv: list[str]) -> list[str]:
 
 def _confined(plan: LabPlan, argv: list[str], run_dir: Path | None = None) -> list[str]:
     """ganesha where every mount is read-only but its own folder (vlab/confine.py): the
-    kernel refuses every write to the export."""
+    kernel refuses every write to the export. Only for a lab with NFSv4.0 terminals, to whom
+    the export is RW in ganesha's configuration (ganesha.conf.j2 says why): read-only in the
+    kernel, ganesha's lock files cannot be opened for writing, and it refuses a client's
+    write locks (STATE_READ_ONLY_FS), which a Debian root's units take; with ganesha's own
+    RO they work."""
     return [sys.executable, "-m", "vlab.confine", str(plan.nfs_server_dir),
             str(run_dir or ""), str(plan.export_path), "--", *argv]
 
@@ -220,13 +224,14 @@ def start(plan: LabPlan, netns: str | None, state_dir: Path) -> None:
         conf.write_text(render.ganesha_conf(plan))
         if plan.nfs_version is NfsVersion.V3:
             _start_own_rpcbind(plan, run_dir)
-        argv, netns = _confined(plan, argv, run_dir), plan.nfs_netns
+        argv, netns = (_confined(plan, argv, run_dir) if plan.nfs40_clients
+                       else _private_run(run_dir, argv)), plan.nfs_netns
     else:
         with state.machine_locked(state_dir):  # no other lab's down stops rpcbind meanwhile
             conf.write_text(render.ganesha_conf(plan))
             if plan.nfs_version is NfsVersion.V3:
                 ensure_rpcbind(netns, state_dir / RPCBIND_PID)
-        argv = _confined(plan, argv)
+        argv = _confined(plan, argv) if plan.nfs40_clients else argv
     log_file.write_text("")
     run.daemon(argv, netns=netns, log_file=plan.nfs_server_dir / "stdout.log")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,7 @@ NETNS = "vlab-host"
 # [[libvirt_host]]s: their terminals reach the server through the lab host's namespace.)
 NFS_HOST = 2
 NFS_PORT = 2049
+NFS40_RE = re.compile(r"(?<![\w.])(?:nfs)?vers=4\.0(?![\d.])|(?<![\w.])minorversion=0\b")
 MOUNT_PORT = 20048  # mountd's usual port (nfs-utils' nfs.conf), found through rpcbind
 NFS_NETNS_PREFIX = "vlab-nfs-"
 MARKER = "VLAB-NFSROOT-OK"
@@ -223,6 +225,13 @@ class LabPlan:
     @property
     def mount_port(self) -> int:
         return MOUNT_PORT if self.nfs_netns else self.nfs_port + MOUNT_PORT_OFFSET
+
+    @property
+    def nfs40_clients(self) -> tuple[str, ...]:
+        """The terminals that mount NFSv4.0 (their own root=, rootflags= or DHCP root path
+        say vers=4.0): ganesha.conf.j2 says why their export is writable to ganesha."""
+        return tuple(sorted({t.ip for t in self.terminals if t.ip and NFS40_RE.search(
+            f"{t.cmdline} {t.dhcp_root_path or ''}")}))
 
     @property
     def nfs_link(self) -> str:
