@@ -113,10 +113,11 @@ def test_a_failing_check_fails_vlab_check_with_its_output_in_junit(
 def test_a_terminal_that_mounts_its_root_read_write_still_cannot_write_it(
     tmp_path: Path, lab_down  # type: ignore[no-untyped-def]
 ) -> None:
-    """The export is read-only in the NFS server's kernel (a read-only bind mount in its own
-    mount namespace), not only in ganesha's configuration: a terminal that mounts the root
-    `rw` and writes where the root's own modes let anyone write gets EROFS, and the folder
-    is unchanged."""
+    """To a terminal that mounts NFSv4.0 the export is RW in ganesha's configuration (its RO
+    check would hang the client) and read-only in the server's kernel (vlab/confine.py:
+    every mount read-only in ganesha's mount namespace): the terminal mounts the root `rw`,
+    writes where the root's own modes let anyone write, gets EROFS, and the folder is
+    unchanged."""
     root = tmp_path / "root"
     busybox = plan_for("scenarios/tiny.toml").export_path
     subprocess.run(["cp", "-a", str(busybox), str(root)], check=True)
