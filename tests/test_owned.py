@@ -58,6 +58,20 @@ def test_gc_stops_only_vlabs_own_processes(tmp_path: Path) -> None:
     server = _start([str(fake_server), "-f", str(conf)])
     tail = _start(["tail", "-f", str(log)])
     tar = _start(["sh", "-c", f"sleep 300; tar cf /dev/null {labs}/gone", "-", str(labs)])
+    # The NFS namespace of a lab this state folder knows nothing of, whose server's folder
+    # is another state folder's (another VLAB_STATE_DIR's lab, up): not this gc's to remove.
+    # And an empty one named for the gone lab: this gc's.
+    for ns in ("vlab-nfs-elsewhere", "vlab-nfs-gone"):
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+    elsewhere = tmp_path / "other-state/labs/elsewhere/nfs/ganesha.conf"
+    elsewhere.parent.mkdir(parents=True)
+    elsewhere.write_text("")
+    theirs = subprocess.Popen(["ip", "netns", "exec", "vlab-nfs-elsewhere", str(fake_server),
+                               "-f", str(elsewhere)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while procs.arguments(theirs.pid)[:1] != [str(fake_server)] and time.monotonic() < deadline:
+        time.sleep(0.01)
     time.sleep(0.3)
     try:
         env = {**os.environ, "VLAB_STATE_DIR": str(tmp_path / "state"),
@@ -72,10 +86,15 @@ def test_gc_stops_only_vlabs_own_processes(tmp_path: Path) -> None:
         server.wait(timeout=10)
         assert f"process {server.pid} (lab gone)" in gc.stderr
         assert tail.poll() is None and tar.poll() is None, gc.stderr
+        assert "network namespace vlab-nfs-gone" in gc.stderr, gc.stderr
+        assert theirs.poll() is None and Path("/run/netns/vlab-nfs-elsewhere").exists()
+        assert "elsewhere" not in gc.stderr, gc.stderr
     finally:
-        for p in (server, tail, tar):
+        for p in (server, tail, tar, theirs):
             p.kill()
             p.wait()
+        for ns in ("vlab-nfs-elsewhere", "vlab-nfs-gone"):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 def test_a_persistent_network_named_vlab_is_not_a_lab_network() -> None:

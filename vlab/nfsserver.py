@@ -152,6 +152,17 @@ def remove_namespace(ns: str) -> bool:
     return True
 
 
+def of_another_state(ns: str, labs: Path) -> bool:
+    """Does the namespace hold an nfs-ganesha whose lab folder is not under `labs` (a lab of
+    another VLAB_STATE_DIR on this machine, which a gc of this one must leave alone)?"""
+    try:
+        inside = f"net:[{os.stat(labhost.NETNS_DIR / ns).st_ino}]"
+    except OSError:
+        return False
+    return any(procs.netns_of(pid) == inside and f" {labs}/" not in f" {cmd}"
+               for pid, cmd in procs.with_argument("/", GANESHA).items())
+
+
 def namespaces() -> list[str]:
     """Every lab's server namespace on this machine."""
     if not labhost.NETNS_DIR.is_dir():

@@ -34,7 +34,9 @@ def gc(dirs: Dirs, say: Say) -> list[str]:
             procs.stop(pid)
             removed.append(f"process {pid} (lab {owner}): {cmd}")
     for ns in nfsserver.namespaces():  # with the lab's rpcbind, and anything else in it
-        if orphan(ns.removeprefix(NFS_NETNS_PREFIX)) and nfsserver.remove_namespace(ns):
+        if (orphan(ns.removeprefix(NFS_NETNS_PREFIX))
+                and not nfsserver.of_another_state(ns, labs)
+                and nfsserver.remove_namespace(ns)):
             removed.append(f"network namespace {ns}")
     for point in mounts.mounted_under(labs):
         owner = point.relative_to(labs.resolve()).parts[0]
