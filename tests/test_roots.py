@@ -266,14 +266,14 @@ def test_disk_image_root_initrd_built_inside_it_and_image_never_changes(
 
 
 def _failure_lab(folder: Path, base: str, name: str, subnet: str,
-                 extra: dict[str, str]) -> str:
+                 extra: dict[str, str], lab: str = "") -> str:
     """A copy of a Debian scenario (the same cached root) whose terminals each fail in
     their own way, side by side in one lab: `noexport` (a path the server does not export),
     `unreach` (a server address nobody has), `nonic` (its NIC's driver kept out by
     modprobe.blacklist), `panic` (a kernel that cannot start the initrd) and `extra`, whose
-    settings may name the lab's {server} and {export}."""
+    settings may name the lab's {server} and {export}; `lab` adds [lab] settings."""
     text = (ROOT / base).read_text().split("[[terminal]]")[0]
-    text = re.sub(r'name = "[^"]+"', f'name = "{name}"\nsubnet = "{subnet}.0/24"', text,
+    text = re.sub(r'name = "[^"]+"', f'name = "{name}"\nsubnet = "{subnet}.0/24"\n{lab}', text,
                   count=1)
     text = re.sub(r"timeout = \d+", "timeout = 300", text)
     path = folder / f"{name}.toml"
@@ -304,10 +304,15 @@ def failures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
              "nfs4": 'cmdline = "nfsroot={server}:{export},tcp,nfsvers=4"'}),
         "dracut": _failure_lab(
             folder, DRACUT, "dracut-fails", "10.213.232",
-            # the last root= wins; NFSv4.3 is a minor version nobody has (no `noinit`:
-            # dracut tries init=, then rd.distroinit=, then /sbin/init, so an init=
-            # nobody has boots the root's own)
-            {"v43": 'cmdline = "root=nfs4:{server}:{export}:vers=4.3"'}),
+            # the last root= wins; NFSv4.3 is a minor version nobody has; the server speaks
+            # NFSv3 too, so `noexport` (v3, the lab's) asks MOUNT and is refused, while
+            # `noexport4` walks NFSv4's pseudo tree and finds no such path. (No `noinit`:
+            # dracut tries init=, then rd.distroinit=, then /sbin/init, so an init= nobody
+            # has boots the root's own; and a mount of a folder of the export without
+            # /sbin/init, {export}/usr/share over NFSv4, hung silently until the timeout.)
+            {"v43": 'cmdline = "root=nfs4:{server}:{export}:vers=4.3"',
+             "noexport4": 'cmdline = "root=nfs4:{server}:/no/such/export"'},
+            lab='nfs_version = "3"\n'),
     }
     try:
         booted = up_side_by_side(list(labs.values()))
@@ -351,5 +356,7 @@ def test_dracut_failures_are_named(failures: dict[str, Any]) -> None:
     by_name = _failed_as_named(failures["dracut"])
     assert by_name["v43"]["verdict"] == "nfs-version-unsupported", by_name["v43"]
     assert "an incorrect mount option was specified" in by_name["v43"]["line"]
-    assert by_name["noexport"]["verdict"] == "nfs-no-such-export", by_name["noexport"]
-    assert "reason given by server: No such file or directory" in by_name["noexport"]["line"]
+    assert by_name["noexport"]["verdict"] == "nfs-access-denied", by_name["noexport"]
+    assert "access denied by server while mounting" in by_name["noexport"]["line"]
+    assert by_name["noexport4"]["verdict"] == "nfs-no-such-export", by_name["noexport4"]
+    assert "reason given by server: No such file or directory" in by_name["noexport4"]["line"]
