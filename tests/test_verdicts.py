@@ -21,11 +21,13 @@ from typing import Any
 
 import pytest
 from browser import seen
+from lxml import etree
 from test_boot import leftovers, plan_for, up_until, vlab
 
 from vlab import nfsroot, nfsserver, scenario
+from vlab.lab.check import check
 from vlab.lab.claim import claim
-from vlab.lab.up import start_lab_host, up
+from vlab.lab.up import start_lab_host
 from vlab.plan import Dirs, LabPlan
 from vlab.scenario.model import LOCAL, NicDriver
 
@@ -43,26 +45,30 @@ def _boots_to(verdict: str, path: str,
               change: Callable[[LabPlan], LabPlan] | None = None,
               cause: str | None = None, look: Callable[..., Any] | None = None
               ) -> dict[str, Any]:
-    """vlab up (in this process, with its plan changed, when `change` is given), the one
-    terminal's report with the verdict (and the cause both ends saw) asserted, its boot
-    report opened in a browser (`look`), then vlab down and nothing left."""
+    """vlab check, in this process with its plan changed when `change` is given, else as
+    the command: the one terminal's report with the verdict (and the cause both ends saw)
+    asserted, in the JUnit report too, the boot report page vlab wrote opened in a browser
+    (`look`), and nothing left."""
     plan = plan_for(path)
+    junit, page = Path(path).with_suffix(".xml"), Path(path).with_suffix(".html")
     if change is not None:
         sc = scenario.load(Path(path))
         dirs = Dirs.from_env()
-        changed = change(claim(sc, dirs))
-        rep = up(sc, changed, dirs, lambda _text: None)
+        rep = check(sc, change(claim(sc, dirs)), dirs, lambda _text: None,
+                    junit=junit, page=page)
     else:
-        proc = vlab("up", path, "--json")
+        proc = vlab("check", path, "--json", "--junit", str(junit), "--report", str(page))
         assert proc.returncode == 1, proc.stderr
         rep = json.loads(proc.stdout)
     (t,) = rep["terminals"]
     assert t["verdict"] == verdict, t
+    failure = etree.parse(str(junit)).getroot().find("testsuite/testcase/failure")
+    assert failure is not None and failure.get("type") == verdict, etree.tostring(failure)
     if cause is not None:
         assert cause in (t["cause"] or ""), t
+        assert failure.get("message") == f"{verdict}: {t['cause']}"
         if look is not None:
-            seen(rep, f"{verdict}-{plan.lab}", look)
-    assert vlab("down", path).returncode == 0
+            seen(rep, f"{verdict}-{plan.lab}", look, page)
     assert leftovers(plan) == []
     return t
 
@@ -80,6 +86,8 @@ def test_export_to_another_subnet_is_nfs_access_denied(tmp_path: Path, lab_down:
                   cause="the export admits only 10.213.251.0/24", look=browser)
     assert t["cause"].startswith("the NFS server refused 10.213.")
     assert "Permission denied" in t["line"]
+    # What the lab's DHCP server saw of it: its lease, found by its MAC.
+    assert any("DHCPACK(" in s and t["mac"] in s for s in t["seen"]), t["seen"]
 
 
 def test_a_minor_version_nobody_has_is_nfs_version_unsupported(tmp_path: Path,

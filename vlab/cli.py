@@ -16,16 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from vlab import __version__, labhost, scenario, state, tftp, virt
-from vlab.errors import BootFailed, Interrupted, ScenarioError, UsageError, VlabError
+from vlab.errors import BootFailed, Interrupted, UsageError, VlabError
 from vlab.lab import nodes
 from vlab.lab import pxe as lab_pxe
 from vlab.lab.artifacts import render_to
+from vlab.lab.check import check, up_or_nothing, write_page
 from vlab.lab.checks import ssh_session
 from vlab.lab.claim import claim, plan_for
 from vlab.lab.down import down, everything_down
 from vlab.lab.gc import gc
 from vlab.lab.status import all_ok, status
-from vlab.lab.up import up
 from vlab.plan import NETNS, Dirs, LabPlan, TerminalPlan
 from vlab.progress import Say, stderr_progress
 from vlab.scenario.model import LabHostMode
@@ -193,8 +193,8 @@ def _up(args: argparse.Namespace, sc: scenario.Scenario, dirs: Dirs, say: Say) -
         raise UsageError(f"{args.scenario}: no [[terminal]] to boot; fix: add one, or "
                          "use vlab pxe for the [[host]]s")
     plan = claim(sc, dirs)
-    rep = _built(sc, plan, dirs, say)
-    _write_report(rep, args.report, say)
+    rep = up_or_nothing(sc, plan, dirs, say)
+    write_page(rep, args.report, say)
     _output(rep, args.json)
     if not all_ok(rep):
         raise BootFailed(f"{_failures(rep)}\n  the terminals are left running for a look "
@@ -237,25 +237,12 @@ def _pxe(args: argparse.Namespace, sc: scenario.Scenario, dirs: Dirs, say: Say) 
     return EXIT_OK
 
 
-def _write_report(rep: dict[str, Any], path: Path | None, say: Say) -> None:
-    if path is None:
-        return
-    from vlab import report  # jinja2's HTML page only for the commands that write one
-
-    try:
-        path.write_text(report.page(rep))
-    except OSError as err:
-        raise UsageError(f"--report {path}: {err.strerror}; fix: name a file in a folder "
-                         "that exists and you may write") from None
-    say(f"boot report: {path}")
-
-
 def _report(args: argparse.Namespace, sc: scenario.Scenario, dirs: Dirs, say: Say) -> int:
     rep = status(plan_for(sc, dirs))
     if not any(t["verdict"] for t in rep["terminals"]):
         raise UsageError(f"lab {rep['lab']} has no boot on record; fix: vlab up or vlab check "
                          f"{args.scenario} first")
-    _write_report(rep, args.out, say)
+    write_page(rep, args.out, say)
     return EXIT_OK
 
 
@@ -301,17 +288,7 @@ def _check(args: argparse.Namespace, sc: scenario.Scenario, dirs: Dirs, say: Say
     if not sc.terminals:
         raise UsageError(f"{args.scenario}: no [[terminal]] to boot")
     plan = claim(sc, dirs, timeout=args.timeout)
-    try:
-        rep = _built(sc, plan, dirs, say)
-    finally:
-        if not args.keep:
-            down(plan, dirs, say)
-    if args.junit:
-        from vlab import junit  # lxml (~5 MiB) only for the commands that write JUnit
-
-        args.junit.write_text(junit.report_to_junit(rep))
-        say(f"JUnit report: {args.junit}")
-    _write_report(rep, args.report, say)
+    rep = check(sc, plan, dirs, say, junit=args.junit, page=args.report, keep=args.keep)
     _output(rep, args.json)
     if not all_ok(rep):
         raise BootFailed(_failures(rep))
@@ -343,16 +320,6 @@ def _terminal(args: argparse.Namespace, plan: LabPlan) -> TerminalPlan:
         raise UsageError(f"{args.scenario}: no terminal {args.terminal!r}; "
                          f"fix: use one of {names}")
     return t
-
-
-def _built(sc: scenario.Scenario, plan: LabPlan, dirs: Dirs, say: Say) -> dict[str, Any]:
-    """up(); bad input that only shows once vlab looks inside the root (a kernel version
-    the image lacks) still leaves nothing: what was made for it is taken down again."""
-    try:
-        return up(sc, plan, dirs, say)
-    except ScenarioError:
-        down(plan, dirs, lambda _text: None)
-        raise
 
 
 def _output(rep: dict[str, Any], as_json: bool) -> None:
