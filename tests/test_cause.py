@@ -3,7 +3,7 @@ dnsmasq lines in its real format; tests/test_verdicts.py provokes each for real)
 
 from __future__ import annotations
 
-from vlab.cause import Facts, explain
+from vlab.cause import Facts, explain, seen_by_servers
 
 MAC = "52:54:00:25:4b:95"
 HEARD = (f"Dec  3 14:13:40 dnsmasq-dhcp[32004]: 3631986009 DHCPDISCOVER(vlabce6d6dff) {MAC} \n"
@@ -60,3 +60,28 @@ def test_a_server_that_is_gone_is_named_and_ok_has_no_cause() -> None:
     assert "nfs-ganesha) is not running" in (explain("stalled", t, _facts(nfs_running=False))
                                              or "")
     assert explain("ok", t, _facts(nfs_running=False)) is None
+
+
+def test_what_the_servers_saw_of_one_terminal_is_its_dhcp_and_its_tftp() -> None:
+    other = "52:54:00:aa:bb:cc"
+    log = (f"Dec  3 14:13:39 dnsmasq[32004]: started, version 2.90 cachesize 150\n{HEARD}"
+           "Dec  3 14:13:40 dnsmasq-dhcp[32004]: 3631986009 vendor class: <evil>\n"
+           "Dec  3 14:13:40 dnsmasq-dhcp[32004]: 3631986009 requested options: 17:root-path\n"
+           f"{OFFERED}"
+           "Dec  3 14:13:40 dnsmasq-dhcp[32004]: 3631986009 next server: 10.0.0.2\n"
+           "Dec  3 14:13:40 dnsmasq-dhcp[32004]: 3631986009 sent size: 21 option: 17 "
+           "root-path  10.0.0.2:/srv/root\n"
+           f"Dec  3 14:13:41 dnsmasq-dhcp[32004]: 77 DHCPDISCOVER(vlabce6d6dff) {other} \n"
+           "Dec  3 14:13:41 dnsmasq-dhcp[32004]: 77 next server: 10.0.0.2\n"
+           "Dec  3 14:13:42 dnsmasq-tftp[32004]: sent /srv/tftp/pxelinux.0 to 10.0.0.11\n"
+           "Dec  3 14:13:42 dnsmasq-tftp[32004]: file /srv/tftp/pxelinux.cfg/01-x not found "
+           "for 10.0.0.11\n"
+           "Dec  3 14:13:42 dnsmasq-tftp[32004]: sent /srv/tftp/pxelinux.0 to 10.0.0.110\n")
+    assert seen_by_servers(MAC, "10.0.0.11", log) == (
+        f"14:13:40 dhcp: DHCPDISCOVER(vlabce6d6dff) {MAC}",
+        f"14:13:40 dhcp: DHCPOFFER(vlabce6d6dff) 10.0.0.11 {MAC}",
+        "14:13:40 dhcp: next server: 10.0.0.2",
+        "14:13:40 dhcp: sent size: 21 option: 17 root-path  10.0.0.2:/srv/root",
+        "14:13:42 tftp: sent /srv/tftp/pxelinux.0 to 10.0.0.11",
+        "14:13:42 tftp: file /srv/tftp/pxelinux.cfg/01-x not found for 10.0.0.11")
+    assert seen_by_servers(MAC, "", "") == ()

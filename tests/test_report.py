@@ -26,7 +26,8 @@ def _rep() -> dict:  # type: ignore[type-arg]
          "line": "mount: mounting 10.213.108.1:/tmp/cache-base/roots/busybox on /newroot "
          "failed: Permission denied", "console_log": str(CONSOLES / "access-denied.log"),
          "cause": "the NFS server refused 10.0.0.11: <the export admits 10.0.2.0/24 only>",
-         "phases": [["initrd", 1.0], ["dhcp", 2.0]]},
+         "phases": [["initrd", 1.0], ["dhcp", 2.0]],
+         "seen": ["14:13:40 dhcp: DHCPACK(vlabce6d6dff) 10.0.0.11 52:54:00:00:00:02 <t2>\x1b"]},
     ]}
 
 
@@ -66,3 +67,12 @@ def test_nothing_is_fetched_and_the_guests_text_is_only_text(tmp_path: Path) -> 
     assert "<script" not in page and "<img" not in page and "&lt;script" in page
     assert not re.search(r'(src|href)="(https?:)?//', page)
     assert "&lt;the export admits" in page  # a cause is text too
+
+
+def test_each_terminal_shows_what_the_lab_servers_saw_of_it() -> None:
+    page = report.page(_rep())
+    t2 = page[page.index('<details id="servers-t2" open>'):]
+    assert "1 line(s)" in t2 and "by MAC 52:54:00:00:00:02 and address 10.0.0.11" in t2
+    assert "DHCPACK(vlabce6d6dff) 10.0.0.11 52:54:00:00:00:02 &lt;t2&gt;</pre>" in t2
+    t1 = page[page.index('<details id="servers-t1">'):]
+    assert "logged nothing about this terminal" in t1.split("</details>")[0]

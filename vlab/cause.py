@@ -77,3 +77,35 @@ def explain(verdict: str, terminal: Mapping[str, object], facts: Facts) -> str |
                 rel = rel[len(facts.tftp_root):].lstrip("/")
             return f"TFTP: {rel} is not in the tree the lab serves (the server said: not found)"
     return None
+
+
+DNSMASQ_LINE_RE = re.compile(
+    r"^\w{3} [ \d]\d (\d\d:\d\d:\d\d) (dnsmasq-(?:dhcp|tftp))\[\d+\]: (.*)$")
+# what a DHCP transaction gave: its messages, the root path and boot file sent, the next server
+DHCP_KEPT_RE = re.compile(r"DHCP[A-Z]+\(|no address|ignored|next server|bootfile name|"
+                          r"option:\s+(?:17 root-path|67 bootfile)")
+MAX_SEEN = 80  # lines per terminal: a PXE boot's DHCP rounds and TFTP files fit
+
+
+def seen_by_servers(mac: str, ip: str, dnsmasq_log: str) -> tuple[str, ...]:
+    """What the lab network's dnsmasq logged about one terminal, as "HH:MM:SS dhcp|tftp:
+    text": its DHCP transactions (found by its MAC, then the lines of those transactions
+    that say what it got: lease, root path, next server, boot file) and the TFTP files sent
+    to its address or not found for it. The last MAX_SEEN lines."""
+    xids: set[str] = set()
+    out = []
+    for raw in dnsmasq_log.splitlines():
+        m = DNSMASQ_LINE_RE.match(raw)
+        if m is None:
+            continue
+        clock, who, text = m.groups()
+        if who == "dnsmasq-dhcp":
+            xid, _, rest = text.partition(" ")
+            if mac and mac.lower() in text.lower():
+                xids.add(xid)
+            if xid not in xids or not DHCP_KEPT_RE.search(rest):
+                continue
+            out.append(f"{clock} dhcp: {rest.strip()}")
+        elif ip and re.search(rf"(?:to|for|from) {re.escape(ip)}\b", text):
+            out.append(f"{clock} tftp: {text.strip()}")
+    return tuple(out[-MAX_SEEN:])

@@ -100,6 +100,7 @@ def page(rep: dict[str, Any]) -> str:
             "segments": segs,
             "scale": BAR_WIDTH / longest,
             "console": _console(t["name"], t.get("console_log", ""), t.get("line") or ""),
+            "seen": [_text(line) for line in t.get("seen") or []],
         })
     failed = sum(1 for r in rows if not r["ok"])
     return render.template("report/report.html.j2", rep=rep, rows=rows, failed=failed,

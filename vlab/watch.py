@@ -190,6 +190,8 @@ class Verdict:
     # Where the lab's servers saw the failure too, its cause in a sentence (cause.py; set by
     # the lab once the judge decided, never by the judge).
     cause: str | None = None
+    # What the lab's servers logged about the terminal (its DHCP and TFTP lines, cause.py).
+    seen: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:

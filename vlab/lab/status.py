@@ -45,6 +45,8 @@ def report(plan: LabPlan, conns: dict[str, virt.Conn | None]) -> dict[str, Any]:
             "phases": r.get("phases", []),
             # the failure's cause where the lab's servers saw it too (cause.py), or None
             "cause": r.get("cause"),
+            # what the lab's servers logged about it: DHCP and TFTP lines (cause.py)
+            "seen": r.get("seen", []),
         })
     return {"lab": plan.lab, "scenario": str(plan.scenario), "terminals": terminals}
 

@@ -374,8 +374,7 @@ def watch_consoles(plan: LabPlan, conns: dict[str, virt.Conn],
         for d in deaths.values():
             d.close()
     # The causes once, while the lab's servers are as the boots left them.
-    causes = causes_of(plan, verdicts, tftp_root)
-    verdicts = {t: replace(v, cause=causes.get(t)) for t, v in verdicts.items()}
+    verdicts = servers_side(plan, verdicts, tftp_root)
     say_verdicts(plan, verdicts, stall, say)
     return verdicts
 
@@ -408,12 +407,10 @@ def save_results(plan: LabPlan, started: dict[TerminalPlan, float],
                               for t, v in verdicts.items()}, state.RESULTS)
 
 
-def causes_of(plan: LabPlan, verdicts: dict[TerminalPlan, Verdict],
-              tftp_root: Path | None = None) -> dict[TerminalPlan, str]:
-    """Each failed terminal's cause, where the lab's servers saw it too (cause.py)."""
-    failed = [t for t, v in verdicts.items() if not v.ok]
-    if not failed:
-        return {}
+def servers_side(plan: LabPlan, verdicts: dict[TerminalPlan, Verdict],
+              tftp_root: Path | None = None) -> dict[TerminalPlan, Verdict]:
+    """Each verdict with what the lab's servers saw of its terminal (its DHCP and TFTP
+    lines) and, for a failure the servers saw too, its cause (cause.py)."""
     try:
         log = plan.dnsmasq_log.read_text(errors="replace")[-(4 << 20):]
     except OSError:
@@ -423,11 +420,13 @@ def causes_of(plan: LabPlan, verdicts: dict[TerminalPlan, Verdict],
                       nfs_running=nfsserver.pid(plan) is not None, dhcp=True, dnsmasq_log=log,
                       tftp_root=str(tftp_root or ""))
     out = {}
-    for t in failed:
+    for t, v in verdicts.items():
         facts = replace(lab, dhcp=t.node == LOCAL)
-        seen = {"mac": t.mac, "ip": t.ip or terminal_address(t) or "", "line": verdicts[t].line}
-        if (why := cause.explain(verdicts[t].name, seen, facts)) is not None:
-            out[t] = why
+        ip = t.ip or terminal_address(t) or ""
+        seen = cause.seen_by_servers(t.mac, ip, log) if facts.dhcp else ()
+        why = None if v.ok else cause.explain(v.name, {"mac": t.mac, "ip": ip, "line": v.line},
+                                                facts)
+        out[t] = replace(v, cause=why, seen=seen)
     return out
 
 
