@@ -306,12 +306,13 @@ def failures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             folder, DRACUT, "dracut-fails", "10.213.232",
             # the last root= wins; NFSv4.3 is a minor version nobody has; the server speaks
             # NFSv3 too, so `noexport` (v3, the lab's) asks MOUNT and is refused, while
-            # `noexport4` walks NFSv4's pseudo tree and finds no such path. (No `noinit`:
-            # dracut tries init=, then rd.distroinit=, then /sbin/init, so an init= nobody
-            # has boots the root's own; and a mount of a folder of the export without
-            # /sbin/init, {export}/usr/share over NFSv4, hung silently until the timeout.)
+            # `noexport4` walks NFSv4's pseudo tree and finds no such path; `noinit` mounts
+            # a folder of the root (dracut would wait for its /proc until rd.retry ran out,
+            # silent: vlab's initqueue hook says it; an init= nobody has would not do, as
+            # dracut falls back to rd.distroinit= and /sbin/init)
             {"v43": 'cmdline = "root=nfs4:{server}:{export}:vers=4.3"',
-             "noexport4": 'cmdline = "root=nfs4:{server}:/no/such/export"'},
+             "noexport4": 'cmdline = "root=nfs4:{server}:/no/such/export"',
+             "noinit": 'cmdline = "root=nfs4:{server}:{export}/usr/share"'},
             lab='nfs_version = "3"\n'),
     }
     try:
@@ -360,3 +361,6 @@ def test_dracut_failures_are_named(failures: dict[str, Any]) -> None:
     assert "access denied by server while mounting" in by_name["noexport"]["line"]
     assert by_name["noexport4"]["verdict"] == "nfs-no-such-export", by_name["noexport4"]
     assert "reason given by server: No such file or directory" in by_name["noexport4"]["line"]
+    assert by_name["noinit"]["verdict"] == "init-failed", by_name["noinit"]
+    assert "no /sbin/init in" in by_name["noinit"]["line"]
+    assert by_name["noinit"]["seconds"] < 150, by_name["noinit"]  # not dracut's rd.retry

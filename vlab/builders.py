@@ -41,6 +41,7 @@ def config_files(plan: LabPlan) -> dict[str, tuple[str, int]]:
         "conf.d/.keep": ("", 0o644),
         "99-vlab.sh": (t("dracut-hook.sh.j2"), 0o755),
         "99-vlab-nic.sh": (t("dracut-settled.sh.j2"), 0o755),
+        "99-vlab-root.sh": (t("dracut-finished.sh.j2"), 0o755),
     }
 
 
@@ -54,6 +55,8 @@ def command(plan: LabPlan, release: str, confdir: str) -> list[str]:
             "--include", f"{confdir}/99-vlab.sh", "/lib/dracut/hooks/pre-pivot/99-vlab.sh",
             "--include", f"{confdir}/99-vlab-nic.sh",
             "/lib/dracut/hooks/initqueue/settled/99-vlab-nic.sh",
+            "--include", f"{confdir}/99-vlab-root.sh",
+            "/lib/dracut/hooks/initqueue/finished/99-vlab-root.sh",
             "--kver", release, out]
 
 
