@@ -85,3 +85,12 @@ def test_what_the_servers_saw_of_one_terminal_is_its_dhcp_and_its_tftp() -> None
         "14:13:42 tftp: sent /srv/tftp/pxelinux.0 to 10.0.0.11",
         "14:13:42 tftp: file /srv/tftp/pxelinux.cfg/01-x not found for 10.0.0.11")
     assert seen_by_servers(MAC, "", "") == ()
+
+
+def test_a_twin_without_a_planned_address_is_followed_by_the_lease_dhcp_gave_it() -> None:
+    log = (HEARD + OFFERED
+           + "Dec  3 14:13:42 dnsmasq-tftp[32004]: sent /srv/tftp/pxelinux.0 to 10.0.0.11\n"
+           "Dec  3 14:13:42 dnsmasq-tftp[32004]: sent /srv/tftp/pxelinux.0 to 10.0.0.12\n")
+    assert seen_by_servers(MAC, "", log)[-1] == (
+        "14:13:42 tftp: sent /srv/tftp/pxelinux.0 to 10.0.0.11")
+    assert len(seen_by_servers(MAC, "", log)) == 3  # DISCOVER, OFFER, its TFTP file

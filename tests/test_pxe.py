@@ -195,8 +195,13 @@ def test_virtual_twins_pxe_boot_through_the_written_tree(lab_down, browser) -> N
     assert twins["pxe-pc1"]["proof"]["options"].count("clientaddr=10.213.77.50") == 1
     assert "loglevel=4" in Path(tftp_root / "pxelinux.cfg/01-52-54-00-77-00-02").read_text()
     assert log2
-    # The twin whose MAC has no file of its own booted through pxelinux.cfg/default.
+    # The twin whose MAC has no file of its own booted through pxelinux.cfg/default, and
+    # the lab's TFTP server saw it so: its own file asked for, not found, default sent.
     assert twins_default_ok(rep)
+    heard = twins["pxe-default"]["seen"]
+    own = "pxelinux.cfg/01-" + twins["pxe-default"]["mac"].replace(":", "-")
+    assert any(own in s and "not found for" in s for s in heard), heard
+    assert any("tftp: sent" in s and "/pxelinux.cfg/default to " in s for s in heard), heard
     # The check's boot report shows where a PXE boot's time goes: firmware, then the loader.
     dom = seen(rep["check"], "pxe-twins", browser)
     assert dom.count('data-phase="loader"') == 3, dom[:2000]

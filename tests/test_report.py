@@ -72,7 +72,7 @@ def test_nothing_is_fetched_and_the_guests_text_is_only_text(tmp_path: Path) -> 
 def test_each_terminal_shows_what_the_lab_servers_saw_of_it() -> None:
     page = report.page(_rep())
     t2 = page[page.index('<details id="servers-t2" open>'):]
-    assert "1 line(s)" in t2 and "by MAC 52:54:00:00:00:02 and address 10.0.0.11" in t2
+    assert "1 line(s)" in t2 and "found by MAC 52:54:00:00:00:02" in t2
     assert "DHCPACK(vlabce6d6dff) 10.0.0.11 52:54:00:00:00:02 &lt;t2&gt;</pre>" in t2
     t1 = page[page.index('<details id="servers-t1">'):]
     assert "logged nothing about this terminal" in t1.split("</details>")[0]

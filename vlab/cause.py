@@ -84,6 +84,8 @@ DNSMASQ_LINE_RE = re.compile(
 # what a DHCP transaction gave: its messages, the root path and boot file sent, the next server
 DHCP_KEPT_RE = re.compile(r"DHCP[A-Z]+\(|no address|ignored|next server|bootfile name|"
                           r"option:\s+(?:17 root-path|67 bootfile)")
+LEASE_RE = re.compile(r"DHCP(?:OFFER|ACK)\(\S+\) (\d+\.\d+\.\d+\.\d+) ")
+TFTP_PEER_RE = re.compile(r" (?:to|for|from) (\d+\.\d+\.\d+\.\d+)\b")
 MAX_SEEN = 80  # lines per terminal: a PXE boot's DHCP rounds and TFTP files fit
 
 
@@ -91,8 +93,10 @@ def seen_by_servers(mac: str, ip: str, dnsmasq_log: str) -> tuple[str, ...]:
     """What the lab network's dnsmasq logged about one terminal, as "HH:MM:SS dhcp|tftp:
     text": its DHCP transactions (found by its MAC, then the lines of those transactions
     that say what it got: lease, root path, next server, boot file) and the TFTP files sent
-    to its address or not found for it. The last MAX_SEEN lines."""
+    to its address or not found for it (its planned address, or the one DHCP gave it: a PXE
+    twin's own). The last MAX_SEEN lines."""
     xids: set[str] = set()
+    addresses = {ip} if ip else set()
     out = []
     for raw in dnsmasq_log.splitlines():
         m = DNSMASQ_LINE_RE.match(raw)
@@ -103,9 +107,11 @@ def seen_by_servers(mac: str, ip: str, dnsmasq_log: str) -> tuple[str, ...]:
             xid, _, rest = text.partition(" ")
             if mac and mac.lower() in text.lower():
                 xids.add(xid)
+                if (lease := LEASE_RE.search(rest)) is not None:
+                    addresses.add(lease.group(1))
             if xid not in xids or not DHCP_KEPT_RE.search(rest):
                 continue
             out.append(f"{clock} dhcp: {rest.strip()}")
-        elif ip and re.search(rf"(?:to|for|from) {re.escape(ip)}\b", text):
+        elif (to := TFTP_PEER_RE.search(text)) is not None and to.group(1) in addresses:
             out.append(f"{clock} tftp: {text.strip()}")
     return tuple(out[-MAX_SEEN:])
