@@ -138,13 +138,20 @@ def join_bridge(plan: LabPlan, host_netns: str | None) -> None:
     run.run([*_ip(host_netns), "link", "set", plan.nfs_link, "master", plan.bridge, "up"])
 
 
+def _netns_id(ns: str) -> str | None:
+    """The namespace as /proc/PID/ns/net names it ("net:[INODE]"), None if there is none."""
+    try:
+        return f"net:[{os.stat(labhost.NETNS_DIR / ns).st_ino}]"
+    except OSError:
+        return None
+
+
 def remove_namespace(ns: str) -> bool:
     """The server's namespace and the veth pair with it, after whatever still runs in it (a
     ganesha or rpcbind whose pid file a kill left unwritten): a namespace only vlab makes."""
-    path = labhost.NETNS_DIR / ns
-    if not ns.startswith(NFS_NETNS_PREFIX) or not path.exists():
+    inside = _netns_id(ns)
+    if not ns.startswith(NFS_NETNS_PREFIX) or inside is None:
         return False
-    inside = f"net:[{os.stat(path).st_ino}]"
     for entry in filter(str.isdigit, os.listdir("/proc")):
         if procs.netns_of(int(entry)) == inside:
             procs.stop(int(entry))
@@ -155,12 +162,10 @@ def remove_namespace(ns: str) -> bool:
 def of_another_state(ns: str, labs: Path) -> bool:
     """Does the namespace hold an nfs-ganesha whose lab folder is not under `labs` (a lab of
     another VLAB_STATE_DIR on this machine, which a gc of this one must leave alone)?"""
-    try:
-        inside = f"net:[{os.stat(labhost.NETNS_DIR / ns).st_ino}]"
-    except OSError:
-        return False
-    return any(procs.netns_of(pid) == inside and f" {labs}/" not in f" {cmd}"
-               for pid, cmd in procs.with_argument("/", GANESHA).items())
+    inside = _netns_id(ns)
+    return inside is not None and any(
+        procs.netns_of(pid) == inside and f" {labs}/" not in f" {cmd}"
+        for pid, cmd in procs.with_argument("/", GANESHA).items())
 
 
 def namespaces() -> list[str]:

@@ -408,7 +408,7 @@ def save_results(plan: LabPlan, started: dict[TerminalPlan, float],
 
 
 def servers_side(plan: LabPlan, verdicts: dict[TerminalPlan, Verdict],
-              tftp_root: Path | None = None) -> dict[TerminalPlan, Verdict]:
+                 tftp_root: Path | None = None) -> dict[TerminalPlan, Verdict]:
     """Each verdict with what the lab's servers saw of its terminal (its DHCP and TFTP
     lines) and, for a failure the servers saw too, its cause (cause.py)."""
     try:
