@@ -50,6 +50,14 @@ def plan_for(path: str) -> LabPlan:
     return lab_plan_for(scenario.load(ROOT / path), Dirs.from_env())
 
 
+def other_labs_up(plan: LabPlan, dirs: Dirs) -> list[str]:
+    """Labs of this state folder other than plan's that are up (their lease is recorded): the
+    on-demand lab host rightly stays for them, as vlab's down decides (a run killed
+    half-way leaves its lab up, and the next run's downs must keep that lab's host)."""
+    return [p.parent.name for p in (dirs.state / "labs").glob("*/state.json")
+            if p.parent.name != plan.lab]
+
+
 def leftovers(plan: LabPlan) -> list[str]:
     """Everything of the lab that is still there: should be nothing after vlab down."""
     found = []
@@ -71,7 +79,8 @@ def leftovers(plan: LabPlan) -> list[str]:
                                 str(plan.root_image)], capture_output=True, text=True).stdout
         found += [f"loop device {ln}" for ln in loops.splitlines()]
     dirs = Dirs.from_env()
-    if not HOST_KEPT and (dirs.state / "rpcbind.pid").exists():
+    host_goes = not HOST_KEPT and not other_labs_up(plan, dirs)  # vlab's down decides so
+    if host_goes and (dirs.state / "rpcbind.pid").exists():
         pid = procs.read_pid(dirs.state / "rpcbind.pid", "rpcbind")
         if pid is not None:
             found.append(f"rpcbind {pid}")
@@ -81,8 +90,9 @@ def leftovers(plan: LabPlan) -> list[str]:
         links = subprocess.run(["ip", "-n", plan.netns, "-o", "link"], capture_output=True,
                                text=True).stdout
         found += [f"link {ln}" for ln in links.splitlines()
-                  if plan.bridge in ln or "vnet" in ln]  # the bridge and the guests' taps
-        if not HOST_KEPT:
+                  # the bridge, its guests' taps, and taps cut loose (another lab's have theirs)
+                  if plan.bridge in ln or ("vnet" in ln and " master " not in ln)]
+        if host_goes:
             found.append(f"network namespace {plan.netns}")
     found += [f"half-built {p}" for p in cache.leftovers(dirs.cache)]
     if plan.lab_dir.exists():
