@@ -94,3 +94,18 @@ def test_a_twin_without_a_planned_address_is_followed_by_the_lease_dhcp_gave_it(
     assert seen_by_servers(MAC, "", log)[-1] == (
         "14:13:42 tftp: sent /srv/tftp/pxelinux.0 to 10.0.0.11")
     assert len(seen_by_servers(MAC, "", log)) == 3  # DISCOVER, OFFER, its TFTP file
+
+
+def test_a_twin_without_a_planned_address_is_told_its_own_missing_file() -> None:
+    other = "52:54:00:aa:bb:cc"
+    log = (HEARD + OFFERED
+           + f"Dec  3 14:13:41 dnsmasq-dhcp[32004]: 78 DHCPOFFER(vlabce6d6dff) 10.0.0.12 {other}\n"
+           "Dec  3 14:13:42 dnsmasq-tftp[32004]: file /srv/tftp/grubx64.efi not found for "
+           "10.0.0.11\n"
+           "Dec  3 14:13:43 dnsmasq-tftp[32004]: file /srv/tftp/ipxe.efi not found for "
+           "10.0.0.12\n")
+    t = {"mac": MAC, "ip": "", "line": "PXE-E32: TFTP open timeout"}
+    assert explain("tftp-file-not-found", t, _facts(dnsmasq_log=log)) == (
+        "TFTP: grubx64.efi is not in the tree the lab serves (the server said: not found)")
+    assert explain("tftp-file-not-found", {**t, "mac": other}, _facts(dnsmasq_log=log)) == (
+        "TFTP: ipxe.efi is not in the tree the lab serves (the server said: not found)")

@@ -69,8 +69,9 @@ def explain(verdict: str, terminal: Mapping[str, object], facts: Facts) -> str |
             return (f"DHCP DISCOVER from {mac} seen, no lease offered"
                     + (f" (dnsmasq: {why.strip()})" if why else ""))
     if verdict == "tftp-file-not-found":
+        own = addresses_of(mac, ip, facts.dnsmasq_log)  # a twin's own lease, if unplanned
         missing = [m.group(1) for m in TFTP_MISSING_RE.finditer(facts.dnsmasq_log)
-                   if not ip or not m.group(2) or m.group(2) == ip]
+                   if not own or not m.group(2) or m.group(2) in own]
         if missing:
             rel = missing[-1]
             if facts.tftp_root and rel.startswith(facts.tftp_root):
@@ -89,6 +90,19 @@ TFTP_PEER_RE = re.compile(r" (?:to|for|from) (\d+\.\d+\.\d+\.\d+)\b")
 MAX_SEEN = 80  # lines per terminal: a PXE boot's DHCP rounds and TFTP files fit
 
 
+def addresses_of(mac: str, ip: str, dnsmasq_log: str) -> set[str]:
+    """A terminal's addresses: its planned one and those DHCP offered its MAC (a PXE twin
+    without a planned address has only the lease)."""
+    out = {ip} if ip else set()
+    for raw in dnsmasq_log.splitlines():
+        m = DNSMASQ_LINE_RE.match(raw)
+        if (m is not None and m.group(2) == "dnsmasq-dhcp" and mac
+                and mac.lower() in m.group(3).lower()
+                and (lease := LEASE_RE.search(m.group(3))) is not None):
+            out.add(lease.group(1))
+    return out
+
+
 def seen_by_servers(mac: str, ip: str, dnsmasq_log: str) -> tuple[str, ...]:
     """What the lab network's dnsmasq logged about one terminal, as "HH:MM:SS dhcp|tftp:
     text": its DHCP transactions (found by its MAC, then the lines of those transactions
@@ -96,7 +110,7 @@ def seen_by_servers(mac: str, ip: str, dnsmasq_log: str) -> tuple[str, ...]:
     to its address or not found for it (its planned address, or the one DHCP gave it: a PXE
     twin's own). The last MAX_SEEN lines."""
     xids: set[str] = set()
-    addresses = {ip} if ip else set()
+    addresses = addresses_of(mac, ip, dnsmasq_log)
     out = []
     for raw in dnsmasq_log.splitlines():
         m = DNSMASQ_LINE_RE.match(raw)
@@ -107,8 +121,6 @@ def seen_by_servers(mac: str, ip: str, dnsmasq_log: str) -> tuple[str, ...]:
             xid, _, rest = text.partition(" ")
             if mac and mac.lower() in text.lower():
                 xids.add(xid)
-                if (lease := LEASE_RE.search(rest)) is not None:
-                    addresses.add(lease.group(1))
             if xid not in xids or not DHCP_KEPT_RE.search(rest):
                 continue
             out.append(f"{clock} dhcp: {rest.strip()}")
