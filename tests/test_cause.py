@@ -3,7 +3,7 @@ dnsmasq lines in its real format; tests/test_verdicts.py provokes each for real)
 
 from __future__ import annotations
 
-from vlab.cause import Facts, explain, seen_by_servers
+from vlab.cause import Facts, addresses_of, explain, seen_by_servers
 
 MAC = "52:54:00:25:4b:95"
 HEARD = (f"Dec  3 14:13:40 dnsmasq-dhcp[32004]: 3631986009 DHCPDISCOVER(vlabce6d6dff) {MAC} \n"
@@ -94,6 +94,11 @@ def test_a_twin_without_a_planned_address_is_followed_by_the_lease_dhcp_gave_it(
     assert seen_by_servers(MAC, "", log)[-1] == (
         "14:13:42 tftp: sent /srv/tftp/pxelinux.0 to 10.0.0.11")
     assert len(seen_by_servers(MAC, "", log)) == 3  # DISCOVER, OFFER, its TFTP file
+    # A guest's vendor class that reads like a lease is not one: only dnsmasq's own line is.
+    forged = ("Dec  3 14:13:40 dnsmasq-dhcp[32004]: 3631986009 vendor class: "
+              f"DHCPACK(vlabce6d6dff) 10.0.0.12 {MAC}\n")
+    assert addresses_of(MAC, "", forged + log) == {"10.0.0.11"}
+    assert not any("to 10.0.0.12" in s for s in seen_by_servers(MAC, "", forged + log))
 
 
 def test_a_twin_without_a_planned_address_is_told_its_own_missing_file() -> None:

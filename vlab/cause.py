@@ -85,7 +85,9 @@ DNSMASQ_LINE_RE = re.compile(
 # what a DHCP transaction gave: its messages, the root path and boot file sent, the next server
 DHCP_KEPT_RE = re.compile(r"DHCP[A-Z]+\(|no address|ignored|next server|bootfile name|"
                           r"option:\s+(?:17 root-path|67 bootfile)")
-LEASE_RE = re.compile(r"DHCP(?:OFFER|ACK)\(\S+\) (\d+\.\d+\.\d+\.\d+) ")
+# dnsmasq's OFFER or ACK, from the message's start (a guest's vendor class or name, later in
+# some other line, cannot make one): the address, then the MAC it went to
+LEASE_RE = re.compile(r"(?:\d+ )?DHCP(?:OFFER|ACK)\(\S+\) (\d+\.\d+\.\d+\.\d+) (\S+)")
 TFTP_PEER_RE = re.compile(r" (?:to|for|from) (\d+\.\d+\.\d+\.\d+)\b")
 MAX_SEEN = 80  # lines per terminal: a PXE boot's DHCP rounds and TFTP files fit
 
@@ -94,13 +96,17 @@ def addresses_of(mac: str, ip: str, dnsmasq_log: str) -> set[str]:
     """A terminal's addresses: its planned one and those DHCP offered its MAC (a PXE twin
     without a planned address has only the lease)."""
     out = {ip} if ip else set()
-    for raw in dnsmasq_log.splitlines():
-        m = DNSMASQ_LINE_RE.match(raw)
-        if (m is not None and m.group(2) == "dnsmasq-dhcp" and mac
-                and mac.lower() in m.group(3).lower()
-                and (lease := LEASE_RE.search(m.group(3))) is not None):
-            out.add(lease.group(1))
+    for m in map(DNSMASQ_LINE_RE.match, dnsmasq_log.splitlines()):
+        if m is not None and m.group(2) == "dnsmasq-dhcp" and (
+                lease := _lease(mac, m.group(3))) is not None:
+            out.add(lease)
     return out
+
+
+def _lease(mac: str, text: str) -> str | None:
+    """The address a dnsmasq-dhcp message ("XID DHCPACK(BRIDGE) ADDRESS MAC") gave `mac`."""
+    m = LEASE_RE.match(text)
+    return m.group(1) if m is not None and mac and m.group(2).lower() == mac.lower() else None
 
 
 def seen_by_servers(mac: str, ip: str, dnsmasq_log: str) -> tuple[str, ...]:
@@ -110,7 +116,7 @@ def seen_by_servers(mac: str, ip: str, dnsmasq_log: str) -> tuple[str, ...]:
     to its address or not found for it (its planned address, or the one DHCP gave it: a PXE
     twin's own). The last MAX_SEEN lines."""
     xids: set[str] = set()
-    addresses = addresses_of(mac, ip, dnsmasq_log)
+    addresses = {ip} if ip else set()
     out = []
     for raw in dnsmasq_log.splitlines():
         m = DNSMASQ_LINE_RE.match(raw)
@@ -121,6 +127,8 @@ def seen_by_servers(mac: str, ip: str, dnsmasq_log: str) -> tuple[str, ...]:
             xid, _, rest = text.partition(" ")
             if mac and mac.lower() in text.lower():
                 xids.add(xid)
+                if (lease := _lease(mac, text)) is not None:
+                    addresses.add(lease)  # before the TFTP lines it explains: time order
             if xid not in xids or not DHCP_KEPT_RE.search(rest):
                 continue
             out.append(f"{clock} dhcp: {rest.strip()}")
