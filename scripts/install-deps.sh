@@ -10,6 +10,8 @@ PACKAGES=(
   libvirt-daemon-system libvirt-daemon-system-sysv
   # the isolated libvirtd runs under tini, a subreaper that reaps its QEMUs at once
   tini
+  # an image's initrd builder runs unprivileged in bubblewrap, under a seccomp filter
+  bubblewrap libseccomp2
   nfs-ganesha nfs-ganesha-vfs rpcbind
   # Debian roots, disk images (qcow2 through qemu-img; the tests make partitioned ones with
   # sfdisk, mkfs.ext4 -d and mkfs.vfat), PXE bootloaders
@@ -18,6 +20,8 @@ PACKAGES=(
   shim-signed grub-efi-amd64-signed ovmf
   # to build libvirt-python from its sdist, in a virtualenv
   libvirt-dev pkg-config gcc python3-dev python3-venv
+  # the sandbox tests compile a hostile static builder
+  libc6-dev
   # the tests' second hypervisor host runs an sshd inside namespaces of its own
   openssh-server openssh-client
   # the tests open the boot report in a real headless browser (screenshot, DOM)

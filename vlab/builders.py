@@ -99,7 +99,8 @@ def build(plan: LabPlan, root: Path, kernel: Kernel, final: Path) -> Path:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
             path.chmod(mode)
-        run.run([sys.executable, "-m", "vlab.sandbox", str(root), str(scratch), "--", *argv],
+        run.run([sys.executable, "-m", "vlab.sandbox", str(root), str(scratch),
+                 "--keep", OUTPUT, "--", *argv],
                 timeout=1200,
                 hint=f"the {plan.builder.value} run inside {root} failed; see its output above")
         cache.copy_regular(scratch / OUTPUT, tmp, what=f"the initrd {plan.builder.value} wrote")

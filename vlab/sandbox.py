@@ -1,52 +1,74 @@
-"""A root's own initrd builder, run where it can harm nothing of the host.
+"""A root's own initrd builder, run where it holds no capability of the machine's.
 
 The page runs mkinitrd chrooted in the root with the host's /proc and /sys mounted; a
 chroot is no boundary for root, and an image's builder is the image's code. vlab runs it as
-`python -m vlab.sandbox ROOT SCRATCH -- ARGV...`, which, before it executes anything of the
-root's:
+`python -m vlab.sandbox ROOT SCRATCH [--keep NAME] -- ARGV...`. This launcher, as root:
 
-- enters new mount, PID, network, IPC and UTS namespaces;
-- binds the root read-only onto itself, with what is mounted in it (an image's /boot), and
-  mounts where a builder writes: a tmpfs on /dev (nodev) holding bind mounts of the host's null,
-  zero, full, random, urandom and tty only; the scratch folder (the builder's only way out,
-  nosuid, nodev) on /tmp; tmpfs on /run, /var/tmp and /var/lock; a fresh /proc of the new PID
-  namespace (it sees only the builder's processes) with /proc/sys, /proc/sysrq-trigger and the
-  other host knobs read-only or masked; sysfs read-only;
-- pivots into the root and detaches the host's tree, so no path, `..` or chroot leads out;
-- drops every capability but the file-ownership ones (no mount, no module loading, no raw
-  I/O, no ptrace, no network administration) and sets no_new_privs.
+- enters a mount namespace of its own and leaves out of it every mount inside the root but
+  an image's /boot partition (a tree's own mounts could lead to the host's files);
+- copies what vlab put in SCRATCH (the builder's configuration) into a size-capped tmpfs of
+  that namespace: this tmpfs is the builder's /tmp and its only writable place;
+- runs the builder through bubblewrap as an unprivileged user of the machine (SANDBOX_UID:
+  no account, no file of the machine has it), root only inside a user namespace of its own
+  that maps nothing else, with no capability at all, in new PID, network, IPC, UTS and cgroup
+  namespaces, the root read-only as its `/`, a minimal /dev, a /proc of its own, no /sys, a
+  clean environment, a session of its own (no TIOCSTI into vlab's terminal), a process
+  limit, and a seccomp filter (SECCOMP_DENIED) that refuses with EPERM what no builder needs:
+  file handles (the call that reads any inode of a filesystem by number), mount calls,
+  ptrace, new namespaces, kexec, bpf, keyrings, module loading and the like;
+- copies back out of the tmpfs the file named by --keep (a regular file, size-capped, never
+  through a symlink) into SCRATCH, and returns the builder's exit status.
 
-Device nodes the builder makes are dead (nodev everywhere). The exit status is the builder's;
-125 means the sandbox itself could not be set up (the message says why).
+Bubblewrap needs the mount points in the root (/dev, /proc, /tmp); 125 means the sandbox
+itself could not be set up (the message says why).
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
-import signal
+import resource
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
 from vlab.mounts import inside, mounted_under
 
-CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
-CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+CLONE_NEWNS = 0x00020000
+MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
-PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 24, 38
-SYS_PIVOT_ROOT = 155  # x86-64
-# chown, dac_override, dac_read_search, fowner, fsetid, kill, setgid, setuid, mknod: what a
-# builder needs to copy files with their owners and modes into its archive.
-KEEP_CAPS = frozenset({0, 1, 2, 3, 4, 5, 6, 7, 27})
-DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
-PROC_READONLY = ("sys", "sysrq-trigger", "bus", "fs", "irq")
-PROC_MASKED = ("kcore", "keys", "timer_list", "sched_debug", "kmsg", "kallsyms", "kpagecount",
-               "kpageflags", "kpagecgroup", "acpi", "scsi")
-ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "TMPDIR": "/tmp", "LC_ALL": "C", "HOME": "/"}
+# The builder's uid on the machine: unprivileged, and vlab checks that no account has it.
+# Inside its user namespace it is root (uid 0), with no capability over anything outside.
+SANDBOX_UID = 2_147_000_000
+TMP_SIZE = 2 << 30  # the builder's /tmp: its configuration, its staging tree, its output
+KEEP_MAX = 1 << 30  # the file copied out of it (an initrd)
+NPROC = 4096  # processes of SANDBOX_UID at once (a fork bomb stops there)
+PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 SETUP_FAILED = 125
+STAGE = "/tmp"  # in the launcher's own mount namespace only
+
+# Refused with EPERM: none is needed to build an initrd, each reaches past the sandbox or
+# the kernel's own defences. clone3 says ENOSYS (its flags are behind a pointer seccomp
+# cannot read), so the C library falls back to clone, whose namespace flags are refused.
+SECCOMP_DENIED = (
+    "open_by_handle_at", "name_to_handle_at",
+    "mount", "umount2", "pivot_root", "chroot", "move_mount", "open_tree", "fsopen", "fsconfig",
+    "fsmount", "fspick", "mount_setattr",
+    "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp",
+    "kexec_load", "kexec_file_load", "reboot", "init_module", "finit_module", "delete_module",
+    "bpf", "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter",
+    "io_uring_register",
+    "add_key", "request_key", "keyctl",
+    "unshare", "setns",
+    "iopl", "ioperm", "swapon", "swapoff", "syslog", "acct", "quotactl", "quotactl_fd",
+    "lookup_dcookie", "uselib", "vhangup", "settimeofday", "clock_settime", "adjtimex",
+    "clock_adjtime", "sethostname", "setdomainname",
+)
+CLONE_NAMESPACES = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000,
+                    0x40000000, 0x00000080)  # NEWNS, NEWCGROUP, UTS, IPC, USER, PID, NET, TIME
+TIOCSTI, TIOCLINUX = 0x5412, 0x541C
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -57,8 +79,7 @@ class SandboxError(Exception):
 
 def _check(rc: int, what: str) -> None:
     if rc != 0:
-        err = ctypes.get_errno()
-        raise SandboxError(f"{what}: {os.strerror(err)}")
+        raise SandboxError(f"{what}: {os.strerror(ctypes.get_errno())}")
 
 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int,
@@ -68,9 +89,24 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int,
                        data and data.encode()), f"mount {target}")
 
 
-def _bind_readonly(path: str, extra: int = 0) -> None:
-    _mount(path, path, None, MS_BIND)
-    _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | extra)
+def seccomp_filter() -> int:
+    """A memfd holding the compiled filter, for bubblewrap's --seccomp."""
+    import pyseccomp as seccomp
+
+    denied = seccomp.ERRNO(errno.EPERM)
+    f = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
+    for name in SECCOMP_DENIED:
+        f.add_rule(denied, name)
+    for flag in CLONE_NAMESPACES:
+        f.add_rule(denied, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
+    f.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+    for request in (TIOCSTI, TIOCLINUX):
+        f.add_rule(denied, "ioctl", seccomp.Arg(1, seccomp.MASKED_EQ, 0xFFFFFFFF, request))
+    fd = os.memfd_create("vlab-seccomp", 0)
+    with os.fdopen(os.dup(fd), "wb") as out:
+        f.export_bpf(out)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 def _image_boot(point: str) -> bool:
@@ -84,99 +120,150 @@ def _image_boot(point: str) -> bool:
     return False
 
 
-def _folder(root: Path, rel: str, required: bool) -> str | None:
-    """A folder of the root, resolved inside it (a symlink cannot aim a mount at the host)."""
+def _is_folder(root: Path, rel: str) -> bool:
+    """A real folder of the root (a symlink cannot aim a mount at the host)."""
     target = inside(root, rel)
-    if target.is_dir() and not target.is_symlink():
-        return str(target)
-    if required:
-        raise SandboxError(f"{root} has no /{rel} folder; fix: a root filesystem needs /{rel}")
-    return None
+    return target.is_dir() and not target.is_symlink()
 
 
-def _prepare(root: Path, scratch: Path) -> None:
-    """Inside the new namespaces, as their PID 1: build the builder's view and enter it."""
+def _leave_out_tree_mounts(root: Path) -> None:
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    last_cap = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
-    top = str(root)
-    # Recursive, for an image's own /boot partition (vlab mounts it read-only from a loop
-    # device on the root's /boot); anything else mounted inside a root is left out of the view
-    # (a tree's own mounts could lead to the host's files).
-    _mount(top, top, None, MS_BIND | MS_REC)
-    boot = os.path.join(top, "boot")
+    top, boot = str(root), os.path.join(str(root), "boot")
     for point in sorted({str(p) for p in mounted_under(root)}, key=lambda p: -p.count("/")):
         if point != top and not (point == boot and _image_boot(point)):
             _check(_libc.umount2(point.encode(), MNT_DETACH), f"leave {point} out")
-    for point in (top, boot):
-        if point == top or _image_boot(point):
-            _mount(None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    dev = _folder(root, "dev", True)
-    assert dev is not None
-    _mount("none", dev, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=755")
-    for name in DEVICES:
-        node = Path(dev, name)
-        node.touch(0o666)
-        _mount(f"/dev/{name}", str(node), None, MS_BIND)
-    os.symlink("/proc/self/fd", Path(dev, "fd"))
-    tmp = _folder(root, "tmp", True)
-    assert tmp is not None
-    _mount(str(scratch), tmp, None, MS_BIND)
-    _mount(None, tmp, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV)
+
+
+def _copy_tree(src_dir: int, dst_dir: int) -> None:
+    """What vlab put into SCRATCH (folders and regular files it wrote) into the tmpfs."""
+    for entry in os.scandir(src_dir):
+        st = entry.stat(follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            os.mkdir(entry.name, 0o755, dir_fd=dst_dir)
+            sub_src = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                              dir_fd=src_dir)
+            sub_dst = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=dst_dir)
+            try:
+                _copy_tree(sub_src, sub_dst)
+            finally:
+                os.close(sub_src)
+                os.close(sub_dst)
+        elif stat.S_ISREG(st.st_mode):
+            _copy_file(src_dir, dst_dir, entry.name, stat.S_IMODE(st.st_mode) & 0o755)
+
+
+def _copy_file(src_dir: int, dst_dir: int, name: str, mode: int, limit: int = KEEP_MAX) -> None:
+    try:
+        src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=src_dir)
+    except OSError as err:
+        if err.errno != errno.ELOOP:
+            raise
+        raise SandboxError(f"{name} is a symlink, not a regular file; the sandbox copies out "
+                           "regular files only") from None
+    try:
+        st = os.fstat(src)
+        if not stat.S_ISREG(st.st_mode):
+            raise SandboxError(f"{name} is not a regular file; the sandbox copies out regular "
+                               "files only")
+        if st.st_size > limit:
+            raise SandboxError(f"{name} is {st.st_size} bytes, more than {limit}")
+        dst = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode,
+                      dir_fd=dst_dir)
+        try:
+            while chunk := os.read(src, 1 << 20):
+                os.write(dst, chunk)
+            os.fchmod(dst, mode)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+
+
+def bwrap_argv(root: Path, command: list[str], *, seccomp_fd: int) -> list[str]:
+    """setpriv to SANDBOX_UID, then bubblewrap with the builder's view of the root."""
+    argv = ["setpriv", f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups",
+            "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--",
+            "bwrap", "--unshare-user", "--uid", "0", "--gid", "0", "--unshare-pid",
+            "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+            "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+            "--ro-bind", f"{STAGE}/root", "/", "--dev", "/dev", "--proc", "/proc",
+            "--bind", f"{STAGE}/tmp", "/tmp"]
     for rel in ("run", "var/tmp", "var/lock"):
-        folder = _folder(root, rel, False)
-        if folder is not None:
-            _mount("none", folder, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
-    proc = _folder(root, "proc", True)
-    assert proc is not None
-    _mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    for name in PROC_READONLY:
-        if os.path.exists(f"{proc}/{name}"):
-            _bind_readonly(f"{proc}/{name}", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    for name in PROC_MASKED:
-        path = f"{proc}/{name}"
-        if os.path.isdir(path):
-            _mount("none", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0")
-        elif os.path.exists(path):
-            _mount("/dev/null", path, None, MS_BIND)
-    sys_dir = _folder(root, "sys", True)
-    assert sys_dir is not None
-    _mount("sysfs", sys_dir, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    os.chdir(top)
-    _check(_libc.syscall(SYS_PIVOT_ROOT, b".", b"."), "pivot_root")
-    _check(_libc.umount2(b".", MNT_DETACH), "detach the host's tree")
-    os.chdir("/")
-    for cap in range(last_cap + 1):
-        if cap not in KEEP_CAPS:
-            _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"drop capability {cap}")
-    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "set no_new_privs")
+        if _is_folder(root, rel):
+            argv += ["--size", str(64 << 20), "--perms", "1777", "--tmpfs", f"/{rel}"]
+    argv += ["--clearenv", "--setenv", "PATH", PATH, "--setenv", "TMPDIR", "/tmp",
+             "--setenv", "LC_ALL", "C", "--setenv", "HOME", "/", "--chdir", "/",
+             "--seccomp", str(seccomp_fd), "--", *command]
+    return argv
+
+
+def _sandbox_uid_is_free() -> None:
+    import pwd
+
+    try:
+        taken = pwd.getpwuid(SANDBOX_UID)
+    except KeyError:
+        return
+    raise SandboxError(f"uid {SANDBOX_UID} belongs to the account {taken.pw_name!r}; "
+                       "vlab runs builders as that uid, which must be nobody's")
+
+
+def run_sandboxed(root: Path, scratch: Path, command: list[str], keep: str | None) -> int:
+    """As the launcher: set up, run the builder, copy out what it was to write."""
+    for rel in ("dev", "proc", "tmp"):
+        if not _is_folder(root, rel):
+            raise SandboxError(f"{root} has no /{rel} folder; fix: a root filesystem "
+                               f"needs /{rel}")
+    _sandbox_uid_is_free()
+    host_scratch = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    _check(_libc.unshare(CLONE_NEWNS), "unshare")
+    _leave_out_tree_mounts(root)
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
+    # Bubblewrap, as SANDBOX_UID, reaches what it binds by path: a stage on this namespace's
+    # own /tmp (every parent searchable) holds the root and the builder's tmpfs.
+    _mount("vlab-stage", STAGE, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+    stage_root, stage_tmp = f"{STAGE}/root", f"{STAGE}/tmp"
+    os.mkdir(stage_root, 0o755)
+    os.mkdir(stage_tmp, 0o755)
+    _mount(f"/proc/self/fd/{root_fd}", stage_root, None, MS_BIND | MS_REC)
+    _mount("vlab-build", stage_tmp, "tmpfs", MS_NOSUID | MS_NODEV,
+           f"size={TMP_SIZE},mode=0700,uid={SANDBOX_UID},gid={SANDBOX_UID}")
+    tmp = os.open(stage_tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    _copy_tree(host_scratch, tmp)
+    seccomp_fd = seccomp_filter()
+    os.set_inheritable(seccomp_fd, True)
+    argv = bwrap_argv(root, command, seccomp_fd=seccomp_fd)
+    resource.setrlimit(resource.RLIMIT_NPROC, (NPROC, NPROC))
+    try:
+        code = subprocess.run(argv, pass_fds=(seccomp_fd,),
+                              stdin=subprocess.DEVNULL).returncode
+    except FileNotFoundError as err:
+        raise SandboxError(f"{err.filename} not found; fix: apt-get install bubblewrap "
+                           "util-linux") from None
+    if code == 0 and keep is not None:
+        try:
+            _copy_file(tmp, host_scratch, keep, 0o644)
+        except FileNotFoundError:
+            raise SandboxError(f"the builder exited 0 but wrote no /tmp/{keep}") from None
+    return code if code >= 0 else 128 - code
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 4 or argv[2] != "--":
-        print("usage: python -m vlab.sandbox ROOT SCRATCH -- PROGRAM [ARG...]", file=sys.stderr)
+    keep = None
+    if len(argv) >= 4 and argv[2] == "--keep":
+        keep, argv = argv[3], argv[:2] + argv[4:]
+    if len(argv) < 4 or argv[2] != "--" or (keep is not None and "/" in keep):
+        print("usage: python -m vlab.sandbox ROOT SCRATCH [--keep NAME] -- PROGRAM [ARG...]",
+              file=sys.stderr)
         return 2
-    root, scratch, command = Path(argv[0]).resolve(), Path(argv[1]).resolve(), argv[3:]
-    if not stat.S_ISDIR(os.lstat(scratch).st_mode):
-        print(f"vlab sandbox: {scratch} is not a folder", file=sys.stderr)
-        return SETUP_FAILED
+    root, scratch = Path(argv[0]).resolve(), Path(argv[1]).resolve()
     try:
-        _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC
-                             | CLONE_NEWUTS), "unshare")
-    except SandboxError as err:
+        if not stat.S_ISDIR(os.lstat(scratch).st_mode):
+            raise SandboxError(f"{scratch} is not a folder")
+        return run_sandboxed(root, scratch, argv[3:], keep)
+    except (SandboxError, OSError) as err:
         print(f"vlab sandbox: {err}", file=sys.stderr)
         return SETUP_FAILED
-    pid = os.fork()
-    if pid == 0:
-        try:
-            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            _prepare(root, scratch)
-            os.execvpe(command[0], command, ENV)
-        except (SandboxError, OSError) as err:
-            print(f"vlab sandbox: {err}", file=sys.stderr)
-        os._exit(SETUP_FAILED)
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    return code if code >= 0 else 128 - code
 
 
 if __name__ == "__main__":
