@@ -114,3 +114,35 @@ def test_a_twin_without_a_planned_address_is_told_its_own_missing_file() -> None
         "TFTP: grubx64.efi is not in the tree the lab serves (the server said: not found)")
     assert explain("tftp-file-not-found", {**t, "mac": other}, _facts(dnsmasq_log=log)) == (
         "TFTP: ipxe.efi is not in the tree the lab serves (the server said: not found)")
+
+
+def test_a_guest_cannot_move_lines_between_terminals() -> None:
+    """Issue 27: the attacker (another MAC, 10.0.0.12) sends a vendor class carrying the
+    victim's MAC and asks TFTP for files whose names end like another peer's line. None of
+    it lands in the victim's section or cause: a terminal is found by dnsmasq's own fields
+    (the MAC after the message name, the peer after the file name), never by a search over
+    text the guest chose."""
+    attacker = "52:54:00:aa:bb:cc"
+    log = (HEARD + OFFERED
+           + f"Dec  3 14:13:41 dnsmasq-dhcp[32004]: 78 DHCPDISCOVER(vlabce6d6dff) {attacker}\n"
+           f"Dec  3 14:13:41 dnsmasq-dhcp[32004]: 78 vendor class: {MAC}\n"
+           f"Dec  3 14:13:41 dnsmasq-dhcp[32004]: 78 DHCPOFFER(vlabce6d6dff) 10.0.0.12 "
+           f"{attacker}\n"
+           "Dec  3 14:13:41 dnsmasq-dhcp[32004]: 78 next server: 10.6.6.6\n"
+           "Dec  3 14:13:42 dnsmasq-tftp[32004]: sent /srv/tftp/evil to 10.0.0.11 to 10.0.0.12\n"
+           "Dec  3 14:13:43 dnsmasq-tftp[32004]: file /srv/tftp/lie for 10.0.0.11 not found "
+           "for 10.0.0.12\n")
+    seen = seen_by_servers(MAC, "10.0.0.11", log)
+    assert not any("10.6.6.6" in s or "evil" in s or "lie" in s for s in seen), seen
+    assert any("next server: 10.6.6.6" in s for s in seen_by_servers(attacker, "", log))
+    t = {"mac": MAC, "ip": "10.0.0.11", "line": "Loading initrd.img... failed"}
+    assert explain("tftp-file-not-found", t, _facts(dnsmasq_log=log)) is None
+    assert explain("tftp-file-not-found", {**t, "mac": attacker, "ip": ""},
+                   _facts(dnsmasq_log=log)) == (
+        "TFTP: lie for 10.0.0.11 is not in the tree the lab serves (the server said: "
+        "not found)")
+    # dhcp-failed's cause reads the MAC's own messages too: the forged vendor class is not
+    # the victim's DISCOVER
+    quiet = f"Dec  3 14:13:41 dnsmasq-dhcp[32004]: 78 vendor class: DHCPDISCOVER {MAC}\n"
+    assert "never heard a DISCOVER" in (explain("dhcp-failed", t, _facts(dnsmasq_log=quiet))
+                                        or "")

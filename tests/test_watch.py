@@ -13,6 +13,7 @@ from conftest import plan_of
 
 from vlab import virt
 from vlab.errors import VirtError
+from vlab.guesttext import Pattern
 from vlab.lab.up import say_verdicts
 from vlab.plan import SSH_MARKER
 from vlab.progress import PHASES
@@ -247,7 +248,7 @@ def test_a_host_key_line_is_read_whole_and_a_bad_one_is_no_key(tmp_path: Path) -
 CONSOLES = Path(__file__).parent / "consoles"
 
 
-def _replay(name: str, ready: re.Pattern[str] | None, stall: float = 45,
+def _replay(name: str, ready: Pattern | None, stall: float = 45,
             timeout: float = 240) -> tuple[Verdict, list[str]]:
     phases: list[str] = []
     judge = Judge(started=0.0, timeout=timeout, stall=stall, ready=ready, settle=5.0,
@@ -277,7 +278,7 @@ def _replay(name: str, ready: re.Pattern[str] | None, stall: float = 45,
     ("pxe-initrd-missing.log", READY_BUSYBOX, "tftp-file-not-found", "Loading initrd.img failed"),
 ])
 def test_recorded_consoles_are_judged_as_they_were_live(
-        name: str, ready: re.Pattern[str], verdict: str, decisive: str) -> None:
+        name: str, ready: Pattern, verdict: str, decisive: str) -> None:
     v, phases = _replay(name, ready)
     assert (v.name, decisive in v.line) == (verdict, True), v
     if verdict == OK:
@@ -591,3 +592,84 @@ def test_a_root_brought_as_a_folder_is_judged_by_what_its_init_is(tmp_path: Path
     (tmp_path / "sbin/init").unlink()
     os.mkfifo(tmp_path / "sbin/init")
     assert ready_line(plan) is None  # and it did not block on the FIFO
+
+
+# Guest text against the judge (issue 27): lines a hostile guest prints to stall it. Each
+# took Python's backtracking engine time quadratic in the line's length (a 32 KB line 2.7 s,
+# a 1 MiB line about 45 minutes), during which the lab's timeout was not looked at.
+HOSTILE_LINES = (
+    "mount: mounting " + "a" * (1 << 20),
+    "dhcp" * (1 << 18),
+    "Job " + "x/" * (1 << 19),
+    "A start job is running for " + "(" * (1 << 20),
+    "IP-Config: " + "x " * (1 << 19),
+)
+
+
+@pytest.mark.parametrize("line", HOSTILE_LINES, ids=["mount", "dhcp", "job", "start-job",
+                                                     "ip-config"])
+def test_a_1mib_console_line_is_judged_at_once(line: str) -> None:
+    """Fed to the judge, then followed by a decisive line: the verdict still comes, and the
+    hostile line took a small fraction of the second the issue allows (a bound for a
+    machine twice as slow and loaded, not a speed figure: the old engine took minutes)."""
+    judge = Judge(started=0.0, timeout=300, stall=45)
+    began = time.perf_counter()
+    assert judge.feed(line, 1.0) is None
+    took = time.perf_counter() - began
+    assert took < 1.0, f"{took:.2f} s for one line"
+    verdict = judge.feed("Kernel panic - not syncing: VFS: Unable to mount root fs", 2.0)
+    assert verdict is not None and verdict.name == "kernel-panic"
+
+
+def test_every_pattern_over_guest_text_is_linear_time() -> None:
+    """The judge's patterns are RE2 patterns (google-re2: linear in the text's length)."""
+    from vlab import cause, sshkeys, watch
+    from vlab.guesttext import Pattern as Linear
+
+    patterns = [p for _name, p in FAILURES] + [p for _name, p in watch.PHASE_LINES] + [
+        watch.PROOF_RE, watch.DHCP_ASKED_RE, watch.ADDRESS_RE, watch.JOB_RE, watch.ANSI,
+        READY_BUSYBOX, READY_SYSTEMD, SYSTEMD_REACHED, watch.FAILED_UNITS_RE, watch.UNIT_RE,
+        sshkeys.HOST_KEY_RE]
+    patterns += [v for v in vars(cause).values() if isinstance(v, re.Pattern | Linear)]
+    assert all(isinstance(p, Linear) for p in patterns), [
+        p.pattern for p in patterns if not isinstance(p, Linear)]
+
+
+def test_a_line_that_never_ends_is_read_in_pieces(tmp_path: Path) -> None:
+    """The follower holds at most LINE_MAX bytes of an unfinished line, and the judge's
+    lines are no longer than that: 8 MiB without a newline cost no 8 MiB string."""
+    from vlab.guesttext import LINE_MAX
+
+    log = tmp_path / "t1.log"
+    log.write_bytes(b"x" * (8 << 20) + b"\nKernel panic - not syncing: x\n")
+    follower = Follower(log)
+    lines: list[str] = []
+    while chunk := follower.lines():
+        lines += chunk
+        assert len(follower.partial) <= LINE_MAX
+    assert all(len(line) <= LINE_MAX for line in lines)
+    assert lines[-1] == "Kernel panic - not syncing: x"
+
+
+def test_escapes_a_guest_prints_reach_the_operator_inert(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """An OSC 52 clipboard write, a terminal reset, a C1 CSI, a BEL, a bidirectional
+    override: in the decisive line vlab prints, and in what `vlab status` prints, each is
+    shown as its escape, none is sent to the terminal."""
+    from vlab.cli import _print_report
+    from vlab.progress import stderr_progress
+
+    hostile = ("mount: mounting x failed: \x1b]52;c;ZXZpbA==\x07 \x1bc \x9b2J \x07 "
+               "\u202eevil\x1b[31m")
+    plan = plan_of("tiny")
+    say_verdicts(plan, {plan.terminals[0]: Verdict("nfs-mount-failed", 1.0, hostile)}, 45,
+                 stderr_progress())
+    _print_report({"lab": "esc", "terminals": [{
+        "name": "t1", "mac": "52:54:00:00:00:01", "ip": "", "state": "running",
+        "verdict": "nfs-mount-failed", "seconds": 1.0, "proof": None, "line": hostile,
+        "console_log": "/x"}]})
+    out, err = capsys.readouterr()
+    for text in (out, err):
+        assert not any(c in text for c in "\x1b\x07\x9b\u202e"), repr(text)
+        assert "\\x1b]52;c;ZXZpbA==\\x07" in text and "\\x1bc" in text, repr(text)
+        assert "\\x9b2J" in text and "\\u202eevil" in text, repr(text)

@@ -6,12 +6,18 @@ out (or None when the servers say nothing the verdict does not)."""
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-MOUNTING_RE = re.compile(r"mount(?:ing)? (?:of )?(?:nfs4?:)?(\d+\.\d+\.\d+\.\d+):(/\S*)")
-TFTP_MISSING_RE = re.compile(r"dnsmasq-tftp\[\d+\]: file (\S+) not found(?: for (\S+))?")
+from vlab.guesttext import pattern
+
+# The console's and dnsmasq's text is guest-influenced (a TFTP file name, a vendor class, a
+# host name): matched in linear time, and a terminal is found by dnsmasq's own fields only,
+# never by a search over text the guest chose.
+MOUNTING_RE = pattern(r"mount(?:ing)? (?:of )?(?:nfs4?:)?(\d+\.\d+\.\d+\.\d+):(/\S*)")
+# dnsmasq's "file NAME not found[ for PEER]": the peer is its last field, after a name the
+# guest chose (which may hold spaces and "for")
+TFTP_MISSING_RE = pattern(r"^file (.+) not found(?: for (\d+\.\d+\.\d+\.\d+))?$")
 
 
 @dataclass(frozen=True)
@@ -34,8 +40,25 @@ def _admitted(ip: str, clients: tuple[str, ...]) -> bool:
 
 
 def _dhcp(mac: str, log: str) -> list[str]:
-    """dnsmasq's DHCP lines about one MAC (its transaction lines carry it)."""
-    return [ln for ln in log.splitlines() if "dnsmasq-dhcp" in ln and mac.lower() in ln.lower()]
+    """dnsmasq's DHCP messages about one MAC: those whose own MAC field is it."""
+    return [m.group(3) for m in map(DNSMASQ_LINE_RE.match, log.splitlines())
+            if m is not None and m.group(2) == "dnsmasq-dhcp" and _about(mac, m.group(3))]
+
+
+def _about(mac: str, text: str) -> bool:
+    """A dnsmasq-dhcp message ("[XID ]DHCPxxx(BRIDGE) [ADDRESS ]MAC ...") is about `mac`."""
+    m = MESSAGE_MAC_RE.match(text)
+    return m is not None and bool(mac) and m.group(1).lower() == mac.lower()
+
+
+def _tftp_missing(log: str) -> list[tuple[str, str]]:
+    """(file, peer) of each TFTP file dnsmasq did not find ("" when it names no peer)."""
+    out = []
+    for m in map(DNSMASQ_LINE_RE.match, log.splitlines()):
+        if m is not None and m.group(2) == "dnsmasq-tftp" and (
+                f := TFTP_MISSING_RE.match(m.group(3))) is not None:
+            out.append((f.group(1), f.group(2) or ""))
+    return out
 
 
 def explain(verdict: str, terminal: Mapping[str, object], facts: Facts) -> str | None:
@@ -70,8 +93,8 @@ def explain(verdict: str, terminal: Mapping[str, object], facts: Facts) -> str |
                     + (f" (dnsmasq: {why.strip()})" if why else ""))
     if verdict == "tftp-file-not-found":
         own = addresses_of(mac, ip, facts.dnsmasq_log)  # a twin's own lease, if unplanned
-        missing = [m.group(1) for m in TFTP_MISSING_RE.finditer(facts.dnsmasq_log)
-                   if not own or not m.group(2) or m.group(2) in own]
+        missing = [name for name, peer in _tftp_missing(facts.dnsmasq_log)
+                   if not own or not peer or peer in own]
         if missing:
             rel = missing[-1]
             if facts.tftp_root and rel.startswith(facts.tftp_root):
@@ -80,15 +103,21 @@ def explain(verdict: str, terminal: Mapping[str, object], facts: Facts) -> str |
     return None
 
 
-DNSMASQ_LINE_RE = re.compile(
+DNSMASQ_LINE_RE = pattern(
     r"^\w{3} [ \d]\d (\d\d:\d\d:\d\d) (dnsmasq-(?:dhcp|tftp))\[\d+\]: (.*)$")
 # what a DHCP transaction gave: its messages, the root path and boot file sent, the next server
-DHCP_KEPT_RE = re.compile(r"DHCP[A-Z]+\(|no address|ignored|next server|bootfile name|"
+DHCP_KEPT_RE = pattern(r"DHCP[A-Z]+\(|no address|ignored|next server|bootfile name|"
                           r"option:\s+(?:17 root-path|67 bootfile)")
 # dnsmasq's OFFER or ACK, from the message's start (a guest's vendor class or name, later in
 # some other line, cannot make one): the address, then the MAC it went to
-LEASE_RE = re.compile(r"(?:\d+ )?DHCP(?:OFFER|ACK)\(\S+\) (\d+\.\d+\.\d+\.\d+) (\S+)")
-TFTP_PEER_RE = re.compile(r" (?:to|for|from) (\d+\.\d+\.\d+\.\d+)\b")
+LEASE_RE = pattern(r"(?:\d+ )?DHCP(?:OFFER|ACK)\(\S+\) (\d+\.\d+\.\d+\.\d+) (\S+)")
+# the MAC a DHCP message is about: dnsmasq writes it right after the message name and the
+# address, if any (a vendor class or a host name holding a MAC is on lines of their own)
+MESSAGE_MAC_RE = pattern(r"(?:\d+ )?DHCP[A-Z]+\(\S+\) (?:\d+\.\d+\.\d+\.\d+ )?"
+                         r"([0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5})(?: |$)")
+# the TFTP peer: dnsmasq's last field ("sent NAME to PEER", "file NAME not found for PEER"),
+# after a file name the guest chose
+TFTP_PEER_RE = pattern(r" (?:to|for|from) (\d+\.\d+\.\d+\.\d+)$")
 MAX_SEEN = 80  # lines per terminal: a PXE boot's DHCP rounds and TFTP files fit
 
 
@@ -125,7 +154,7 @@ def seen_by_servers(mac: str, ip: str, dnsmasq_log: str) -> tuple[str, ...]:
         clock, who, text = m.groups()
         if who == "dnsmasq-dhcp":
             xid, _, rest = text.partition(" ")
-            if mac and mac.lower() in text.lower():
+            if _about(mac, text):
                 xids.add(xid)
                 if (lease := _lease(mac, text)) is not None:
                     addresses.add(lease)  # before the TFTP lines it explains: time order

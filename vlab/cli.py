@@ -17,6 +17,7 @@ from typing import Any
 
 from vlab import __version__, labhost, scenario, state, tftp, virt
 from vlab.errors import BootFailed, Interrupted, UsageError, VlabError
+from vlab.guesttext import inert
 from vlab.lab import nodes
 from vlab.lab import pxe as lab_pxe
 from vlab.lab.artifacts import render_to
@@ -138,9 +139,10 @@ def _print_report(rep: dict[str, Any]) -> None:
               f"{t['state']:<8} {verdict}{secs}")
         if t["proof"]:
             p = t["proof"]
-            print(f"      proof: {p['server']}:{p['export']} {p['fstype']} {p['options']}")
+            print(inert(f"      proof: {p['server']}:{p['export']} {p['fstype']} "
+                        f"{p['options']}"))
         elif t.get("line"):
-            print(f"      decisive line: {t['line']}")
+            print(f"      decisive line: {inert(t['line'])}")
         print(f"      console log: {t['console_log']}")
 
 
@@ -347,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(sys.argv[1:] if argv is None else argv)
     except VlabError as err:
-        print(f"vlab: {err.message()}", file=sys.stderr)
+        # A builder's output or a remote host's answer can be in it: shown inert.
+        print(f"vlab: {inert(err.message())}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("vlab: interrupted; run `vlab down SCENARIO` to remove what was started",
@@ -356,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:  # a bug: never exit 1, which CI reads as "a terminal failed to boot"
         log = _log_traceback()
         kind, value = sys.exc_info()[:2]
-        print(f"vlab: internal error ({kind.__name__ if kind else 'error'}: {value}); this is "
+        print(f"vlab: internal error ({kind.__name__ if kind else 'error'}: "
+              f"{inert(str(value))}); this is "
               f"a bug in vlab, not a verdict; the traceback is in {log}; run `vlab down "
               "SCENARIO` to remove what was started", file=sys.stderr)
         return EXIT_BUG

@@ -9,13 +9,16 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
+from vlab.guesttext import inert
+
 T0 = time.monotonic()  # every progress line counts from the start of the vlab command
 Say = Callable[[str], None]  # how a step tells the user what it does
 
 
 def stderr_progress() -> Say:
     def say(text: str) -> None:
-        print(f"[{time.monotonic() - T0:5.1f}s] {text}", file=sys.stderr, flush=True)
+        # A step's text can carry a guest's or a builder's words: shown, never obeyed.
+        print(f"[{time.monotonic() - T0:5.1f}s] {inert(text)}", file=sys.stderr, flush=True)
 
     return say
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vlab.errors import VlabError
+from vlab.guesttext import pattern
 from vlab.plan import SSH_MARKER
 from vlab.watch import complete_lines
 
@@ -29,8 +30,8 @@ if TYPE_CHECKING:  # paramiko (and what it imports) is loaded only to speak SSH:
 
 KEY_FILE = "id_ed25519"
 ED25519_BLOB_BYTES = 51  # string "ssh-ed25519" (4 + 11) and string key (4 + 32)
-HOST_KEY_RE = re.compile(re.escape(SSH_MARKER) + r" (?P<name>\S+) (?P<type>ssh-ed25519) "
-                         r"(?P<blob>[A-Za-z0-9+/=]+)")
+HOST_KEY_RE = pattern(re.escape(SSH_MARKER) + r" (?P<name>\S+) (?P<type>ssh-ed25519) "
+                      r"(?P<blob>[A-Za-z0-9+/=]+)")
 
 
 class SshError(VlabError):
@@ -81,7 +82,7 @@ def host_key_from_console(console_log: Path) -> paramiko.PKey | None:
     if not found:
         return None
     try:  # the console is the guest's: a blob that is no key is no key, not a crash
-        blob = base64.b64decode(found[-1]["blob"], validate=True)
+        blob = base64.b64decode(found[-1].group("blob"), validate=True)
         if len(blob) != ED25519_BLOB_BYTES:  # paramiko takes a short one
             return None
         return paramiko.Ed25519Key(data=blob)

@@ -16,22 +16,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlab.errors import VlabError
+from vlab.guesttext import LINE_MAX, Pattern, pattern
 from vlab.plan import FAIL_MARKER, MARKER, READY_MARKER
 
 OK = "ok"
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# Terminal escapes the judge reads past: CSI (cursor moves, colours), OSC (titles, clipboard)
+# and the two-character ones.
+ANSI = pattern(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[ -~]")
+# Console bytes read at one poll at most (the rest at the next).
+READ_MAX = 4 << 20
 # What a root's own init says once the terminal is up, by kind of init.
-READY_BUSYBOX = re.compile(re.escape(READY_MARKER))
+READY_BUSYBOX = pattern(re.escape(READY_MARKER))
 # A systemd root is up at the line of the runtime unit the initrd adds (ready.sh.j2): it
 # comes once multi-user.target is reached, also after a getty took the console and systemd
 # prints no more, and it names the units that failed. systemd's own line is provisional: ok
 # at it only if the unit's line does not follow within READY_GRACE s.
-READY_SYSTEMD = re.compile(re.escape(READY_MARKER) + r" \S+ systemd ")
-SYSTEMD_REACHED = re.compile(r"Reached target .*Multi-User System|"
+READY_SYSTEMD = pattern(re.escape(READY_MARKER) + r" \S+ systemd ")
+SYSTEMD_REACHED = pattern(r"Reached target .*Multi-User System|"
                              r"Reached target multi-user\.target")
 READY_GRACE = 20.0
 # What systemd says it waits for, in the status line it redraws in place (no newline).
-JOB_RE = re.compile(r"Job (\S+/\S+) running \(|A (?:start|stop) job is running for (.+?) \(")
+JOB_RE = pattern(r"Job (\S+/\S+) running \(|A (?:start|stop) job is running for (.+?) \(")
 TIMEOUT = "timeout"
 STALLED = "stalled"
 STOPPED = "domain-stopped"  # the domain is no longer running: destroyed, shut off, crashed
@@ -46,7 +51,7 @@ CPU_POLL = 1.0
 STATE_FALLBACK = 5.0
 EVENT_GRACE = 1.0
 
-PROOF_RE = re.compile(
+PROOF_RE = pattern(
     re.escape(MARKER) + r" server=(?P<server>\S*) export=(?P<export>\S*) "
     r"fstype=(?P<fstype>\S+) options=(?P<options>\S+)(?: client=(?P<client>\S+))?"
 )
@@ -54,33 +59,40 @@ PROOF_RE = re.compile(
 # Milestones on the way to the verdict, for the progress board (direct boot, PXE, builders).
 PHASE_LINES = (
     # PXE: the NIC's iPXE, pxelinux, OVMF's own PXE, shim and GRUB (before them: firmware).
-    ("loader", re.compile(r"\biPXE\b|PXELINUX \d|>>Start PXE over IPv4|Welcome to GRUB|"
+    ("loader", pattern(r"\biPXE\b|PXELINUX \d|>>Start PXE over IPv4|Welcome to GRUB|"
                           r"GNU GRUB|Booting from ROM")),
-    ("kernel", re.compile(r"Linux version \d|EFI stub: |Decompressing Linux")),
-    ("initrd", re.compile(r"vlab-initrd: kernel command line|Run /init as init|"
+    ("kernel", pattern(r"Linux version \d|EFI stub: |Decompressing Linux")),
+    ("initrd", pattern(r"vlab-initrd: kernel command line|Run /init as init|"
                           r"Loading, please wait|dracut-|Starting systemd-udevd version")),
-    ("dhcp", re.compile(r"lease of \S+ obtained|\(lease from|IP-Config: \S+ complete|"
+    ("dhcp", pattern(r"lease of \S+ obtained|\(lease from|IP-Config: \S+ complete|"
                         r"dhcp.*(bound|lease)|DHCPACK|dhcp: BOUND")),
     ("nfs-mounted", PROOF_RE),
 )
 # A DHCP client asking for a lease (udhcpc, klibc's ipconfig, dracut's dhclient): silence and
 # an idle vCPU after one, with no lease, is no DHCP server (a lab's answers in milliseconds).
-DHCP_ASKED_RE = re.compile(r"udhcpc: (?:broadcasting|sending) discover|"
+DHCP_ASKED_RE = pattern(r"udhcpc: (?:broadcasting|sending) discover|"
                            r"IP-Config: \S+ hardware address .* DHCP|dhcp: PREINIT")
 
 
 # Where a terminal's console says which address DHCP gave it: vlab's initrd ("vlab-initrd:
 # eth0 is 10.0.1.57/24"), klibc's ipconfig ("address: 10.0.1.57" under initramfs-tools), and
 # the NFSv4 proof line of every builder ("clientaddr=10.0.1.57").
-ADDRESS_RE = re.compile(r"(?:vlab-initrd: \S+ is |^ *address: |clientaddr=)"
-                        r"(\d+\.\d+\.\d+\.\d+)\b", re.MULTILINE)
+ADDRESS_RE = pattern(r"(?m)(?:vlab-initrd: \S+ is |^ *address: |clientaddr=)"
+                        r"(\d+\.\d+\.\d+\.\d+)\b", )
+
+
+# What is read of a console's end for what it said last (its address, its host key).
+TAIL_MAX = 1 << 20
 
 
 def complete_lines(console_log: Path) -> str:
-    """A console log's text up to its last newline ("" if unreadable): the guest may be
-    halfway through a line (an address, a host key), which is not read until it ends."""
+    """The last TAIL_MAX bytes of a console log, up to its last newline ("" if unreadable):
+    the guest may be halfway through a line (an address, a host key), which is not read
+    until it ends."""
     try:
-        data = console_log.read_bytes()
+        with console_log.open("rb") as f:
+            f.seek(max(0, f.seek(0, 2) - TAIL_MAX))
+            data = f.read(TAIL_MAX)
     except OSError:
         return ""
     return data[:data.rfind(b"\n") + 1].decode(errors="replace")
@@ -93,7 +105,7 @@ def address_from_console(console_log: Path) -> str | None:
 
 
 def phase_of(line: str) -> str | None:
-    return next((name for name, pattern in PHASE_LINES if pattern.search(line)), None)
+    return next((name for name, phase in PHASE_LINES if phase.search(line)), None)
 
 
 PHASE_ORDER = [name for name, _pattern in PHASE_LINES]
@@ -105,9 +117,9 @@ def _later(phase: str, than: str) -> bool:
 
 
 # First match wins, so specific causes come before the generic lines that follow them.
-FAILURES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    (name, re.compile(pattern))
-    for name, pattern in (
+FAILURES: tuple[tuple[str, Pattern], ...] = tuple(
+    (name, pattern(regex))
+    for name, regex in (
         # vlab's initrd (busybox mount), dracut's (nfs-utils' mount.nfs) and initramfs-tools'
         # (klibc's nfsmount, which initramfs-tools retries: its first such line decides).
         ("nfs-no-such-export", r"mount: mounting \S+ on \S+ failed: No such file or directory"
@@ -211,10 +223,16 @@ def decide(line: str) -> tuple[str, Proof | None] | None:
     """The verdict a single console line decides, if any."""
     if m := PROOF_RE.search(line):
         return OK, Proof(**m.groupdict())
-    for name, pattern in FAILURES:
-        if pattern.search(line):
+    for name, failure in FAILURES:
+        if failure.search(line):
             return name, None
     return None
+
+
+def clean(raw: bytes) -> str:
+    """One console line as the judge reads it: decoded, escapes and carriage returns gone,
+    at most LINE_MAX characters (the rest of a longer line is dropped)."""
+    return ANSI.sub("", raw[:LINE_MAX].decode(errors="replace")).replace("\r", "")
 
 
 class Follower:
@@ -240,7 +258,7 @@ class Follower:
                 if f.seek(0, 2) < self.offset:  # truncated: a new boot
                     self.offset, self.partial = 0, b""
                 f.seek(self.offset)
-                data = f.read()
+                data = f.read(READ_MAX)
         except FileNotFoundError:
             return []
         self.offset += len(data)
@@ -249,7 +267,10 @@ class Follower:
             self.stamps.write(f"{time.monotonic() - self.started:.2f} {self.offset}\n")
             self.stamps.flush()
         *complete, self.partial = (self.partial + data).split(b"\n")
-        return [ANSI.sub("", raw.decode(errors="replace")).replace("\r", "") for raw in complete]
+        if len(self.partial) > LINE_MAX:  # a line that never ends is read in pieces
+            complete.append(self.partial)
+            self.partial = b""
+        return [clean(raw) for raw in complete]
 
     def close(self) -> None:
         if self.stamps is not None:
@@ -277,9 +298,9 @@ class Judge:
     """
 
     def __init__(self, *, started: float, timeout: float, stall: float,
-                 ready: re.Pattern[str] | None = None, settle: float = 0.0,
+                 ready: Pattern | None = None, settle: float = 0.0,
                  on_phase: Callable[[str], None] | None = None,
-                 almost: re.Pattern[str] | None = None, grace: float = READY_GRACE) -> None:
+                 almost: Pattern | None = None, grace: float = READY_GRACE) -> None:
         self.started, self.timeout, self.stall = started, timeout, stall
         self.ready, self.settle, self.on_phase = ready, settle, on_phase
         self.almost, self.grace = almost, grace
@@ -319,6 +340,7 @@ class Judge:
         self.cpu_sample = (now, seconds)
 
     def feed(self, line: str, now: float) -> Verdict | None:
+        line = line[:LINE_MAX]
         self.last_output = now
         self.tail.append(line)
         self._job(line)
@@ -373,8 +395,8 @@ class Judge:
         return None
 
 
-FAILED_UNITS_RE = re.compile(re.escape(READY_MARKER) + r" \S+ systemd \S+ failed=(\S*)")
-UNIT_RE = re.compile(r"[A-Za-z0-9@._:\\-]{1,256}")
+FAILED_UNITS_RE = pattern(re.escape(READY_MARKER) + r" \S+ systemd \S+ failed=(\S*)")
+UNIT_RE = pattern(r"[A-Za-z0-9@._:\\-]{1,256}")
 
 
 def failed_units(line: str | None) -> list[str]:
@@ -396,13 +418,13 @@ def _state(state: Callable[[], str]) -> str:
 
 
 def watch(console_log: Path, *, started: float, timeout: float, stall: float,
-          ready: re.Pattern[str] | None = None, settle: float = 0.0, poll: float = 0.05,
+          ready: Pattern | None = None, settle: float = 0.0, poll: float = 0.05,
           stop: threading.Event | None = None,
           on_phase: Callable[[str], None] | None = None,
           cpu: Callable[[], float | None] | None = None,
           state: Callable[[], str] | None = None,
           died: Callable[[], str | None] | None = None,
-          almost: re.Pattern[str] | None = None, stamps: Path | None = None) -> Verdict:
+          almost: Pattern | None = None, stamps: Path | None = None) -> Verdict:
     """Follow one console until the judge decides: a decisive line, `stall` s of silence
     with the guest idle (cpu() gives its CPU seconds, None if unknown), the domain no longer
     running, or `timeout` s. died() says how the domain died once a libvirt event said so
@@ -420,10 +442,10 @@ def watch(console_log: Path, *, started: float, timeout: float, stall: float,
 
 
 def _follow(follower: Follower, *, started: float, timeout: float, stall: float,
-            ready: re.Pattern[str] | None, settle: float, poll: float,
+            ready: Pattern | None, settle: float, poll: float,
             stop: threading.Event | None, on_phase: Callable[[str], None] | None,
             cpu: Callable[[], float | None] | None, state: Callable[[], str] | None,
-            died: Callable[[], str | None] | None, almost: re.Pattern[str] | None) -> Verdict:
+            died: Callable[[], str | None] | None, almost: Pattern | None) -> Verdict:
     judge = Judge(started=started, timeout=timeout, stall=stall, ready=ready, settle=settle,
                   on_phase=on_phase, almost=almost)
     sampled = asked = 0.0

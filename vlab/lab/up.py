@@ -4,7 +4,6 @@ the lab host, export the root, define the network, boot the terminals, watch the
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import threading
 import time
@@ -33,6 +32,7 @@ from vlab import (
     virt,
 )
 from vlab.errors import UsageError
+from vlab.guesttext import Pattern
 from vlab.lab import nodes
 from vlab.lab.checks import run_checks
 from vlab.lab.status import report, terminal_address
@@ -430,7 +430,7 @@ def servers_side(plan: LabPlan, verdicts: dict[TerminalPlan, Verdict],
     return out
 
 
-def ready_line(plan: LabPlan) -> re.Pattern[str] | None:
+def ready_line(plan: LabPlan) -> Pattern | None:
     """What the root's own init prints once the terminal is up, by what its init is."""
     if plan.root_source is RootSource.BUSYBOX:
         return READY_BUSYBOX

@@ -1,0 +1,40 @@
+"""Text that a guest, an image or a builder chose: matched in linear time, printed inert.
+
+A console line is whatever the guest's kernel and programs wrote, and a builder's output is
+the image's code talking; neither may stall vlab or reach the operator's terminal as
+anything but characters. Patterns over such text are compiled by RE2 (google-re2), whose
+matching is linear in the length of the text whatever the pattern; Python's `re`
+backtracks, and a few of the judge's patterns took seconds on one long line.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, TypeAlias
+
+import re2
+
+if TYPE_CHECKING:
+    Pattern: TypeAlias = re2._Regexp[str]
+else:
+    Pattern = re2._Regexp
+
+# The longest line the judge and the report read of a console: a guest's longer line is cut
+# (no line vlab decides on is near this long), and a line that never ends is read in pieces.
+LINE_MAX = 16 << 10
+
+# C0 controls but newline and tab, DEL, C1 controls (0x9b is a one-byte CSI), and the
+# Unicode marks that reorder or hide what follows (bidirectional overrides, line and
+# paragraph separators): each is shown by its code, never sent to the terminal.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def pattern(regex: str) -> Pattern:
+    """A pattern for guest text (RE2 syntax: no backreferences, no lookaround)."""
+    return re2.compile(regex)
+
+
+def inert(text: str) -> str:
+    """text with every control character shown as its escape: an escape sequence a guest
+    printed (a clipboard write, a terminal reset, a title) reaches no terminal as one."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
