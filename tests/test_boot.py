@@ -3,12 +3,14 @@ reads the verdict off the real console. Needs root; `make test` and CI run these
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import pty
 import re
 import select
+import shlex
 import signal
 import subprocess
 import sys
@@ -23,7 +25,7 @@ import pytest
 from browser import seen
 from conftest import ROOT
 
-from vlab import cache, initrd, kernel, nfsserver, procs, scenario
+from vlab import cache, firewall, initrd, kernel, nfsserver, procs, scenario
 from vlab.cpio import read_names
 from vlab.lab.claim import plan_for as lab_plan_for
 from vlab.plan import Dirs, LabPlan
@@ -223,9 +225,19 @@ def test_tiny_boots_both_terminals_over_nfs_and_down_leaves_nothing(lab_down) ->
     status = json.loads(vlab("status", "scenarios/tiny.toml", "--json").stdout)
     assert [t["verdict"] for t in status["terminals"]] == ["ok", "ok"]
     assert status["network"] == plan.network and status["nfs_server_pid"]
+    assert status["firewall"] == "in place"
 
     again = vlab("up", "scenarios/tiny.toml")
     assert again.returncode == 0 and "already up" in again.stderr
+    # Someone flushed the lab's firewall rule: status says so, an up puts it back.
+    netns = status["host"].split("network namespace ")[-1].split()[0]
+    rule = next(r for r in firewall.rules(netns) if "vlab lab tiny" in r)
+    subprocess.run(["ip", "netns", "exec", netns, "iptables", "-D", *shlex.split(rule)[1:]],
+                   check=True)
+    assert "firewall rule: missing" in vlab("status", "scenarios/tiny.toml").stdout
+    again = vlab("up", "scenarios/tiny.toml")
+    assert again.returncode == 0 and "firewall rule was gone: put back" in again.stderr
+    assert any("vlab lab tiny" in r for r in firewall.rules(netns))
     # QEMU boots the PVH ELF vlab extracted (its direct entry), not the bzImage.
     for tp in plan.terminals:
         booted = Path(_qemu_argument(tp.domain, "-kernel"))
@@ -235,6 +247,40 @@ def test_tiny_boots_both_terminals_over_nfs_and_down_leaves_nothing(lab_down) ->
     assert down.returncode == 0, down.stderr
     assert leftovers(plan) == []
     assert vlab("down", "scenarios/tiny.toml").returncode == 0  # idempotent
+
+
+def test_a_firewall_rule_that_cannot_be_put_in_place_fails_up_before_anything_answers(
+        tmp_path: Path, lab_down) -> None:  # type: ignore[no-untyped-def]
+    """iptables refuses the lab's rule (a recording fake at the program seam, in PATH: it
+    refuses vlab's INPUT rule and passes everything else to the real iptables, libvirt's
+    own rules included): vlab up exits 3 naming it, before the NFS server, the network or a
+    guest was started, and vlab down leaves nothing."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "iptables").write_text(
+        '#!/bin/sh\ncase "$*" in *"-I INPUT"*"vlab lab one"*) '
+        'echo "iptables: refused by the test" >&2; exit 4;; esac\nexec /usr/sbin/iptables "$@"\n')
+    (fake / "iptables").chmod(0o755)
+    lab_down.append("tests/scenarios/one.toml")
+    plan = plan_for("tests/scenarios/one.toml")
+    proc = subprocess.run([*VLAB, "up", "tests/scenarios/one.toml"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"})
+    assert proc.returncode == 3, proc.stderr
+    assert "refused by the test" in proc.stderr and "firewall" in proc.stderr, proc.stderr
+    assert "export: nfs-ganesha" not in proc.stderr and "boot t1" not in proc.stderr
+    assert not any(str(plan.lab_dir) in p for p in _commands()), "something of the lab runs"
+    down = vlab("down", "tests/scenarios/one.toml")
+    assert down.returncode == 0, down.stderr
+    assert leftovers(plan) == []
+
+
+def _commands() -> list[str]:
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+    return out
 
 
 def test_wrong_export_fails_with_the_nfs_verdict_not_the_timeout(lab_down) -> None:  # type: ignore[no-untyped-def]

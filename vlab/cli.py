@@ -129,7 +129,11 @@ def _print_report(rep: dict[str, Any]) -> None:
         print(f"  {rep['host']}")
         pid = rep.get("nfs_server_pid")
         print(f"  network: {rep.get('network') or 'down'}, "
-              f"NFS server: {f'pid {pid}' if pid else 'down'}")
+              f"NFS server: {f'pid {pid}' if pid else 'down'}"
+              + (f", firewall rule: {rep['firewall']}" if "firewall" in rep else ""))
+        if rep.get("firewall") == "missing":
+            print(f"  the lab's firewall rule is missing: its servers answer the LAN; fix: vlab "
+                  f"up {rep['scenario']} puts it back")
     for name, why in rep.get("unreachable", {}).items():
         print(f"  host {name}: does not answer ({why})")
     for t in rep["terminals"]:

@@ -15,6 +15,7 @@ its NFS server at the bridge's address from outside the bridge (docs/security.md
 from __future__ import annotations
 
 from vlab import run
+from vlab.errors import HostError
 from vlab.plan import LabPlan
 
 
@@ -29,12 +30,31 @@ def _with(rule: list[str], op: str) -> list[str]:
     return [op if word == "{op}" else word for word in rule]
 
 
-def guard(plan: LabPlan, netns: str | None, ipv6: bool) -> None:
-    """Add the lab's rules (once: a second up adds nothing); the IPv6 one if its network
-    has IPv6."""
+def guard(plan: LabPlan, netns: str | None, ipv6: bool) -> bool:
+    """Put the lab's rules in place (the IPv6 one if its network has IPv6) before anything
+    of the lab answers, and check they are; True if one was missing (a second up adds
+    nothing; an up of a lab that is up puts back a rule someone removed). A rule that cannot
+    be put in place fails the command: a lab is never up without it."""
+    added = False
     for rule in _rules(plan)[:2 if ipv6 else 1]:
-        if run.run(_with(rule, "-C"), netns=netns, check=False).returncode != 0:
-            run.run(_with(rule, "-I"), netns=netns, hint="the lab host's firewall")
+        if _present(rule, netns):
+            continue
+        run.run(_with(rule, "-I"), netns=netns, hint="the lab host's firewall (iptables)")
+        added = True
+        if not _present(rule, netns):
+            raise HostError(f"the firewall rule of lab {plan.lab} ({' '.join(rule[3:])}) is "
+                            "not in the INPUT chain after adding it; nothing of the lab was "
+                            "started; fix: check iptables -S INPUT on the lab host")
+    return added
+
+
+def missing(plan: LabPlan, netns: str | None) -> bool:
+    """The lab's IPv4 rule (every lab with an NFS namespace has one) is not in place."""
+    return not _present(_rules(plan)[0], netns)
+
+
+def _present(rule: list[str], netns: str | None) -> bool:
+    return run.run(_with(rule, "-C"), netns=netns, check=False).returncode == 0
 
 
 def unguard(plan: LabPlan, netns: str | None) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlab import labhost, nfsserver, state, virt
+from vlab import firewall, labhost, nfsserver, state, virt
 from vlab.errors import VirtError
 from vlab.lab import nodes
 from vlab.plan import LabPlan, TerminalPlan
@@ -67,6 +67,9 @@ def status(plan: LabPlan) -> dict[str, Any]:
     out["host"] = host.describe()
     out["network"] = plan.network if conn and virt.network_active(conn, plan.network) else None
     out["nfs_server_pid"] = nfsserver.pid(plan)
+    if out["network"] and plan.nfs_netns is not None:
+        # without it the lab's servers answer the LAN (firewall.py); vlab up puts it back
+        out["firewall"] = "missing" if firewall.missing(plan, host.netns) else "in place"
     if unreachable:
         out["unreachable"] = unreachable
     return out

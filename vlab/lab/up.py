@@ -92,10 +92,9 @@ def _boot(scenario: Scenario, plan: LabPlan, dirs: Dirs, k: kernel.Kernel, img: 
     if all(virt.domain_state(conns[t.node], t.domain) == "running" for t in plan.terminals):
         return already_up(plan, dirs, netns, conns, say)
     tftp_root = write_lab_tftp_tree(scenario, plan, k, img, say)
+    guard_lab(plan, netns, ipv6=tftp_root is not None)  # before anything of it answers
     export_nfs_root(plan, dirs, netns)  # starts while the network is defined
     define_network(plan, conns[LOCAL], say, tftp_root)
-    if plan.nfs_netns is not None:  # else other hosts' terminals reach its server at .1
-        firewall.guard(plan, netns, ipv6=tftp_root is not None)
     join_lab_network(plan, netns)
     ship_boot_files(plan, k, say)
     create_terminals(plan, conns)
@@ -106,6 +105,15 @@ def _boot(scenario: Scenario, plan: LabPlan, dirs: Dirs, k: kernel.Kernel, img: 
     state.update(plan.lab_dir, status="up", artifacts=artifact_digests(plan))
     save_results(plan, started, verdicts, checks)
     return report(plan, conns)
+
+
+def guard_lab(plan: LabPlan, netns: str | None, ipv6: bool) -> bool:
+    """The lab's firewall rule (firewall.py; vlab down removes it whatever happened); True
+    if it was missing. A lab with other hypervisor hosts has none: their terminals reach its
+    NFS server at the bridge's address from outside it."""
+    if plan.nfs_netns is None:
+        return False
+    return firewall.guard(plan, netns, ipv6)
 
 
 def artifact_digests(plan: LabPlan) -> dict[str, str]:
@@ -129,6 +137,8 @@ def already_up(plan: LabPlan, dirs: Dirs, netns: str | None, conns: dict[str, vi
                              + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
                              + f" would change; fix: vlab down {plan.scenario}, then vlab up "
                              "again (vlab does not change a lab under running terminals)")
+    if guard_lab(plan, netns, ipv6=plan.tftp_root.is_dir()):
+        say(f"lab {plan.lab} is up, but its firewall rule was gone: put back")
     if nfsserver.pid(plan) is None:
         say(f"lab {plan.lab} is up, but its NFS server is gone: starting it again")
         export_nfs_root(plan, dirs, netns)
