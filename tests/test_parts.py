@@ -203,3 +203,38 @@ def test_a_dependency_chain_deeper_than_any_kernel_is_refused_not_a_crash(tmp_pa
         f"kernel/m{i}.ko: kernel/m{i + 1}.ko\n" for i in range(n)) + f"kernel/m{n}.ko:\n")
     with pytest.raises(BadModulesDep, match="nests dependencies deeper"):
         ModuleIndex.load(tmp_path).load_order(["m0"])
+
+
+# Issue 27, finding 3: the module folder's files were read through their symlinks.
+@pytest.mark.parametrize("name", ["modules.dep", "modules.builtin", "modules.softdep",
+                                  "modules.alias"])
+def test_a_module_index_that_is_a_symlink_or_a_device_is_refused(tmp_path: Path,
+                                                                   name: str) -> None:
+    """Linked to a host file, its content never reaches a message; linked to /dev/zero,
+    it is not read without end; a FIFO does not hang."""
+    secret = tmp_path / "host-secret"
+    secret.write_text("kernel/HOST-SECRET.ko:\n")
+    folder = tmp_path / "6.1.0-test"
+    folder.mkdir()
+    (folder / "modules.dep").write_text("kernel/fs/nfs/nfs.ko:\n")
+    for target in (secret, Path("/dev/zero")):
+        (folder / name).unlink(missing_ok=True)
+        (folder / name).symlink_to(target)
+        with pytest.raises(BadModulesDep, match=f"{name} .*cannot be read: a symlink") as err:
+            ModuleIndex.load(folder)
+        assert "HOST-SECRET" not in str(err.value)
+    (folder / name).unlink()
+    os.mkfifo(folder / name)
+    with pytest.raises(BadModulesDep, match="not a regular file"):
+        ModuleIndex.load(folder)
+
+
+def test_a_module_index_larger_than_any_kernels_is_refused(tmp_path: Path) -> None:
+    from vlab.kmod import MAX_INDEX
+
+    folder = tmp_path / "6.1.0-test"
+    folder.mkdir()
+    with (folder / "modules.dep").open("wb") as f:
+        f.truncate(MAX_INDEX + 1)  # sparse: no disk, but that many bytes to read
+    with pytest.raises(BadModulesDep, match="larger than 32 MiB"):
+        ModuleIndex.load(folder)

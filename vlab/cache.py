@@ -94,10 +94,14 @@ def open_regular(src: Path, what: str) -> Iterator[io.BufferedReader]:
         yield f
 
 
-def copy_regular(src: Path, dst: Path, what: str) -> None:
-    """Copy src only if it is a regular file (open_regular)."""
-    with open_regular(src, what) as f, dst.open("wb") as out:
-        shutil.copyfileobj(f, out)
+def copy_regular(src: Path, dst: Path, what: str, limit: int | None = None) -> None:
+    """Copy src only if it is a regular file (open_regular) of at most `limit` bytes."""
+    with open_regular(src, what) as f:
+        if limit is not None and os.fstat(f.fileno()).st_size > limit:
+            raise HostError(f"{what} ({src}) is larger than {limit >> 20} MiB; vlab copies "
+                            "no more of an untrusted tree")
+        with dst.open("wb") as out:
+            shutil.copyfileobj(f, out)
 
 
 LEFTOVER_RE = re.compile(r"^\..+\.(tmp|old)-(\d+)$")

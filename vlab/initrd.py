@@ -6,11 +6,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from vlab import busybox, cache, render
+from vlab import busybox, cache, mounts, render
 from vlab.cpio import Archive
 from vlab.errors import HostError, ScenarioError
 from vlab.kernel import Kernel
-from vlab.kmod import BadModulesDep, ModuleIndex, ModuleNotFound, plain_bytes, plain_path
+from vlab.kmod import (
+    MAX_MODULE,
+    BadModulesDep,
+    ModuleIndex,
+    ModuleNotFound,
+    plain_bytes,
+    plain_path,
+)
 from vlab.plan import LabPlan
 from vlab.scenario.model import NfsVersion, Writable
 
@@ -54,8 +61,7 @@ def module_bytes(kernel: Kernel, module: str) -> bytes:
     if not resolved.startswith(top + "/"):
         raise HostError(f"{folder / module} leads out of {folder}; fix: a module must be a "
                         "regular file inside the kernel's module folder")
-    with cache.open_regular(Path(resolved), f"the module {folder / module}") as f:
-        return f.read()
+    return mounts.read_regular(Path(resolved), MAX_MODULE, f"the module {folder / module}")
 
 
 def contents(kernel: Kernel, plan: LabPlan) -> Archive:

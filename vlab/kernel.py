@@ -35,6 +35,8 @@ class Kernel:
         return str(self.vmlinuz.parent)
 
 
+MAX_KERNEL = 256 << 20  # a root's bzImage (Debian's: ~8 MiB)
+
 # apt's answer can only change when one of these changes.
 APT_STATE = (Path("/var/lib/apt/lists"), Path("/var/cache/apt/pkgcache.bin"),
              Path("/etc/apt/preferences.d"), Path("/etc/apt/sources.list.d"),
@@ -143,7 +145,8 @@ def from_root(root: Path, wanted: str | None, cache_dir: Path, scenario: Path) -
     with cache.scratch(cache_dir / "kernels") as scratch:
         # Copied once, never through a link, then digested: a FIFO or a device cannot
         # hang vlab or land in the cache (the root is untrusted).
-        cache.copy_regular(src, scratch / "vmlinuz", what=f"the root's kernel {src}")
+        cache.copy_regular(src, scratch / "vmlinuz", what=f"the root's kernel {src}",
+                           limit=MAX_KERNEL)
         digest = cache.file_digest(scratch / "vmlinuz")
         final = cache_dir / "kernels" / f"root-{release}-{digest[:16]}"
         if not (final / "vmlinuz").exists():

@@ -8,9 +8,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vlab.errors import HostError
+from vlab.mounts import read_regular
+
 _CONTROL_OR_SPACE = re.compile(r"[\x00-\x20]")
 COMPRESSED = (".xz", ".zst", ".gz")
 MAX_MODULE = 64 << 20  # bytes a module may decompress to (the largest in Debian's: ~10 MiB)
+MAX_INDEX = 32 << 20  # bytes of modules.dep, .builtin, .softdep, .alias (Debian's: < 2 MiB)
 
 
 class ModuleNotFound(Exception):
@@ -31,6 +35,19 @@ def _checked(path: str, line_no: int) -> str:
         raise BadModulesDep(f"modules.dep line {line_no} names {path!r}: a module path must "
                             "be relative to the kernel's module folder, without ..")
     return path
+
+
+def _exists(path: Path) -> bool:
+    """There is something at path, a symlink included (which _index then refuses)."""
+    return path.is_symlink() or path.exists()
+
+
+def _index(path: Path) -> str:
+    """One of the module folder's index files: a regular file, bounded (mounts.read_regular)."""
+    try:
+        return read_regular(path, MAX_INDEX, path.name).decode(errors="replace")
+    except HostError as err:
+        raise BadModulesDep(str(err)) from None
 
 
 def _norm(name: str) -> str:
@@ -102,7 +119,7 @@ class ModuleIndex:
     def load(cls, modules_dir: Path) -> ModuleIndex:
         deps: dict[str, tuple[str, ...]] = {}
         by_name: dict[str, str] = {}
-        text = (modules_dir / "modules.dep").read_text(errors="replace")
+        text = _index(modules_dir / "modules.dep")
         for line_no, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
@@ -112,8 +129,7 @@ class ModuleIndex:
             by_name[_name(path)] = path
         builtin_file = modules_dir / "modules.builtin"
         builtin = frozenset(
-            _name(p) for p in (builtin_file.read_text().split() if builtin_file.exists() else [])
-        )
+            _name(p) for p in (_index(builtin_file).split() if _exists(builtin_file) else []))
         return cls(release=modules_dir.name, deps=deps, by_name=by_name, builtin=builtin,
                    softdeps=_softdeps(modules_dir / "modules.softdep"),
                    aliases=_aliases(modules_dir / "modules.alias"))
@@ -166,9 +182,9 @@ def _softdeps(path: Path) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
     """modules.softdep: `softdep MODULE pre: A B post: C` lines (depmod writes them from the
     modules' own softdep tags); anything else in the file is ignored, as modprobe does."""
     found: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
-    if not path.is_file():
+    if not _exists(path):
         return found
-    for line in path.read_text(errors="replace").splitlines():
+    for line in _index(path).splitlines():
         words = line.split()
         if len(words) < 3 or words[0] != "softdep":
             continue
@@ -189,9 +205,9 @@ def _aliases(path: Path) -> dict[str, str]:
     """modules.alias's plain names (`alias crc32c crc32c_generic`), the way a softdep names a
     module; the wildcard aliases (device ids) are not needed to load named modules."""
     found: dict[str, str] = {}
-    if not path.is_file():
+    if not _exists(path):
         return found
-    for line in path.read_text(errors="replace").splitlines():
+    for line in _index(path).splitlines():
         words = line.split()
         if len(words) == 3 and words[0] == "alias" and re.fullmatch(r"[A-Za-z0-9_-]+", words[1]):
             found.setdefault(_norm(words[1]), _norm(words[2]))
