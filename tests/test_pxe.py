@@ -4,6 +4,7 @@ the proof: virtual twins PXE-boot through the very files vlab wrote."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -469,4 +470,20 @@ def test_a_manifest_vlab_cannot_trust_is_named_and_nothing_is_removed(
     with pytest.raises(UsageError, match="is not a manifest vlab can trust"):
         tftp.write_tree(root, {"pxelinux.cfg/01-aa": "a\n"}, {})
     assert victim.read_text() == "precious\n"
+    assert sorted(p.name for p in root.iterdir()) == [tftp.MANIFEST]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink-to-dev-zero"])
+def test_a_manifest_that_is_a_fifo_or_a_device_link_is_named_not_read(
+        tmp_path: Path, kind: str) -> None:
+    """Issue 27, finding 10: a FIFO named like the manifest hung `vlab pxe`; a link to
+    /dev/zero would read without end. Neither is opened for reading."""
+    root = tmp_path / "tftp"
+    root.mkdir()
+    if kind == "fifo":
+        os.mkfifo(root / tftp.MANIFEST)
+    else:
+        (root / tftp.MANIFEST).symlink_to("/dev/zero")
+    with pytest.raises(UsageError, match="is not a manifest vlab can trust"):
+        tftp.write_tree(root, {"pxelinux.cfg/01-aa": "a\n"}, {})
     assert sorted(p.name for p in root.iterdir()) == [tftp.MANIFEST]

@@ -1,4 +1,5 @@
-"""Text that a guest, an image or a builder chose: matched in linear time, printed inert.
+"""Text that a guest, an image or a builder chose: read bounded, matched in linear time,
+printed inert.
 
 A console line is whatever the guest's kernel and programs wrote, and a builder's output is
 the image's code talking; neither may stall vlab or reach the operator's terminal as
@@ -10,6 +11,7 @@ backtracks, and a few of the judge's patterns took seconds on one long line.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
 import re2
@@ -27,6 +29,14 @@ LINE_MAX = 16 << 10
 # Unicode marks that reorder or hide what follows (bidirectional overrides, line and
 # paragraph separators): each is shown by its code, never sent to the terminal.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def tail(path: Path, limit: int) -> bytes:
+    """The last `limit` bytes of a log a guest wrote (a console, dnsmasq's log): never more
+    in memory, however much the guest printed. OSError if it cannot be read."""
+    with path.open("rb") as f:
+        f.seek(max(0, f.seek(0, 2) - limit))
+        return f.read(limit)
 
 
 def pattern(regex: str) -> Pattern:

@@ -7,6 +7,8 @@ from typing import Any
 
 from lxml import etree
 
+from vlab.guesttext import tail
+
 MAX_LOG = 200_000  # characters of console log kept in system-out
 
 
@@ -50,7 +52,7 @@ def report_to_junit(rep: dict[str, Any]) -> str:
 
 def _console(path: str) -> str:
     try:
-        text = Path(path).read_text(errors="replace")
+        text = tail(Path(path), 4 * MAX_LOG).decode(errors="replace")
     except OSError:
         return ""
     return _xml_text(text)[-MAX_LOG:]

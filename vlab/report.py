@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vlab import render
+from vlab.guesttext import tail
 from vlab.watch import ANSI, OK, phase_of
 
 # The first stretch, before the console shows anything vlab knows: firmware (and, with direct
@@ -63,7 +64,7 @@ def _console(name: str, path: str, decisive: str) -> str:
     marked and each phase's first line an anchor (the guest wrote it all: escaped, never
     markup)."""
     try:
-        data = Path(path).read_bytes()
+        data = tail(Path(path), MAX_CONSOLE + 1)
     except OSError:
         return "(no console log)"
     folded = len(data) > MAX_CONSOLE

@@ -15,7 +15,8 @@ chroot is no boundary for root, and an image's builder is the image's code. vlab
   clean environment, a session of its own (no TIOCSTI into vlab's terminal), a process
   limit, and a seccomp filter (SECCOMP_DENIED) that refuses with EPERM what no builder needs:
   file handles (the call that reads any inode of a filesystem by number), mount calls,
-  ptrace, new namespaces, kexec, bpf, keyrings, module loading and the like;
+  ptrace, new namespaces, kexec, bpf, keyrings, module loading and the like; chown succeeds
+  and does nothing (CHOWN_CALLS: the owners a builder copies never reach its archive);
 - copies back out of the tmpfs the file named by --keep (a regular file, size-capped, never
   through a symlink) into SCRATCH, and returns the builder's exit status.
 
@@ -34,7 +35,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vlab.mounts import inside, mounted_under
+from vlab.mounts import mounted_under
 
 CLONE_NEWNS = 0x00020000
 MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 32, 4096, 16384, 1 << 18
@@ -66,6 +67,7 @@ SECCOMP_DENIED = (
     "lookup_dcookie", "uselib", "vhangup", "settimeofday", "clock_settime", "adjtimex",
     "clock_adjtime", "sethostname", "setdomainname",
 )
+CHOWN_CALLS = ("chown", "fchown", "lchown", "fchownat")
 CLONE_NAMESPACES = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000,
                     0x40000000, 0x00000080)  # NEWNS, NEWCGROUP, UTS, IPC, USER, PID, NET, TIME
 TIOCSTI, TIOCLINUX = 0x5412, 0x541C
@@ -100,6 +102,12 @@ def seccomp_filter() -> int:
     for flag in CLONE_NAMESPACES:
         f.add_rule(denied, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
     f.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+    # A builder copies files with their owners (cp -a); in its user namespace only its own
+    # uid exists, so chown fails with EINVAL and the builder stops. The owners never matter:
+    # initramfs-tools and dracut write the archive as root:root (cpio -R 0:0). So chown
+    # succeeds without doing anything (as under fakeroot), with no capability handed back.
+    for name in CHOWN_CALLS:
+        f.add_rule(seccomp.ERRNO(0), name)
     for request in (TIOCSTI, TIOCLINUX):
         f.add_rule(denied, "ioctl", seccomp.Arg(1, seccomp.MASKED_EQ, 0xFFFFFFFF, request))
     fd = os.memfd_create("vlab-seccomp", 0)
@@ -121,9 +129,14 @@ def _image_boot(point: str) -> bool:
 
 
 def _is_folder(root: Path, rel: str) -> bool:
-    """A real folder of the root (a symlink cannot aim a mount at the host)."""
-    target = inside(root, rel)
-    return target.is_dir() and not target.is_symlink()
+    """A real folder of the root, no symlink on the way (bubblewrap would follow one out of
+    the root: Debian's /var/lock is a link to /run/lock)."""
+    path = root
+    for part in rel.split("/"):
+        path = path / part
+        if path.is_symlink() or not path.is_dir():
+            return False
+    return True
 
 
 def _leave_out_tree_mounts(root: Path) -> None:

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlab import cache
+from vlab import cache, mounts
 from vlab.errors import HostError, MissingTool, UsageError
 
 MANIFEST = ".vlab-manifest.json"
+MANIFEST_MAX = 256 << 20  # a 10,000-host tree's manifest is ~4 MiB
 SYSLINUX = {
     "pxelinux.0": (Path("/usr/lib/PXELINUX/pxelinux.0"), "pxelinux"),
     "ldlinux.c32": (Path("/usr/lib/syslinux/modules/bios/ldlinux.c32"), "syslinux-common"),
@@ -103,9 +104,11 @@ def _load_manifest(root: Path) -> tuple[dict[str, str], dict[str, list[Any]]]:
     fix = (f"if vlab did not write {path}, move it away; else remove it, and vlab treats every "
            "file in the tree as not its own")
     try:
-        if path.is_symlink():
-            raise ValueError("it is a symlink")
-        loaded = json.loads(path.read_text())
+        try:  # never through a symlink, never a FIFO (which would hang), bounded
+            text = mounts.read_regular(path, MANIFEST_MAX, "the manifest")
+        except HostError as err:
+            raise ValueError(str(err).split("; fix:")[0]) from None
+        loaded = json.loads(text)
         files, groups = loaded["files"], loaded["groups"]
         if not (isinstance(files, dict) and isinstance(groups, dict)):
             raise ValueError("files and groups must be objects")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlab.errors import VlabError
-from vlab.guesttext import LINE_MAX, Pattern, pattern
+from vlab.guesttext import LINE_MAX, Pattern, pattern, tail
 from vlab.plan import FAIL_MARKER, MARKER, READY_MARKER
 
 OK = "ok"
@@ -90,9 +90,7 @@ def complete_lines(console_log: Path) -> str:
     the guest may be halfway through a line (an address, a host key), which is not read
     until it ends."""
     try:
-        with console_log.open("rb") as f:
-            f.seek(max(0, f.seek(0, 2) - TAIL_MAX))
-            data = f.read(TAIL_MAX)
+        data = tail(console_log, TAIL_MAX)
     except OSError:
         return ""
     return data[:data.rfind(b"\n") + 1].decode(errors="replace")

@@ -32,7 +32,7 @@ from vlab import (
     virt,
 )
 from vlab.errors import UsageError
-from vlab.guesttext import Pattern
+from vlab.guesttext import Pattern, tail
 from vlab.lab import nodes
 from vlab.lab.checks import run_checks
 from vlab.lab.status import report, terminal_address
@@ -422,7 +422,7 @@ def servers_side(plan: LabPlan, verdicts: dict[TerminalPlan, Verdict],
     """Each verdict with what the lab's servers saw of its terminal (its DHCP and TFTP
     lines) and, for a failure the servers saw too, its cause (cause.py)."""
     try:
-        log = plan.dnsmasq_log.read_text(errors="replace")[-(4 << 20):]
+        log = tail(plan.dnsmasq_log, 4 << 20).decode(errors="replace")
     except OSError:
         log = ""
     lab = cause.Facts(export_path=str(plan.export_path),
