@@ -31,7 +31,6 @@ import errno
 import os
 import resource
 import stat
-import subprocess
 import sys
 from pathlib import Path
 
@@ -247,12 +246,18 @@ def run_sandboxed(root: Path, scratch: Path, command: list[str], keep: str | Non
     os.set_inheritable(seccomp_fd, True)
     argv = bwrap_argv(root, command, seccomp_fd=seccomp_fd)
     resource.setrlimit(resource.RLIMIT_NPROC, (NPROC, NPROC))
-    try:
-        code = subprocess.run(argv, pass_fds=(seccomp_fd,),
-                              stdin=subprocess.DEVNULL).returncode
-    except FileNotFoundError as err:
-        raise SandboxError(f"{err.filename} not found; fix: apt-get install bubblewrap "
-                           "util-linux") from None
+    # The launcher is itself the program vlab.run started: it forks and execs, as a shell
+    # would, so that it can copy the result out of the tmpfs after (only the seccomp fd is
+    # inheritable; Python opens every other fd close-on-exec).
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.execvp(argv[0], argv)
+        except OSError as err:
+            print(f"vlab sandbox: {argv[0]}: {err.strerror}; fix: apt-get install bubblewrap "
+                  "util-linux", file=sys.stderr)
+        os._exit(SETUP_FAILED)
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     if code == 0 and keep is not None:
         try:
             _copy_file(tmp, host_scratch, keep, 0o644)
