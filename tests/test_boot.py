@@ -356,9 +356,50 @@ def test_nfs3_terminal_mounts_through_the_labs_own_rpcbind_which_goes_with_down(
     assert procs.netns_of(rpcbind) == procs.netns_of(nfsserver.pid(plan) or 0) \
         != procs.netns_of(1)
     assert not (Dirs.from_env().state / "rpcbind.pid").exists()  # the machine's: not used
+    forged_handles_reach_nothing_outside_the_export(plan)
     assert vlab("down", "scenarios/nfs3.toml").returncode == 0
     assert leftovers(plan) == []
     assert not procs.alive(rpcbind) and not Path(f"/run/netns/{plan.nfs_netns}").exists()
+
+
+def _inode(path: Path) -> list[str]:
+    """A file's inode and generation (FS_IOC_GETVERSION), as its ext4 handle names them."""
+    import fcntl
+    import struct
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        generation = struct.unpack("l", fcntl.ioctl(fd, 0x80087601, b"\0" * 8))[0]
+        return [str(os.fstat(fd).st_ino), str(generation)]
+    finally:
+        os.close(fd)
+
+
+def forged_handles_reach_nothing_outside_the_export(plan: LabPlan) -> None:
+    """Issue 27, finding 9, as an attacker on the lab network (in the lab host's namespace,
+    an address of the lab's subnet): the export's own handle with the kernel's ext4 handle
+    in it replaced by that of a folder and a file of the machine's filesystem (where vlab's
+    roots lie), and of /etc/shadow, claiming group 42 over AUTH_SYS; over NFSv3 (READDIR,
+    READ) and NFSv4.0 (PUTFH, LOOKUP). On the old layout each reached the machine's files;
+    the export is now an image of its own (exportfs.py), where those inodes are not them."""
+    secret = "vlab-host-secret-" + os.urandom(8).hex()
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as folder:
+        os.chmod(folder, 0o755)
+        (Path(folder) / "host-secret").write_text(secret + "\n")
+        (Path(folder) / "host-secret").chmod(0o644)
+        ran = subprocess.run(
+            ["ip", "netns", "exec", plan.netns or "", sys.executable,
+             str(ROOT / "tests/nfsforge.py"), plan.nfs_address, str(plan.nfs_port),
+             str(plan.mount_port), str(plan.export_path), *_inode(Path(folder)),
+             *_inode(Path(folder) / "host-secret"), *_inode(Path("/etc/shadow")), secret],
+            capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0, ran.stderr
+    seen = json.loads(ran.stdout)
+    assert set(seen["export_names"]) - {".", ".."} == set(os.listdir(plan.export_path))
+    assert "host-secret" not in seen["folder"]["names"], seen
+    assert not seen["file"]["secret"], seen
+    assert seen["shadow"]["status"] != 0 and seen["shadow"]["bytes"] == 0, seen
+    assert seen["v4"]["export"] == 0 and seen["v4"]["folder"] != 0, seen["v4"]
 
 
 def console(terminal: str, path: str, command: str, timeout: float = 60) -> str:

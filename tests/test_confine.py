@@ -14,9 +14,9 @@ from vlab.confine import SETUP_FAILED, mount_points
 
 
 def _inside(server: Path, export: Path, script: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vlab.confine", str(server), "", str(export),
-                           "--", "sh", "-c", script], capture_output=True, text=True,
-                          timeout=30)
+    return subprocess.run([sys.executable, "-m", "vlab.confine", "--readonly", str(server), "",
+                           str(export), "--", "sh", "-c", script], capture_output=True,
+                          text=True, timeout=30)
 
 
 def test_only_the_server_folder_and_its_own_tmp_are_writable(tmp_path: Path) -> None:
@@ -64,3 +64,61 @@ def test_mount_points_decode_the_kernel_escapes() -> None:
             "40 22 0:30 / /media/My\\040Disk rw - vfat /dev/sdb1 rw\n"
             "41 22 0:31 / /srv/tab\\011and\\134slash rw - tmpfs none rw\n")
     assert mount_points(info) == ["/", "/media/My Disk", "/srv/tab\tand\\slash"]
+
+
+def _mount_of(path: Path, mountinfo: str) -> tuple[str, str]:
+    """(options, filesystem type) of the last mount at path in a mountinfo text."""
+    found = ("", "")
+    for line in mountinfo.splitlines():
+        fields = line.split(" ")
+        if len(fields) > 6 and fields[4] == str(path):
+            found = (fields[5], fields[fields.index("-") + 1])
+    return found
+
+
+def test_the_read_only_remount_keeps_nosuid_nodev_noexec(tmp_path: Path) -> None:
+    """Issue 27: remounting a bind read-only dropped the export's nosuid, nodev, noexec."""
+    server, export = tmp_path / "srv", tmp_path / "export"
+    server.mkdir()
+    export.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "nosuid,nodev,noexec", "x", str(export)],
+                   check=True)
+    try:
+        ran = _inside(server, export, "cat /proc/self/mountinfo")
+    finally:
+        subprocess.run(["umount", str(export)], check=True)
+    assert ran.returncode == 0, ran
+    options, _fstype = _mount_of(export, ran.stdout)
+    assert set(options.split(",")) >= {"ro", "nosuid", "nodev", "noexec"}, options
+
+
+def test_the_export_image_is_mounted_over_the_root_in_its_namespace_only(
+        tmp_path: Path) -> None:
+    """With --image the export is the image's own filesystem (nosuid, nodev, noexec), its
+    files where the root's were; the machine sees no mount, and no loop device stays."""
+    server, export, tree = tmp_path / "srv", tmp_path / "root", tmp_path / "tree"
+    for folder in (server, export, tree):
+        folder.mkdir()
+    (export / "on-the-host").write_text("the folder itself\n")
+    (tree / "in-the-image").write_text("the image\n")
+    image = tmp_path / "export.ext4"
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-d", str(tree),
+                    str(image), "8M"], check=True)
+    before = Path("/proc/self/mountinfo").read_text()
+    ran = subprocess.run([sys.executable, "-m", "vlab.confine", "--image", str(image),
+                          str(server), "", str(export), "--", "sh", "-c",
+                          f"ls {export}; cat /proc/self/mountinfo"],
+                         capture_output=True, text=True, timeout=30)
+    assert ran.returncode == 0, ran
+    assert "in-the-image" in ran.stdout and "on-the-host" not in ran.stdout, ran.stdout
+    options, fstype = _mount_of(export, ran.stdout)
+    assert fstype == "ext4" and set(options.split(",")) >= {"nosuid", "nodev", "noexec"}
+    assert Path("/proc/self/mountinfo").read_text() == before
+    for _ in range(50):  # the kernel frees an autoclear loop device as the mount goes
+        attached = subprocess.run(["losetup", "-j", str(image)], capture_output=True,
+                                  text=True).stdout
+        if not attached:
+            break
+        import time
+        time.sleep(0.1)
+    assert attached == ""

@@ -151,3 +151,41 @@ def test_partitions_of_raw_and_qcow2_images_mount_read_only_and_go_with_release(
         assert mounts.loops_of(attached) == []
     assert sum("converting it once" in s for s in said) == 1, said  # warm: the cached raw
     assert sha256(image) == before
+
+
+def test_an_image_swapped_after_its_check_is_never_read(tmp_path: Path, tree: Path) -> None:
+    """Issue 27, finding 2: vlab checked a qcow2 by its path, hashed it, then qemu-img
+    opened the path again. Here the path is swapped for a qcow2 whose external data file is
+    a host file right after the check (at vlab's own progress line, the callable it is
+    given), and again before the conversion: vlab reads the file it opened, so the
+    conversion is the harmless image's bytes, cached under their checksum, and the host
+    file's bytes are nowhere in it."""
+    import os
+    import subprocess
+
+    from disks import sha256
+
+    from vlab import mounts, nfsroot
+
+    secret = tmp_path / "host-secret"
+    secret.write_bytes(b"HOST-SECRET\n" * 4096)
+    raw = _gpt(tmp_path, tree)
+    image = qcow2(raw, tmp_path / "gpt.qcow2")
+    evil = tmp_path / "evil.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o",
+                    f"data_file={secret},data_file_raw=on", str(evil),
+                    str(os.stat(raw).st_size)], check=True)
+
+    def swap(line: str) -> None:  # the attacker's move, at each step vlab reports
+        if evil.exists():
+            os.replace(evil, image)
+
+    point = tmp_path / "mnt"
+    attached = nfsroot.mount_image(image, point, None, None, tmp_path / "cache", swap)
+    try:
+        assert not evil.exists()  # the path now names the evil image
+        assert b"HOST-SECRET" not in attached.read_bytes()
+        assert sha256(attached) == sha256(raw)
+        assert (point / "etc/hostname").read_text() == "t\n"
+    finally:
+        nfsroot.release_image(attached, point, mounts.source_of(point))

@@ -223,3 +223,30 @@ def test_the_builder_runs_as_an_unprivileged_uid_with_no_capability(tmp_path: Pa
         assert lines[lines.index(cap) + 1] == "0000000000000000", report
     assert lines[lines.index("NoNewPrivs:") + 1] == "1", report
     assert lines[lines.index("Seccomp:") + 1] == "2", report
+
+
+def test_an_image_root_mounted_noexec_still_runs_its_builder_in_the_sandbox(
+        tmp_path: Path) -> None:
+    """vlab mounts an image ro,nosuid,nodev,noexec on the machine; its builder runs only in
+    the sandbox's own view of it (exec allowed there, still read-only, nosuid, nodev)."""
+    import subprocess
+
+    secret = tmp_path / "host-secret"
+    secret.write_text("x\n")
+    tree = _hostile_root(tmp_path, secret)
+    (tree / "usr/sbin/mkinitramfs").write_text(
+        "#!/bin/sh\ngrep ' / ' /proc/self/mounts > /tmp/vlab-initrd.img\n")
+    image = tmp_path / "root.ext4"
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tree), str(image), "32M"], check=True)
+    root = tmp_path / "mounted"
+    root.mkdir()
+    subprocess.run(["mount", "-o", "loop,ro,nosuid,nodev,noexec", str(image), str(root)],
+                   check=True)
+    try:
+        kernel = Kernel("6.1.0-vlab", root / "boot/vmlinuz-6.1.0-vlab",
+                        root / "lib/modules/6.1.0-vlab")
+        report = _build(_plan(tmp_path, root), root, kernel, tmp_path / "cache").read_text()
+    finally:
+        subprocess.run(["umount", str(root)], check=True)
+    options = set(report.split()[3].split(","))
+    assert {"ro", "nosuid", "nodev"} <= options and "noexec" not in options, report

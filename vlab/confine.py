@@ -1,21 +1,27 @@
-"""The NFS server's mount namespace: every mount read-only, but the server's own folder.
+"""The NFS server's mount namespace: its export a filesystem of its own, and, for a lab
+with NFSv4.0 terminals, every mount read-only but the server's own folder.
 
 vlab starts each lab's nfs-ganesha as
-`python -m vlab.confine SERVER_DIR RUN_DIR EXPORT -- ARGV...`, which enters a new mount
-namespace (private propagation: nothing it mounts reaches the machine), remounts every mount
-point in it read-only, puts a folder of SERVER_DIR's on /tmp, binds SERVER_DIR (ganesha's
-configuration, log, pid file and recovery folder) writable and EXPORT read-only where they
-were (either may be in /tmp), binds RUN_DIR on /run when it is not empty (the lab's own
-rpcbind socket), and executes ARGV.
+`python -m vlab.confine [--image IMAGE] [--readonly] SERVER_DIR RUN_DIR EXPORT -- ARGV...`,
+which enters a new mount namespace (private propagation: nothing it mounts reaches the
+machine) and there:
 
-So the export is read-only in the kernel, whatever the export's configuration says: every
-write a client asks for fails with EROFS, and ganesha can write nothing of the machine's but
-its own folder. (ganesha's own FSAL opens files by handle relative to the root of the
-filesystem they are on, not through the exported path, so binding only the exported folder
-read-only would not be enough.) The configuration's `Access_Type` is RW for a reason of
-NFSv4.0's: see domains/nfs/ganesha.conf.j2.
+- with --image, mounts IMAGE (an ext4 image of the root, vlab/exportfs.py) over EXPORT,
+  nosuid, nodev, noexec, noatime: a file handle a client forges reaches that filesystem
+  only, never the one the root's folder lies on; the loop device goes with the namespace;
+- with --readonly, remounts every mount point in it read-only (keeping its nosuid, nodev
+  and noexec), puts a folder of SERVER_DIR's on /tmp, binds SERVER_DIR (ganesha's
+  configuration, log, pid file and recovery folder) writable and EXPORT read-only where they
+  were (either may be in /tmp). So the export is read-only in the kernel, whatever the
+  export's configuration says: every write a client asks for fails with EROFS. (ganesha's
+  own FSAL opens files by handle relative to the root of the filesystem they are on, not
+  through the exported path, so binding only the exported folder read-only would not be
+  enough.) The configuration's `Access_Type` is RW for a reason of NFSv4.0's: see
+  domains/nfs/ganesha.conf.j2;
+- binds RUN_DIR on /run when it is given (the lab's own rpcbind socket),
 
-The exit status is ARGV's; 125 means the namespace could not be set up (the message says why).
+and executes ARGV. The exit status is ARGV's; 125 means the namespace could not be set up
+(the message says why).
 """
 
 from __future__ import annotations
@@ -26,7 +32,10 @@ import os
 import sys
 
 CLONE_NEWNS = 0x00020000
-MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_NOATIME, MS_BIND, MS_REC, MS_PRIVATE = 32, 1024, 4096, 16384, 1 << 18
+# What a remount must keep of a mount's flags (statvfs's ST_* have the same values)
+KEPT_FLAGS = MS_NOSUID | MS_NODEV | MS_NOEXEC
 SETUP_FAILED = 125
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -55,43 +64,83 @@ def mount_points(mountinfo: str) -> list[str]:
     return points
 
 
-def confine(server_dir: str, run_dir: str, export: str) -> None:
+def _kept_flags(path: str) -> int:
+    """The nosuid, nodev and noexec a mount has: a read-only remount without them would drop
+    them (as root it may)."""
+    try:
+        return os.statvfs(path).f_flag & KEPT_FLAGS
+    except OSError:
+        return 0
+
+
+def _mount_image(image: str, export: str, readonly: bool) -> None:
+    """IMAGE over EXPORT by util-linux's mount (-o loop: autoclear, so the loop device is
+    freed once the namespace, and with it the mount, is gone)."""
+    options = "loop,nosuid,nodev,noexec,noatime," + ("ro" if readonly else "rw")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.execvp("mount", ["mount", "-t", "ext4", "-o", options, image, export])
+        finally:
+            os._exit(127)
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    if code != 0:
+        raise ConfineError(f"mount of the export image {image} on {export} failed "
+                           f"(exit {code})")
+
+
+def confine(server_dir: str, run_dir: str, export: str, image: str | None,
+            readonly: bool) -> None:
     if _libc.unshare(CLONE_NEWNS) != 0:
         raise ConfineError(f"unshare: {os.strerror(ctypes.get_errno())}")
     _mount(None, "/", MS_REC | MS_PRIVATE)
+    if image is not None:
+        _mount_image(image, export, readonly)
+    if readonly:
+        _all_readonly(server_dir, export)
+    if run_dir:
+        _mount(run_dir, "/run", MS_BIND)
+        _mount(None, "/run", MS_REMOUNT | MS_BIND)
+
+
+def _all_readonly(server_dir: str, export: str) -> None:
     with open("/proc/self/mountinfo") as f:
         points = mount_points(f.read())
     # Held open across the /tmp below, which may hide either (a root in /tmp, a state folder
     # in /tmp); opened in this namespace, so they can be bound here.
-    kept = [(path, os.open(path, os.O_PATH | os.O_DIRECTORY), writable)
+    kept = [(path, os.open(path, os.O_PATH | os.O_DIRECTORY), writable, _kept_flags(path))
             for path, writable in ((server_dir, True), (export, False))]
     tmp = os.path.join(server_dir, "tmp")
     os.makedirs(tmp, mode=0o700, exist_ok=True)
     for point in points:
         # A remount of the bind's flags: this namespace's copy of the mount only. A mount
         # point no path leads to (under a later mount) is out of ganesha's reach too.
-        _mount(None, point, MS_REMOUNT | MS_BIND | MS_RDONLY, gone_ok=True)
+        _mount(None, point, MS_REMOUNT | MS_BIND | MS_RDONLY | _kept_flags(point),
+               gone_ok=True)
     # ganesha's /tmp is a folder of its own (it tests OFD locks there, and without them it
     # refuses every lock).
     _mount(tmp, "/tmp", MS_BIND)
     _mount(None, "/tmp", MS_REMOUNT | MS_BIND)
-    for path, fd, writable in kept:
+    for path, fd, writable, flags in kept:
         os.makedirs(path, exist_ok=True)  # in the new /tmp if it was in /tmp
         _mount(f"/proc/self/fd/{fd}", path, MS_BIND)
-        _mount(None, path, MS_REMOUNT | MS_BIND | (0 if writable else MS_RDONLY))
+        _mount(None, path, MS_REMOUNT | MS_BIND | flags | (0 if writable else MS_RDONLY))
         os.close(fd)
-    if run_dir:
-        _mount(run_dir, "/run", MS_BIND)
-        _mount(None, "/run", MS_REMOUNT | MS_BIND)
 
 
 def main(argv: list[str]) -> int:
+    image, readonly = None, False
+    while argv and argv[0] in ("--image", "--readonly"):
+        if argv[0] == "--image" and len(argv) > 1:
+            image, argv = argv[1], argv[2:]
+        else:
+            readonly, argv = True, argv[1:]
     if len(argv) < 5 or argv[3] != "--":
-        print("usage: python -m vlab.confine SERVER_DIR RUN_DIR EXPORT -- ARGV...",
-              file=sys.stderr)
+        print("usage: python -m vlab.confine [--image IMAGE] [--readonly] SERVER_DIR RUN_DIR "
+              "EXPORT -- ARGV...", file=sys.stderr)
         return SETUP_FAILED
     try:
-        confine(argv[0], argv[1], argv[2])
+        confine(argv[0], argv[1], argv[2], image, readonly)
     except (ConfineError, OSError) as err:
         print(f"vlab.confine: {err}", file=sys.stderr)
         return SETUP_FAILED

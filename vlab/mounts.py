@@ -7,10 +7,13 @@ caller (the lab keeps its image mounted while it runs; `vlab down` undoes it by 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import os
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -131,6 +134,60 @@ def loops_of(image: Path) -> list[str]:
     out = run.run(["losetup", "--noheadings", "--output", "NAME", "--associated", str(image)],
                   check=False).stdout
     return out.split()
+
+
+LOOP_CTL_GET_FREE, LOOP_CONFIGURE = 0x4C82, 0x4C0A
+LO_FLAGS_READ_ONLY, LO_FLAGS_AUTOCLEAR = 1, 4
+
+
+class _LoopInfo64(ctypes.Structure):
+    _fields_ = [("lo_device", ctypes.c_uint64), ("lo_inode", ctypes.c_uint64),
+                ("lo_rdevice", ctypes.c_uint64), ("lo_offset", ctypes.c_uint64),
+                ("lo_sizelimit", ctypes.c_uint64), ("lo_number", ctypes.c_uint32),
+                ("lo_encrypt_type", ctypes.c_uint32), ("lo_encrypt_key_size", ctypes.c_uint32),
+                ("lo_flags", ctypes.c_uint32), ("lo_file_name", ctypes.c_uint8 * 64),
+                ("lo_crypt_name", ctypes.c_uint8 * 64), ("lo_encrypt_key", ctypes.c_uint8 * 32),
+                ("lo_init", ctypes.c_uint64 * 2)]
+
+
+class _LoopConfig(ctypes.Structure):
+    _fields_ = [("fd", ctypes.c_uint32), ("block_size", ctypes.c_uint32),
+                ("info", _LoopInfo64), ("reserved", ctypes.c_uint64 * 8)]
+
+
+@contextlib.contextmanager
+def loop_over(fd: int, offset: int = 0, size: int = 0) -> Iterator[str]:
+    """A read-only loop device over the open file `fd` (from `offset`, `size` bytes; 0: to
+    the end), held while the `with` block mounts it. Autoclear: it goes when its last user
+    (the mount) does, and at once if nothing mounted it. The file is the one vlab opened and
+    checked, never found again by its name (losetup and mount -o loop open the path anew)."""
+    import fcntl
+
+    config = _LoopConfig(fd=fd)
+    config.info.lo_offset, config.info.lo_sizelimit = offset, size
+    config.info.lo_flags = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR
+    with open("/dev/loop-control", "rb") as control:
+        for _attempt in range(20):  # another process may take the free one first
+            device = f"/dev/loop{fcntl.ioctl(control, LOOP_CTL_GET_FREE)}"
+            for _wait in range(50):  # devtmpfs makes the node a moment later (no udev)
+                if os.path.exists(device):
+                    break
+                time.sleep(0.02)
+            loop = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                fcntl.ioctl(loop, LOOP_CONFIGURE, bytes(config))
+            except OSError as err:
+                os.close(loop)
+                if err.errno == errno.EBUSY:
+                    continue
+                raise HostError("a loop device over the image could not be set up: "
+                                f"{err.strerror}") from None
+            try:
+                yield device
+            finally:
+                os.close(loop)
+            return
+    raise HostError("no free loop device after 20 tries; fix: losetup -D stale ones")
 
 
 def mount(source: str, target: Path, fstype: str = "", options: str = "") -> None:

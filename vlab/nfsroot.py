@@ -3,9 +3,14 @@ mounted read-only, or a directory as it is; exported read-only."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import stat
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from vlab import busybox, cache, disk, mounts, render, run
 from vlab.errors import HostError, MissingTool
@@ -118,62 +123,96 @@ NO_REPLAY = {"ext4": "noload", "xfs": "norecovery", "btrfs": "nologreplay"}
 QEMU_IMG_LIMITS = ["prlimit", "--as=4294967296", "--cpu=1800"]  # a hostile image's parser
 
 
-def raw_image(image: Path, cache_dir: Path, say: Say) -> Path:
-    """The image as a raw disk: the image itself, or a qcow2 image converted once into the
-    cache, keyed by the image's checksum (its stat memoizes the checksum, so a warm run does
+def raw_image(image: Path, fd: int, cache_dir: Path, say: Say) -> Path | None:
+    """None if the image (open as `fd`) is a raw disk; else a qcow2 image converted once into
+    the cache, keyed by the image's checksum (its stat memoizes the checksum, so a warm run does
     not read it). Converting, not serving the qcow2 through qemu-storage-daemon's FUSE export,
     leaves no daemon for a killed run to orphan, and a warm run reads nothing of the qcow2
-    but its stat. The qcow2 image is opened read-only, its format given, never probed."""
-    if disk.image_format(image) == "raw":
-        return image
-    if problem := disk.qcow2_problem(image):
+    but its stat. Checked, hashed and converted through the one descriptor vlab opened: a file
+    swapped in at the image's path meanwhile is never read. The qcow2 image is opened
+    read-only, its format given, never probed."""
+    opened = Path(f"/proc/self/fd/{fd}")  # the open file itself, whatever its path names now
+    if disk.image_format(opened) == "raw":
+        return None
+    if problem := disk.qcow2_problem(opened):
         raise HostError(f"{image} {problem}")
     if run.which("qemu-img") is None:
         raise MissingTool("qemu-img (for qcow2 images)", "qemu-utils")
     folder = cache_dir / "images"
-    st = image.stat()
+    st = os.fstat(fd)
     version = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     memo = folder / f"{cache.key(str(image), *map(str, version))}.sum"
     digest = memo.read_text().strip() if memo.is_file() else ""
     if not digest:
         say(f"image {image}: qcow2, reading its checksum (once per version of the file)")
-        digest = cache.file_digest(image)
+        digest = cache.file_digest(opened)
         folder.mkdir(parents=True, exist_ok=True)
         with cache.publish(memo) as tmp:
             tmp.write_text(digest + "\n")
     final = folder / f"{digest[:32]}.raw"
     if not final.exists():
         say(f"image {image}: qcow2, converting it once into the cache ({final.name})")
+        # qemu-img reads the descriptor vlab holds (inherited), not the image's path
         source = ('json:{"driver": "qcow2", "backing": null, "file": {"driver": "file", '
-                  f'"filename": {json.dumps(str(image))}}}}}')
+                  f'"filename": {json.dumps(f"/dev/fd/{fd}")}}}}}')
         with cache.publish(final) as tmp:
             run.run([*QEMU_IMG_LIMITS, "qemu-img", "convert", "-O", "raw", source, str(tmp)],
-                    timeout=3600, hint=f"qemu-img could not read {image} as qcow2")
+                    timeout=3600, hint=f"qemu-img could not read {image} as qcow2",
+                    pass_fds=(fd,))
             tmp.chmod(0o444)
     return final
 
 
-def _mount_partition(raw: Path, fstype: str, part: disk.Partition | None,
+def _mount_partition(fd: int, fstype: str, part: disk.Partition | None,
                      mountpoint: Path) -> None:
-    """Attach raw (or one partition of it) read-only and mount its fstype read-only. The
-    image is untrusted: its setuid files, device nodes and programs are inert on the host
-    (nosuid, nodev, noexec), and its journal is not replayed."""
-    where = (f"offset={part.offset}", f"sizelimit={part.size}") if part else ()
-    options = ",".join(filter(None, ("loop", "ro", *where, "nosuid", "nodev", "noexec",
+    """Attach the open raw file (or one partition of it) to a read-only loop device and
+    mount its fstype read-only. The image is untrusted: its setuid files, device nodes and
+    programs are inert on the host (nosuid, nodev, noexec), and its journal is not
+    replayed. The loop device has autoclear: it goes with the unmount, and no kill between
+    attaching and mounting can orphan it."""
+    options = ",".join(filter(None, ("ro", "nosuid", "nodev", "noexec",
                                      NO_REPLAY.get(fstype))))
-    # One step: mount(8) attaches a read-only loop device with autoclear, so the loop
-    # device goes with the unmount and no kill between two steps can orphan it.
-    mounts.mount(str(raw), mountpoint, fstype=fstype, options=options)
+    offset, size = (part.offset, part.size) if part else (0, 0)
+    with mounts.loop_over(fd, offset, size) as device:
+        mounts.mount(device, mountpoint, fstype=fstype, options=options)
 
 
 def mount_image(image: Path, mountpoint: Path, partition: int | str | None,
                 boot_partition: int | str | None, cache_dir: Path, say: Say) -> Path:
     """Mount the image's root read-only where the lab exports it, and a /boot partition of
     its own on the root's /boot; return the raw file attached (the image, or its conversion).
-    It stays mounted while the lab runs; release_image() undoes it."""
-    raw = raw_image(image, cache_dir, say)
-    if mounts.is_mounted(mountpoint):
-        return raw
+    It stays mounted while the lab runs; release_image() undoes it. The image is opened
+    once (a regular file, never through a link); its format, headers, partitions and the
+    loop devices are all read through that descriptor."""
+    with _open_image(image) as f:
+        converted = raw_image(image, f.fileno(), cache_dir, say)
+        if mounts.is_mounted(mountpoint):
+            return converted or image
+        if converted is None:
+            _mount_disk(image, f.fileno(), mountpoint, partition, boot_partition)
+            return image
+    with converted.open("rb") as own:  # vlab's own file in its cache
+        _mount_disk(image, own.fileno(), mountpoint, partition, boot_partition)
+    return converted
+
+
+@contextlib.contextmanager
+def _open_image(image: Path) -> Iterator[BinaryIO]:
+    """The image, open: the scenario's path may be a link (the author's), but what it opens
+    must be a regular file (a FIFO or a device is refused, never blocked on)."""
+    try:
+        fd = os.open(image, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        raise HostError(f"the image {image} cannot be read: {err.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise HostError(f"the image {image} is not a regular file; fix: give an image file")
+        yield f
+
+
+def _mount_disk(image: Path, fd: int, mountpoint: Path, partition: int | str | None,
+                boot_partition: int | str | None) -> None:
+    raw = Path(f"/proc/self/fd/{fd}")
     root = boot = None
     fstype = disk.filesystem_of(raw)
     if fstype is None:
@@ -186,15 +225,14 @@ def mount_image(image: Path, mountpoint: Path, partition: int | str | None,
     if fstype is None or (boot is not None and boot.fstype is None):
         raise HostError(f"{image} holds no filesystem vlab can mount")
     mountpoint.mkdir(parents=True, exist_ok=True)
-    _mount_partition(raw, fstype, root, mountpoint)
+    _mount_partition(fd, fstype, root, mountpoint)
     if boot is not None:
         target = mountpoint / "boot"
         if target.is_symlink() or not target.is_dir():
             mounts.umount(mountpoint)
             raise HostError(f"{image}: partition {boot.number} is its /boot, but the root "
                             "partition has no /boot folder to mount it on")
-        _mount_partition(raw, boot.fstype or "", boot, target)
-    return raw
+        _mount_partition(fd, boot.fstype or "", boot, target)
 
 
 def release_image(attached: Path, mountpoint: Path, loop: str | None) -> list[str]:

@@ -183,15 +183,19 @@ def _private_run(run_dir: Path, argv: list[str]) -> list[str]:
             'mount --bind "$0" /run && exec "$@"', str(run_dir), *argv]
 
 
-def _confined(plan: LabPlan, argv: list[str], run_dir: Path | None = None) -> list[str]:
-    """ganesha where every mount is read-only but its own folder (vlab/confine.py): the
-    kernel refuses every write to the export. Only for a lab with NFSv4.0 terminals, to whom
-    the export is RW in ganesha's configuration (ganesha.conf.j2 says why): read-only in the
-    kernel, ganesha's lock files cannot be opened for writing, and it refuses a client's
-    write locks (STATE_READ_ONLY_FS), which a Debian root's units take; with ganesha's own
-    RO they work."""
-    return [sys.executable, "-m", "vlab.confine", str(plan.nfs_server_dir),
-            str(run_dir or ""), str(plan.export_path), "--", *argv]
+def _confined(plan: LabPlan, argv: list[str], run_dir: Path | None,
+              image: Path | None) -> list[str]:
+    """ganesha in a mount namespace of its own (vlab/confine.py): the export's image (if
+    any, vlab/exportfs.py) mounted over the root's path, so that no file handle reaches
+    beyond it; the lab's /run; and, for a lab with NFSv4.0 terminals, every mount read-only
+    but its own folder. Only for them, to whom the export is RW in ganesha's configuration
+    (ganesha.conf.j2 says why): read-only in the kernel, ganesha's lock files cannot be opened
+    for writing, and it refuses a client's write locks (STATE_READ_ONLY_FS), which a Debian
+    root's units take; with ganesha's own RO they work."""
+    return [sys.executable, "-m", "vlab.confine",
+            *(["--image", str(image)] if image is not None else []),
+            *(["--readonly"] if plan.nfs40_clients else []),
+            str(plan.nfs_server_dir), str(run_dir or ""), str(plan.export_path), "--", *argv]
 
 
 def _start_own_rpcbind(plan: LabPlan, run_dir: Path) -> None:
@@ -221,9 +225,11 @@ def server_pid(pid_file: Path) -> int | None:
     return procs.read_pid(pid_file, GANESHA, str(pid_file.with_name("ganesha.conf")))
 
 
-def start(plan: LabPlan, netns: str | None, state_dir: Path) -> None:
-    """Start (or keep) the lab's ganesha; wait_ready() says when it listens. (It listens on
-    every address of its namespace, so it can start while the network is being defined.)"""
+def start(plan: LabPlan, netns: str | None, state_dir: Path, image: Path | None) -> None:
+    """Start (or keep) the lab's ganesha, serving `image` (the export's own filesystem,
+    vlab/exportfs.py) or the root itself (an image root); wait_ready() says when it
+    listens. (It listens on every address of its namespace, so it can start while the
+    network is being defined.)"""
     if run.which(GANESHA) is None:
         raise MissingTool(GANESHA, "nfs-ganesha")
     if not FSAL_VFS.exists():
@@ -240,14 +246,14 @@ def start(plan: LabPlan, netns: str | None, state_dir: Path) -> None:
         conf.write_text(render.ganesha_conf(plan))
         if plan.nfs_version is NfsVersion.V3:
             _start_own_rpcbind(plan, run_dir)
-        argv, netns = (_confined(plan, argv, run_dir) if plan.nfs40_clients
-                       else _private_run(run_dir, argv)), plan.nfs_netns
+        argv, netns = _confined(plan, argv, run_dir, image), plan.nfs_netns
     else:
         with state.machine_locked(state_dir):  # no other lab's down stops rpcbind meanwhile
             conf.write_text(render.ganesha_conf(plan))
             if plan.nfs_version is NfsVersion.V3:
                 ensure_rpcbind(netns, state_dir / RPCBIND_PID)
-        argv = _confined(plan, argv) if plan.nfs40_clients else argv
+        if plan.nfs40_clients or image is not None:
+            argv = _confined(plan, argv, None, image)
     log_file.write_text("")
     run.daemon(argv, netns=netns, log_file=plan.nfs_server_dir / "stdout.log")
 

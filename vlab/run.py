@@ -42,6 +42,7 @@ def run(
     check: bool = True,
     hint: str = "",
     timeout: float | None = 600,
+    pass_fds: tuple[int, ...] = (),
 ) -> subprocess.CompletedProcess[str]:
     """Run a program to completion and capture its output.
 
@@ -55,7 +56,8 @@ def run(
         # (a builder's children must not keep the build mounts busy).
         child = subprocess.Popen(full, cwd=cwd, env=_env(env), text=True,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 stdin=subprocess.DEVNULL, start_new_session=True)
+                                 stdin=subprocess.DEVNULL, start_new_session=True,
+                                 pass_fds=pass_fds)
     except FileNotFoundError:
         raise CommandError(shown, 127, "", hint) from None
     try:

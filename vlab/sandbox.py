@@ -37,7 +37,8 @@ from pathlib import Path
 from vlab.mounts import mounted_under
 
 CLONE_NEWNS = 0x00020000
-MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 32, 4096, 16384, 1 << 18
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 4, 32, 4096, 16384
+MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 # The builder's uid on the machine: unprivileged, and vlab checks that no account has it.
 # Inside its user namespace it is root (uid 0), with no capability over anything outside.
@@ -238,6 +239,11 @@ def run_sandboxed(root: Path, scratch: Path, command: list[str], keep: str | Non
     os.mkdir(stage_root, 0o755)
     os.mkdir(stage_tmp, 0o755)
     _mount(f"/proc/self/fd/{root_fd}", stage_root, None, MS_BIND | MS_REC)
+    # An image is mounted noexec on the machine; in this namespace its programs (the builder)
+    # may run, inside the sandbox only: read-only, nosuid, nodev, as root may remount here
+    # and bubblewrap's unprivileged user could not.
+    for point in mounted_under(Path(stage_root)):
+        _mount(None, str(point), None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
     _mount("vlab-build", stage_tmp, "tmpfs", MS_NOSUID | MS_NODEV,
            f"size={TMP_SIZE},mode=0700,uid={SANDBOX_UID},gid={SANDBOX_UID}")
     tmp = os.open(stage_tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)

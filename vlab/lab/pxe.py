@@ -19,6 +19,7 @@ from vlab.lab.up import (
     create_terminals,
     export_nfs_root,
     grub_dir,
+    guard_lab,
     join_lab_network,
     save_results,
     start_lab_host,
@@ -94,7 +95,8 @@ def _boot_twins(twins: LabPlan, dirs: Dirs, tftp_root: Path, say: Say) -> dict[s
                     "proves the files, loaders, kernel, initrd and the mount they name, not "
                     "your server's exports (vlab-site/exports is that line)")
             state.update(twins.lab_dir, network=twins.network)
-            export_nfs_root(twins, dirs, netns)
+            guard_lab(twins, netns, ipv6=True)  # before anything of it answers
+            export_nfs_root(twins, dirs, netns, say)
             twins.dnsmasq_log.parent.mkdir(parents=True, exist_ok=True)
             twins.dnsmasq_log.unlink(missing_ok=True)
             virt.start_network(conn, twins.network, render.network_xml(twins, tftp_root))

@@ -17,6 +17,7 @@ from vlab import (
     cache,
     cause,
     efi,
+    exportfs,
     firewall,
     initrd,
     kernel,
@@ -93,7 +94,7 @@ def _boot(scenario: Scenario, plan: LabPlan, dirs: Dirs, k: kernel.Kernel, img: 
         return already_up(plan, dirs, netns, conns, say)
     tftp_root = write_lab_tftp_tree(scenario, plan, k, img, say)
     guard_lab(plan, netns, ipv6=tftp_root is not None)  # before anything of it answers
-    export_nfs_root(plan, dirs, netns)  # starts while the network is defined
+    export_nfs_root(plan, dirs, netns, say)  # starts while the network is defined
     define_network(plan, conns[LOCAL], say, tftp_root)
     join_lab_network(plan, netns)
     ship_boot_files(plan, k, say)
@@ -141,7 +142,7 @@ def already_up(plan: LabPlan, dirs: Dirs, netns: str | None, conns: dict[str, vi
         say(f"lab {plan.lab} is up, but its firewall rule was gone: put back")
     if nfsserver.pid(plan) is None:
         say(f"lab {plan.lab} is up, but its NFS server is gone: starting it again")
-        export_nfs_root(plan, dirs, netns)
+        export_nfs_root(plan, dirs, netns, say)
         join_lab_network(plan, netns)
         wait_for_nfs_server(plan, say)
         return report(plan, conns)
@@ -262,15 +263,17 @@ def define_network(plan: LabPlan, conn: virt.Conn, say: Say,
     virt.start_network(conn, plan.network, render.network_xml(plan, tftp_root))
 
 
-def export_nfs_root(plan: LabPlan, dirs: Dirs, netns: str | None) -> None:
+def export_nfs_root(plan: LabPlan, dirs: Dirs, netns: str | None, say: Say) -> None:
     """Start the lab's NFS server: in a namespace of its own (made first, recorded before),
-    or in the lab host's. join_lab_network() puts it on the lab network once that is up."""
+    or in the lab host's, serving the export from a filesystem of its own (exportfs.py).
+    join_lab_network() puts it on the lab network once that is up."""
+    image = exportfs.image(plan, dirs.cache, say) if exportfs.needs_image(plan) else None
     state.update(plan.lab_dir, nfs_server=str(plan.nfs_server_dir), nfs_netns=plan.nfs_netns)
     plan.nfs_server_dir.mkdir(parents=True, exist_ok=True)
     (plan.lab_dir / "exports").write_text(render.exports_line(plan))
     if plan.nfs_netns is not None:
         nfsserver.make_namespace(plan, netns)
-    nfsserver.start(plan, netns, dirs.state)
+    nfsserver.start(plan, netns, dirs.state, image)
 
 
 def join_lab_network(plan: LabPlan, netns: str | None) -> None:
