@@ -250,3 +250,18 @@ def test_an_image_root_mounted_noexec_still_runs_its_builder_in_the_sandbox(
         subprocess.run(["umount", str(root)], check=True)
     options = set(report.split()[3].split(","))
     assert {"ro", "nosuid", "nodev"} <= options and "noexec" not in options, report
+
+
+def test_the_same_tree_at_another_path_is_the_same_initrd(tmp_path: Path) -> None:
+    """Issue 27: the key hashed the paths under the lab's mount point, so the same image
+    booted in a second lab built its initrd again. It is the tree's content, relative."""
+    secret = tmp_path / "host-secret"
+    secret.write_text("x\n")
+    root = _hostile_root(tmp_path, secret)
+    other = tmp_path / "second-lab-mount"
+    shutil.copytree(root, other, symlinks=True)  # names, sizes, modes and times kept
+    kernel = Kernel("6.1.0-vlab", root / "boot/vmlinuz-6.1.0-vlab",
+                    root / "lib/modules/6.1.0-vlab")
+    plan = _plan(tmp_path, root)
+    assert (builders.output(plan, root, kernel, tmp_path / "cache")
+            == builders.output(plan, other, kernel, tmp_path / "cache"))

@@ -135,8 +135,9 @@ def sweep(root: Path) -> list[Path]:
 
 def tree_key(root: Path, folders: tuple[str, ...]) -> str:
     """A digest of the names, sizes, modes, link targets and modification times of every
-    file and folder under the root's folders (never following a link): ~0.2 s for a Debian
-    root. A folder's own time changes with what it holds: one added empty counts too."""
+    file and folder under the root's folders (never following a link), relative to the root
+    (the same image mounted for another lab is the same tree): ~0.2 s for a Debian root. A
+    folder's own time changes with what it holds: one added empty counts too."""
     h = hashlib.sha256()
     for top in folders:
         start = root / top
@@ -145,9 +146,10 @@ def tree_key(root: Path, folders: tuple[str, ...]) -> str:
             continue
         for folder, subdirs, names in os.walk(start):
             subdirs.sort()
+            rel = os.path.relpath(folder, root)
             with contextlib.suppress(OSError):
                 st = os.lstat(folder)
-                h.update(f"{folder}/ {st.st_mode} {st.st_mtime_ns}\0".encode())
+                h.update(f"{rel}/ {st.st_mode} {st.st_mtime_ns}\0".encode())
             for name in sorted(names + [d for d in subdirs if os.path.islink(
                     os.path.join(folder, d))]):
                 path = os.path.join(folder, name)
@@ -156,7 +158,8 @@ def tree_key(root: Path, folders: tuple[str, ...]) -> str:
                 except OSError:
                     continue
                 link = os.readlink(path) if stat.S_ISLNK(st.st_mode) else ""
-                h.update(f"{path} {st.st_size} {st.st_mode} {st.st_mtime_ns} {link}\0".encode())
+                h.update(f"{rel}/{name} {st.st_size} {st.st_mode} {st.st_mtime_ns} {link}\0"
+                         .encode())
     return h.hexdigest()[:20]
 
 

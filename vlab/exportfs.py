@@ -51,7 +51,7 @@ def image(plan: LabPlan, cache_dir: Path, say: Say) -> Path:
     """The export's ext4 image, built unless the cache has one of the same tree."""
     root = plan.export_path
     tops = tuple(sorted(os.listdir(root)))
-    key = cache.key("ext4-export", str(root), cache.tree_key(root, tops), *tops)
+    key = cache.key("ext4-export", cache.tree_key(root, tops), *tops)
     final = cache_dir / "exports" / f"{key}.ext4"
     if final.exists():
         return final
