@@ -265,3 +265,31 @@ def test_the_same_tree_at_another_path_is_the_same_initrd(tmp_path: Path) -> Non
     plan = _plan(tmp_path, root)
     assert (builders.output(plan, root, kernel, tmp_path / "cache")
             == builders.output(plan, other, kernel, tmp_path / "cache"))
+
+
+def test_a_builder_that_prints_without_end_costs_bounded_memory(tmp_path: Path) -> None:
+    """Issue 27, finding 10: vlab kept all of a builder's output. 128 MiB of invalid UTF-8
+    on stderr, then a failure: vlab's message has the last lines, its memory did not grow
+    by the output, and the bytes that are not UTF-8 are no crash."""
+    import resource
+
+    from vlab import run
+
+    secret = tmp_path / "host-secret"
+    secret.write_text("x\n")
+    root = _hostile_root(tmp_path, secret)
+    program = root / "usr/sbin/mkinitramfs"
+    kernel = Kernel("6.1.0-vlab", root / "boot/vmlinuz-6.1.0-vlab",
+                    root / "lib/modules/6.1.0-vlab")
+    for size in (1 << 20, 128 << 20):  # a small run first: the imports are not the output
+        program.write_text(f"#!/bin/sh\nhead -c {size} /dev/zero | tr '\\0' '\\377' >&2\n"
+                           "echo the-last-line >&2\nexit 3\n")
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        with pytest.raises(CommandError) as err:
+            _build(_plan(tmp_path, root), root, kernel, tmp_path / "cache")
+    grew_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert "the-last-line" in err.value.message()
+    assert "\ufffd" * 1000 in err.value.stderr  # the 0xff bytes, shown replaced
+    assert err.value.stderr.startswith("[... the first part of the output is left out]")
+    assert len(err.value.stderr) <= run.OUTPUT_MAX + 100
+    assert grew_kib < 48 << 10, grew_kib  # of 128 MiB printed

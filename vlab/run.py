@@ -12,9 +12,11 @@ import os
 import shlex
 import signal
 import subprocess
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from vlab.errors import CommandError
 
@@ -54,29 +56,67 @@ def run(
     try:
         # Its own process group, so that Ctrl-C or a timeout ends everything it started
         # (a builder's children must not keep the build mounts busy).
-        child = subprocess.Popen(full, cwd=cwd, env=_env(env), text=True,
+        child = subprocess.Popen(full, cwd=cwd, env=_env(env),
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  stdin=subprocess.DEVNULL, start_new_session=True,
                                  pass_fds=pass_fds)
     except FileNotFoundError:
         raise CommandError(shown, 127, "", hint) from None
+    # What a program prints is kept up to OUTPUT_MAX bytes a stream, its last ones (a
+    # builder is an image's code: it may print without end), decoded leniently.
+    streams = [_Tail(child.stdout), _Tail(child.stderr)]
+    deadline = None if timeout is None else time.monotonic() + timeout
     try:
-        stdout, stderr = child.communicate(timeout=timeout)
+        child.wait(timeout=timeout)
+        for stream in streams:  # a child it left may hold the pipes: as communicate() did
+            stream.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if stream.is_alive():
+                raise subprocess.TimeoutExpired(full, timeout or 0)
     except BaseException as err:
         _kill_group(child)
+        for stream in streams:
+            stream.join()
         if isinstance(err, subprocess.TimeoutExpired):
             raise CommandError(shown, -1, f"timed out after {timeout} s", hint) from err
         raise
+    stdout, stderr = (stream.text() for stream in streams)
     proc = subprocess.CompletedProcess(shown, child.returncode, stdout, stderr)
     if check and proc.returncode != 0:
         raise CommandError(shown, proc.returncode, proc.stderr or proc.stdout, hint)
     return proc
 
 
+OUTPUT_MAX = 4 << 20
+
+
+class _Tail(threading.Thread):
+    """Reads a pipe to its end, keeping its last OUTPUT_MAX bytes."""
+
+    def __init__(self, pipe: IO[bytes] | None) -> None:
+        super().__init__(daemon=True)
+        self.pipe, self.kept, self.cut = pipe, bytearray(), False
+        self.start()
+
+    def run(self) -> None:
+        if self.pipe is None:
+            return
+        with self.pipe:
+            while chunk := self.pipe.read1(1 << 16):  # type: ignore[attr-defined]
+                self.kept += chunk
+                if len(self.kept) > 2 * OUTPUT_MAX:
+                    del self.kept[:-OUTPUT_MAX]
+                    self.cut = True
+
+    def text(self) -> str:
+        cut = self.cut or len(self.kept) > OUTPUT_MAX
+        text = bytes(self.kept[-OUTPUT_MAX:]).decode(errors="replace")
+        return f"[... the first part of the output is left out]\n{text}" if cut else text
+
+
 SETPRIV = "/usr/bin/setpriv" if Path("/usr/bin/setpriv").exists() else None  # util-linux
 
 
-def _kill_group(child: subprocess.Popen[str]) -> None:
+def _kill_group(child: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(child.pid, signal.SIGKILL)
     child.wait()
