@@ -34,6 +34,9 @@ MARKER_TEXT = "made by vlab for one lab's boot files; vlab down removes it\n"
 # SFTP's flow-control window: paramiko's 2 MiB default stalls a LAN-speed upload.
 WINDOW = 16 << 20
 
+ANSWER_MAX = 1 << 20  # bytes of a remote command's answer vlab reads
+HEX = frozenset("0123456789abcdef")
+
 
 @dataclass(frozen=True)
 class Target:
@@ -132,12 +135,15 @@ class Host:
         """The checksums of files there, in one command; a missing file is left out."""
         chan = self.client.get_transport().open_session()  # type: ignore[union-attr]
         chan.exec_command("sha256sum -- " + shlex.join(paths))
-        out = chan.makefile("r").read().decode()
-        chan.recv_exit_status()  # 1 when a file is missing: those lines are not there
+        # The other host's answer: at most a line a path, read bounded, decoded leniently; a
+        # line that is not "DIGEST  PATH" for a path asked about is not a checksum.
+        out = chan.makefile("rb").read(ANSWER_MAX).decode(errors="replace")
+        chan.close()  # a host that would say more is not listened to
         sums = {}
         for line in out.splitlines():
             digest, _, name = line.partition("  ")
-            sums[name] = digest
+            if name in paths and len(digest) == 64 and all(c in HEX for c in digest):
+                sums[name] = digest
         return sums
 
     def makedirs(self, path: str) -> None:
