@@ -96,9 +96,16 @@ def test_defaults(tmp_path: Path) -> None:
 
 
 def test_nfs_version_as_number(tmp_path: Path) -> None:
+    """A major version may be a TOML integer; a minor one must be a string (issue 27: TOML
+    reads 4.10 as the float 4.1, which vlab took for NFSv4.1)."""
     path = tmp_path / "s.toml"
-    path.write_text('[lab]\nname = "x"\nnfs_version = 4.1\n[[terminal]]\nname = "t1"\n')
-    assert scenario.load(path).lab.nfs_version is NfsVersion.V4_1
+    path.write_text('[lab]\nname = "x"\nnfs_version = 4\n[[terminal]]\nname = "t1"\n')
+    assert scenario.load(path).lab.nfs_version is NfsVersion.V4
+    for number in ("4.1", "4.10"):
+        path.write_text(f'[lab]\nname = "x"\nnfs_version = {number}\n[[terminal]]\nname = "t1"\n')
+        with pytest.raises(ScenarioError, match='write the version as a string: nfs_version '
+                                                '= "4.1"'):
+            scenario.load(path)
 
 
 def test_shipped_scenarios_are_valid() -> None:

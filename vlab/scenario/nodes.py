@@ -73,11 +73,15 @@ def nodes(top: Table, lab: Lab) -> tuple[Node, ...]:
 
 def _node(t: Table, name: str) -> Node:
     uri = t.get("uri", str)
-    if not SSH_URI_RE.fullmatch(uri):
+    if not (parts := SSH_URI_RE.fullmatch(uri)):
         raise t.error("uri", f"{uri!r} is not a qemu+ssh:// URI of another host",
                       "write it like \"qemu+ssh://root@host.example/system\" (vlab ships the "
                       "kernel and initrd over the same SSH; the lab's own host is [lab] uri)")
     check_uri_query(t, "uri", uri)
+    port = parts.group(3)
+    if port is not None and not 0 < int(port[1:]) < 65536:
+        raise t.error("uri", f"{uri!r} names port {port[1:]}, which no host listens on",
+                      "give the SSH port, 1 to 65535, or leave it out for 22")
     how = ("a libvirt network or bridge name", "give the name as virsh net-list or ip link "
            "shows it")
     network, bridge = t.iface_name("network", *how), t.iface_name("bridge", *how)

@@ -287,9 +287,13 @@ def _lab(t: Table, builder: InitrdBuilder) -> Lab:
 
 
 def _nfs_version(t: Table, builder: InitrdBuilder) -> NfsVersion:
-    # Accept 4 and 4.2 written as TOML numbers too: people will write them that way.
+    # Accept 3 and 4 written as TOML integers too. Not a minor version as a number: TOML
+    # reads 4.10 as the float 4.1, so the version written could not be told from another.
     raw = t.data.get("nfs_version")
-    if isinstance(raw, int | float) and not isinstance(raw, bool):
+    if isinstance(raw, float):
+        raise t.error("nfs_version", f"{raw!r} is a number, and TOML reads 4.10 as 4.1 too",
+                      f'write the version as a string: nfs_version = "{raw}"')
+    if isinstance(raw, int) and not isinstance(raw, bool):
         t = Table(t.file, t.prefix, {**t.data, "nfs_version": str(raw)}, tuple(t.data))
     # Not 4.2: a Linux 6.6+ client reads through READ_PLUS there, which the lab's nfs-ganesha
     # (4.3, Debian 12) answers wrongly: every exec of a trixie root fails with EIO.

@@ -113,17 +113,24 @@ class Table:
             return None
         raw = self.get(key, str)
         try:
-            return ipaddress.IPv4Address(raw)
+            address = ipaddress.IPv4Address(raw)
         except ValueError:
             raise self.error(key, f"{raw!r} is not an IPv4 address",
                              "the initrd mounts by address: write it like \"10.0.0.5\"") from None
+        if (why := _not_unicast(ipaddress.IPv4Network(address))) is not None:
+            raise self.error(key, f"{raw!r} is no one machine's address ({why})",
+                             'give the address of one machine, e.g. "10.0.0.5"')
+        return address
 
     def network(self, key: str, fix: str) -> ipaddress.IPv4Network:
         text = self.get(key, str)
         try:
-            return ipaddress.IPv4Network(text)
+            network = ipaddress.IPv4Network(text)
         except ValueError:
             raise self.error(key, f"{text!r} is not an IPv4 network", fix) from None
+        if (why := _not_unicast(network)) is not None:
+            raise self.error(key, f"{text!r} is no network of machines ({why})", fix)
+        return network
 
     def iface_name(self, key: str, why: str, fix: str) -> str | None:
         """An optional network, bridge or namespace name ("" counts as absent)."""
@@ -172,6 +179,23 @@ class Table:
                              "use plain space-separated key=value words (letters, digits and "
                              ". _ - , : = / + @ %)")
         return cmdline
+
+
+# The ranges where no one machine of a lab or a site is: one rule for addresses and networks.
+NOT_UNICAST = (
+    (ipaddress.IPv4Network("0.0.0.0/8"), "0.0.0.0/8 means this host, no other"),
+    (ipaddress.IPv4Network("127.0.0.0/8"), "loopback: every machine's own"),
+    (ipaddress.IPv4Network("169.254.0.0/16"), "link-local: no route leads there"),
+    (ipaddress.IPv4Network("224.0.0.0/4"), "multicast"),
+    (ipaddress.IPv4Network("240.0.0.0/4"), "reserved, and the broadcast address"),
+)
+
+
+def _not_unicast(network: ipaddress.IPv4Network) -> str | None:
+    """Why an address or a network (inside one of those ranges) is none of one machine's,
+    or None if it may be. (A network wider than them, such as 0.0.0.0/0, is refused by the
+    rules for what an export may admit.)"""
+    return next((why for span, why in NOT_UNICAST if network.subnet_of(span)), None)
 
 
 def _kind_name(kind: type) -> str:
