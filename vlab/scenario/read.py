@@ -113,8 +113,13 @@ def _root(t: Table) -> Root:
     if source in (RootSource.DIR, RootSource.IMAGE):
         raw = t.get("path", str)
         # Relative paths are relative to the scenario file, like any config file's.
-        path = (t.file.parent / raw).resolve()
         kind = "directory" if source is RootSource.DIR else "file"
+        try:
+            path = (t.file.parent / raw).resolve()
+        except (RuntimeError, OSError) as err:  # a symlink loop (RuntimeError before 3.13)
+            raise t.error("path", f"{raw!r} cannot be followed to a {kind} ({err})",
+                          f"give the path of the root {kind} (relative to the scenario file)"
+                          ) from None
         if not (path.is_dir() if source is RootSource.DIR else path.is_file()):
             raise t.error("path", f"{raw!r} is not a {kind} ({path})",
                           f"give the path of the root {kind} (relative to the scenario file)")
