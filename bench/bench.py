@@ -90,24 +90,37 @@ BUILDER_SCENARIOS = (("vlab (busybox root)", "scenarios/tiny.toml"),
                      ("dracut (Debian root)", "scenarios/debian-dracut.toml"))
 
 
+PEAK_RSS = ("import resource, subprocess, sys\n"
+            "code = subprocess.run(sys.argv[1:], stderr=subprocess.DEVNULL).returncode\n"
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
+            "sys.exit(code)\n")
+
+
 def builders() -> None:
-    """Per initrd builder: `vlab up` with the initrd built cold, then warm, and the guest's
-    seconds from domain start to verdict (its root already bootstrapped and cached)."""
+    """Per initrd builder: `vlab up` with the initrd (and the export's image) built cold,
+    then warm, the guest's seconds from domain start to verdict (its root already
+    bootstrapped and cached), and the largest peak RSS of any process of the run (the
+    builder's, in its sandbox, included: getrusage of the waited-for descendants)."""
     dirs = Dirs.from_env()
     for label, path in BUILDER_SCENARIOS:
         vlab("down", path)
         runs = []
         for cold in (True, False):
             if cold:
-                for img in (dirs.cache / "initrds").glob("*.img"):
-                    img.unlink()
+                for made in [*(dirs.cache / "initrds").glob("*.img"),
+                             *(dirs.cache / "exports").glob("*.ext4")]:
+                    made.unlink()
             start = time.monotonic()
-            out = subprocess.run([*VLAB, "up", path, "--json"], cwd=ROOT, capture_output=True,
-                                 text=True, check=True).stdout
+            # A parent of its own for each run: its waited-for descendants' peak is this run's.
+            done = subprocess.run(
+                [sys.executable, "-c", PEAK_RSS, *VLAB, "up", path, "--json"], cwd=ROOT,
+                capture_output=True, text=True, check=True)
             wall = time.monotonic() - start
-            verdicts = [t["seconds"] for t in json.loads(out)["terminals"]]
+            verdicts = [t["seconds"] for t in json.loads(done.stdout)["terminals"]]
+            peak_kib = int(done.stderr.strip().splitlines()[-1])
             runs.append(f"{'cold' if cold else 'warm'} up {wall:6.1f} s "
-                        f"(boot to verdict {max(verdicts):5.1f} s)")
+                        f"(boot to verdict {max(verdicts):5.1f} s, peak RSS "
+                        f"{peak_kib / 1024:4.0f} MiB)")
             vlab("down", path)
         print(f"{label:<32} " + "   ".join(runs), flush=True)
 
