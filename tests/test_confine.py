@@ -122,3 +122,20 @@ def test_the_export_image_is_mounted_over_the_root_in_its_namespace_only(
         import time
         time.sleep(0.1)
     assert attached == ""
+
+
+def test_what_it_runs_has_only_the_capabilities_ganesha_needs(tmp_path: Path) -> None:
+    """Issue 27: ganesha kept every capability. What confine executes has GANESHA_CAPS in
+    its bounding set and nothing else: no sys_admin to remount the export read-write."""
+    from vlab.confine import GANESHA_CAPS
+
+    server, export = tmp_path / "srv", tmp_path / "export"
+    server.mkdir()
+    export.mkdir()
+    ran = subprocess.run([sys.executable, "-m", "vlab.confine", str(server), "", str(export),
+                          "--", "sh", "-c", "grep CapBnd /proc/self/status; "
+                          f"mount -o remount,rw {export} && echo REMOUNTED"],
+                         capture_output=True, text=True, timeout=30)
+    bounding = int(ran.stdout.split()[1], 16)
+    assert bounding == sum(1 << cap for cap in GANESHA_CAPS), ran.stdout
+    assert "REMOUNTED" not in ran.stdout

@@ -185,9 +185,10 @@ def _private_run(run_dir: Path, argv: list[str]) -> list[str]:
 
 def _confined(plan: LabPlan, argv: list[str], run_dir: Path | None,
               image: Path | None) -> list[str]:
-    """ganesha in a mount namespace of its own (vlab/confine.py): the export's image (if
-    any, vlab/exportfs.py) mounted over the root's path, so that no file handle reaches
-    beyond it; the lab's /run; and, for a lab with NFSv4.0 terminals, every mount read-only
+    """ganesha in a mount namespace of its own (vlab/confine.py), with the capabilities it
+    needs only: the export's image (if any, vlab/exportfs.py) mounted over the root's path, so
+    that no file handle reaches beyond it; the lab's /run; and, for a lab with NFSv4.0
+    terminals, every mount read-only
     but its own folder. Only for them, to whom the export is RW in ganesha's configuration
     (ganesha.conf.j2 says why): read-only in the kernel, ganesha's lock files cannot be opened
     for writing, and it refuses a client's write locks (STATE_READ_ONLY_FS), which a Debian
@@ -252,8 +253,7 @@ def start(plan: LabPlan, netns: str | None, state_dir: Path, image: Path | None)
             conf.write_text(render.ganesha_conf(plan))
             if plan.nfs_version is NfsVersion.V3:
                 ensure_rpcbind(netns, state_dir / RPCBIND_PID)
-        if plan.nfs40_clients or image is not None:
-            argv = _confined(plan, argv, None, image)
+        argv = _confined(plan, argv, None, image)
     log_file.write_text("")
     run.daemon(argv, netns=netns, log_file=plan.nfs_server_dir / "stdout.log")
 
