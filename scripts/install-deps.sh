@@ -15,7 +15,7 @@ PACKAGES=(
   nfs-ganesha nfs-ganesha-vfs rpcbind
   # Debian roots, disk images (qcow2 through qemu-img; the tests make partitioned ones with
   # sfdisk, mkfs.ext4 -d and mkfs.vfat), PXE bootloaders
-  mmdebstrap e2fsprogs util-linux mount fdisk dosfstools qemu-utils pxelinux syslinux-common
+  mmdebstrap e2fsprogs util-linux mount fdisk dosfstools mtools qemu-utils pxelinux syslinux-common
   # UEFI PXE hosts: Debian's signed shim and network GRUB; OVMF for their twins
   shim-signed grub-efi-amd64-signed ovmf
   # to build libvirt-python from its sdist, in a virtualenv

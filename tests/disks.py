@@ -1,5 +1,5 @@
 """Disk images made the way image builders make them: each filesystem made from a folder
-(mkfs.ext4 -d; an ESP as an empty mkfs.vfat), a partition table written by sfdisk, the
+(mkfs.ext4 -d; a vfat one with mkfs.vfat and mtools' mcopy), a partition table written by sfdisk, the
 filesystems copied in at their partitions' offsets; the same disk as qcow2 (qemu-img)."""
 
 from __future__ import annotations
@@ -42,7 +42,10 @@ def _filesystem(part: Part, out: Path) -> None:
         subprocess.run(["mkfs.vfat", "-C", str(out), str(part.size_mib * 1024)]
                        + (["-n", part.fslabel] if part.fslabel else []),
                        check=True, capture_output=True)
-        assert part.tree is None, "an ESP here is made empty (no mtools)"
+        if part.tree is not None and any(part.tree.iterdir()):  # as image builders fill it
+            subprocess.run(["mcopy", "-s", "-i", str(out),
+                            *map(str, sorted(part.tree.iterdir())), "::/"], check=True,
+                           env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"})
     else:
         subprocess.run(["mkfs.ext4", "-q", "-F", *(["-d", str(part.tree)] if part.tree else []),
                         *(["-L", part.fslabel] if part.fslabel else []), str(out),

@@ -189,3 +189,31 @@ def test_an_image_swapped_after_its_check_is_never_read(tmp_path: Path, tree: Pa
         assert (point / "etc/hostname").read_text() == "t\n"
     finally:
         nfsroot.release_image(attached, point, mounts.source_of(point))
+
+
+def test_a_vfat_boot_partition_is_read_in_userspace_and_goes_with_release(
+        tmp_path: Path, tree: Path) -> None:
+    """Issue 27: image builders make /boot vfat (XBOOTLDR), and this machine kind's kernel
+    has no vfat. vlab reads it with mtools, through the image's open descriptor, into a
+    read-only tmpfs on the root's /boot; release leaves nothing."""
+    from vlab import mounts, nfsroot
+
+    (tree / "boot/vmlinuz-test").write_text("kernel\n")
+    (tree / "boot/loader").mkdir()
+    (tree / "boot/loader/entry.conf").write_text("title t\n")
+    image = disk(tmp_path / "vfat-boot.img", "gpt", [
+        Part(XBOOTLDR, 16, "vfat", tree / "boot", label="boot", fslabel="BOOT"),
+        Part(ROOT_X86_64, 32, "ext4", tree, label="root", fslabel="rootfs"),
+    ])
+    point = tmp_path / "mnt"
+    attached = nfsroot.mount_image(image, point, None, None, tmp_path / "cache", print)
+    try:
+        assert (point / "boot/vmlinuz-test").read_text() == "kernel\n"
+        assert (point / "boot/loader/entry.conf").read_text() == "title t\n"
+        (line,) = [ln.split() for ln in Path("/proc/mounts").read_text().splitlines()
+                   if ln.split()[1] == str(point / "boot")]
+        assert line[0] == mounts.BOOT_TMPFS and line[2] == "tmpfs"
+        assert {"ro", "nosuid", "nodev", "noexec"} <= set(line[3].split(","))
+    finally:
+        nfsroot.release_image(attached, point, mounts.source_of(point))
+    assert mounts.mounted_under(point) == [] and not point.exists()

@@ -136,6 +136,9 @@ def loops_of(image: Path) -> list[str]:
     return out.split()
 
 
+# The source name of the tmpfs an image's vfat /boot is read into (nfsroot), by which the
+# builder's sandbox knows it for the image's own.
+BOOT_TMPFS = "vlab-image-boot"
 LOOP_CTL_GET_FREE, LOOP_CONFIGURE = 0x4C82, 0x4C0A
 LO_FLAGS_READ_ONLY, LO_FLAGS_AUTOCLEAR = 1, 4
 

@@ -232,7 +232,29 @@ def _mount_disk(image: Path, fd: int, mountpoint: Path, partition: int | str | N
             mounts.umount(mountpoint)
             raise HostError(f"{image}: partition {boot.number} is its /boot, but the root "
                             "partition has no /boot folder to mount it on")
-        _mount_partition(fd, boot.fstype or "", boot, target)
+        if boot.fstype == "vfat":
+            _copy_vfat_boot(fd, boot, target)
+        else:
+            _mount_partition(fd, boot.fstype or "", boot, target)
+
+
+def _copy_vfat_boot(fd: int, part: disk.Partition, target: Path) -> None:
+    """A vfat /boot (an ESP or an XBOOTLDR partition, as image builders make it), read in
+    userspace by mtools into a tmpfs of its size on the root's /boot: this machine kind's
+    kernel has no vfat, and a userspace reader of an untrusted filesystem is the safer one.
+    Read through the image's open descriptor; read-only once filled."""
+    if run.which("mcopy") is None:
+        raise MissingTool("mcopy (an image's vfat /boot partition)", "mtools")
+    mounts.mount(mounts.BOOT_TMPFS, target, fstype="tmpfs",
+                 options=f"size={part.size + (1 << 20)},mode=0755,nosuid,nodev,noexec")
+    try:
+        run.run(["mcopy", "-s", "-n", "-m", "-i", f"/proc/self/fd/{fd}@@{part.offset}",
+                 "::/", f"{target}/"], env={"MTOOLS_SKIP_CHECK": "1"}, pass_fds=(fd,),
+                hint=f"partition {part.number}, the image's /boot, is no vfat mtools reads")
+        mounts.mount("none", target, options="remount,ro,nosuid,nodev,noexec")
+    except BaseException:
+        mounts.umount(target)
+        raise
 
 
 def release_image(attached: Path, mountpoint: Path, loop: str | None) -> list[str]:

@@ -34,7 +34,7 @@ import stat
 import sys
 from pathlib import Path
 
-from vlab.mounts import mounted_under
+from vlab.mounts import BOOT_TMPFS, mounted_under
 
 CLONE_NEWNS = 0x00020000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 4, 32, 4096, 16384
@@ -118,12 +118,13 @@ def seccomp_filter() -> int:
 
 
 def _image_boot(point: str) -> bool:
-    """A read-only mount of a loop device at point: an image's /boot partition, as vlab
-    mounts it."""
+    """A read-only mount at point of a loop device, or of the tmpfs vlab fills from a vfat
+    partition: an image's /boot partition, as vlab mounts it."""
     with open("/proc/self/mounts") as f:
         for line in f:
             source, target, _fs, options = line.split()[:4]
-            if target == point and source.startswith("/dev/loop") and "ro" in options.split(","):
+            if target == point and (source.startswith("/dev/loop") or source == BOOT_TMPFS
+                                    ) and "ro" in options.split(","):
                 return True
     return False
 
