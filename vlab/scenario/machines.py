@@ -8,6 +8,8 @@ from vlab.scenario.model import Firmware, Machine, Pxe
 from vlab.scenario.table import Table
 
 KEYS = ("name", "mac", "ip", "root", "cmdline", "firmware")
+# The twins vlab adds per firmware (plan._twins): a host of that name would be two twins.
+DEFAULT_TWINS = frozenset(f"default-{f.value}" for f in Firmware if f is not Firmware.BIOS)
 
 
 def pxe(top: Table) -> Pxe:
@@ -24,6 +26,10 @@ def pxe(top: Table) -> Pxe:
         if name == "default":
             raise t.error("name", '"default" is the name of the config every unknown MAC '
                           "boots (pxelinux.cfg/default) and of its twin", "rename the host")
+        if name in DEFAULT_TWINS:
+            raise t.error("name", f'"{name}" is the name vlab gives the twin that boots the '
+                          f"default config with {name.removeprefix('default-')} firmware",
+                          "rename the host")
         if "mac" not in t.data:
             raise t.error("mac", "is missing", 'a physical host is known by its MAC: '
                           'add mac = "00:11:22:33:44:55"')
