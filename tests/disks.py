@@ -1,6 +1,6 @@
 """Disk images made the way image builders make them: each filesystem made from a folder
-(mkfs.ext4 -d; a vfat one with mkfs.vfat and mtools' mcopy), a partition table written by sfdisk, the
-filesystems copied in at their partitions' offsets; the same disk as qcow2 (qemu-img)."""
+(mkfs.ext4 -d; a vfat one with mkfs.vfat and mtools' mcopy), a partition table written by
+sfdisk, the filesystems copied in at their partitions' offsets; the same disk as qcow2."""
 
 from __future__ import annotations
 
