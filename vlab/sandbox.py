@@ -229,6 +229,10 @@ def run_sandboxed(root: Path, scratch: Path, command: list[str], keep: str | Non
             raise SandboxError(f"{root} has no /{rel} folder; fix: a root filesystem "
                                f"needs /{rel}")
     _sandbox_uid_is_free()
+    # Made before the stage hides /tmp: vlab and its packages may live there (a clone in
+    # /tmp, its virtualenv with it), and pyseccomp is imported on first use.
+    seccomp_fd = seccomp_filter()
+    os.set_inheritable(seccomp_fd, True)
     host_scratch = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     _check(_libc.unshare(CLONE_NEWNS), "unshare")
     _leave_out_tree_mounts(root)
@@ -249,8 +253,6 @@ def run_sandboxed(root: Path, scratch: Path, command: list[str], keep: str | Non
            f"size={TMP_SIZE},mode=0700,uid={SANDBOX_UID},gid={SANDBOX_UID}")
     tmp = os.open(stage_tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     _copy_tree(host_scratch, tmp)
-    seccomp_fd = seccomp_filter()
-    os.set_inheritable(seccomp_fd, True)
     argv = bwrap_argv(root, command, seccomp_fd=seccomp_fd)
     resource.setrlimit(resource.RLIMIT_NPROC, (NPROC, NPROC))
     # The launcher is itself the program vlab.run started: it forks and execs, as a shell
