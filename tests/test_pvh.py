@@ -70,7 +70,7 @@ def test_a_decompression_bomb_stops_at_the_cap() -> None:
 def test_a_kernel_full_of_compression_magics_is_read_once() -> None:
     """10 MB of xz and gzip magics, no header: looked at in one place (none here), not
     tried at every magic (which took hours)."""
-    magics = (b"\xfd7zXZ\x00" + b"\x1f\x8b\x08") * (10 << 20 // 9)
+    magics = (b"\xfd7zXZ\x00" + b"\x1f\x8b\x08") * ((10 << 20) // 9)
     assert extract_vmlinux(magics) is None
     assert extract_vmlinux(bzimage(magics[:1 << 20])) is None
 
