@@ -80,18 +80,32 @@ def scratch(parent: Path) -> Iterator[Path]:
 
 
 @contextmanager
-def open_regular(src: Path, what: str) -> Iterator[io.BufferedReader]:
-    """src open for reading, only if it is a regular file, never through a symlink as its
-    last part and never blocking (src is untrusted: a FIFO or a device is refused)."""
+def open_regular(src: Path, what: str, *, follow: bool = False) -> Iterator[io.BufferedReader]:
+    """src open for reading, only if it is a regular file, never blocking (src is untrusted:
+    a FIFO or a device is refused) and, unless `follow` (a path the scenario's author
+    gave), never through a symlink as its last part."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
     try:
-        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(src, flags)
     except OSError as err:
-        raise HostError(f"{what} ({src}) cannot be read: {err.strerror}") from None
+        why = "a symlink" if err.errno == errno.ELOOP and not follow else err.strerror
+        raise HostError(f"{what} ({src}) cannot be read: {why}") from None
     with os.fdopen(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise HostError(f"{what} ({src}) is not a regular file; vlab copies regular "
+            raise HostError(f"{what} ({src}) is not a regular file; vlab reads regular "
                             "files only")
         yield f
+
+
+def read_regular(src: Path, limit: int, what: str) -> bytes:
+    """All of src (open_regular), if it is at most `limit` bytes: never more in memory (a
+    root's modules.dep linked to /dev/zero is refused before; a huge one here)."""
+    with open_regular(src, what) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise HostError(f"{what} ({src}) is larger than {limit >> 20} MiB; vlab reads no "
+                        "more of it")
+    return data
 
 
 def copy_regular(src: Path, dst: Path, what: str, limit: int | None = None) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from vlab import busybox, cache, mounts, render
+from vlab import busybox, cache, render
 from vlab.cpio import Archive
 from vlab.errors import HostError, ScenarioError
 from vlab.kernel import Kernel
@@ -61,7 +61,7 @@ def module_bytes(kernel: Kernel, module: str) -> bytes:
     if not resolved.startswith(top + "/"):
         raise HostError(f"{folder / module} leads out of {folder}; fix: a module must be a "
                         "regular file inside the kernel's module folder")
-    return mounts.read_regular(Path(resolved), MAX_MODULE, f"the module {folder / module}")
+    return cache.read_regular(Path(resolved), MAX_MODULE, f"the module {folder / module}")
 
 
 def contents(kernel: Kernel, plan: LabPlan) -> Archive:

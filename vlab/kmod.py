@@ -8,8 +8,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vlab.cache import read_regular
 from vlab.errors import HostError
-from vlab.mounts import read_regular
 
 _CONTROL_OR_SPACE = re.compile(r"[\x00-\x20]")
 COMPRESSED = (".xz", ".zst", ".gz")
@@ -43,7 +43,7 @@ def _exists(path: Path) -> bool:
 
 
 def _index(path: Path) -> str:
-    """One of the module folder's index files: a regular file, bounded (mounts.read_regular)."""
+    """One of the module folder's index files: a regular file, bounded (cache.read_regular)."""
     try:
         return read_regular(path, MAX_INDEX, path.name).decode(errors="replace")
     except HostError as err:

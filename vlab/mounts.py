@@ -60,27 +60,6 @@ def head(path: Path, limit: int) -> bytes:
         os.close(fd)
 
 
-def read_regular(path: Path, limit: int, what: str) -> bytes:
-    """All of a regular file in an untrusted tree, if it is at most `limit` bytes: never
-    through a symlink as its last part (a root's modules.dep linked to a host file), never a
-    FIFO or a device (/dev/zero), never more than `limit` bytes in memory."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
-    except OSError as err:
-        why = "a symlink" if err.errno == errno.ELOOP else err.strerror
-        raise HostError(f"{what} ({path}) cannot be read: {why}; fix: vlab reads only "
-                        "regular files of a root") from None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise HostError(f"{what} ({path}) is not a regular file; fix: vlab reads only "
-                            "regular files of a root")
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise HostError(f"{what} ({path}) is larger than {limit >> 20} MiB, more than any "
-                        "kernel's; fix: rebuild it in the root")
-    return data
-
-
 def is_mounted(path: Path) -> bool:
     real = os.path.realpath(path)
     with open("/proc/self/mounts") as f:

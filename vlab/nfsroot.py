@@ -3,14 +3,10 @@ mounted read-only, or a directory as it is; exported read-only."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import stat
-from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 from vlab import busybox, cache, disk, mounts, render, run
 from vlab.errors import HostError, MissingTool
@@ -182,9 +178,10 @@ def mount_image(image: Path, mountpoint: Path, partition: int | str | None,
     """Mount the image's root read-only where the lab exports it, and a /boot partition of
     its own on the root's /boot; return the raw file attached (the image, or its conversion).
     It stays mounted while the lab runs; release_image() undoes it. The image is opened
-    once (a regular file, never through a link); its format, headers, partitions and the
-    loop devices are all read through that descriptor."""
-    with _open_image(image) as f:
+    once (a regular file); its format, headers, partitions and the loop devices are all read
+    through that descriptor."""
+    # The scenario's path may be a link (its author's); what it opens must be a regular file.
+    with cache.open_regular(image, "the image", follow=True) as f:
         converted = raw_image(image, f.fileno(), cache_dir, say)
         if mounts.is_mounted(mountpoint):
             return converted or image
@@ -194,20 +191,6 @@ def mount_image(image: Path, mountpoint: Path, partition: int | str | None,
     with converted.open("rb") as own:  # vlab's own file in its cache
         _mount_disk(image, own.fileno(), mountpoint, partition, boot_partition)
     return converted
-
-
-@contextlib.contextmanager
-def _open_image(image: Path) -> Iterator[BinaryIO]:
-    """The image, open: the scenario's path may be a link (the author's), but what it opens
-    must be a regular file (a FIFO or a device is refused, never blocked on)."""
-    try:
-        fd = os.open(image, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as err:
-        raise HostError(f"the image {image} cannot be read: {err.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise HostError(f"the image {image} is not a regular file; fix: give an image file")
-        yield f
 
 
 def _mount_disk(image: Path, fd: int, mountpoint: Path, partition: int | str | None,

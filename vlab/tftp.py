@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlab import cache, mounts
+from vlab import cache
 from vlab.errors import HostError, MissingTool, UsageError
 
 MANIFEST = ".vlab-manifest.json"
@@ -105,9 +105,9 @@ def _load_manifest(root: Path) -> tuple[dict[str, str], dict[str, list[Any]]]:
            "file in the tree as not its own")
     try:
         try:  # never through a symlink, never a FIFO (which would hang), bounded
-            text = mounts.read_regular(path, MANIFEST_MAX, "the manifest")
+            text = cache.read_regular(path, MANIFEST_MAX, "the manifest")
         except HostError as err:
-            raise ValueError(str(err).split("; fix:")[0]) from None
+            raise ValueError(str(err)) from None
         loaded = json.loads(text)
         files, groups = loaded["files"], loaded["groups"]
         if not (isinstance(files, dict) and isinstance(groups, dict)):
