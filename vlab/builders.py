@@ -91,8 +91,9 @@ def build(plan: LabPlan, root: Path, kernel: Kernel, final: Path) -> Path:
         raise MissingTool(f"{plan.builder.value} in the root {root} (/{program})",
                           f"{package} (inside the root)")
     with cache.publish(final) as tmp, cache.scratch(final.parent) as scratch:
-        # The builder sees the scratch folder as its /tmp: its config goes in there and
-        # its initrd comes out of it; the root itself is read-only to it (vlab.sandbox).
+        # The sandbox copies the scratch folder into the builder's /tmp (its config) and,
+        # after it, the initrd out of it into the scratch folder (a regular file, written by
+        # the sandbox itself); the root itself is read-only to it (vlab.sandbox).
         host_confdir = scratch / confdir.removeprefix("/tmp/")
         for rel, (text, mode) in files.items():
             path = host_confdir / rel
@@ -103,6 +104,6 @@ def build(plan: LabPlan, root: Path, kernel: Kernel, final: Path) -> Path:
                  "--keep", OUTPUT, "--", *argv],
                 timeout=1200,
                 hint=f"the {plan.builder.value} run inside {root} failed; see its output above")
-        cache.copy_regular(scratch / OUTPUT, tmp, what=f"the initrd {plan.builder.value} wrote")
-        tmp.chmod(0o644)  # dracut writes 0600; QEMU runs as libvirt-qemu
+        (scratch / OUTPUT).replace(tmp)  # the same folder: a rename, not a second copy
+        tmp.chmod(0o644)  # QEMU runs as libvirt-qemu
     return final
