@@ -25,41 +25,48 @@ def extract_vmlinux(bzimage: bytes) -> bytes | None:
     payload_length, protocol 2.08 and later): one place, read once, so the work is linear in
     the file's size whatever an image's kernel holds."""
     payload = _payload(bzimage)
-    if payload is None or payload[:6] not in (b"\xfd7zXZ\x00",) and payload[:3] != GZIP:
+    if payload is None:
         return None
     try:
         out = _inflate(payload)
     except (lzma.LZMAError, zlib.error, EOFError):
         return None
-    return bytes(out) if out is not None and out[:4] == b"\x7fELF" else None
+    return bytes(out) if out is not None and out[:len(ELF)] == ELF else None
 
 
-GZIP = b"\x1f\x8b\x08"
+ELF, XZ, GZIP = b"\x7fELF", b"\xfd7zXZ\x00", b"\x1f\x8b\x08"
+
+
+def _too_much(out: bytearray) -> bool:
+    """Past MAX_VMLINUX, or no ELF from its first bytes: stop decompressing."""
+    return len(out) > MAX_VMLINUX or not ELF.startswith(bytes(out[:len(ELF)]))
 
 
 def _inflate(payload: memoryview) -> bytearray | None:
-    """The payload decompressed, CHUNK bytes at a time; None past MAX_VMLINUX, or if it
-    does not start as an ELF."""
+    """The xz or gzip payload decompressed, CHUNK bytes at a time; None if it is neither,
+    past MAX_VMLINUX, or if it does not start as an ELF."""
     out = bytearray()
-    if payload[:3] == GZIP:
+    if payload[:len(GZIP)] == GZIP:
         gz = zlib.decompressobj(wbits=31)
         data: bytes | memoryview = payload
         while not gz.eof:
             chunk = gz.decompress(data, CHUNK)
             data = gz.unconsumed_tail
             out += chunk
-            if len(out) > MAX_VMLINUX or out[:4] != b"\x7fELF"[:len(out[:4])]:
+            if _too_much(out):
                 return None
             if not chunk and not data:
                 break
         return out
+    if payload[:len(XZ)] != XZ:
+        return None
     xz = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
     data = payload
     while not xz.eof:
         chunk = xz.decompress(data, max_length=CHUNK)
         data = b""
         out += chunk
-        if len(out) > MAX_VMLINUX or out[:4] != b"\x7fELF"[:len(out[:4])]:
+        if _too_much(out):
             return None
         if not chunk and xz.needs_input:
             break
