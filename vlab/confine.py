@@ -31,6 +31,9 @@ import errno
 import os
 import sys
 
+from vlab import run
+from vlab.errors import CommandError
+
 CLONE_NEWNS = 0x00020000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_NOATIME, MS_BIND, MS_REC, MS_PRIVATE = 32, 1024, 4096, 16384, 1 << 18
@@ -77,16 +80,11 @@ def _mount_image(image: str, export: str, readonly: bool) -> None:
     """IMAGE over EXPORT by util-linux's mount (-o loop: autoclear, so the loop device is
     freed once the namespace, and with it the mount, is gone)."""
     options = "loop,nosuid,nodev,noexec,noatime," + ("ro" if readonly else "rw")
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.execvp("mount", ["mount", "-t", "ext4", "-o", options, image, export])
-        finally:
-            os._exit(127)
-    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-    if code != 0:
-        raise ConfineError(f"mount of the export image {image} on {export} failed "
-                           f"(exit {code})")
+    try:
+        run.run(["mount", "-t", "ext4", "-o", options, image, export])
+    except CommandError as err:
+        raise ConfineError(f"the export image {image} cannot be mounted on {export}: "
+                           f"{err.message()}") from None
 
 
 def confine(server_dir: str, run_dir: str, export: str, image: str | None,
