@@ -188,11 +188,10 @@ def _confined(plan: LabPlan, argv: list[str], run_dir: Path | None,
     """ganesha in a mount namespace of its own (vlab/confine.py), with the capabilities it
     needs only: the export's image (if any, vlab/exportfs.py) mounted over the root's path, so
     that no file handle reaches beyond it; the lab's /run; and, for a lab with NFSv4.0
-    terminals, every mount read-only
-    but its own folder. Only for them, to whom the export is RW in ganesha's configuration
-    (ganesha.conf.j2 says why): read-only in the kernel, ganesha's lock files cannot be opened
-    for writing, and it refuses a client's write locks (STATE_READ_ONLY_FS), which a Debian
-    root's units take; with ganesha's own RO they work."""
+    terminals, every mount read-only but its own folder. Only for them, to whom the export is
+    RW in ganesha's configuration (ganesha.conf.j2 says why): read-only in the kernel,
+    ganesha's lock files cannot be opened for writing, and it refuses a client's write locks
+    (STATE_READ_ONLY_FS), which a Debian root's units take; with ganesha's own RO they work."""
     return [sys.executable, "-m", "vlab.confine",
             *(["--image", str(image)] if image is not None else []),
             *(["--readonly"] if plan.nfs40_clients else []),
