@@ -138,7 +138,8 @@ def test_a_root_kernel_that_is_no_regular_file_is_refused(tmp_path: Path, kind: 
         os.mknod(vmlinuz, 0o20644, os.makedev(1, 3))
     else:
         vmlinuz.symlink_to("/dev/zero")
-    with pytest.raises(ScenarioError, match="not a regular file"):
+    why = "cannot be read: a symlink" if kind == "symlink-out" else "not a regular file"
+    with pytest.raises(ScenarioError, match=why):
         kernel.from_root(root, None, tmp_path / "cache", tmp_path / "s.toml")
     assert not (tmp_path / "cache" / "kernels").exists() or not [
         p for p in (tmp_path / "cache" / "kernels").iterdir()]
@@ -238,3 +239,42 @@ def test_a_module_index_larger_than_any_kernels_is_refused(tmp_path: Path) -> No
         f.truncate(MAX_INDEX + 1)  # sparse: no disk, but that many bytes to read
     with pytest.raises(BadModulesDep, match="larger than 32 MiB"):
         ModuleIndex.load(folder)
+
+
+def test_a_roots_links_resolve_inside_it_never_out(tmp_path: Path) -> None:
+    """mounts.inside resolves as a chroot would, by the kernel (openat2 RESOLVE_IN_ROOT): a
+    merged-/usr link works, absolute links and `..` chains stay in the root."""
+    from vlab import mounts
+
+    root = tmp_path / "root"
+    (root / "usr/lib/modules/6.1.0-test").mkdir(parents=True)
+    (root / "lib").symlink_to("usr/lib")
+    (root / "boot").symlink_to("/etc")  # the host's /etc has files; the root's has none
+    (root / "sbin").symlink_to("../../../../../../usr/sbin")
+    (root / "etc").mkdir()
+    (root / "etc/hostname").write_text("the root's own\n")
+    assert mounts.inside(root, "lib/modules/6.1.0-test") == root / "usr/lib/modules/6.1.0-test"
+    assert mounts.inside(root, "boot") == root / "etc"
+    assert mounts.inside(root, "boot/hostname") == root / "etc/hostname"
+    assert mounts.inside(root, "boot/passwd") is None  # the host's /etc/passwd is not seen
+    assert mounts.inside(root, "sbin") is None  # no /usr/sbin in the root, host's not seen
+    assert mounts.inside(root, "/../../etc/hostname") == root / "etc/hostname"
+    (root / "proc").symlink_to("/proc/self/root")
+    assert mounts.inside(root, "proc/etc") is None
+
+
+def test_a_link_on_the_way_to_a_module_cannot_lead_out(modules_dir: Path,
+                                                        tmp_path: Path) -> None:
+    """Every part of a module's path is resolved under the module folder, not only its
+    last: a folder of the path that is a link out of it is refused."""
+    outside = tmp_path / "outside/sunrpc"
+    outside.mkdir(parents=True)
+    (outside / "sunrpc.ko").write_bytes(b"host bytes")
+    (modules_dir / "kernel/net").mkdir(parents=True)
+    (modules_dir / "kernel/net/sunrpc").symlink_to(outside)
+    with pytest.raises(HostError, match="leads out of"):
+        initrd.module_bytes(_kernel_at(modules_dir), "kernel/net/sunrpc/sunrpc.ko")
+    (modules_dir / "kernel/net/sunrpc").unlink()
+    (modules_dir / "kernel/net/sunrpc").symlink_to("../../../../outside/sunrpc")
+    with pytest.raises(HostError, match="leads out of"):
+        initrd.module_bytes(_kernel_at(modules_dir), "kernel/net/sunrpc/sunrpc.ko")

@@ -87,7 +87,7 @@ def build(plan: LabPlan, root: Path, kernel: Kernel, final: Path) -> Path:
     confdir = CONFDIR.format(builder=plan.builder.value)
     argv = command(plan, kernel.release, confdir)
     program, package = PROGRAM[plan.builder]
-    if not mounts.inside(root, program).exists():
+    if mounts.inside(root, program) is None:
         raise MissingTool(f"{plan.builder.value} in the root {root} (/{program})",
                           f"{package} (inside the root)")
     with cache.publish(final) as tmp, cache.scratch(final.parent) as scratch:

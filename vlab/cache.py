@@ -79,41 +79,54 @@ def scratch(parent: Path) -> Iterator[Path]:
         _remove(folder)
 
 
+def _shown(src: Path, within: Path | None) -> Path:
+    return src if within is None else within / src
+
+
 @contextmanager
-def open_regular(src: Path, what: str, *, follow: bool = False) -> Iterator[io.BufferedReader]:
+def open_regular(src: Path, what: str, *, follow: bool = False,
+                 within: Path | None = None) -> Iterator[io.BufferedReader]:
     """src open for reading, only if it is a regular file, never blocking (src is untrusted:
     a FIFO or a device is refused) and, unless `follow` (a path the scenario's author
-    gave), never through a symlink as its last part."""
+    gave), never through a symlink as its last part. With `within`, src is relative to that
+    folder of an untrusted tree and resolved by the kernel strictly under it
+    (mounts.open_in): a link on the way that leads out is refused, not followed."""
     flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
+    shown = _shown(src, within)
     try:
-        fd = os.open(src, flags)
+        fd = os.open(src, flags) if within is None else mounts.open_in(
+            within, str(src), flags, beneath=True)
     except OSError as err:
-        why = "a symlink" if err.errno == errno.ELOOP and not follow else err.strerror
-        raise HostError(f"{what} ({src}) cannot be read: {why}") from None
+        why = ("a symlink" if err.errno == errno.ELOOP and not follow
+               else f"it leads out of {within}" if err.errno == errno.EXDEV else err.strerror)
+        raise HostError(f"{what} ({shown}) cannot be read: {why}") from None
     with os.fdopen(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise HostError(f"{what} ({src}) is not a regular file; vlab reads regular "
+            raise HostError(f"{what} ({shown}) is not a regular file; vlab reads regular "
                             "files only")
         yield f
 
 
-def read_regular(src: Path, limit: int, what: str) -> bytes:
+def read_regular(src: Path, limit: int, what: str, *, follow: bool = False,
+                 within: Path | None = None) -> bytes:
     """All of src (open_regular), if it is at most `limit` bytes: never more in memory (a
     root's modules.dep linked to /dev/zero is refused before; a huge one here)."""
-    with open_regular(src, what) as f:
+    with open_regular(src, what, follow=follow, within=within) as f:
         data = f.read(limit + 1)
     if len(data) > limit:
-        raise HostError(f"{what} ({src}) is larger than {limit >> 20} MiB; vlab reads no "
+        raise HostError(f"{what} ({_shown(src, within)}) is larger than {limit >> 20} MiB; "
+                        "vlab reads no "
                         "more of it")
     return data
 
 
-def copy_regular(src: Path, dst: Path, what: str, limit: int | None = None) -> None:
+def copy_regular(src: Path, dst: Path, what: str, limit: int | None = None, *,
+                 within: Path | None = None) -> None:
     """Copy src only if it is a regular file (open_regular) of at most `limit` bytes."""
-    with open_regular(src, what) as f:
+    with open_regular(src, what, within=within) as f:
         if limit is not None and os.fstat(f.fileno()).st_size > limit:
-            raise HostError(f"{what} ({src}) is larger than {limit >> 20} MiB; vlab copies "
-                            "no more of an untrusted tree")
+            raise HostError(f"{what} ({_shown(src, within)}) is larger than {limit >> 20} "
+                            "MiB; vlab copies no more of an untrusted tree")
         with dst.open("wb") as out:
             shutil.copyfileobj(f, out)
 

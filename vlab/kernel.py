@@ -112,7 +112,7 @@ def fetch(package: str, cache_dir: Path) -> Kernel:
 def releases_in(root: Path) -> list[str]:
     """Kernel releases installed in a root (/boot/vmlinuz-*), oldest first."""
     boot = mounts.inside(root, "boot")
-    if not boot.is_dir():
+    if boot is None or not boot.is_dir():
         return []
     return sorted((p.name.removeprefix("vmlinuz-") for p in boot.glob("vmlinuz-*")),
                   key=_version_key)
@@ -134,19 +134,22 @@ def from_root(root: Path, wanted: str | None, cache_dir: Path, scenario: Path) -
     if release not in available:
         raise ScenarioError(scenario, "kernel.version", f"{release!r} is not installed in {root}",
                             f"use one of {', '.join(available)}")
-    src = mounts.inside(root, f"boot/vmlinuz-{release}")
+    boot = mounts.inside(root, "boot")
     modules = mounts.inside(root, f"lib/modules/{release}")
-    if not (modules / "modules.dep").is_file():
+    if modules is None or not (modules / "modules.dep").is_file():
         raise ScenarioError(scenario, "kernel.version", f"{root} has no modules.dep for {release}",
                             f"run depmod {release} in the root")
-    if not src.is_file() or src.is_symlink():  # inside() resolved every symlink already
-        raise ScenarioError(scenario, "kernel.version", f"/boot/vmlinuz-{release} in {root} is "
-                            "not a regular file", "a root's kernel must be a regular file")
+    assert boot is not None  # releases_in found the kernel there
     with cache.scratch(cache_dir / "kernels") as scratch:
         # Copied once, never through a link, then digested: a FIFO or a device cannot
         # hang vlab or land in the cache (the root is untrusted).
-        cache.copy_regular(src, scratch / "vmlinuz", what=f"the root's kernel {src}",
-                           limit=MAX_KERNEL)
+        try:
+            cache.copy_regular(Path(f"vmlinuz-{release}"), scratch / "vmlinuz",
+                               what="the root's kernel", limit=MAX_KERNEL, within=boot)
+        except HostError as err:
+            raise ScenarioError(scenario, "kernel.version", f"{release}: {err.message()}",
+                                "a root's kernel must be a regular file in its /boot, not "
+                                "a link") from None
         digest = cache.file_digest(scratch / "vmlinuz")
         final = cache_dir / "kernels" / f"root-{release}-{digest[:16]}"
         if not (final / "vmlinuz").exists():

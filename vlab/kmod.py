@@ -43,9 +43,11 @@ def _exists(path: Path) -> bool:
 
 
 def _index(path: Path) -> str:
-    """One of the module folder's index files: a regular file, bounded (cache.read_regular)."""
+    """One of the module folder's index files: a regular file in that folder, bounded
+    (cache.read_regular)."""
     try:
-        return read_regular(path, MAX_INDEX, path.name).decode(errors="replace")
+        return read_regular(Path(path.name), MAX_INDEX, path.name,
+                            within=path.parent).decode(errors="replace")
     except HostError as err:
         raise BadModulesDep(str(err)) from None
 

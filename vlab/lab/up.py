@@ -449,6 +449,8 @@ def ready_line(plan: LabPlan) -> Pattern | None:
         return READY_BUSYBOX
     # inside() follows the root's own symlinks (/sbin/init -> /lib/systemd/systemd).
     init = mounts.inside(plan.export_path, "sbin/init")
+    if init is None:
+        return None
     if init.name == "systemd":
         return READY_SYSTEMD
     # vlab's busybox root, brought as an image or a folder: its init says when it is up.
