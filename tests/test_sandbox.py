@@ -293,3 +293,39 @@ def test_a_builder_that_prints_without_end_costs_bounded_memory(tmp_path: Path) 
     assert err.value.stderr.startswith("[... the first part of the output is left out]")
     assert len(err.value.stderr) <= run.OUTPUT_MAX + 100
     assert grew_kib < 48 << 10, grew_kib  # of 128 MiB printed
+
+
+def test_qemu_img_parses_an_image_with_no_capability_seeing_only_usr(tmp_path: Path) -> None:
+    """The machine's parser of an image's bytes (sandbox.parser_argv, what converts a qcow2):
+    it reads the descriptor vlab hands it (the image may be 0600) and writes its folder, and
+    nothing else: no host file, no write to /usr, no capability, seccomp on."""
+    from vlab import run, sandbox
+
+    secret = tmp_path / "host-secret"
+    secret.write_text("host secret\n")
+    image = tmp_path / "image"
+    image.write_text("the image's bytes\n")
+    image.chmod(0o600)
+    out = tmp_path / "out"
+    out.mkdir(mode=0o700)
+    script = (f"cat /dev/fd/{{fd}}; cat {secret} && echo LEAK-host-file; "
+              "cat /etc/hostname && echo LEAK-etc; ls /root && echo LEAK-root; "
+              "touch /usr/evil && echo LEAK-usr; unshare -r true && echo LEAK-unshare; "
+              "echo made > /out/made; grep -E '^(Cap...|NoNewPrivs|Seccomp):' /proc/self/status")
+    fd = os.open(image, os.O_RDONLY)
+    seccomp_fd = sandbox.seccomp_filter()
+    try:
+        done = run.run(sandbox.parser_argv(["sh", "-c", script.format(fd=fd)], out=out,
+                                           seccomp_fd=seccomp_fd), pass_fds=(fd, seccomp_fd))
+    finally:
+        os.close(fd)
+        os.close(seccomp_fd)
+    assert "LEAK" not in done.stdout, done.stdout
+    lines = done.stdout.split()
+    assert done.stdout.startswith("the image's bytes\n"), done.stdout
+    for cap in ("CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"):
+        assert lines[lines.index(cap) + 1] == "0000000000000000", done.stdout
+    assert lines[lines.index("NoNewPrivs:") + 1] == "1", done.stdout
+    assert lines[lines.index("Seccomp:") + 1] == "2", done.stdout
+    assert (out / "made").read_text() == "made\n"
+    assert not Path("/usr/evil").exists()

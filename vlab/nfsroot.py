@@ -3,12 +3,14 @@ mounted read-only, or a directory as it is; exported read-only."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
-from vlab import busybox, cache, disk, mounts, render, run
+from vlab import busybox, cache, disk, mounts, render, run, sandbox
 from vlab.errors import HostError, MissingTool
 from vlab.progress import Say
 
@@ -119,6 +121,15 @@ NO_REPLAY = {"ext4": "noload", "xfs": "norecovery", "btrfs": "nologreplay"}
 QEMU_IMG_LIMITS = ["prlimit", "--as=4294967296", "--cpu=1800"]  # a hostile image's parser
 
 
+@contextlib.contextmanager
+def _filter() -> Iterator[int]:
+    fd = sandbox.seccomp_filter()
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
 def raw_image(image: Path, fd: int, cache_dir: Path, say: Say) -> Path | None:
     """None if the image (open as `fd`) is a raw disk; else a qcow2 image converted once into
     the cache, keyed by the image's checksum (its stat memoizes the checksum, so a warm run does
@@ -151,11 +162,16 @@ def raw_image(image: Path, fd: int, cache_dir: Path, say: Say) -> Path | None:
         # qemu-img reads the descriptor vlab holds (inherited), not the image's path
         source = ('json:{"driver": "qcow2", "backing": null, "file": {"driver": "file", '
                   f'"filename": {json.dumps(f"/dev/fd/{fd}")}}}}}')
-        with cache.publish(final) as tmp:
-            run.run([*QEMU_IMG_LIMITS, "qemu-img", "convert", "-O", "raw", source, str(tmp)],
-                    timeout=3600, hint=f"qemu-img could not read {image} as qcow2",
-                    pass_fds=(fd,))
-            tmp.chmod(0o444)
+        with cache.scratch(folder) as out, _filter() as seccomp_fd:
+            # The qcow2 parser is the machine's, its input the image's: sandboxed like a
+            # builder (vlab.sandbox), writing into a folder of its own, moved into the cache.
+            run.run([*QEMU_IMG_LIMITS, *sandbox.parser_argv(
+                ["qemu-img", "convert", "-O", "raw", source, "/out/image.raw"], out=out,
+                seccomp_fd=seccomp_fd)], timeout=3600,
+                hint=f"qemu-img could not read {image} as qcow2", pass_fds=(fd, seccomp_fd))
+            with cache.publish(final) as tmp:
+                (out / "image.raw").rename(tmp)
+                tmp.chmod(0o444)
     return final
 
 

@@ -22,6 +22,10 @@ chroot is no boundary for root, and an image's builder is the image's code. vlab
 
 Bubblewrap needs the mount points in the root (/dev, /proc, /tmp); 125 means the sandbox
 itself could not be set up (the message says why).
+
+A program of the machine's that parses an image's bytes (qemu-img) runs in bubblewrap too,
+with the same filter (parser_argv): uid 0 without any capability, seeing /usr and its
+output folder only.
 """
 
 from __future__ import annotations
@@ -209,6 +213,30 @@ def bwrap_argv(root: Path, command: list[str], *, seccomp_fd: int) -> list[str]:
              "--setenv", "LC_ALL", "C", "--setenv", "HOME", "/", "--chdir", "/",
              "--seccomp", str(seccomp_fd), "--", *command]
     return argv
+
+
+def parser_argv(command: list[str], *, out: Path, seccomp_fd: int) -> list[str]:
+    """Bubblewrap's command line for a program of the machine's that reads an image's bytes
+    (qemu-img): it runs as uid 0, so that it can open the descriptor of the image vlab hands
+    it (/dev/fd/N opens the file anew, and an image may be 0600), but in a user namespace of
+    its own (mapping 0 to 0 only) with every capability set empty, which keeps it from every
+    file of the machine not owned by root, and it sees no file owned by root but the
+    machine's /usr (read-only) and the folder `out` (bound on /out, its only writable place
+    besides a /tmp of its own). New PID, network, IPC, UTS and cgroup namespaces, a session
+    of its own, no_new_privs, the builders' seccomp filter."""
+    argv = ["bwrap", "--unshare-user", "--uid", "0", "--gid", "0", "--unshare-pid",
+            "--unshare-net", "--unshare-ipc", "--unshare-uts",
+            "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+            "--ro-bind", "/usr", "/usr"]
+    for top in ("bin", "sbin", "lib", "lib64"):  # merged /usr: links; else folders
+        path = Path("/") / top
+        if path.is_symlink():
+            argv += ["--symlink", os.readlink(path), f"/{top}"]
+        elif path.is_dir():
+            argv += ["--ro-bind", str(path), f"/{top}"]
+    return [*argv, "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--bind", str(out),
+            "/out", "--clearenv", "--setenv", "PATH", PATH, "--setenv", "LC_ALL", "C",
+            "--chdir", "/", "--seccomp", str(seccomp_fd), "--", *command]
 
 
 def _sandbox_uid_is_free() -> None:
