@@ -356,6 +356,11 @@ def test_nfs3_terminal_mounts_through_the_labs_own_rpcbind_which_goes_with_down(
     assert procs.netns_of(rpcbind) == procs.netns_of(nfsserver.pid(plan) or 0) \
         != procs.netns_of(1)
     assert not (Dirs.from_env().state / "rpcbind.pid").exists()  # the machine's: not used
+    server = nfsserver.pid(plan)
+    assert server is not None  # ganesha is process 1 of a PID namespace of its own
+    assert os.readlink(f"/proc/{server}/ns/pid") != os.readlink("/proc/self/ns/pid")
+    nspid = Path(f"/proc/{server}/status").read_text().split("NSpid:")[1].split("\n")[0]
+    assert nspid.split()[-1] == "1", nspid
     forged_handles_reach_nothing_outside_the_export(plan)
     assert vlab("down", "scenarios/nfs3.toml").returncode == 0
     assert leftovers(plan) == []

@@ -139,3 +139,48 @@ def test_what_it_runs_has_only_the_capabilities_ganesha_needs(tmp_path: Path) ->
     bounding = int(ran.stdout.split()[1], 16)
     assert bounding == sum(1 << cap for cap in GANESHA_CAPS), ran.stdout
     assert "REMOUNTED" not in ran.stdout
+
+
+def test_the_server_is_process_1_of_a_pid_namespace_and_sees_no_other(tmp_path: Path) -> None:
+    """Issue 27: ganesha shared the machine's PID namespace. What confine executes is process
+    1 of a namespace of its own, with a /proc of it: no process of the machine's is seen."""
+    import os
+
+    server, export = tmp_path / "srv", tmp_path / "export"
+    server.mkdir()
+    export.mkdir()
+    ran = subprocess.run([sys.executable, "-m", "vlab.confine", str(server), "", str(export),
+                          "--", "sh", "-c", f"echo $$; ls /proc | grep -c '^[0-9]'; "
+                          f"[ -e /proc/{os.getpid()} ] && echo LEAK; exit 7"],
+                         capture_output=True, text=True, timeout=30)
+    assert ran.returncode == 7, ran  # the exit status is the program's
+    pid, seen = ran.stdout.split()[:2]
+    assert pid == "1" and int(seen) <= 3 and "LEAK" not in ran.stdout, ran.stdout
+
+
+def test_with_a_pid_file_the_server_runs_on_and_its_pid_is_the_machines(tmp_path: Path) -> None:
+    """How vlab starts ganesha: confine returns once the server runs, and the pid file holds
+    its pid as the machine sees it, by which vlab follows and stops it."""
+    import os
+
+    from vlab import procs
+
+    server, export, pid_file = tmp_path / "srv", tmp_path / "export", tmp_path / "server.pid"
+    server.mkdir()
+    export.mkdir()
+    with (tmp_path / "log").open("w") as log:  # as vlab does: the server keeps its output
+        ran = subprocess.run([sys.executable, "-m", "vlab.confine", "--pid-file",
+                              str(pid_file), str(server), "", str(export), "--", "sleep", "60"],
+                             stdout=log, stderr=subprocess.STDOUT, timeout=30)
+    assert ran.returncode == 0, (tmp_path / "log").read_text()
+    pid = procs.read_pid(pid_file, "sleep", "60")
+    assert pid is not None, pid_file.read_text()
+    try:
+        assert os.readlink(f"/proc/{pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
+    finally:
+        procs.stop(pid)
+    assert not procs.alive(pid)
+    bad = subprocess.run([sys.executable, "-m", "vlab.confine", "--pid-file", str(pid_file),
+                          str(server), "", str(export), "--", "/no/such/program"],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode == SETUP_FAILED and "/no/such/program" in bad.stderr, bad

@@ -1,4 +1,4 @@
-"""The NFS server's mount namespace: its export a filesystem of its own, and, for a lab
+"""The NFS server's mount and PID namespaces: its export a filesystem of its own, and, for a lab
 with NFSv4.0 terminals, every mount read-only but the server's own folder.
 
 vlab starts each lab's nfs-ganesha as
@@ -20,8 +20,12 @@ machine) and there:
   domains/nfs/ganesha.conf.j2;
 - binds RUN_DIR on /run when it is given (the lab's own rpcbind socket),
 
-and executes ARGV with no capability but GANESHA_CAPS in its bounding set. The exit status
-is ARGV's; 125 means the namespace could not be set up (the message says why).
+and runs ARGV as process 1 of a PID namespace of its own, with a /proc of that namespace
+(the server sees, signals and traces no process of the machine's), with no capability but
+GANESHA_CAPS in its bounding set. The exit status is ARGV's; 125 means the namespaces could
+not be set up (the message says why). With --pid-file FILE, it does not wait: once ARGV runs,
+it writes ARGV's pid as the machine sees it into FILE and exits 0 (the server runs in the
+foreground of its namespace, and vlab follows and stops it by that pid).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import sys
 from vlab import run
 from vlab.errors import CommandError
 
-CLONE_NEWNS = 0x00020000
+CLONE_NEWNS, CLONE_NEWPID = 0x00020000, 0x20000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_NOATIME, MS_BIND, MS_REC, MS_PRIVATE = 32, 1024, 4096, 16384, 1 << 18
 # What a remount must keep of a mount's flags (statvfs's ST_* have the same values)
@@ -48,8 +52,10 @@ class ConfineError(Exception):
     pass
 
 
-def _mount(source: str | None, target: str, flags: int, *, gone_ok: bool = False) -> None:
-    if _libc.mount(source and source.encode(), target.encode(), None, flags, None) != 0:
+def _mount(source: str | None, target: str, flags: int, *, gone_ok: bool = False,
+           fstype: str | None = None) -> None:
+    if _libc.mount(source and source.encode(), target.encode(), fstype and fstype.encode(),
+                   flags, None) != 0:
         err = ctypes.get_errno()
         if gone_ok and err in (errno.ENOENT, errno.ENOTDIR):
             return
@@ -145,24 +151,65 @@ def _keep_only(caps: frozenset[int]) -> None:
             raise ConfineError(f"drop capability {cap}: {os.strerror(ctypes.get_errno())}")
 
 
+def _own_proc() -> None:
+    """A /proc of the new PID namespace's, in place of the machine's: the server sees no
+    process but its own."""
+    _mount("proc", "/proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, fstype="proc")
+
+
+def _run_in_own_pid_namespace(argv: list[str], pid_file: str | None) -> int:
+    """ARGV as process 1 of a PID namespace of its own. Without pid_file, wait for it and
+    return its exit status; with it, write its pid (as the machine sees it) there once it has
+    executed ARGV, and return 0 at once: ARGV runs on, and goes with every process it left
+    when it ends (the namespace's init)."""
+    if _libc.unshare(CLONE_NEWPID) != 0:
+        raise ConfineError(f"unshare: {os.strerror(ctypes.get_errno())}")
+    # Closed on exec: the parent reads end of file once ARGV runs, or why it could not.
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        try:
+            _own_proc()
+            _keep_only(GANESHA_CAPS)
+            os.execvp(argv[0], argv)
+        except (ConfineError, OSError) as err:
+            os.write(write_end, f"{argv[0]}: {err}".encode())
+        os._exit(SETUP_FAILED)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        failed = f.read().decode(errors="replace")
+    if failed:
+        os.waitpid(pid, 0)
+        raise ConfineError(failed)
+    if pid_file is None:
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    with open(pid_file, "w") as f:
+        f.write(f"{pid}\n")
+    return 0
+
+
 def main(argv: list[str]) -> int:
-    image, readonly = None, False
-    while argv and argv[0] in ("--image", "--readonly"):
-        if argv[0] == "--image" and len(argv) > 1:
-            image, argv = argv[1], argv[2:]
+    image, readonly, pid_file = None, False, None
+    while argv and argv[0] in ("--image", "--readonly", "--pid-file"):
+        if argv[0] in ("--image", "--pid-file") and len(argv) > 1:
+            if argv[0] == "--image":
+                image = argv[1]
+            else:
+                pid_file = argv[1]
+            argv = argv[2:]
         else:
             readonly, argv = True, argv[1:]
     if len(argv) < 5 or argv[3] != "--":
-        print("usage: python -m vlab.confine [--image IMAGE] [--readonly] SERVER_DIR RUN_DIR "
-              "EXPORT -- ARGV...", file=sys.stderr)
+        print("usage: python -m vlab.confine [--image IMAGE] [--readonly] [--pid-file FILE] "
+              "SERVER_DIR RUN_DIR EXPORT -- ARGV...", file=sys.stderr)
         return SETUP_FAILED
     try:
         confine(argv[0], argv[1], argv[2], image, readonly)
-        _keep_only(GANESHA_CAPS)
+        return _run_in_own_pid_namespace(argv[4:], pid_file)
     except (ConfineError, OSError) as err:
         print(f"vlab.confine: {err}", file=sys.stderr)
         return SETUP_FAILED
-    os.execvp(argv[4], argv[4:])
 
 
 if __name__ == "__main__":

@@ -185,14 +185,14 @@ def _private_run(run_dir: Path, argv: list[str]) -> list[str]:
 
 def _confined(plan: LabPlan, argv: list[str], run_dir: Path | None,
               image: Path | None) -> list[str]:
-    """ganesha in a mount namespace of its own (vlab/confine.py), with the capabilities it
-    needs only: the export's image (if any, vlab/exportfs.py) mounted over the root's path, so
+    """ganesha in mount and PID namespaces of its own (vlab/confine.py), with the capabilities
+    it needs only: the export's image (if any, vlab/exportfs.py) mounted over the root's path, so
     that no file handle reaches beyond it; the lab's /run; and, for a lab with NFSv4.0
     terminals, every mount read-only but its own folder. Only for them, to whom the export is
     RW in ganesha's configuration (ganesha.conf.j2 says why): read-only in the kernel,
     ganesha's lock files cannot be opened for writing, and it refuses a client's write locks
     (STATE_READ_ONLY_FS), which a Debian root's units take; with ganesha's own RO they work."""
-    return [sys.executable, "-m", "vlab.confine",
+    return [sys.executable, "-m", "vlab.confine", "--pid-file", str(_files(plan)[1]),
             *(["--image", str(image)] if image is not None else []),
             *(["--readonly"] if plan.nfs40_clients else []),
             str(plan.nfs_server_dir), str(run_dir or ""), str(plan.export_path), "--", *argv]
@@ -238,8 +238,10 @@ def start(plan: LabPlan, netns: str | None, state_dir: Path, image: Path | None)
     if server_pid(pid_file) is not None:
         return
     (plan.nfs_server_dir / "recovery").mkdir(parents=True, exist_ok=True)
-    argv = [GANESHA, "-f", str(conf), "-L", str(log_file), "-p", str(pid_file),
-            "-N", "NIV_EVENT"]
+    # In the foreground of a PID namespace of its own (vlab.confine), where it is process 1
+    # and writes 1 into its own pid file; confine writes the pid vlab follows it by.
+    argv = [GANESHA, "-F", "-f", str(conf), "-L", str(log_file),
+            "-p", str(pid_file.with_name("ganesha.own.pid")), "-N", "NIV_EVENT"]
     if plan.nfs_netns is not None:
         run_dir = plan.nfs_server_dir / "run"
         run_dir.mkdir(mode=0o755, exist_ok=True)
