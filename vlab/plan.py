@@ -24,7 +24,9 @@ from vlab.errors import ScenarioError
 from vlab.lease import NO_OTHER_LABS, Taken, digest, lease, pinned_mac, pinned_macs
 from vlab.scenario.model import (
     EXPORT_PATH_RE,
+    LAB_HOST,
     LOCAL,
+    NFS_HOST,
     UEFI_PXE_MEMORY,
     AfterBoot,
     Firmware,
@@ -47,7 +49,6 @@ NETNS = "vlab-host"
 # network's .2 (the lab host is .1, DHCP and TFTP; terminals from .10): there it listens where
 # a site's server does, so root paths and mount options are a site's. (Not for labs with
 # [[libvirt_host]]s: their terminals reach the server through the lab host's namespace.)
-NFS_HOST = 2
 NFS_PORT = 2049
 NFS40_RE = re.compile(r"(?<![\w.])(?:nfs)?vers=4\.0(?![\d.])|(?<![\w.])minorversion=0\b")
 MOUNT_PORT = 20048  # mountd's usual port (nfs-utils' nfs.conf), found through rpcbind
@@ -192,7 +193,7 @@ class LabPlan:
     def gateway(self) -> str:
         """The lab host's address on the lab network: DHCP and TFTP (and the NFS server of
         a lab with other hypervisor hosts)."""
-        return str(self.subnet.network_address + 1)
+        return str(self.subnet.network_address + LAB_HOST)
 
     @property
     def ipv6_subnet(self) -> str:
@@ -314,7 +315,7 @@ def place(scenario: Scenario, free_mib: dict[str, int] | None = None) -> Placeme
 
 def nfs_address(subnet: ipaddress.IPv4Network, nfs_netns: str | None) -> str:
     """Where terminals mount the root: the server's own namespace (.2), or the lab host."""
-    return str(subnet.network_address + (1 if nfs_netns is None else NFS_HOST))
+    return str(subnet.network_address + (LAB_HOST if nfs_netns is None else NFS_HOST))
 
 
 def domain_name(lab: str, terminal: str) -> str:

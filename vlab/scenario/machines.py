@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from vlab.scenario.model import Firmware, Machine, Pxe
+from vlab.scenario.model import LAB_HOST, NFS_HOST, Firmware, Machine, Pxe
 from vlab.scenario.table import Table
 
 KEYS = ("name", "mac", "ip", "root", "cmdline", "firmware")
@@ -12,7 +12,9 @@ KEYS = ("name", "mac", "ip", "root", "cmdline", "firmware")
 DEFAULT_TWINS = frozenset(f"default-{f.value}" for f in Firmware if f is not Firmware.BIOS)
 
 
-def pxe(top: Table) -> Pxe:
+def pxe(top: Table, subnet: ipaddress.IPv4Network | None) -> Pxe:
+    """The site's hosts. A host inside the lab's `subnet` keeps its address in the twin
+    check, so it may not be one of the lab's own."""
     pxe_t = Table(top.file, "pxe", top.sub("pxe", {}), ("nfs_server", "firmware"))
     default = pxe_t.choice("firmware", Firmware, Firmware.BIOS)
     raw = top.tables("host", "write each physical host as a [[host]] table")
@@ -40,7 +42,22 @@ def pxe(top: Table) -> Pxe:
             raise t.error("ip", f"{ip} is also the address of host[{ips[ip]}]",
                           "give every host its own address")
         if ip is not None:
+            _not_the_labs_own(t, ip, subnet)
             ips[ip] = i
         found.append(Machine(name=name, mac=mac, ip=ip, root=t.root_override(),
                              cmdline=t.cmdline(), firmware=t.choice("firmware", Firmware, default)))
     return Pxe(nfs_server=pxe_t.ip("nfs_server"), machines=tuple(found), firmware=default)
+
+
+def _not_the_labs_own(t: Table, ip: ipaddress.IPv4Address,
+                      subnet: ipaddress.IPv4Network | None) -> None:
+    if subnet is None or ip not in subnet:
+        return
+    own = {subnet.network_address: "the network address",
+           subnet.broadcast_address: "the broadcast address",
+           subnet.network_address + LAB_HOST: "the lab host's address (DHCP and TFTP)",
+           subnet.network_address + NFS_HOST: "the NFS server's address"}
+    if ip in own:
+        raise t.error("ip", f"'{ip}' is {own[ip]} of the lab's subnet {subnet}",
+                      f"give the host an address from {subnet.network_address + 3} to "
+                      f"{subnet.broadcast_address - 1}, or the lab another subnet")

@@ -111,6 +111,11 @@ class NicDriver(StrEnum):
 UEFI_PXE_MEMORY = 512
 
 
+# The lab's own addresses on its network, by host number: the lab host (its bridge, DHCP and
+# TFTP) and the lab's NFS server; no machine of a scenario may have them.
+LAB_HOST, NFS_HOST = 1, 2
+
+
 @dataclass(frozen=True)
 class Lab:
     name: str

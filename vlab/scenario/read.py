@@ -68,7 +68,7 @@ def parse(path: Path, data: Mapping[str, Any]) -> Scenario:
     lab = _lab(Table(path, "lab", top.sub("lab"), _LAB_KEYS), initrd.builder)
     kernel = _kernel(Table(path, "kernel", top.sub("kernel", {}), _KERNEL_KEYS), root)
     _check_builder(path, root, kernel, initrd, lab)
-    pxe = machines.pxe(top)
+    pxe = machines.pxe(top, lab.subnet)
     terminals = _terminals(top, initrd.nic_drivers, lab.hypervisor,
                            required=not pxe.machines)
     checks = _checks(top, root)
