@@ -155,6 +155,10 @@ def _root(t: Table) -> Root:
     if not re.fullmatch(r"^[a-z]+$", suite):
         raise t.error("suite", f"{suite!r} is not a Debian suite name",
                       'use e.g. "trixie" or "bookworm"')
+    if source is not RootSource.BUSYBOX and "after_boot" in t.data:
+        raise t.error("after_boot", f'is only for source = "busybox" (vlab\'s own init does '
+                      f'it), not "{source.value}", whose own init decides',
+                      "remove after_boot, or use source = \"busybox\"")
     return Root(source=source, after_boot=t.choice("after_boot", AfterBoot, AfterBoot.SHELL),
                 writable=t.choice("writable", Writable, Writable.TMPFS), path=path,
                 suite=suite, packages=tuple(packages), partition=partition,
@@ -217,6 +221,11 @@ def _kernel(t: Table, root: Root) -> Kernel:
     if source is KernelSource.ROOT and root.source is RootSource.BUSYBOX:
         raise t.error("source", '"root" but the busybox root has no kernel',
                       'use source = "debian"')
+    if source is KernelSource.ROOT and "package" in t.data:
+        raise t.error("package", 'names the Debian package of source = "debian", not "root", '
+                      "which boots the kernel installed in the root",
+                      "remove package (pick the root's kernel with version), or use "
+                      'source = "debian"')
     package = t.get("package", str, "linux-image-amd64")
     if not re.fullmatch(r"^linux-image-[a-z0-9.+-]+$", package):
         raise t.error(
