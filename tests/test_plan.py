@@ -180,3 +180,20 @@ def test_nfsv42_with_a_linux_that_reads_through_read_plus_is_refused() -> None:
                        r"Linux 6.12.43\+deb13-amd64.*issue #1188.*nfs_version = \"4.1\""):
         nfsserver.refuse_broken_reads(plan, "6.12.43+deb13-amd64")
     nfsserver.refuse_broken_reads(plan_of("e1000"), "6.12.43+deb13-amd64")  # 4.1
+
+
+def test_a_domain_name_another_lab_holds_is_bad_input(tmp_path: Path) -> None:
+    """Issue 27: names that collide only once vlab derives its own. Lab "a-b"'s terminal "t1"
+    and lab "a"'s terminal "b-t1" are both the libvirt domain vlab-a-b-t1."""
+    dirs = Dirs(tmp_path / "cache", tmp_path / "state")
+    a = make_plan(_lab(tmp_path, "a-b"), dirs)
+    state.update(a.lab_dir, lease=state.lease_of(a))
+    path = tmp_path / "a.toml"
+    path.write_text('[lab]\nname = "a"\n[[terminal]]\nname = "t9"\n[[terminal]]\n'
+                    'name = "b-t1"\n')
+    with pytest.raises(ScenarioError) as err:
+        make_plan(scenario.load(path), dirs, state.taken(dirs.state, "a"))
+    assert err.value.message() == (
+        f"{path}: terminal[1].name: 'b-t1' of lab 'a' is the libvirt domain vlab-a-b-t1, "
+        "which lab 'a-b' has (it is up); fix: rename the terminal or the lab")
+    assert make_plan(scenario.load(path), dirs).terminals[1].domain == "vlab-a-b-t1"

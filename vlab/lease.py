@@ -44,6 +44,7 @@ class Taken:
     ports: frozenset[int] = frozenset()
     bridges: frozenset[str] = frozenset()
     macs: frozenset[str] = frozenset()
+    domains: frozenset[str] = frozenset()  # libvirt domain names
     by: dict[str, str] = field(default_factory=dict, compare=False)  # resource -> lab
     # Networks the machine already routes that are not vlab's (a workstation's libvirt
     # `default` network, its LAN, a VPN): a lab's subnet must not overlap them.

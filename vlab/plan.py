@@ -348,6 +348,7 @@ def make_plan(scenario: Scenario, dirs: Dirs, taken: Taken = NO_OTHER_LABS,
     else:
         terminals = _terminals(scenario, subnet, server, option_port, export_path, lab_dir,
                                placement or place(scenario), taken.macs, ssh_key)
+    _own_domains(scenario, terminals, taken, twins)
     return LabPlan(
         lab=lab.name,
         scenario=scenario.path,
@@ -471,6 +472,19 @@ def _terminals(scenario: Scenario, subnet: ipaddress.IPv4Network, nfs_server: st
             nvram=None if t.firmware is Firmware.BIOS else lab_dir / "nvram" / f"{t.name}.fd",
         ))
     return tuple(terminals)
+
+
+def _own_domains(scenario: Scenario, terminals: tuple[TerminalPlan, ...], taken: Taken,
+                 twins: bool) -> None:
+    """No terminal's libvirt domain may be another lab's: `vlab-{lab}-{terminal}` of lab
+    "a-b" and terminal "c" is that of lab "a" and terminal "b-c"."""
+    for i, t in enumerate(terminals):
+        if t.domain in taken.domains:
+            raise ScenarioError(
+                scenario.path, "lab.name" if twins else f"terminal[{i}].name",
+                f"{t.name!r} of lab {scenario.lab.name!r} is the libvirt domain {t.domain}, "
+                f"which lab {taken.by.get(t.domain, '?')!r} has (it is up)",
+                "rename the terminal or the lab")
 
 
 def _twins(scenario: Scenario, subnet: ipaddress.IPv4Network, nfs_server: str,

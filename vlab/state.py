@@ -77,7 +77,8 @@ def machine_locked(state_dir: Path) -> Iterator[None]:
 def lease_of(plan: LabPlan) -> dict[str, Any]:
     return {"attempt": plan.attempt, "subnet": str(plan.subnet), "nfs_port": plan.nfs_port,
             "mount_port": plan.mount_port, "bridge": plan.bridge,
-            "macs": [t.mac for t in plan.terminals]}
+            "macs": [t.mac for t in plan.terminals],
+            "domains": [t.domain for t in plan.terminals]}
 
 
 def recorded_attempt(lab_dir: Path) -> int | None:
@@ -91,6 +92,7 @@ def taken(state_dir: Path, but: str) -> Taken:
     ports: set[int] = set()
     bridges: set[str] = set()
     macs: set[str] = set()
+    domains: set[str] = set()
     by: dict[str, str] = {}
     for path in sorted((state_dir / "labs").glob(f"*/{STATE}")):
         if path.parent.name == but:
@@ -102,5 +104,9 @@ def taken(state_dir: Path, but: str) -> Taken:
         ports.update(int(lease.get(k, 0)) for k in ("nfs_port", "mount_port"))
         bridges.add(str(lease.get("bridge")))
         macs.update(str(m) for m in lease.get("macs", []))
+        for domain in map(str, lease.get("domains", [])):
+            domains.add(domain)
+            by[domain] = path.parent.name
         by[str(lease.get("subnet"))] = path.parent.name
-    return Taken(frozenset(subnets), frozenset(ports), frozenset(bridges), frozenset(macs), by)
+    return Taken(frozenset(subnets), frozenset(ports), frozenset(bridges), frozenset(macs),
+                 frozenset(domains), by)
