@@ -100,7 +100,19 @@ def _checks(top: Table, root: Root) -> tuple[Check, ...]:
     return tuple(checks)
 
 
-SYSTEM_TREES = frozenset((p,) for p in ("proc", "sys", "dev", "run"))
+# Trees of the machine's own system: no folder in them is a terminal's root. (/usr/local and
+# /var/lib hold a site's own things, roots among them; /var/lib itself is a SYSTEM_DIR.)
+SYSTEM_TREES = frozenset(tuple(p.split("/")) for p in (
+    "proc", "sys", "dev", "run", "etc", "boot", "bin", "sbin", "lib", "lib32", "lib64", "libx32",
+    "usr/bin", "usr/sbin", "usr/lib", "usr/lib32", "usr/lib64", "usr/libexec", "usr/include",
+    "usr/share", "var/log", "var/spool", "var/mail", "var/backups", "var/cache/apt",
+    "var/lib/dpkg", "var/lib/apt", "var/lib/libvirt", "var/lib/vlab"))
+
+
+def _system_folder(path: Path) -> bool:
+    """Is path a folder of the machine's own system, in one of its trees, or above one?"""
+    return (path in SYSTEM_DIRS or any(d.is_relative_to(path) for d in SYSTEM_DIRS)
+            or any(path.parts[1:1 + len(t)] == t for t in SYSTEM_TREES))
 _ROOT_KEYS = ("source", "path", "partition", "boot_partition", "suite", "packages",
               "after_boot", "writable")
 _KERNEL_KEYS = ("source", "package", "version")
@@ -123,7 +135,7 @@ def _root(t: Table) -> Root:
         if not (path.is_dir() if source is RootSource.DIR else path.is_file()):
             raise t.error("path", f"{raw!r} is not a {kind} ({path})",
                           f"give the path of the root {kind} (relative to the scenario file)")
-        if source is RootSource.DIR and (path in SYSTEM_DIRS or path.parts[1:2] in SYSTEM_TREES):
+        if source is RootSource.DIR and _system_folder(path):
             raise t.error("path", f"{raw!r} is {path}, a folder of this machine's own system",
                           "give a folder that holds only the terminal's root tree (exported "
                           "to every terminal, read by its builder)")
