@@ -14,6 +14,7 @@ import posixpath
 import shlex
 import socket
 import stat
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,26 @@ MARKER_TEXT = "made by vlab for one lab's boot files; vlab down removes it\n"
 WINDOW = 16 << 20
 
 ANSWER_MAX = 1 << 20  # bytes of a remote command's answer vlab reads
+ANSWER_SECONDS = 300  # for all of it (sha256sum of a 1 GiB initrd on a slow disk: ~10 s)
 HEX = frozenset("0123456789abcdef")
+
+
+def _answer(chan: paramiko.Channel) -> bytes:
+    """What a remote command prints until it ends: at most ANSWER_MAX bytes, within
+    ANSWER_SECONDS in all (a host that trickles bytes cannot hold vlab either); raises
+    TimeoutError."""
+    deadline = time.monotonic() + ANSWER_SECONDS
+    data = bytearray()
+    while len(data) < ANSWER_MAX:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        chan.settimeout(left)
+        chunk = chan.recv(min(1 << 16, ANSWER_MAX - len(data)))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
 
 
 @dataclass(frozen=True)
@@ -135,10 +155,17 @@ class Host:
         """The checksums of files there, in one command; a missing file is left out."""
         chan = self.client.get_transport().open_session()  # type: ignore[union-attr]
         chan.exec_command("sha256sum -- " + shlex.join(paths))
-        # The other host's answer: at most a line a path, read bounded, decoded leniently; a
-        # line that is not "DIGEST  PATH" for a path asked about is not a checksum.
-        out = chan.makefile("rb").read(ANSWER_MAX).decode(errors="replace")
-        chan.close()  # a host that would say more is not listened to
+        # The other host's answer: at most a line a path, read bounded in size and time,
+        # decoded leniently; a line that is not "DIGEST  PATH" for a path asked about is not
+        # a checksum.
+        try:
+            out = _answer(chan).decode(errors="replace")
+        except TimeoutError:
+            raise ShipError(f"host {self.name}: sha256sum gave no whole answer within "
+                            f"{ANSWER_SECONDS} s; fix: check that the host is not overloaded "
+                            "and its disk answers, then run the command again") from None
+        finally:
+            chan.close()  # a host that would say more is not listened to
         sums = {}
         for line in out.splitlines():
             digest, _, name = line.partition("  ")
