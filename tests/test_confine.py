@@ -184,3 +184,30 @@ def test_with_a_pid_file_the_server_runs_on_and_its_pid_is_the_machines(tmp_path
                           str(server), "", str(export), "--", "/no/such/program"],
                          capture_output=True, text=True, timeout=30)
     assert bad.returncode == SETUP_FAILED and "/no/such/program" in bad.stderr, bad
+
+
+def test_with_a_writable_image_nothing_else_of_the_machine_is_writable(tmp_path: Path) -> None:
+    """Issue 27: outside labs with NFSv4.0 terminals the export image is mounted read-write
+    (ganesha opens locked files read-write); every other mount is read-only all the same,
+    the image's own folder (vlab's cache) and the image file itself included."""
+    server, export, tree = tmp_path / "srv", tmp_path / "root", tmp_path / "tree"
+    for folder in (server, export, tree):
+        folder.mkdir()
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as cache:
+        image = Path(cache) / "export.ext4"
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-d", str(tree),
+                        str(image), "8M"], check=True)
+        ran = subprocess.run([sys.executable, "-m", "vlab.confine", "--image", str(image),
+                              str(server), "", str(export), "--", "sh", "-c",
+                              f"echo x > {export}/locked && echo WROTE-EXPORT; "
+                              f"echo x > {cache}/x && echo WROTE-CACHE; "
+                              f"echo x >> {image} && echo WROTE-IMAGE; "
+                              f"echo x > /etc/vlab-probe && echo WROTE-ETC; ls {server}/image"],
+                             capture_output=True, text=True, timeout=30)
+        assert not Path(cache, "x").exists()
+    assert ran.returncode == 0, ran
+    assert "WROTE-EXPORT" in ran.stdout, ran
+    for leak in ("WROTE-CACHE", "WROTE-IMAGE", "WROTE-ETC", "export.ext4"):
+        assert leak not in ran.stdout, ran.stdout
+    assert ran.stderr.count("Read-only file system") == 3, ran.stderr
+    assert not Path("/etc/vlab-probe").exists()

@@ -1,5 +1,5 @@
-"""The NFS server's mount and PID namespaces: its export a filesystem of its own, and, for a lab
-with NFSv4.0 terminals, every mount read-only but the server's own folder.
+"""The NFS server's mount and PID namespaces: its export a filesystem of its own, every other
+mount read-only but the server's own folder.
 
 vlab starts each lab's nfs-ganesha as
 `python -m vlab.confine [--image IMAGE] [--readonly] SERVER_DIR RUN_DIR EXPORT -- ARGV...`,
@@ -8,11 +8,14 @@ machine) and there:
 
 - with --image, mounts IMAGE (an ext4 image of the root, vlab/exportfs.py) over EXPORT,
   nosuid, nodev, noexec, noatime: a file handle a client forges reaches that filesystem
-  only, never the one the root's folder lies on; the loop device goes with the namespace;
-- with --readonly, remounts every mount point in it read-only (keeping its nosuid, nodev
-  and noexec), puts a folder of SERVER_DIR's on /tmp, binds SERVER_DIR (ganesha's
-  configuration, log, pid file and recovery folder) writable and EXPORT read-only where they
-  were (either may be in /tmp). So the export is read-only in the kernel, whatever the
+  only, never the one the root's folder lies on; the loop device goes with the namespace.
+  Read-write (nfs-ganesha 4.3 opens every file a client locks read-write, read locks
+  included: docs/security.md), or read-only with --readonly;
+- remounts every other mount point in it read-only (keeping its nosuid, nodev and noexec),
+  puts a folder of SERVER_DIR's on /tmp, binds SERVER_DIR (ganesha's configuration, log,
+  pid file and recovery folder) writable and EXPORT where they were (either may be in
+  /tmp): the server can write its own folder and the export image, nothing else of the
+  machine's. With --readonly the export too is read-only in the kernel, whatever the
   export's configuration says: every write a client asks for fails with EROFS. (ganesha's
   own FSAL opens files by handle relative to the root of the filesystem they are on, not
   through the exported path, so binding only the exported folder read-only would not be
@@ -43,6 +46,7 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_NOATIME, MS_BIND, MS_REC, MS_PRIVATE = 32, 1024, 4096, 16384, 1 << 18
 # What a remount must keep of a mount's flags (statvfs's ST_* have the same values)
 KEPT_FLAGS = MS_NOSUID | MS_NODEV | MS_NOEXEC
+MNT_DETACH = 2
 SETUP_FAILED = 125
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -82,15 +86,26 @@ def _kept_flags(path: str) -> int:
         return 0
 
 
-def _mount_image(image: str, export: str, readonly: bool) -> None:
+def _mount_image(image: str, export: str, readonly: bool, server_dir: str) -> None:
     """IMAGE over EXPORT by util-linux's mount (-o loop: autoclear, so the loop device is
-    freed once the namespace, and with it the mount, is gone)."""
+    freed once the namespace, and with it the mount, is gone). The loop device opens IMAGE
+    through a bind of its folder that is detached right after: no path of the namespace leads
+    to that folder writable, and the image open for writing does not keep its filesystem's
+    mount from being remounted read-only (the kernel refuses that while a file is open for
+    writing through it)."""
     options = "loop,nosuid,nodev,noexec,noatime," + ("ro" if readonly else "rw")
+    stage = os.path.join(server_dir, "image")
+    os.makedirs(stage, mode=0o700, exist_ok=True)
+    _mount(os.path.dirname(image) or ".", stage, MS_BIND)
     try:
-        run.run(["mount", "-t", "ext4", "-o", options, image, export])
+        run.run(["mount", "-t", "ext4", "-o", options,
+                 os.path.join(stage, os.path.basename(image)), export])
     except CommandError as err:
         raise ConfineError(f"the export image {image} cannot be mounted on {export}: "
                            f"{err.message()}") from None
+    finally:
+        if _libc.umount2(stage.encode(), MNT_DETACH) != 0:
+            raise ConfineError(f"umount {stage}: {os.strerror(ctypes.get_errno())}")
 
 
 def confine(server_dir: str, run_dir: str, export: str, image: str | None,
@@ -99,21 +114,20 @@ def confine(server_dir: str, run_dir: str, export: str, image: str | None,
         raise ConfineError(f"unshare: {os.strerror(ctypes.get_errno())}")
     _mount(None, "/", MS_REC | MS_PRIVATE)
     if image is not None:
-        _mount_image(image, export, readonly)
-    if readonly:
-        _all_readonly(server_dir, export)
+        _mount_image(image, export, readonly, server_dir)
+    _all_readonly(server_dir, export, export_writable=image is not None and not readonly)
     if run_dir:
         _mount(run_dir, "/run", MS_BIND)
         _mount(None, "/run", MS_REMOUNT | MS_BIND)
 
 
-def _all_readonly(server_dir: str, export: str) -> None:
+def _all_readonly(server_dir: str, export: str, *, export_writable: bool) -> None:
     with open("/proc/self/mountinfo") as f:
         points = mount_points(f.read())
     # Held open across the /tmp below, which may hide either (a root in /tmp, a state folder
     # in /tmp); opened in this namespace, so they can be bound here.
     kept = [(path, os.open(path, os.O_PATH | os.O_DIRECTORY), writable, _kept_flags(path))
-            for path, writable in ((server_dir, True), (export, False))]
+            for path, writable in ((server_dir, True), (export, export_writable))]
     tmp = os.path.join(server_dir, "tmp")
     os.makedirs(tmp, mode=0o700, exist_ok=True)
     for point in points:
@@ -157,8 +171,8 @@ def _own_proc() -> None:
     _mount("proc", "/proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, fstype="proc")
 
 
-def _run_in_own_pid_namespace(argv: list[str], pid_file: str | None) -> int:
-    """ARGV as process 1 of a PID namespace of its own. Without pid_file, wait for it and
+def _run_in_own_pid_namespace(argv: list[str], pid_fd: int | None) -> int:
+    """ARGV as process 1 of a PID namespace of its own. Without pid_fd, wait for it and
     return its exit status; with it, write its pid (as the machine sees it) there once it has
     executed ARGV, and return 0 at once: ARGV runs on, and goes with every process it left
     when it ends (the namespace's init)."""
@@ -182,9 +196,9 @@ def _run_in_own_pid_namespace(argv: list[str], pid_file: str | None) -> int:
     if failed:
         os.waitpid(pid, 0)
         raise ConfineError(failed)
-    if pid_file is None:
+    if pid_fd is None:
         return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-    with open(pid_file, "w") as f:
+    with os.fdopen(pid_fd, "w") as f:
         f.write(f"{pid}\n")
     return 0
 
@@ -205,8 +219,11 @@ def main(argv: list[str]) -> int:
               "SERVER_DIR RUN_DIR EXPORT -- ARGV...", file=sys.stderr)
         return SETUP_FAILED
     try:
+        # Opened before the namespace, whose /tmp is the server's own: FILE may be in /tmp.
+        pid_fd = None if pid_file is None else os.open(
+            pid_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         confine(argv[0], argv[1], argv[2], image, readonly)
-        return _run_in_own_pid_namespace(argv[4:], pid_file)
+        return _run_in_own_pid_namespace(argv[4:], pid_fd)
     except (ConfineError, OSError) as err:
         print(f"vlab.confine: {err}", file=sys.stderr)
         return SETUP_FAILED
