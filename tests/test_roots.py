@@ -143,8 +143,10 @@ def test_dracut_takes_the_root_path_from_dhcp(dracut_labs) -> None:  # type: ign
     _multi_user(t)
     assert t["proof"]["export"] == str(plan.export_path) and t["proof"]["fstype"] == "nfs4"
     unit = "systemd-backlight@backlight:vlab.service"
-    assert unit in t["failed_units"], t
-    assert f"these systemd units of the root failed: {unit}" in proc.stderr
+    # That one only: every other unit of the root came up over the read-only export (its
+    # nfs-utils take read locks, which ganesha grants: docs/security.md).
+    assert t["failed_units"] == [unit], t
+    assert f"these systemd units of the root failed: {unit} (vlab ssh" in proc.stderr
     junit = etree.fromstring(report_to_junit(rep).encode())
     assert unit in (junit.findtext(".//system-err") or "")
 

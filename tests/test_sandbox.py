@@ -329,3 +329,26 @@ def test_qemu_img_parses_an_image_with_no_capability_seeing_only_usr(tmp_path: P
     assert lines[lines.index("Seccomp:") + 1] == "2", done.stdout
     assert (out / "made").read_text() == "made\n"
     assert not Path("/usr/evil").exists()
+
+
+def test_escapes_a_failing_builder_prints_reach_the_operator_inert(tmp_path: Path) -> None:
+    """The builder's stderr is in the error `vlab up` prints (cli.main): an OSC 52 clipboard
+    write, a terminal reset, a C1 CSI and a bidirectional override are shown, not sent."""
+    import subprocess
+    import sys
+
+    secret = tmp_path / "host-secret"
+    secret.write_text("x\n")
+    root = _hostile_root(tmp_path, secret)
+    (root / "usr/sbin/mkinitramfs").write_text(
+        "#!/bin/sh\nprintf 'E: \\033]52;c;ZXZpbA==\\007 \\033c \\302\\2332J \\342\\200\\256evil"
+        "\\033[31m\\n' >&2\nexit 1\n")
+    scenario_file = _plan(tmp_path, root).scenario
+    env = {**os.environ, "VLAB_STATE_DIR": str(tmp_path / "state"),
+           "VLAB_CACHE_DIR": str(tmp_path / "cache")}
+    ran = subprocess.run([sys.executable, "-m", "vlab", "up", str(scenario_file)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 3, ran.stderr
+    assert "mkinitramfs" in ran.stderr, ran.stderr
+    assert not any(c in ran.stderr for c in "\x1b\x07\x9b\u202e"), repr(ran.stderr)
+    assert "\\x1b]52;c;ZXZpbA==\\x07" in ran.stderr and "\\u202eevil" in ran.stderr, ran.stderr

@@ -1,25 +1,24 @@
-"""The NFS server's mount and PID namespaces: its export a filesystem of its own, every other
-mount read-only but the server's own folder.
+"""The NFS server's mount and PID namespaces: its export a read-only filesystem of its own,
+every other mount read-only but the server's own folder.
 
 vlab starts each lab's nfs-ganesha as
-`python -m vlab.confine [--image IMAGE] [--readonly] SERVER_DIR RUN_DIR EXPORT -- ARGV...`,
+`python -m vlab.confine [--image IMAGE] [--pid-file FILE] SERVER_DIR RUN_DIR EXPORT -- ARGV...`,
 which enters a new mount namespace (private propagation: nothing it mounts reaches the
 machine) and there:
 
 - with --image, mounts IMAGE (an ext4 image of the root, vlab/exportfs.py) over EXPORT,
-  nosuid, nodev, noexec, noatime: a file handle a client forges reaches that filesystem
-  only, never the one the root's folder lies on; the loop device goes with the namespace.
-  Read-write (nfs-ganesha 4.3 opens every file a client locks read-write, read locks
-  included: docs/security.md), or read-only with --readonly;
-- remounts every other mount point in it read-only (keeping its nosuid, nodev and noexec),
-  puts a folder of SERVER_DIR's on /tmp, binds SERVER_DIR (ganesha's configuration, log,
-  pid file and recovery folder) writable and EXPORT where they were (either may be in
-  /tmp): the server can write its own folder and the export image, nothing else of the
-  machine's. With --readonly the export too is read-only in the kernel, whatever the
-  export's configuration says: every write a client asks for fails with EROFS. (ganesha's
-  own FSAL opens files by handle relative to the root of the filesystem they are on, not
-  through the exported path, so binding only the exported folder read-only would not be
-  enough.) The configuration's `Access_Type` is RW for a reason of NFSv4.0's: see
+  read-only, nosuid, nodev, noexec, noatime: a file handle a client forges reaches that
+  filesystem only, never the one the root's folder lies on; the loop device goes with the
+  namespace;
+- remounts every mount point in it read-only (keeping its nosuid, nodev and noexec), puts
+  a read-only folder of SERVER_DIR's on /tmp, binds SERVER_DIR (ganesha's configuration,
+  log, pid file and recovery folder) writable and EXPORT read-only where they were (either
+  may be in /tmp). So the export is read-only in the kernel, whatever the export's
+  configuration says: every write a client asks for fails with EROFS, and the server can
+  write nothing of the machine's but its own folder. (ganesha's own FSAL opens files by
+  handle relative to the root of the filesystem they are on, not through the exported path,
+  so binding only the exported folder read-only would not be enough.) The configuration's
+  `Access_Type` is RW for NFSv4.0 clients for a reason of that protocol's: see
   domains/nfs/ganesha.conf.j2;
 - binds RUN_DIR on /run when it is given (the lab's own rpcbind socket),
 
@@ -46,7 +45,6 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_NOATIME, MS_BIND, MS_REC, MS_PRIVATE = 32, 1024, 4096, 16384, 1 << 18
 # What a remount must keep of a mount's flags (statvfs's ST_* have the same values)
 KEPT_FLAGS = MS_NOSUID | MS_NODEV | MS_NOEXEC
-MNT_DETACH = 2
 SETUP_FAILED = 125
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -86,48 +84,36 @@ def _kept_flags(path: str) -> int:
         return 0
 
 
-def _mount_image(image: str, export: str, readonly: bool, server_dir: str) -> None:
-    """IMAGE over EXPORT by util-linux's mount (-o loop: autoclear, so the loop device is
-    freed once the namespace, and with it the mount, is gone). The loop device opens IMAGE
-    through a bind of its folder that is detached right after: no path of the namespace leads
-    to that folder writable, and the image open for writing does not keep its filesystem's
-    mount from being remounted read-only (the kernel refuses that while a file is open for
-    writing through it)."""
-    options = "loop,nosuid,nodev,noexec,noatime," + ("ro" if readonly else "rw")
-    stage = os.path.join(server_dir, "image")
-    os.makedirs(stage, mode=0o700, exist_ok=True)
-    _mount(os.path.dirname(image) or ".", stage, MS_BIND)
+def _mount_image(image: str, export: str) -> None:
+    """IMAGE over EXPORT, read-only, by util-linux's mount (-o loop: autoclear, so the loop
+    device is freed once the namespace, and with it the mount, is gone)."""
     try:
-        run.run(["mount", "-t", "ext4", "-o", options,
-                 os.path.join(stage, os.path.basename(image)), export])
+        run.run(["mount", "-t", "ext4", "-o", "loop,ro,nosuid,nodev,noexec,noatime", image,
+                 export])
     except CommandError as err:
         raise ConfineError(f"the export image {image} cannot be mounted on {export}: "
                            f"{err.message()}") from None
-    finally:
-        if _libc.umount2(stage.encode(), MNT_DETACH) != 0:
-            raise ConfineError(f"umount {stage}: {os.strerror(ctypes.get_errno())}")
 
 
-def confine(server_dir: str, run_dir: str, export: str, image: str | None,
-            readonly: bool) -> None:
+def confine(server_dir: str, run_dir: str, export: str, image: str | None) -> None:
     if _libc.unshare(CLONE_NEWNS) != 0:
         raise ConfineError(f"unshare: {os.strerror(ctypes.get_errno())}")
     _mount(None, "/", MS_REC | MS_PRIVATE)
     if image is not None:
-        _mount_image(image, export, readonly, server_dir)
-    _all_readonly(server_dir, export, export_writable=image is not None and not readonly)
+        _mount_image(image, export)
+    _all_readonly(server_dir, export)
     if run_dir:
         _mount(run_dir, "/run", MS_BIND)
         _mount(None, "/run", MS_REMOUNT | MS_BIND)
 
 
-def _all_readonly(server_dir: str, export: str, *, export_writable: bool) -> None:
+def _all_readonly(server_dir: str, export: str) -> None:
     with open("/proc/self/mountinfo") as f:
         points = mount_points(f.read())
     # Held open across the /tmp below, which may hide either (a root in /tmp, a state folder
     # in /tmp); opened in this namespace, so they can be bound here.
     kept = [(path, os.open(path, os.O_PATH | os.O_DIRECTORY), writable, _kept_flags(path))
-            for path, writable in ((server_dir, True), (export, export_writable))]
+            for path, writable in ((server_dir, True), (export, False))]
     tmp = os.path.join(server_dir, "tmp")
     os.makedirs(tmp, mode=0o700, exist_ok=True)
     for point in points:
@@ -135,12 +121,17 @@ def _all_readonly(server_dir: str, export: str, *, export_writable: bool) -> Non
         # point no path leads to (under a later mount) is out of ganesha's reach too.
         _mount(None, point, MS_REMOUNT | MS_BIND | MS_RDONLY | _kept_flags(point),
                gone_ok=True)
-    # ganesha's /tmp is a folder of its own (it tests OFD locks there, and without them it
-    # refuses every lock).
+    # ganesha's /tmp is a folder of its own, read-only: ganesha's VFS backend tests OFD
+    # locks on a file it makes in /tmp, and finding none it leaves clients' locks to its own
+    # state layer. With them it opens each file a client locks read-write (read locks too),
+    # which fails on the read-only export (STATE_READ_ONLY_FS: a Debian root's nfs-utils
+    # then fail their read lock of /etc/nfs.conf, and units with them).
     _mount(tmp, "/tmp", MS_BIND)
-    _mount(None, "/tmp", MS_REMOUNT | MS_BIND)
-    for path, fd, writable, flags in kept:
+    _mount(None, "/tmp", MS_REMOUNT | MS_BIND)  # a bind of a read-only mount is read-only
+    for path, _fd, _writable, _flags in kept:
         os.makedirs(path, exist_ok=True)  # in the new /tmp if it was in /tmp
+    _mount(None, "/tmp", MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for path, fd, writable, flags in kept:
         _mount(f"/proc/self/fd/{fd}", path, MS_BIND)
         _mount(None, path, MS_REMOUNT | MS_BIND | flags | (0 if writable else MS_RDONLY))
         os.close(fd)
@@ -204,25 +195,22 @@ def _run_in_own_pid_namespace(argv: list[str], pid_fd: int | None) -> int:
 
 
 def main(argv: list[str]) -> int:
-    image, readonly, pid_file = None, False, None
-    while argv and argv[0] in ("--image", "--readonly", "--pid-file"):
-        if argv[0] in ("--image", "--pid-file") and len(argv) > 1:
-            if argv[0] == "--image":
-                image = argv[1]
-            else:
-                pid_file = argv[1]
-            argv = argv[2:]
+    image, pid_file = None, None
+    while len(argv) > 1 and argv[0] in ("--image", "--pid-file"):
+        if argv[0] == "--image":
+            image = argv[1]
         else:
-            readonly, argv = True, argv[1:]
+            pid_file = argv[1]
+        argv = argv[2:]
     if len(argv) < 5 or argv[3] != "--":
-        print("usage: python -m vlab.confine [--image IMAGE] [--readonly] [--pid-file FILE] "
-              "SERVER_DIR RUN_DIR EXPORT -- ARGV...", file=sys.stderr)
+        print("usage: python -m vlab.confine [--image IMAGE] [--pid-file FILE] SERVER_DIR "
+              "RUN_DIR EXPORT -- ARGV...", file=sys.stderr)
         return SETUP_FAILED
     try:
         # Opened before the namespace, whose /tmp is the server's own: FILE may be in /tmp.
         pid_fd = None if pid_file is None else os.open(
             pid_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        confine(argv[0], argv[1], argv[2], image, readonly)
+        confine(argv[0], argv[1], argv[2], image)
         return _run_in_own_pid_namespace(argv[4:], pid_fd)
     except (ConfineError, OSError) as err:
         print(f"vlab.confine: {err}", file=sys.stderr)

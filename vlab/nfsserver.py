@@ -186,14 +186,11 @@ def _private_run(run_dir: Path, argv: list[str]) -> list[str]:
 def _confined(plan: LabPlan, argv: list[str], run_dir: Path | None,
               image: Path | None) -> list[str]:
     """ganesha in mount and PID namespaces of its own (vlab/confine.py), with the capabilities
-    it needs only: the export's image (if any, vlab/exportfs.py) mounted over the root's path,
-    so that no file handle reaches beyond it; the lab's /run; every other mount read-only but
-    its own folder. The image is read-write (ganesha opens the files a client locks
-    read-write), but for a lab with NFSv4.0 terminals, to whom the export is RW in ganesha's
-    configuration (ganesha.conf.j2 says why): for it the image is read-only."""
+    it needs only: the export's image (if any, vlab/exportfs.py) mounted read-only over the
+    root's path, so that no file handle reaches beyond it; the lab's /run; every mount
+    read-only but its own folder."""
     return [sys.executable, "-m", "vlab.confine", "--pid-file", str(_files(plan)[1]),
             *(["--image", str(image)] if image is not None else []),
-            *(["--readonly"] if plan.nfs40_clients else []),
             str(plan.nfs_server_dir), str(run_dir or ""), str(plan.export_path), "--", *argv]
 
 
