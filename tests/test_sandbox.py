@@ -60,6 +60,17 @@ def _hostile_root(top: Path, secret: Path) -> Path:
     return root
 
 
+def _a_root(tmp_path: Path, builder: str | None = None) -> Path:
+    """A root like the hostile one (its host secret of no interest), its mkinitramfs
+    `builder` if given."""
+    secret = tmp_path / "host-secret"
+    secret.write_text("x\n")
+    root = _hostile_root(tmp_path, secret)
+    if builder is not None:
+        (root / "usr/sbin/mkinitramfs").write_text(builder)
+    return root
+
+
 def _plan(tmp_path: Path, root: Path):  # type: ignore[no-untyped-def]
     path = tmp_path / "hostile.toml"
     path.write_text(f'[lab]\nname = "hostile"\nnfs_version = "3"\n'
@@ -111,9 +122,7 @@ def test_a_builder_whose_output_is_a_symlink_is_refused(tmp_path: Path) -> None:
 def test_a_changed_root_gets_a_new_initrd_the_same_root_the_cached_one(tmp_path: Path) -> None:
     """Another image at the same mount point, or a package upgraded in a dir root, is
     another initrd: the cache key is the root's tree, not its path."""
-    secret = tmp_path / "host-secret"
-    secret.write_text("x\n")
-    root = _hostile_root(tmp_path, secret)
+    root = _a_root(tmp_path)
     kernel = Kernel("6.1.0-vlab", root / "boot/vmlinuz-6.1.0-vlab",
                     root / "lib/modules/6.1.0-vlab")
     plan = _plan(tmp_path, root)
@@ -132,9 +141,7 @@ def test_only_an_image_boot_partition_mounted_in_the_root_reaches_the_builder(
     view; a read-only loop mount on /boot (an image's /boot partition) is in it, read-only."""
     import subprocess
 
-    secret = tmp_path / "host-secret"
-    secret.write_text("x\n")
-    root = _hostile_root(tmp_path, secret)
+    root = _a_root(tmp_path)
     (root / "mnt/host").mkdir(parents=True)
     boot_fs = tmp_path / "boot.ext4"
     (tmp_path / "boot-tree").mkdir()
@@ -206,10 +213,7 @@ def test_the_builder_runs_as_an_unprivileged_uid_with_no_capability(tmp_path: Pa
     empty, no_new_privs, seccomp in filter mode; what it writes lands in its /tmp only."""
     from vlab import sandbox
 
-    secret = tmp_path / "host-secret"
-    secret.write_text("x\n")
-    root = _hostile_root(tmp_path, secret)
-    (root / "usr/sbin/mkinitramfs").write_text(
+    root = _a_root(tmp_path,
         "#!/bin/sh\n{ id -u; cat /proc/self/uid_map; grep -E '^(Cap|NoNewPrivs|Seccomp:)' "
         "/proc/self/status; } > /tmp/vlab-initrd.img\n")
     (root / "bin/id").symlink_to("busybox")
@@ -231,10 +235,7 @@ def test_an_image_root_mounted_noexec_still_runs_its_builder_in_the_sandbox(
     the sandbox's own view of it (exec allowed there, still read-only, nosuid, nodev)."""
     import subprocess
 
-    secret = tmp_path / "host-secret"
-    secret.write_text("x\n")
-    tree = _hostile_root(tmp_path, secret)
-    (tree / "usr/sbin/mkinitramfs").write_text(
+    tree = _a_root(tmp_path,
         "#!/bin/sh\ngrep ' / ' /proc/self/mounts > /tmp/vlab-initrd.img\n")
     image = tmp_path / "root.ext4"
     subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tree), str(image), "32M"], check=True)
@@ -255,9 +256,7 @@ def test_an_image_root_mounted_noexec_still_runs_its_builder_in_the_sandbox(
 def test_the_same_tree_at_another_path_is_the_same_initrd(tmp_path: Path) -> None:
     """Issue 27: the key hashed the paths under the lab's mount point, so the same image
     booted in a second lab built its initrd again. It is the tree's content, relative."""
-    secret = tmp_path / "host-secret"
-    secret.write_text("x\n")
-    root = _hostile_root(tmp_path, secret)
+    root = _a_root(tmp_path)
     other = tmp_path / "second-lab-mount"
     shutil.copytree(root, other, symlinks=True)  # names, sizes, modes and times kept
     kernel = Kernel("6.1.0-vlab", root / "boot/vmlinuz-6.1.0-vlab",
@@ -275,9 +274,7 @@ def test_a_builder_that_prints_without_end_costs_bounded_memory(tmp_path: Path) 
 
     from vlab import run
 
-    secret = tmp_path / "host-secret"
-    secret.write_text("x\n")
-    root = _hostile_root(tmp_path, secret)
+    root = _a_root(tmp_path)
     program = root / "usr/sbin/mkinitramfs"
     kernel = Kernel("6.1.0-vlab", root / "boot/vmlinuz-6.1.0-vlab",
                     root / "lib/modules/6.1.0-vlab")
@@ -337,10 +334,7 @@ def test_escapes_a_failing_builder_prints_reach_the_operator_inert(tmp_path: Pat
     import subprocess
     import sys
 
-    secret = tmp_path / "host-secret"
-    secret.write_text("x\n")
-    root = _hostile_root(tmp_path, secret)
-    (root / "usr/sbin/mkinitramfs").write_text(
+    root = _a_root(tmp_path,
         "#!/bin/sh\nprintf 'E: \\033]52;c;ZXZpbA==\\007 \\033c \\302\\2332J \\342\\200\\256evil"
         "\\033[31m\\n' >&2\nexit 1\n")
     scenario_file = _plan(tmp_path, root).scenario
