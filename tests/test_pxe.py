@@ -7,14 +7,12 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from browser import seen
 from conftest import GOLDEN_DIRS, ROOT, plan_of
-from test_boot import tree_digest
+from test_boot import tree_digest, vlab
 
 from vlab import nfsserver, pxe, render, scenario, tftp
 from vlab.cmdline import nfs_client_id
@@ -149,8 +147,7 @@ def test_command_line_longer_than_linux_takes_is_refused_before_writing(tmp_path
     with pytest.raises(ScenarioError, match="Linux takes at most 2047"):
         pxe.site_plan(s, make_plan(s, Dirs(tmp_path, tmp_path)))
     out = tmp_path / "tftp"
-    proc = subprocess.run([sys.executable, "-m", "vlab", "pxe", str(path), "--tftp-root",
-                           str(out)], capture_output=True, text=True)
+    proc = vlab("pxe", str(path), "--tftp-root", str(out))
     assert proc.returncode == 2 and "2047" in proc.stderr and not out.exists()
 
 
@@ -177,9 +174,8 @@ def test_tree_is_written_once_and_hosts_that_leave_are_removed(tmp_path: Path) -
 def test_virtual_twins_pxe_boot_through_the_written_tree(lab_down, browser) -> None:  # type: ignore[no-untyped-def]
     lab_down.append("scenarios/site.toml")
     tftp_root = Path("/var/lib/vlab/test-tftp/site")
-    proc = subprocess.run([sys.executable, "-m", "vlab", "pxe", "scenarios/site.toml",
-                           "--tftp-root", str(tftp_root), "--check", "--json"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = vlab("pxe", "scenarios/site.toml", "--tftp-root", str(tftp_root), "--check",
+                "--json")
     assert proc.returncode == 0, proc.stderr
     rep = json.loads(proc.stdout)
     twins = {t["name"]: t for t in rep["check"]["terminals"]}
@@ -210,9 +206,8 @@ def test_virtual_twins_pxe_boot_through_the_written_tree(lab_down, browser) -> N
 
     # A broken tree (the initrd removed): a clear verdict, long before the timeout.
     (tftp_root / "initrd.img").unlink()
-    proc = subprocess.run([sys.executable, "-m", "vlab", "pxe", "scenarios/site.toml",
-                           "--tftp-root", str(tftp_root), "--check-only", "--json"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = vlab("pxe", "scenarios/site.toml", "--tftp-root", str(tftp_root), "--check-only",
+                "--json")
     assert proc.returncode == 1, proc.stderr
     broken = json.loads(proc.stdout)["check"]
     seen(broken, "pxe-twins-initrd-missing", browser)
@@ -232,9 +227,7 @@ def test_twins_of_a_site_with_its_own_nfs_server_mount_what_the_files_name(lab_d
     lab_down.append(path)
     tftp_root = Path("/var/lib/vlab/test-tftp/site-own-server")
     shutil.rmtree(tftp_root, ignore_errors=True)
-    proc = subprocess.run([sys.executable, "-m", "vlab", "pxe", path, "--tftp-root",
-                           str(tftp_root), "--check", "--json"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = vlab("pxe", path, "--tftp-root", str(tftp_root), "--check", "--json")
     assert proc.returncode == 0, proc.stderr
     assert "vlab's own server answers at 10.0.0.5" in proc.stderr, proc.stderr
     assert "root=10.0.0.5:" in (tftp_root / "pxelinux.cfg/01-52-54-00-79-00-01").read_text()
@@ -272,15 +265,11 @@ def test_uefi_and_secure_boot_twins_boot_through_shim_and_grub(lab_down) -> None
     shutil.rmtree(tftp_root, ignore_errors=True)
     (tftp_root / "grub").mkdir(parents=True)
     (tftp_root / "grub/grub.cfg").write_text("# the site's own\n")
-    refused = subprocess.run([sys.executable, "-m", "vlab", "pxe", path, "--tftp-root",
-                              str(tftp_root), "--check"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=600)
+    refused = vlab("pxe", path, "--tftp-root", str(tftp_root), "--check")
     assert refused.returncode == 2 and "grub/grub.cfg" in refused.stderr, refused.stderr
     assert not (Dirs.from_env().state / "labs/uefisite/state.json").exists()
     (tftp_root / "grub/grub.cfg").unlink()
-    proc = subprocess.run([sys.executable, "-m", "vlab", "pxe", path, "--tftp-root",
-                           str(tftp_root), "--check", "--json"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    proc = vlab("pxe", path, "--tftp-root", str(tftp_root), "--check", "--json", timeout=900)
     assert proc.returncode == 0, proc.stderr
     twins = {t["name"]: t for t in json.loads(proc.stdout)["check"]["terminals"]}
     assert set(twins) == {"pxe-efi1", "pxe-sb1", "pxe-default-uefi", "pxe-default-uefi-secure"}
@@ -297,9 +286,8 @@ def test_uefi_and_secure_boot_twins_boot_through_shim_and_grub(lab_down) -> None
     signed = kernel.read_bytes()
     _unsigned(kernel, kernel)
     try:
-        proc = subprocess.run([sys.executable, "-m", "vlab", "pxe", path, "--tftp-root",
-                               str(tftp_root), "--check-only", "--json"],
-                              cwd=ROOT, capture_output=True, text=True, timeout=900)
+        proc = vlab("pxe", path, "--tftp-root", str(tftp_root), "--check-only", "--json",
+                    timeout=900)
     finally:
         kernel.write_bytes(signed)
     assert proc.returncode == 1, proc.stderr
@@ -325,8 +313,7 @@ def console_text(path: str) -> str:
 def test_a_terminal_with_boot_pxe_reaches_the_same_verdict(lab_down) -> None:  # type: ignore[no-untyped-def]
     path = "scenarios/pxe-terminal.toml"
     lab_down.append(path)
-    proc = subprocess.run([sys.executable, "-m", "vlab", "up", path, "--json"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    proc = vlab("up", path, "--json", timeout=600)
     assert proc.returncode == 0, proc.stderr
     t1, t2 = json.loads(proc.stdout)["terminals"]
     assert t1["verdict"] == t2["verdict"] == "ok"
@@ -336,19 +323,18 @@ def test_a_terminal_with_boot_pxe_reaches_the_same_verdict(lab_down) -> None:  #
     assert "PXELINUX" not in console_text(t1["console_log"])
     # The PXE-booted terminal got the lab's SSH key through its pxelinux file too.
     for name in ("t1", "t2"):
-        ran = subprocess.run([sys.executable, "-m", "vlab", "ssh", path, name, "--", "hostname"],
-                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+        ran = vlab("ssh", path, name, "--", "hostname", timeout=60)
         assert ran.returncode == 0 and ran.stdout.strip() == name, ran.stderr
 
 
+@pytest.mark.boot
 def test_uefi_terminals_boot_their_kernel_directly_and_through_shim(lab_down) -> None:  # type: ignore[no-untyped-def]
     """[[terminal]] firmware: t1 under OVMF starts its kernel directly (the bzImage's EFI
     stub), t2 PXE-boots with Secure Boot enforced, through shim and GRUB and its own
     grub.cfg-01-<mac> in the lab's TFTP tree, to the same verdict."""
     path = "scenarios/uefi.toml"
     lab_down.append(path)
-    proc = subprocess.run([sys.executable, "-m", "vlab", "up", path, "--json"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    proc = vlab("up", path, "--json", timeout=600)
     assert proc.returncode == 0, proc.stderr
     t1, t2 = json.loads(proc.stdout)["terminals"]
     assert t1["verdict"] == t2["verdict"] == "ok", (t1, t2)
@@ -357,16 +343,14 @@ def test_uefi_terminals_boot_their_kernel_directly_and_through_shim(lab_down) ->
     assert "GRUB" not in log1 and "vlab.pxe=t2" in log2 and "PXELINUX" not in log2
 
     def dmesg(name: str) -> str:  # the kernel's own word on its firmware (and the SSH key)
-        ran = subprocess.run([sys.executable, "-m", "vlab", "ssh", path, name, "--", "dmesg"],
-                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+        ran = vlab("ssh", path, name, "--", "dmesg", timeout=60)
         assert ran.returncode == 0, ran.stderr
         return ran.stdout
 
     k1, k2 = dmesg("t1"), dmesg("t2")
     assert re.search(r"efi: EFI v\S+ by EDK II", k1) and "Secure boot disabled" in k1, k1[:3000]
     assert re.search(r"efi: EFI v\S+ by EDK II", k2) and "Secure boot enabled" in k2, k2[:3000]
-    assert subprocess.run([sys.executable, "-m", "vlab", "down", path], cwd=ROOT,
-                          capture_output=True, timeout=120).returncode == 0
+    assert vlab("down", path, timeout=120).returncode == 0
     assert not (Dirs.from_env().state / "labs/uefi/nvram").exists()
 
 

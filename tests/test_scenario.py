@@ -30,7 +30,15 @@ def found_at_up(path: Path) -> bool:
 LOADED = [p for p in BAD if not found_at_up(p)]
 
 
-def test_corpus_is_big_enough() -> None:
+def test_every_bad_file_expects_one_message_of_its_own() -> None:
+    """The corpus is a set of classes: each file says the one line vlab must answer (a key,
+    a value, a fix), and no two files expect the same line."""
+    headers = {}
+    for path in BAD:
+        lines = [ln for ln in path.read_text().splitlines() if ln.startswith("# expect: ")]
+        assert len(lines) == 1 and "{file}" in lines[0] and "; fix: " in lines[0], path
+        assert lines[0] not in headers, (path, headers.get(lines[0]))
+        headers[lines[0]] = path
     assert len(BAD) >= 90
 
 
