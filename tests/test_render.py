@@ -75,19 +75,39 @@ def test_distro_scenarios_build_their_initrd_with_the_builder_they_name(
 
 
 def test_a_document_that_passed_its_check_is_remembered_and_a_broken_one_still_fails(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VLAB_CACHE_DIR", str(tmp_path))
+        tmp_path: Path) -> None:
+    """Rendering is pure (issue 28): the lab's claim step validates, and remembers a passed
+    check in the cache folder it is given."""
+    from vlab.lab.claim import validated
+
     plan = plan_of("tiny")
-    xml = render.domain_xml(plan, plan.terminals[0])
-    assert len(list((tmp_path / "checked").iterdir())) == 1  # the passed check, remembered
-    render.validate(xml, "domain")  # answered from the cache
-    assert len(list((tmp_path / "checked").iterdir())) == 1
+    files = render.all_artifacts(plan)
+    assert not (tmp_path / "checked").exists()
+    validated(files, tmp_path)
+    # The lab's network and its two domains, each remembered.
+    assert len(list((tmp_path / "checked").iterdir())) == 3
+    validated(files, tmp_path)  # answered from the cache
+    assert len(list((tmp_path / "checked").iterdir())) == 3
+    xml = files["domains/t1.xml"]
     broken = xml.replace("<vcpu>1</vcpu>", "<vcpu>one</vcpu>")
     with pytest.raises(render.RenderError, match="fails libvirt's domain.rng"):
-        render.validate(broken, "domain")
+        validated({"domains/t1.xml": broken}, tmp_path)
     with pytest.raises(render.RenderError, match="not well-formed"):
         render.validate(xml.replace("</domain>", ""), "domain")
-    assert len(list((tmp_path / "checked").iterdir())) == 1
+    assert len(list((tmp_path / "checked").iterdir())) == 3
+
+
+def test_rendering_reads_no_environment_and_writes_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 28: render.validate wrote a cache mark under VLAB_CACHE_DIR."""
+    plan = plan_of("tiny")
+    monkeypatch.setenv("VLAB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("VLAB_STATE_DIR", str(tmp_path / "state"))
+    files = render.all_artifacts(plan)
+    for name, text in files.items():
+        if kind := render.xml_kind(name):
+            render.validate(text, kind)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_nfsv4_0_terminals_get_a_client_block_of_their_own_before_the_read_only_one(

@@ -1,10 +1,10 @@
 """Render the plan into text artifacts: domain and network XML, NFS server config, scripts.
 
-Templates in domains/ hold the layout; this module holds no layout of its own. Every XML
-document is parsed back with lxml and checked against libvirt's RelaxNG schema when installed;
-a document that passed once (the same text against the same schema file) is remembered in
-vlab's cache and not checked again, which keeps lxml and the compiled schema (~16 ms, ~5 MiB)
-out of a warm `vlab up`.
+Templates in domains/ hold the layout; this module holds no layout of its own. Rendering is
+pure: it reads no environment and writes nothing. validate() parses an XML document back with
+lxml and checks it against libvirt's RelaxNG schema when installed; the lab's claim step
+(vlab/lab/claim.py) validates every document before anything is made and remembers a passed
+check in vlab's cache (schema_stamp() is part of its key).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 import jinja2
 
-from vlab import cache, efi
+from vlab import efi
 from vlab.errors import VlabError
-from vlab.plan import FAIL_MARKER, MARKER, READY_MARKER, SSH_MARKER, Dirs, LabPlan, TerminalPlan
+from vlab.plan import FAIL_MARKER, MARKER, READY_MARKER, SSH_MARKER, LabPlan, TerminalPlan
 
 if TYPE_CHECKING:
     from lxml import etree
@@ -61,7 +61,6 @@ def domain_xml(plan: LabPlan, terminal: TerminalPlan) -> str:
     firmware = efi.FIRMWARE.get(terminal.firmware.value)
     xml = template("libvirt/domain.xml.j2", plan=plan, t=terminal, node=plan.node(terminal.node),
                    ns=METADATA_NS, firmware=firmware)
-    validate(xml, "domain")
     return xml
 
 
@@ -73,7 +72,6 @@ def network_xml(plan: LabPlan, tftp_root: Path | None = None) -> str:
     """The lab network; with a TFTP root it also serves PXE (pxelinux.0) to its guests."""
     xml = template("libvirt/network.xml.j2", plan=plan, tftp_root=tftp_root,
                    ipv6_gateway=plan.ipv6_subnet.replace("::/64", "::1"), shim=efi.SHIM)
-    validate(xml, "network")
     return xml
 
 
@@ -117,23 +115,25 @@ def _schema(kind: str) -> etree.RelaxNG | None:
     return etree.RelaxNG(etree.parse(str(path)))
 
 
-def _passed_mark(xml: str, kind: str) -> Path:
-    """Where vlab's cache remembers that this text passed this kind's check. Keyed by the
-    text and by the schema file's size and mtime: a libvirt upgrade checks everything again."""
+def schema_stamp(kind: str) -> str:
+    """What identifies the installed schema of a kind (its file's size and mtime): a libvirt
+    upgrade changes it."""
     try:
         st = (SCHEMA_DIR / f"{kind}.rng").stat()
-        schema = f"{st.st_size}:{st.st_mtime_ns}"
     except OSError:
-        schema = "no schema"
-    return Dirs.from_env().cache / "checked" / cache.key(kind, schema, xml)
+        return "no schema"
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def xml_kind(name: str) -> str | None:
+    """The libvirt schema an artifact of all_artifacts() answers to, by its name."""
+    if name == "network.xml":
+        return "network"
+    return "domain" if name.startswith("domains/") and name.endswith(".xml") else None
 
 
 def validate(xml: str, kind: str) -> None:
-    """Parse with lxml and, where libvirt's schemas are installed, validate against them
-    (once per text and schema: see the module's docstring)."""
-    mark = _passed_mark(xml, kind)
-    if mark.exists():
-        return
+    """Parse with lxml and, where libvirt's schemas are installed, validate against them."""
     from lxml import etree
 
     try:
@@ -143,11 +143,6 @@ def validate(xml: str, kind: str) -> None:
     schema = _schema(kind)
     if schema is not None and not schema.validate(doc):
         raise RenderError(f"rendered {kind} XML fails libvirt's {kind}.rng: {schema.error_log}")
-    try:
-        mark.parent.mkdir(parents=True, exist_ok=True)
-        mark.touch()
-    except OSError:
-        pass  # a cache vlab cannot write to only costs the check next time
 
 
 def all_artifacts(plan: LabPlan) -> dict[str, str]:
