@@ -32,23 +32,28 @@ foreground of its namespace, and vlab follows and stops it by that pid).
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import sys
 
-from vlab import run
+from vlab import linux, run
 from vlab.errors import CommandError
+from vlab.linux import (
+    CLONE_NEWNS,
+    CLONE_NEWPID,
+    MS_BIND,
+    MS_NODEV,
+    MS_NOEXEC,
+    MS_NOSUID,
+    MS_PRIVATE,
+    MS_RDONLY,
+    MS_REC,
+    MS_REMOUNT,
+)
 
-CLONE_NEWNS, CLONE_NEWPID = 0x00020000, 0x20000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_REMOUNT, MS_NOATIME, MS_BIND, MS_REC, MS_PRIVATE = 32, 1024, 4096, 16384, 1 << 18
 # What a remount must keep of a mount's flags (statvfs's ST_* have the same values)
 KEPT_FLAGS = MS_NOSUID | MS_NODEV | MS_NOEXEC
 SETUP_FAILED = 125
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
 
 class ConfineError(Exception):
     pass
@@ -56,12 +61,19 @@ class ConfineError(Exception):
 
 def _mount(source: str | None, target: str, flags: int, *, gone_ok: bool = False,
            fstype: str | None = None) -> None:
-    if _libc.mount(source and source.encode(), target.encode(), fstype and fstype.encode(),
-                   flags, None) != 0:
-        err = ctypes.get_errno()
-        if gone_ok and err in (errno.ENOENT, errno.ENOTDIR):
+    try:
+        linux.mount(source, target, flags, fstype)
+    except OSError as err:
+        if gone_ok and err.errno in (errno.ENOENT, errno.ENOTDIR):
             return
-        raise ConfineError(f"mount {target}: {os.strerror(err)}")
+        raise ConfineError(f"mount {target}: {err.strerror}") from None
+
+
+def _unshare(flags: int) -> None:
+    try:
+        linux.unshare(flags)
+    except OSError as err:
+        raise ConfineError(f"unshare: {err.strerror}") from None
 
 
 def mount_points(mountinfo: str) -> list[str]:
@@ -96,8 +108,7 @@ def _mount_image(image: str, export: str) -> None:
 
 
 def confine(server_dir: str, run_dir: str, export: str, image: str | None) -> None:
-    if _libc.unshare(CLONE_NEWNS) != 0:
-        raise ConfineError(f"unshare: {os.strerror(ctypes.get_errno())}")
+    _unshare(CLONE_NEWNS)
     _mount(None, "/", MS_REC | MS_PRIVATE)
     if image is not None:
         _mount_image(image, export)
@@ -144,7 +155,6 @@ def _all_readonly(server_dir: str, export: str) -> None:
 # sys_rawio, sys_resource (this machine kind grants it to nobody, and ganesha serves without).
 # Checked by every boot of the suite.
 GANESHA_CAPS = frozenset({0, 1, 2, 3, 4, 6, 7, 10})
-PR_CAPBSET_DROP = 24
 
 
 def _keep_only(caps: frozenset[int]) -> None:
@@ -152,8 +162,11 @@ def _keep_only(caps: frozenset[int]) -> None:
     with open("/proc/sys/kernel/cap_last_cap") as f:
         last = int(f.read())
     for cap in range(last + 1):
-        if cap not in caps and _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-            raise ConfineError(f"drop capability {cap}: {os.strerror(ctypes.get_errno())}")
+        if cap not in caps:
+            try:
+                linux.drop_from_bounding_set(cap)
+            except OSError as err:
+                raise ConfineError(f"drop capability {cap}: {err.strerror}") from None
 
 
 def _own_proc() -> None:
@@ -167,8 +180,7 @@ def _run_in_own_pid_namespace(argv: list[str], pid_fd: int | None) -> int:
     return its exit status; with it, write its pid (as the machine sees it) there once it has
     executed ARGV, and return 0 at once: ARGV runs on, and goes with every process it left
     when it ends (the namespace's init)."""
-    if _libc.unshare(CLONE_NEWPID) != 0:
-        raise ConfineError(f"unshare: {os.strerror(ctypes.get_errno())}")
+    _unshare(CLONE_NEWPID)
     # Closed on exec: the parent reads end of file once ARGV runs, or why it could not.
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()

@@ -17,19 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
-from vlab import run
+from vlab import linux, run
 from vlab.errors import HostError
-
-# openat2(2) (Linux 5.6): the kernel resolves a path inside a folder, race-free. There is no
-# os.openat2 in Python 3.11; the call is the same number on x86_64 and arm64.
-SYS_OPENAT2 = 437
-RESOLVE_NO_MAGICLINKS, RESOLVE_BENEATH, RESOLVE_IN_ROOT = 0x02, 0x08, 0x10
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
-                ("resolve", ctypes.c_uint64)]
 
 
 def open_in(top: Path, rel: str, flags: int, *, beneath: bool = False) -> int:
@@ -38,19 +27,19 @@ def open_in(top: Path, rel: str, flags: int, *, beneath: bool = False) -> int:
     in it), or with `beneath` strictly under `top` (RESOLVE_BENEATH: a link leading out fails
     with EXDEV). Never through /proc's magic links, whatever the tree does meanwhile. Raises
     OSError as os.open does."""
-    how = _OpenHow(flags | os.O_CLOEXEC, 0, RESOLVE_NO_MAGICLINKS
-                   | (RESOLVE_BENEATH if beneath else RESOLVE_IN_ROOT))
+    resolve = linux.RESOLVE_NO_MAGICLINKS | (linux.RESOLVE_BENEATH if beneath
+                                             else linux.RESOLVE_IN_ROOT)
     dirfd = os.open(top, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for _ in range(8):  # EAGAIN: a rename somewhere in the tree raced the walk
-            fd = _libc.syscall(SYS_OPENAT2, dirfd, os.fsencode(rel.lstrip("/") or "."),
-                               ctypes.byref(how), ctypes.sizeof(how))
-            if fd >= 0:
-                return int(fd)
-            err = ctypes.get_errno()
-            if err != errno.EAGAIN:
-                break
-        raise OSError(err, os.strerror(err), str(top / rel.lstrip("/")))
+            try:
+                return linux.openat2(dirfd, rel.lstrip("/") or ".", flags | os.O_CLOEXEC,
+                                     resolve)
+            except BlockingIOError:
+                continue
+            except OSError as err:
+                raise OSError(err.errno, err.strerror, str(top / rel.lstrip("/"))) from None
+        raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN), str(top / rel.lstrip("/")))
     finally:
         os.close(dirfd)
 

@@ -30,7 +30,6 @@ output folder only.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import resource
@@ -38,12 +37,10 @@ import stat
 import sys
 from pathlib import Path
 
+from vlab import linux
+from vlab.linux import MS_BIND, MS_NODEV, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT
 from vlab.mounts import BOOT_TMPFS, mounted_under
 
-CLONE_NEWNS = 0x00020000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 4, 32, 4096, 16384
-MS_PRIVATE = 1 << 18
-MNT_DETACH = 2
 # The builder's uid on the machine: unprivileged, and vlab checks that no account has it.
 # Inside its user namespace it is root (uid 0), with no capability over anything outside.
 SANDBOX_UID = 2_147_000_000
@@ -72,27 +69,19 @@ SECCOMP_DENIED = (
     "clock_adjtime", "sethostname", "setdomainname",
 )
 CHOWN_CALLS = ("chown", "fchown", "lchown", "fchownat")
-CLONE_NAMESPACES = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000,
-                    0x40000000, 0x00000080)  # NEWNS, NEWCGROUP, UTS, IPC, USER, PID, NET, TIME
 TIOCSTI, TIOCLINUX = 0x5412, 0x541C
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class SandboxError(Exception):
     pass
 
 
-def _check(rc: int, what: str) -> None:
-    if rc != 0:
-        raise SandboxError(f"{what}: {os.strerror(ctypes.get_errno())}")
-
-
 def _mount(source: str | None, target: str, fstype: str | None, flags: int,
            data: str | None = None) -> None:
-    _check(_libc.mount(source and source.encode(), target.encode(),
-                       fstype and fstype.encode(), ctypes.c_ulong(flags),
-                       data and data.encode()), f"mount {target}")
+    try:
+        linux.mount(source, target, flags, fstype, data)
+    except OSError as err:
+        raise SandboxError(f"mount {target}: {err.strerror}") from None
 
 
 def seccomp_filter() -> int:
@@ -103,7 +92,7 @@ def seccomp_filter() -> int:
     f = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
     for name in SECCOMP_DENIED:
         f.add_rule(denied, name)
-    for flag in CLONE_NAMESPACES:
+    for flag in linux.CLONE_NAMESPACES:
         f.add_rule(denied, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
     f.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
     # A builder copies files with their owners (cp -a); in its user namespace only its own
@@ -149,7 +138,10 @@ def _leave_out_tree_mounts(root: Path) -> None:
     top, boot = str(root), os.path.join(str(root), "boot")
     for point in sorted({str(p) for p in mounted_under(root)}, key=lambda p: -p.count("/")):
         if point != top and not (point == boot and _image_boot(point)):
-            _check(_libc.umount2(point.encode(), MNT_DETACH), f"leave {point} out")
+            try:
+                linux.umount(point, linux.MNT_DETACH)
+            except OSError as err:
+                raise SandboxError(f"leave {point} out: {err.strerror}") from None
 
 
 def _copy_tree(src_dir: int, dst_dir: int) -> None:
@@ -262,7 +254,10 @@ def run_sandboxed(root: Path, scratch: Path, command: list[str], keep: str | Non
     seccomp_fd = seccomp_filter()
     os.set_inheritable(seccomp_fd, True)
     host_scratch = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    _check(_libc.unshare(CLONE_NEWNS), "unshare")
+    try:
+        linux.unshare(linux.CLONE_NEWNS)
+    except OSError as err:
+        raise SandboxError(f"unshare: {err.strerror}") from None
     _leave_out_tree_mounts(root)
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
     # Bubblewrap, as SANDBOX_UID, reaches what it binds by path: a stage on this namespace's
