@@ -14,9 +14,8 @@ from conftest import plan_of
 
 from vlab import virt
 from vlab.errors import VirtError
-from vlab.guesttext import Pattern
+from vlab.guesttext import SSH_MARKER, Pattern
 from vlab.lab.up import say_verdicts
-from vlab.plan import SSH_MARKER
 from vlab.progress import PHASES
 from vlab.scenario.model import Hypervisor
 from vlab.sshkeys import host_key_from_console
@@ -588,8 +587,8 @@ def test_a_root_brought_as_a_folder_is_judged_by_what_its_init_is(tmp_path: Path
     else (an init vlab does not know, a FIFO where the init should be): the settle time."""
     import os
 
+    from vlab.guesttext import READY_MARKER
     from vlab.lab.up import ready_line
-    from vlab.plan import READY_MARKER
     from vlab.scenario.model import RootSource
     from vlab.watch import READY_BUSYBOX, READY_SYSTEMD
 

@@ -21,6 +21,14 @@ if TYPE_CHECKING:
 else:
     Pattern = re2._Regexp
 
+# What vlab's guest side (its initrd, the root's init or unit, rendered from domains/) prints
+# for the judge to read: the proof of the NFS root, a failure it saw, the terminal up, and
+# (then the terminal's name and its SSH host key) the key.
+MARKER = "VLAB-NFSROOT-OK"
+FAIL_MARKER = "VLAB-FAIL"
+READY_MARKER = "VLAB-TERMINAL-UP"
+SSH_MARKER = "VLAB-SSH-HOSTKEY"
+
 # The longest line the judge and the report read of a console: a guest's longer line is cut
 # (no line vlab decides on is near this long), and a line that never ends is read in pieces.
 LINE_MAX = 16 << 10

@@ -53,10 +53,6 @@ NFS_PORT = 2049
 NFS40_RE = re.compile(r"(?<![\w.])(?:nfs)?vers=4\.0(?![\d.])|(?<![\w.])minorversion=0\b")
 MOUNT_PORT = 20048  # mountd's usual port (nfs-utils' nfs.conf), found through rpcbind
 NFS_NETNS_PREFIX = "vlab-nfs-"
-MARKER = "VLAB-NFSROOT-OK"
-FAIL_MARKER = "VLAB-FAIL"
-READY_MARKER = "VLAB-TERMINAL-UP"
-SSH_MARKER = "VLAB-SSH-HOSTKEY"  # then the terminal's name and its SSH host key
 # x86 Linux keeps COMMAND_LINE_SIZE - 1 bytes of its command line and cuts the rest.
 MAX_CMDLINE_BYTES = 2047
 TWIN_SAMPLE = 4  # PXE machines that get a virtual twin (the rest are alike)

@@ -18,7 +18,8 @@ import jinja2
 
 from vlab import efi
 from vlab.errors import VlabError
-from vlab.plan import FAIL_MARKER, MARKER, READY_MARKER, SSH_MARKER, LabPlan, TerminalPlan
+from vlab.guesttext import FAIL_MARKER, MARKER, READY_MARKER, SSH_MARKER
+from vlab.plan import LabPlan, TerminalPlan
 
 if TYPE_CHECKING:
     from lxml import etree

@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vlab.errors import VlabError
-from vlab.guesttext import pattern
-from vlab.plan import SSH_MARKER
+from vlab.guesttext import SSH_MARKER, pattern
 from vlab.watch import complete_lines
 
 if TYPE_CHECKING:  # paramiko (and what it imports) is loaded only to speak SSH: ~25 MiB

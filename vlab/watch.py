@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlab.errors import VlabError
-from vlab.guesttext import LINE_MAX, Pattern, pattern, tail
-from vlab.plan import FAIL_MARKER, MARKER, READY_MARKER
+from vlab.guesttext import FAIL_MARKER, LINE_MAX, MARKER, READY_MARKER, Pattern, pattern, tail
 
 OK = "ok"
 # Terminal escapes the judge reads past: CSI (cursor moves, colours), OSC (titles, clipboard)

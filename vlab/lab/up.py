@@ -33,11 +33,11 @@ from vlab import (
     virt,
 )
 from vlab.errors import UsageError
-from vlab.guesttext import Pattern, tail
+from vlab.guesttext import READY_MARKER, Pattern, tail
 from vlab.lab import nodes
 from vlab.lab.checks import run_checks
 from vlab.lab.status import report, terminal_address
-from vlab.plan import READY_MARKER, Dirs, LabPlan, NodePlan, TerminalPlan
+from vlab.plan import Dirs, LabPlan, NodePlan, TerminalPlan
 from vlab.progress import Say
 from vlab.scenario.model import (
     LOCAL,
