@@ -12,7 +12,6 @@ Run as `python simhost.py inside DIR` by `start()`, already in both namespaces.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -21,6 +20,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from namespaced import kill_all
 
 NETNS = "vlab-test-h2"
 LAB_HOST_NETNS = "vlab-host"
@@ -95,40 +96,12 @@ def start(workdir: Path) -> SimHost:
     return SimHost(dir=workdir, key=key)
 
 
-def pids(workdir: Path) -> list[int]:
-    """Every process in the second host's mount namespace: its daemons and their children."""
-    try:
-        ns = json.loads((workdir / "pids.json").read_text())["mnt"]
-    except (OSError, ValueError, KeyError):
-        return []
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if os.readlink(f"/proc/{pid}/ns/mnt") == ns:
-                found.append(int(pid))
-        except OSError:
-            continue
-    return found
-
-
 def stop(workdir: Path) -> None:
-    for pid in pids(workdir):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, 9)
-    deadline = time.monotonic() + 10
-    while [p for p in pids(workdir) if not _zombie(p)] and time.monotonic() < deadline:
-        time.sleep(0.1)
+    kill_all(workdir)
     subprocess.run(["ip", "netns", "del", NETNS], capture_output=True)
     subprocess.run(["ip", "-n", LAB_HOST_NETNS, "link", "del", PEER_LINK], capture_output=True)
     distrust()
     (workdir / "pids.json").unlink(missing_ok=True)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def stop_sshd(workdir: Path) -> None:

@@ -17,7 +17,6 @@ Run as `python workstation.py inside DIR SUBNET` by `start()`, already in both n
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -28,6 +27,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from namespaced import kill_all
 
 NETNS, LAN_NETNS = "vlab-test-ws", "vlab-test-lan"
 LINK, LAN_LINK = "wslan0", "lan0"
@@ -135,27 +136,8 @@ def _inside(workdir: Path, default_subnet: str) -> None:
     (workdir / "pids.json").write_text(json.dumps(pids))
 
 
-def pids(workdir: Path) -> list[int]:
-    """Every process in the workstation's mount namespace."""
-    try:
-        ns = json.loads((workdir / "pids.json").read_text())["mnt"]
-    except (OSError, ValueError, KeyError):
-        return []
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        with contextlib.suppress(OSError):
-            if os.readlink(f"/proc/{pid}/ns/mnt") == ns:
-                found.append(int(pid))
-    return found
-
-
 def stop(workdir: Path) -> None:
-    for pid in pids(workdir):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, 9)
-    deadline = time.monotonic() + 10
-    while pids(workdir) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    kill_all(workdir)
     for ns in (NETNS, LAN_NETNS):
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
     (workdir / "pids.json").unlink(missing_ok=True)
