@@ -24,8 +24,8 @@ Bubblewrap needs the mount points in the root (/dev, /proc, /tmp); 125 means the
 itself could not be set up (the message says why).
 
 A program of the machine's that parses an image's bytes (qemu-img) runs in bubblewrap too,
-with the same filter (parser_argv): uid 0 without any capability, seeing /usr and its
-output folder only.
+with the same isolation and filter (parser_argv): uid 0 of a user namespace of its own,
+without any capability, seeing /usr and its output folder only.
 """
 
 from __future__ import annotations
@@ -189,22 +189,34 @@ def _copy_file(src_dir: int, dst_dir: int, name: str, mode: int, limit: int = KE
         os.close(src)
 
 
+# Bubblewrap's isolation, for a builder and for a parser of an image's bytes alike: root only
+# in a user namespace of its own that maps nothing else, new PID, network, IPC, UTS and
+# cgroup namespaces, a session of its own, every capability dropped, gone with vlab.
+ISOLATION = ("bwrap", "--unshare-user", "--uid", "0", "--gid", "0", "--unshare-pid",
+             "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+             "--die-with-parent", "--new-session", "--cap-drop", "ALL")
+
+
+def _run(command: list[str], seccomp_fd: int, env: dict[str, str] | None = None) -> list[str]:
+    """The end of a bubblewrap command line: a clean environment (PATH, LC_ALL=C and `env`),
+    /, the seccomp filter, then the command."""
+    setenv = []
+    for name, value in {"PATH": PATH, "LC_ALL": "C", **(env or {})}.items():
+        setenv += ["--setenv", name, value]
+    return ["--clearenv", *setenv, "--chdir", "/", "--seccomp", str(seccomp_fd), "--",
+            *command]
+
+
 def bwrap_argv(root: Path, command: list[str], *, seccomp_fd: int) -> list[str]:
     """setpriv to SANDBOX_UID, then bubblewrap with the builder's view of the root."""
     argv = ["setpriv", f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups",
-            "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--",
-            "bwrap", "--unshare-user", "--uid", "0", "--gid", "0", "--unshare-pid",
-            "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-            "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+            "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--", *ISOLATION,
             "--ro-bind", f"{STAGE}/root", "/", "--dev", "/dev", "--proc", "/proc",
             "--bind", f"{STAGE}/tmp", "/tmp"]
     for rel in ("run", "var/tmp", "var/lock"):
         if _is_folder(root, rel):
             argv += ["--size", str(64 << 20), "--perms", "1777", "--tmpfs", f"/{rel}"]
-    argv += ["--clearenv", "--setenv", "PATH", PATH, "--setenv", "TMPDIR", "/tmp",
-             "--setenv", "LC_ALL", "C", "--setenv", "HOME", "/", "--chdir", "/",
-             "--seccomp", str(seccomp_fd), "--", *command]
-    return argv
+    return [*argv, *_run(command, seccomp_fd, {"TMPDIR": "/tmp", "HOME": "/"})]
 
 
 def parser_argv(command: list[str], *, out: Path, seccomp_fd: int) -> list[str]:
@@ -214,12 +226,8 @@ def parser_argv(command: list[str], *, out: Path, seccomp_fd: int) -> list[str]:
     its own (mapping 0 to 0 only) with every capability set empty, which keeps it from every
     file of the machine not owned by root, and it sees no file owned by root but the
     machine's /usr (read-only) and the folder `out` (bound on /out, its only writable place
-    besides a /tmp of its own). New PID, network, IPC, UTS and cgroup namespaces, a session
-    of its own, no_new_privs, the builders' seccomp filter."""
-    argv = ["bwrap", "--unshare-user", "--uid", "0", "--gid", "0", "--unshare-pid",
-            "--unshare-net", "--unshare-ipc", "--unshare-uts",
-            "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-            "--ro-bind", "/usr", "/usr"]
+    besides a /tmp of its own). ISOLATION, no_new_privs, the builders' seccomp filter."""
+    argv = [*ISOLATION, "--ro-bind", "/usr", "/usr"]
     for top in ("bin", "sbin", "lib", "lib64"):  # merged /usr: links; else folders
         path = Path("/") / top
         if path.is_symlink():
@@ -227,8 +235,7 @@ def parser_argv(command: list[str], *, out: Path, seccomp_fd: int) -> list[str]:
         elif path.is_dir():
             argv += ["--ro-bind", str(path), f"/{top}"]
     return [*argv, "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--bind", str(out),
-            "/out", "--clearenv", "--setenv", "PATH", PATH, "--setenv", "LC_ALL", "C",
-            "--chdir", "/", "--seccomp", str(seccomp_fd), "--", *command]
+            "/out", *_run(command, seccomp_fd)]
 
 
 def _sandbox_uid_is_free() -> None:
