@@ -6,6 +6,7 @@ import shlex
 from pathlib import Path
 
 from vlab import builders, render
+from vlab.lab.claim import validated
 from vlab.plan import LabPlan
 from vlab.scenario.model import InitrdBuilder, RootSource
 
@@ -13,9 +14,7 @@ from vlab.scenario.model import InitrdBuilder, RootSource
 def artifacts(plan: LabPlan) -> dict[str, str]:
     """Every text file vlab would write for this lab, the builder's config dir included."""
     files = render.all_artifacts(plan)
-    for name, text in files.items():
-        if kind := render.xml_kind(name):
-            render.validate(text, kind)
+    validated(files, None)  # `vlab render` remembers nothing
     if plan.builder is not InitrdBuilder.VLAB:
         del files["initrd/init"], files["initrd/udhcpc.sh"]
         confdir = builders.CONFDIR.format(builder=plan.builder.value)

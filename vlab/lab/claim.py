@@ -29,15 +29,21 @@ def plan_for(sc: Scenario, dirs: Dirs, free_mib: dict[str, int] | None = None, *
                      ssh_key=ssh_key, timeout=timeout, twins=twins)
 
 
-def validated(files: dict[str, str], cache_dir: Path) -> None:
+def validated(files: dict[str, str], cache_dir: Path | None) -> None:
     """Every XML document of a lab's artifacts checked against libvirt's schema
-    (render.validate), once per text and schema: a passed check is remembered in the cache,
-    which keeps lxml and the compiled schema (~16 ms, ~5 MiB) out of a warm `vlab up`."""
+    (render.validate). With a cache folder, once per text and schema: a passed check is
+    remembered there, which keeps lxml and the compiled schema (~16 ms, ~5 MiB) out of a
+    warm `vlab up`."""
+    stamps: dict[str, str] = {}
     for name, text in files.items():
         kind = render.xml_kind(name)
         if kind is None:
             continue
-        mark = cache_dir / "checked" / cache.key(kind, render.schema_stamp(kind), text)
+        if cache_dir is None:
+            render.validate(text, kind)
+            continue
+        stamp = stamps.setdefault(kind, render.schema_stamp(kind))
+        mark = cache_dir / "checked" / cache.key(kind, stamp, text)
         if mark.exists():
             continue
         render.validate(text, kind)
