@@ -109,9 +109,9 @@ def fetch(package: str, cache_dir: Path) -> Kernel:
     return Kernel(release, final / "vmlinuz", final / "lib" / "modules" / release)
 
 
-def releases_in(root: Path) -> list[str]:
-    """Kernel releases installed in a root (/boot/vmlinuz-*), oldest first."""
-    boot = mounts.inside(root, "boot")
+def releases_in(boot: Path | None) -> list[str]:
+    """Kernel releases installed in a root's /boot (mounts.inside: None if it has none),
+    oldest first."""
     if boot is None or not boot.is_dir():
         return []
     return sorted((p.name.removeprefix("vmlinuz-") for p in boot.glob("vmlinuz-*")),
@@ -126,20 +126,19 @@ def from_root(root: Path, wanted: str | None, cache_dir: Path, scenario: Path) -
     """The root's own kernel (the newest, or the release the scenario names), copied out of
     the root into the cache like the page's `mv nfs-export/tmp/initrd.img .`, readable by QEMU.
     Its modules stay in the root: the builders read them there."""
-    available = releases_in(root)
-    if not available:
+    boot = mounts.inside(root, "boot")
+    available = releases_in(boot)
+    if boot is None or not available:
         raise ScenarioError(scenario, "kernel.source", f'"root" but {root} has no /boot/vmlinuz-*',
                             'install a kernel in the root, or use source = "debian"')
     release = wanted or available[-1]
     if release not in available:
         raise ScenarioError(scenario, "kernel.version", f"{release!r} is not installed in {root}",
                             f"use one of {', '.join(available)}")
-    boot = mounts.inside(root, "boot")
     modules = mounts.inside(root, f"lib/modules/{release}")
     if modules is None or not (modules / "modules.dep").is_file():
         raise ScenarioError(scenario, "kernel.version", f"{root} has no modules.dep for {release}",
                             f"run depmod {release} in the root")
-    assert boot is not None  # releases_in found the kernel there
     with cache.scratch(cache_dir / "kernels") as scratch:
         # Copied once, never through a link, then digested: a FIFO or a device cannot
         # hang vlab or land in the cache (the root is untrusted).
