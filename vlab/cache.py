@@ -115,8 +115,7 @@ def read_regular(src: Path, limit: int, what: str, *, follow: bool = False,
         data = f.read(limit + 1)
     if len(data) > limit:
         raise HostError(f"{what} ({_shown(src, within)}) is larger than {limit >> 20} MiB; "
-                        "vlab reads no "
-                        "more of it")
+                        "vlab reads no more of it")
     return data
 
 

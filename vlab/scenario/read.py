@@ -113,6 +113,8 @@ def _system_folder(path: Path) -> bool:
     """Is path a folder of the machine's own system, in one of its trees, or above one?"""
     return (path in SYSTEM_DIRS or any(d.is_relative_to(path) for d in SYSTEM_DIRS)
             or any(path.parts[1:1 + len(t)] == t for t in SYSTEM_TREES))
+
+
 _ROOT_KEYS = ("source", "path", "partition", "boot_partition", "suite", "packages",
               "after_boot", "writable")
 _KERNEL_KEYS = ("source", "package", "version")
