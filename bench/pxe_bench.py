@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from vlab import efi, pxe, scenario, tftp  # noqa: E402
+from vlab import site as site_plan  # noqa: E402
 from vlab.lab import pxe as lab_pxe  # noqa: E402
-from vlab.lab.up import grub_dir  # noqa: E402
 from vlab.plan import Dirs, make_plan  # noqa: E402
 
 
@@ -46,7 +46,8 @@ def generate(path: Path, tftp_root: Path, copies: dict[str, Path]) -> tuple[floa
     start = time.perf_counter()
     s = scenario.load(path)
     plan = make_plan(s, Dirs.from_env())
-    site = pxe.site_plan(s, plan, grub_dir=grub_dir(s.pxe.machines))
+    site = plan.site
+    assert site is not None
     changes = tftp.write_tree(tftp_root, pxe.shared_files(site), copies, pxe.machine_groups(site))
     return time.perf_counter() - start, len(changes.written)
 
@@ -78,11 +79,11 @@ def main() -> int:
         # Warm the artifact cache once (kernel, initrd), as the target assumes.
         s = scenario.load(scen)
         plan = make_plan(s, Dirs.from_env())
-        lab_pxe.write(s, plan, Dirs.from_env(), tftp_root, lambda _t: None)
-        for name in (pxe.KERNEL, pxe.INITRD):
+        lab_pxe.pxe(plan, Dirs.from_env(), tftp_root, lambda _t: None)
+        for name in (site_plan.KERNEL, site_plan.INITRD):
             shutil.copyfile(tftp_root / name, work / name)
-        copies = {**tftp.bootloaders(), pxe.KERNEL: work / pxe.KERNEL,
-                  pxe.INITRD: work / pxe.INITRD}
+        copies = {**tftp.bootloaders(), site_plan.KERNEL: work / site_plan.KERNEL,
+                  site_plan.INITRD: work / site_plan.INITRD}
         if args.firmware != "bios":
             copies.update(efi.loaders().files)
         archive = work / "tree.tar"  # the very files of a cold tree, for tar to lay down

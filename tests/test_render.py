@@ -9,11 +9,13 @@ import pytest
 from conftest import plan_of
 
 from vlab import render
+from vlab.artifacts import all_artifacts
 from vlab.lab.artifacts import artifacts
 from vlab.scenario.model import InitrdBuilder, RootSource
 
 SCENARIOS = ["tiny", "e1000", "nfs3", "overlay", "debian-initramfs-tools", "debian-dracut",
-             "dhcp-root", "pxe-terminal", "uefi", "xen", "many-hosts"]
+             "dhcp-root", "pxe-terminal", "uefi", "xen", "many-hosts", "site", "site-uefi",
+             "site-own-server"]
 
 
 @pytest.mark.parametrize("name", SCENARIOS)
@@ -81,7 +83,7 @@ def test_a_document_that_passed_its_check_is_remembered_and_a_broken_one_still_f
     from vlab.lab.claim import validated
 
     plan = plan_of("tiny")
-    files = render.all_artifacts(plan)
+    files = all_artifacts(plan)
     assert not (tmp_path / "checked").exists()
     validated(files, tmp_path)
     # The lab's network and its two domains, each remembered.
@@ -105,7 +107,7 @@ def test_rendering_reads_no_environment_and_writes_nothing(
     monkeypatch.setenv("VLAB_STATE_DIR", str(tmp_path / "state"))
     from vlab.lab.claim import validated
 
-    validated(render.all_artifacts(plan), None)  # as `vlab render` does
+    validated(all_artifacts(plan), None)  # as `vlab render` does
     assert list(tmp_path.iterdir()) == []
 
 

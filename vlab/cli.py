@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -15,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vlab import __version__, labhost, scenario, state, tftp, virt
+from vlab import __version__, labhost, scenario, state, virt
 from vlab.errors import BootFailed, Interrupted, UsageError, VlabError
 from vlab.guesttext import inert
 from vlab.lab import nodes
@@ -216,19 +215,13 @@ def _pxe(args: argparse.Namespace, sc: scenario.Scenario, dirs: Dirs, say: Say) 
     if checking:
         lab_pxe.refuse_check(sc, dirs, args.tftp_root)
     plan = claim(sc, dirs, twins=True) if checking else plan_for(sc, dirs)
-    try:
-        changes = tftp.Changes() if args.check_only else lab_pxe.write(sc, plan, dirs,
-                                                                       args.tftp_root, say)
-    except BaseException:
-        if checking:  # the twins' claim and boot files go with the write that failed
-            with contextlib.suppress(Exception):
-                down(plan, dirs, lambda _text: None)
-        raise
+    changes, checked = lab_pxe.pxe(plan, dirs, args.tftp_root, say,
+                                   write=not args.check_only, check=checking)
     out: dict[str, Any] = {"lab": plan.lab, "tftp_root": str(args.tftp_root),
                            "written": changes.written, "removed": changes.removed,
                            "unchanged": changes.unchanged}
-    if checking:
-        out["check"] = lab_pxe.check(plan, dirs, args.tftp_root, say)
+    if checked is not None:
+        out["check"] = checked
     if args.json:
         print(json.dumps(out, indent=2))
     else:

@@ -15,7 +15,6 @@ from pathlib import Path
 from vlab.cmdline import (
     MOUNT_PORT_OFFSET,
     kernel_cmdline,
-    machines_nfs,
     nfs_options,
     root_path_by_dhcp,
     root_target,
@@ -29,12 +28,12 @@ from vlab.scenario.model import (
     NFS_HOST,
     UEFI_PXE_MEMORY,
     AfterBoot,
+    Boot,
     Firmware,
     Hypervisor,
     InitrdBuilder,
     KernelSource,
     LabHostMode,
-    Machine,
     NfsVersion,
     NicDriver,
     RootSource,
@@ -42,6 +41,7 @@ from vlab.scenario.model import (
     Scenario,
     Writable,
 )
+from vlab.site import Booter, MachinePlan, Site, site
 
 FIRST_TERMINAL_HOST = 10
 NETNS = "vlab-host"
@@ -178,6 +178,10 @@ class LabPlan:
     # Twins of a site with its own NFS server ([pxe] nfs_server): the files they boot name
     # that address, and in the lab vlab's server answers at it (and is their router).
     stand_in: str | None = None
+    # The PXE trees: `vlab pxe`'s, of the scenario's [[host]]s; the lab's own, of its
+    # boot = "pxe" terminals (in tftp_root). None: no such machine.
+    site: Site | None = None
+    tftp_tree: Site | None = None
 
     netns = NETNS  # the isolated lab host's network namespace
 
@@ -243,7 +247,7 @@ class LabPlan:
     def root_squash(self) -> bool:
         """The page exports with no_root_squash: a distribution root's init must read files
         only root may read (/etc/shadow, keys). vlab's busybox root has none: squashed."""
-        return self.root_source is RootSource.BUSYBOX
+        return root_squash(self.root_source)
 
     @property
     def network(self) -> str:
@@ -309,6 +313,10 @@ def place(scenario: Scenario, free_mib: dict[str, int] | None = None) -> Placeme
     return placement
 
 
+def root_squash(source: RootSource) -> bool:
+    return source is RootSource.BUSYBOX
+
+
 def nfs_address(subnet: ipaddress.IPv4Network, nfs_netns: str | None) -> str:
     """Where terminals mount the root: the server's own namespace (.2), or the lab host."""
     return str(subnet.network_address + (LAB_HOST if nfs_netns is None else NFS_HOST))
@@ -339,11 +347,25 @@ def make_plan(scenario: Scenario, dirs: Dirs, taken: Taken = NO_OTHER_LABS,
         nfs_port = NFS_PORT
     option_port = None if nfs_netns else nfs_port
     nodes = _nodes(scenario, lab_dir)
+    squash = root_squash(root.source)
+
+    def tree(booters: tuple[Booter, ...], key: str = "") -> Site | None:
+        return site(scenario, booters, server, option_port, str(export_path), str(subnet),
+                    squash, ssh_key=key) if booters else None
+
+    hosts = tree(tuple(Booter(f"host[{i}]", m.name, m.mac, m.ip, m.root, m.cmdline, m.firmware)
+                       for i, m in enumerate(scenario.pxe.machines)))
+    tftp_tree = None
     if twins:
-        terminals = _twins(scenario, subnet, server, option_port, export_path, lab_dir)
+        terminals = _twins(scenario, hosts, subnet, lab_dir)
     else:
+        macs = pinned_macs(scenario, taken.macs)
+        tftp_tree = tree(tuple(
+            Booter(f"terminal[{i}]", t.name, macs[t.name], _terminal_ip(subnet, i), t.root,
+                   t.cmdline, t.firmware)
+            for i, t in enumerate(scenario.terminals) if t.boot is Boot.PXE), ssh_key)
         terminals = _terminals(scenario, subnet, server, option_port, export_path, lab_dir,
-                               placement or place(scenario), taken.macs, ssh_key)
+                               placement or place(scenario), macs, ssh_key, tftp_tree)
     _own_domains(scenario, terminals, taken, twins)
     return LabPlan(
         lab=lab.name,
@@ -382,6 +404,8 @@ def make_plan(scenario: Scenario, dirs: Dirs, taken: Taken = NO_OTHER_LABS,
         ssh_key=ssh_key,
         stand_in=(str(scenario.pxe.nfs_server) if twins and nfs_netns
                   and scenario.pxe.nfs_server else None),
+        site=hosts,
+        tftp_tree=tftp_tree,
     )
 
 
@@ -426,12 +450,19 @@ def _nodes(scenario: Scenario, lab_dir: Path) -> tuple[NodePlan, ...]:
                      for h in scenario.nodes))
 
 
+def _terminal_ip(subnet: ipaddress.IPv4Network, i: int) -> ipaddress.IPv4Address:
+    """The address the lab's DHCP pins for its i-th terminal."""
+    return subnet.network_address + FIRST_TERMINAL_HOST + i
+
+
 def _terminals(scenario: Scenario, subnet: ipaddress.IPv4Network, nfs_server: str,
                option_port: int | None, export_path: Path, lab_dir: Path, placement: Placement,
-               others: frozenset[str], ssh_key: str) -> tuple[TerminalPlan, ...]:
+               macs: dict[str, str], ssh_key: str, tftp_tree: Site | None
+               ) -> tuple[TerminalPlan, ...]:
+    """Each terminal's plan; a PXE terminal boots with its APPEND line's command line."""
     lab = scenario.lab
     options = nfs_options(lab.nfs_version, option_port)
-    macs = pinned_macs(scenario, others)
+    by_pxe = {m.name: m.cmdline for m in tftp_tree.machines} if tftp_tree else {}
     servers = {h.name: str(h.nfs_server) for h in scenario.nodes}
     terminals = []
     for i, t in enumerate(scenario.terminals):
@@ -442,9 +473,9 @@ def _terminals(scenario: Scenario, subnet: ipaddress.IPv4Network, nfs_server: st
             dhcp_root = t.dhcp_root_path or root_path_by_dhcp(scenario, None, server, path,
                                                               options)
         given = lab.root_via is RootVia.CMDLINE or t.root is not None
-        # A PXE terminal's key is in its pxelinux file, which pxe.py writes.
-        words = kernel_cmdline(scenario, server if given else None, path, options,
-                               [CONSOLE[lab.hypervisor]], t.cmdline, macs[t.name], ssh_key)
+        words = by_pxe.get(t.name) or kernel_cmdline(
+            scenario, server if given else None, path, options, [CONSOLE[lab.hypervisor]],
+            t.cmdline, macs[t.name], ssh_key)
         if len(words.encode()) > MAX_CMDLINE_BYTES:
             raise ScenarioError(scenario.path, f"terminal[{i}].cmdline", "the kernel command "
                                 f"line with vlab's words is over the {MAX_CMDLINE_BYTES} bytes "
@@ -456,7 +487,7 @@ def _terminals(scenario: Scenario, subnet: ipaddress.IPv4Network, nfs_server: st
             nic_model=NIC_MODELS[t.nic],
             mac=macs[t.name],
             # Another node's terminals take an address from its network's DHCP.
-            ip=str(subnet.network_address + FIRST_TERMINAL_HOST + i) if on == LOCAL else "",
+            ip=str(_terminal_ip(subnet, i)) if on == LOCAL else "",
             memory_mib=t.memory,
             vcpus=t.vcpus,
             dhcp_root_path=dhcp_root,
@@ -483,37 +514,31 @@ def _own_domains(scenario: Scenario, terminals: tuple[TerminalPlan, ...], taken:
                 "rename the terminal or the lab")
 
 
-def _twins(scenario: Scenario, subnet: ipaddress.IPv4Network, nfs_server: str,
-           option_port: int | None, export_path: Path, lab_dir: Path
-           ) -> tuple[TerminalPlan, ...]:
+def _twins(scenario: Scenario, hosts: Site | None, subnet: ipaddress.IPv4Network,
+           lab_dir: Path) -> tuple[TerminalPlan, ...]:
     """A virtual twin per physical machine (a sample when there are many): its MAC, its fixed
-    IP, booting from the network; and one more whose MAC has no file, which must boot
-    through pxelinux.cfg/default."""
+    IP, its command line, booting from the network; and one more per firmware whose MAC has
+    no file, which must boot through the default config."""
     lab = scenario.lab.name
-    machines = scenario.pxe.machines
+    machines = hosts.machines if hosts else ()
     macs = {m.mac for m in machines}
-    server, options = machines_nfs(scenario, nfs_server, option_port)
-    twins = [(m.name, m.mac, m.ip if m.ip and m.ip in subnet else None,
-              root_path_by_dhcp(scenario, m.root, server, str(export_path), options),
-              m.firmware) for m in _sample(machines)]
-    # One twin per firmware of the site whose MAC has no file: it boots the default config.
-    kinds = [f for f in Firmware if any(m.firmware is f for m in machines)]
-    for firmware in kinds or [scenario.pxe.firmware]:
+    twins = [(m.name, m.mac, m.ip if m.ip and ipaddress.IPv4Address(m.ip) in subnet else None,
+              m.root_path, m.firmware, m.cmdline) for m in _sample(machines)]
+    for firmware in (hosts.firmwares if hosts else ()) or (scenario.pxe.firmware,):
         name = "default" if firmware is Firmware.BIOS else f"default-{firmware.value}"
         mac = next(m for n in range(99) if (m := pinned_mac(lab, f"pxe-{name}", n)) not in macs)
         macs.add(mac)
-        twins.append((name, mac, None, None, firmware))
+        twins.append((name, mac, None, None, firmware, hosts.default_cmdline if hosts else ""))
     return tuple(TerminalPlan(
         name=f"pxe-{name}", domain=domain_name(lab, f"pxe-{name}"), nic_model="virtio",
-        mac=mac, ip=str(ip) if ip else "",
-        memory_mib=256 if firmware is Firmware.BIOS else UEFI_PXE_MEMORY,
-        vcpus=1, dhcp_root_path=root_path, cmdline="",
+        mac=mac, ip=ip or "", memory_mib=256 if firmware is Firmware.BIOS else UEFI_PXE_MEMORY,
+        vcpus=1, dhcp_root_path=root_path, cmdline=cmdline,
         console_log=lab_dir / "console" / f"pxe-{name}.log", boot="pxe", firmware=firmware,
         nvram=None if firmware is Firmware.BIOS else lab_dir / "nvram" / f"pxe-{name}.fd",
-    ) for name, mac, ip, root_path, firmware in twins)
+    ) for name, mac, ip, root_path, firmware, cmdline in twins)
 
 
-def _sample(machines: tuple[Machine, ...]) -> tuple[Machine, ...]:
+def _sample(machines: tuple[MachinePlan, ...]) -> tuple[MachinePlan, ...]:
     """The machines that get a twin: the first TWIN_SAMPLE, and the first of each firmware
     the sample would miss (every firmware of the site is booted at least once)."""
     picked = list(machines[:TWIN_SAMPLE])

@@ -144,23 +144,3 @@ def validate(xml: str, kind: str) -> None:
     schema = _schema(kind)
     if schema is not None and not schema.validate(doc):
         raise RenderError(f"rendered {kind} XML fails libvirt's {kind}.rng: {schema.error_log}")
-
-
-def all_artifacts(plan: LabPlan) -> dict[str, str]:
-    """Every text file vlab would write for this lab, by relative name (for `vlab render`)."""
-    files = {
-        "network.xml": network_xml(plan),
-        "ganesha.conf": ganesha_conf(plan),
-        "exports": exports_line(plan),
-        "initrd/init": initrd_init(),
-        "initrd/udhcpc.sh": udhcpc_script(),
-        "root/sbin/init": root_init(),
-    }
-    if "openssh-server" in plan.debian_packages and plan.root_source == "debian":
-        files.update({f"root/{rel}": text for rel, (text, _mode) in debian_ssh_files().items()})
-    for t in plan.terminals:
-        files[f"domains/{t.name}.xml"] = domain_xml(plan, t)
-        files[f"cmdline/{t.name}"] = t.cmdline + "\n"
-        if plan.domain_type == "xen":
-            files[f"xl/{t.name}.cfg"] = xl_cfg(plan, t)
-    return files

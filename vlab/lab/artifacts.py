@@ -5,7 +5,8 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from vlab import builders, render
+from vlab import builders
+from vlab.artifacts import all_artifacts
 from vlab.lab.claim import validated
 from vlab.plan import LabPlan
 from vlab.scenario.model import InitrdBuilder, RootSource
@@ -13,7 +14,7 @@ from vlab.scenario.model import InitrdBuilder, RootSource
 
 def artifacts(plan: LabPlan) -> dict[str, str]:
     """Every text file vlab would write for this lab, the builder's config dir included."""
-    files = render.all_artifacts(plan)
+    files = all_artifacts(plan)
     validated(files, None)  # `vlab render` remembers nothing
     if plan.builder is not InitrdBuilder.VLAB:
         del files["initrd/init"], files["initrd/udhcpc.sh"]

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from vlab import cache, labhost, render, sshkeys, state
+from vlab.artifacts import all_artifacts
 from vlab.lab.nodes import preflight
 from vlab.plan import Dirs, LabPlan, make_plan, place
 from vlab.scenario.model import Scenario
@@ -61,7 +62,7 @@ def claim(sc: Scenario, dirs: Dirs, *, timeout: int | None = None,
     free = preflight(sc)  # bad input: nothing created, not even the lease
     # Every artifact rendered and checked first, with a key as long as the lab's will be:
     # a value that only shows in a rendered file is exit 2 with nothing made either.
-    validated(render.all_artifacts(plan_for(sc, dirs, free, ssh_key=KEY_STANDIN,
+    validated(all_artifacts(plan_for(sc, dirs, free, ssh_key=KEY_STANDIN,
                                             timeout=timeout, twins=twins)), dirs.cache)
     with state.machine_locked(dirs.state):
         lab_dir = dirs.state / "labs" / sc.lab.name

@@ -1,5 +1,6 @@
 """`vlab pxe`: the TFTP tree and site snippets for the scenario's physical machines, and
-`--check`: a virtual twin of each boots through the very files written."""
+`--check`: a virtual twin of each boots through the very files written, in the same sequence
+as `vlab up` boots a lab."""
 
 from __future__ import annotations
 
@@ -7,44 +8,67 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from vlab import pxe, render, state, tftp, virt
+from vlab import state, tftp
 from vlab.errors import UsageError
 from vlab.lab.down import down
 from vlab.lab.status import report
 from vlab.lab.up import (
-    boot_terminals,
+    boot,
     build_boot_files,
     build_nfs_root,
     check_firmware,
-    create_terminals,
-    export_nfs_root,
-    grub_dir,
-    guard_lab,
-    join_lab_network,
+    connected,
     save_results,
     start_lab_host,
-    wait_for_nfs_server,
-    watch_consoles,
     write_tftp_tree,
 )
 from vlab.plan import Dirs, LabPlan
 from vlab.progress import Say
-from vlab.scenario.model import LOCAL, Scenario
+from vlab.scenario.model import Scenario
 
 
-def write(scenario: Scenario, plan: LabPlan, dirs: Dirs, tftp_root: Path,
-          say: Say) -> tftp.Changes:
-    """Write the TFTP tree and site snippets for the scenario's physical machines."""
-    # Lint first: nothing is written on an error, and no loader is missing.
-    site = pxe.site_plan(scenario, plan, grub_dir=grub_dir(scenario.pxe.machines))
-    tftp.bootloaders()
-    with state.locked(plan.lab_dir, plan.lab):
-        build_nfs_root(plan, dirs, say)
-        k, img = build_boot_files(plan, dirs, say)
-    changes = write_tftp_tree(scenario, tftp_root, site, k, img)
-    say(f"TFTP tree {tftp_root}: {len(changes.written)} written, {len(changes.removed)} removed, "
-        f"{changes.unchanged} unchanged ({len(site.machines)} hosts)")
-    return changes
+def pxe(plan: LabPlan, dirs: Dirs, tftp_root: Path, say: Say, *, write: bool = True,
+        check: bool = False) -> tuple[tftp.Changes, dict[str, Any] | None]:
+    """Build the root, kernel and initrd; write the tree (unless not `write`); boot the twins
+    through it when `check` (a plan made with twins=True), then tear them down, whatever
+    happened (a twin is a check, not a lab to look at)."""
+    assert plan.site is not None
+    tftp.bootloaders()  # nothing is built when a loader is missing
+    try:
+        if check:
+            check_firmware(plan)
+        with state.locked(plan.lab_dir, plan.lab):
+            if check:
+                state.update(plan.lab_dir, scenario=str(plan.scenario), status="pxe-check")
+            build_nfs_root(plan, dirs, say)
+            k, img = build_boot_files(plan, dirs, say)
+            changes = tftp.Changes()
+            if write:
+                changes = write_tftp_tree(plan.scenario, tftp_root, plan.site, k, img)
+                say(f"TFTP tree {tftp_root}: {len(changes.written)} written, "
+                    f"{len(changes.removed)} removed, {changes.unchanged} unchanged "
+                    f"({len(plan.site.machines)} hosts)")
+            if not check:
+                return changes, None
+            netns = start_lab_host(plan, dirs, say)
+            with connected(plan) as conns:
+                if plan.stand_in:
+                    say(f"twins: their files name your NFS server {plan.stand_in} ([pxe] "
+                        f"nfs_server); in the lab, vlab's own server answers at "
+                        f"{plan.stand_in} with the same tree at the same path "
+                        f"{plan.export_path}, so the check proves the files, loaders, kernel, "
+                        "initrd and the mount they name, not your server's exports "
+                        "(vlab-site/exports is that line)")
+                started, verdicts = boot(plan, dirs, k, netns, conns, say, tftp_root)
+                save_results(plan, started, verdicts)
+                rep = report(plan, conns)
+    except BaseException:
+        if check:  # the twins' claim, boot files and whatever of the lab started
+            with contextlib.suppress(Exception):
+                down(plan, dirs, lambda _text: None)
+        raise
+    down(plan, dirs, say)
+    return changes, rep
 
 
 def refuse_check(scenario: Scenario, dirs: Dirs, tftp_root: Path) -> None:
@@ -65,48 +89,3 @@ def refuse_check(scenario: Scenario, dirs: Dirs, tftp_root: Path) -> None:
                              ", so the twins' TFTP server (dnsmasq, running unprivileged) "
                              f"cannot reach the tree; fix: chmod o+x {d}, or give a --tftp-root "
                              "in folders others may traverse")
-
-
-def check(twins: LabPlan, dirs: Dirs, tftp_root: Path, say: Say) -> dict[str, Any]:
-    """Boot the twins (a plan made with twins=True) through the tree; then tear down,
-    whatever happened (a twin is a check, not a lab to look at)."""
-    try:
-        rep = _boot_twins(twins, dirs, tftp_root, say)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            down(twins, dirs, say)
-        raise
-    down(twins, dirs, say)
-    return rep
-
-
-def _boot_twins(twins: LabPlan, dirs: Dirs, tftp_root: Path, say: Say) -> dict[str, Any]:
-    check_firmware(twins)
-    with state.locked(twins.lab_dir, twins.lab):
-        state.update(twins.lab_dir, scenario=str(twins.scenario), status="pxe-check")
-        netns = start_lab_host(twins, dirs, say)
-        conn = virt.connect(twins.uri)
-        try:
-            say(f"network {twins.network}: TFTP from {tftp_root}, bootp pxelinux.0, IPv6 RAs")
-            if twins.stand_in:
-                say(f"twins: their files name your NFS server {twins.stand_in} ([pxe] "
-                    f"nfs_server); in the lab, vlab's own server answers at {twins.stand_in} "
-                    f"with the same tree at the same path {twins.export_path}, so the check "
-                    "proves the files, loaders, kernel, initrd and the mount they name, not "
-                    "your server's exports (vlab-site/exports is that line)")
-            state.update(twins.lab_dir, network=twins.network)
-            guard_lab(twins, netns, ipv6=True)  # before anything of it answers
-            export_nfs_root(twins, dirs, netns, say)
-            twins.dnsmasq_log.parent.mkdir(parents=True, exist_ok=True)
-            twins.dnsmasq_log.unlink(missing_ok=True)
-            virt.start_network(conn, twins.network, render.network_xml(twins, tftp_root))
-            join_lab_network(twins, netns)
-            create_terminals(twins, {LOCAL: conn})
-            wait_for_nfs_server(twins, say)
-            started = boot_terminals(twins, {LOCAL: conn}, say)
-            verdicts = watch_consoles(twins, {LOCAL: conn}, started, say, tftp_root)
-            save_results(twins, started, verdicts)
-            return report(twins, {LOCAL: conn})
-        finally:
-            virt.close(conn)
-

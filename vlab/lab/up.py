@@ -7,14 +7,15 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from vlab import (
     builders,
-    cache,
     cause,
     efi,
     exportfs,
@@ -32,7 +33,8 @@ from vlab import (
     tftp,
     virt,
 )
-from vlab.errors import UsageError
+from vlab.artifacts import lab_digests
+from vlab.errors import HostError, UsageError
 from vlab.guesttext import READY_MARKER, Pattern, tail
 from vlab.lab import nodes
 from vlab.lab.checks import run_checks
@@ -45,10 +47,10 @@ from vlab.scenario.model import (
     Hypervisor,
     InitrdBuilder,
     KernelSource,
-    Machine,
     RootSource,
     Scenario,
 )
+from vlab.site import INITRD, KERNEL, Site
 from vlab.watch import (
     READY_BUSYBOX,
     READY_SYSTEMD,
@@ -72,12 +74,28 @@ def up(scenario: Scenario, plan: LabPlan, dirs: Dirs, say: Say) -> dict[str, Any
         build_nfs_root(plan, dirs, say)
         k, img = build_boot_files(plan, dirs, say)
         netns = start_lab_host(plan, dirs, say)
-        conns = {h.name: nodes.connect(h) for h in plan.busy_nodes}
-        try:
-            return _boot(scenario, plan, dirs, k, img, netns, conns, say)
-        finally:  # a qemu+ssh:// connection keeps an ssh process of its own until closed
-            for conn in conns.values():
-                virt.close(conn)
+        with connected(plan) as conns:
+            if all(virt.domain_state(conns[t.node], t.domain) == "running"
+                   for t in plan.terminals):
+                return already_up(plan, dirs, netns, conns, say)
+            tftp_root = write_lab_tftp_tree(plan, k, img, say)
+            started, verdicts = boot(plan, dirs, k, netns, conns, say, tftp_root)
+            checks = run_checks(scenario, plan, verdicts, say)
+            state.update(plan.lab_dir, status="up", artifacts=lab_digests(plan))
+            save_results(plan, started, verdicts, checks)
+            return report(plan, conns)
+
+
+@contextmanager
+def connected(plan: LabPlan) -> Iterator[dict[str, virt.Conn]]:
+    """A libvirt connection to each node that runs a terminal, closed after (a qemu+ssh://
+    one keeps an ssh process of its own until then)."""
+    conns = {h.name: nodes.connect(h) for h in plan.busy_nodes}
+    try:
+        yield conns
+    finally:
+        for conn in conns.values():
+            virt.close(conn)
 
 
 def check_firmware(plan: LabPlan) -> None:
@@ -87,12 +105,12 @@ def check_firmware(plan: LabPlan) -> None:
             efi.firmware(t.firmware.value)
 
 
-def _boot(scenario: Scenario, plan: LabPlan, dirs: Dirs, k: kernel.Kernel, img: Path,
-          netns: str | None, conns: dict[str, virt.Conn], say: Say) -> dict[str, Any]:
-    """Export, define the network, ship, boot, watch, check: the lab's run."""
-    if all(virt.domain_state(conns[t.node], t.domain) == "running" for t in plan.terminals):
-        return already_up(plan, dirs, netns, conns, say)
-    tftp_root = write_lab_tftp_tree(scenario, plan, k, img, say)
+def boot(plan: LabPlan, dirs: Dirs, k: kernel.Kernel, netns: str | None,
+         conns: dict[str, virt.Conn], say: Say, tftp_root: Path | None
+         ) -> tuple[dict[TerminalPlan, float], dict[TerminalPlan, Verdict]]:
+    """The seed page's boot, for a lab's terminals and for PXE twins alike: guard, export,
+    define the network (serving `tftp_root` by PXE), ship, boot, watch; when each terminal
+    started, and its verdict."""
     guard_lab(plan, netns, ipv6=tftp_root is not None)  # before anything of it answers
     export_nfs_root(plan, dirs, netns, say)  # starts while the network is defined
     define_network(plan, conns[LOCAL], say, tftp_root)
@@ -101,11 +119,7 @@ def _boot(scenario: Scenario, plan: LabPlan, dirs: Dirs, k: kernel.Kernel, img: 
     create_terminals(plan, conns)
     wait_for_nfs_server(plan, say)
     started = boot_terminals(plan, conns, say)
-    verdicts = watch_consoles(plan, conns, started, say, tftp_root)
-    checks = run_checks(scenario, plan, verdicts, say)
-    state.update(plan.lab_dir, status="up", artifacts=artifact_digests(plan))
-    save_results(plan, started, verdicts, checks)
-    return report(plan, conns)
+    return started, watch_consoles(plan, conns, started, say, tftp_root)
 
 
 def guard_lab(plan: LabPlan, netns: str | None, ipv6: bool) -> bool:
@@ -117,11 +131,6 @@ def guard_lab(plan: LabPlan, netns: str | None, ipv6: bool) -> bool:
     return firewall.guard(plan, netns, ipv6)
 
 
-def artifact_digests(plan: LabPlan) -> dict[str, str]:
-    """What the lab was made from: each rendered artifact's digest, by name."""
-    return {name: cache.key(text) for name, text in render.all_artifacts(plan).items()}
-
-
 def already_up(plan: LabPlan, dirs: Dirs, netns: str | None, conns: dict[str, virt.Conn],
                say: Say) -> dict[str, Any]:
     """Every terminal runs. If the scenario now renders other artifacts than the running lab
@@ -130,7 +139,7 @@ def already_up(plan: LabPlan, dirs: Dirs, netns: str | None, conns: dict[str, vi
     state.update(plan.lab_dir, status="up")  # as it was: this up changes nothing of it
     made = state.load(plan.lab_dir).get("artifacts")
     if isinstance(made, dict):
-        now = artifact_digests(plan)
+        now = lab_digests(plan)
         changed = sorted(n for n in {*made, *now} if made.get(n) != now.get(n))
         if changed:
             raise UsageError(f"lab {plan.lab} is up, made from another version of "
@@ -221,34 +230,29 @@ def start_lab_host(plan: LabPlan, dirs: Dirs, say: Say) -> str | None:
     return host.netns
 
 
-def write_lab_tftp_tree(scenario: Scenario, plan: LabPlan, k: kernel.Kernel, img: Path,
-                        say: Say) -> Path | None:
+def write_lab_tftp_tree(plan: LabPlan, k: kernel.Kernel, img: Path, say: Say) -> Path | None:
     """Terminals with boot = "pxe" boot through a TFTP tree of the lab's own."""
-    machines = pxe.terminal_machines(scenario, plan)
-    if not machines:
+    if plan.tftp_tree is None:
         return None
-    site = pxe.site_plan(scenario, plan, machines, ssh_key=plan.ssh_key,
-                         grub_dir=grub_dir(machines))
-    write_tftp_tree(scenario, plan.tftp_root, site, k, img)
-    say(f"PXE: TFTP tree {plan.tftp_root} for {', '.join(m.name for m in machines)}")
+    write_tftp_tree(plan.scenario, plan.tftp_root, plan.tftp_tree, k, img)
+    say(f"PXE: TFTP tree {plan.tftp_root} for "
+        f"{', '.join(m.name for m in plan.tftp_tree.machines)}")
     return plan.tftp_root
 
 
-def grub_dir(machines: tuple[Machine, ...]) -> str:
-    """The folder the site's GRUB reads its configuration from: read from Debian's signed
-    network GRUB when a UEFI machine boots it (else where that GRUB would read it)."""
-    if any(m.firmware is not Firmware.BIOS for m in machines):
-        return efi.loaders().grub_dir
-    return pxe.GRUB_DIR
-
-
-def write_tftp_tree(scenario: Scenario, tftp_root: Path, site: pxe.Site, k: kernel.Kernel,
+def write_tftp_tree(scenario: Path, tftp_root: Path, site: Site, k: kernel.Kernel,
                     img: Path) -> tftp.Changes:
     pxe.refuse_unsigned_kernel(scenario, site, k.vmlinuz.read_bytes(), k.release)
+    loaders = efi.loaders() if site.uefi else None
+    if loaders is not None and loaders.grub_dir != site.grub_dir:
+        raise HostError(f"{efi.LOADERS[efi.GRUB][0]} reads its grub.cfg from "
+                        f"/{loaders.grub_dir}, not /{site.grub_dir} as Debian's signed network "
+                        "GRUB does and vlab writes; fix: install Debian's "
+                        "grub-efi-amd64-signed")
     # pxelinux and GRUB load a bzImage (Debian's, signed: shim's GRUB checks it under Secure
     # Boot): the PVH ELF is for direct kernel boot only.
-    copies = {**tftp.bootloaders(), **(efi.loaders().files if site.uefi else {}),
-              pxe.KERNEL: k.vmlinuz, pxe.INITRD: img}
+    copies = {**tftp.bootloaders(), **(loaders.files if loaders else {}),
+              KERNEL: k.vmlinuz, INITRD: img}
     return tftp.write_tree(tftp_root, pxe.shared_files(site), copies, pxe.machine_groups(site))
 
 
@@ -256,7 +260,7 @@ def define_network(plan: LabPlan, conn: virt.Conn, say: Say,
                    tftp_root: Path | None = None) -> None:
     say(f"network {plan.network}: bridge {plan.bridge}, {plan.subnet}, "
         f"{len([t for t in plan.terminals if t.ip])} pinned DHCP hosts"
-        + (", PXE" if tftp_root else ""))
+        + (f", PXE from {tftp_root}" if tftp_root else ""))
     state.update(plan.lab_dir, network=plan.network)
     plan.dnsmasq_log.parent.mkdir(parents=True, exist_ok=True)
     plan.dnsmasq_log.unlink(missing_ok=True)  # this boot's, not the last one's
