@@ -24,10 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from vlab import scenario  # noqa: E402
-from vlab.cmdline import TUNING_ARGS  # noqa: E402
-from vlab.guesttext import MARKER, READY_MARKER  # noqa: E402
-from vlab.lab.claim import plan_for  # noqa: E402
-from vlab.plan import Dirs, LabPlan  # noqa: E402
+from vlab.plan.cmdline import TUNING_ARGS  # noqa: E402
+from vlab.plan.lab import Dirs, LabPlan  # noqa: E402
+from vlab.verbs.claim import plan_for  # noqa: E402
+from vlab.watch.guesttext import MARKER, READY_MARKER  # noqa: E402
 
 SCENARIO = "bench/bench.toml"
 TAP = "vlbench0"

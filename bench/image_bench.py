@@ -27,9 +27,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from disks import ESP, ROOT_X86_64, Part, disk, qcow2, size_mib  # noqa: E402
 
-from vlab import nfsroot, scenario  # noqa: E402
-from vlab.lab.claim import plan_for  # noqa: E402
-from vlab.plan import Dirs  # noqa: E402
+from vlab import scenario  # noqa: E402
+from vlab.build import nfsroot  # noqa: E402
+from vlab.plan.lab import Dirs  # noqa: E402
+from vlab.verbs.claim import plan_for  # noqa: E402
 
 VLAB = [sys.executable, "-m", "vlab"]
 

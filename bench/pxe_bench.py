@@ -25,10 +25,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vlab import efi, pxe, scenario, tftp  # noqa: E402
-from vlab import site as site_plan  # noqa: E402
-from vlab.lab import pxe as lab_pxe  # noqa: E402
-from vlab.plan import Dirs, make_plan  # noqa: E402
+from vlab import scenario  # noqa: E402
+from vlab.artifacts import pxe_config  # noqa: E402
+from vlab.build import efi  # noqa: E402
+from vlab.plan import site as site_plan  # noqa: E402
+from vlab.plan.lab import Dirs  # noqa: E402
+from vlab.plan.make import make_plan  # noqa: E402
+from vlab.serve import tftp  # noqa: E402
+from vlab.verbs import pxe as lab_pxe  # noqa: E402
 
 
 def write_scenario(path: Path, hosts: int, changed: bool, firmware: str = "bios") -> None:
@@ -48,7 +52,8 @@ def generate(path: Path, tftp_root: Path, copies: dict[str, Path]) -> tuple[floa
     plan = make_plan(s, Dirs.from_env())
     site = plan.site
     assert site is not None
-    changes = tftp.write_tree(tftp_root, pxe.shared_files(site), copies, pxe.machine_groups(site))
+    changes = tftp.write_tree(tftp_root, pxe_config.shared_files(site), copies,
+                              pxe_config.machine_groups(site))
     return time.perf_counter() - start, len(changes.written)
 
 

@@ -24,10 +24,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 import simhost  # noqa: E402
 
 from vlab import scenario  # noqa: E402
-from vlab.lab.claim import plan_for  # noqa: E402
-from vlab.lab.nodes import session as node_session  # noqa: E402
-from vlab.lab.up import boot_files_for, build_boot_files  # noqa: E402
-from vlab.plan import Dirs  # noqa: E402
+from vlab.nodes.reach import session as node_session  # noqa: E402
+from vlab.plan.lab import Dirs  # noqa: E402
+from vlab.verbs.claim import plan_for  # noqa: E402
+from vlab.verbs.up import boot_files_for, build_boot_files  # noqa: E402
 
 SCENARIO = ROOT / "tests/scenarios/two-hosts.toml"
 SIM_DIR = Path("/var/tmp/vlab-test-h2")

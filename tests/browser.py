@@ -63,14 +63,14 @@ def seen(rep: dict[str, Any], name: str, look: Callable[[Path, str], tuple[str, 
     one rendered here from `rep`): one row per terminal, each phase bar as wide as its
     measured seconds on the shared axis, each failure's cause on the page, nothing fetched.
     Returns the DOM."""
-    from vlab import report
+    from vlab.report import html_page
 
     page = ARTIFACTS / f"{name}.html"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     if written is not None:
         shutil.copyfile(written, page)
     else:
-        page.write_text(report.page(rep))
+        page.write_text(html_page.page(rep))
     dom, asked = look(page, name)
     assert asked == [], asked
     assert dom.count('<tr class="terminal') == len(rep["terminals"])
@@ -79,7 +79,7 @@ def seen(rep: dict[str, Any], name: str, look: Callable[[Path, str], tuple[str, 
                       r'width="([\d.]+)"', dom)
     assert bars, "no timeline"
     for start, end, width in bars:
-        want = (float(end) - float(start)) * report.BAR_WIDTH / longest
+        want = (float(end) - float(start)) * html_page.BAR_WIDTH / longest
         assert abs(float(width) - want) <= 0.2, (start, end, width, want)
     for t in rep["terminals"]:
         assert f'id="servers-{t["name"]}"' in dom, t["name"]  # what the servers saw of it

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from vlab import scenario
-from vlab.plan import Dirs, LabPlan, make_plan
+from vlab.plan.lab import Dirs, LabPlan
+from vlab.plan.make import make_plan
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent

@@ -25,13 +25,15 @@ import pytest
 from browser import seen
 from conftest import ROOT
 
-from vlab import cache, firewall, initrd, kernel, nfsserver, procs, scenario
-from vlab.cpio import read_names
-from vlab.lab.claim import plan_for as lab_plan_for
-from vlab.plan import Dirs, LabPlan
-from vlab.pvh import has_pvh_entry
+from vlab import procs, scenario
+from vlab.build import cache, initrd, kernel
+from vlab.build.cpio import read_names
+from vlab.build.pvh import has_pvh_entry
+from vlab.plan.lab import Dirs, LabPlan
 from vlab.scenario.model import NicDriver
-from vlab.watch import ANSI
+from vlab.serve import firewall, nfsserver
+from vlab.verbs.claim import plan_for as lab_plan_for
+from vlab.watch.judge import ANSI
 
 pytestmark = pytest.mark.boot
 

@@ -3,7 +3,7 @@ dnsmasq lines in its real format; tests/test_verdicts.py provokes each for real)
 
 from __future__ import annotations
 
-from vlab.cause import Facts, addresses_of, explain, seen_by_servers
+from vlab.watch.cause import Facts, addresses_of, explain, seen_by_servers
 
 MAC = "52:54:00:25:4b:95"
 HEARD = (f"Dec  3 14:13:40 dnsmasq-dhcp[32004]: 3631986009 DHCPDISCOVER(vlabce6d6dff) {MAC} \n"

@@ -13,9 +13,10 @@ from conftest import ROOT
 from lxml import etree
 from test_boot import leftovers, plan_for
 
-from vlab.junit import report_to_junit
-from vlab.sshkeys import host_key_from_console
-from vlab.watch import Follower, Judge
+from vlab.report.junit import report_to_junit
+from vlab.watch.follow import Follower
+from vlab.watch.judge import Judge
+from vlab.watch.sshkeys import host_key_from_console
 
 
 def test_junit_has_a_testcase_per_terminal_and_the_decisive_line(tmp_path: Path) -> None:

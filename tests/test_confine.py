@@ -1,4 +1,4 @@
-"""The NFS server's mount namespace (vlab/confine.py), for real: everything read-only but the
+"""The NFS server's mount namespace (vlab/serve/confine.py), for real: everything read-only but the
 server's own folder and a /tmp of its own, the export read-only even where the export's
 folder is in /tmp, and nothing of it on the machine. Needs root (mount namespaces); no boot.
 That ganesha serves from it, and refuses a terminal's writes, is in test_ssh.py."""
@@ -10,11 +10,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from vlab.confine import SETUP_FAILED, mount_points
+from vlab.serve.confine import SETUP_FAILED, mount_points
 
 
 def _inside(server: Path, export: Path, script: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vlab.confine", str(server), "",
+    return subprocess.run([sys.executable, "-m", "vlab.serve.confine", str(server), "",
                            str(export), "--", "sh", "-c", script], capture_output=True,
                           text=True, timeout=30)
 
@@ -57,7 +57,7 @@ def _only_its_own(server: Path, export: Path, hidden: Path, other: Path) -> None
 
 def test_a_namespace_that_cannot_be_set_up_runs_nothing(tmp_path: Path) -> None:
     ran = _inside(tmp_path / "missing", tmp_path, f"touch {tmp_path}/ran")
-    assert ran.returncode == SETUP_FAILED and "vlab.confine:" in ran.stderr, ran
+    assert ran.returncode == SETUP_FAILED and "vlab.serve.confine:" in ran.stderr, ran
     assert not (tmp_path / "ran").exists()
 
 
@@ -107,7 +107,7 @@ def test_the_export_image_is_mounted_over_the_root_in_its_namespace_only(
     subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-d", str(tree),
                     str(image), "8M"], check=True)
     before = Path("/proc/self/mountinfo").read_text()
-    ran = subprocess.run([sys.executable, "-m", "vlab.confine", "--image", str(image),
+    ran = subprocess.run([sys.executable, "-m", "vlab.serve.confine", "--image", str(image),
                           str(server), "", str(export), "--", "sh", "-c",
                           f"ls {export}; cat /proc/self/mountinfo"],
                          capture_output=True, text=True, timeout=30)
@@ -129,12 +129,12 @@ def test_the_export_image_is_mounted_over_the_root_in_its_namespace_only(
 def test_what_it_runs_has_only_the_capabilities_ganesha_needs(tmp_path: Path) -> None:
     """Issue 27: ganesha kept every capability. What confine executes has GANESHA_CAPS in
     its bounding set and nothing else: no sys_admin to remount the export read-write."""
-    from vlab.confine import GANESHA_CAPS
+    from vlab.serve.confine import GANESHA_CAPS
 
     server, export = tmp_path / "srv", tmp_path / "export"
     server.mkdir()
     export.mkdir()
-    ran = subprocess.run([sys.executable, "-m", "vlab.confine", str(server), "", str(export),
+    ran = subprocess.run([sys.executable, "-m", "vlab.serve.confine", str(server), "", str(export),
                           "--", "sh", "-c", "grep CapBnd /proc/self/status; "
                           f"mount -o remount,rw {export} && echo REMOUNTED"],
                          capture_output=True, text=True, timeout=30)
@@ -151,7 +151,7 @@ def test_the_server_is_process_1_of_a_pid_namespace_and_sees_no_other(tmp_path: 
     server, export = tmp_path / "srv", tmp_path / "export"
     server.mkdir()
     export.mkdir()
-    ran = subprocess.run([sys.executable, "-m", "vlab.confine", str(server), "", str(export),
+    ran = subprocess.run([sys.executable, "-m", "vlab.serve.confine", str(server), "", str(export),
                           "--", "sh", "-c", f"echo $$; ls /proc | grep -c '^[0-9]'; "
                           f"[ -e /proc/{os.getpid()} ] && echo LEAK; exit 7"],
                          capture_output=True, text=True, timeout=30)
@@ -171,7 +171,7 @@ def test_with_a_pid_file_the_server_runs_on_and_its_pid_is_the_machines(tmp_path
     server.mkdir()
     export.mkdir()
     with (tmp_path / "log").open("w") as log:  # as vlab does: the server keeps its output
-        ran = subprocess.run([sys.executable, "-m", "vlab.confine", "--pid-file",
+        ran = subprocess.run([sys.executable, "-m", "vlab.serve.confine", "--pid-file",
                               str(pid_file), str(server), "", str(export), "--", "sleep", "60"],
                              stdout=log, stderr=subprocess.STDOUT, timeout=30)
     assert ran.returncode == 0, (tmp_path / "log").read_text()
@@ -182,7 +182,7 @@ def test_with_a_pid_file_the_server_runs_on_and_its_pid_is_the_machines(tmp_path
     finally:
         procs.stop(pid)
     assert not procs.alive(pid)
-    bad = subprocess.run([sys.executable, "-m", "vlab.confine", "--pid-file", str(pid_file),
+    bad = subprocess.run([sys.executable, "-m", "vlab.serve.confine", "--pid-file", str(pid_file),
                           str(server), "", str(export), "--", "/no/such/program"],
                          capture_output=True, text=True, timeout=30)
     assert bad.returncode == SETUP_FAILED and "/no/such/program" in bad.stderr, bad
@@ -199,7 +199,7 @@ def test_the_export_image_and_the_cache_it_lies_in_are_read_only_there(tmp_path:
         image = Path(cache) / "export.ext4"
         subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-d", str(tree),
                         str(image), "8M"], check=True)
-        ran = subprocess.run([sys.executable, "-m", "vlab.confine", "--image", str(image),
+        ran = subprocess.run([sys.executable, "-m", "vlab.serve.confine", "--image", str(image),
                               str(server), "", str(export), "--", "sh", "-c",
                               f"echo x > {export}/locked && echo WROTE-EXPORT; "
                               f"echo x > {cache}/x && echo WROTE-CACHE; "

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from disks import ESP, LINUX, ROOT_X86_64, XBOOTLDR, Part, disk, qcow2
 
-from vlab import disk as vdisk
+from vlab.build import disk as vdisk
 from vlab.errors import ScenarioError
 from vlab.scenario import load
 
@@ -129,7 +129,7 @@ def test_partitions_of_raw_and_qcow2_images_mount_read_only_and_go_with_release(
         tmp_path: Path, tree: Path) -> None:
     from disks import sha256
 
-    from vlab import mounts, nfsroot
+    from vlab.build import mounts, nfsroot
 
     (tree / "boot/vmlinuz-test").write_text("kernel\n")
     raw = _gpt(tmp_path, tree)
@@ -165,7 +165,7 @@ def test_an_image_swapped_after_its_check_is_never_read(tmp_path: Path, tree: Pa
 
     from disks import sha256
 
-    from vlab import mounts, nfsroot
+    from vlab.build import mounts, nfsroot
 
     secret = tmp_path / "host-secret"
     secret.write_bytes(b"HOST-SECRET\n" * 4096)
@@ -196,7 +196,7 @@ def test_a_vfat_boot_partition_is_read_in_userspace_and_goes_with_release(
     """Issue 27: image builders make /boot vfat (XBOOTLDR), and this machine kind's kernel
     has no vfat. vlab reads it with mtools, through the image's open descriptor, into a
     read-only tmpfs on the root's /boot; release leaves nothing."""
-    from vlab import mounts, nfsroot
+    from vlab.build import mounts, nfsroot
 
     (tree / "boot/vmlinuz-test").write_text("kernel\n")
     (tree / "boot/loader").mkdir()

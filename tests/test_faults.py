@@ -15,8 +15,10 @@ import pytest
 from conftest import ROOT
 from test_boot import VLAB, leftovers, plan_for, up, up_until, vlab
 
-from vlab import nfsroot, nfsserver, procs, run
-from vlab.plan import Dirs
+from vlab import procs, run
+from vlab.build import nfsroot
+from vlab.plan.lab import Dirs
+from vlab.serve import nfsserver
 
 pytestmark = pytest.mark.boot
 

@@ -19,9 +19,10 @@ from conftest import ROOT
 from test_boot import leftovers, plan_for, up, up_until, vlab
 
 from vlab import scenario
-from vlab.plan import LabPlan, place
-from vlab.ship import Target
-from vlab.sshkeys import fingerprint
+from vlab.nodes.ship import Target
+from vlab.plan.lab import LabPlan
+from vlab.plan.make import place
+from vlab.watch.sshkeys import fingerprint
 
 TWO = "tests/scenarios/two-hosts.toml"
 SIM_DIR = Path("/var/tmp/vlab-test-h2")  # the scenario names the test key in it

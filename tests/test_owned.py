@@ -14,7 +14,9 @@ import libvirt
 import pytest
 from conftest import ROOT
 
-from vlab import nfsserver, procs, virt
+from vlab import procs
+from vlab.nodes import virt
+from vlab.serve import nfsserver
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -156,8 +158,8 @@ def test_pxe_check_into_a_tree_its_tftp_server_cannot_reach_makes_nothing(
 
 def test_nfs_server_stop_after_an_up_that_never_booted_keeps_its_log(tmp_path: Path) -> None:
     from vlab import scenario
-    from vlab.lab.claim import plan_for
-    from vlab.plan import Dirs
+    from vlab.plan.lab import Dirs
+    from vlab.verbs.claim import plan_for
     plan = plan_for(scenario.load(ROOT / "scenarios/tiny.toml"),
                     Dirs(cache=tmp_path / "cache", state=tmp_path / "state"))
     plan.nfs_server_dir.mkdir(parents=True)
@@ -188,14 +190,15 @@ def test_an_error_vlab_did_not_expect_exits_4_never_1(tmp_path: Path,
 def test_a_rendered_file_that_fails_its_check_is_exit_2_before_anything_is_made(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    from vlab import cli, render
+    from vlab import cli
+    from vlab.artifacts import templates
 
     def failing(xml: str, kind: str) -> None:
-        raise render.RenderError(f"rendered {kind} XML fails libvirt's {kind}.rng: (test)")
+        raise templates.RenderError(f"rendered {kind} XML fails libvirt's {kind}.rng: (test)")
 
     monkeypatch.setenv("VLAB_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("VLAB_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(render, "validate", failing)
+    monkeypatch.setattr(templates, "validate", failing)
     assert cli.main(["up", str(ROOT / "scenarios/tiny.toml")]) == 2
     assert "fails libvirt's" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from vlab import initrd, kernel
-from vlab.cpio import Archive, read_names
+from vlab.build import initrd, kernel
+from vlab.build.cpio import Archive, read_names
+from vlab.build.kernel import Kernel
+from vlab.build.kmod import BadModulesDep, ModuleIndex, ModuleNotFound
 from vlab.errors import HostError, ScenarioError
-from vlab.kernel import Kernel
-from vlab.kmod import BadModulesDep, ModuleIndex, ModuleNotFound
 
 
 @pytest.fixture
@@ -172,7 +172,7 @@ def _compressed_kernel(tmp_path: Path) -> Path:
 
 
 def test_softdeps_are_followed_and_compressed_modules_land_decompressed(tmp_path: Path) -> None:
-    from vlab.kmod import plain_bytes, plain_path
+    from vlab.build.kmod import plain_bytes, plain_path
 
     d = _compressed_kernel(tmp_path)
     index = ModuleIndex.load(d)
@@ -189,7 +189,7 @@ def test_softdeps_are_followed_and_compressed_modules_land_decompressed(tmp_path
 def test_a_module_that_decompresses_too_big_or_not_at_all_is_refused(tmp_path: Path) -> None:
     import lzma
 
-    from vlab.kmod import MAX_MODULE, plain_bytes
+    from vlab.build.kmod import MAX_MODULE, plain_bytes
 
     bomb = lzma.compress(b"\0" * (MAX_MODULE + 2))
     with pytest.raises(BadModulesDep, match="decompresses to more than 64 MiB"):
@@ -231,7 +231,7 @@ def test_a_module_index_that_is_a_symlink_or_a_device_is_refused(tmp_path: Path,
 
 
 def test_a_module_index_larger_than_any_kernels_is_refused(tmp_path: Path) -> None:
-    from vlab.kmod import MAX_INDEX
+    from vlab.build.kmod import MAX_INDEX
 
     folder = tmp_path / "6.1.0-test"
     folder.mkdir()
@@ -244,7 +244,7 @@ def test_a_module_index_larger_than_any_kernels_is_refused(tmp_path: Path) -> No
 def test_a_roots_links_resolve_inside_it_never_out(tmp_path: Path) -> None:
     """mounts.inside resolves as a chroot would, by the kernel (openat2 RESOLVE_IN_ROOT): a
     merged-/usr link works, absolute links and `..` chains stay in the root."""
-    from vlab import mounts
+    from vlab.build import mounts
 
     root = tmp_path / "root"
     (root / "usr/lib/modules/6.1.0-test").mkdir(parents=True)

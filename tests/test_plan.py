@@ -15,8 +15,9 @@ from conftest import GOLDEN_DIRS, HERE, ROOT, plan_of
 
 from vlab import scenario, state
 from vlab.errors import ScenarioError
-from vlab.lease import NO_OTHER_LABS, lab_subnet, pinned_mac
-from vlab.plan import Dirs, make_plan
+from vlab.plan.lab import Dirs
+from vlab.plan.lease import NO_OTHER_LABS, lab_subnet, pinned_mac
+from vlab.plan.make import make_plan
 
 PLAN_IN_A_PROCESS = """
 import pickle, sys
@@ -171,8 +172,8 @@ def test_an_export_path_ganesha_or_exports_cannot_carry_is_refused(tmp_path: Pat
 def test_nfsv42_with_a_linux_that_reads_through_read_plus_is_refused() -> None:
     from conftest import plan_of
 
-    from vlab import nfsserver
     from vlab.errors import ScenarioError
+    from vlab.serve import nfsserver
 
     plan = plan_of("tiny")  # nfs_version = "4.2"
     nfsserver.refuse_broken_reads(plan, "6.1.0-57-amd64")  # bookworm's: no READ_PLUS

@@ -6,7 +6,7 @@ import io
 import re
 
 from vlab.progress import Board
-from vlab.watch import phase_of
+from vlab.watch.judge import phase_of
 
 PROOF = "VLAB-NFSROOT-OK server=10.0.0.1 export=/srv fstype=nfs4 options=ro"
 

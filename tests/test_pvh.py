@@ -6,7 +6,7 @@ import gzip
 import lzma
 import struct
 
-from vlab.pvh import XEN_ELFNOTE_PHYS32_ENTRY, extract_vmlinux, has_pvh_entry
+from vlab.build.pvh import XEN_ELFNOTE_PHYS32_ENTRY, extract_vmlinux, has_pvh_entry
 
 
 def elf_with_note(name: bytes, note_type: int) -> bytes:
@@ -53,7 +53,7 @@ def test_a_decompression_bomb_stops_at_the_cap() -> None:
     """300 KB of xz that inflates to 300 MB: decompressed no further than MAX_VMLINUX."""
     import tracemalloc
 
-    from vlab.pvh import MAX_VMLINUX
+    from vlab.build.pvh import MAX_VMLINUX
 
     bomb = lzma.compress(b"\x7fELF" + b"\x00" * (300 << 20), format=lzma.FORMAT_XZ,
                          preset=9)

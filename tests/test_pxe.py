@@ -14,12 +14,15 @@ from browser import seen
 from conftest import GOLDEN_DIRS, ROOT, plan_of
 from test_boot import tree_digest, vlab
 
-from vlab import nfsserver, pxe, render, scenario, tftp
-from vlab.cmdline import nfs_client_id
+from vlab import scenario
+from vlab.artifacts import pxe_config, templates
 from vlab.errors import ScenarioError, UsageError
-from vlab.plan import Dirs, make_plan
-from vlab.site import Site
-from vlab.watch import ANSI
+from vlab.plan.cmdline import nfs_client_id
+from vlab.plan.lab import Dirs
+from vlab.plan.make import make_plan
+from vlab.plan.site import Site
+from vlab.serve import nfsserver, tftp
+from vlab.watch.judge import ANSI
 
 
 def site_of(name: str) -> Site:
@@ -32,9 +35,9 @@ def site_of(name: str) -> Site:
 def test_golden_twin_network_and_domains(golden, name: str) -> None:  # type: ignore[no-untyped-def]
     twins = make_plan(scenario.load(ROOT / "scenarios" / f"{name}.toml"), GOLDEN_DIRS,
                       twins=True)
-    golden(f"{name}/check/network.xml", render.network_xml(twins, Path("/srv/tftp")))
+    golden(f"{name}/check/network.xml", templates.network_xml(twins, Path("/srv/tftp")))
     for t in twins.terminals:
-        golden(f"{name}/check/{t.name}.xml", render.domain_xml(twins, t))
+        golden(f"{name}/check/{t.name}.xml", templates.domain_xml(twins, t))
 
 
 def test_uefi_twins_boot_under_ovmf_and_each_firmware_has_a_default_twin() -> None:
@@ -43,17 +46,17 @@ def test_uefi_twins_boot_under_ovmf_and_each_firmware_has_a_default_twin() -> No
     by = {t.name: t for t in twins.terminals}
     assert set(by) == {"pxe-efi1", "pxe-sb1", "pxe-default-uefi", "pxe-default-uefi-secure"}
     assert by["pxe-sb1"].firmware == "uefi-secure" and by["pxe-efi1"].firmware == "uefi"
-    secure = render.domain_xml(twins, by["pxe-sb1"])
+    secure = templates.domain_xml(twins, by["pxe-sb1"])
     assert "OVMF_CODE_4M.secboot.fd" in secure and "OVMF_VARS_4M.ms.fd" in secure
     assert "<smm state='on'/>" in secure and "machine='q35'" in secure
-    plain = render.domain_xml(twins, by["pxe-efi1"])
+    plain = templates.domain_xml(twins, by["pxe-efi1"])
     assert "OVMF_CODE_4M.fd" in plain and "<smm" not in plain and "<bios" not in plain
-    net = render.network_xml(twins, Path("/srv/tftp"))
+    net = templates.network_xml(twins, Path("/srv/tftp"))
     assert "dhcp-boot=tag:efi-x86_64,shimx64.efi" in net and "<bootp" not in net
 
 
 def test_grub_reads_its_config_from_the_prefix_built_into_its_image() -> None:
-    from vlab import efi
+    from vlab.build import efi
 
     assert efi.loaders().grub_dir == "grub"  # Debian's signed network GRUB: -p /grub
     with pytest.raises(Exception, match="not a PE image"):
@@ -65,8 +68,8 @@ def test_grub_files_use_the_commands_debians_grub_has() -> None:
     `linux` and `initrd` boot EFI and BIOS both: a config with them stops at "can't find
     command" on every UEFI host."""
     site = site_of("site-uefi")
-    texts = [t for rel, t in pxe.shared_files(site).items() if rel.startswith("grub/")]
-    texts += [t for m in site.machines for rel, t in pxe.machine_files(m, "grub").items()
+    texts = [t for rel, t in pxe_config.shared_files(site).items() if rel.startswith("grub/")]
+    texts += [t for m in site.machines for rel, t in pxe_config.machine_files(m, "grub").items()
               if rel.startswith("grub/")]
     assert texts
     for text in texts:
@@ -79,7 +82,7 @@ def test_a_secure_boot_host_with_an_unsigned_kernel_is_refused_before_writing(
         tmp_path: Path) -> None:
     """Lint: shim starts no unsigned kernel under Secure Boot (the boot test provokes the
     refusal itself); Debian's signed PE images pass, the same image unsigned does not."""
-    from vlab import efi
+    from vlab.build import efi
 
     signed = efi.LOADERS[efi.SHIM][0]
     _unsigned(signed, tmp_path / "unsigned")
@@ -88,14 +91,14 @@ def test_a_secure_boot_host_with_an_unsigned_kernel_is_refused_before_writing(
     assert not efi.signed(b"MZ" + b"\0" * 200) and not efi.signed(b"")
     s = scenario.load(ROOT / "scenarios" / "site-uefi.toml")
     site = site_of("site-uefi")
-    pxe.refuse_unsigned_kernel(s.path, site, signed.read_bytes(), "6.1.0-1-amd64")
+    pxe_config.refuse_unsigned_kernel(s.path, site, signed.read_bytes(), "6.1.0-1-amd64")
     with pytest.raises(ScenarioError) as err:
-        pxe.refuse_unsigned_kernel(s.path, site, unsigned, "6.1.0-1-amd64")
+        pxe_config.refuse_unsigned_kernel(s.path, site, unsigned, "6.1.0-1-amd64")
     assert str(err.value).startswith(f"{s.path}: host[1].firmware: Secure Boot for sb1, but "
                                      "the kernel (6.1.0-1-amd64) carries no signature")
     assert 'firmware = "uefi"' in str(err.value)
     plain = scenario.load(ROOT / "scenarios" / "site.toml")  # no Secure Boot host: fine
-    pxe.refuse_unsigned_kernel(plain.path, site_of("site"), unsigned, "6.1.0-1-amd64")
+    pxe_config.refuse_unsigned_kernel(plain.path, site_of("site"), unsigned, "6.1.0-1-amd64")
 
 
 def test_mac_and_hex_ip_file_names_as_the_page_and_pxelinux_want() -> None:

@@ -8,10 +8,9 @@ import libvirt
 import pytest
 from conftest import plan_of
 
-from vlab import render
-from vlab.artifacts import all_artifacts
-from vlab.lab.artifacts import artifacts
+from vlab.artifacts.catalog import all_artifacts, templates
 from vlab.scenario.model import InitrdBuilder, RootSource
+from vlab.verbs.render import artifacts
 
 SCENARIOS = ["tiny", "e1000", "nfs3", "overlay", "debian-initramfs-tools", "debian-dracut",
              "dhcp-root", "pxe-terminal", "uefi", "xen", "many-hosts", "site", "site-uefi",
@@ -26,14 +25,14 @@ def test_golden_artifacts(name: str, golden) -> None:  # type: ignore[no-untyped
 
 def test_e1000_sets_the_nic_model() -> None:
     plan = plan_of("e1000")
-    assert "<model type='e1000'/>" in render.domain_xml(plan, plan.terminals[0])
+    assert "<model type='e1000'/>" in templates.domain_xml(plan, plan.terminals[0])
 
 
 def test_names_are_escaped_in_xml() -> None:
     plan = plan_of("tiny")
     t = plan.terminals[0]
     evil = type(t)(**{**t.__dict__, "cmdline": "a<b & 'c'"})
-    xml = render.domain_xml(plan, evil)
+    xml = templates.domain_xml(plan, evil)
     assert "a&lt;b &amp; &#39;c&#39;" in xml
 
 
@@ -50,10 +49,10 @@ def test_driver(tmp_path: Path):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_libvirt_accepts_every_rendered_domain_and_network(name: str, test_driver) -> None:  # type: ignore[no-untyped-def]
     plan = plan_of(name)
-    net = test_driver.networkDefineXML(render.network_xml(plan))
+    net = test_driver.networkDefineXML(templates.network_xml(plan))
     assert net.name() == plan.network
     for t in plan.terminals:
-        dom = test_driver.defineXML(render.domain_xml(plan, t))
+        dom = test_driver.defineXML(templates.domain_xml(plan, t))
         assert dom.name() == t.domain
         assert t.mac in dom.XMLDesc()
         dom.undefine()
@@ -80,7 +79,7 @@ def test_a_document_that_passed_its_check_is_remembered_and_a_broken_one_still_f
         tmp_path: Path) -> None:
     """Rendering is pure (issue 28): the lab's claim step validates, and remembers a passed
     check in the cache folder it is given."""
-    from vlab.lab.claim import validated
+    from vlab.verbs.claim import validated
 
     plan = plan_of("tiny")
     files = all_artifacts(plan)
@@ -92,20 +91,20 @@ def test_a_document_that_passed_its_check_is_remembered_and_a_broken_one_still_f
     assert len(list((tmp_path / "checked").iterdir())) == 3
     xml = files["domains/t1.xml"]
     broken = xml.replace("<vcpu>1</vcpu>", "<vcpu>one</vcpu>")
-    with pytest.raises(render.RenderError, match="fails libvirt's domain.rng"):
+    with pytest.raises(templates.RenderError, match="fails libvirt's domain.rng"):
         validated({"domains/t1.xml": broken}, tmp_path)
-    with pytest.raises(render.RenderError, match="not well-formed"):
-        render.validate(xml.replace("</domain>", ""), "domain")
+    with pytest.raises(templates.RenderError, match="not well-formed"):
+        templates.validate(xml.replace("</domain>", ""), "domain")
     assert len(list((tmp_path / "checked").iterdir())) == 3
 
 
 def test_rendering_reads_no_environment_and_writes_nothing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Issue 28: render.validate wrote a cache mark under VLAB_CACHE_DIR."""
+    """Issue 28: templates.validate wrote a cache mark under VLAB_CACHE_DIR."""
     plan = plan_of("tiny")
     monkeypatch.setenv("VLAB_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("VLAB_STATE_DIR", str(tmp_path / "state"))
-    from vlab.lab.claim import validated
+    from vlab.verbs.claim import validated
 
     validated(all_artifacts(plan), None)  # as `vlab render` does
     assert list(tmp_path.iterdir()) == []
@@ -115,12 +114,12 @@ def test_nfsv4_0_terminals_get_a_client_block_of_their_own_before_the_read_only_
         tmp_path: Path) -> None:
     """ganesha's RO check answers an NFSv4.0 OPEN for writing before its seqid bookkeeping
     (the client then hangs), so terminals that mount v4.0 get RW there, read-only in the
-    kernel (vlab/confine.py); every other client keeps RO, whose ACCESS answers say "no
+    kernel (vlab/serve/confine.py); every other client keeps RO, whose ACCESS answers say "no
     write" as a site's read-only export does."""
     from conftest import GOLDEN_DIRS
 
     from vlab import scenario
-    from vlab.plan import make_plan
+    from vlab.plan.make import make_plan
 
     path = tmp_path / "v40.toml"
     path.write_text('[lab]\nname = "v40"\n[[terminal]]\nname = "a"\n'
@@ -129,9 +128,9 @@ def test_nfsv4_0_terminals_get_a_client_block_of_their_own_before_the_read_only_
     plan = make_plan(scenario.load(path), GOLDEN_DIRS)
     b = next(t for t in plan.terminals if t.name == "b")
     assert plan.nfs40_clients == (b.ip,)
-    conf = render.ganesha_conf(plan)
+    conf = templates.ganesha_conf(plan)
     rw, ro = conf.index(f"Clients = {b.ip};"), conf.index(f"Clients = {plan.subnet};")
     assert rw < ro  # ganesha takes the first CLIENT block that matches
     assert conf[rw:ro].count("Access_Type = RW;") == 1
     assert conf[ro:].split("}")[0].count("Access_Type = RO;") == 1
-    assert render.ganesha_conf(plan_of("tiny")).count("Access_Type = RW;") == 0
+    assert templates.ganesha_conf(plan_of("tiny")).count("Access_Type = RW;") == 0

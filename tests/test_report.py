@@ -10,7 +10,7 @@ from pathlib import Path
 import html5lib
 import pytest
 
-from vlab import report
+from vlab.report import html_page
 
 CONSOLES = Path(__file__).parent / "consoles"
 
@@ -32,15 +32,15 @@ def _rep() -> dict:  # type: ignore[type-arg]
 
 
 def test_segments_run_from_each_phase_to_the_next_and_the_last_to_the_verdict() -> None:
-    segs = report.segments([["loader", 1.0], ["initrd", 4.0], ["nfs-mounted", 6.0]], 8.0)
+    segs = html_page.segments([["loader", 1.0], ["initrd", 4.0], ["nfs-mounted", 6.0]], 8.0)
     assert [(s.phase, s.start, s.end) for s in segs] == [
         ("firmware", 0.0, 1.0), ("loader", 1.0, 4.0), ("initrd", 4.0, 6.0),
         ("userspace", 6.0, 8.0)]
-    assert report.segments([], 3.0)[0].phase == "firmware"
+    assert html_page.segments([], 3.0)[0].phase == "firmware"
 
 
 def test_the_page_is_valid_html_with_a_row_per_terminal_failures_first() -> None:
-    page = report.page(_rep())
+    page = html_page.page(_rep())
     html5lib.HTMLParser(strict=True).parse(page)  # raises on any parse error
     rows = re.findall(r'<tr class="terminal (\w+)" id="row-(\w+)"', page)
     assert rows == [("failed", "t2"), ("ok", "t1")]
@@ -48,7 +48,7 @@ def test_the_page_is_valid_html_with_a_row_per_terminal_failures_first() -> None
     widths = {(m[0], m[1]): float(m[2]) for m in re.findall(
         r'data-phase="(\w+)" data-start="([\d.]+)" data-end="[\d.]+" x="[\d.]+" y="2" '
         r'width="([\d.]+)"', page)}
-    scale = report.BAR_WIDTH / 8.0
+    scale = html_page.BAR_WIDTH / 8.0
     assert widths[("loader", "1.0")] == pytest.approx(3.0 * scale, abs=0.1)
     assert widths[("userspace", "6.0")] == pytest.approx(2.0 * scale, abs=0.1)
     # Phase names in text, not colour alone; the decisive line marked in the console.
@@ -63,14 +63,14 @@ def test_nothing_is_fetched_and_the_guests_text_is_only_text(tmp_path: Path) -> 
     rep = _rep()
     rep["terminals"][1]["console_log"] = str(evil)
     rep["terminals"][1]["line"] = "<img src=x onerror=1>"
-    page = report.page(rep)
+    page = html_page.page(rep)
     assert "<script" not in page and "<img" not in page and "&lt;script" in page
     assert not re.search(r'(src|href)="(https?:)?//', page)
     assert "&lt;the export admits" in page  # a cause is text too
 
 
 def test_each_terminal_shows_what_the_lab_servers_saw_of_it() -> None:
-    page = report.page(_rep())
+    page = html_page.page(_rep())
     t2 = page[page.index('<details id="servers-t2" open>'):]
     assert "1 line(s)" in t2 and "found by MAC 52:54:00:00:00:02" in t2
     assert "DHCPACK(vlabce6d6dff) 10.0.0.11 52:54:00:00:00:02 &lt;t2&gt;</pre>" in t2

@@ -19,10 +19,10 @@ from conftest import ROOT
 from lxml import etree
 from test_boot import leftovers, plan_for, tree_digest, up, up_side_by_side, up_until, vlab
 
-from vlab import nfsroot
-from vlab.cmdline import nfs_client_id
-from vlab.junit import report_to_junit
-from vlab.plan import LabPlan
+from vlab.build import nfsroot
+from vlab.plan.cmdline import nfs_client_id
+from vlab.plan.lab import LabPlan
+from vlab.report.junit import report_to_junit
 
 pytestmark = pytest.mark.boot
 

@@ -7,12 +7,14 @@ import subprocess
 
 import pytest
 
-from vlab import busybox, render
+from vlab.artifacts import templates
+from vlab.build import busybox
 
 
 def _parse(root: str = "", nfsroot: str = "", flags: str = "", ip: str = "",
            dhcp: str = "") -> str:
-    script = ('fail() { echo "FAIL $1: $2"; exit 1; }\n' + render.template("initrd/rootspec.sh.j2")
+    script = ('fail() { echo "FAIL $1: $2"; exit 1; }\n'
+              + templates.template("initrd/rootspec.sh.j2")
               + f'\nipconf="{ip}"\nroot_from_cmdline "{root}" "{nfsroot}" "{flags}"\n'
               f'static_ip "$ipconf"\n'
               f'[ -z "$spec" ] && [ -n "{dhcp}" ] && root_from_dhcp "{dhcp}" "{flags}"\n'

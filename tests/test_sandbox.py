@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from vlab import builders, busybox, scenario
+from vlab import scenario
+from vlab.build import builders, busybox
+from vlab.build.kernel import Kernel
 from vlab.errors import CommandError
-from vlab.kernel import Kernel
-from vlab.lab.claim import plan_for
-from vlab.plan import Dirs, LabPlan
+from vlab.plan.lab import Dirs, LabPlan
+from vlab.verbs.claim import plan_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root")
 
@@ -211,7 +212,7 @@ def test_a_builder_program_is_denied_every_way_out_and_the_build_says_what(
 def test_the_builder_runs_as_an_unprivileged_uid_with_no_capability(tmp_path: Path) -> None:
     """Root inside its user namespace, SANDBOX_UID on the machine, every capability set
     empty, no_new_privs, seccomp in filter mode; what it writes lands in its /tmp only."""
-    from vlab import sandbox
+    from vlab.build import sandbox
 
     root = _a_root(tmp_path,
         "#!/bin/sh\n{ id -u; cat /proc/self/uid_map; grep -E '^(Cap|NoNewPrivs|Seccomp:)' "
@@ -296,7 +297,8 @@ def test_qemu_img_parses_an_image_with_no_capability_seeing_only_usr(tmp_path: P
     """The machine's parser of an image's bytes (sandbox.parser_argv, what converts a qcow2):
     it reads the descriptor vlab hands it (the image may be 0600) and writes its folder, and
     nothing else: no host file, no write to /usr, no capability, seccomp on."""
-    from vlab import run, sandbox
+    from vlab import run
+    from vlab.build import sandbox
 
     secret = tmp_path / "host-secret"
     secret.write_text("host secret\n")

@@ -15,8 +15,8 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from vlab import ship
 from vlab.errors import ShipError
+from vlab.nodes import ship
 
 Answer = Callable[[paramiko.Channel], None]
 

@@ -114,7 +114,7 @@ def test_a_terminal_that_mounts_its_root_read_write_still_cannot_write_it(
     tmp_path: Path, lab_down  # type: ignore[no-untyped-def]
 ) -> None:
     """To a terminal that mounts NFSv4.0 the export is RW in ganesha's configuration (its RO
-    check would hang the client) and read-only in the server's kernel (vlab/confine.py:
+    check would hang the client) and read-only in the server's kernel (vlab/serve/confine.py:
     every mount read-only in ganesha's mount namespace): the terminal mounts the root `rw`,
     writes where the root's own modes let anyone write, gets EROFS, and the folder is
     unchanged."""

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from vlab import cache, state
+from vlab import state
+from vlab.build import cache
 
 WRITERS, EACH = 6, 40
 
@@ -37,7 +38,8 @@ def test_a_lab_going_down_leaves_rpcbind_to_a_v3_lab_that_is_starting(tmp_path: 
     import subprocess
     import time
 
-    from vlab import nfsserver, procs
+    from vlab import procs
+    from vlab.serve import nfsserver
 
     fake = subprocess.Popen(["bash", "-c", "exec -a rpcbind sleep 60"])
     try:

@@ -24,12 +24,14 @@ from browser import seen
 from lxml import etree
 from test_boot import leftovers, plan_for, up_until, vlab
 
-from vlab import nfsroot, nfsserver, scenario
-from vlab.lab.check import check
-from vlab.lab.claim import claim
-from vlab.lab.up import start_lab_host
-from vlab.plan import Dirs, LabPlan
+from vlab import scenario
+from vlab.build import nfsroot
+from vlab.plan.lab import Dirs, LabPlan
 from vlab.scenario.model import LOCAL, NicDriver
+from vlab.serve import nfsserver
+from vlab.verbs.check import check
+from vlab.verbs.claim import claim
+from vlab.verbs.up import start_lab_host
 
 pytestmark = pytest.mark.boot
 

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 from conftest import plan_of
 
-from vlab import virt
 from vlab.errors import VirtError
-from vlab.guesttext import SSH_MARKER, Pattern
-from vlab.lab.up import say_verdicts
+from vlab.nodes import virt
 from vlab.progress import PHASES
 from vlab.scenario.model import Hypervisor
-from vlab.sshkeys import host_key_from_console
-from vlab.watch import (
+from vlab.watch.consoles import say_verdicts
+from vlab.watch.follow import Follower, address_from_console, watch
+from vlab.watch.guesttext import SSH_MARKER, Pattern
+from vlab.watch.judge import (
     FAILURES,
     OK,
     READY_BUSYBOX,
@@ -28,14 +28,12 @@ from vlab.watch import (
     STOPPED,
     SYSTEMD_REACHED,
     TIMEOUT,
-    Follower,
     Judge,
     Verdict,
-    address_from_console,
     decide,
     shared_client_ids,
-    watch,
 )
+from vlab.watch.sshkeys import host_key_from_console
 
 PROOF_LINE = (
     "VLAB-NFSROOT-OK server=10.213.1.1 export=/var/cache/vlab/roots/busybox fstype=nfs4 "
@@ -507,7 +505,7 @@ def test_a_state_libvirt_cannot_give_is_not_a_death(tmp_path: Path) -> None:
 
 
 def test_the_ready_line_names_failed_units_and_drops_what_is_no_unit_name() -> None:
-    from vlab.watch import failed_units
+    from vlab.watch.judge import failed_units
     line = "VLAB-TERMINAL-UP t1 systemd multi-user.target failed=ssh.service,getty@ttyS0.service"
     assert failed_units(line) == ["ssh.service", "getty@ttyS0.service"]
     assert failed_units("VLAB-TERMINAL-UP t1 systemd multi-user.target failed=") == []
@@ -587,10 +585,10 @@ def test_a_root_brought_as_a_folder_is_judged_by_what_its_init_is(tmp_path: Path
     else (an init vlab does not know, a FIFO where the init should be): the settle time."""
     import os
 
-    from vlab.guesttext import READY_MARKER
-    from vlab.lab.up import ready_line
     from vlab.scenario.model import RootSource
-    from vlab.watch import READY_BUSYBOX, READY_SYSTEMD
+    from vlab.watch.consoles import ready_line
+    from vlab.watch.guesttext import READY_MARKER
+    from vlab.watch.judge import READY_BUSYBOX, READY_SYSTEMD
 
     plan = replace(plan_of("tiny"), root_source=RootSource.DIR, export_path=tmp_path)
     (tmp_path / "sbin").mkdir()
@@ -637,12 +635,12 @@ def test_a_1mib_console_line_is_judged_at_once(line: str) -> None:
 
 def test_every_pattern_over_guest_text_is_linear_time() -> None:
     """The judge's patterns are RE2 patterns (google-re2: linear in the text's length)."""
-    from vlab import cause, sshkeys, watch
-    from vlab.guesttext import Pattern as Linear
+    from vlab.watch import cause, judge, sshkeys
+    from vlab.watch.guesttext import Pattern as Linear
 
-    patterns = [p for _name, p in FAILURES] + [p for _name, p in watch.PHASE_LINES] + [
-        watch.PROOF_RE, watch.DHCP_ASKED_RE, watch.ADDRESS_RE, watch.JOB_RE, watch.ANSI,
-        READY_BUSYBOX, READY_SYSTEMD, SYSTEMD_REACHED, watch.FAILED_UNITS_RE, watch.UNIT_RE,
+    patterns = [p for _name, p in FAILURES] + [p for _name, p in judge.PHASE_LINES] + [
+        judge.PROOF_RE, judge.DHCP_ASKED_RE, judge.ADDRESS_RE, judge.JOB_RE, judge.ANSI,
+        READY_BUSYBOX, READY_SYSTEMD, SYSTEMD_REACHED, judge.FAILED_UNITS_RE, judge.UNIT_RE,
         sshkeys.HOST_KEY_RE]
     patterns += [v for v in vars(cause).values() if isinstance(v, re.Pattern | Linear)]
     assert all(isinstance(p, Linear) for p in patterns), [
@@ -652,7 +650,7 @@ def test_every_pattern_over_guest_text_is_linear_time() -> None:
 def test_a_line_that_never_ends_is_read_in_pieces(tmp_path: Path) -> None:
     """The follower holds at most LINE_MAX bytes of an unfinished line, and the judge's
     lines are no longer than that: 8 MiB without a newline cost no 8 MiB string."""
-    from vlab.guesttext import LINE_MAX
+    from vlab.watch.guesttext import LINE_MAX
 
     log = tmp_path / "t1.log"
     log.write_bytes(b"x" * (8 << 20) + b"\nKernel panic - not syncing: x\n")

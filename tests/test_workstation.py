@@ -19,7 +19,7 @@ import pytest
 import workstation
 from workstation import ADDR, LAN_RANGE, Workstation
 
-from vlab.lease import lab_subnet
+from vlab.plan.lease import lab_subnet
 
 pytestmark = pytest.mark.boot
 

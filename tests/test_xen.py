@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 from conftest import GOLDEN_DIRS, ROOT, plan_of
 
-from vlab import render, scenario, virt
-from vlab.cmdline import nfs_client_id
-from vlab.plan import make_plan
+from vlab import scenario
+from vlab.artifacts import templates
+from vlab.nodes import virt
+from vlab.plan.cmdline import nfs_client_id
+from vlab.plan.make import make_plan
 
 # xl.cfg(5): KEY = VALUE, VALUE a "string", a number, or a [ list, of, "strings" ].
 XL_KEYS = {"name", "type", "memory", "vcpus", "kernel", "ramdisk", "extra", "vif",
@@ -48,7 +50,7 @@ def parse_xl(text: str) -> dict[str, object]:
 def test_xl_config_is_the_pages_terminal_cfg_with_a_pinned_xen_mac() -> None:
     plan = plan_of("xen")
     (t,) = plan.terminals
-    cfg = parse_xl(render.xl_cfg(plan, t))
+    cfg = parse_xl(templates.xl_cfg(plan, t))
     assert cfg["name"] == t.domain and cfg["type"] == "pv"
     assert cfg["memory"] == 512 and cfg["vcpus"] == 1
     assert cfg["kernel"] == str(plan.kernel_path) and cfg["ramdisk"] == str(plan.initrd_path)
@@ -67,7 +69,7 @@ def test_the_strict_reader_rejects_what_xl_would() -> None:
 
 def test_xen_domain_is_a_pv_guest_with_direct_kernel_boot_and_xen_console() -> None:
     plan = plan_of("xen")
-    xml = render.domain_xml(plan, plan.terminals[0])
+    xml = templates.domain_xml(plan, plan.terminals[0])
     assert "<domain type='xen'>" in xml and "machine='xenpv'>linux</type>" in xml
     assert "<target type='xen' port='0'/>" in xml
     assert "<model" not in xml and "console=hvc0" in xml
@@ -78,7 +80,7 @@ def test_the_xen_domain_is_one_libvirt_takes_for_a_xen_pv_guest() -> None:
     driver's, is defined and read back with its PV console, a console vlab relays (no
     <log>: QEMU's alone, libxl writes no log file)."""
     plan = plan_of("xen")
-    xml = render.domain_xml(plan, plan.terminals[0]).replace("<domain type='xen'>",
+    xml = templates.domain_xml(plan, plan.terminals[0]).replace("<domain type='xen'>",
                                                              "<domain type='test'>")
     conn = virt.connect("test:///default")
     try:

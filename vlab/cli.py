@@ -14,21 +14,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vlab import __version__, labhost, scenario, state, virt
+from vlab import __version__, scenario, state
 from vlab.errors import BootFailed, Interrupted, UsageError, VlabError
-from vlab.guesttext import inert
-from vlab.lab import nodes
-from vlab.lab import pxe as lab_pxe
-from vlab.lab.artifacts import render_to
-from vlab.lab.check import check, up_or_nothing, write_page
-from vlab.lab.checks import ssh_session
-from vlab.lab.claim import claim, plan_for
-from vlab.lab.down import down, everything_down
-from vlab.lab.gc import gc
-from vlab.lab.status import all_ok, status
-from vlab.plan import NETNS, Dirs, LabPlan, TerminalPlan
+from vlab.nodes import labhost, reach, virt
+from vlab.plan.lab import NETNS, Dirs, LabPlan, TerminalPlan
 from vlab.progress import Say, stderr_progress
+from vlab.report.status import all_ok, status
 from vlab.scenario.model import LabHostMode
+from vlab.verbs import pxe as lab_pxe
+from vlab.verbs.check import check, up_or_nothing, write_page
+from vlab.verbs.claim import claim, plan_for
+from vlab.verbs.down import down, everything_down
+from vlab.verbs.gc import gc
+from vlab.verbs.probes import ssh_session
+from vlab.verbs.render import render_to
+from vlab.watch.guesttext import inert
 
 EXIT_OK, EXIT_BOOT_FAILED, EXIT_BAD_INPUT, EXIT_HOST, EXIT_BUG = 0, 1, 2, 3, 4
 
@@ -275,7 +275,7 @@ def _ssh(args: argparse.Namespace, sc: scenario.Scenario, dirs: Dirs, say: Say) 
 def _console(args: argparse.Namespace, sc: scenario.Scenario, dirs: Dirs, say: Say) -> int:
     plan = plan_for(sc, dirs)
     t = _terminal(args, plan)
-    conn = nodes.connect(plan.node(t.node))
+    conn = reach.connect(plan.node(t.node))
     print(f"Connected to {t.domain} on {t.node}; leave with Ctrl-]", file=sys.stderr)
     virt.attach_console(conn, t.domain)
     return EXIT_OK

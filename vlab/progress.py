@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from vlab.guesttext import inert
+from vlab.watch.guesttext import inert
 
 T0 = time.monotonic()  # every progress line counts from the start of the vlab command
 Say = Callable[[str], None]  # how a step tells the user what it does

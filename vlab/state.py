@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from vlab.errors import LabBusy
-from vlab.lease import Taken
-from vlab.plan import LabPlan
+from vlab.plan.lab import LabPlan
+from vlab.plan.lease import Taken
 
 STATE = "state.json"
 RESULTS = "results.json"

@@ -9,10 +9,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from vlab import disk
-from vlab.disk import filesystem_of
+from vlab.build import disk
+from vlab.build.disk import filesystem_of
 from vlab.errors import ScenarioError
-from vlab.scenario import machines, nodes
+from vlab.scenario import machine_tables, node_tables
 from vlab.scenario.model import (
     EXPORT_PATH_RE,
     MAC_PREFIX,
@@ -68,12 +68,12 @@ def parse(path: Path, data: Mapping[str, Any]) -> Scenario:
     lab = _lab(Table(path, "lab", top.sub("lab"), _LAB_KEYS), initrd.builder)
     kernel = _kernel(Table(path, "kernel", top.sub("kernel", {}), _KERNEL_KEYS), root)
     _check_builder(path, root, kernel, initrd, lab)
-    pxe = machines.pxe(top, lab.subnet)
+    pxe = machine_tables.pxe(top, lab.subnet)
     terminals = _terminals(top, initrd.nic_drivers, lab.hypervisor,
                            required=not pxe.machines)
     checks = _checks(top, root)
-    found = nodes.nodes(top, lab)
-    nodes.check_placement(path, terminals, found)
+    found = node_tables.nodes(top, lab)
+    node_tables.check_placement(path, terminals, found)
     return Scenario(path=path, lab=lab, root=root, kernel=kernel, initrd=initrd,
                     terminals=terminals, pxe=pxe, checks=checks, nodes=found)
 
@@ -297,7 +297,7 @@ def _lab(t: Table, builder: InitrdBuilder) -> Lab:
         raise t.error("uri", f"{uri!r} is not a {driver} libvirt URI (hypervisor = "
                       f'"{hypervisor.value}")', f'use "{driver}:///system" (or '
                       f"{driver}+ssh://user@host/system)")
-    nodes.check_uri_query(t, "uri", uri)
+    node_tables.check_uri_query(t, "uri", uri)
     if xen and t.data.get("host") == LabHostMode.ISOLATED.value:
         raise t.error("host", '"isolated" starts a QEMU libvirtd, which cannot run Xen guests',
                       'use host = "system" (the Xen host\'s libvirtd) or leave host out')

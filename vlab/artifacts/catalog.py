@@ -1,0 +1,42 @@
+"""Every text file vlab writes for a lab, by name: what `vlab render` shows, what `vlab up`
+and `vlab pxe` write, and what a lab that is up was made from (its digests). Pure."""
+
+from __future__ import annotations
+
+from vlab.artifacts import pxe_config, templates
+from vlab.build import cache
+from vlab.plan.lab import LabPlan
+
+LAB_TFTP = "lab-tftp/"  # the lab's own PXE tree (its boot = "pxe" terminals)
+SITE_TFTP = "tftp/"  # the tree `vlab pxe` writes for the scenario's [[host]]s
+
+
+def all_artifacts(plan: LabPlan) -> dict[str, str]:
+    """Every text file of the lab and of its PXE trees, by relative name."""
+    files = {
+        "network.xml": templates.network_xml(plan),
+        "ganesha.conf": templates.ganesha_conf(plan),
+        "exports": templates.exports_line(plan),
+        "initrd/init": templates.initrd_init(),
+        "initrd/udhcpc.sh": templates.udhcpc_script(),
+        "root/sbin/init": templates.root_init(),
+    }
+    if "openssh-server" in plan.debian_packages and plan.root_source == "debian":
+        files.update({f"root/{rel}": text
+                      for rel, (text, _mode) in templates.debian_ssh_files().items()})
+    for t in plan.terminals:
+        files[f"domains/{t.name}.xml"] = templates.domain_xml(plan, t)
+        files[f"cmdline/{t.name}"] = t.cmdline + "\n"
+        if plan.domain_type == "xen":
+            files[f"xl/{t.name}.cfg"] = templates.xl_cfg(plan, t)
+    for prefix, tree in ((LAB_TFTP, plan.tftp_tree), (SITE_TFTP, plan.site)):
+        if tree is not None:
+            files.update({prefix + rel: text for rel, text in pxe_config.tree_files(tree).items()})
+    return files
+
+
+def lab_digests(plan: LabPlan) -> dict[str, str]:
+    """What a lab is made from: each of its own artifacts' digest (`vlab pxe`'s tree is not
+    the lab's: a [[host]] changed does not change a lab that is up)."""
+    return {name: cache.key(text) for name, text in all_artifacts(plan).items()
+            if not name.startswith(SITE_TFTP)}

@@ -1,0 +1,88 @@
+"""PXE: every file of a TFTP tree and the DHCP/NFS snippets, rendered from a site's plan
+(site.py; pure: tftp.py writes them)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+from vlab.artifacts import templates
+from vlab.build import efi
+from vlab.errors import ScenarioError
+from vlab.plan.site import INITRD, KERNEL, MachinePlan, Site
+from vlab.scenario.model import Firmware
+
+BOOTLOADER = "pxelinux.0"
+# The boot file DHCP hands each firmware (it tells by the client's architecture, option 93:
+# 0 BIOS, 7 and 9 x86-64 UEFI). A UEFI host gets Debian's signed shim, Secure Boot or not; shim
+# loads the signed network GRUB, which reads its prefix's grub.cfg (site.GRUB_DIR).
+BOOT_FILES = {Firmware.BIOS: BOOTLOADER, Firmware.UEFI: efi.SHIM, Firmware.UEFI_SECURE: efi.SHIM}
+
+
+def refuse_unsigned_kernel(scenario: Path, site: Site, image: bytes, release: str) -> None:
+    """A Secure Boot machine gets a kernel shim can check: one without any signature would
+    stop at GRUB's "bad shim signature" on every such host (lint, before any write)."""
+    secure = [m for m in site.machines if m.firmware is Firmware.UEFI_SECURE]
+    if not secure or efi.signed(image):
+        return
+    names = [m.name for m in secure]
+    raise ScenarioError(scenario, f"{secure[0].key}.firmware",
+                        f"Secure Boot for {', '.join(names[:5])}"
+                        f"{' and more' if len(names) > 5 else ''}, but the kernel "
+                        f"({release}) carries no signature, and shim starts no unsigned "
+                        "kernel", 'use a signed one ([kernel] source = "debian": Debian\'s '
+                        "is), sign this one with a key the hosts trust (sbsign, and enroll "
+                        'it with mokutil), or set firmware = "uefi"')
+
+
+MACHINE_TEMPLATES = ("pxe/pxelinux.cfg.j2", "pxe/grub.cfg.j2", "pxe/ipxe.j2")
+
+
+def machine_files(m: MachinePlan, grub_dir: str) -> dict[str, str]:
+    """The files of one machine, by path relative to the TFTP root."""
+    cfg = templates.template("pxe/pxelinux.cfg.j2", append=m.append, kernel=KERNEL, label=m.name)
+    out = {f"pxelinux.cfg/{m.pxelinux_name}": cfg}
+    if m.hexip_name:
+        out[f"pxelinux.cfg/{m.hexip_name}"] = cfg
+    # GRUB's own name for a host's network config, in the folder it reads.
+    out[f"{grub_dir}/grub.cfg-{m.pxelinux_name}"] = templates.template(
+        "pxe/grub.cfg.j2", h=m, kernel=KERNEL, initrd=INITRD)
+    out[f"{m.mac.lower().replace(':', '-')}.ipxe"] = templates.template(
+        "pxe/ipxe.j2", h=m, kernel=KERNEL, initrd=INITRD)
+    return out
+
+
+def machine_groups(site: Site) -> dict[str, tuple[str, Callable[[], dict[str, str]]]]:
+    """Per machine: a key of everything its files depend on, and how to render them. A
+    machine whose key is unchanged is not rendered again (10,000 of them, one changed: 4 files)."""
+    texts = hashlib.sha256("".join(map(templates.static, MACHINE_TEMPLATES)).encode()).hexdigest()
+    return {m.name: (hashlib.sha256(repr((texts, site.grub_dir, m)).encode()).hexdigest()[:20],
+                     partial(machine_files, m, site.grub_dir)) for m in site.machines}
+
+
+def shared_files(site: Site) -> dict[str, str]:
+    """The files every machine shares: the default config and the site snippets."""
+    return {
+        "pxelinux.cfg/default": templates.template(
+            "pxe/pxelinux.cfg.j2", append=site.default_append, kernel=KERNEL, label="default"),
+        f"{site.grub_dir}/grub.cfg": templates.template(
+            "pxe/grub-default.cfg.j2", cmdline=site.default_cmdline, kernel=KERNEL,
+            initrd=INITRD),
+        "vlab-site/exports": templates.template(
+            "nfs/exports-site.j2", path=site.export_path, subnet=site.subnet,
+            root_squash=site.root_squash),
+        "vlab-site/dhcpd.conf": templates.template("pxe/dhcpd.conf.j2", site=site,
+                                                bootloader=BOOTLOADER, shim=efi.SHIM),
+        "vlab-site/dnsmasq.conf": templates.template("pxe/dnsmasq.conf.j2", site=site,
+                                                  bootloader=BOOTLOADER, shim=efi.SHIM),
+    }
+
+
+def tree_files(site: Site) -> dict[str, str]:
+    """Every text file of the tree, by path relative to its root (what `vlab render` shows)."""
+    files = shared_files(site)
+    for m in site.machines:
+        files.update(machine_files(m, site.grub_dir))
+    return files

@@ -1,0 +1,123 @@
+"""The plan of a PXE tree: each PXE-booting machine's name, MAC, address, firmware and kernel
+command line, built once by the command-line builder. Pure; a part of the plan (plan.py makes
+one for the scenario's [[host]]s and one for the lab's own boot = "pxe" terminals)."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from vlab.errors import ScenarioError
+from vlab.plan.cmdline import kernel_cmdline, machines_nfs, root_path_by_dhcp, root_target
+from vlab.scenario.model import Firmware, RootVia, Scenario
+
+KERNEL = "vmlinuz"
+INITRD = "initrd.img"
+# Debian's signed network GRUB's built-in prefix: the folder it reads grub.cfg from (the
+# tree's writer checks the installed image says the same, efi.loaders()).
+GRUB_DIR = "grub"
+# x86 Linux takes at most 2047 characters of command line (COMMAND_LINE_SIZE 2048), and
+# that is what pxelinux hands over from APPEND.
+MAX_APPEND = 2047
+CONSOLES = ["console=tty0", "console=ttyS0"]  # the screen, and the serial line a twin reads
+
+
+@dataclass(frozen=True)
+class Booter:
+    """What the scenario says of one PXE-booting machine: a [[host]] or a terminal."""
+
+    key: str  # where the scenario names it: "host[1]", "terminal[0]"
+    name: str
+    mac: str
+    ip: ipaddress.IPv4Address | None
+    root: str | None  # the page's root=[SERVER:]/path override
+    cmdline: str  # the scenario's own words
+    firmware: Firmware
+
+
+@dataclass(frozen=True)
+class MachinePlan:
+    key: str  # where the scenario names it (for errors found when the tree is written)
+    name: str
+    mac: str
+    ip: str | None
+    cmdline: str  # the whole kernel command line it boots with
+    root_path: str | None  # DHCP option 17, when the scenario hands the root out by DHCP
+    firmware: Firmware = Firmware.BIOS
+
+    @property
+    def append(self) -> str:
+        """pxelinux's APPEND line: the initrd, and the kernel command line."""
+        return append_line(self.cmdline)
+
+    @property
+    def pxelinux_name(self) -> str:
+        """The page's mac_address_to_filename: 01- and the MAC, lowercase, dashes."""
+        return "01-" + self.mac.lower().replace(":", "-")
+
+    @property
+    def hexip_name(self) -> str | None:
+        return f"{int(ipaddress.IPv4Address(self.ip)):08X}" if self.ip else None
+
+
+@dataclass(frozen=True)
+class Site:
+    """A PXE tree's plan: its machines, and what the default config and snippets say."""
+
+    server: str
+    subnet: str
+    export_path: str
+    root_squash: bool
+    default_cmdline: str  # what a machine without a file of its own boots with
+    machines: tuple[MachinePlan, ...]
+    grub_dir: str = GRUB_DIR
+
+    @property
+    def default_append(self) -> str:
+        return append_line(self.default_cmdline)
+
+    @property
+    def firmwares(self) -> tuple[Firmware, ...]:
+        """The firmwares of the site's machines, in a fixed order."""
+        return tuple(f for f in Firmware if any(m.firmware is f for m in self.machines))
+
+    @property
+    def uefi(self) -> bool:
+        return any(f is not Firmware.BIOS for f in self.firmwares)
+
+
+def append_line(cmdline: str) -> str:
+    return f"initrd={INITRD} {cmdline}"
+
+
+def site(scenario: Scenario, booters: tuple[Booter, ...], nfs_server: str,
+         option_port: int | None, export_path: str, subnet: str, root_squash: bool,
+         ssh_key: str = "") -> Site:
+    """The tree of `booters`: their command lines (the lab's SSH key on theirs, none on the
+    default's) and DHCP root paths; an APPEND line Linux would cut is an error here."""
+    server, options = machines_nfs(scenario, nfs_server, option_port)
+    by_dhcp = scenario.lab.root_via is RootVia.DHCP
+
+    def cmdline(b: Booter | None) -> str:
+        b_server, path = root_target(b.root if b else None, server, export_path)
+        given = not by_dhcp or (b is not None and b.root is not None)
+        # vlab.pxe names the config file that booted the machine: its console shows which.
+        extra = f"vlab.pxe={b.name if b else 'default'}"
+        if b and b.cmdline:
+            extra += f" {b.cmdline}"
+        words = kernel_cmdline(scenario, b_server if given else None, path, options, CONSOLES,
+                               extra, b.mac if b else None, ssh_key if b else "")
+        size = len(append_line(words).encode())
+        if size > MAX_APPEND:
+            raise ScenarioError(scenario.path, f"{b.key}.cmdline" if b else "host",
+                                f"the APPEND line is {size} bytes; Linux takes at most "
+                                f"{MAX_APPEND}", "shorten the cmdline words")
+        return words
+
+    machines = tuple(MachinePlan(
+        key=b.key, name=b.name, mac=b.mac, ip=str(b.ip) if b.ip else None, cmdline=cmdline(b),
+        root_path=root_path_by_dhcp(scenario, b.root, server, export_path, options),
+        firmware=b.firmware,
+    ) for b in booters)
+    return Site(server=server, subnet=subnet, export_path=export_path, root_squash=root_squash,
+                default_cmdline=cmdline(None), machines=machines)

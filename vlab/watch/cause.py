@@ -1,0 +1,166 @@
+"""A failed boot's cause in one sentence, when the two ends of the wire say it together: the
+terminal's verdict and what the lab's servers saw (the network's dnsmasq log for DHCP and
+TFTP, whether nfs-ganesha still runs, what its export admits). Pure: facts in, a sentence
+out (or None when the servers say nothing the verdict does not)."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from vlab.watch.guesttext import pattern
+
+# The console's and dnsmasq's text is guest-influenced (a TFTP file name, a vendor class, a
+# host name): matched in linear time, and a terminal is found by dnsmasq's own fields only,
+# never by a search over text the guest chose.
+MOUNTING_RE = pattern(r"mount(?:ing)? (?:of )?(?:nfs4?:)?(\d+\.\d+\.\d+\.\d+):(/\S*)")
+# dnsmasq's "file NAME not found[ for PEER]": the peer is its last field, after a name the
+# guest chose (which may hold spaces and "for")
+TFTP_MISSING_RE = pattern(r"^file (.+) not found(?: for (\d+\.\d+\.\d+\.\d+))?$")
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the lab's own side knows and saw during the boot."""
+
+    export_path: str
+    nfs_clients: tuple[str, ...]  # the networks the export admits
+    nfs_running: bool  # the lab's nfs-ganesha still runs
+    dhcp: bool  # the lab network's dnsmasq serves the terminal (not another host's network)
+    dnsmasq_log: str  # what its dnsmasq logged ("" if nothing)
+    tftp_root: str = ""  # the tree the network serves, if any
+
+
+def _admitted(ip: str, clients: tuple[str, ...]) -> bool:
+    try:
+        return any(ipaddress.IPv4Address(ip) in ipaddress.IPv4Network(c) for c in clients)
+    except ValueError:
+        return True  # not an address vlab can judge: say nothing about it
+
+
+def _dhcp(mac: str, log: str) -> list[str]:
+    """dnsmasq's DHCP messages about one MAC: those whose own MAC field is it."""
+    return [m.group(3) for m in map(DNSMASQ_LINE_RE.match, log.splitlines())
+            if m is not None and m.group(2) == "dnsmasq-dhcp" and _about(mac, m.group(3))]
+
+
+def _about(mac: str, text: str) -> bool:
+    """A dnsmasq-dhcp message ("[XID ]DHCPxxx(BRIDGE) [ADDRESS ]MAC ...") is about `mac`."""
+    m = MESSAGE_MAC_RE.match(text)
+    return m is not None and bool(mac) and m.group(1).lower() == mac.lower()
+
+
+def _tftp_missing(log: str) -> list[tuple[str, str]]:
+    """(file, peer) of each TFTP file dnsmasq did not find ("" when it names no peer)."""
+    out = []
+    for m in map(DNSMASQ_LINE_RE.match, log.splitlines()):
+        if m is not None and m.group(2) == "dnsmasq-tftp" and (
+                f := TFTP_MISSING_RE.match(m.group(3))) is not None:
+            out.append((f.group(1), f.group(2) or ""))
+    return out
+
+
+def explain(verdict: str, terminal: Mapping[str, object], facts: Facts) -> str | None:
+    mac = str(terminal.get("mac") or "")
+    ip = str(terminal.get("ip") or "")
+    line = str(terminal.get("line") or "")
+    if verdict in ("ok", None):
+        return None
+    if not facts.nfs_running and verdict in ("stalled", "nfs-unreachable", "timeout"):
+        return ("the lab's NFS server (nfs-ganesha) is not running: it stopped while the "
+                "terminal booted, so its NFS requests go unanswered")
+    if verdict == "nfs-access-denied" and ip and not _admitted(ip, facts.nfs_clients):
+        return (f"the NFS server refused {ip}: the export admits only "
+                f"{', '.join(facts.nfs_clients)}")
+    if verdict == "nfs-no-such-export":
+        m = MOUNTING_RE.search(line)
+        asked = m.group(2) if m else ""
+        if asked and asked.rstrip("/") != facts.export_path.rstrip("/"):
+            return (f"the terminal asked for {asked}; the NFS server exports "
+                    f"{facts.export_path} only")
+    if verdict == "dhcp-failed":
+        if not facts.dhcp:
+            return None  # another host's network: its DHCP server's log is not vlab's
+        seen = _dhcp(mac, facts.dnsmasq_log)
+        if not any("DHCPDISCOVER" in ln for ln in seen):
+            return (f"DHCP: the lab network's DHCP server never heard a DISCOVER from {mac} "
+                    "(the request did not reach it)")
+        if not any("DHCPOFFER" in ln for ln in seen):
+            why = next((ln.split(": ", 1)[-1] for ln in seen if "no address" in ln
+                        or "ignored" in ln), "")
+            return (f"DHCP DISCOVER from {mac} seen, no lease offered"
+                    + (f" (dnsmasq: {why.strip()})" if why else ""))
+    if verdict == "tftp-file-not-found":
+        own = addresses_of(mac, ip, facts.dnsmasq_log)  # a twin's own lease, if unplanned
+        missing = [name for name, peer in _tftp_missing(facts.dnsmasq_log)
+                   if not own or not peer or peer in own]
+        if missing:
+            rel = missing[-1]
+            if facts.tftp_root and rel.startswith(facts.tftp_root):
+                rel = rel[len(facts.tftp_root):].lstrip("/")
+            return f"TFTP: {rel} is not in the tree the lab serves (the server said: not found)"
+    return None
+
+
+DNSMASQ_LINE_RE = pattern(
+    r"^\w{3} [ \d]\d (\d\d:\d\d:\d\d) (dnsmasq-(?:dhcp|tftp))\[\d+\]: (.*)$")
+# what a DHCP transaction gave: its messages, the root path and boot file sent, the next server
+DHCP_KEPT_RE = pattern(r"DHCP[A-Z]+\(|no address|ignored|next server|bootfile name|"
+                          r"option:\s+(?:17 root-path|67 bootfile)")
+# dnsmasq's OFFER or ACK, from the message's start (a guest's vendor class or name, later in
+# some other line, cannot make one): the address, then the MAC it went to
+LEASE_RE = pattern(r"(?:\d+ )?DHCP(?:OFFER|ACK)\(\S+\) (\d+\.\d+\.\d+\.\d+) (\S+)")
+# the MAC a DHCP message is about: dnsmasq writes it right after the message name and the
+# address, if any (a vendor class or a host name holding a MAC is on lines of their own)
+MESSAGE_MAC_RE = pattern(r"(?:\d+ )?DHCP[A-Z]+\(\S+\) (?:\d+\.\d+\.\d+\.\d+ )?"
+                         r"([0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5})(?: |$)")
+# the TFTP peer: dnsmasq's last field ("sent NAME to PEER", "file NAME not found for PEER"),
+# after a file name the guest chose
+TFTP_PEER_RE = pattern(r" (?:to|for|from) (\d+\.\d+\.\d+\.\d+)$")
+MAX_SEEN = 80  # lines per terminal: a PXE boot's DHCP rounds and TFTP files fit
+
+
+def addresses_of(mac: str, ip: str, dnsmasq_log: str) -> set[str]:
+    """A terminal's addresses: its planned one and those DHCP offered its MAC (a PXE twin
+    without a planned address has only the lease)."""
+    out = {ip} if ip else set()
+    for m in map(DNSMASQ_LINE_RE.match, dnsmasq_log.splitlines()):
+        if m is not None and m.group(2) == "dnsmasq-dhcp" and (
+                lease := _lease(mac, m.group(3))) is not None:
+            out.add(lease)
+    return out
+
+
+def _lease(mac: str, text: str) -> str | None:
+    """The address a dnsmasq-dhcp message ("XID DHCPACK(BRIDGE) ADDRESS MAC") gave `mac`."""
+    m = LEASE_RE.match(text)
+    return m.group(1) if m is not None and mac and m.group(2).lower() == mac.lower() else None
+
+
+def seen_by_servers(mac: str, ip: str, dnsmasq_log: str) -> tuple[str, ...]:
+    """What the lab network's dnsmasq logged about one terminal, as "HH:MM:SS dhcp|tftp:
+    text": its DHCP transactions (found by its MAC, then the lines of those transactions
+    that say what it got: lease, root path, next server, boot file) and the TFTP files sent
+    to its address or not found for it (its planned address, or the one DHCP gave it: a PXE
+    twin's own). The last MAX_SEEN lines."""
+    xids: set[str] = set()
+    addresses = {ip} if ip else set()
+    out = []
+    for raw in dnsmasq_log.splitlines():
+        m = DNSMASQ_LINE_RE.match(raw)
+        if m is None:
+            continue
+        clock, who, text = m.groups()
+        if who == "dnsmasq-dhcp":
+            xid, _, rest = text.partition(" ")
+            if _about(mac, text):
+                xids.add(xid)
+                if (lease := _lease(mac, text)) is not None:
+                    addresses.add(lease)  # before the TFTP lines it explains: time order
+            if xid not in xids or not DHCP_KEPT_RE.search(rest):
+                continue
+            out.append(f"{clock} dhcp: {rest.strip()}")
+        elif (to := TFTP_PEER_RE.search(text)) is not None and to.group(1) in addresses:
+            out.append(f"{clock} tftp: {text.strip()}")
+    return tuple(out[-MAX_SEEN:])
