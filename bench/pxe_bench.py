@@ -46,13 +46,13 @@ def write_scenario(path: Path, hosts: int, changed: bool, firmware: str = "bios"
     path.write_text("".join(lines))
 
 
-def generate(path: Path, tftp_root: Path, copies: dict[str, Path]) -> tuple[float, int]:
+def generate(path: Path, tftp_dir: Path, copies: dict[str, Path]) -> tuple[float, int]:
     start = time.perf_counter()
     s = scenario.load(path)
     plan = make_plan(s, Dirs.from_env())
     site = plan.site
     assert site is not None
-    changes = tftp.write_tree(tftp_root, pxe_config.shared_files(site), copies,
+    changes = tftp.write_tree(tftp_dir, pxe_config.shared_files(site), copies,
                               pxe_config.machine_groups(site))
     return time.perf_counter() - start, len(changes.written)
 
@@ -79,31 +79,31 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vlab-pxe-bench-"))
     try:
-        scen, tftp_root = work / "site.toml", work / "tftp"
+        scen, tftp_dir = work / "site.toml", work / "tftp"
         write_scenario(scen, args.hosts, False, args.firmware)
         # Warm the artifact cache once (kernel, initrd), as the target assumes.
         s = scenario.load(scen)
         plan = make_plan(s, Dirs.from_env())
-        lab_pxe.pxe(plan, Dirs.from_env(), tftp_root, lambda _t: None)
+        lab_pxe.pxe(plan, Dirs.from_env(), tftp_dir, lambda _t: None)
         for name in (site_plan.KERNEL, site_plan.INITRD):
-            shutil.copyfile(tftp_root / name, work / name)
+            shutil.copyfile(tftp_dir / name, work / name)
         copies = {**tftp.bootloaders(), site_plan.KERNEL: work / site_plan.KERNEL,
                   site_plan.INITRD: work / site_plan.INITRD}
         if args.firmware != "bios":
             copies.update(efi.loaders().files)
         archive = work / "tree.tar"  # the very files of a cold tree, for tar to lay down
-        subprocess.run(["tar", "-cf", str(archive), "-C", str(tftp_root), "."], check=True)
+        subprocess.run(["tar", "-cf", str(archive), "-C", str(tftp_dir), "."], check=True)
         colds, tars = [], []
         for _ in range(args.rounds):
-            shutil.rmtree(tftp_root)
+            shutil.rmtree(tftp_dir)
             subprocess.run(["sync"], check=True)
-            cold, n_cold = generate(scen, tftp_root, copies)
+            cold, n_cold = generate(scen, tftp_dir, copies)
             colds.append(cold)
             tars.append(tar_time(archive, work / "by-tar"))
         cold, tar = min(colds), min(tars)
         write_scenario(scen, args.hosts, True, args.firmware)
-        one, n_one = generate(scen, tftp_root, copies)
-        same, n_same = generate(scen, tftp_root, copies)
+        one, n_one = generate(scen, tftp_dir, copies)
+        same, n_same = generate(scen, tftp_dir, copies)
         target_one = max(0.2, 0.05 * cold)
         print(f"{args.hosts} hosts ({args.firmware}), in process (scenario -> plan -> files "
               f"-> tree), fastest of {args.rounds}:")
@@ -114,13 +114,13 @@ def main() -> int:
               f"({n_one} files written)   target <= {target_one:.2f} s")
         print(f"  nothing changed:          {same:6.2f} s  ({n_same} files written)")
         write_scenario(scen, args.hosts, False, args.firmware)
-        shutil.rmtree(tftp_root)
+        shutil.rmtree(tftp_dir)
         for label in ("cold", "one host changed"):
             if label != "cold":
                 write_scenario(scen, args.hosts, True, args.firmware)
             start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "vlab", "pxe", str(scen), "--tftp-root",
-                            str(tftp_root)], cwd=ROOT, check=True, capture_output=True)
+            subprocess.run([sys.executable, "-m", "vlab", "pxe", str(scen), "--tftp-dir",
+                            str(tftp_dir)], cwd=ROOT, check=True, capture_output=True)
             print(f"  whole `vlab pxe` command, {label}: {time.perf_counter() - start:.2f} s")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -39,7 +39,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     had_lab_host = Path("/run/netns/vlab-host").exists()
-    subprocess.run([*VLAB, "host", "up"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([*VLAB, "lab-host", "up"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     sim = simhost.start(SIM_DIR)
     dirs = Dirs.from_env()
     plan = plan_for(scenario.load(SCENARIO), dirs)
@@ -72,7 +72,7 @@ def main() -> int:
     finally:
         simhost.stop(SIM_DIR)
         if not had_lab_host:
-            subprocess.run([*VLAB, "host", "down"], cwd=ROOT, stdout=subprocess.DEVNULL)
+            subprocess.run([*VLAB, "lab-host", "down"], cwd=ROOT, stdout=subprocess.DEVNULL)
     c, w, s = (statistics.median(x) for x in (cold, warm, scp))
     print(f"kernel + initrd: {size:.1f} MiB, {args.rounds} rounds (medians)")
     print(f"cold ship (SFTP, SHA-256 checked): {c:.2f} s   scp of the same files: {s:.2f} s   "

@@ -71,7 +71,7 @@ def distrust() -> None:
 
 
 def start(workdir: Path) -> SimHost:
-    """Start the second host; the lab host namespace must exist (vlab host up)."""
+    """Start the second host; the lab host namespace must exist (vlab lab-host up)."""
     stop(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     key = workdir / "id_ed25519"

@@ -38,7 +38,7 @@ from vlab.watch.judge import ANSI
 pytestmark = pytest.mark.boot
 
 VLAB = [sys.executable, "-m", "vlab"]
-# A lab host started with `vlab host up` stays after the last lab's down, by design. On CI
+# A lab host started with `vlab lab-host up` stays after the last lab's down, by design. On CI
 # (and any machine without one) the tests' labs start it on demand, and it must go away.
 HOST_KEPT = (Path("/run/netns/vlab-host").exists()
              and not (Dirs.from_env().state / "host.json").exists())
@@ -59,7 +59,7 @@ def other_labs_up(plan: LabPlan, dirs: Dirs) -> list[str]:
     on-demand lab host rightly stays for them, as vlab's down decides (a run killed
     half-way leaves its lab up, and the next run's downs must keep that lab's host)."""
     return [p.parent.name for p in (dirs.state / "labs").glob("*/state.json")
-            if p.parent.name != plan.lab]
+            if p.parent.name != plan.name]
 
 
 def leftovers(plan: LabPlan) -> list[str]:
@@ -102,7 +102,7 @@ def leftovers(plan: LabPlan) -> list[str]:
     if plan.lab_dir.exists():
         found += [f"temp file {p}" for p in plan.lab_dir.rglob("*")
                   if p.name.endswith((".new", ".tmp"))]
-    found += [f"lease of {plan.lab}" for _ in [0] if (plan.lab_dir / "state.json").exists()]
+    found += [f"lease of {plan.name}" for _ in [0] if (plan.lab_dir / "state.json").exists()]
     status = json.loads(vlab("status", str(plan.scenario), "--json").stdout)
     found += [f"domain {t['domain']}" for t in status["terminals"] if t["state"] != "absent"]
     if status.get("network"):
@@ -232,7 +232,7 @@ def test_tiny_boots_both_terminals_over_nfs_and_down_leaves_nothing(lab_down) ->
     again = vlab("up", "scenarios/tiny.toml")
     assert again.returncode == 0 and "already up" in again.stderr
     # Someone flushed the lab's firewall rule: status says so, an up puts it back.
-    netns = status["host"].split("network namespace ")[-1].split()[0]
+    netns = status["lab_host"].split("network namespace ")[-1].split()[0]
     rule = next(r for r in firewall.rules(netns) if "vlab lab tiny" in r)
     subprocess.run(["ip", "netns", "exec", netns, "iptables", "-D", *shlex.split(rule)[1:]],
                    check=True)

@@ -15,7 +15,7 @@ OFFERED = (f"Dec  3 14:13:40 dnsmasq-dhcp[32004]: 3631986009 DHCPOFFER(vlabce6d6
 def _facts(**changed: object) -> Facts:
     base = {"export_path": "/var/cache/vlab/roots/busybox", "nfs_clients": ("10.213.1.0/24",),
             "nfs_running": True, "dhcp": True, "dnsmasq_log": HEARD + OFFERED,
-            "tftp_root": "/srv/tftp"}
+            "tftp_dir": "/srv/tftp"}
     return Facts(**{**base, **changed})  # type: ignore[arg-type]
 
 

@@ -99,6 +99,6 @@ def test_random_console_bytes_feed_the_reader_the_key_reader_and_junit(tmp_path:
         rep = {"lab": "fuzz", "terminals": [
             {"name": "t1", "verdict": "stalled", "seconds": 1.0, "line": decisive,
              "console_log": str(log),
-             "checks": [{"name": "c\x1b", "run": decisive, "status": 1, "ok": False,
+             "probes": [{"name": "c\x1b", "run": decisive, "status": 1, "ok": False,
                          "output": data.decode(errors="surrogateescape")}]}]}
         etree.fromstring(report_to_junit(rep).encode())  # well-formed, whatever came in

@@ -35,14 +35,14 @@ def _scenario(tmp_path: Path, text: str) -> scenario.Scenario:
 
 
 HOSTS = """
-[[libvirt_host]]
+[[node]]
 name = "a"
 uri = "qemu+ssh://root@a.example/system"
 network = "default"
 nfs_server = "10.0.0.1"
 capacity = 2
 
-[[libvirt_host]]
+[[node]]
 name = "b"
 uri = "qemu+ssh://root@b.example/system"
 bridge = "br0"
@@ -59,8 +59,8 @@ def test_placement_follows_free_memory_and_never_exceeds_capacity(tmp_path: Path
 
 
 def test_a_named_host_wins_and_counts_against_its_capacity(tmp_path: Path) -> None:
-    terminals = ('[[terminal]]\nname = "x"\n[[terminal]]\nname = "y"\nhost = "a"\n'
-                 '[[terminal]]\nname = "z"\nhost = "a"\n')
+    terminals = ('[[terminal]]\nname = "x"\n[[terminal]]\nname = "y"\nnode = "a"\n'
+                 '[[terminal]]\nname = "z"\nnode = "a"\n')
     placed = place(_scenario(tmp_path, HOSTS + terminals), {"local": 1, "a": 9999, "b": 2})
     assert placed == {"x": "b", "y": "a", "z": "a"}
 
@@ -96,7 +96,7 @@ def second_host() -> Iterator[simhost.SimHost]:
     """The lab host (kept up for the module: the veth's other end is in it) and the second
     host; both go away afterwards if the lab host was not there before."""
     had_lab_host = Path("/run/netns/vlab-host").exists()
-    assert vlab("host", "up").returncode == 0
+    assert vlab("lab-host", "up").returncode == 0
     host = simhost.start(SIM_DIR)
     try:
         yield host
@@ -104,7 +104,7 @@ def second_host() -> Iterator[simhost.SimHost]:
         vlab("down", TWO)
         simhost.stop(SIM_DIR)
         if not had_lab_host:
-            vlab("host", "down")
+            vlab("lab-host", "down")
 
 
 def _on_second_host(path: str) -> Path:
@@ -135,9 +135,9 @@ def _sha256(path: Path) -> str:
 def test_a_terminal_on_each_host_boots_over_the_same_nfs_root(second_host, lab_down) -> None:  # type: ignore[no-untyped-def]
     plan, proc, rep = _up_two(lab_down)
     by_name = {t["name"]: t for t in rep["terminals"]}
-    assert by_name["t1"]["host"] == "local" and by_name["t2"]["host"] == "h2"
+    assert by_name["t1"]["node"] == "local" and by_name["t2"]["node"] == "h2"
     assert all(t["verdict"] == "ok" for t in rep["terminals"]), proc.stderr
-    assert [[c["ok"] for c in t["checks"]] for t in rep["terminals"]] == [[True], [True]]
+    assert [[c["ok"] for c in t["probes"]] for t in rep["terminals"]] == [[True], [True]]
     # Both mounted the one export; t2 through the address given for h2, from h2's network.
     export = str(plan.export_path)
     assert by_name["t1"]["proof"]["export"] == by_name["t2"]["proof"]["export"] == export
@@ -151,7 +151,7 @@ def test_a_terminal_on_each_host_boots_over_the_same_nfs_root(second_host, lab_d
     assert not Path(str(h2.kernel_path)).exists()  # not on this machine's own disk
     assert "host h2: shipped 2 file(s)" in proc.stderr
     status = json.loads(vlab("status", TWO, "--json").stdout)
-    assert [(t["name"], t["host"], t["state"]) for t in status["terminals"]] == [
+    assert [(t["name"], t["node"], t["state"]) for t in status["terminals"]] == [
         ("t1", "local", "running"), ("t2", "h2", "running")]
     # SSH into the terminal on h2, its host key pinned from the relayed console.
     ssh = vlab("ssh", TWO, "t2", "--", "grep ' / nfs' /proc/mounts")  # one word, as with ssh
@@ -253,7 +253,7 @@ def test_a_network_the_other_host_does_not_have_is_bad_input(second_host, tmp_pa
     proc = vlab("up", str(bad))
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
-        f"vlab: {bad}: libvirt_host[0].network: 'nope' is not an active libvirt network on h2; "
+        f"vlab: {bad}: node[0].network: 'nope' is not an active libvirt network on h2; "
         f"fix: start it there (virsh -c {second_host.uri} net-start nope), or name one that "
         "virsh net-list shows"), proc.stderr
     assert not (plan_for(TWO).lab_dir / "state.json").exists()

@@ -130,24 +130,24 @@ def test_pxe_check_of_a_lab_that_is_up_is_refused_and_its_state_kept(tmp_path: P
     lab_dir.mkdir(parents=True)
     recorded = '{"status": "up", "domains": ["vlab-site-t1"], "network": "vlab-site"}'
     (lab_dir / "state.json").write_text(recorded)
-    tftp_root = tmp_path / "tftp"
+    tftp_dir = tmp_path / "tftp"
     proc = subprocess.run([sys.executable, "-m", "vlab", "pxe", "scenarios/site.toml",
-                           "--tftp-root", str(tftp_root), "--check"], cwd=ROOT,
+                           "--tftp-dir", str(tftp_dir), "--twins"], cwd=ROOT,
                           env=_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "lab site is up" in proc.stderr and "vlab down" in proc.stderr
     assert (lab_dir / "state.json").read_text() == recorded
-    assert not tftp_root.exists()
+    assert not tftp_dir.exists()
 
 
 def test_pxe_check_into_a_tree_its_tftp_server_cannot_reach_makes_nothing(
         tmp_path: Path) -> None:
-    """The issue's own try: a --tftp-root under mktemp -d (mode 0700)."""
+    """The issue's own try: a --tftp-dir under mktemp -d (mode 0700)."""
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
     before = sorted(Path("/run/netns").iterdir()) if Path("/run/netns").exists() else []
     proc = subprocess.run([sys.executable, "-m", "vlab", "pxe", "scenarios/site.toml",
-                           "--tftp-root", str(private / "tftp"), "--check"], cwd=ROOT,
+                           "--tftp-dir", str(private / "tftp"), "--twins"], cwd=ROOT,
                           env=_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert f"{private} is mode 700" in proc.stderr and "chmod o+x" in proc.stderr

@@ -80,8 +80,8 @@ def test_ips_follow_terminal_order_inside_the_lab_subnet(tmp_path: Path) -> None
 
 
 def test_root_override_as_the_page_does(tmp_path: Path) -> None:
-    s = _scenario(tmp_path, '[[terminal]]\nname = "a"\nroot = "10.9.9.9:/foo/bar"\n'
-                            '[[terminal]]\nname = "b"\nroot = "/other"\n')
+    s = _scenario(tmp_path, '[[terminal]]\nname = "a"\nexport = "10.9.9.9:/foo/bar"\n'
+                            '[[terminal]]\nname = "b"\nexport = "/other"\n')
     a, b = make_plan(s, GOLDEN_DIRS).terminals
     assert "root=10.9.9.9:/foo/bar" in a.cmdline.split()
     assert f"root={make_plan(s, GOLDEN_DIRS).nfs_address}:/other" in b.cmdline.split()

@@ -94,7 +94,7 @@ def test_a_secure_boot_host_with_an_unsigned_kernel_is_refused_before_writing(
     pxe_config.refuse_unsigned_kernel(s.path, site, signed.read_bytes(), "6.1.0-1-amd64")
     with pytest.raises(ScenarioError) as err:
         pxe_config.refuse_unsigned_kernel(s.path, site, unsigned, "6.1.0-1-amd64")
-    assert str(err.value).startswith(f"{s.path}: host[1].firmware: Secure Boot for sb1, but "
+    assert str(err.value).startswith(f"{s.path}: machine[1].firmware: Secure Boot for sb1, but "
                                      "the kernel (6.1.0-1-amd64) carries no signature")
     assert 'firmware = "uefi"' in str(err.value)
     plain = scenario.load(ROOT / "scenarios" / "site.toml")  # no Secure Boot host: fine
@@ -117,17 +117,18 @@ def _scenario(tmp_path: Path, hosts: str, extra: str = "") -> Path:
 
 
 @pytest.mark.parametrize(("hosts", "message"), [
-    ('[[host]]\nname = "a"\nmac = "00:11:22:33:44:zz"\n', "is not a MAC address"),
-    ('[[host]]\nname = "a"\nmac = "00:11:22:33:44:55"\n[[host]]\nname = "b"\n'
-     'mac = "00:11:22:33:44:55"\n', "is also the MAC of host[0]"),
-    ('[[host]]\nname = "a"\nmac = "00:11:22:33:44:55"\nip = "10.0.0.5"\n[[host]]\nname = "b"\n'
-     'mac = "00:11:22:33:44:56"\nip = "10.0.0.5"\n', "10.0.0.5 is also the address of host[0]"),
-    ('[[host]]\nname = "a"\nmac = "00:11:22:33:44:55"\n[[host]]\nname = "a"\n'
-     'mac = "00:11:22:33:44:56"\n', "'a' is also the name of host[0]"),
-    ('[[host]]\nname = "a"\nmac = "00:11:22:33:44:55"\nroot = "nfsserver:/srv/root"\n',
+    ('[[machine]]\nname = "a"\nmac = "00:11:22:33:44:zz"\n', "is not a MAC address"),
+    ('[[machine]]\nname = "a"\nmac = "00:11:22:33:44:55"\n[[machine]]\nname = "b"\n'
+     'mac = "00:11:22:33:44:55"\n', "is also the MAC of machine[0]"),
+    ('[[machine]]\nname = "a"\nmac = "00:11:22:33:44:55"\nip = "10.0.0.5"\n[[machine]]\n'
+     'name = "b"\nmac = "00:11:22:33:44:56"\nip = "10.0.0.5"\n',
+     "10.0.0.5 is also the address of machine[0]"),
+    ('[[machine]]\nname = "a"\nmac = "00:11:22:33:44:55"\n[[machine]]\nname = "a"\n'
+     'mac = "00:11:22:33:44:56"\n', "'a' is also the name of machine[0]"),
+    ('[[machine]]\nname = "a"\nmac = "00:11:22:33:44:55"\nexport = "nfsserver:/srv/root"\n',
      "the server 'nfsserver' is a name"),
-    ('[[host]]\nname = "../../etc/passwd"\nmac = "00:11:22:33:44:55"\n', "is not a valid name"),
-    ('[[host]]\nname = "a"\n', "host[0].mac: is missing"),
+    ('[[machine]]\nname = "../../etc/passwd"\nmac = "00:11:22:33:44:55"\n', "is not a valid name"),
+    ('[[machine]]\nname = "a"\n', "machine[0].mac: is missing"),
 ])
 def test_lint_errors(tmp_path: Path, hosts: str, message: str) -> None:
     with pytest.raises(ScenarioError, match=message.replace("[", r"\[").replace(".", r"\.")):
@@ -136,13 +137,13 @@ def test_lint_errors(tmp_path: Path, hosts: str, message: str) -> None:
 
 def test_command_line_longer_than_linux_takes_is_refused_before_writing(tmp_path: Path) -> None:
     long = " ".join(f"x{i}=y" for i in range(600))
-    path = _scenario(tmp_path, f'[[host]]\nname = "a"\nmac = "00:11:22:33:44:55"\n'
+    path = _scenario(tmp_path, f'[[machine]]\nname = "a"\nmac = "00:11:22:33:44:55"\n'
                                f'cmdline = "{long}"\n')
     s = scenario.load(path)
     with pytest.raises(ScenarioError, match="Linux takes at most 2047"):
         make_plan(s, Dirs(tmp_path, tmp_path))
     out = tmp_path / "tftp"
-    proc = vlab("pxe", str(path), "--tftp-root", str(out))
+    proc = vlab("pxe", str(path), "--tftp-dir", str(out))
     assert proc.returncode == 2 and "2047" in proc.stderr and not out.exists()
 
 
@@ -168,12 +169,12 @@ def test_tree_is_written_once_and_hosts_that_leave_are_removed(tmp_path: Path) -
 @pytest.mark.boot
 def test_virtual_twins_pxe_boot_through_the_written_tree(lab_down, browser) -> None:  # type: ignore[no-untyped-def]
     lab_down.append("scenarios/site.toml")
-    tftp_root = Path("/var/lib/vlab/test-tftp/site")
-    proc = vlab("pxe", "scenarios/site.toml", "--tftp-root", str(tftp_root), "--check",
+    tftp_dir = Path("/var/lib/vlab/test-tftp/site")
+    proc = vlab("pxe", "scenarios/site.toml", "--tftp-dir", str(tftp_dir), "--twins",
                 "--json")
     assert proc.returncode == 0, proc.stderr
     rep = json.loads(proc.stdout)
-    twins = {t["name"]: t for t in rep["check"]["terminals"]}
+    twins = {t["name"]: t for t in rep["twins"]["terminals"]}
     assert set(twins) == {"pxe-pc1", "pxe-pc2", "pxe-default"}
     for t in twins.values():
         assert t["verdict"] == "ok", t
@@ -186,7 +187,7 @@ def test_virtual_twins_pxe_boot_through_the_written_tree(lab_down, browser) -> N
     assert "vlab.pxe=pc1" in log1 and "vlab.pxe=pc2 loglevel=4" in log2
     assert "Filename: pxelinux.0" in log1 and "PXELINUX" in log1
     assert twins["pxe-pc1"]["proof"]["options"].count("clientaddr=10.213.77.50") == 1
-    assert "loglevel=4" in Path(tftp_root / "pxelinux.cfg/01-52-54-00-77-00-02").read_text()
+    assert "loglevel=4" in Path(tftp_dir / "pxelinux.cfg/01-52-54-00-77-00-02").read_text()
     assert log2
     # The twin whose MAC has no file of its own booted through pxelinux.cfg/default, and
     # the lab's TFTP server saw it so: its own file asked for, not found, default sent.
@@ -196,15 +197,15 @@ def test_virtual_twins_pxe_boot_through_the_written_tree(lab_down, browser) -> N
     assert any(own in s and "not found for" in s for s in heard), heard
     assert any("tftp: sent" in s and "/pxelinux.cfg/default to " in s for s in heard), heard
     # The check's boot report shows where a PXE boot's time goes: firmware, then the loader.
-    dom = seen(rep["check"], "pxe-twins", browser)
+    dom = seen(rep["twins"], "pxe-twins", browser)
     assert dom.count('data-phase="loader"') == 3, dom[:2000]
 
     # A broken tree (the initrd removed): a clear verdict, long before the timeout.
-    (tftp_root / "initrd.img").unlink()
-    proc = vlab("pxe", "scenarios/site.toml", "--tftp-root", str(tftp_root), "--check-only",
+    (tftp_dir / "initrd.img").unlink()
+    proc = vlab("pxe", "scenarios/site.toml", "--tftp-dir", str(tftp_dir), "--twins-only",
                 "--json")
     assert proc.returncode == 1, proc.stderr
-    broken = json.loads(proc.stdout)["check"]
+    broken = json.loads(proc.stdout)["twins"]
     seen(broken, "pxe-twins-initrd-missing", browser)
     for t in broken["terminals"]:
         assert t["verdict"] == "tftp-file-not-found", t
@@ -220,13 +221,13 @@ def test_twins_of_a_site_with_its_own_nfs_server_mount_what_the_files_name(lab_d
     and in the lab vlab's own server answers at that address: the proof names it."""
     path = "scenarios/site-own-server.toml"
     lab_down.append(path)
-    tftp_root = Path("/var/lib/vlab/test-tftp/site-own-server")
-    shutil.rmtree(tftp_root, ignore_errors=True)
-    proc = vlab("pxe", path, "--tftp-root", str(tftp_root), "--check", "--json")
+    tftp_dir = Path("/var/lib/vlab/test-tftp/site-own-server")
+    shutil.rmtree(tftp_dir, ignore_errors=True)
+    proc = vlab("pxe", path, "--tftp-dir", str(tftp_dir), "--twins", "--json")
     assert proc.returncode == 0, proc.stderr
     assert "vlab's own server answers at 10.0.0.5" in proc.stderr, proc.stderr
-    assert "root=10.0.0.5:" in (tftp_root / "pxelinux.cfg/01-52-54-00-79-00-01").read_text()
-    twins = {t["name"]: t for t in json.loads(proc.stdout)["check"]["terminals"]}
+    assert "root=10.0.0.5:" in (tftp_dir / "pxelinux.cfg/01-52-54-00-79-00-01").read_text()
+    twins = {t["name"]: t for t in json.loads(proc.stdout)["twins"]["terminals"]}
     assert set(twins) == {"pxe-pc1", "pxe-default"}
     for t in twins.values():
         assert t["verdict"] == "ok", t
@@ -253,40 +254,40 @@ def test_uefi_and_secure_boot_twins_boot_through_shim_and_grub(lab_down) -> None
     twin's serial console; with Secure Boot enforced, an unsigned kernel is refused."""
     path = "scenarios/site-uefi.toml"
     lab_down.append(path)
-    tftp_root = Path("/var/lib/vlab/test-tftp/site-uefi")
+    tftp_dir = Path("/var/lib/vlab/test-tftp/site-uefi")
     # A GRUB configuration of the site's own where vlab would write its own: refused, and
     # the check that would have followed leaves nothing recorded (a second try is not
     # refused as "a lab that is up").
-    shutil.rmtree(tftp_root, ignore_errors=True)
-    (tftp_root / "grub").mkdir(parents=True)
-    (tftp_root / "grub/grub.cfg").write_text("# the site's own\n")
-    refused = vlab("pxe", path, "--tftp-root", str(tftp_root), "--check")
+    shutil.rmtree(tftp_dir, ignore_errors=True)
+    (tftp_dir / "grub").mkdir(parents=True)
+    (tftp_dir / "grub/grub.cfg").write_text("# the site's own\n")
+    refused = vlab("pxe", path, "--tftp-dir", str(tftp_dir), "--twins")
     assert refused.returncode == 2 and "grub/grub.cfg" in refused.stderr, refused.stderr
     assert not (Dirs.from_env().state / "labs/uefisite/state.json").exists()
-    (tftp_root / "grub/grub.cfg").unlink()
-    proc = vlab("pxe", path, "--tftp-root", str(tftp_root), "--check", "--json", timeout=900)
+    (tftp_dir / "grub/grub.cfg").unlink()
+    proc = vlab("pxe", path, "--tftp-dir", str(tftp_dir), "--twins", "--json", timeout=900)
     assert proc.returncode == 0, proc.stderr
-    twins = {t["name"]: t for t in json.loads(proc.stdout)["check"]["terminals"]}
+    twins = {t["name"]: t for t in json.loads(proc.stdout)["twins"]["terminals"]}
     assert set(twins) == {"pxe-efi1", "pxe-sb1", "pxe-default-uefi", "pxe-default-uefi-secure"}
     for name, t in twins.items():
         assert t["verdict"] == "ok", t
         log = Path(t["console_log"]).read_text(errors="replace")
         host = name.removeprefix("pxe-")
         assert f"vlab.pxe={'default' if host.startswith('default') else host}" in log, log[-3000:]
-    assert (tftp_root / "shimx64.efi").is_file() and (tftp_root / "grubx64.efi").is_file()
+    assert (tftp_dir / "shimx64.efi").is_file() and (tftp_dir / "grubx64.efi").is_file()
 
     # The same tree with an unsigned kernel: Secure Boot twins are refused by name (so it was
     # enforced), the others boot it.
-    kernel = tftp_root / "vmlinuz"
+    kernel = tftp_dir / "vmlinuz"
     signed = kernel.read_bytes()
     _unsigned(kernel, kernel)
     try:
-        proc = vlab("pxe", path, "--tftp-root", str(tftp_root), "--check-only", "--json",
+        proc = vlab("pxe", path, "--tftp-dir", str(tftp_dir), "--twins-only", "--json",
                     timeout=900)
     finally:
         kernel.write_bytes(signed)
     assert proc.returncode == 1, proc.stderr
-    twins = {t["name"]: t for t in json.loads(proc.stdout)["check"]["terminals"]}
+    twins = {t["name"]: t for t in json.loads(proc.stdout)["twins"]["terminals"]}
     for name in ("pxe-sb1", "pxe-default-uefi-secure"):
         assert twins[name]["verdict"] == "secure-boot-refused", twins[name]
     for name in ("pxe-efi1", "pxe-default-uefi"):
@@ -294,7 +295,7 @@ def test_uefi_and_secure_boot_twins_boot_through_shim_and_grub(lab_down) -> None
 
 
 def twins_default_ok(rep: dict) -> bool:  # type: ignore[type-arg]
-    (t,) = [t for t in rep["check"]["terminals"] if t["name"] == "pxe-default"]
+    (t,) = [t for t in rep["twins"]["terminals"] if t["name"] == "pxe-default"]
     return t["verdict"] == "ok" and "vlab.pxe=default" in console_text(t["console_log"])
 
 

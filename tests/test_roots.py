@@ -279,10 +279,10 @@ def _failure_lab(folder: Path, base: str, name: str, subnet: str,
                   count=1)
     text = re.sub(r"timeout = \d+", "timeout = 300", text)
     path = folder / f"{name}.toml"
-    path.write_text(text + '\n[[terminal]]\nname = "noexport"\nroot = "/no/such/export"\n')
+    path.write_text(text + '\n[[terminal]]\nname = "noexport"\nexport = "/no/such/export"\n')
     plan = plan_for(str(path))
-    terminals = {"noexport": 'root = "/no/such/export"',
-                 "unreach": f'root = "{subnet}.254:/srv/none"',
+    terminals = {"noexport": 'export = "/no/such/export"',
+                 "unreach": f'export = "{subnet}.254:/srv/none"',
                  "nonic": 'cmdline = "modprobe.blacklist=virtio_net"',
                  "panic": 'cmdline = "rdinit=/no/such/init"',
                  **{t: setting.format(server=plan.nfs_address, export=plan.export_path)

@@ -41,8 +41,8 @@ class _Server(paramiko.ServerInterface):
 
 @pytest.fixture
 def hostile_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                 ) -> Iterator[Callable[[Answer], ship.Host]]:
-    """A connected ship.Host whose server answers every command with `answer`."""
+                 ) -> Iterator[Callable[[Answer], ship.Remote]]:
+    """A connected ship.Remote whose server answers every command with `answer`."""
     host_key = paramiko.ECDSAKey.generate()
     client_key = paramiko.ECDSAKey.generate()
     client_key.write_private_key_file(str(tmp_path / "id"))
@@ -53,7 +53,7 @@ def hostile_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(ship, "KNOWN_HOSTS", (known,))
     transports: list[paramiko.Transport] = []
 
-    def connect(answer: Answer) -> ship.Host:
+    def connect(answer: Answer) -> ship.Remote:
         def serve() -> None:
             sock, _ = listener.accept()
             t = paramiko.Transport(sock)
@@ -63,7 +63,7 @@ def hostile_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
             t.start_server(server=_Server(answer))
 
         threading.Thread(target=serve, daemon=True).start()
-        return ship.Host("h2", f"qemu+ssh://root@127.0.0.1:{port}/system?keyfile={tmp_path}/id",
+        return ship.Remote("h2", f"qemu+ssh://root@127.0.0.1:{port}/system?keyfile={tmp_path}/id",
                          lambda address, p: socket.create_connection((address, p)))
 
     yield connect

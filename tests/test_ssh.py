@@ -1,5 +1,5 @@
 """SSH into terminals, for real: dropbear in the busybox root, the host key pinned from the
-console, the lab's key from the command line; vlab ssh and post-boot checks. Needs root."""
+console, the lab's key from the command line; vlab ssh and post-boot probes. Needs root."""
 
 from __future__ import annotations
 
@@ -18,33 +18,33 @@ from test_boot import VLAB, leftovers, plan_for, up, vlab
 
 pytestmark = pytest.mark.boot
 
-CHECKS = "scenarios/checks.toml"
+PROBES = "scenarios/probes.toml"
 
 
 def test_vlab_ssh_runs_a_command_and_returns_its_status(lab_down) -> None:  # type: ignore[no-untyped-def]
-    lab_down.append(CHECKS)
-    proc, rep = up(CHECKS)
+    lab_down.append(PROBES)
+    proc, rep = up(PROBES)
     assert proc.returncode == 0, proc.stderr
     for t in rep["terminals"]:
-        assert [(c["name"], c["ok"]) for c in t["checks"]] == [
+        assert [(c["name"], c["ok"]) for c in t["probes"]] == [
             ("root is NFS", True), ("tmp is writable", True)]
-        assert t["checks"][0]["output"].strip() == "nfs"
-    ran = vlab("ssh", CHECKS, "t2", "--", "hostname; echo $HOME; exit 7")
+        assert t["probes"][0]["output"].strip() == "nfs"
+    ran = vlab("ssh", PROBES, "t2", "--", "hostname; echo $HOME; exit 7")
     assert ran.returncode == 7, ran.stderr
     assert ran.stdout.split() == ["t2", "/run/root"]
     # The shared root stays read-only; root's home and the host key live in RAM.
-    ro = vlab("ssh", CHECKS, "t1", "--", "touch /etc/x")
+    ro = vlab("ssh", PROBES, "t1", "--", "touch /etc/x")
     assert ro.returncode == 1 and "Read-only file system" in ro.stdout
 
 
 def test_vlab_ssh_without_a_command_is_an_interactive_shell(lab_down) -> None:  # type: ignore[no-untyped-def]
-    lab_down.append(CHECKS)
-    proc, _rep = up(CHECKS)
+    lab_down.append(PROBES)
+    proc, _rep = up(PROBES)
     assert proc.returncode == 0, proc.stderr
     pid, fd = pty.fork()
     if pid == 0:  # the child: vlab ssh on a TTY
         os.chdir(ROOT)
-        os.execv(VLAB[0], [*VLAB, "ssh", CHECKS, "t1"])
+        os.execv(VLAB[0], [*VLAB, "ssh", PROBES, "t1"])
     seen = b""
     typed = False
     deadline = time.monotonic() + 30
@@ -69,8 +69,8 @@ def test_vlab_ssh_without_a_command_is_an_interactive_shell(lab_down) -> None:  
 
 
 def test_a_terminal_presenting_another_host_key_is_refused(lab_down) -> None:  # type: ignore[no-untyped-def]
-    lab_down.append(CHECKS)
-    proc, rep = up(CHECKS)
+    lab_down.append(PROBES)
+    proc, rep = up(PROBES)
     assert proc.returncode == 0, proc.stderr
     # What vlab pinned now differs from what the terminal presents: as if another machine
     # answered on its address. (A key line as a terminal prints it, but of another key.)
@@ -78,7 +78,7 @@ def test_a_terminal_presenting_another_host_key_is_refused(lab_down) -> None:  #
     log = Path(rep["terminals"][0]["console_log"])
     with log.open("a") as f:
         f.write(f"VLAB-SSH-HOSTKEY t1 ssh-ed25519 {other}\n")
-    refused = vlab("ssh", CHECKS, "t1", "--", "true")
+    refused = vlab("ssh", PROBES, "t1", "--", "true")
     assert refused.returncode == 3
     assert "presented SSH host key" in refused.stderr and "refused" in refused.stderr
     assert refused.stdout == ""
@@ -88,15 +88,15 @@ def test_a_failing_check_fails_vlab_check_with_its_output_in_junit(
     tmp_path: Path, lab_down  # type: ignore[no-untyped-def]
 ) -> None:
     path = tmp_path / "failing.toml"
-    path.write_text((ROOT / CHECKS).read_text().replace('name = "checks"', 'name = "failing"')
-                    + '\n[[check]]\nname = "root is writable"\nrun = "touch /vlab-check"\n')
+    path.write_text((ROOT / PROBES).read_text().replace('name = "probes"', 'name = "failing"')
+                    + '\n[[probe]]\nname = "root is writable"\nrun = "touch /vlab-check"\n')
     lab_down.append(str(path))
     plan = plan_for(str(path))
     junit = tmp_path / "out.xml"
     proc = subprocess.run([*VLAB, "check", str(path), "--junit", str(junit), "--json"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr
-    assert "post-boot check(s) failed: t1: root is writable, t2: root is writable" in proc.stderr
+    assert "post-boot probe(s) failed: t1: root is writable, t2: root is writable" in proc.stderr
     rep = json.loads(proc.stdout)
     assert [t["verdict"] for t in rep["terminals"]] == ["ok", "ok"]
     suite = etree.parse(str(junit)).getroot()[0]

@@ -70,7 +70,7 @@ def _boots_to(verdict: str, path: str,
         assert cause in (t["cause"] or ""), t
         assert failure.get("message") == f"{verdict}: {t['cause']}"
         if look is not None:
-            seen(rep, f"{verdict}-{plan.lab}", look, page)
+            seen(rep, f"{verdict}-{plan.name}", look, page)
     assert leftovers(plan) == []
     return t
 
@@ -153,7 +153,7 @@ def test_a_server_address_where_nothing_answers_is_nfs_unreachable(
     tmp_path: Path, lab_down: list[str]
 ) -> None:
     path = _scenario(tmp_path, "nobody", 'subnet = "10.213.249.0/24"\n' + TERMINAL
-                     + 'root = "10.213.249.200:/srv/root"\n', lab_down)
+                     + 'export = "10.213.249.200:/srv/root"\n', lab_down)
     _boots_to("nfs-unreachable", path)
 
 
@@ -161,7 +161,7 @@ def test_a_root_path_that_is_a_file_is_nfs_mount_failed(tmp_path: Path,
                                                         lab_down: list[str]) -> None:
     """No errno vlab names (a file, not a folder): the mount's own failure line decides."""
     busybox = Dirs.from_env().cache / "roots" / "busybox"
-    path = _scenario(tmp_path, "afile", TERMINAL + f'root = "{busybox}/bin/busybox"\n',
+    path = _scenario(tmp_path, "afile", TERMINAL + f'export = "{busybox}/bin/busybox"\n',
                      lab_down)
     t = _boots_to("nfs-mount-failed", path)
     assert "failed" in t["line"]

@@ -1,4 +1,4 @@
-"""host = "auto" on a developer's workstation, for real (issue 18): a libvirtd vlab did not
+"""lab_host = "auto" on a developer's workstation, for real (issue 18): a libvirtd vlab did not
 start, with its `default` NAT network on the very subnet the first lab's name would give it,
 an rpcbind and a dnsmasq of the workstation's own, and a LAN that routes every private address
 through the workstation (tests/workstation.py). Two labs (NFSv4 and NFSv3) come up there side
@@ -44,7 +44,7 @@ def _scenarios(folder: Path) -> dict[str, Path]:
     paths = {}
     for lab, extra in LABS.items():
         paths[lab] = folder / f"{lab}.toml"
-        paths[lab].write_text(f'[lab]\nname = "{lab}"\nhost = "auto"\n{extra}'
+        paths[lab].write_text(f'[lab]\nname = "{lab}"\nlab_host = "auto"\n{extra}'
                               '[[terminal]]\nname = "t1"\n')
     return paths
 
@@ -83,7 +83,7 @@ def test_labs_on_a_workstation_boot_face_no_lan_and_leave_its_own_things(
         assert sorted(domains) == ["vlab-wsdev-t1", "vlab-wsnfs3-t1"], domains
         networks = sorted(ln.split()[0] for ln in ws.virsh("net-list").splitlines())
         assert networks == ["default", "vlab-wsdev", "vlab-wsnfs3"], networks
-        status = _vlab(ws, "host", "status")
+        status = _vlab(ws, "lab-host", "status")
         assert "lab host: system" in status.stdout and "vlab did not start" in status.stdout
 
         gateways = [s.rsplit(".", 1)[0] + ".1" for s in servers.values()]

@@ -102,19 +102,19 @@ def _parser() -> argparse.ArgumentParser:
     c = scenario_cmd("render", "write every artifact vlab would use into a folder; start nothing")
     c.add_argument("--out", type=Path, required=True, help="folder to write into")
     c = scenario_cmd("pxe", "write the TFTP tree (pxelinux, GRUB, iPXE) and DHCP/NFS snippets "
-                     "for the scenario's [[host]]s; --check boots a virtual twin of each")
-    c.add_argument("--tftp-root", type=Path, required=True,
-                   help="the TFTP server's root, e.g. /tftpboot/linux-install")
-    c.add_argument("--check", action="store_true",
-                   help="boot a virtual twin per host through the files just written")
-    c.add_argument("--check-only", action="store_true",
+                     "for the scenario's [[machine]]s; --twins boots a virtual twin of each")
+    c.add_argument("--tftp-dir", type=Path, required=True,
+                   help="the TFTP server's folder, e.g. /tftpboot/linux-install")
+    c.add_argument("--twins", action="store_true",
+                   help="boot a virtual twin per machine through the files just written")
+    c.add_argument("--twins-only", action="store_true",
                    help="boot the twins through the tree as it is now; write nothing")
     c.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     sub.add_parser("gc", help="remove vlab-labelled leftovers of labs whose state is gone",
                    description="Remove domains, networks, NFS servers and mounts that carry "
                    "vlab's labels but belong to no lab vlab knows (e.g. its state folder was "
                    "deleted). Labs that are up are not touched; vlab down takes those down.")
-    h = sub.add_parser("host", help="the isolated lab host (a libvirtd in its own namespace)",
+    h = sub.add_parser("lab-host", help="the isolated lab host (a libvirtd in its own namespace)",
                        description="Start, stop or show vlab's isolated lab host: virtlogd "
                        f"and libvirtd in network namespace {NETNS}, used when no system "
                        "libvirtd answers. vlab up starts it on demand.")
@@ -124,8 +124,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _print_report(rep: dict[str, Any]) -> None:
     print(f"lab {rep['lab']}")
-    if "host" in rep:
-        print(f"  {rep['host']}")
+    if "lab_host" in rep:
+        print(f"  {rep['lab_host']}")
         pid = rep.get("nfs_server_pid")
         print(f"  network: {rep.get('network') or 'down'}, "
               f"NFS server: {f'pid {pid}' if pid else 'down'}"
@@ -154,11 +154,11 @@ def run(argv: list[str]) -> int:
     try:
         return _dispatch(args)
     except KeyboardInterrupt:
-        down = f"vlab down {args.scenario}" if "scenario" in args else "vlab host down"
+        down = f"vlab down {args.scenario}" if "scenario" in args else "vlab lab-host down"
         raise Interrupted(f"interrupted; `{down}` removes what was started") from None
 
 
-NEEDS_ROOT = ("up", "down", "host", "gc", "check", "ssh")
+NEEDS_ROOT = ("up", "down", "lab-host", "gc", "check", "ssh")
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -169,8 +169,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                          "; fix: run it as root")
     dirs = Dirs.from_env()
     say = stderr_progress()
-    if args.command == "host":
-        return _host(args.action, dirs, say)
+    if args.command == "lab-host":
+        return _lab_host(args.action, dirs, say)
     if args.command == "gc":
         return _gc(dirs, say)
     sc = scenario.load(args.scenario)
@@ -196,7 +196,7 @@ def _render(args: argparse.Namespace, sc: scenario.Scenario, dirs: Dirs, say: Sa
 def _up(args: argparse.Namespace, sc: scenario.Scenario, dirs: Dirs, say: Say) -> int:
     if not sc.terminals:
         raise UsageError(f"{args.scenario}: no [[terminal]] to boot; fix: add one, or "
-                         "use vlab pxe for the [[host]]s")
+                         "use vlab pxe for the [[machine]]s")
     plan = claim(sc, dirs)
     rep = up_or_nothing(sc, plan, dirs, say)
     write_page(rep, args.report, say)
@@ -209,29 +209,29 @@ def _up(args: argparse.Namespace, sc: scenario.Scenario, dirs: Dirs, say: Say) -
 
 def _pxe(args: argparse.Namespace, sc: scenario.Scenario, dirs: Dirs, say: Say) -> int:
     if not sc.pxe.machines:
-        raise UsageError(f"{args.scenario}: no [[host]] tables; fix: list the physical "
-                         'hosts: [[host]] name = "pc1" mac = "00:11:22:33:44:55"')
-    checking = args.check or args.check_only
-    if checking:
-        lab_pxe.refuse_check(sc, dirs, args.tftp_root)
-    plan = claim(sc, dirs, twins=True) if checking else plan_for(sc, dirs)
-    changes, checked = lab_pxe.pxe(plan, dirs, args.tftp_root, say,
-                                   write=not args.check_only, check=checking)
-    out: dict[str, Any] = {"lab": plan.lab, "tftp_root": str(args.tftp_root),
+        raise UsageError(f"{args.scenario}: no [[machine]] tables; fix: list the physical "
+                         'machines: [[machine]] name = "pc1" mac = "00:11:22:33:44:55"')
+    twins = args.twins or args.twins_only
+    if twins:
+        lab_pxe.refuse_twins(sc, dirs, args.tftp_dir)
+    plan = claim(sc, dirs, twins=True) if twins else plan_for(sc, dirs)
+    changes, booted = lab_pxe.pxe(plan, dirs, args.tftp_dir, say,
+                                  write=not args.twins_only, twins=twins)
+    out: dict[str, Any] = {"lab": plan.name, "tftp_dir": str(args.tftp_dir),
                            "written": changes.written, "removed": changes.removed,
                            "unchanged": changes.unchanged}
-    if checked is not None:
-        out["check"] = checked
+    if booted is not None:
+        out["twins"] = booted
     if args.json:
         print(json.dumps(out, indent=2))
     else:
         for rel in changes.written:
-            print(f"wrote   {args.tftp_root / rel}")
+            print(f"wrote   {args.tftp_dir / rel}")
         for rel in changes.removed:
-            print(f"removed {args.tftp_root / rel}")
-        if checking:
-            _print_report(out["check"])
-    if checking and not all_ok(out["check"]):
+            print(f"removed {args.tftp_dir / rel}")
+        if twins:
+            _print_report(out["twins"])
+    if twins and not all_ok(out["twins"]):
         raise BootFailed("a virtual twin did not boot through the PXE tree")
     return EXIT_OK
 
@@ -253,7 +253,7 @@ def _status(args: argparse.Namespace, sc: scenario.Scenario, dirs: Dirs, say: Sa
 def _down(args: argparse.Namespace, sc: scenario.Scenario, dirs: Dirs, say: Say) -> int:
     plan = plan_for(sc, dirs)
     down(plan, dirs, say)
-    say(f"lab {plan.lab} is down")
+    say(f"lab {plan.name} is down")
     return EXIT_OK
 
 
@@ -302,13 +302,13 @@ COMMANDS: dict[str, Command] = {
 
 def _failures(rep: dict[str, Any]) -> str:
     failed = [f"{t['name']} ({t['verdict']})" for t in rep["terminals"] if t["verdict"] != "ok"]
-    checks = [f"{t['name']}: {c['name']}" for t in rep["terminals"]
-              for c in t.get("checks", []) if not c["ok"] and t["verdict"] == "ok"]
+    probes = [f"{t['name']}: {c['name']}" for t in rep["terminals"]
+              for c in t.get("probes", []) if not c["ok"] and t["verdict"] == "ok"]
     parts = []
     if failed:
         parts.append(f"{len(failed)} terminal(s) did not mount the NFS root: {', '.join(failed)}")
-    if checks:
-        parts.append(f"{len(checks)} post-boot check(s) failed: {', '.join(checks)}")
+    if probes:
+        parts.append(f"{len(probes)} post-boot probe(s) failed: {', '.join(probes)}")
     return "; ".join(parts)
 
 
@@ -328,7 +328,7 @@ def _output(rep: dict[str, Any], as_json: bool) -> None:
         _print_report(rep)
 
 
-def _host(action: str, dirs: Dirs, say: Say) -> int:
+def _lab_host(action: str, dirs: Dirs, say: Say) -> int:
     if action == "up":
         host = labhost.ensure(LabHostMode.ISOLATED, NETNS, dirs.state / "host")
         state.remove(dirs.state, state.HOST_FILE)

@@ -66,7 +66,7 @@ def locked(lab_dir: Path, lab: str) -> Iterator[None]:
 
 
 @contextmanager
-def machine_locked(state_dir: Path) -> Iterator[None]:
+def all_labs_locked(state_dir: Path) -> Iterator[None]:
     """Labs pick their subnets and ports one at a time (blocking: it is quick)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     with (state_dir / "leases.lock").open("w") as f:

@@ -8,7 +8,7 @@ from vlab.build import cache
 from vlab.plan.lab import LabPlan
 
 LAB_TFTP = "lab-tftp/"  # the lab's own PXE tree (its boot = "pxe" terminals)
-SITE_TFTP = "tftp/"  # the tree `vlab pxe` writes for the scenario's [[host]]s
+SITE_TFTP = "tftp/"  # the tree `vlab pxe` writes for the scenario's [[machine]]s
 
 
 def all_artifacts(plan: LabPlan) -> dict[str, str]:
@@ -37,6 +37,6 @@ def all_artifacts(plan: LabPlan) -> dict[str, str]:
 
 def lab_digests(plan: LabPlan) -> dict[str, str]:
     """What a lab is made from: each of its own artifacts' digest (`vlab pxe`'s tree is not
-    the lab's: a [[host]] changed does not change a lab that is up)."""
+    the lab's: a [[machine]] changed does not change a lab that is up)."""
     return {name: cache.key(text) for name, text in all_artifacts(plan).items()
             if not name.startswith(SITE_TFTP)}

@@ -69,9 +69,9 @@ def xl_cfg(plan: LabPlan, terminal: TerminalPlan) -> str:
     return template("libvirt/xl.cfg.j2", plan=plan, t=terminal)
 
 
-def network_xml(plan: LabPlan, tftp_root: Path | None = None) -> str:
+def network_xml(plan: LabPlan, tftp_dir: Path | None = None) -> str:
     """The lab network; with a TFTP root it also serves PXE (pxelinux.0) to its guests."""
-    xml = template("libvirt/network.xml.j2", plan=plan, tftp_root=tftp_root,
+    xml = template("libvirt/network.xml.j2", plan=plan, tftp_dir=tftp_dir,
                    ipv6_gateway=plan.ipv6_subnet.replace("::/64", "::1"), shim=efi.SHIM)
     return xml
 

@@ -56,7 +56,7 @@ class HostStatus:
         return f"lab host: {self.mode}, libvirtd pid {self.libvirtd_pid} {where}"
 
     def why(self) -> str:
-        """Why vlab uses this libvirtd, and what it does there (`vlab host status`)."""
+        """Why vlab uses this libvirtd, and what it does there (`vlab lab-host status`)."""
         sock = str(LIBVIRT_SOCK)
         if self.mode == "down":
             return (f"no libvirtd answers on {sock}: vlab up starts an isolated one "
@@ -64,7 +64,7 @@ class HostStatus:
         if self.mode == "isolated":
             return (f"vlab started it, as no libvirtd answered on {sock}; its networks, "
                     f"guests and their dnsmasq stay in namespace {self.netns}, away from this "
-                    "machine's own networks; vlab host down stops it (vlab down does, with "
+                    "machine's own networks; vlab lab-host down stops it (vlab down does, with "
                     "the last lab it started it for)")
         return (f"a libvirtd vlab did not start answers on {sock} (a workstation's: "
                 "host = \"auto\" and \"system\" use it); vlab adds only its labs' networks "
@@ -164,14 +164,15 @@ def ensure(mode: LabHostMode, netns: str, log_dir: Path) -> HostStatus:
     current = status(netns)
     if mode is LabHostMode.SYSTEM and current.mode != "system":
         raise HostError(
-            "host = \"system\" but no system libvirtd answers on " + str(LIBVIRT_SOCK)
+            "lab_host = \"system\" but no system libvirtd answers on " + str(LIBVIRT_SOCK)
             + ("" if current.mode == "down" else " (the one running is vlab's isolated host)")
-            + "; fix: start libvirtd, or use host = \"auto\" to let vlab start an isolated one"
+            + "; fix: start libvirtd, or use lab_host = \"auto\" in [lab] to let vlab start "
+            "an isolated one"
         )
     if mode is LabHostMode.ISOLATED and current.mode == "system":
         raise HostError(
-            "host = \"isolated\" but a system libvirtd already runs (only one libvirtd fits "
-            "on a machine); fix: use host = \"system\" or \"auto\", or stop that libvirtd"
+            "lab_host = \"isolated\" but a system libvirtd already runs (only one libvirtd fits "
+            "on a machine); fix: use lab_host = \"system\" or \"auto\", or stop that libvirtd"
         )
     if current.mode != "down":
         return current

@@ -24,14 +24,14 @@ def connect(node: NodePlan) -> virt.Conn:
     return connect_uri(node.uri, node.netns)
 
 
-def ship_session(name: str, uri: str, netns: str | None) -> ship.Host:
+def ship_session(name: str, uri: str, netns: str | None) -> ship.Remote:
     """An SSH session to a node, its host key checked against known_hosts."""
     from vlab.nodes import ship
 
-    return ship.Host(name, uri, lambda address, port: labhost.connect_tcp(netns, address, port))
+    return ship.Remote(name, uri, lambda address, port: labhost.connect_tcp(netns, address, port))
 
 
-def session(node: NodePlan) -> ship.Host:
+def session(node: NodePlan) -> ship.Remote:
     return ship_session(node.name, node.uri, node.netns)
 
 
@@ -50,19 +50,19 @@ def preflight(sc: Scenario) -> dict[str, int]:
     free = {LOCAL: labhost.free_memory_mib()}
     for i, h in enumerate(sc.nodes):
         if h.netns is not None and not labhost.netns_exists(h.netns):
-            raise ScenarioError(sc.path, f"libvirt_host[{i}].netns", f"{h.netns!r}: no such "
+            raise ScenarioError(sc.path, f"node[{i}].netns", f"{h.netns!r}: no such "
                                 "network namespace", "create it, or leave netns out")
         ship_session(h.name, h.uri, h.netns).close()  # its SSH host key is known
         try:
             conn = connect_uri(h.uri, h.netns)
         except VirtError as err:
-            raise ScenarioError(sc.path, f"libvirt_host[{i}].uri", f"{h.uri!r} does not "
+            raise ScenarioError(sc.path, f"node[{i}].uri", f"{h.uri!r} does not "
                                 f"answer ({err.detail})", "check that libvirtd runs there and "
                                 "that this user may use it over SSH") from None
         try:
             free[h.name] = virt.free_memory_mib(conn)
             if h.network is not None and not virt.network_active(conn, h.network):
-                raise ScenarioError(sc.path, f"libvirt_host[{i}].network", f"{h.network!r} is "
+                raise ScenarioError(sc.path, f"node[{i}].network", f"{h.network!r} is "
                                     f"not an active libvirt network on {h.name}",
                                     f"start it there (virsh -c {h.uri} net-start {h.network}), "
                                     "or name one that virsh net-list shows")

@@ -100,8 +100,8 @@ class _UnknownKey(Exception):
         self.hostname, self.key = hostname, key
 
 
-class Host:
-    """An SSH session to a hypervisor host, for SFTP and checksums."""
+class Remote:
+    """An SSH session to another node (a hypervisor host), for SFTP and checksums."""
 
     def __init__(self, name: str, uri: str, connect_tcp: Connector) -> None:
         self.name, self.target = name, Target.of(uri)
@@ -145,7 +145,7 @@ class Host:
     def close(self) -> None:
         self.client.close()
 
-    def __enter__(self) -> Host:
+    def __enter__(self) -> Remote:
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -209,7 +209,7 @@ class Host:
             if not stat.S_ISDIR(st.st_mode or 0) or not self._marked(folder):
                 raise ShipError(f"host {self.name}: {folder} is there and is not a folder vlab "
                                 "made (no " + MARKER + " in it): vlab neither writes into nor "
-                                "empties it; fix: give [[libvirt_host]] files = a folder of "
+                                "empties it; fix: give [[node]] files = a folder of "
                                 f"vlab's own (the default is {SHIP_DIR})")
 
     def _marked(self, folder: str) -> bool:

@@ -27,7 +27,7 @@ Conn = Any  # libvirt.virConnect; the bindings ship no type information
 def _fix_for(err: libvirt.libvirtError) -> str:
     code, text = err.get_error_code(), str(err)
     if code in (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_SYSTEM_ERROR) and "socket" in text:
-        return "start libvirtd, or let vlab start its isolated lab host: vlab host up"
+        return "start libvirtd, or let vlab start its isolated lab host: vlab lab-host up"
     if "Permission denied" in text:
         return ("QEMU runs as libvirt-qemu: make the kernel, initrd and their folders readable "
                 "by it (chmod o+rx on each folder, o+r on the files)")

@@ -35,7 +35,7 @@ NETNS = "vlab-host"
 # A lab's NFS server has a network namespace of its own, joined to the lab bridge, at the lab
 # network's .2 (the lab host is .1, DHCP and TFTP; terminals from .10): there it listens where
 # a site's server does, so root paths and mount options are a site's. (Not for labs with
-# [[libvirt_host]]s: their terminals reach the server through the lab host's namespace.)
+# [[node]]s: their terminals reach the server through the lab host's namespace.)
 NFS_PORT = 2049
 NFS40_RE = re.compile(r"(?<![\w.])(?:nfs)?vers=4\.0(?![\d.])|(?<![\w.])minorversion=0\b")
 MOUNT_PORT = 20048  # mountd's usual port (nfs-utils' nfs.conf), found through rpcbind
@@ -97,7 +97,7 @@ class TerminalPlan:
 
 @dataclass(frozen=True)
 class NodePlan:
-    """A node of the lab: the lab host itself (LOCAL), or one of its [[libvirt_host]]s."""
+    """A node of the lab: the lab host itself (LOCAL), or one of its [[node]]s."""
 
     name: str
     uri: str
@@ -128,7 +128,7 @@ class NodePlan:
 class LabPlan:
     """Every decision about a lab; what follows from these fields is a property."""
 
-    lab: str
+    name: str  # the lab's name
     scenario: Path
     uri: str
     lab_host: LabHostMode
@@ -165,8 +165,8 @@ class LabPlan:
     # Twins of a site with its own NFS server ([pxe] nfs_server): the files they boot name
     # that address, and in the lab vlab's server answers at it (and is their router).
     stand_in: str | None = None
-    # The PXE trees: `vlab pxe`'s, of the scenario's [[host]]s; the lab's own, of its
-    # boot = "pxe" terminals (in tftp_root). None: no such machine.
+    # The PXE trees: `vlab pxe`'s, of the scenario's [[machine]]s; the lab's own, of its
+    # boot = "pxe" terminals (in tftp_dir). None: no such machine.
     site: Site | None = None
     tftp_tree: Site | None = None
 
@@ -253,7 +253,7 @@ class LabPlan:
         return self.lab_dir / "nfs"
 
     @property
-    def tftp_root(self) -> Path:  # only for terminals with boot = "pxe"
+    def tftp_dir(self) -> Path:  # only for terminals with boot = "pxe"
         return self.lab_dir / "tftp"
 
     @property

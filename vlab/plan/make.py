@@ -81,7 +81,7 @@ def make_plan(scenario: Scenario, dirs: Dirs, taken: Taken = NO_OTHER_LABS,
               attempt: int | None = None, placement: Placement | None = None, *,
               ssh_key: str = "", timeout: int | None = None, twins: bool = False) -> LabPlan:
     """The lab's plan. `ssh_key` goes on every command line; `timeout` overrides [lab]
-    timeout; with `twins`, the terminals are virtual twins of the [[host]] machines."""
+    timeout; with `twins`, the terminals are virtual twins of the [[machine]] machines."""
     lab = scenario.lab
     attempt, subnet, nfs_port, bridge = lease(lab, scenario.path, taken, attempt)
     if len(scenario.terminals) > subnet.num_addresses - 2 - FIRST_TERMINAL_HOST:
@@ -104,7 +104,7 @@ def make_plan(scenario: Scenario, dirs: Dirs, taken: Taken = NO_OTHER_LABS,
         return site(scenario, booters, server, option_port, str(export_path), str(subnet),
                     squash, ssh_key=key) if booters else None
 
-    hosts = tree(tuple(Booter(f"host[{i}]", m.name, m.mac, m.ip, m.root, m.cmdline, m.firmware)
+    hosts = tree(tuple(Booter(f"machine[{i}]", m.name, m.mac, m.ip, m.export, m.cmdline, m.firmware)
                        for i, m in enumerate(scenario.pxe.machines)))
     tftp_tree = None
     if twins:
@@ -112,14 +112,14 @@ def make_plan(scenario: Scenario, dirs: Dirs, taken: Taken = NO_OTHER_LABS,
     else:
         macs = pinned_macs(scenario, taken.macs)
         tftp_tree = tree(tuple(
-            Booter(f"terminal[{i}]", t.name, macs[t.name], _terminal_ip(subnet, i), t.root,
+            Booter(f"terminal[{i}]", t.name, macs[t.name], _terminal_ip(subnet, i), t.export,
                    t.cmdline, t.firmware)
             for i, t in enumerate(scenario.terminals) if t.boot is Boot.PXE), ssh_key)
         terminals = _terminals(scenario, subnet, server, option_port, export_path, lab_dir,
                                placement or place(scenario), macs, ssh_key, tftp_tree)
     _own_domains(scenario, terminals, taken, twins)
     return LabPlan(
-        lab=lab.name,
+        name=lab.name,
         scenario=scenario.path,
         uri=lab.uri,
         # vlab's isolated lab host runs QEMU only: a Xen lab needs the Xen host's libvirtd.
@@ -218,12 +218,12 @@ def _terminals(scenario: Scenario, subnet: ipaddress.IPv4Network, nfs_server: st
     terminals = []
     for i, t in enumerate(scenario.terminals):
         on = placement.get(t.name, LOCAL)
-        server, path = root_target(t.root, servers.get(on, nfs_server), str(export_path))
+        server, path = root_target(t.export, servers.get(on, nfs_server), str(export_path))
         dhcp_root = None
         if lab.root_via is RootVia.DHCP:
             dhcp_root = t.dhcp_root_path or root_path_by_dhcp(scenario, None, server, path,
                                                               options)
-        given = lab.root_via is RootVia.CMDLINE or t.root is not None
+        given = lab.root_via is RootVia.CMDLINE or t.export is not None
         words = by_pxe.get(t.name) or kernel_cmdline(
             scenario, server if given else None, path, options, [CONSOLE[lab.hypervisor]],
             t.cmdline, macs[t.name], ssh_key)

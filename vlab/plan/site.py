@@ -1,6 +1,6 @@
 """The plan of a PXE tree: each PXE-booting machine's name, MAC, address, firmware and kernel
 command line, built once by the command-line builder. Pure; a part of the plan (plan.py makes
-one for the scenario's [[host]]s and one for the lab's own boot = "pxe" terminals)."""
+one for the scenario's [[machine]]s and one for the lab's own boot = "pxe" terminals)."""
 
 from __future__ import annotations
 
@@ -24,13 +24,13 @@ CONSOLES = ["console=tty0", "console=ttyS0"]  # the screen, and the serial line 
 
 @dataclass(frozen=True)
 class Booter:
-    """What the scenario says of one PXE-booting machine: a [[host]] or a terminal."""
+    """What the scenario says of one PXE-booting machine: a [[machine]] or a terminal."""
 
-    key: str  # where the scenario names it: "host[1]", "terminal[0]"
+    key: str  # where the scenario names it: "machine[1]", "terminal[0]"
     name: str
     mac: str
     ip: ipaddress.IPv4Address | None
-    root: str | None  # the page's root=[SERVER:]/path override
+    export: str | None  # the export it mounts instead of the lab's (the page's root=SERVER:/path)
     cmdline: str  # the scenario's own words
     firmware: Firmware
 
@@ -99,8 +99,8 @@ def site(scenario: Scenario, booters: tuple[Booter, ...], nfs_server: str,
     by_dhcp = scenario.lab.root_via is RootVia.DHCP
 
     def cmdline(b: Booter | None) -> str:
-        b_server, path = root_target(b.root if b else None, server, export_path)
-        given = not by_dhcp or (b is not None and b.root is not None)
+        b_server, path = root_target(b.export if b else None, server, export_path)
+        given = not by_dhcp or (b is not None and b.export is not None)
         # vlab.pxe names the config file that booted the machine: its console shows which.
         extra = f"vlab.pxe={b.name if b else 'default'}"
         if b and b.cmdline:
@@ -109,14 +109,14 @@ def site(scenario: Scenario, booters: tuple[Booter, ...], nfs_server: str,
                                extra, b.mac if b else None, ssh_key if b else "")
         size = len(append_line(words).encode())
         if size > MAX_APPEND:
-            raise ScenarioError(scenario.path, f"{b.key}.cmdline" if b else "host",
+            raise ScenarioError(scenario.path, f"{b.key}.cmdline" if b else "machine",
                                 f"the APPEND line is {size} bytes; Linux takes at most "
                                 f"{MAX_APPEND}", "shorten the cmdline words")
         return words
 
     machines = tuple(MachinePlan(
         key=b.key, name=b.name, mac=b.mac, ip=str(b.ip) if b.ip else None, cmdline=cmdline(b),
-        root_path=root_path_by_dhcp(scenario, b.root, server, export_path, options),
+        root_path=root_path_by_dhcp(scenario, b.export, server, export_path, options),
         firmware=b.firmware,
     ) for b in booters)
     return Site(server=server, subnet=subnet, export_path=export_path, root_squash=root_squash,

@@ -32,7 +32,7 @@ def report_to_junit(rep: dict[str, Any]) -> str:
         if units := t.get("failed_units"):  # booted, but these units of the image failed
             err = etree.SubElement(case, "system-err")
             err.text = _xml_text("systemd units that failed: " + ", ".join(units))
-        for c in t.get("checks", []):  # post-boot checks run over SSH: a testcase each
+        for c in t.get("probes", []):  # post-boot probes run over SSH: a testcase each
             check = etree.SubElement(suite, "testcase",
                                      classname=_xml_text(f"vlab.{rep['lab']}.{t['name']}"),
                                      name=_xml_text(c["name"]), time="0")

@@ -29,7 +29,7 @@ def report(plan: LabPlan, conns: dict[str, virt.Conn | None]) -> dict[str, Any]:
         conn = conns.get(t.node)
         terminals.append({
             "name": t.name,
-            "host": t.node,
+            "node": t.node,
             "domain": t.domain,
             "mac": t.mac,
             "ip": t.ip or terminal_address(t) or "",
@@ -38,7 +38,7 @@ def report(plan: LabPlan, conns: dict[str, virt.Conn | None]) -> dict[str, Any]:
             "verdict": r.get("name"),
             "seconds": r.get("seconds"),
             "booted_at": r.get("booted_at"),
-            "checks": r.get("checks", []),
+            "probes": r.get("probes", []),
             "line": r.get("line"),
             "failed_units": failed_units(r.get("line")),
             "console_log": str(t.console_log),
@@ -50,7 +50,7 @@ def report(plan: LabPlan, conns: dict[str, virt.Conn | None]) -> dict[str, Any]:
             # what the lab's servers logged about it: DHCP and TFTP lines (cause.py)
             "seen": r.get("seen", []),
         })
-    return {"lab": plan.lab, "scenario": str(plan.scenario), "terminals": terminals}
+    return {"lab": plan.name, "scenario": str(plan.scenario), "terminals": terminals}
 
 
 def status(plan: LabPlan) -> dict[str, Any]:
@@ -66,7 +66,7 @@ def status(plan: LabPlan) -> dict[str, Any]:
         except VirtError as err:
             unreachable[h.name] = err.detail
     out = report(plan, conns)
-    out["host"] = host.describe()
+    out["lab_host"] = host.describe()
     out["network"] = plan.network if conn and virt.network_active(conn, plan.network) else None
     out["nfs_server_pid"] = nfsserver.pid(plan)
     if out["network"] and plan.nfs_netns is not None:
@@ -78,5 +78,5 @@ def status(plan: LabPlan) -> dict[str, Any]:
 
 
 def all_ok(rep: dict[str, Any]) -> bool:
-    return all(t["verdict"] == OK and all(c["ok"] for c in t.get("checks", []))
+    return all(t["verdict"] == OK and all(c["ok"] for c in t.get("probes", []))
                for t in rep["terminals"])

@@ -1,10 +1,10 @@
 """The scenario model: a lab as the user wrote it, in frozen dataclasses and StrEnums.
 
-Only user configuration lives here: runtime state is in state.py, derived values in plan.py.
+Only user configuration lives here: runtime state is in state.py, derived values in plan/.
 The words: a *terminal* boots over NFS; the *lab host* is the libvirtd that runs the lab (the
-system one or vlab's isolated one, `[lab] host`); a *node* is a hypervisor host that runs some
-of its terminals (`[[libvirt_host]]`, or the lab host itself, LOCAL); a *machine* is a physical
-computer that PXE-boots the lab's root (`[[host]]`).
+system one or vlab's isolated one, `[lab] lab_host`); a *node* is a hypervisor host that runs some
+of its terminals (`[[node]]`, or the lab host itself, LOCAL); a *machine* is a physical
+computer that PXE-boots the lab's root (`[[machine]]`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Hypervisor(StrEnum):
 
 
 class LabHostMode(StrEnum):
-    """`[lab] host`: which libvirtd runs the lab."""
+    """`[lab] lab_host`: which libvirtd runs the lab."""
 
     AUTO = "auto"
     SYSTEM = "system"
@@ -162,7 +162,7 @@ class Terminal:
     mac: str | None
     memory: int
     vcpus: int
-    root: str | None
+    export: str | None  # the page's root=SERVER:/path override
     dhcp_root_path: str | None
     cmdline: str
     node: str | None = None  # a node's name or LOCAL (the key is `host`); None: placed by vlab
@@ -177,19 +177,19 @@ class Terminal:
 
 @dataclass(frozen=True)
 class Machine:
-    """A physical computer that PXE-boots the lab's root (`[[host]]`, vlab pxe)."""
+    """A physical computer that PXE-boots the lab's root (`[[machine]]`, vlab pxe)."""
 
     name: str
     mac: str
     ip: ipaddress.IPv4Address | None
-    root: str | None
+    export: str | None  # the page's root=SERVER:/path override
     cmdline: str
     firmware: Firmware = Firmware.BIOS
 
 
 @dataclass(frozen=True)
 class Node:
-    """Another hypervisor host the lab's terminals may run on (`[[libvirt_host]]`)."""
+    """Another hypervisor host the lab's terminals may run on (`[[node]]`)."""
 
     name: str
     uri: str  # qemu+ssh://[user@]host[:port]/system[?keyfile=...]
@@ -210,7 +210,7 @@ class Pxe:
 
 
 @dataclass(frozen=True)
-class Check:
+class Probe:
     """A command that must succeed over SSH on every terminal once it is up."""
 
     name: str
@@ -229,5 +229,5 @@ class Scenario:
     initrd: Initrd
     terminals: tuple[Terminal, ...]
     pxe: Pxe
-    checks: tuple[Check, ...] = ()
+    probes: tuple[Probe, ...] = ()
     nodes: tuple[Node, ...] = ()

@@ -1,4 +1,4 @@
-"""`[[libvirt_host]]` tables: the other nodes (hypervisor hosts) a lab's terminals run on,
+"""`[[node]]` tables: the other nodes (hypervisor hosts) a lab's terminals run on,
 and where the scenario places its terminals among them."""
 
 from __future__ import annotations
@@ -49,22 +49,22 @@ def check_uri_query(t: Table, key: str, uri: str) -> None:
 
 
 def nodes(top: Table, lab: Lab) -> tuple[Node, ...]:
-    raw = top.tables("libvirt_host", "write each hypervisor host as a [[libvirt_host]] table")
+    raw = top.tables("node", "write each other hypervisor host as a [[node]] table")
     if raw and lab.hypervisor is Hypervisor.XEN:
-        raise top.error("libvirt_host", "several hosts are for QEMU/KVM labs",
-                        "remove the [[libvirt_host]] tables, or use hypervisor = \"qemu\"")
+        raise top.error("node", "other nodes are for QEMU/KVM labs",
+                        "remove the [[node]] tables, or use hypervisor = \"qemu\"")
     if raw and lab.root_via is RootVia.DHCP:
         raise top.error("lab.root_via", '"dhcp" hands out the root from the lab\'s own DHCP '
-                        "server, which terminals on other hosts do not reach",
-                        'use root_via = "cmdline" with [[libvirt_host]] tables')
+                        "server, which terminals on other nodes do not reach",
+                        'use root_via = "cmdline" with [[node]] tables')
     found: list[Node] = []
     names: dict[str, int] = {}
     for i, item in enumerate(raw):
-        t = Table(top.file, f"libvirt_host[{i}]", item, KEYS)
+        t = Table(top.file, f"node[{i}]", item, KEYS)
         name = t.name("name", t.get("name", str))
         if name == LOCAL or name in names:
             raise t.error("name", f"{name!r} is also the name of " + (
-                "the lab's own host" if name == LOCAL else f"libvirt_host[{names[name]}]"),
+                "the lab host" if name == LOCAL else f"node[{names[name]}]"),
                 "give every host its own name")
         names[name] = i
         found.append(_node(t, name))
@@ -76,7 +76,7 @@ def _node(t: Table, name: str) -> Node:
     if not (parts := SSH_URI_RE.fullmatch(uri)):
         raise t.error("uri", f"{uri!r} is not a qemu+ssh:// URI of another host",
                       "write it like \"qemu+ssh://root@host.example/system\" (vlab ships the "
-                      "kernel and initrd over the same SSH; the lab's own host is [lab] uri)")
+                      "kernel and initrd over the same SSH; the lab host is [lab] uri)")
     check_uri_query(t, "uri", uri)
     port = parts.group(3)
     if port is not None and not 0 < int(port[1:]) < 65536:
@@ -125,24 +125,24 @@ def check_placement(path: Path, terminals: tuple[Terminal, ...], found: tuple[No
     for i, t in enumerate(terminals):
         if t.node is None:
             continue
-        key = f"terminal[{i}].host"
+        key = f"terminal[{i}].node"
         if t.node not in known:
             close = difflib.get_close_matches(t.node, sorted(known), n=1)
-            raise ScenarioError(path, key, f"{t.node!r} is not a host of this lab",
+            raise ScenarioError(path, key, f"{t.node!r} is not a node of this lab",
                                 f"did you mean '{close[0]}'?" if close else "use one of "
                                 + ", ".join(f'"{k}"' for k in sorted(known))
-                                + " ([[libvirt_host]] names, or the lab's own)")
+                                + " ([[node]] names, or the lab's own)")
         if t.node != LOCAL and t.boot is Boot.PXE:
             raise ScenarioError(path, key, f"{t.node!r}: a PXE terminal boots from the lab's "
-                                "own network (its TFTP tree)", 'leave host out, or use boot = '
+                                "own network (its TFTP tree)", 'leave node out, or use boot = '
                                 '"kernel"')
         if t.node != LOCAL and t.firmware is not Firmware.BIOS:
-            raise ScenarioError(path, key, f"{t.node!r}: a UEFI terminal runs on the lab's own "
+            raise ScenarioError(path, key, f"{t.node!r}: a UEFI terminal runs on the lab "
                                 "host (OVMF and its variable store are there)",
-                                'leave host out, or leave firmware out')
+                                'leave node out, or leave firmware out')
         placed[t.node] = placed.get(t.node, 0) + 1
     for i, h in enumerate(found):
         if h.capacity is not None and placed.get(h.name, 0) > h.capacity:
-            raise ScenarioError(path, f"libvirt_host[{i}].capacity", f"{h.capacity}, but "
-                                f"{placed[h.name]} terminals name host {h.name!r}",
-                                "raise capacity, or put some terminals on other hosts")
+            raise ScenarioError(path, f"node[{i}].capacity", f"{h.capacity}, but "
+                                f"{placed[h.name]} terminals name node {h.name!r}",
+                                "raise capacity, or put some terminals on other nodes")

@@ -20,7 +20,6 @@ from vlab.scenario.model import (
     UEFI_PXE_MEMORY,
     AfterBoot,
     Boot,
-    Check,
     Firmware,
     Hypervisor,
     Initrd,
@@ -31,6 +30,7 @@ from vlab.scenario.model import (
     LabHostMode,
     NfsVersion,
     NicDriver,
+    Probe,
     Root,
     RootSource,
     RootVia,
@@ -57,8 +57,8 @@ def load(path: Path) -> Scenario:
 
 
 def parse(path: Path, data: Mapping[str, Any]) -> Scenario:
-    top = Table(path, "", data, ("lab", "root", "kernel", "initrd", "terminal", "pxe", "host",
-                                 "check", "libvirt_host"))
+    top = Table(path, "", data, ("lab", "root", "kernel", "initrd", "terminal", "pxe", "machine",
+                                 "probe", "node"))
     root = _root(Table(path, "root", top.sub("root", {}), _ROOT_KEYS))
     initrd_t = Table(path, "initrd", top.sub("initrd", {}), ("builder", "nic_drivers"))
     initrd = Initrd(
@@ -71,33 +71,33 @@ def parse(path: Path, data: Mapping[str, Any]) -> Scenario:
     pxe = machine_tables.pxe(top, lab.subnet)
     terminals = _terminals(top, initrd.nic_drivers, lab.hypervisor,
                            required=not pxe.machines)
-    checks = _checks(top, root)
+    probes = _probes(top, root)
     found = node_tables.nodes(top, lab)
     node_tables.check_placement(path, terminals, found)
     return Scenario(path=path, lab=lab, root=root, kernel=kernel, initrd=initrd,
-                    terminals=terminals, pxe=pxe, checks=checks, nodes=found)
+                    terminals=terminals, pxe=pxe, probes=probes, nodes=found)
 
 
-def _checks(top: Table, root: Root) -> tuple[Check, ...]:
-    raw = top.tables("check", 'write each as [[check]] name = "nfs root" run = "..."')
+def _probes(top: Table, root: Root) -> tuple[Probe, ...]:
+    raw = top.tables("probe", 'write each as [[probe]] name = "nfs root" run = "..."')
     if raw and root.source not in (RootSource.BUSYBOX, RootSource.DEBIAN):
-        raise top.error("check", f'runs over SSH, which vlab sets up in the roots it '
+        raise top.error("probe", f'runs over SSH, which vlab sets up in the roots it '
                         f'builds (busybox, debian), not in source = "{root.source.value}"',
-                        'remove the [[check]] tables, or use a busybox or debian root')
-    checks: list[Check] = []
+                        'remove the [[probe]] tables, or use a busybox or debian root')
+    probes: list[Probe] = []
     names: dict[str, int] = {}
     for i, item in enumerate(raw):
-        t = Table(top.file, f"check[{i}]", item, ("name", "run", "expect"))
+        t = Table(top.file, f"probe[{i}]", item, ("name", "run", "expect"))
         name = t.get("name", str)
         if not name.strip() or name in names:
-            raise t.error("name", f"{name!r} is empty or also the name of check"
-                          f"[{names.get(name, '?')}]", "give every check its own name")
+            raise t.error("name", f"{name!r} is empty or also the name of probe"
+                          f"[{names.get(name, '?')}]", "give every probe its own name")
         names[name] = i
         run = t.get("run", str)
         if not run.strip():
             raise t.error("run", "is empty", 'give a shell command, e.g. run = "touch /tmp/x"')
-        checks.append(Check(name=name, run=run, expect=t.get("expect", str, "") or None))
-    return tuple(checks)
+        probes.append(Probe(name=name, run=run, expect=t.get("expect", str, "") or None))
+    return tuple(probes)
 
 
 # Trees of the machine's own system: no folder in them is a terminal's root. (/usr/local and
@@ -274,7 +274,7 @@ def _check_builder(path: Path, root: Root, kernel: Kernel, initrd: Initrd, lab: 
                             "NFSv2/v3", 'use nfs_version = "3" (the default with this builder)')
 
 
-_LAB_KEYS = ("name", "hypervisor", "uri", "host", "nfs_version", "timeout", "stall", "subnet",
+_LAB_KEYS = ("name", "hypervisor", "uri", "lab_host", "nfs_version", "timeout", "stall", "subnet",
              "root_via")
 
 
@@ -298,14 +298,15 @@ def _lab(t: Table, builder: InitrdBuilder) -> Lab:
                       f'"{hypervisor.value}")', f'use "{driver}:///system" (or '
                       f"{driver}+ssh://user@host/system)")
     node_tables.check_uri_query(t, "uri", uri)
-    if xen and t.data.get("host") == LabHostMode.ISOLATED.value:
-        raise t.error("host", '"isolated" starts a QEMU libvirtd, which cannot run Xen guests',
-                      'use host = "system" (the Xen host\'s libvirtd) or leave host out')
+    if xen and t.data.get("lab_host") == LabHostMode.ISOLATED.value:
+        raise t.error("lab_host", '"isolated" starts a QEMU libvirtd, which cannot run Xen guests',
+                      'use lab_host = "system" (the Xen host\'s libvirtd) or leave lab_host '
+                      'out')
     return Lab(
         name=t.name("name", t.get("name", str)),
         hypervisor=hypervisor,
         uri=uri,
-        lab_host=t.choice("host", LabHostMode, LabHostMode.AUTO),
+        lab_host=t.choice("lab_host", LabHostMode, LabHostMode.AUTO),
         nfs_version=_nfs_version(t, builder),
         timeout=t.int_in("timeout", 120, 10, 3600, " s"),
         stall=t.int_in("stall", 45, 5, 3600, " s"),
@@ -350,8 +351,8 @@ def _nic_drivers(t: Table, xen: bool) -> tuple[NicDriver, ...]:
     return tuple(drivers)
 
 
-_TERMINAL_KEYS = ("name", "boot", "nic", "mac", "memory", "vcpus", "root", "dhcp_root_path",
-                  "cmdline", "host", "firmware")
+_TERMINAL_KEYS = ("name", "boot", "nic", "mac", "memory", "vcpus", "export", "dhcp_root_path",
+                  "cmdline", "node", "firmware")
 DHCP_ROOT_RE = re.compile(r"^((nfs|nfs4):)?([0-9.]+:)?/[A-Za-z0-9._/-]*([:,][A-Za-z0-9=.,_-]+)?$")
 
 
@@ -395,7 +396,7 @@ def _terminals(top: Table, nics: tuple[NicDriver, ...], hypervisor: Hypervisor,
             raise t.error("mac", f"{mac!r} is outside {hypervisor.value}'s range {prefix}",
                           f'use a MAC that starts with {prefix}, e.g. "{prefix}:12:34:56", '
                           "or leave it out to pin one")
-        root = t.root_override()
+        export = t.export()
         dhcp_root = t.get("dhcp_root_path", str, "") or None
         if dhcp_root is not None and not DHCP_ROOT_RE.fullmatch(dhcp_root):
             raise t.error("dhcp_root_path", f"{dhcp_root!r} is not a DHCP root path",
@@ -421,8 +422,8 @@ def _terminals(top: Table, nics: tuple[NicDriver, ...], hypervisor: Hypervisor,
         terminals.append(Terminal(
             name=name, boot=boot, nic=nic, mac=mac, memory=memory,
             vcpus=t.int_in("vcpus", 1, 1, 64),
-            root=root, dhcp_root_path=dhcp_root, cmdline=cmdline,
-            node=t.get("host", str, "") or None, firmware=firmware,
+            export=export, dhcp_root_path=dhcp_root, cmdline=cmdline,
+            node=t.get("node", str, "") or None, firmware=firmware,
         ))
     return tuple(terminals)
 

@@ -23,12 +23,28 @@ CMDLINE_BAD_RE = re.compile(r"[^A-Za-z0-9 ._,:=/+@%-]")
 IFACE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
+# Keys vlab renamed (issue 28: one word per concept), by table ("" the top level): a scenario
+# that still uses one is told the new name.
+RENAMED = {
+    "": {"host": "machine", "libvirt_host": "node", "check": "probe"},
+    "lab": {"host": "lab_host"},
+    "terminal": {"host": "node", "root": "export"},
+    "machine": {"root": "export"},
+}
+
+
 class Table:
     """One TOML table, read key by key, so every error can name `table.key`."""
 
     def __init__(self, file: Path, prefix: str, data: Mapping[str, Any], known: tuple[str, ...]):
         self.file, self.prefix, self.data = file, prefix, data
+        renamed = RENAMED.get(prefix.split("[")[0], {})
         for key in data:
+            if key in renamed and key not in known:
+                new = renamed[key]
+                old, now = ((f"[[{key}]]", f"[[{new}]]") if not prefix else (key, new))
+                raise ScenarioError(file, self.key(key), f"{old} is now called {now}",
+                                    f"rename {old} to {now}")
             if key not in known:
                 close = difflib.get_close_matches(key, known, n=1)
                 fix = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}"
@@ -155,17 +171,18 @@ class Table:
         seen[mac] = index
         return mac
 
-    def root_override(self) -> str | None:
-        """The page's root=SERVER:/path override (of a terminal or a machine), or None."""
-        root = self.get("root", str, "") or None
+    def export(self) -> str | None:
+        """The export a terminal or a machine mounts instead of the lab's (the page's
+        root=SERVER:/path override), or None."""
+        root = self.get("export", str, "") or None
         if root is None:
             return None
         server, sep, path = root.rpartition(":")
         if not re.fullmatch(r"^/[A-Za-z0-9._/-]*$", path):
-            raise self.error("root", f"{root!r} is not an NFS root",
+            raise self.error("export", f"{root!r} is not an NFS export",
                              'write it as the page does: "SERVER-IP:/path" or "/path"')
         if sep and not re.fullmatch(r"^[0-9.]+$", server):
-            raise self.error("root", f"the server {server!r} is a name, but the initrd mounts "
+            raise self.error("export", f"the server {server!r} is a name, but the initrd mounts "
                              "before any name service runs", "give the server's IP address")
         return root
 

@@ -1,7 +1,7 @@
 """The lab host's firewall: nothing of a lab answers but on the lab's own bridge.
 
 A lab's dnsmasq (DHCP, TFTP, DNS) listens on the bridge's address, and Linux takes a packet
-for any of its addresses in on any interface: with `host = "system"`, a machine on the
+for any of its addresses in on any interface: with `lab_host = "system"`, a machine on the
 workstation's LAN that routes the lab's subnet through it could reach that dnsmasq. So each
 lab gets one rule in the lab host's INPUT chain that drops what is addressed to the lab's
 subnet and does not come in on the lab's bridge (and the same for its IPv6 subnet, which a
@@ -20,7 +20,7 @@ from vlab.plan.lab import LabPlan
 
 
 def _rules(plan: LabPlan) -> list[list[str]]:
-    tag = ["-m", "comment", "--comment", f"vlab lab {plan.lab}"]
+    tag = ["-m", "comment", "--comment", f"vlab lab {plan.name}"]
     drop = ["!", "-i", plan.bridge, *tag, "-j", "DROP"]
     return [["iptables", "-w", "5", "{op}", "INPUT", "-d", str(plan.subnet), *drop],
             ["ip6tables", "-w", "5", "{op}", "INPUT", "-d", plan.ipv6_subnet, *drop]]
@@ -42,7 +42,7 @@ def guard(plan: LabPlan, netns: str | None, ipv6: bool) -> bool:
         run.run(_with(rule, "-I"), netns=netns, hint="the lab host's firewall (iptables)")
         added = True
         if not _present(rule, netns):
-            raise HostError(f"the firewall rule of lab {plan.lab} ({' '.join(rule[3:])}) is "
+            raise HostError(f"the firewall rule of lab {plan.name} ({' '.join(rule[3:])}) is "
                             "not in the INPUT chain after adding it; nothing of the lab was "
                             "started; fix: check iptables -S INPUT on the lab host")
     return added
@@ -70,7 +70,7 @@ def unguard(plan: LabPlan, netns: str | None) -> bool:
 
 
 def rules(netns: str | None) -> list[str]:
-    """Every vlab rule in the lab host's INPUT chains (for tests and `vlab host status`)."""
+    """Every vlab rule in the lab host's INPUT chains (for tests and `vlab lab-host status`)."""
     found = []
     for tool in ("iptables", "ip6tables"):
         listed = run.run([tool, "-w", "5", "-S", "INPUT"], netns=netns, check=False).stdout

@@ -100,7 +100,7 @@ def stop_rpcbind_if_unused(state_dir: Path) -> bool:
     """Stop the rpcbind vlab started once no lab has an NFSv3 server: none runs, and none is
     starting (its configuration is written, under the machine lock, before it asks for
     rpcbind; a lab coming up while another goes down keeps the rpcbind it registered with)."""
-    with state.machine_locked(state_dir):
+    with state.all_labs_locked(state_dir):
         pid_file = state_dir / RPCBIND_PID
         rpcbind = procs.read_pid(pid_file, "rpcbind")
         if rpcbind is None or any(
@@ -248,7 +248,7 @@ def start(plan: LabPlan, netns: str | None, state_dir: Path, image: Path | None)
             _start_own_rpcbind(plan, run_dir)
         argv, netns = _confined(plan, argv, run_dir, image), plan.nfs_netns
     else:
-        with state.machine_locked(state_dir):  # no other lab's down stops rpcbind meanwhile
+        with state.all_labs_locked(state_dir):  # no other lab's down stops rpcbind meanwhile
             conf.write_text(templates.ganesha_conf(plan))
             if plan.nfs_version is NfsVersion.V3:
                 ensure_rpcbind(netns, state_dir / RPCBIND_PID)

@@ -159,7 +159,7 @@ class _Folders:
             except OSError:
                 raise UsageError(f"{self.root / rel_dir} is not a folder (a link or a file "
                                  "there is not vlab's to follow or replace); fix: move it "
-                                 "away, or give vlab another --tftp-root") from None
+                                 "away, or give vlab another --tftp-dir") from None
             if made:
                 os.fchmod(fd, 0o755)
         self.fds[rel_dir] = fd
@@ -225,7 +225,7 @@ def write_tree(root: Path, texts: dict[str, str], copies: dict[str, Path],
         more = f" and {len(theirs) - 5} more" if len(theirs) > 5 else ""
         raise UsageError(f"{shown}{more}: vlab did not write (or someone changed since); "
                          "vlab replaces only its own files and wrote nothing; fix: move them "
-                         "away if vlab's may replace them, or give vlab a --tftp-root of its own")
+                         "away if vlab's may replace them, or give vlab a --tftp-dir of its own")
     folders = _Folders(root)
     try:
         for rel, data in pending.items():

@@ -69,11 +69,11 @@ def claim(sc: Scenario, dirs: Dirs, *, timeout: int | None = None,
     # a value that only shows in a rendered file is exit 2 with nothing made either.
     validated(all_artifacts(plan_for(sc, dirs, free, ssh_key=KEY_STANDIN,
                                             timeout=timeout, twins=twins)), dirs.cache)
-    with state.machine_locked(dirs.state):
+    with state.all_labs_locked(dirs.state):
         lab_dir = dirs.state / "labs" / sc.lab.name
         plan = plan_for(sc, dirs, free, timeout=timeout, twins=twins)
         # Not while another vlab works on this lab (LabBusy): that one's state is its own.
-        with state.locked(plan.lab_dir, plan.lab):
+        with state.locked(plan.lab_dir, plan.name):
             recorded = state.load(lab_dir).get("placement")
             state.update(plan.lab_dir, scenario=str(plan.scenario),
                          lease=state.lease_of(plan),

@@ -1,4 +1,4 @@
-"""`vlab down` and `vlab host down`: remove everything a lab created, on every node, from
+"""`vlab down` and `vlab lab-host down`: remove everything a lab created, on every node, from
 what its state recorded; safe to run any number of times, and after any failure."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from vlab.serve import firewall, nfsserver
 
 def down(plan: LabPlan, dirs: Dirs, say: Say) -> None:
     """Remove everything the lab created; safe to run any number of times."""
-    with state.locked(plan.lab_dir, plan.lab):
+    with state.locked(plan.lab_dir, plan.name):
         recorded = state.load(plan.lab_dir)
         on_node = where_domains_run(plan, recorded)
         left = down_other_nodes(plan, on_node, recorded.get("shipped", []), say)
@@ -45,7 +45,7 @@ def where_domains_run(plan: LabPlan, recorded: dict[str, Any]) -> dict[str, str]
     asked only for what was recorded: a lab never brought up is nobody's business there."""
     placement = recorded.get("placement", {})
     return {**{t.domain: t.node for t in plan.terminals if t.node == LOCAL},
-            **{domain_name(plan.lab, t): n for t, n in placement.items()}}
+            **{domain_name(plan.name, t): n for t, n in placement.items()}}
 
 
 def destroy_local(plan: LabPlan, recorded: dict[str, Any], domains: list[str],
@@ -54,7 +54,7 @@ def destroy_local(plan: LabPlan, recorded: dict[str, Any], domains: list[str],
     if host.mode == "down":
         return
     if firewall.unguard(plan, host.netns):
-        say(f"removed the firewall rules of lab {plan.lab}")
+        say(f"removed the firewall rules of lab {plan.name}")
     conn = virt.connect(plan.uri)
     # libvirt waits for each QEMU to exit: destroy them side by side.
     if domains:
@@ -82,7 +82,7 @@ def remove_local_files(plan: LabPlan, dirs: Dirs, recorded: dict[str, Any], say:
     if nfsserver.stop_rpcbind_if_unused(dirs.state):
         say("stopped rpcbind")
     shutil.rmtree(plan.kernel_path.parent, ignore_errors=True)
-    shutil.rmtree(plan.tftp_root, ignore_errors=True)
+    shutil.rmtree(plan.tftp_dir, ignore_errors=True)
     shutil.rmtree(plan.lab_dir / "nvram", ignore_errors=True)  # UEFI guests' variable stores
     (plan.lab_dir / "exports").unlink(missing_ok=True)
     for path in cache.sweep(dirs.cache):
@@ -119,7 +119,7 @@ def down_other_nodes(plan: LabPlan, on_node: dict[str, str], shipped: list[str],
 
 def stop_host_if_unused(plan: LabPlan, dirs: Dirs, say: Say) -> None:
     """The isolated lab host that `up` started on demand goes when no lab uses it any more."""
-    with state.machine_locked(dirs.state):  # not while another lab is coming up
+    with state.all_labs_locked(dirs.state):  # not while another lab is coming up
         if not state.load(dirs.state, state.HOST_FILE).get("on_demand"):
             return
         if any((dirs.state / "labs").glob(f"*/{state.STATE}")):
@@ -141,7 +141,7 @@ def lab_host_down(netns: str, dirs: Dirs, say: Say) -> None:
 
 
 def everything_down(netns: str, dirs: Dirs, say: Say) -> None:
-    """`vlab host down`: every lab's terminals, networks and NFS servers, then the host."""
+    """`vlab lab-host down`: every lab's terminals, networks and NFS servers, then the host."""
     if labhost.status(netns).mode == "isolated":
         conn = virt.connect("qemu:///system")
         domains, networks = virt.names(conn, "vlab-")

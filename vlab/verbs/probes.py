@@ -1,4 +1,4 @@
-"""Post-boot `[[check]]`s, and SSH sessions into terminals (`vlab ssh`)."""
+"""Post-boot `[[probe]]`s, and SSH sessions into terminals (`vlab ssh`)."""
 
 from __future__ import annotations
 
@@ -9,29 +9,29 @@ from vlab.nodes import labhost, reach, virt
 from vlab.plan.lab import LabPlan, TerminalPlan
 from vlab.progress import Say
 from vlab.report.status import terminal_address
-from vlab.scenario.model import Check, Scenario
+from vlab.scenario.model import Probe, Scenario
 from vlab.watch import sshkeys
 from vlab.watch.judge import Verdict
 
 Result = dict[str, Any]  # one check's name, command, ok, exit status and output
 
 
-def run_checks(sc: Scenario, plan: LabPlan, verdicts: dict[TerminalPlan, Verdict],
+def run_probes(sc: Scenario, plan: LabPlan, verdicts: dict[TerminalPlan, Verdict],
                say: Say) -> dict[str, list[Result]]:
-    """The scenario's [[check]] commands, over SSH, on every terminal that booted."""
-    if not sc.checks:
+    """The scenario's [[probe]] commands, over SSH, on every terminal that booted."""
+    if not sc.probes:
         return {}
 
     def one(t: TerminalPlan) -> list[Result]:
         if not verdicts[t].ok:
-            return _not_run(sc.checks, f"the terminal's verdict is {verdicts[t].name}")
+            return _not_run(sc.probes, f"the terminal's verdict is {verdicts[t].name}")
         try:
             session = ssh_session(plan, t)
         except sshkeys.SshError as err:  # booted, but no way in: each check fails, saying why
-            say(f"{t.name}: checks not run: {err}")
-            return _not_run(sc.checks, str(err))
+            say(f"{t.name}: probes not run: {err}")
+            return _not_run(sc.probes, str(err))
         try:
-            return [_run(session, c, t.name, say) for c in sc.checks]
+            return [_run(session, c, t.name, say) for c in sc.probes]
         finally:
             session.close()
 
@@ -39,7 +39,7 @@ def run_checks(sc: Scenario, plan: LabPlan, verdicts: dict[TerminalPlan, Verdict
         return {t.name: done for t, done in zip(verdicts, pool.map(one, verdicts), strict=True)}
 
 
-def _run(session: sshkeys.Session, c: Check, name: str, say: Say) -> Result:
+def _run(session: sshkeys.Session, c: Probe, name: str, say: Say) -> Result:
     status, output = session.run(c.run)
     ok = status == 0 and (c.expect is None or c.expect in output)
     say(f"{name}: check {c.name!r}: " + ("ok" if ok else f"FAILED (exit {status}" + (
@@ -47,9 +47,9 @@ def _run(session: sshkeys.Session, c: Check, name: str, say: Say) -> Result:
     return {"name": c.name, "run": c.run, "ok": ok, "status": status, "output": output}
 
 
-def _not_run(checks: tuple[Check, ...], why: str) -> list[Result]:
+def _not_run(probes: tuple[Probe, ...], why: str) -> list[Result]:
     return [{"name": c.name, "run": c.run, "ok": False, "status": None,
-             "output": f"not run: {why}"} for c in checks]
+             "output": f"not run: {why}"} for c in probes]
 
 
 # A terminal prints its host key once its SSH server listens, after its ready line (busybox:

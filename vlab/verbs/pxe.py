@@ -1,5 +1,5 @@
 """`vlab pxe`: the TFTP tree and site snippets for the scenario's physical machines, and
-`--check`: a virtual twin of each boots through the very files written, in the same sequence
+`--twins`: a virtual twin of each boots through the very files written, in the same sequence
 as `vlab up` boots a lab."""
 
 from __future__ import annotations
@@ -28,28 +28,28 @@ from vlab.verbs.up import (
 )
 
 
-def pxe(plan: LabPlan, dirs: Dirs, tftp_root: Path, say: Say, *, write: bool = True,
-        check: bool = False) -> tuple[tftp.Changes, dict[str, Any] | None]:
+def pxe(plan: LabPlan, dirs: Dirs, tftp_dir: Path, say: Say, *, write: bool = True,
+        twins: bool = False) -> tuple[tftp.Changes, dict[str, Any] | None]:
     """Build the root, kernel and initrd; write the tree (unless not `write`); boot the twins
-    through it when `check` (a plan made with twins=True), then tear them down, whatever
-    happened (a twin is a check, not a lab to look at)."""
+    through it when `twins` (a plan made with twins=True), then tear them down, whatever
+    happened (a twin is a proof, not a lab to look at)."""
     assert plan.site is not None
     tftp.bootloaders()  # nothing is built when a loader is missing
     try:
-        if check:
+        if twins:
             check_firmware(plan)
-        with state.locked(plan.lab_dir, plan.lab):
-            if check:
-                state.update(plan.lab_dir, scenario=str(plan.scenario), status="pxe-check")
+        with state.locked(plan.lab_dir, plan.name):
+            if twins:
+                state.update(plan.lab_dir, scenario=str(plan.scenario), status="pxe-twins")
             build_nfs_root(plan, dirs, say)
             k, img = build_boot_files(plan, dirs, say)
             changes = tftp.Changes()
             if write:
-                changes = write_tftp_tree(plan.scenario, tftp_root, plan.site, k, img)
-                say(f"TFTP tree {tftp_root}: {len(changes.written)} written, "
+                changes = write_tftp_tree(plan.scenario, tftp_dir, plan.site, k, img)
+                say(f"TFTP tree {tftp_dir}: {len(changes.written)} written, "
                     f"{len(changes.removed)} removed, {changes.unchanged} unchanged "
                     f"({len(plan.site.machines)} hosts)")
-            if not check:
+            if not twins:
                 return changes, None
             netns = start_lab_host(plan, dirs, say)
             with connected(plan) as conns:
@@ -57,14 +57,14 @@ def pxe(plan: LabPlan, dirs: Dirs, tftp_root: Path, say: Say, *, write: bool = T
                     say(f"twins: their files name your NFS server {plan.stand_in} ([pxe] "
                         f"nfs_server); in the lab, vlab's own server answers at "
                         f"{plan.stand_in} with the same tree at the same path "
-                        f"{plan.export_path}, so the check proves the files, loaders, kernel, "
+                        f"{plan.export_path}, so the twins prove the files, loaders, kernel, "
                         "initrd and the mount they name, not your server's exports "
                         "(vlab-site/exports is that line)")
-                started, verdicts = boot(plan, dirs, k, netns, conns, say, tftp_root)
+                started, verdicts = boot(plan, dirs, k, netns, conns, say, tftp_dir)
                 save_results(plan, started, verdicts)
                 rep = report(plan, conns)
     except BaseException:
-        if check:  # the twins' claim, boot files and whatever of the lab started
+        if twins:  # the twins' claim, boot files and whatever of the lab started
             with contextlib.suppress(Exception):
                 down(plan, dirs, lambda _text: None)
         raise
@@ -72,21 +72,21 @@ def pxe(plan: LabPlan, dirs: Dirs, tftp_root: Path, say: Say, *, write: bool = T
     return changes, rep
 
 
-def refuse_check(scenario: Scenario, dirs: Dirs, tftp_root: Path) -> None:
-    """Before anything is made for a check: the lab is not up (its twins would take its
+def refuse_twins(scenario: Scenario, dirs: Dirs, tftp_dir: Path) -> None:
+    """Before anything is made for twins: the lab is not up (its twins would take its
     place and their teardown its network and NFS server), and the twins' DHCP and TFTP
     server (dnsmasq, an unprivileged user) can reach the tree."""
     lab_dir = dirs.state / "labs" / scenario.lab.name
     status = state.load(lab_dir).get("status")
-    if (lab_dir / state.STATE).exists() and status != "pxe-check":
+    if (lab_dir / state.STATE).exists() and status != "pxe-twins":
         raise UsageError(f"lab {scenario.lab.name} is {status or 'recorded'} (vlab up); "
-                         "vlab pxe --check boots its twins as that lab and would take its "
-                         f"place; fix: vlab down {scenario.path} first, or check from a copy "
-                         "of the scenario with another [lab] name")
-    folder = tftp_root.absolute()
+                         "vlab pxe --twins boots its twins as that lab and would take its "
+                         f"place; fix: vlab down {scenario.path} first, or boot the twins from a "
+                         "copy of the scenario with another [lab] name")
+    folder = tftp_dir.absolute()
     for d in [folder, *folder.parents]:
         if d.exists() and not d.stat().st_mode & 0o001:
-            raise UsageError(f"--tftp-root {tftp_root}: {d} is mode {d.stat().st_mode & 0o7777:o}"
+            raise UsageError(f"--tftp-dir {tftp_dir}: {d} is mode {d.stat().st_mode & 0o7777:o}"
                              ", so the twins' TFTP server (dnsmasq, running unprivileged) "
-                             f"cannot reach the tree; fix: chmod o+x {d}, or give a --tftp-root "
+                             f"cannot reach the tree; fix: chmod o+x {d}, or give a --tftp-dir "
                              "in folders others may traverse")

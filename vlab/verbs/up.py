@@ -33,7 +33,7 @@ from vlab.scenario.model import (
     Scenario,
 )
 from vlab.serve import exportfs, firewall, nfsserver, tftp
-from vlab.verbs.probes import run_checks
+from vlab.verbs.probes import run_probes
 from vlab.watch.consoles import watch_consoles
 from vlab.watch.judge import (
     Verdict,
@@ -43,7 +43,7 @@ from vlab.watch.judge import (
 def up(scenario: Scenario, plan: LabPlan, dirs: Dirs, say: Say) -> dict[str, Any]:
     """Build what is missing, export the root, boot every terminal, return the report."""
     check_firmware(plan)
-    with state.locked(plan.lab_dir, plan.lab):
+    with state.locked(plan.lab_dir, plan.name):
         state.update(plan.lab_dir, scenario=str(plan.scenario), status="starting")
         build_nfs_root(plan, dirs, say)
         k, img = build_boot_files(plan, dirs, say)
@@ -52,11 +52,11 @@ def up(scenario: Scenario, plan: LabPlan, dirs: Dirs, say: Say) -> dict[str, Any
             if all(virt.domain_state(conns[t.node], t.domain) == "running"
                    for t in plan.terminals):
                 return already_up(plan, dirs, netns, conns, say)
-            tftp_root = write_lab_tftp_tree(plan, k, img, say)
-            started, verdicts = boot(plan, dirs, k, netns, conns, say, tftp_root)
-            checks = run_checks(scenario, plan, verdicts, say)
+            tftp_dir = write_lab_tftp_tree(plan, k, img, say)
+            started, verdicts = boot(plan, dirs, k, netns, conns, say, tftp_dir)
+            probes = run_probes(scenario, plan, verdicts, say)
             state.update(plan.lab_dir, status="up", artifacts=lab_digests(plan))
-            save_results(plan, started, verdicts, checks)
+            save_results(plan, started, verdicts, probes)
             return report(plan, conns)
 
 
@@ -80,20 +80,20 @@ def check_firmware(plan: LabPlan) -> None:
 
 
 def boot(plan: LabPlan, dirs: Dirs, k: kernel.Kernel, netns: str | None,
-         conns: dict[str, virt.Conn], say: Say, tftp_root: Path | None
+         conns: dict[str, virt.Conn], say: Say, tftp_dir: Path | None
          ) -> tuple[dict[TerminalPlan, float], dict[TerminalPlan, Verdict]]:
     """The seed page's boot, for a lab's terminals and for PXE twins alike: guard, export,
-    define the network (serving `tftp_root` by PXE), ship, boot, watch; when each terminal
+    define the network (serving `tftp_dir` by PXE), ship, boot, watch; when each terminal
     started, and its verdict."""
-    guard_lab(plan, netns, ipv6=tftp_root is not None)  # before anything of it answers
+    guard_lab(plan, netns, ipv6=tftp_dir is not None)  # before anything of it answers
     export_nfs_root(plan, dirs, netns, say)  # starts while the network is defined
-    define_network(plan, conns[LOCAL], say, tftp_root)
+    define_network(plan, conns[LOCAL], say, tftp_dir)
     join_lab_network(plan, netns)
     ship_boot_files(plan, k, say)
     create_terminals(plan, conns)
     wait_for_nfs_server(plan, say)
     started = boot_terminals(plan, conns, say)
-    return started, watch_consoles(plan, conns, started, say, tftp_root)
+    return started, watch_consoles(plan, conns, started, say, tftp_dir)
 
 
 def guard_lab(plan: LabPlan, netns: str | None, ipv6: bool) -> bool:
@@ -116,20 +116,20 @@ def already_up(plan: LabPlan, dirs: Dirs, netns: str | None, conns: dict[str, vi
         now = lab_digests(plan)
         changed = sorted(n for n in {*made, *now} if made.get(n) != now.get(n))
         if changed:
-            raise UsageError(f"lab {plan.lab} is up, made from another version of "
+            raise UsageError(f"lab {plan.name} is up, made from another version of "
                              f"{plan.scenario}: {', '.join(changed[:8])}"
                              + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
                              + f" would change; fix: vlab down {plan.scenario}, then vlab up "
                              "again (vlab does not change a lab under running terminals)")
-    if guard_lab(plan, netns, ipv6=plan.tftp_root.is_dir()):
-        say(f"lab {plan.lab} is up, but its firewall rule was gone: put back")
+    if guard_lab(plan, netns, ipv6=plan.tftp_dir.is_dir()):
+        say(f"lab {plan.name} is up, but its firewall rule was gone: put back")
     if nfsserver.pid(plan) is None:
-        say(f"lab {plan.lab} is up, but its NFS server is gone: starting it again")
+        say(f"lab {plan.name} is up, but its NFS server is gone: starting it again")
         export_nfs_root(plan, dirs, netns, say)
         join_lab_network(plan, netns)
         wait_for_nfs_server(plan, say)
         return report(plan, conns)
-    say(f"lab {plan.lab} is already up: nothing changed")
+    say(f"lab {plan.name} is already up: nothing changed")
     return report(plan, conns)
 
 
@@ -193,7 +193,7 @@ def build_boot_files(plan: LabPlan, dirs: Dirs, say: Say) -> tuple[kernel.Kernel
 
 
 def start_lab_host(plan: LabPlan, dirs: Dirs, say: Say) -> str | None:
-    with state.machine_locked(dirs.state):  # two labs coming up start one host
+    with state.all_labs_locked(dirs.state):  # two labs coming up start one host
         before = labhost.status(plan.netns)
         if before.mode == "down":
             say(f"lab host: starting an isolated libvirtd in network namespace {plan.netns}")
@@ -208,13 +208,13 @@ def write_lab_tftp_tree(plan: LabPlan, k: kernel.Kernel, img: Path, say: Say) ->
     """Terminals with boot = "pxe" boot through a TFTP tree of the lab's own."""
     if plan.tftp_tree is None:
         return None
-    write_tftp_tree(plan.scenario, plan.tftp_root, plan.tftp_tree, k, img)
-    say(f"PXE: TFTP tree {plan.tftp_root} for "
+    write_tftp_tree(plan.scenario, plan.tftp_dir, plan.tftp_tree, k, img)
+    say(f"PXE: TFTP tree {plan.tftp_dir} for "
         f"{', '.join(m.name for m in plan.tftp_tree.machines)}")
-    return plan.tftp_root
+    return plan.tftp_dir
 
 
-def write_tftp_tree(scenario: Path, tftp_root: Path, site: Site, k: kernel.Kernel,
+def write_tftp_tree(scenario: Path, tftp_dir: Path, site: Site, k: kernel.Kernel,
                     img: Path) -> tftp.Changes:
     pxe_config.refuse_unsigned_kernel(scenario, site, k.vmlinuz.read_bytes(), k.release)
     loaders = efi.loaders() if site.uefi else None
@@ -227,19 +227,19 @@ def write_tftp_tree(scenario: Path, tftp_root: Path, site: Site, k: kernel.Kerne
     # Boot): the PVH ELF is for direct kernel boot only.
     copies = {**tftp.bootloaders(), **(loaders.files if loaders else {}),
               KERNEL: k.vmlinuz, INITRD: img}
-    return tftp.write_tree(tftp_root, pxe_config.shared_files(site), copies,
+    return tftp.write_tree(tftp_dir, pxe_config.shared_files(site), copies,
                            pxe_config.machine_groups(site))
 
 
 def define_network(plan: LabPlan, conn: virt.Conn, say: Say,
-                   tftp_root: Path | None = None) -> None:
+                   tftp_dir: Path | None = None) -> None:
     say(f"network {plan.network}: bridge {plan.bridge}, {plan.subnet}, "
         f"{len([t for t in plan.terminals if t.ip])} pinned DHCP hosts"
-        + (f", PXE from {tftp_root}" if tftp_root else ""))
+        + (f", PXE from {tftp_dir}" if tftp_dir else ""))
     state.update(plan.lab_dir, network=plan.network)
     plan.dnsmasq_log.parent.mkdir(parents=True, exist_ok=True)
     plan.dnsmasq_log.unlink(missing_ok=True)  # this boot's, not the last one's
-    virt.start_network(conn, plan.network, templates.network_xml(plan, tftp_root))
+    virt.start_network(conn, plan.network, templates.network_xml(plan, tftp_dir))
 
 
 def export_nfs_root(plan: LabPlan, dirs: Dirs, netns: str | None, say: Say) -> None:
@@ -331,8 +331,8 @@ def boot_terminals(plan: LabPlan, conns: dict[str, virt.Conn],
 
 def save_results(plan: LabPlan, started: dict[TerminalPlan, float],
                  verdicts: dict[TerminalPlan, Verdict],
-                 checks: dict[str, list[dict[str, Any]]] | None = None) -> None:
+                 probes: dict[str, list[dict[str, Any]]] | None = None) -> None:
     # booted_at: seconds into the vlab command when the domain started (seconds count from it).
     state.save(plan.lab_dir, {t.name: {**asdict(v), "booted_at": round(started[t] - progress.T0, 2),
-                                       "checks": (checks or {}).get(t.name, [])}
+                                       "probes": (probes or {}).get(t.name, [])}
                               for t, v in verdicts.items()}, state.RESULTS)

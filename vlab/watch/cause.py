@@ -29,7 +29,7 @@ class Facts:
     nfs_running: bool  # the lab's nfs-ganesha still runs
     dhcp: bool  # the lab network's dnsmasq serves the terminal (not another host's network)
     dnsmasq_log: str  # what its dnsmasq logged ("" if nothing)
-    tftp_root: str = ""  # the tree the network serves, if any
+    tftp_dir: str = ""  # the tree the network serves, if any
 
 
 def _admitted(ip: str, clients: tuple[str, ...]) -> bool:
@@ -97,8 +97,8 @@ def explain(verdict: str, terminal: Mapping[str, object], facts: Facts) -> str |
                    if not own or not peer or peer in own]
         if missing:
             rel = missing[-1]
-            if facts.tftp_root and rel.startswith(facts.tftp_root):
-                rel = rel[len(facts.tftp_root):].lstrip("/")
+            if facts.tftp_dir and rel.startswith(facts.tftp_dir):
+                rel = rel[len(facts.tftp_dir):].lstrip("/")
             return f"TFTP: {rel} is not in the tree the lab serves (the server said: not found)"
     return None
 

@@ -40,7 +40,7 @@ SETTLE_SECONDS = 5.0
 
 def watch_consoles(plan: LabPlan, conns: dict[str, virt.Conn],
                    started: dict[TerminalPlan, float], say: Say,
-                   tftp_root: Path | None = None) -> dict[TerminalPlan, Verdict]:
+                   tftp_dir: Path | None = None) -> dict[TerminalPlan, Verdict]:
     ready = ready_line(plan)
     say(f"watching {len(started)} console(s) for the NFS root (timeout {plan.timeout} s)")
     stall = min(plan.stall, plan.timeout)
@@ -75,7 +75,7 @@ def watch_consoles(plan: LabPlan, conns: dict[str, virt.Conn],
         for d in deaths.values():
             d.close()
     # The causes once, while the lab's servers are as the boots left them.
-    verdicts = servers_side(plan, verdicts, tftp_root)
+    verdicts = servers_side(plan, verdicts, tftp_dir)
     say_verdicts(plan, verdicts, stall, say)
     return verdicts
 
@@ -100,7 +100,7 @@ def say_verdicts(plan: LabPlan, verdicts: dict[TerminalPlan, Verdict], stall: fl
 
 
 def servers_side(plan: LabPlan, verdicts: dict[TerminalPlan, Verdict],
-                 tftp_root: Path | None = None) -> dict[TerminalPlan, Verdict]:
+                 tftp_dir: Path | None = None) -> dict[TerminalPlan, Verdict]:
     """Each verdict with what the lab's servers saw of its terminal (its DHCP and TFTP
     lines) and, for a failure the servers saw too, its cause (cause.py)."""
     try:
@@ -110,7 +110,7 @@ def servers_side(plan: LabPlan, verdicts: dict[TerminalPlan, Verdict],
     lab = cause.Facts(export_path=str(plan.export_path),
                       nfs_clients=tuple(map(str, plan.nfs_clients)),
                       nfs_running=nfsserver.pid(plan) is not None, dhcp=True, dnsmasq_log=log,
-                      tftp_root=str(tftp_root or ""))
+                      tftp_dir=str(tftp_dir or ""))
     out = {}
     for t, v in verdicts.items():
         facts = replace(lab, dhcp=t.node == LOCAL)
