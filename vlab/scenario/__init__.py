@@ -1,6 +1,6 @@
 """Scenario files: the model (model.py, the words every other module imports), read from
-TOML once (read.py, table.py), with the `[[node]]` nodes (node_tables.py) and the `[[machine]]`
-machines (machine_tables.py)."""
+TOML once (read.py, table.py), with the `[[terminal]]`, `[[node]]` and `[[machine]]` tables
+(terminal_tables.py, node_tables.py, machine_tables.py)."""
 
 from vlab.scenario.model import Scenario
 from vlab.scenario.read import load, parse
