@@ -44,9 +44,11 @@ HOST_KEPT = (Path("/run/netns/vlab-host").exists()
              and not (Dirs.from_env().state / "host.json").exists())
 
 
-def vlab(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def vlab(*args: str, timeout: float = 600,
+         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `python -m vlab ARGS` from the checkout, its output captured as text."""
     return subprocess.run([*VLAB, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
 
 
 def plan_for(path: str) -> LabPlan:
@@ -265,9 +267,8 @@ def test_a_firewall_rule_that_cannot_be_put_in_place_fails_up_before_anything_an
     (fake / "iptables").chmod(0o755)
     lab_down.append("tests/scenarios/one.toml")
     plan = plan_for("tests/scenarios/one.toml")
-    proc = subprocess.run([*VLAB, "up", "tests/scenarios/one.toml"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"})
+    proc = vlab("up", "tests/scenarios/one.toml",
+                env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"})
     assert proc.returncode == 3, proc.stderr
     assert "refused by the test" in proc.stderr and "firewall" in proc.stderr, proc.stderr
     assert "export: nfs-ganesha" not in proc.stderr and "boot t1" not in proc.stderr

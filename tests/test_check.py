@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import ROOT
 from lxml import etree
-from test_boot import leftovers, plan_for
+from test_boot import leftovers, plan_for, vlab
 
 from vlab.report.junit import report_to_junit
 from vlab.watch.follow import Follower
@@ -43,9 +41,8 @@ def test_check_of_a_failing_lab_exits_1_writes_junit_and_leaves_nothing(
         tmp_path: Path, browser) -> None:  # type: ignore[no-untyped-def]
     path = "tests/scenarios/wrong-export.toml"
     junit, page = tmp_path / "out.xml", tmp_path / "report.html"
-    proc = subprocess.run([sys.executable, "-m", "vlab", "check", path, "--junit", str(junit),
-                           "--report", str(page), "--json", "--timeout", "60"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = vlab("check", path, "--junit", str(junit), "--report", str(page), "--json",
+                "--timeout", "60", timeout=300)
     assert proc.returncode == 1, proc.stderr
     (t,) = json.loads(proc.stdout)["terminals"]
     assert t["verdict"] == "nfs-no-such-export"
@@ -65,9 +62,7 @@ def test_check_of_a_failing_lab_exits_1_writes_junit_and_leaves_nothing(
 
 
 def test_check_of_a_bad_scenario_exits_2(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "vlab", "check",
-                           str(ROOT / "tests/bad/bad-uri.toml")], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    proc = vlab("check", str(ROOT / "tests/bad/bad-uri.toml"), timeout=60)
     assert proc.returncode == 2 and "lab.uri" in proc.stderr
 
 

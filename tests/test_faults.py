@@ -134,14 +134,14 @@ def test_gc_removes_what_a_lab_without_state_left(lab_down) -> None:  # type: ig
     proc, _rep = up(path)
     assert proc.returncode == 0, proc.stderr
     (plan.lab_dir / "state.json").unlink()  # as if someone wiped vlab's state
-    gc = subprocess.run([*VLAB, "gc"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    gc = vlab("gc", timeout=120)
     assert gc.returncode == 0, gc.stderr
     assert f"domain {plan.terminals[0].domain} (lab one)" in gc.stderr
     assert f"network {plan.network}" in gc.stderr
     assert "process" in gc.stderr and "ganesha" in gc.stderr
     assert f"network namespace {plan.nfs_netns}" in gc.stderr
     assert leftovers(plan) == []
-    again = subprocess.run([*VLAB, "gc"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    again = vlab("gc", timeout=60)
     assert again.returncode == 0 and "nothing to remove" in again.stdout
 
 
@@ -197,8 +197,7 @@ def test_sigkill_mid_build_of_a_cached_artifact_leaves_no_half_built_folder(
     time.sleep(0.3)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    down = subprocess.run([*VLAB, "down", path], cwd=ROOT, capture_output=True, text=True,
-                          env=env, timeout=120)
+    down = vlab("down", str(path), env=env, timeout=120)
     assert down.returncode == 0, down.stderr
     half = [p for p in (tmp_path / "cache").rglob(".*") if ".tmp-" in p.name]
     assert half == []

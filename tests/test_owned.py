@@ -13,6 +13,7 @@ from pathlib import Path
 import libvirt
 import pytest
 from conftest import ROOT
+from test_boot import vlab
 
 from vlab import procs
 from vlab.nodes import virt
@@ -131,9 +132,8 @@ def test_pxe_check_of_a_lab_that_is_up_is_refused_and_its_state_kept(tmp_path: P
     recorded = '{"status": "up", "domains": ["vlab-site-t1"], "network": "vlab-site"}'
     (lab_dir / "state.json").write_text(recorded)
     tftp_dir = tmp_path / "tftp"
-    proc = subprocess.run([sys.executable, "-m", "vlab", "pxe", "scenarios/site.toml",
-                           "--tftp-dir", str(tftp_dir), "--twins"], cwd=ROOT,
-                          env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    proc = vlab("pxe", "scenarios/site.toml", "--tftp-dir", str(tftp_dir), "--twins",
+                env=_env(tmp_path), timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "lab site is up" in proc.stderr and "vlab down" in proc.stderr
     assert (lab_dir / "state.json").read_text() == recorded
@@ -146,9 +146,8 @@ def test_pxe_check_into_a_tree_its_tftp_server_cannot_reach_makes_nothing(
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
     before = sorted(Path("/run/netns").iterdir()) if Path("/run/netns").exists() else []
-    proc = subprocess.run([sys.executable, "-m", "vlab", "pxe", "scenarios/site.toml",
-                           "--tftp-dir", str(private / "tftp"), "--twins"], cwd=ROOT,
-                          env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    proc = vlab("pxe", "scenarios/site.toml", "--tftp-dir", str(private / "tftp"), "--twins",
+                env=_env(tmp_path), timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert f"{private} is mode 700" in proc.stderr and "chmod o+x" in proc.stderr
     assert list(private.iterdir()) == []

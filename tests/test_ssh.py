@@ -93,8 +93,7 @@ def test_a_failing_check_fails_vlab_check_with_its_output_in_junit(
     lab_down.append(str(path))
     plan = plan_for(str(path))
     junit = tmp_path / "out.xml"
-    proc = subprocess.run([*VLAB, "check", str(path), "--junit", str(junit), "--json"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = vlab("check", str(path), "--junit", str(junit), "--json", timeout=300)
     assert proc.returncode == 1, proc.stderr
     assert "post-boot probe(s) failed: t1: root is writable, t2: root is writable" in proc.stderr
     rep = json.loads(proc.stdout)
