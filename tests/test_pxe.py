@@ -176,6 +176,8 @@ def test_virtual_twins_pxe_boot_through_the_written_tree(lab_down, browser) -> N
     rep = json.loads(proc.stdout)
     twins = {t["name"]: t for t in rep["twins"]["terminals"]}
     assert set(twins) == {"pxe-pc1", "pxe-pc2", "pxe-default"}
+    # The twins boot through up's own sequence: their lab got its firewall rule (issue 28).
+    assert rep["twins"]["firewall"] == "in place", rep["twins"]
     for t in twins.values():
         assert t["verdict"] == "ok", t
         assert t["proof"]["fstype"] == "nfs4"

@@ -12,7 +12,7 @@ from vlab import state
 from vlab.errors import UsageError
 from vlab.plan.lab import Dirs, LabPlan
 from vlab.progress import Say
-from vlab.report.status import report
+from vlab.report.status import status
 from vlab.scenario.model import Scenario
 from vlab.serve import tftp
 from vlab.verbs.down import down
@@ -62,7 +62,7 @@ def pxe(plan: LabPlan, dirs: Dirs, tftp_dir: Path, say: Say, *, write: bool = Tr
                         "(vlab-site/exports is that line)")
                 started, verdicts = boot(plan, dirs, k, netns, conns, say, tftp_dir)
                 save_results(plan, started, verdicts)
-                rep = report(plan, conns)
+                rep = status(plan)  # as `vlab status` sees the twins' lab, while it runs
     except BaseException:
         if twins:  # the twins' claim, boot files and whatever of the lab started
             with contextlib.suppress(Exception):
