@@ -8,7 +8,8 @@ import libvirt
 import pytest
 from conftest import plan_of
 
-from vlab.artifacts.catalog import all_artifacts, templates
+from vlab.artifacts import templates
+from vlab.artifacts.catalog import all_artifacts
 from vlab.scenario.model import InitrdBuilder, RootSource
 from vlab.verbs.render import artifacts
 

@@ -100,9 +100,9 @@ def make_plan(scenario: Scenario, dirs: Dirs, taken: Taken = NO_OTHER_LABS,
     nodes = _nodes(scenario, lab_dir)
     squash = root_squash(root.source)
 
-    def tree(booters: tuple[Booter, ...], key: str = "") -> Site | None:
+    def tree(booters: tuple[Booter, ...], lab_key: str = "") -> Site | None:
         return site(scenario, booters, server, option_port, str(export_path), str(subnet),
-                    squash, ssh_key=key) if booters else None
+                    squash, ssh_key=lab_key) if booters else None
 
     hosts = tree(tuple(Booter(f"machine[{i}]", m.name, m.mac, m.ip, m.export, m.cmdline, m.firmware)
                        for i, m in enumerate(scenario.pxe.machines)))

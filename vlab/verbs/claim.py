@@ -7,7 +7,7 @@ from pathlib import Path
 
 from vlab import state
 from vlab.artifacts import templates
-from vlab.artifacts.catalog import all_artifacts
+from vlab.artifacts.catalog import lab_artifacts
 from vlab.build import cache
 from vlab.nodes import labhost
 from vlab.nodes.reach import preflight
@@ -67,8 +67,8 @@ def claim(sc: Scenario, dirs: Dirs, *, timeout: int | None = None,
     free = preflight(sc)  # bad input: nothing created, not even the lease
     # Every artifact rendered and checked first, with a key as long as the lab's will be:
     # a value that only shows in a rendered file is exit 2 with nothing made either.
-    validated(all_artifacts(plan_for(sc, dirs, free, ssh_key=KEY_STANDIN,
-                                            timeout=timeout, twins=twins)), dirs.cache)
+    validated(lab_artifacts(plan_for(sc, dirs, free, ssh_key=KEY_STANDIN,
+                                timeout=timeout, twins=twins)), dirs.cache)
     with state.all_labs_locked(dirs.state):
         lab_dir = dirs.state / "labs" / sc.lab.name
         plan = plan_for(sc, dirs, free, timeout=timeout, twins=twins)

@@ -48,7 +48,7 @@ def pxe(plan: LabPlan, dirs: Dirs, tftp_dir: Path, say: Say, *, write: bool = Tr
                 changes = write_tftp_tree(plan.scenario, tftp_dir, plan.site, k, img)
                 say(f"TFTP tree {tftp_dir}: {len(changes.written)} written, "
                     f"{len(changes.removed)} removed, {changes.unchanged} unchanged "
-                    f"({len(plan.site.machines)} hosts)")
+                    f"({len(plan.site.machines)} machines)")
             if not twins:
                 return changes, None
             netns = start_lab_host(plan, dirs, say)

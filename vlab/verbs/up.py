@@ -35,9 +35,7 @@ from vlab.scenario.model import (
 from vlab.serve import exportfs, firewall, nfsserver, tftp
 from vlab.verbs.probes import run_probes
 from vlab.watch.consoles import watch_consoles
-from vlab.watch.judge import (
-    Verdict,
-)
+from vlab.watch.judge import Verdict
 
 
 def up(scenario: Scenario, plan: LabPlan, dirs: Dirs, say: Say) -> dict[str, Any]:
