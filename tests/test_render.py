@@ -14,8 +14,8 @@ from vlab.scenario.model import InitrdBuilder, RootSource
 from vlab.verbs.render import artifacts
 
 SCENARIOS = ["tiny", "e1000", "nfs3", "overlay", "debian-initramfs-tools", "debian-dracut",
-             "dhcp-root", "pxe-terminal", "uefi", "xen", "many-hosts", "site", "site-uefi",
-             "site-own-server"]
+             "dhcp-root", "pxe-terminal", "uefi", "xen", "xen-host", "many-hosts", "site",
+             "site-uefi", "site-own-server"]
 
 
 @pytest.mark.parametrize("name", SCENARIOS)

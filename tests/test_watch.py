@@ -677,7 +677,7 @@ def test_escapes_a_guest_prints_reach_the_operator_inert(
     say_verdicts(plan, {plan.terminals[0]: Verdict("nfs-mount-failed", 1.0, hostile)}, 45,
                  stderr_progress())
     _print_report({"lab": "esc", "terminals": [{
-        "name": "t1", "mac": "52:54:00:00:00:01", "ip": "", "state": "running",
+        "name": "t1", "node": "local", "mac": "52:54:00:00:00:01", "ip": "", "state": "running",
         "verdict": "nfs-mount-failed", "seconds": 1.0, "proof": None, "line": hostile,
         "console_log": "/x"}]})
     out, err = capsys.readouterr()

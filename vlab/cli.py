@@ -138,7 +138,7 @@ def _print_report(rep: dict[str, Any]) -> None:
     for t in rep["terminals"]:
         verdict = t["verdict"] or "-"
         secs = f" in {t['seconds']} s" if t["seconds"] is not None else ""
-        print(f"  {t['name']:<10} {t.get('host', 'local'):<8} {t['mac']}  {t['ip']:<15} "
+        print(f"  {t['name']:<10} {t['node']:<8} {t['mac']}  {t['ip']:<15} "
               f"{t['state']:<8} {verdict}{secs}")
         if t["proof"]:
             p = t["proof"]

@@ -66,7 +66,7 @@ def domain_xml(plan: LabPlan, terminal: TerminalPlan) -> str:
 
 
 def xl_cfg(plan: LabPlan, terminal: TerminalPlan) -> str:
-    return template("libvirt/xl.cfg.j2", plan=plan, t=terminal)
+    return template("libvirt/xl.cfg.j2", plan=plan, t=terminal, node=plan.node(terminal.node))
 
 
 def network_xml(plan: LabPlan, tftp_dir: Path | None = None) -> str:

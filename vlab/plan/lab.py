@@ -261,6 +261,11 @@ class LabPlan:
         """The lab host, and every other node that runs one of the lab's terminals."""
         return tuple(h for h in self.nodes if not h.remote or self.on(h))
 
+    def relayed(self, t: TerminalPlan) -> bool:
+        """vlab copies its console to t.console_log (while a vlab command runs): another
+        node's QEMU log is not readable here, and libxl logs no console to a file."""
+        return t.node != LOCAL or self.hypervisor is Hypervisor.XEN
+
     def terminal(self, name: str) -> TerminalPlan | None:
         return next((t for t in self.terminals if t.name == name), None)
 

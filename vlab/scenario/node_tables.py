@@ -24,7 +24,7 @@ from vlab.scenario.table import Table
 
 KEYS = ("name", "uri", "capacity", "network", "bridge", "nfs_server", "clients", "netns",
         "files")
-SSH_URI_RE = re.compile(r"^qemu\+ssh://([^@/?\s]+@)?([A-Za-z0-9.-]+|\[[0-9a-fA-F:]+\])(:\d+)?"
+SSH_URI_RE = re.compile(r"^(qemu|xen)\+ssh://([^@/?\s]+@)?([A-Za-z0-9.-]+|\[[0-9a-fA-F:]+\])(:\d+)?"
                         r"/system(\?\S*)?$")
 # The one libvirt URI parameter vlab allows: others run programs (command=, netcat=), turn off
 # host-key checks (no_verify=) or reach other sockets (socket=).
@@ -50,9 +50,6 @@ def check_uri_query(t: Table, key: str, uri: str) -> None:
 
 def nodes(top: Table, lab: Lab) -> tuple[Node, ...]:
     raw = top.tables("node", "write each other hypervisor host as a [[node]] table")
-    if raw and lab.hypervisor is Hypervisor.XEN:
-        raise top.error("node", "other nodes are for QEMU/KVM labs",
-                        "remove the [[node]] tables, or use hypervisor = \"qemu\"")
     if raw and lab.root_via is RootVia.DHCP:
         raise top.error("lab.root_via", '"dhcp" hands out the root from the lab\'s own DHCP '
                         "server, which terminals on other nodes do not reach",
@@ -67,18 +64,21 @@ def nodes(top: Table, lab: Lab) -> tuple[Node, ...]:
                 "the lab host" if name == LOCAL else f"node[{names[name]}]"),
                 "give every host its own name")
         names[name] = i
-        found.append(_node(t, name))
+        found.append(_node(t, name, lab.hypervisor))
     return tuple(found)
 
 
-def _node(t: Table, name: str) -> Node:
+def _node(t: Table, name: str, hypervisor: Hypervisor) -> Node:
     uri = t.get("uri", str)
-    if not (parts := SSH_URI_RE.fullmatch(uri)):
-        raise t.error("uri", f"{uri!r} is not a qemu+ssh:// URI of another host",
-                      "write it like \"qemu+ssh://root@host.example/system\" (vlab ships the "
-                      "kernel and initrd over the same SSH; the lab host is [lab] uri)")
+    driver = "xen" if hypervisor is Hypervisor.XEN else "qemu"
+    parts = SSH_URI_RE.fullmatch(uri)
+    if not parts or parts.group(1) != driver:
+        raise t.error("uri", f"{uri!r} is not a {driver}+ssh:// URI of another host "
+                      f'(the lab\'s hypervisor is "{hypervisor.value}")',
+                      f'write it like "{driver}+ssh://root@host.example/system" (vlab ships '
+                      "the kernel and initrd over the same SSH; the lab host is [lab] uri)")
     check_uri_query(t, "uri", uri)
-    port = parts.group(3)
+    port = parts.group(4)
     if port is not None and not 0 < int(port[1:]) < 65536:
         raise t.error("uri", f"{uri!r} names port {port[1:]}, which no host listens on",
                       "give the SSH port, 1 to 65535, or leave it out for 22")
@@ -119,7 +119,8 @@ def _node(t: Table, name: str) -> Node:
                 clients=clients, netns=netns, files=files.rstrip("/") or "/")
 
 
-def check_placement(path: Path, terminals: tuple[Terminal, ...], found: tuple[Node, ...]) -> None:
+def check_placement(path: Path, lab: Lab, terminals: tuple[Terminal, ...],
+                    found: tuple[Node, ...]) -> None:
     known = {LOCAL, *(h.name for h in found)}
     placed: dict[str, int] = {}
     for i, t in enumerate(terminals):
@@ -140,6 +141,10 @@ def check_placement(path: Path, terminals: tuple[Terminal, ...], found: tuple[No
             raise ScenarioError(path, key, f"{t.node!r}: a UEFI terminal runs on the lab "
                                 "host (OVMF and its variable store are there)",
                                 'leave node out, or leave firmware out')
+        if t.node == LOCAL and found and lab.hypervisor is Hypervisor.XEN:
+            raise ScenarioError(path, key, '"local": the lab host of a Xen lab with [[node]]s '
+                                "runs QEMU, and serves the Xen hosts' terminals their network "
+                                "and root", "leave node out, or name one of the Xen [[node]]s")
         placed[t.node] = placed.get(t.node, 0) + 1
     for i, h in enumerate(found):
         if h.capacity is not None and placed.get(h.name, 0) > h.capacity:

@@ -60,7 +60,8 @@ def parse(path: Path, data: Mapping[str, Any]) -> Scenario:
         builder=initrd_t.choice("builder", InitrdBuilder, InitrdBuilder.VLAB),
         nic_drivers=_nic_drivers(initrd_t, _is_xen(top)),
     )
-    lab = _lab(Table(path, "lab", top.sub("lab"), _LAB_KEYS), initrd.builder)
+    lab = _lab(Table(path, "lab", top.sub("lab"), _LAB_KEYS), initrd.builder,
+               has_nodes=bool(top.data.get("node")))
     kernel = _kernel(Table(path, "kernel", top.sub("kernel", {}), _KERNEL_KEYS), root)
     _check_builder(path, root, kernel, initrd, lab)
     pxe = machine_tables.pxe(top, lab.subnet)
@@ -68,7 +69,7 @@ def parse(path: Path, data: Mapping[str, Any]) -> Scenario:
                            required=not pxe.machines)
     probes = _probes(top, root)
     found = node_tables.nodes(top, lab)
-    node_tables.check_placement(path, terminals, found)
+    node_tables.check_placement(path, lab, terminals, found)
     return Scenario(path=path, lab=lab, root=root, kernel=kernel, initrd=initrd,
                     terminals=terminals, pxe=pxe, probes=probes, nodes=found)
 
@@ -273,7 +274,7 @@ _LAB_KEYS = ("name", "hypervisor", "uri", "lab_host", "nfs_version", "timeout", 
              "root_via")
 
 
-def _lab(t: Table, builder: InitrdBuilder) -> Lab:
+def _lab(t: Table, builder: InitrdBuilder, has_nodes: bool) -> Lab:
     subnet_raw = t.data.get("subnet")
     subnet = None
     if subnet_raw is not None:
@@ -283,20 +284,24 @@ def _lab(t: Table, builder: InitrdBuilder) -> Lab:
             raise t.error("subnet", f"{text!r} is not a private /24",
                           'use a private /24 such as "10.213.7.0/24"')
     hypervisor = t.choice("hypervisor", Hypervisor, Hypervisor.QEMU)
-    xen = hypervisor is Hypervisor.XEN
-    uri = t.get("uri", str, "xen:///system" if xen else "qemu:///system")
-    driver = "xen" if xen else "qemu"
+    # A Xen lab's terminals run on a Xen host: this one ([lab] uri), or its [[node]]s, and
+    # then the lab host ([lab] uri) is the QEMU libvirtd that serves their network and root.
+    xen_here = hypervisor is Hypervisor.XEN and not has_nodes
+    uri = t.get("uri", str, "xen:///system" if xen_here else "qemu:///system")
+    driver = "xen" if xen_here else "qemu"
     # No +ext transport: it runs a program named in the URI.
     transport = r"(\+(ssh|libssh|libssh2|tls|tcp|unix))?"
     if not re.fullmatch(rf"{driver}{transport}://[^\s/?]*/(system|session)?(\?\S*)?", uri):
-        raise t.error("uri", f"{uri!r} is not a {driver} libvirt URI (hypervisor = "
-                      f'"{hypervisor.value}")', f'use "{driver}:///system" (or '
-                      f"{driver}+ssh://user@host/system)")
+        why = (f'hypervisor = "{hypervisor.value}"' if driver == "xen" or not has_nodes
+               else "the lab host of a Xen lab with [[node]]s, which serves their network "
+               "and NFS root; its Xen hosts are the [[node]]s")
+        raise t.error("uri", f"{uri!r} is not a {driver} libvirt URI ({why})",
+                      f'use "{driver}:///system" (or {driver}+ssh://user@host/system)')
     node_tables.check_uri_query(t, "uri", uri)
-    if xen and t.data.get("lab_host") == LabHostMode.ISOLATED.value:
+    if xen_here and t.data.get("lab_host") == LabHostMode.ISOLATED.value:
         raise t.error("lab_host", '"isolated" starts a QEMU libvirtd, which cannot run Xen guests',
-                      'use lab_host = "system" (the Xen host\'s libvirtd) or leave lab_host '
-                      'out')
+                      'use lab_host = "system" (the Xen host\'s libvirtd), leave lab_host '
+                      'out, or put the terminals on Xen hosts ([[node]] uri = "xen+ssh://...")')
     return Lab(
         name=t.name("name", t.get("name", str)),
         hypervisor=hypervisor,

@@ -9,7 +9,7 @@ from vlab.nodes import labhost, reach, virt
 from vlab.plan.lab import LabPlan, TerminalPlan
 from vlab.progress import Say
 from vlab.report.status import terminal_address
-from vlab.scenario.model import Probe, Scenario
+from vlab.scenario.model import Probe, RootSource, Scenario
 from vlab.watch import sshkeys
 from vlab.watch.judge import Verdict
 
@@ -55,6 +55,7 @@ def _not_run(probes: tuple[Probe, ...], why: str) -> list[Result]:
 # A terminal prints its host key once its SSH server listens, after its ready line (busybox:
 # a key made in well under a second, more on a slow TCG guest) or before it (systemd roots).
 HOST_KEY_WAIT = 30.0
+SSH_ROOTS = (RootSource.BUSYBOX, RootSource.DEBIAN)  # the roots vlab sets SSH up in
 
 
 def ssh_session(plan: LabPlan, t: TerminalPlan) -> sshkeys.Session:

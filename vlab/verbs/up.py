@@ -33,9 +33,10 @@ from vlab.scenario.model import (
     Scenario,
 )
 from vlab.serve import exportfs, firewall, nfsserver, tftp
-from vlab.verbs.probes import run_probes
+from vlab.verbs.probes import HOST_KEY_WAIT, SSH_ROOTS, run_probes
+from vlab.watch import sshkeys
 from vlab.watch.consoles import watch_consoles
-from vlab.watch.judge import Verdict
+from vlab.watch.judge import OK, Verdict
 
 
 def up(scenario: Scenario, plan: LabPlan, dirs: Dirs, say: Say) -> dict[str, Any]:
@@ -53,6 +54,7 @@ def up(scenario: Scenario, plan: LabPlan, dirs: Dirs, say: Say) -> dict[str, Any
             tftp_dir = write_lab_tftp_tree(plan, k, img, say)
             started, verdicts = boot(plan, dirs, k, netns, conns, say, tftp_dir)
             probes = run_probes(scenario, plan, verdicts, say)
+            await_relayed_host_keys(plan, verdicts, say)
             state.update(plan.lab_dir, status="up", artifacts=lab_digests(plan))
             save_results(plan, started, verdicts, probes)
             return report(plan, conns)
@@ -307,7 +309,7 @@ def create_terminals(plan: LabPlan, conns: dict[str, virt.Conn]) -> None:
             t.nvram.unlink(missing_ok=True)
         virt.destroy_domain(conn, t.domain)
         virt.start_domain(conn, xml[t], paused=True)
-        if t.node != LOCAL or plan.hypervisor is Hypervisor.XEN:
+        if plan.relayed(t):
             virt.relay_console(reach.connect(plan.node(t.node)), t.domain, t.console_log)
 
     with ThreadPoolExecutor(max_workers=min(8, len(plan.terminals))) as pool:
@@ -325,6 +327,23 @@ def boot_terminals(plan: LabPlan, conns: dict[str, virt.Conn],
         say(f"boot {t.name}: {t.domain} on {t.node}, MAC {t.mac}"
             + (f", IP {t.ip}" if t.ip else ", IP from its network's DHCP"))
     return started
+
+
+def await_relayed_host_keys(plan: LabPlan, verdicts: dict[TerminalPlan, Verdict],
+                            say: Say) -> None:
+    """A relayed console is copied only while vlab runs, and a terminal prints its SSH host
+    key after its ready line: wait for each key line before vlab up ends, so that vlab ssh
+    finds it in the copy."""
+    if not plan.ssh_key or plan.root_source not in SSH_ROOTS:
+        return
+    waiting = [t for t, v in verdicts.items() if v.name == OK and plan.relayed(t)
+               and sshkeys.host_key_from_console(t.console_log) is None]
+    if waiting:
+        say(f"waiting for the SSH host key of {', '.join(t.name for t in waiting)} on "
+            "the relayed console")
+    deadline = time.monotonic() + HOST_KEY_WAIT
+    for t in waiting:
+        sshkeys.await_host_key(t.console_log, max(0.0, deadline - time.monotonic()))
 
 
 def save_results(plan: LabPlan, started: dict[TerminalPlan, float],
