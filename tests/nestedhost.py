@@ -31,6 +31,7 @@ BRIDGE = "br0"  # the nested host's bridge, with its NIC in it: its guests' LAN
 # Its NIC's MAC, and its bridge's (the one its LAN's dnsmasq pins): the same for both kinds,
 # as their LANs are in namespaces of their own.
 MAC = "52:54:00:e0:00:02"
+NO_LEASE_MAC = "00:16:3e:00:00:de"  # a guest the LAN's DHCP server ignores (a failure case)
 XEN_PACKAGES = ("xen-hypervisor-4.17-amd64", "xen-hypervisor-common")
 PACKAGES = ("systemd-sysv", "udev", "kmod", "linux-image-amd64", "initramfs-tools",
             "xen-utils-4.17", "xen-utils-common", "libvirt-daemon-driver-xen",
@@ -177,6 +178,7 @@ def start(kind: Kind, image: Image, timeout: float = 600) -> None:
     run("ip", "netns", "exec", kind.netns, "dnsmasq", f"--pid-file={kind.dir / 'dnsmasq.pid'}",
         f"--interface={lan}", "--bind-interfaces", "--port=0",
         f"--dhcp-range={first}.10,{first}.200,1h", f"--dhcp-host={MAC},{kind.ip}",
+        f"--dhcp-host={NO_LEASE_MAC},ignore",
         f"--dhcp-leasefile={kind.dir / 'leases'}", f"--log-facility={kind.dir / 'dnsmasq.log'}",
         "--log-dhcp")
     kernel = ["-cpu", "EPYC", "-kernel", str(image.dir / "vmlinuz"), "-append",

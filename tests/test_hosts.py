@@ -74,6 +74,38 @@ def test_pxe_and_uefi_terminals_stay_on_the_lab_host(tmp_path: Path) -> None:
     assert placed == {"p": "local", "u": "local", "k": "a"}
 
 
+def test_a_lab_that_is_up_keeps_its_terminals_and_places_the_ones_it_gained(
+        tmp_path: Path) -> None:
+    # t0 runs on b (recorded when the lab came up); t1 is new in the scenario: placed as in
+    # a new lab, never dropped onto the lab host by default.
+    terminals = "".join(f'[[terminal]]\nname = "t{i}"\n' for i in range(2))
+    sc = _scenario(tmp_path, HOSTS + terminals)
+    assert place(sc, {"local": 1, "a": 9999, "b": 2}, kept={"t0": "b"}) == {"t0": "b", "t1": "a"}
+    # A recorded host the scenario no longer has is not kept.
+    assert place(sc, {"local": 1, "a": 9999, "b": 2}, kept={"t0": "gone"})["t0"] == "a"
+    xen = _scenario(tmp_path, XEN_NODE + terminals)
+    assert place(xen, {"local": 99999, "dom0": 1}, kept={"t0": "dom0"}) == {
+        "t0": "dom0", "t1": "dom0"}
+
+
+XEN_NODE = """
+hypervisor = "xen"
+[[node]]
+name = "dom0"
+uri = "xen+ssh://root@dom0.example/system"
+bridge = "xenbr0"
+nfs_server = "10.0.0.1"
+"""
+
+
+def test_a_xen_labs_terminals_go_to_its_xen_nodes_only(tmp_path: Path) -> None:
+    # The lab host of a Xen lab with [[node]]s runs QEMU: however much memory it has free.
+    terminals = "".join(f'[[terminal]]\nname = "t{i}"\n' for i in range(3))
+    sc = _scenario(tmp_path, XEN_NODE + terminals)
+    assert set(place(sc, {"local": 99999, "dom0": 1}).values()) == {"dom0"}
+    assert sc.lab.uri == "qemu:///system"
+
+
 def test_without_figures_every_host_counts_equal_and_the_plan_is_stable(tmp_path: Path) -> None:
     terminals = "".join(f'[[terminal]]\nname = "t{i}"\n' for i in range(3))
     sc = _scenario(tmp_path, HOSTS + terminals)

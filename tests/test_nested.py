@@ -72,7 +72,7 @@ def _on_host(kind: Kind, uri: str, plan: LabPlan) -> str:
     out = nestedhost.ssh(kind, f"virsh -c {uri} list --all --name; "
                                + ("xl list | tail -n +2 | cut -d' ' -f1; " if kind is XEN else "")
                                + f"ls -d /var/cache/vlab/shipped/{plan.name} 2>/dev/null; true")
-    return " ".join(w for w in out.stdout.split() if w != "Domain-0")
+    return " ".join(w for w in out.stdout.split() if w.startswith((f"vlab-{plan.name}-", "/")))
 
 
 def _verdict_of(log: str) -> tuple[str, object] | None:
@@ -88,7 +88,7 @@ class TestXen:
         plan = plan_for(XEN_LAB)
         proc, rep = up(XEN_LAB)
         by = {t["name"]: t for t in rep["terminals"]}
-        t1, t2 = by["t1"], by["t2"]
+        t1, t2, t3 = by["t1"], by["t2"], by["t3"]
         # Through libvirt's Xen driver (xen+ssh://), the verdict off the Xen console stream.
         assert t1["verdict"] == OK, (proc.stderr, t1)
         assert t1["node"] == "dom0" and t1["mac"].startswith("00:16:3e:"), t1
@@ -96,6 +96,7 @@ class TestXen:
         assert "console=hvc0" in Path(t1["console_log"]).read_text(errors="replace")
         # A wrong export: its named failure, as for a QEMU terminal; vlab up says so.
         assert t2["verdict"] == "nfs-no-such-export", t2
+        assert t3["verdict"] == "dhcp-failed" and t3["mac"] == nestedhost.NO_LEASE_MAC, t3
         assert proc.returncode != 0
         # The pinned MAC, from Xen's range, inside the guest (xen-netfront's vif).
         ssh = vlab("ssh", XEN_LAB, "t1", "--", "cat /sys/class/net/eth0/address", timeout=120)

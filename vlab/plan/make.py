@@ -51,9 +51,11 @@ from vlab.scenario.model import (
 Placement = dict[str, str]  # terminal -> host
 
 
-def place(scenario: Scenario, free_mib: dict[str, int] | None = None) -> Placement:
-    """Which host each terminal runs on: where the scenario says (the lab host for one that
-    boots PXE or UEFI), else the host with the most
+def place(scenario: Scenario, free_mib: dict[str, int] | None = None,
+          kept: Placement | None = None) -> Placement:
+    """Which host each terminal runs on: where a lab that is up already runs it (`kept`,
+    its recorded placement), where the scenario says (the lab host for one that boots PXE
+    or UEFI), else the host with the most
     free memory (as its libvirt reports it, less what this lab already put there), never over
     a host's capacity. Without free-memory figures (render, status) every host counts equal."""
     # A Xen lab's lab host runs QEMU: its terminals go to its Xen [[node]]s only.
@@ -62,12 +64,13 @@ def place(scenario: Scenario, free_mib: dict[str, int] | None = None) -> Placeme
     capacity = {h.name: h.capacity for h in scenario.nodes}
     free = {h: (free_mib or {}).get(h, 0) for h in hosts}
     count = dict.fromkeys(hosts, 0)
+    kept = {t: h for t, h in (kept or {}).items() if h in hosts}
     placement: Placement = {}
     for t in scenario.terminals:
-        if (on := t.node or (None if t.anywhere else LOCAL)) is not None:
+        if (on := kept.get(t.name) or t.node or (None if t.anywhere else LOCAL)) is not None:
             placement[t.name] = on
-            free[on] -= t.memory
-            count[on] += 1
+            free[on] = free.get(on, 0) - t.memory
+            count[on] = count.get(on, 0) + 1
     for t in scenario.terminals:
         if t.name in placement:
             continue

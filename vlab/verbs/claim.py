@@ -29,9 +29,10 @@ def plan_for(sc: Scenario, dirs: Dirs, free_mib: dict[str, int] | None = None, *
     recorded = state.load(lab_dir).get("placement")
     taken = dataclasses.replace(state.taken(dirs.state, sc.lab.name),
                                 routed=labhost.machine_networks())
+    # A terminal the scenario gained since is placed as in a new lab; the others stay.
     return make_plan(sc, dirs, taken,
                      state.recorded_attempt(lab_dir),
-                     recorded if isinstance(recorded, dict) else place(sc, free_mib),
+                     place(sc, free_mib, recorded if isinstance(recorded, dict) else None),
                      ssh_key=ssh_key, timeout=timeout, twins=twins)
 
 
