@@ -185,11 +185,11 @@ def start(kind: Kind, image: Image, timeout: float = 600) -> None:
               "root=/dev/vda rw console=ttyS0", "-initrd", str(image.dir / "initrd.img")]
     if kind is XEN:
         kernel = ["-cpu", "Nehalem", "-kernel", str(image.dir / "xen.elf"),
-                  "-append", "console=com1 com1=115200 dom0_mem=1536M,max:1536M",
+                  "-append", "console=com1 com1=115200 dom0_mem=1024M,max:1024M",
                   "-initrd", f"{image.dir / 'vmlinuz'} root=/dev/vda rw console=hvc0,"
                              f"{image.dir / 'initrd.img'}"]
     run("ip", "netns", "exec", kind.netns, "qemu-system-x86_64", "-machine", "q35",
-        "-accel", "tcg", "-m", "3072", "-smp", "2", "-display", "none", "-monitor", "none",
+        "-accel", "tcg", "-m", "4096", "-smp", "2", "-display", "none", "-monitor", "none",
         "-serial", f"file:{kind.dir / 'serial.log'}", "-no-reboot", "-daemonize",
         "-pidfile", str(kind.dir / "qemu.pid"), *kernel,
         "-drive", f"file={disk},if=virtio,format=qcow2",

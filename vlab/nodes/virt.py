@@ -45,9 +45,11 @@ def _error(op: str, err: libvirt.libvirtError) -> VirtError:
 _loop = threading.Lock()
 _loop_running = False
 
-# Keepalive: a peer that answers none of 3 pings 5 s apart (a remote host gone, its ssh
+# Keepalive: a peer that answers none of 6 pings 5 s apart (a remote host gone, its ssh
 # stuck) is taken for dead and the connection closed, rather than hanging its callers.
-KEEPALIVE = (5, 3)
+# virsh's own default; with 3 (20 s), a busy Xen host's libvirtd creating three PV domains
+# at once (nested, under TCG) was taken for dead in the middle of it.
+KEEPALIVE = (5, 6)
 
 
 def event_loop() -> None:
