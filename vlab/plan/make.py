@@ -58,9 +58,7 @@ def place(scenario: Scenario, free_mib: dict[str, int] | None = None,
     or UEFI), else the host with the most
     free memory (as its libvirt reports it, less what this lab already put there), never over
     a host's capacity. Without free-memory figures (render, status) every host counts equal."""
-    # A Xen lab's lab host runs QEMU: its terminals go to its Xen [[node]]s only.
-    xen_nodes = scenario.lab.hypervisor is Hypervisor.XEN and bool(scenario.nodes)
-    hosts = [*([] if xen_nodes else [LOCAL]), *(h.name for h in scenario.nodes)]
+    hosts = [*([] if scenario.xen_on_nodes else [LOCAL]), *(h.name for h in scenario.nodes)]
     capacity = {h.name: h.capacity for h in scenario.nodes}
     free = {h: (free_mib or {}).get(h, 0) for h in hosts}
     count = dict.fromkeys(hosts, 0)
@@ -129,8 +127,8 @@ def make_plan(scenario: Scenario, dirs: Dirs, taken: Taken = NO_OTHER_LABS,
         uri=lab.uri,
         # vlab's isolated lab host runs QEMU only: a Xen lab without [[node]]s runs its
         # terminals on the Xen host's own libvirtd.
-        lab_host=LabHostMode.SYSTEM if lab.hypervisor is Hypervisor.XEN and not scenario.nodes
-        else lab.lab_host,
+        lab_host=LabHostMode.SYSTEM if lab.hypervisor is Hypervisor.XEN
+        and not scenario.xen_on_nodes else lab.lab_host,
         hypervisor=lab.hypervisor,
         bridge=bridge,
         attempt=attempt,

@@ -231,3 +231,9 @@ class Scenario:
     pxe: Pxe
     probes: tuple[Probe, ...] = ()
     nodes: tuple[Node, ...] = ()
+
+    @property
+    def xen_on_nodes(self) -> bool:
+        """A Xen lab whose terminals all run on its Xen [[node]]s: its lab host runs QEMU
+        and serves them their network and root."""
+        return self.lab.hypervisor is Hypervisor.XEN and bool(self.nodes)
