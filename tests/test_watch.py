@@ -362,12 +362,21 @@ def test_watch_samples_the_guest_cpu(tmp_path: Path) -> None:
     log = tmp_path / "console.log"
     log.write_text(PROOF_LINE + "\n")
     clock = time.monotonic()
-    busy = lambda: (time.monotonic() - clock) * 0.9  # noqa: E731  (a vCPU at 90%)
+    def busy() -> tuple[float, float]:  # a vCPU at 90%
+        now = time.monotonic()
+        return now, (now - clock) * 0.9
+
     v = watch(log, started=time.monotonic(), timeout=2.5, stall=1.2, poll=0.01,
               ready=READY_SYSTEMD, cpu=busy)
     assert v.name == TIMEOUT  # busy all along: never stalled
     v = watch(log, started=time.monotonic(), timeout=10, stall=1.2, poll=0.01,
-              ready=READY_SYSTEMD, cpu=lambda: 1.0)
+              ready=READY_SYSTEMD, cpu=lambda: (time.monotonic(), 1.0))
+    assert v.name == STALLED and v.seconds < 3
+    # A sampler that answers no more (its host is slow to answer): its last sample counts
+    # once; the silence decides, when the stall window says, not later.
+    stuck = (time.monotonic(), 1.0)
+    v = watch(log, started=time.monotonic(), timeout=10, stall=1.2, poll=0.01,
+              ready=READY_SYSTEMD, cpu=lambda: stuck)
     assert v.name == STALLED and v.seconds < 3
 
 
@@ -504,6 +513,82 @@ def test_a_state_libvirt_cannot_give_is_not_a_death(tmp_path: Path) -> None:
     assert v.name == TIMEOUT
 
 
+def test_polled_states_and_cpu_come_from_libvirt() -> None:
+    """On libvirt's test driver: one thread asks, the watchers read its last answers."""
+    conn = virt.connect("test:///default")
+    polled = virt.Polled(conn, ["test", "other"], every=0.05)
+    try:
+        waited = time.monotonic()
+        while polled.state("other") == "unknown" and time.monotonic() - waited < 5:
+            time.sleep(0.01)
+        assert polled.state("test") == "running" and polled.state("other") == "absent"
+        sample = polled.cpu("test")
+        assert sample is not None and sample[0] <= time.monotonic() and sample[1] > 0
+        assert polled.cpu("other") is None
+    finally:
+        polled.close()
+        virt.close(conn)
+
+
+class _Hung:
+    """A connection whose host does not answer: every call waits (until released)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def lookupByName(self, name: str) -> None:  # noqa: N802  (libvirt's name)
+        self.release.wait(30)
+        raise virt.libvirt.libvirtError("connection closed: keepalive timeout")
+
+
+class _Gone:
+    """A host that answers again, where the domain is no more."""
+
+    closed = 0
+
+    def lookupByName(self, name: str) -> None:  # noqa: N802  (libvirt's name)
+        err = virt.libvirt.libvirtError(f"Domain not found: {name}")
+        err.err = (virt.libvirt.VIR_ERR_NO_DOMAIN, 0, f"Domain not found: {name}", 2, "", "",
+                   "", 0, 0)
+        raise err
+
+    def close(self) -> int:
+        _Gone.closed += 1
+        return 0
+
+
+def test_a_broken_console_relay_reopens_only_while_its_domain_runs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(virt, "RELAY_RETRY_WAIT", 0.0)
+    tries: list[int] = []
+
+    def unreachable() -> None:
+        tries.append(1)
+        raise VirtError("connect to xen+ssh://h/system", "Connection refused")
+
+    assert virt._reopen_console(unreachable, "t1") is None
+    assert len(tries) == virt.RELAY_RETRIES  # then the relay ends: nothing waits on it
+    assert virt._reopen_console(_Gone, "t1") is None and _Gone.closed == 1
+
+
+def test_a_host_that_does_not_answer_delays_no_verdict(tmp_path: Path) -> None:
+    """A remote host under load answers nothing for minutes (its connection's keepalive
+    closes it only then): the watch still ends at its timeout, to the tenth of a second."""
+    log = tmp_path / "console.log"
+    log.write_text("booting\n")
+    hung = _Hung()
+    polled = virt.Polled(hung, ["t1"])
+    try:
+        began = time.monotonic()
+        v = watch(log, started=began, timeout=1.0, stall=45, poll=0.01,
+                  state=lambda: polled.state("t1"), cpu=lambda: polled.cpu("t1"))
+        assert v.name == TIMEOUT and time.monotonic() - began < 1.5
+        assert polled.state("t1") == "unknown" and polled.cpu("t1") is None
+    finally:
+        polled.close()
+        hung.release.set()
+
+
 def test_the_ready_line_names_failed_units_and_drops_what_is_no_unit_name() -> None:
     from vlab.watch.judge import failed_units
     line = "VLAB-TERMINAL-UP t1 systemd multi-user.target failed=ssh.service,getty@ttyS0.service"
@@ -574,7 +659,7 @@ def test_a_stalled_verdict_names_the_job_systemd_waited_for(tmp_path: Path) -> N
                     b"(15s / 1min 30s)\r\r\x1b[K[**  ] (2 of 7) Job dev-ttyS0.device/start "
                     b"running (16s / 1min 30s)\r")
     v = watch(log, started=time.monotonic(), timeout=30, stall=1.0, poll=0.01,
-              ready=READY_SYSTEMD, cpu=lambda: 1.0)
+              ready=READY_SYSTEMD, cpu=lambda: (time.monotonic(), 1.0))
     assert v.name == STALLED
     assert v.line == "[  OK  ] Started Journal Service. (systemd was waiting for " \
                      "dev-ttyS0.device/start)", v.line

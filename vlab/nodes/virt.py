@@ -8,7 +8,9 @@ import re
 import sys
 import termios
 import threading
+import time
 import tty
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +47,11 @@ def _error(op: str, err: libvirt.libvirtError) -> VirtError:
 _loop = threading.Lock()
 _loop_running = False
 
-# Keepalive: a peer that answers none of 6 pings 5 s apart (a remote host gone, its ssh
-# stuck) is taken for dead and the connection closed, rather than hanging its callers.
-# virsh's own default; with 3 (20 s), a busy Xen host's libvirtd creating three PV domains
-# at once (nested, under TCG) was taken for dead in the middle of it.
-KEEPALIVE = (5, 6)
+# Keepalive: a peer that answers none of 12 pings 10 s apart (a remote host gone, its ssh
+# stuck) is taken for dead and the connection closed, rather than hanging its callers. Not
+# virsh's 6 pings 5 s apart: a Xen host's libvirtd answers nothing while libxl builds a
+# domain, and a nested one under TCG on a loaded machine took 36 s per domain.
+KEEPALIVE = (10, 12)
 
 
 def event_loop() -> None:
@@ -152,31 +154,71 @@ def resume_domain(conn: Conn, name: str) -> None:
         raise _error(f"resume domain {name}", err) from None
 
 
-def relay_console(conn: Conn, name: str, log: Path) -> threading.Thread:
-    """Copy a domain's serial console into a local file, as QEMU's own log does on this
-    machine: for a guest on another host, whose log file vlab cannot read. Open it before the
-    guest runs (start it paused) and nothing is lost; it ends with the domain or with vlab.
+# A relayed console whose connection broke (its keepalive closed it while the host was slow
+# to answer) is opened again, this many times, RELAY_RETRY_WAIT s apart, while its domain runs.
+RELAY_RETRIES = 10
+RELAY_RETRY_WAIT = 3.0
 
-    conn is the relay's own: a blocking read holds its connection (the remote driver's lock)
-    until data comes, so a call on the same connection (the resume) would wait for ever."""
+
+def _open_console(conn: Conn, name: str) -> Any:
     try:
         stream = conn.newStream(0)
         conn.lookupByName(name).openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
     except libvirt.libvirtError as err:
+        close(conn)
         raise _error(f"open the console of {name}", err) from None
+    return stream
+
+
+def _reopen_console(connect: Callable[[], Conn], name: str) -> tuple[Conn, Any] | None:
+    """A new connection and console stream to a domain that still runs; None once it does
+    not (shut off, absent) or its host did not answer RELAY_RETRIES times."""
+    for _ in range(RELAY_RETRIES):
+        try:
+            conn = connect()
+        except VirtError:
+            time.sleep(RELAY_RETRY_WAIT)
+            continue
+        try:
+            if domain_state(conn, name) in ("shut off", "crashed", "absent"):
+                close(conn)
+                return None
+            return conn, _open_console(conn, name)
+        except VirtError:
+            close(conn)
+            time.sleep(RELAY_RETRY_WAIT)
+    return None
+
+
+def relay_console(conn: Conn, connect: Callable[[], Conn], name: str,
+                  log: Path) -> threading.Thread:
+    """Copy a domain's serial console into a local file, as QEMU's own log does on this
+    machine: for a guest on another host, whose log file vlab cannot read. Open it before the
+    guest runs (start it paused) and nothing is lost; it ends with the domain or with vlab.
+    A connection that breaks meanwhile is opened again (what the guest printed in between
+    may be lost).
+
+    conn is the relay's own from then on, and connect() opens another like it: a blocking
+    read holds its connection (the remote driver's lock) until data comes, so a call on the
+    same connection (the resume) would wait for ever."""
+    stream = _open_console(conn, name)
 
     def copy() -> None:
+        nonlocal conn, stream
         with log.open("wb", buffering=0) as out:
             while True:
-                try:
-                    data = stream.recv(65536)
-                except libvirt.libvirtError:
-                    break
-                if not isinstance(data, bytes) or not data:
-                    break
-                out.write(data)
-        with contextlib.suppress(libvirt.libvirtError):
-            conn.close()
+                while True:
+                    try:
+                        data = stream.recv(65536)
+                    except libvirt.libvirtError:
+                        break
+                    if not isinstance(data, bytes) or not data:
+                        break
+                    out.write(data)
+                close(conn)
+                if (again := _reopen_console(connect, name)) is None:
+                    return
+                conn, stream = again
 
     relay = threading.Thread(target=copy, name=f"console {name}", daemon=True)
     relay.start()
@@ -217,8 +259,10 @@ def domain_state(conn: Conn, name: str) -> str:
         return "absent"
     try:
         state = dom.state()[0]
-    except libvirt.libvirtError:
-        return "absent"
+    except libvirt.libvirtError as err:
+        if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return "absent"
+        raise _error(f"read the state of {name}", err) from None
     return {
         libvirt.VIR_DOMAIN_RUNNING: "running",
         libvirt.VIR_DOMAIN_BLOCKED: "running",  # Xen: running, waiting for an event
@@ -226,6 +270,50 @@ def domain_state(conn: Conn, name: str) -> str:
         libvirt.VIR_DOMAIN_SHUTOFF: "shut off",
         libvirt.VIR_DOMAIN_CRASHED: "crashed",
     }.get(state, "other")
+
+
+class Polled:
+    """The state and CPU time of a connection's domains, asked by a thread of its own every
+    `every` s, one domain after another: watchers read the last answers and never wait on
+    libvirt, so a host slow to answer (a remote one under load, or one whose connection
+    keepalive is closing) delays no verdict and no timeout; and one connection is asked by
+    one thread at a time."""
+
+    def __init__(self, conn: Conn, names: list[str], every: float = 1.0) -> None:
+        self._conn, self._names, self._every = conn, names, every
+        self._lock = threading.Lock()
+        self._states: dict[str, str] = {}
+        self._cpu: dict[str, tuple[float, float]] = {}
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, name="libvirt poll", daemon=True).start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for name in self._names:
+                try:
+                    state = domain_state(self._conn, name)
+                except VirtError:
+                    state = "unknown"
+                seconds = cpu_seconds(self._conn, name)
+                with self._lock:
+                    self._states[name] = state
+                    if seconds is not None:
+                        self._cpu[name] = (time.monotonic(), seconds)
+            self._stop.wait(self._every)
+
+    def state(self, name: str) -> str:
+        """The domain's last known state; "unknown" until libvirt said one."""
+        with self._lock:
+            return self._states.get(name, "unknown")
+
+    def cpu(self, name: str) -> tuple[float, float] | None:
+        """(when, CPU seconds) of the domain's last sample, or None before the first."""
+        with self._lock:
+            return self._cpu.get(name)
+
+    def close(self) -> None:
+        """Stop asking (a call under way ends on its own: nobody waits for it)."""
+        self._stop.set()
 
 
 class Deaths:

@@ -17,7 +17,7 @@ from vlab import progress, state
 from vlab.artifacts import pxe_config, templates
 from vlab.artifacts.catalog import lab_digests
 from vlab.build import builders, efi, initrd, kernel, mounts, nfsroot
-from vlab.errors import HostError, UsageError
+from vlab.errors import HostError, UsageError, VirtError
 from vlab.nodes import labhost, reach, virt
 from vlab.plan.lab import Dirs, LabPlan, NodePlan, TerminalPlan
 from vlab.plan.site import INITRD, KERNEL, Site
@@ -301,19 +301,41 @@ def create_terminals(plan: LabPlan, conns: dict[str, virt.Conn]) -> None:
     xml = {t: templates.domain_xml(plan, t) for t in plan.terminals}
 
     def create(t: TerminalPlan) -> None:
-        conn = conns[t.node]
         t.console_log.parent.mkdir(parents=True, exist_ok=True)
         t.console_log.unlink(missing_ok=True)
         if t.nvram is not None:  # libvirt copies OVMF's variable store here: a fresh one
             t.nvram.parent.mkdir(parents=True, exist_ok=True)
             t.nvram.unlink(missing_ok=True)
-        virt.destroy_domain(conn, t.domain)
-        virt.start_domain(conn, xml[t], paused=True)
-        if plan.relayed(t):
-            virt.relay_console(reach.connect(plan.node(t.node)), t.domain, t.console_log)
+        if not plan.relayed(t):
+            virt.destroy_domain(conns[t.node], t.domain)
+            virt.start_domain(conns[t.node], xml[t], paused=True)
+            return
+        # A relayed terminal is made on the connection its console relay then keeps.
+        node = plan.node(t.node)
+        own = reach.connect(node)
+        try:
+            virt.destroy_domain(own, t.domain)
+            virt.start_domain(own, xml[t], paused=True)
+        except VirtError:
+            virt.close(own)
+            raise
+        virt.relay_console(own, lambda: reach.connect(node), t.domain, t.console_log)
 
-    with ThreadPoolExecutor(max_workers=min(8, len(plan.terminals))) as pool:
-        list(pool.map(create, plan.terminals))  # list(): re-raise the first failure here
+    def create_on(node: str) -> None:
+        # Another host's domains one after another: a Xen host's libvirtd answers nothing,
+        # not even keepalive, while libxl builds a domain (~15 s each on a nested host under
+        # TCG; three at once were taken for a dead host), and libvirt's client over ssh lost
+        # track of calls made at once on one connection (GLib-CRITICAL lines, then a hang).
+        for t in plan.terminals:
+            if t.node == node:
+                create(t)
+
+    here = [t for t in plan.terminals if not plan.relayed(t)]
+    there = list(dict.fromkeys(t.node for t in plan.terminals if plan.relayed(t)))
+    with ThreadPoolExecutor(max_workers=min(8, len(here) + len(there))) as pool:
+        done = [pool.submit(create, t) for t in here] + [pool.submit(create_on, n) for n in there]
+        for future in done:
+            future.result()  # re-raise the first failure here
 
 
 def boot_terminals(plan: LabPlan, conns: dict[str, virt.Conn],

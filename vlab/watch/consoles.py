@@ -49,15 +49,16 @@ def watch_consoles(plan: LabPlan, conns: dict[str, virt.Conn],
     board = progress.Board([t.name for t in started])
     # A death is told by libvirt's lifecycle events at once; the state is polled as well.
     deaths = {node: virt.Deaths(conn) for node, conn in conns.items()}
+    polled = {node: virt.Polled(conn, [t.domain for t in started if t.node == node])
+              for node, conn in conns.items()}
 
     def one(t: TerminalPlan) -> Verdict:
-        d = deaths[t.node]
+        d, p = deaths[t.node], polled[t.node]
         v = watch(t.console_log, started=started[t], timeout=plan.timeout, stall=stall,
                   ready=ready, settle=SETTLE_SECONDS, stop=stop,
                   almost=SYSTEMD_REACHED if ready is READY_SYSTEMD else None,
                   on_phase=lambda phase: board.set(t.name, phase),
-                  cpu=lambda: virt.cpu_seconds(conns[t.node], t.domain),
-                  state=lambda: virt.domain_state(conns[t.node], t.domain),
+                  cpu=lambda: p.cpu(t.domain), state=lambda: p.state(t.domain),
                   died=(lambda: d.of(t.domain)) if d.live else None,
                   stamps=t.console_log.with_suffix(".times"))
         board.done(t.name, v.name, v.seconds)
@@ -74,6 +75,8 @@ def watch_consoles(plan: LabPlan, conns: dict[str, virt.Conn],
         pool.shutdown(wait=True)
         for d in deaths.values():
             d.close()
+        for p in polled.values():
+            p.close()
     # The causes once, while the lab's servers are as the boots left them.
     verdicts = servers_side(plan, verdicts, tftp_dir)
     say_verdicts(plan, verdicts, stall, say)

@@ -107,15 +107,16 @@ def watch(console_log: Path, *, started: float, timeout: float, stall: float,
           ready: Pattern | None = None, settle: float = 0.0, poll: float = 0.05,
           stop: threading.Event | None = None,
           on_phase: Callable[[str], None] | None = None,
-          cpu: Callable[[], float | None] | None = None,
+          cpu: Callable[[], tuple[float, float] | None] | None = None,
           state: Callable[[], str] | None = None,
           died: Callable[[], str | None] | None = None,
           almost: Pattern | None = None, stamps: Path | None = None) -> Verdict:
     """Follow one console until the judge decides: a decisive line, `stall` s of silence
-    with the guest idle (cpu() gives its CPU seconds, None if unknown), the domain no longer
-    running, or `timeout` s. died() says how the domain died once a libvirt event said so
-    (asked at every poll); state() says "running" while it is (asked once a second, or
-    every STATE_FALLBACK s when died() is given). cpu is asked once a second. With `stop`
+    with the guest idle (cpu() gives the last sample of its CPU time, (when, seconds), None
+    if there is none yet), the domain no longer running, or `timeout` s. died() says how the
+    domain died once a libvirt event said so (asked at every poll); state() says "running"
+    while it is (asked once a second, or every STATE_FALLBACK s when died() is given). cpu
+    is asked once a second; each and state must answer at once (virt.Polled). With `stop`
     set (Ctrl-C in the main thread), stop at the next poll. With `stamps`, when the console's
     bytes came is written there (Follower)."""
     follower = Follower(console_log, stamps, started)
@@ -130,11 +131,12 @@ def watch(console_log: Path, *, started: float, timeout: float, stall: float,
 def _follow(follower: Follower, *, started: float, timeout: float, stall: float,
             ready: Pattern | None, settle: float, poll: float,
             stop: threading.Event | None, on_phase: Callable[[str], None] | None,
-            cpu: Callable[[], float | None] | None, state: Callable[[], str] | None,
+            cpu: Callable[[], tuple[float, float] | None] | None,
+            state: Callable[[], str] | None,
             died: Callable[[], str | None] | None, almost: Pattern | None) -> Verdict:
     judge = Judge(started=started, timeout=timeout, stall=stall, ready=ready, settle=settle,
                   on_phase=on_phase, almost=almost)
-    sampled = asked = 0.0
+    sampled = asked = fed = 0.0
     every = STATE_FALLBACK if died is not None else CPU_POLL
     polled: tuple[float, str] | None = None  # when the state said dead, and what it said
     while stop is None or not stop.is_set():
@@ -144,8 +146,9 @@ def _follow(follower: Follower, *, started: float, timeout: float, stall: float,
             gone = f"{how} (libvirt event)"
         if now - sampled >= CPU_POLL:
             sampled = now
-            if cpu is not None and (seconds := cpu()) is not None:
-                judge.cpu(now, seconds)
+            if cpu is not None and (sample := cpu()) is not None and sample[0] > fed:
+                fed = sample[0]  # a sample is taken into account once, at its own time
+                judge.cpu(*sample)
         if gone is None and polled is None and state is not None and now - asked >= every:
             asked = now
             if (seen := _state(state)) in DEAD:
