@@ -34,6 +34,16 @@ FORMS = {
     # not an NFS root at all
     "disk": "root=/dev/sda1",
 }
+# Literally as sites write them: no options at all. The lab's server speaks TCP only (as
+# nfs-utils' does by default today): the initrd must take TCP, as the kernel's and dracut's
+# own mounts do.
+BARE = {
+    "bare": "root={server}:{export}",
+    "nfsbare": "root=nfs:{server}:{export}",
+    "krnbare": "root=/dev/nfs nfsroot={server}:{export} ip=dhcp",
+}
+# ...and the DHCP root paths sites hand out (option 17), with root=dhcp.
+BARE_DHCP = {"dhcpbare": "{server}:{export}", "dhcppath": "{export}"}
 
 
 def test_every_root_form_mounts_what_it_names(tmp_path: Path, lab_down) -> None:  # type: ignore[no-untyped-def]
@@ -45,10 +55,13 @@ def test_every_root_form_mounts_what_it_names(tmp_path: Path, lab_down) -> None:
     static = str(ipaddress.ip_address(f"{SUBNET}.200"))
     values = {"server": plan.nfs_address, "export": plan.export_path, "static": static}
     text = head
-    for name, form in FORMS.items():
+    for name, form in {**FORMS, **BARE}.items():
         text += f'[[terminal]]\nname = "{name}"\ncmdline = "{form.format(**values)}"\n'
         if name == "page":  # DHCP names a path nobody exports: the command line must win
             text += 'dhcp_root_path = "/no/such/export"\n'
+    for name, root_path in BARE_DHCP.items():
+        text += (f'[[terminal]]\nname = "{name}"\ncmdline = "root=dhcp"\n'
+                 f'dhcp_root_path = "{root_path.format(**values)}"\n')
     path.write_text(text)
     lab_down.append(str(path))
     proc, rep = up(str(path))
@@ -75,6 +88,14 @@ def test_every_root_form_mounts_what_it_names(tmp_path: Path, lab_down) -> None:
             assert "lease from" not in log and "udhcpc" not in log
         if name in ("rdhcp", "devnfs"):
             assert "root path from DHCP" in log
+    for name in [*BARE, *BARE_DHCP]:
+        t = by[name]
+        assert t["verdict"] == "ok", (name, t)
+        proof = t["proof"]
+        assert (proof["server"], proof["export"]) == (plan.nfs_address, str(plan.export_path)), t
+        # The kernel's default version (3), over TCP, locks kept local (nolock), as the
+        # kernel's own nfsroot and klibc's nfsmount mount.
+        assert {"vers=3", "proto=tcp", "nolock"} <= set(proof["options"].split(",")), proof
     assert by["disk"]["verdict"] == "init-failed", by["disk"]
     assert "root=/dev/sda1 is no NFS root" in by["disk"]["line"]
     assert proc.returncode == 1
