@@ -180,7 +180,7 @@ def _reopen_console(connect: Callable[[], Conn], name: str) -> tuple[Conn, Any] 
             time.sleep(RELAY_RETRY_WAIT)
             continue
         try:
-            if domain_state(conn, name) in ("shut off", "crashed", "absent"):
+            if domain_state(conn, name) in DEAD:
                 close(conn)
                 return None
             return conn, _open_console(conn, name)
@@ -251,6 +251,9 @@ def cpu_seconds(conn: Conn, name: str) -> float | None:
             return None
     waited = sum(int(stats.get(f"vcpu.{i}.delay", 0)) for i in range(count))
     return (sum(int(t) for t in ran) + waited) / 1e9
+
+
+DEAD = ("shut off", "crashed", "absent")  # domain_state() of a domain that will print no more
 
 
 def domain_state(conn: Conn, name: str) -> str:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vlab.errors import VlabError
+from vlab.nodes.virt import DEAD
 from vlab.watch.guesttext import LINE_MAX, Pattern, tail
 from vlab.watch.judge import (
     ADDRESS_RE,
@@ -90,9 +91,6 @@ class Follower:
         """The unfinished line as it shows now (the last of its in-place redraws)."""
         text = ANSI.sub("", self.partial[-4096:].decode(errors="replace"))
         return next((part for part in reversed(text.split("\r")) if part.strip()), "")
-
-
-DEAD = ("shut off", "crashed", "absent")  # virt.domain_state() of a domain that will print no more
 
 
 def _state(state: Callable[[], str]) -> str:
