@@ -12,7 +12,7 @@ import time
 import tty
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import libvirt
 
@@ -165,9 +165,20 @@ def _open_console(conn: Conn, name: str) -> Any:
         stream = conn.newStream(0)
         conn.lookupByName(name).openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
     except libvirt.libvirtError as err:
-        close(conn)
         raise _error(f"open the console of {name}", err) from None
     return stream
+
+
+def _copy(stream: Any, out: BinaryIO) -> None:
+    """A console stream into a file, until it ends or its connection breaks."""
+    while True:
+        try:
+            data = stream.recv(65536)
+        except libvirt.libvirtError:
+            return
+        if not isinstance(data, bytes) or not data:
+            return
+        out.write(data)
 
 
 def _reopen_console(connect: Callable[[], Conn], name: str) -> tuple[Conn, Any] | None:
@@ -200,21 +211,19 @@ def relay_console(conn: Conn, connect: Callable[[], Conn], name: str,
 
     conn is the relay's own from then on, and connect() opens another like it: a blocking
     read holds its connection (the remote driver's lock) until data comes, so a call on the
-    same connection (the resume) would wait for ever."""
-    stream = _open_console(conn, name)
+    same connection (the resume) would wait for ever. It is closed if the console cannot be
+    opened."""
+    try:
+        stream = _open_console(conn, name)
+    except VirtError:
+        close(conn)
+        raise
 
     def copy() -> None:
         nonlocal conn, stream
         with log.open("wb", buffering=0) as out:
             while True:
-                while True:
-                    try:
-                        data = stream.recv(65536)
-                    except libvirt.libvirtError:
-                        break
-                    if not isinstance(data, bytes) or not data:
-                        break
-                    out.write(data)
+                _copy(stream, out)
                 close(conn)
                 if (again := _reopen_console(connect, name)) is None:
                     return

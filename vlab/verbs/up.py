@@ -323,8 +323,8 @@ def create_terminals(plan: LabPlan, conns: dict[str, virt.Conn]) -> None:
 
     def create_on(node: str) -> None:
         # Another host's domains one after another: a Xen host's libvirtd answers nothing,
-        # not even keepalive, while libxl builds a domain (~15 s each on a nested host under
-        # TCG; three at once were taken for a dead host), and libvirt's client over ssh lost
+        # not even keepalive, while libxl builds a domain (20-25 s each on the nested test host
+        # under TCG; three at once were taken for a dead host), and libvirt's client over ssh lost
         # track of calls made at once on one connection (GLib-CRITICAL lines, then a hang).
         for t in plan.terminals:
             if t.node == node:
