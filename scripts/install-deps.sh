@@ -18,6 +18,8 @@ PACKAGES=(
   mmdebstrap e2fsprogs util-linux mount fdisk dosfstools mtools qemu-utils pxelinux syslinux-common
   # UEFI PXE hosts: Debian's signed shim and network GRUB; OVMF for their twins
   shim-signed grub-efi-amd64-signed ovmf
+  # HTTP boot and iPXE: the twins' lab serves the tree with lighttpd; iPXE's loaders
+  lighttpd ipxe
   # to build libvirt-python from its sdist, in a virtualenv
   libvirt-dev pkg-config gcc python3-dev python3-venv
   # the sandbox tests compile a hostile static builder

@@ -12,7 +12,8 @@ from vlab.artifacts import templates
 from vlab.build import efi
 from vlab.errors import ScenarioError
 from vlab.plan.site import INITRD, KERNEL, MachinePlan, Site
-from vlab.scenario.model import Firmware
+from vlab.scenario.model import Firmware, Netboot
+from vlab.serve.tftp import IPXE
 
 BOOTLOADER = "pxelinux.0"
 # The boot file DHCP hands each firmware (it tells by the client's architecture, option 93:
@@ -37,7 +38,27 @@ def refuse_unsigned_kernel(scenario: Path, site: Site, image: bytes, release: st
                         'it with mokutil), or set firmware = "uefi"')
 
 
+def refuse_unsigned_ipxe(scenario: Path, site: Site, loader: bytes) -> None:
+    """A Secure Boot host is not handed an unsigned iPXE: its firmware refuses to start it
+    ("Access Denied"), on every such host (lint, before any write). Debian's is unsigned."""
+    secure = [m for m in site.by(Netboot.IPXE) if m.firmware is Firmware.UEFI_SECURE]
+    if not secure or efi.signed(loader):
+        return
+    names = [m.name for m in secure]
+    raise ScenarioError(scenario, f"{secure[0].key}.netboot",
+                        f"iPXE for {', '.join(names[:5])}{' and more' if len(names) > 5 else ''}"
+                        f", Secure Boot hosts, but iPXE ({IPXE[Firmware.UEFI_SECURE][1]}) "
+                        "carries no signature, and their firmware starts no unsigned loader",
+                        'set netboot = "http" (UEFI HTTP boot of Debian\'s signed shim, GRUB '
+                        'and kernel) or "tftp", or firmware = "uefi" if Secure Boot is off')
+
+
 MACHINE_TEMPLATES = ("pxe/pxelinux.cfg.j2", "pxe/grub.cfg.j2", "pxe/ipxe.j2")
+
+
+def grub_config(m: MachinePlan) -> str:
+    """A host's GRUB configuration: in the tree's GRUB folder, and in its HTTP boot image."""
+    return templates.template("pxe/grub.cfg.j2", h=m, kernel=KERNEL, initrd=INITRD)
 
 
 def machine_files(m: MachinePlan, grub_dir: str) -> dict[str, str]:
@@ -47,10 +68,8 @@ def machine_files(m: MachinePlan, grub_dir: str) -> dict[str, str]:
     if m.hexip_name:
         out[f"pxelinux.cfg/{m.hexip_name}"] = cfg
     # GRUB's own name for a host's network config, in the folder it reads.
-    out[f"{grub_dir}/grub.cfg-{m.pxelinux_name}"] = templates.template(
-        "pxe/grub.cfg.j2", h=m, kernel=KERNEL, initrd=INITRD)
-    out[f"{m.mac.lower().replace(':', '-')}.ipxe"] = templates.template(
-        "pxe/ipxe.j2", h=m, kernel=KERNEL, initrd=INITRD)
+    out[f"{grub_dir}/grub.cfg-{m.pxelinux_name}"] = grub_config(m)
+    out[m.ipxe_script] = templates.template("pxe/ipxe.j2", h=m, kernel=KERNEL, initrd=INITRD)
     return out
 
 
@@ -62,9 +81,15 @@ def machine_groups(site: Site) -> dict[str, tuple[str, Callable[[], dict[str, st
                      partial(machine_files, m, site.grub_dir)) for m in site.machines}
 
 
-def shared_files(site: Site) -> dict[str, str]:
-    """The files every machine shares: the default config and the site snippets."""
-    return {
+# Where `vlab render` shows the tree (vlab pxe writes it in its --tftp-dir)
+SHOWN_TREE = "/srv/tftp"
+
+
+def shared_files(site: Site, tree: str = SHOWN_TREE) -> dict[str, str]:
+    """The files every machine shares: the default config and the site snippets (the web
+    server's serves the tree from its folder, `tree`, when a host fetches over HTTP)."""
+    loaders = {f: IPXE[f][0] for f in Firmware}
+    files = {
         "pxelinux.cfg/default": templates.template(
             "pxe/pxelinux.cfg.j2", append=site.default_append, kernel=KERNEL, label="default"),
         f"{site.grub_dir}/grub.cfg": templates.template(
@@ -73,16 +98,25 @@ def shared_files(site: Site) -> dict[str, str]:
         "vlab-site/exports": templates.template(
             "nfs/exports-site.j2", path=site.export_path, subnet=site.subnet,
             root_squash=site.root_squash),
-        "vlab-site/dhcpd.conf": templates.template("pxe/dhcpd.conf.j2", site=site,
-                                                bootloader=BOOTLOADER, shim=efi.SHIM),
-        "vlab-site/dnsmasq.conf": templates.template("pxe/dnsmasq.conf.j2", site=site,
-                                                  bootloader=BOOTLOADER, shim=efi.SHIM),
+        "vlab-site/dhcpd.conf": templates.template(
+            "pxe/dhcpd.conf.j2", site=site, bootloader=BOOTLOADER, shim=efi.SHIM,
+            ipxe=loaders, Netboot=Netboot),
+        "vlab-site/dnsmasq.conf": templates.template(
+            "pxe/dnsmasq.conf.j2", site=site, bootloader=BOOTLOADER, shim=efi.SHIM,
+            ipxe=loaders, Netboot=Netboot),
     }
+    if site.by(Netboot.HTTP) or site.by(Netboot.IPXE):
+        files[WEB_SNIPPET] = templates.template("pxe/lighttpd-site.conf.j2", site=site,
+                                                tree=tree.rstrip("/") + "/")
+    return files
 
 
-def tree_files(site: Site) -> dict[str, str]:
+WEB_SNIPPET = "vlab-site/lighttpd.conf"
+
+
+def tree_files(site: Site, tree: str = SHOWN_TREE) -> dict[str, str]:
     """Every text file of the tree, by path relative to its root (what `vlab render` shows)."""
-    files = shared_files(site)
+    files = shared_files(site, tree)
     for m in site.machines:
         files.update(machine_files(m, site.grub_dir))
     return files

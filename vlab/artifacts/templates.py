@@ -18,7 +18,9 @@ import jinja2
 
 from vlab.build import efi
 from vlab.errors import VlabError
+from vlab.plan import site
 from vlab.plan.lab import LabPlan, TerminalPlan
+from vlab.serve.tftp import IPXE
 from vlab.watch.guesttext import FAIL_MARKER, MARKER, READY_MARKER, SSH_MARKER
 
 if TYPE_CHECKING:
@@ -72,7 +74,9 @@ def xl_cfg(plan: LabPlan, terminal: TerminalPlan) -> str:
 def network_xml(plan: LabPlan, tftp_dir: Path | None = None) -> str:
     """The lab network; with a TFTP root it also serves PXE (pxelinux.0) to its guests."""
     xml = template("libvirt/network.xml.j2", plan=plan, tftp_dir=tftp_dir,
-                   ipv6_gateway=plan.ipv6_subnet.replace("::/64", "::1"), shim=efi.SHIM)
+                   ipv6_gateway=plan.ipv6_subnet.replace("::/64", "::1"), shim=efi.SHIM,
+                   ipxe={f.value: name for f, (name, _path) in IPXE.items()},
+                   http_image=site.http_image, ipxe_script=site.ipxe_script)
     return xml
 
 

@@ -24,6 +24,7 @@ from vlab.scenario.model import (
     InitrdBuilder,
     KernelSource,
     LabHostMode,
+    Netboot,
     NfsVersion,
     NicDriver,
     RootSource,
@@ -93,6 +94,7 @@ class TerminalPlan:
     node: str = LOCAL  # the node it runs on
     firmware: Firmware = Firmware.BIOS
     nvram: Path | None = None  # a UEFI guest's copy of OVMF's variable store
+    netboot: Netboot = Netboot.TFTP  # a PXE twin's: how its firmware fetches what it boots
 
 
 @dataclass(frozen=True)
@@ -251,6 +253,11 @@ class LabPlan:
     @property
     def nfs_server_dir(self) -> Path:
         return self.lab_dir / "nfs"
+
+    @property
+    def http_url(self) -> str:
+        """Where the lab's web server serves the twins' tree: its address, the site's path."""
+        return f"http://{self.gateway}{self.site.http_path if self.site else '/'}"
 
     @property
     def tftp_dir(self) -> Path:  # only for terminals with boot = "pxe"

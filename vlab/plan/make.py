@@ -43,6 +43,7 @@ from vlab.scenario.model import (
     Hypervisor,
     InitrdBuilder,
     LabHostMode,
+    Netboot,
     RootSource,
     RootVia,
     Scenario,
@@ -107,7 +108,8 @@ def make_plan(scenario: Scenario, dirs: Dirs, taken: Taken = NO_OTHER_LABS,
         return site(scenario, booters, server, option_port, str(export_path), str(subnet),
                     squash, ssh_key=lab_key) if booters else None
 
-    hosts = tree(tuple(Booter(f"machine[{i}]", m.name, m.mac, m.ip, m.export, m.cmdline, m.firmware)
+    hosts = tree(tuple(Booter(f"machine[{i}]", m.name, m.mac, m.ip, m.export, m.cmdline,
+                              m.firmware, m.netboot)
                        for i, m in enumerate(scenario.pxe.machines)))
     tftp_tree = None
     if twins:
@@ -273,34 +275,41 @@ def _own_domains(scenario: Scenario, terminals: tuple[TerminalPlan, ...], taken:
 def _twins(scenario: Scenario, hosts: Site | None, subnet: ipaddress.IPv4Network,
            lab_dir: Path) -> tuple[TerminalPlan, ...]:
     """A virtual twin per physical machine (a sample when there are many): its MAC, its fixed
-    IP, its command line, booting from the network; and one more per firmware whose MAC has
-    no file, which must boot through the default config."""
+    IP, its command line, booting from the network as it does; and one more per firmware of
+    the TFTP-booting machines, whose MAC has no file, which must boot through the default
+    config (a MAC the site does not know gets that config over TFTP)."""
     lab = scenario.lab.name
     machines = hosts.machines if hosts else ()
     macs = {m.mac for m in machines}
     twins = [(m.name, m.mac, m.ip if m.ip and ipaddress.IPv4Address(m.ip) in subnet else None,
-              m.root_path, m.firmware, m.cmdline) for m in _sample(machines)]
-    for firmware in (hosts.firmwares if hosts else ()) or (scenario.pxe.firmware,):
+              m.root_path, m.firmware, m.cmdline, m.netboot) for m in _sample(machines)]
+    tftp = hosts.by(Netboot.TFTP) if hosts else ()
+    firmwares = tuple(f for f in Firmware if any(m.firmware is f for m in tftp))
+    for firmware in firmwares if machines else (scenario.pxe.firmware,):
         name = "default" if firmware is Firmware.BIOS else f"default-{firmware.value}"
         mac = next(m for n in range(99) if (m := pinned_mac(lab, f"pxe-{name}", n)) not in macs)
         macs.add(mac)
-        twins.append((name, mac, None, None, firmware, hosts.default_cmdline if hosts else ""))
+        twins.append((name, mac, None, None, firmware, hosts.default_cmdline if hosts else "",
+                      Netboot.TFTP))
     return tuple(TerminalPlan(
         name=f"pxe-{name}", domain=domain_name(lab, f"pxe-{name}"), nic_model="virtio",
         mac=mac, ip=ip or "", memory_mib=256 if firmware is Firmware.BIOS else UEFI_PXE_MEMORY,
         vcpus=1, dhcp_root_path=root_path, cmdline=cmdline,
         console_log=lab_dir / "console" / f"pxe-{name}.log", boot="pxe", firmware=firmware,
         nvram=None if firmware is Firmware.BIOS else lab_dir / "nvram" / f"pxe-{name}.fd",
-    ) for name, mac, ip, root_path, firmware, cmdline in twins)
+        netboot=netboot,
+    ) for name, mac, ip, root_path, firmware, cmdline, netboot in twins)
 
 
 def _sample(machines: tuple[MachinePlan, ...]) -> tuple[MachinePlan, ...]:
     """The machines that get a twin: the first TWIN_SAMPLE, and the first of each firmware
-    the sample would miss (every firmware of the site is booted at least once)."""
+    and way of booting the sample would miss (each of the site's is booted at least once)."""
     picked = list(machines[:TWIN_SAMPLE])
     for firmware in Firmware:
-        if not any(m.firmware is firmware for m in picked):
-            picked += [m for m in machines if m.firmware is firmware][:1]
+        for netboot in Netboot:
+            if not any(m.firmware is firmware and m.netboot is netboot for m in picked):
+                picked += [m for m in machines
+                           if m.firmware is firmware and m.netboot is netboot][:1]
     return tuple(picked)
 
 

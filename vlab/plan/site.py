@@ -9,10 +9,13 @@ from dataclasses import dataclass
 
 from vlab.errors import ScenarioError
 from vlab.plan.cmdline import kernel_cmdline, machines_nfs, root_path_by_dhcp, root_target
-from vlab.scenario.model import Firmware, RootVia, Scenario
+from vlab.scenario.model import Firmware, Netboot, RootVia, Scenario
 
 KERNEL = "vmlinuz"
 INITRD = "initrd.img"
+HTTP_DIR = "http"  # the RAM disk images UEFI HTTP-booting hosts load (build/httpboot.py)
+# Where a site's web server serves the tree unless [pxe] http_url says: the NFS server's.
+HTTP_PATH = "/vlab/"
 # Debian's signed network GRUB's built-in prefix: the folder it reads grub.cfg from (the
 # tree's writer checks the installed image says the same, efi.loaders()).
 GRUB_DIR = "grub"
@@ -33,6 +36,7 @@ class Booter:
     export: str | None  # the export it mounts instead of the lab's (the page's root=SERVER:/path)
     cmdline: str  # the scenario's own words
     firmware: Firmware
+    netboot: Netboot = Netboot.TFTP
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class MachinePlan:
     cmdline: str  # the whole kernel command line it boots with
     root_path: str | None  # DHCP option 17, when the scenario hands the root out by DHCP
     firmware: Firmware = Firmware.BIOS
+    netboot: Netboot = Netboot.TFTP
 
     @property
     def append(self) -> str:
@@ -54,6 +59,14 @@ class MachinePlan:
     def pxelinux_name(self) -> str:
         """The page's mac_address_to_filename: 01- and the MAC, lowercase, dashes."""
         return "01-" + self.mac.lower().replace(":", "-")
+
+    @property
+    def ipxe_script(self) -> str:
+        return ipxe_script(self.mac)
+
+    @property
+    def http_image(self) -> str:
+        return http_image(self.mac)
 
     @property
     def hexip_name(self) -> str | None:
@@ -70,6 +83,7 @@ class Site:
     root_squash: bool
     default_cmdline: str  # what a machine without a file of its own boots with
     machines: tuple[MachinePlan, ...]
+    http_url: str = ""  # where the site's web server serves the tree, ending in "/"
     grub_dir: str = GRUB_DIR
 
     @property
@@ -84,6 +98,24 @@ class Site:
     @property
     def uefi(self) -> bool:
         return any(f is not Firmware.BIOS for f in self.firmwares)
+
+    def by(self, netboot: Netboot) -> tuple[MachinePlan, ...]:
+        return tuple(m for m in self.machines if m.netboot is netboot)
+
+    @property
+    def http_path(self) -> str:
+        """The path part of http_url: where the web server serves the tree."""
+        return "/" + self.http_url.split("://", 1)[-1].partition("/")[2]
+
+
+def ipxe_script(mac: str) -> str:
+    """A host's iPXE script, by path relative to the tree's root."""
+    return mac.lower().replace(":", "-") + ".ipxe"
+
+
+def http_image(mac: str) -> str:
+    """The RAM disk image a UEFI HTTP-booting host loads, relative to the tree's root."""
+    return f"{HTTP_DIR}/{mac.lower().replace(':', '-')}.img"
 
 
 def append_line(cmdline: str) -> str:
@@ -117,7 +149,8 @@ def site(scenario: Scenario, booters: tuple[Booter, ...], nfs_server: str,
     machines = tuple(MachinePlan(
         key=b.key, name=b.name, mac=b.mac, ip=str(b.ip) if b.ip else None, cmdline=cmdline(b),
         root_path=root_path_by_dhcp(scenario, b.export, server, export_path, options),
-        firmware=b.firmware,
+        firmware=b.firmware, netboot=b.netboot,
     ) for b in booters)
     return Site(server=server, subnet=subnet, export_path=export_path, root_squash=root_squash,
-                default_cmdline=cmdline(None), machines=machines)
+                default_cmdline=cmdline(None), machines=machines,
+                http_url=scenario.pxe.http_url or f"http://{server}{HTTP_PATH}")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
-from vlab.scenario.model import LAB_HOST, NFS_HOST, Firmware, Machine, Pxe
+from vlab.scenario.model import LAB_HOST, NFS_HOST, Firmware, Machine, Netboot, Pxe
 from vlab.scenario.table import Table
 
-KEYS = ("name", "mac", "ip", "export", "cmdline", "firmware")
+KEYS = ("name", "mac", "ip", "export", "cmdline", "firmware", "netboot")
+# `[pxe] http_url`: it goes into DHCP answers and the web server's snippet, so plain words only.
+HTTP_URL_RE = re.compile(r"http://[A-Za-z0-9.-]{1,253}(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~/-]*)?")
 # The twins vlab adds per firmware (plan._twins): a host of that name would be two twins.
 DEFAULT_TWINS = frozenset(f"default-{f.value}" for f in Firmware if f is not Firmware.BIOS)
 
@@ -15,8 +18,11 @@ DEFAULT_TWINS = frozenset(f"default-{f.value}" for f in Firmware if f is not Fir
 def pxe(top: Table, subnet: ipaddress.IPv4Network | None) -> Pxe:
     """The site's hosts. A host inside the lab's `subnet` keeps its address in the twin
     check, so it may not be one of the lab's own."""
-    pxe_t = Table(top.file, "pxe", top.sub("pxe", {}), ("nfs_server", "firmware"))
+    pxe_t = Table(top.file, "pxe", top.sub("pxe", {}),
+                  ("nfs_server", "firmware", "netboot", "http_url"))
     default = pxe_t.choice("firmware", Firmware, Firmware.BIOS)
+    default_netboot = pxe_t.choice("netboot", Netboot, Netboot.TFTP)
+    http_url = _http_url(pxe_t)
     raw = top.tables("machine", "write each physical machine as a [[machine]] table")
     found: list[Machine] = []
     names: dict[str, int] = {}
@@ -44,9 +50,33 @@ def pxe(top: Table, subnet: ipaddress.IPv4Network | None) -> Pxe:
         if ip is not None:
             _not_the_labs_own(t, ip, subnet)
             ips[ip] = i
-        found.append(Machine(name=name, mac=mac, ip=ip, export=t.export(),
-                             cmdline=t.cmdline(), firmware=t.choice("firmware", Firmware, default)))
-    return Pxe(nfs_server=pxe_t.ip("nfs_server"), machines=tuple(found), firmware=default)
+        firmware = t.choice("firmware", Firmware, default)
+        found.append(Machine(name=name, mac=mac, ip=ip, export=t.export(), cmdline=t.cmdline(),
+                             firmware=firmware, netboot=_netboot(t, firmware, default_netboot)))
+    return Pxe(nfs_server=pxe_t.ip("nfs_server"), machines=tuple(found), firmware=default,
+               netboot=default_netboot, http_url=http_url)
+
+
+def _netboot(t: Table, firmware: Firmware, default: Netboot) -> Netboot:
+    netboot = t.choice("netboot", Netboot, default)
+    if netboot is Netboot.HTTP and firmware is Firmware.BIOS:
+        where = "netboot" if "netboot" in t.data else "firmware"
+        raise t.error(where, "HTTP boot is UEFI's: a BIOS host's PXE fetches over TFTP only",
+                      'set netboot = "ipxe" (iPXE fetches the kernel and initrd over HTTP), '
+                      '"tftp", or firmware = "uefi"')
+    return netboot
+
+
+def _http_url(t: Table) -> str:
+    """Where the site's web server serves the tree, ending in "/" ("" when not given)."""
+    if "http_url" not in t.data:
+        return ""
+    url = t.get("http_url", str)
+    if HTTP_URL_RE.fullmatch(url) is None:
+        raise t.error("http_url", f"{url!r} is not a URL vlab can hand out",
+                      'write it as http://SERVER[:PORT]/PATH/ (letters, digits, ".", "-", "_", '
+                      '"~" and "/"; no https: firmware HTTP boot would need your CA enrolled)')
+    return url if url.endswith("/") else url + "/"
 
 
 def _not_the_labs_own(t: Table, ip: ipaddress.IPv4Address,

@@ -84,6 +84,16 @@ class Firmware(StrEnum):
     UEFI_SECURE = "uefi-secure"
 
 
+class Netboot(StrEnum):
+    """How a PXE host's firmware fetches what it boots: TFTP (pxelinux, or shim and GRUB),
+    UEFI HTTP boot (a RAM disk image over HTTP), or iPXE (loaded over TFTP, then the host's
+    script, kernel and initrd over HTTP)."""
+
+    TFTP = "tftp"
+    HTTP = "http"
+    IPXE = "ipxe"
+
+
 class Writable(StrEnum):
     NONE = "none"
     TMPFS = "tmpfs"
@@ -185,6 +195,7 @@ class Machine:
     export: str | None  # the page's root=SERVER:/path override
     cmdline: str
     firmware: Firmware = Firmware.BIOS
+    netboot: Netboot = Netboot.TFTP
 
 
 @dataclass(frozen=True)
@@ -207,6 +218,8 @@ class Pxe:
     nfs_server: ipaddress.IPv4Address | None  # None: the lab's own server
     machines: tuple[Machine, ...]
     firmware: Firmware = Firmware.BIOS  # the hosts' default
+    netboot: Netboot = Netboot.TFTP  # the hosts' default
+    http_url: str = ""  # where the site's web server serves the tree ("": the NFS server's)
 
 
 @dataclass(frozen=True)

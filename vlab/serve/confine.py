@@ -2,8 +2,9 @@
 every other mount read-only but the server's own folder.
 
 vlab starts each lab's nfs-ganesha as
-`python -m vlab.serve.confine [--image IMAGE] [--pid-file FILE] SERVER_DIR RUN_DIR EXPORT --
-ARGV...`,
+`python -m vlab.serve.confine [--image IMAGE] [--pid-file FILE] [--caps web] SERVER_DIR RUN_DIR
+EXPORT -- ARGV...`, and the PXE twins' web server (lighttpd, vlab/serve/web.py) the same way
+with `--caps web` (EXPORT is then the tree it serves),
 which enters a new mount namespace (private propagation: nothing it mounts reaches the
 machine) and there:
 
@@ -156,6 +157,10 @@ def _all_readonly(server_dir: str, export: str) -> None:
 # sys_rawio, sys_resource (this machine kind grants it to nobody, and ganesha serves without).
 # Checked by every boot of the suite.
 GANESHA_CAPS = frozenset({0, 1, 2, 3, 4, 6, 7, 10})
+# What lighttpd needs, and no more: bind port 80 (net_bind_service), then become its user
+# (setgid, setuid), as which it reads the tree like anyone may.
+WEB_CAPS = frozenset({6, 7, 10})
+CAPS = {"ganesha": GANESHA_CAPS, "web": WEB_CAPS}
 
 
 def _keep_only(caps: frozenset[int]) -> None:
@@ -176,7 +181,8 @@ def _own_proc() -> None:
     _mount("proc", "/proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, fstype="proc")
 
 
-def _run_in_own_pid_namespace(argv: list[str], pid_fd: int | None) -> int:
+def _run_in_own_pid_namespace(argv: list[str], pid_fd: int | None,
+                              caps: frozenset[int] = GANESHA_CAPS) -> int:
     """ARGV as process 1 of a PID namespace of its own. Without pid_fd, wait for it and
     return its exit status; with it, write its pid (as the machine sees it) there once it has
     executed ARGV, and return 0 at once: ARGV runs on, and goes with every process it left
@@ -189,7 +195,7 @@ def _run_in_own_pid_namespace(argv: list[str], pid_fd: int | None) -> int:
         os.close(read_end)
         try:
             _own_proc()
-            _keep_only(GANESHA_CAPS)
+            _keep_only(caps)
             os.execvp(argv[0], argv)
         except (ConfineError, OSError) as err:
             os.write(write_end, f"{argv[0]}: {err}".encode())
@@ -208,23 +214,22 @@ def _run_in_own_pid_namespace(argv: list[str], pid_fd: int | None) -> int:
 
 
 def main(argv: list[str]) -> int:
-    image, pid_file = None, None
-    while len(argv) > 1 and argv[0] in ("--image", "--pid-file"):
-        if argv[0] == "--image":
-            image = argv[1]
-        else:
-            pid_file = argv[1]
+    options: dict[str, str] = {}
+    while len(argv) > 1 and argv[0] in ("--image", "--pid-file", "--caps"):
+        options[argv[0]] = argv[1]
         argv = argv[2:]
-    if len(argv) < 5 or argv[3] != "--":
-        print("usage: python -m vlab.serve.confine [--image IMAGE] [--pid-file FILE] SERVER_DIR "
-              "RUN_DIR EXPORT -- ARGV...", file=sys.stderr)
+    image, pid_file = options.get("--image"), options.get("--pid-file")
+    caps = CAPS.get(options.get("--caps", "ganesha"))
+    if len(argv) < 5 or argv[3] != "--" or caps is None:
+        print("usage: python -m vlab.serve.confine [--image IMAGE] [--pid-file FILE] [--caps "
+              "ganesha|web] SERVER_DIR RUN_DIR EXPORT -- ARGV...", file=sys.stderr)
         return SETUP_FAILED
     try:
         # Opened before the namespace, whose /tmp is the server's own: FILE may be in /tmp.
         pid_fd = None if pid_file is None else os.open(
             pid_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         confine(argv[0], argv[1], argv[2], image)
-        return _run_in_own_pid_namespace(argv[4:], pid_fd)
+        return _run_in_own_pid_namespace(argv[4:], pid_fd, caps)
     except (ConfineError, OSError) as err:
         print(f"vlab.serve.confine: {err}", file=sys.stderr)
         return SETUP_FAILED

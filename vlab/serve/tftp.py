@@ -16,12 +16,21 @@ from typing import Any
 
 from vlab.build import cache
 from vlab.errors import HostError, MissingTool, UsageError
+from vlab.scenario.model import Firmware
 
 MANIFEST = ".vlab-manifest.json"
 MANIFEST_MAX = 256 << 20  # a 10,000-host tree's manifest is ~4 MiB
 SYSLINUX = {
     "pxelinux.0": (Path("/usr/lib/PXELINUX/pxelinux.0"), "pxelinux"),
     "ldlinux.c32": (Path("/usr/lib/syslinux/modules/bios/ldlinux.c32"), "syslinux-common"),
+}
+
+# iPXE, for hosts with netboot = "ipxe": the firmware loads it over TFTP (by its own PXE: the
+# UNDI build for BIOS, the SNP one for UEFI), and iPXE fetches the rest over HTTP.
+IPXE = {
+    Firmware.BIOS: ("undionly.kpxe", Path("/usr/lib/ipxe/undionly.kpxe")),
+    Firmware.UEFI: ("snponly.efi", Path("/usr/lib/ipxe/snponly.efi")),
+    Firmware.UEFI_SECURE: ("snponly.efi", Path("/usr/lib/ipxe/snponly.efi")),
 }
 
 
@@ -38,6 +47,17 @@ def bootloaders() -> dict[str, Path]:
         if not path.is_file():
             raise MissingTool(f"{name} ({path})", package)
     return {name: path for name, (path, _package) in SYSLINUX.items()}
+
+
+def ipxe_loaders(firmwares: set[Firmware]) -> dict[str, Path]:
+    """iPXE's loaders for hosts of these firmwares, from Debian's ipxe package."""
+    found = {}
+    for firmware in firmwares:
+        name, path = IPXE[firmware]
+        if not path.is_file():
+            raise MissingTool(f"iPXE ({path})", "ipxe")
+        found[name] = path
+    return found
 
 
 def _digest(data: bytes) -> str:

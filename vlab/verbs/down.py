@@ -15,7 +15,7 @@ from vlab.nodes import labhost, reach, virt
 from vlab.plan.lab import Dirs, LabPlan, domain_name
 from vlab.progress import Say
 from vlab.scenario.model import LOCAL
-from vlab.serve import firewall, nfsserver
+from vlab.serve import firewall, nfsserver, web
 
 
 def down(plan: LabPlan, dirs: Dirs, say: Say) -> None:
@@ -71,6 +71,8 @@ def remove_local_files(plan: LabPlan, dirs: Dirs, recorded: dict[str, Any], say:
     if nfsserver.pid(plan) is not None:
         say("stopped nfs-ganesha")
     nfsserver.stop(plan)
+    if web.stop(plan):
+        say("stopped lighttpd")
     for ns in {plan.nfs_netns, recorded.get("nfs_netns")} - {None}:
         if nfsserver.remove_namespace(str(ns)):
             say(f"removed the NFS server's network namespace {ns}")

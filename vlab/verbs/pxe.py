@@ -45,7 +45,8 @@ def pxe(plan: LabPlan, dirs: Dirs, tftp_dir: Path, say: Say, *, write: bool = Tr
             k, img = build_boot_files(plan, dirs, say)
             changes = tftp.Changes()
             if write:
-                changes = write_tftp_tree(plan.scenario, tftp_dir, plan.site, k, img)
+                changes = write_tftp_tree(plan.scenario, tftp_dir, plan.site, k, img,
+                                          dirs.cache, say)
                 say(f"TFTP tree {tftp_dir}: {len(changes.written)} written, "
                     f"{len(changes.removed)} removed, {changes.unchanged} unchanged "
                     f"({len(plan.site.machines)} machines)")

@@ -16,7 +16,7 @@ from typing import Any
 from vlab import progress, state
 from vlab.artifacts import pxe_config, templates
 from vlab.artifacts.catalog import lab_digests
-from vlab.build import builders, efi, initrd, kernel, mounts, nfsroot
+from vlab.build import builders, efi, httpboot, initrd, kernel, mounts, nfsroot
 from vlab.errors import HostError, UsageError, VirtError
 from vlab.nodes import labhost, reach, virt
 from vlab.plan.lab import Dirs, LabPlan, NodePlan, TerminalPlan
@@ -29,10 +29,11 @@ from vlab.scenario.model import (
     Hypervisor,
     InitrdBuilder,
     KernelSource,
+    Netboot,
     RootSource,
     Scenario,
 )
-from vlab.serve import exportfs, firewall, nfsserver, tftp
+from vlab.serve import exportfs, firewall, nfsserver, tftp, web
 from vlab.verbs.probes import HOST_KEY_WAIT, SSH_ROOTS, run_probes
 from vlab.watch import sshkeys
 from vlab.watch.consoles import watch_consoles
@@ -51,7 +52,7 @@ def up(scenario: Scenario, plan: LabPlan, dirs: Dirs, say: Say) -> dict[str, Any
             if all(virt.domain_state(conns[t.node], t.domain) == "running"
                    for t in plan.terminals):
                 return already_up(plan, dirs, netns, conns, say)
-            tftp_dir = write_lab_tftp_tree(plan, k, img, say)
+            tftp_dir = write_lab_tftp_tree(plan, dirs, k, img, say)
             started, verdicts = boot(plan, dirs, k, netns, conns, say, tftp_dir)
             probes = run_probes(scenario, plan, verdicts, say)
             await_relayed_host_keys(plan, verdicts, say)
@@ -89,6 +90,10 @@ def boot(plan: LabPlan, dirs: Dirs, k: kernel.Kernel, netns: str | None,
     export_nfs_root(plan, dirs, netns, say)  # starts while the network is defined
     define_network(plan, conns[LOCAL], say, tftp_dir)
     join_lab_network(plan, netns)
+    if tftp_dir is not None and web.needed(plan):
+        server = web.start(plan, netns, tftp_dir)
+        say(f"web server: lighttpd (pid {server}) serves {tftp_dir} at {plan.http_url}, on "
+            "the lab network only")
     ship_boot_files(plan, k, say)
     create_terminals(plan, conns)
     wait_for_nfs_server(plan, say)
@@ -204,19 +209,24 @@ def start_lab_host(plan: LabPlan, dirs: Dirs, say: Say) -> str | None:
     return host.netns
 
 
-def write_lab_tftp_tree(plan: LabPlan, k: kernel.Kernel, img: Path, say: Say) -> Path | None:
+def write_lab_tftp_tree(plan: LabPlan, dirs: Dirs, k: kernel.Kernel, img: Path,
+                        say: Say) -> Path | None:
     """Terminals with boot = "pxe" boot through a TFTP tree of the lab's own."""
     if plan.tftp_tree is None:
         return None
-    write_tftp_tree(plan.scenario, plan.tftp_dir, plan.tftp_tree, k, img)
+    write_tftp_tree(plan.scenario, plan.tftp_dir, plan.tftp_tree, k, img, dirs.cache)
     say(f"PXE: TFTP tree {plan.tftp_dir} for "
         f"{', '.join(m.name for m in plan.tftp_tree.machines)}")
     return plan.tftp_dir
 
 
 def write_tftp_tree(scenario: Path, tftp_dir: Path, site: Site, k: kernel.Kernel,
-                    img: Path) -> tftp.Changes:
+                    img: Path, cache_dir: Path, say: Say | None = None) -> tftp.Changes:
     pxe_config.refuse_unsigned_kernel(scenario, site, k.vmlinuz.read_bytes(), k.release)
+    chain = site.by(Netboot.IPXE)
+    ipxe = tftp.ipxe_loaders({m.firmware for m in chain})
+    if chain and any(m.firmware is not Firmware.BIOS for m in chain):
+        pxe_config.refuse_unsigned_ipxe(scenario, site, tftp.IPXE[Firmware.UEFI][1].read_bytes())
     loaders = efi.loaders() if site.uefi else None
     if loaders is not None and loaders.grub_dir != site.grub_dir:
         raise HostError(f"{efi.LOADERS[efi.GRUB][0]} reads its grub.cfg from "
@@ -225,10 +235,16 @@ def write_tftp_tree(scenario: Path, tftp_dir: Path, site: Site, k: kernel.Kernel
                         "grub-efi-amd64-signed")
     # pxelinux and GRUB load a bzImage (Debian's, signed: shim's GRUB checks it under Secure
     # Boot): the PVH ELF is for direct kernel boot only.
-    copies = {**tftp.bootloaders(), **(loaders.files if loaders else {}),
+    copies = {**tftp.bootloaders(), **(loaders.files if loaders else {}), **ipxe,
               KERNEL: k.vmlinuz, INITRD: img}
-    return tftp.write_tree(tftp_dir, pxe_config.shared_files(site), copies,
-                           pxe_config.machine_groups(site))
+    http = site.by(Netboot.HTTP)
+    if http and say is not None:
+        say(f"HTTP boot: a RAM disk image for each of {', '.join(m.name for m in http)}")
+    for m in http:
+        copies[m.http_image] = httpboot.image(cache_dir, pxe_config.grub_config(m), k.vmlinuz,
+                                              img)
+    return tftp.write_tree(tftp_dir, pxe_config.shared_files(site, str(tftp_dir.absolute())),
+                           copies, pxe_config.machine_groups(site))
 
 
 def define_network(plan: LabPlan, conn: virt.Conn, say: Say,
