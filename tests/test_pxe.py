@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,11 +17,13 @@ from test_boot import tree_digest, vlab
 
 from vlab import scenario
 from vlab.artifacts import pxe_config, templates
+from vlab.build import efi
 from vlab.errors import ScenarioError, UsageError
 from vlab.plan.cmdline import nfs_client_id
 from vlab.plan.lab import Dirs
 from vlab.plan.make import make_plan
 from vlab.plan.site import Site
+from vlab.scenario.model import Firmware, Netboot
 from vlab.serve import nfsserver, tftp
 from vlab.watch.judge import ANSI
 
@@ -101,6 +104,61 @@ def test_a_secure_boot_host_with_an_unsigned_kernel_is_refused_before_writing(
     pxe_config.refuse_unsigned_kernel(plain.path, site_of("site"), unsigned, "6.1.0-1-amd64")
 
 
+def test_a_secure_boot_host_is_not_handed_an_unsigned_ipxe(tmp_path: Path) -> None:
+    """Lint: OVMF with Secure Boot refuses Debian's iPXE ("Access Denied", HOST-NOTES): a
+    uefi-secure host with netboot = "ipxe" is named before anything is written; the others
+    (BIOS and UEFI iPXE hosts) are fine with it."""
+    snponly = tftp.IPXE[Firmware.UEFI_SECURE][1].read_bytes()
+    assert not efi.signed(snponly)
+    pxe_config.refuse_unsigned_ipxe(ROOT / "scenarios/site-http.toml", site_of("site-http"),
+                                    snponly)
+    path = _scenario(tmp_path, '[[machine]]\nname = "a"\nmac = "00:11:22:33:44:55"\n'
+                               'firmware = "uefi-secure"\nnetboot = "ipxe"\n')
+    site = make_plan(scenario.load(path), Dirs(tmp_path, tmp_path)).site
+    assert site is not None
+    with pytest.raises(ScenarioError) as err:
+        pxe_config.refuse_unsigned_ipxe(path, site, snponly)
+    assert str(err.value).startswith(f"{path}: machine[0].netboot: iPXE for a, Secure Boot "
+                                     "hosts, but iPXE (/usr/lib/ipxe/snponly.efi) carries no "
+                                     "signature"), err.value
+    out = tmp_path / "tftp"
+    proc = vlab("pxe", str(path), "--tftp-dir", str(out))
+    assert proc.returncode == 2 and "machine[0].netboot" in proc.stderr and not out.exists()
+
+
+def test_the_http_boot_image_holds_debians_signed_loaders_the_hosts_config_kernel_and_initrd(
+        tmp_path: Path) -> None:
+    """The RAM disk image UEFI HTTP boot loads: shim as the removable-media loader, the
+    signed monolithic GRUB beside it, the host's grub.cfg where that GRUB reads it (its
+    built-in prefix), the kernel and initrd at the paths grub.cfg names; built once."""
+    from vlab.build import httpboot
+
+    kernel, initrd = tmp_path / "vmlinuz", tmp_path / "initrd.img"
+    kernel.write_bytes(b"kernel" * 1000)
+    initrd.write_bytes(b"initrd" * 1000)
+    m = site_of("site-http").by(Netboot.HTTP)[0]
+    cfg = pxe_config.grub_config(m)
+    assert "linux /vmlinuz " in cfg and "initrd /initrd.img" in cfg and "vlab.pxe=http1" in cfg
+    made = httpboot.image(tmp_path / "cache", cfg, kernel, initrd)
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+
+    def read(rel: str) -> bytes:
+        return subprocess.run(["mtype", "-i", str(made), f"::/{rel}"], env=env, check=True,
+                              capture_output=True).stdout
+
+    assert read("EFI/BOOT/BOOTX64.EFI") == efi.LOADERS[efi.SHIM][0].read_bytes()
+    assert read("EFI/BOOT/grubx64.efi") == httpboot.GRUB[0].read_bytes()
+    assert efi.grub_prefix(httpboot.GRUB[0].read_bytes(), "grub") == "EFI/debian"
+    assert read("EFI/debian/grub.cfg").decode() == cfg
+    assert read("vmlinuz") == kernel.read_bytes() and read("initrd.img") == initrd.read_bytes()
+    stamp = made.stat().st_mtime_ns
+    assert httpboot.image(tmp_path / "cache", cfg, kernel, initrd) == made
+    assert made.stat().st_mtime_ns == stamp
+    other = httpboot.image(tmp_path / "cache", cfg.replace("http1", "http2"), kernel, initrd)
+    assert other != made and sorted(p.name for p in (tmp_path / "cache/httpboot").iterdir()) \
+        == sorted([made.name, other.name])  # nothing half-built left
+
+
 def test_mac_and_hex_ip_file_names_as_the_page_and_pxelinux_want() -> None:
     pc1, pc2 = site_of("site").machines
     assert pc1.pxelinux_name == "01-52-54-00-77-00-01"
@@ -129,6 +187,14 @@ def _scenario(tmp_path: Path, hosts: str, extra: str = "") -> Path:
      "the server 'nfsserver' is a name"),
     ('[[machine]]\nname = "../../etc/passwd"\nmac = "00:11:22:33:44:55"\n', "is not a valid name"),
     ('[[machine]]\nname = "a"\n', "machine[0].mac: is missing"),
+    ('[[machine]]\nname = "a"\nmac = "00:11:22:33:44:55"\nnetboot = "http"\n',
+     "machine[0].netboot: HTTP boot is UEFI's"),
+    ('[pxe]\nnetboot = "http"\n[[machine]]\nname = "a"\nmac = "00:11:22:33:44:55"\n'
+     'firmware = "bios"\n', "machine[0].firmware: HTTP boot is UEFI's"),
+    ('[[machine]]\nname = "a"\nmac = "00:11:22:33:44:55"\nnetboot = "nfs"\n',
+     "machine[0].netboot: 'nfs' is not supported"),
+    ('[pxe]\nhttp_url = "https://10.0.0.5/x/"\n', "pxe.http_url: 'https://10.0.0.5/x/' is not"),
+    ('[pxe]\nhttp_url = "http://10.0.0.5/a b,c"\n', "pxe.http_url: 'http://10.0.0.5/a b,c'"),
 ])
 def test_lint_errors(tmp_path: Path, hosts: str, message: str) -> None:
     with pytest.raises(ScenarioError, match=message.replace("[", r"\[").replace(".", r"\.")):
@@ -293,6 +359,70 @@ def test_uefi_and_secure_boot_twins_boot_through_shim_and_grub(lab_down) -> None
     for name in ("pxe-sb1", "pxe-default-uefi-secure"):
         assert twins[name]["verdict"] == "secure-boot-refused", twins[name]
     for name in ("pxe-efi1", "pxe-default-uefi"):
+        assert twins[name]["verdict"] == "ok", twins[name]
+
+
+@pytest.mark.boot
+def test_http_boot_and_ipxe_twins_fetch_over_http_from_a_real_web_server(lab_down) -> None:  # type: ignore[no-untyped-def]
+    """UEFI HTTP boot (OVMF, with and without Secure Boot): DHCP's HTTPClient answer -> the
+    host's RAM disk image over HTTP -> Debian's signed shim, GRUB and kernel from it -> NFS
+    root; iPXE: BIOS (the NIC's iPXE) and UEFI (OVMF's PXE -> snponly.efi over TFTP) -> the
+    host's script, kernel and initrd over HTTP. All served by the lab's lighttpd through the
+    snippet vlab wrote for the site's; with an unsigned kernel in the image, Secure Boot
+    refuses it."""
+    path = "scenarios/site-http.toml"
+    lab_down.append(path)
+    tftp_dir = Path("/var/lib/vlab/test-tftp/site-http")
+    shutil.rmtree(tftp_dir, ignore_errors=True)
+    proc = vlab("pxe", path, "--tftp-dir", str(tftp_dir), "--twins", "--json", timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    twins = {t["name"]: t for t in json.loads(proc.stdout)["twins"]["terminals"]}
+    assert set(twins) == {"pxe-http1", "pxe-httpsb1", "pxe-ipxe1", "pxe-ipxeefi1"}
+    planned = make_plan(scenario.load(ROOT / path), GOLDEN_DIRS, twins=True).terminals
+    mac = {t.name: t.mac.replace(":", "-") for t in planned}
+    console = {name: console_text(t["console_log"]) for name, t in twins.items()}
+    for name, t in twins.items():
+        assert t["verdict"] == "ok", t
+        assert f"vlab.pxe={name.removeprefix('pxe-')}" in console[name], console[name][-3000:]
+    for name in ("pxe-http1", "pxe-httpsb1"):
+        assert "Start HTTP Boot over IPv4" in console[name]
+        assert f"URI: http://10.213.80.1/vlab/http/{mac[name]}.img" in console[name]
+    assert "vlab: iPXE i386/pcbios on 52:54:00:80:00:03" in console["pxe-ipxe1"]
+    assert "vlab: iPXE x86_64/efi on 52:54:00:80:00:04" in console["pxe-ipxeefi1"]
+    logs = Path(twins["pxe-http1"]["console_log"]).parent
+    # The firmware's PXE got snponly.efi over TFTP; everything else came over HTTP.
+    assert re.search(r"dnsmasq-tftp\[\d+\]: sent \S*/snponly\.efi to ",
+                     (logs / "dnsmasq.log").read_text()), "snponly.efi was not sent"
+    served = (logs / "web-access.log").read_text()
+    for name in ("pxe-http1", "pxe-httpsb1"):
+        assert f'"GET /vlab/http/{mac[name]}.img HTTP/1.1" 200 ' in served, served
+    for name in ("pxe-ipxe1", "pxe-ipxeefi1"):
+        for rel in (f"{mac[name]}.ipxe", "vmlinuz", "initrd.img"):
+            assert f'"GET /vlab/{rel} HTTP/1.1" 200 ' in served, (rel, served)
+    assert (tftp_dir / "vlab-site/lighttpd.conf").is_file()
+
+    # Secure Boot is enforced on the image's kernel: the same image with the kernel's
+    # signature taken off is refused by the Secure Boot twin, booted by the other.
+    signed = tftp_dir / "vmlinuz"
+    _unsigned(signed, tftp_dir.parent / "vmlinuz.unsigned")
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    try:
+        for name in ("pxe-http1", "pxe-httpsb1"):
+            image = tftp_dir / f"http/{mac[name]}.img"
+            shutil.copyfile(image, tftp_dir.parent / f"{image.name}.signed")
+            subprocess.run(["mcopy", "-o", "-i", str(image), str(tftp_dir.parent /
+                            "vmlinuz.unsigned"), "::/vmlinuz"], env=env, check=True)
+        proc = vlab("pxe", path, "--tftp-dir", str(tftp_dir), "--twins-only", "--json",
+                    timeout=900)
+    finally:
+        for name in ("pxe-http1", "pxe-httpsb1"):
+            image = tftp_dir / f"http/{mac[name]}.img"
+            shutil.move(tftp_dir.parent / f"{image.name}.signed", image)
+        (tftp_dir.parent / "vmlinuz.unsigned").unlink()
+    assert proc.returncode == 1, proc.stderr
+    twins = {t["name"]: t for t in json.loads(proc.stdout)["twins"]["terminals"]}
+    assert twins["pxe-httpsb1"]["verdict"] == "secure-boot-refused", twins["pxe-httpsb1"]
+    for name in ("pxe-http1", "pxe-ipxe1", "pxe-ipxeefi1"):
         assert twins[name]["verdict"] == "ok", twins[name]
 
 

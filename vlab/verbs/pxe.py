@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from vlab import state
+from vlab.artifacts import pxe_config
 from vlab.errors import UsageError
 from vlab.plan.lab import Dirs, LabPlan
 from vlab.progress import Say
 from vlab.report.status import status
-from vlab.scenario.model import Scenario
+from vlab.scenario.model import Firmware, Netboot, Scenario
 from vlab.serve import tftp
 from vlab.verbs.down import down
 from vlab.verbs.up import (
@@ -35,6 +36,9 @@ def pxe(plan: LabPlan, dirs: Dirs, tftp_dir: Path, say: Say, *, write: bool = Tr
     happened (a twin is a proof, not a lab to look at)."""
     assert plan.site is not None
     tftp.bootloaders()  # nothing is built when a loader is missing
+    secure_ipxe = {m.firmware for m in plan.site.by(Netboot.IPXE)} & {Firmware.UEFI_SECURE}
+    for path in tftp.ipxe_loaders(secure_ipxe).values():
+        pxe_config.refuse_unsigned_ipxe(plan.scenario, plan.site, path.read_bytes())
     try:
         if twins:
             check_firmware(plan)

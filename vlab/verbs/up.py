@@ -223,10 +223,7 @@ def write_lab_tftp_tree(plan: LabPlan, dirs: Dirs, k: kernel.Kernel, img: Path,
 def write_tftp_tree(scenario: Path, tftp_dir: Path, site: Site, k: kernel.Kernel,
                     img: Path, cache_dir: Path, say: Say | None = None) -> tftp.Changes:
     pxe_config.refuse_unsigned_kernel(scenario, site, k.vmlinuz.read_bytes(), k.release)
-    chain = site.by(Netboot.IPXE)
-    ipxe = tftp.ipxe_loaders({m.firmware for m in chain})
-    if chain and any(m.firmware is not Firmware.BIOS for m in chain):
-        pxe_config.refuse_unsigned_ipxe(scenario, site, tftp.IPXE[Firmware.UEFI][1].read_bytes())
+    ipxe = tftp.ipxe_loaders({m.firmware for m in site.by(Netboot.IPXE)})
     loaders = efi.loaders() if site.uefi else None
     if loaders is not None and loaders.grub_dir != site.grub_dir:
         raise HostError(f"{efi.LOADERS[efi.GRUB][0]} reads its grub.cfg from "
