@@ -128,7 +128,8 @@ def _all_readonly(server_dir: str, export: str) -> None:
     kept = [(path, os.open(path, os.O_PATH | os.O_DIRECTORY), writable, _kept_flags(path))
             for path, writable in ((server_dir, True), (export, False))]
     tmp = os.path.join(server_dir, "tmp")
-    os.makedirs(tmp, mode=0o700, exist_ok=True)
+    os.makedirs(tmp, exist_ok=True)
+    os.chmod(tmp, 0o711)  # the web server's user passes through it to a tree or log in /tmp
     for point in points:
         # A remount of the bind's flags: this namespace's copy of the mount only. A mount
         # point no path leads to (under a later mount) is out of ganesha's reach too.
