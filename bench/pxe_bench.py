@@ -39,7 +39,7 @@ def write_scenario(path: Path, hosts: int, changed: bool, firmware: str = "bios"
     lines = [f'[lab]\nname = "pxebench"\n[pxe]\nfirmware = "{firmware}"\n']
     for i in range(hosts):
         cmdline = "loglevel=7" if changed and i == hosts // 2 else ""
-        lines.append(f'[[host]]\nname = "h{i}"\nmac = "02:00:00:{i >> 16 & 255:02x}:'
+        lines.append(f'[[machine]]\nname = "h{i}"\nmac = "02:00:00:{i >> 16 & 255:02x}:'
                      f'{i >> 8 & 255:02x}:{i & 255:02x}"\nip = "10.{100 + (i >> 16)}.'
                      f'{i >> 8 & 255}.{i & 255}"\n' + (f'cmdline = "{cmdline}"\n' if cmdline
                                                       else ""))

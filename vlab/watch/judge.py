@@ -48,9 +48,10 @@ PROOF_RE = pattern(
 
 # Milestones on the way to the verdict, for the progress board (direct boot, PXE, builders).
 PHASE_LINES = (
-    # PXE: the NIC's iPXE, pxelinux, OVMF's own PXE, shim and GRUB (before them: firmware).
-    ("loader", pattern(r"\biPXE\b|PXELINUX \d|>>Start PXE over IPv4|Welcome to GRUB|"
-                          r"GNU GRUB|Booting from ROM")),
+    # Network boot: the NIC's iPXE, pxelinux, OVMF's own PXE or HTTP boot, shim and GRUB
+    # (before them: the firmware).
+    ("loader", pattern(r"\biPXE\b|PXELINUX \d|>>Start PXE over IPv4|>>Start HTTP Boot over "
+                          r"IPv4|Welcome to GRUB|GNU GRUB|Booting from ROM")),
     ("kernel", pattern(r"Linux version \d|EFI stub: |Decompressing Linux")),
     ("initrd", pattern(r"vlab-initrd: kernel command line|Run /init as init|"
                           r"Loading, please wait|dracut-|Starting systemd-udevd version")),
