@@ -20,6 +20,8 @@ PACKAGES=(
   shim-signed grub-efi-amd64-signed ovmf
   # HTTP boot and iPXE: the twins' lab serves the tree with lighttpd; iPXE's loaders
   lighttpd ipxe
+  # the tests check the ISC dhcpd snippets with dhcpd -t (its service kept from starting)
+  isc-dhcp-server
   # to build libvirt-python from its sdist, in a virtualenv
   libvirt-dev pkg-config gcc python3-dev python3-venv
   # the sandbox tests compile a hostile static builder

@@ -159,6 +159,29 @@ def test_the_http_boot_image_holds_debians_signed_loaders_the_hosts_config_kerne
         == sorted([made.name, other.name])  # nothing half-built left
 
 
+@pytest.mark.parametrize("name", ["site", "site-uefi", "site-own-server", "site-http"])
+def test_the_dhcp_snippets_are_what_dhcpd_and_dnsmasq_take(tmp_path: Path, name: str) -> None:
+    """The snippets as the site's servers read them: ISC dhcpd's own check (`dhcpd -t`, the
+    snippet in a subnet declaration as a site has) and dnsmasq's (`--test`). The twins prove
+    the dnsmasq lines' meaning with the lab's dnsmasq; these prove both files parse."""
+    files = pxe_config.shared_files(site_of(name))
+    conf = tmp_path / "dhcpd.conf"
+    conf.write_text("subnet 10.0.0.0 netmask 255.0.0.0 { range 10.0.0.100 10.0.0.200; }\n"
+                    + files["vlab-site/dhcpd.conf"])
+    checked = subprocess.run(["dhcpd", "-t", "-cf", str(conf)], capture_output=True, text=True,
+                             timeout=30)
+    assert checked.returncode == 0, checked.stderr
+    broken = conf.read_text().replace("filename", "filenam", 1)
+    conf.write_text(broken)  # the check can fail
+    assert subprocess.run(["dhcpd", "-t", "-cf", str(conf)], capture_output=True,
+                          timeout=30).returncode != 0
+    snippet = tmp_path / "dnsmasq.conf"
+    snippet.write_text(files["vlab-site/dnsmasq.conf"])
+    checked = subprocess.run(["dnsmasq", "--test", "--conf-file=" + str(snippet)],
+                             capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0 and "syntax check OK" in checked.stderr, checked.stderr
+
+
 def test_mac_and_hex_ip_file_names_as_the_page_and_pxelinux_want() -> None:
     pc1, pc2 = site_of("site").machines
     assert pc1.pxelinux_name == "01-52-54-00-77-00-01"
