@@ -14,6 +14,9 @@ PROOF = "VLAB-NFSROOT-OK server=10.0.0.1 export=/srv fstype=nfs4 options=ro"
 def test_console_lines_move_a_terminal_through_its_phases() -> None:
     lines = ["iPXE (http://ipxe.org) 00:02.0 C000 PCI2.10 PnP PMM+0EFCF110+0EF0F110 C000",
              ">>Start PXE over IPv4.", "Welcome to GRUB!",
+             "Configuring (net0 52:54:00:d4:4c:fe)...... ok", "  Station IP address is 10.0.0.9",
+             "tftp://10.213.5.1/pxelinux.0... ok", "http://10.0.0.1/vlab/vmlinuz... ok",
+             " Downloading NBP file...", "  Downloading...100%",
              "PXELINUX 6.04 PXE 20200816 Copyright (C) 1994-2015 H. Peter Anvin et al",
              "[    0.000000] Linux version 6.1.0-57-amd64 (debian-kernel@lists.debian.org)",
              "EFI stub: Loaded initrd from LINUX_EFI_INITRD_MEDIA_GUID device path",
@@ -22,7 +25,8 @@ def test_console_lines_move_a_terminal_through_its_phases() -> None:
              "udhcpc: lease of 10.213.5.10 obtained from 10.213.5.1, lease time 3600",
              "IP-Config: eth0 complete (dhcp from 10.0.0.1):", PROOF, "something else"]
     assert [phase_of(ln) for ln in lines] == [
-        "loader", "loader", "loader", "loader", "kernel", "kernel", "initrd", "initrd", "initrd",
+        "loader", "loader", "loader", "address", "address", "transfer", "transfer", "transfer",
+        "transfer", "loader", "kernel", "kernel", "initrd", "initrd", "initrd",
         "dhcp",
         "dhcp", "nfs-mounted", None]
 

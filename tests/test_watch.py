@@ -286,11 +286,12 @@ def test_recorded_consoles_are_judged_as_they_were_live(
 
 
 def test_a_verdict_carries_the_phases_with_the_second_each_began() -> None:
-    """The boot report's timeline: a PXE boot's loader (iPXE, pxelinux), initrd, DHCP and
-    mount, each at the second of the line that began it, in order, once each."""
+    """The boot report's timeline: a PXE boot's loader (iPXE), its DHCP, its transfers
+    (pxelinux, the kernel and initrd), the initrd, its DHCP and the mount, each at the second
+    of the line that began it, in order, once each."""
     v, _phases = _replay("pxe-busybox-ok.log", READY_BUSYBOX)
     names = [name for name, _at in v.phases]
-    assert names == ["loader", "initrd", "dhcp", "nfs-mounted"], v.phases
+    assert names == ["loader", "address", "transfer", "initrd", "dhcp", "nfs-mounted"], v.phases
     seconds = [at for _name, at in v.phases]
     assert seconds == sorted(seconds) and seconds[-1] <= v.seconds
 

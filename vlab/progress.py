@@ -23,7 +23,8 @@ def stderr_progress() -> Say:
     return say
 
 # The phases a terminal goes through, in order; a verdict ends it.
-PHASES = ("building", "defined", "loader", "kernel", "initrd", "dhcp", "nfs-mounted")
+PHASES = ("building", "defined", "loader", "address", "transfer", "kernel", "initrd", "dhcp",
+          "nfs-mounted")
 
 
 class Board:

@@ -20,8 +20,8 @@ from vlab.watch.judge import ANSI, OK, phase_of
 # userspace, until the verdict.
 START = "firmware"
 AFTER_MOUNT = "userspace"
-PHASE_TEXT = {"loader": "loader", "kernel": "kernel", "initrd": "initrd", "dhcp": "DHCP",
-              "nfs-mounted": AFTER_MOUNT}
+PHASE_TEXT = {"loader": "loader", "address": "boot DHCP", "transfer": "transfer",
+              "kernel": "kernel", "initrd": "initrd", "dhcp": "DHCP", "nfs-mounted": AFTER_MOUNT}
 MAX_CONSOLE = 256 << 10  # bytes of console shown per terminal (its end; the rest folded away)
 BAR_WIDTH = 720  # px of the longest boot
 

@@ -52,6 +52,12 @@ PHASE_LINES = (
     # (before them: the firmware).
     ("loader", pattern(r"\biPXE\b|PXELINUX \d|>>Start PXE over IPv4|>>Start HTTP Boot over "
                           r"IPv4|Welcome to GRUB|GNU GRUB|Booting from ROM")),
+    # ...which got its address by DHCP (iPXE, OVMF's PXE and HTTP boot)...
+    ("address", pattern(r"Configuring \(net\d+ [0-9a-f:]+\)\.* ok|Station IP address is ")),
+    # ...and fetches what it boots: iPXE's URLs, OVMF's downloads (the loader's own, the
+    # HTTP boot image); what follows until the kernel is loaders and their transfers.
+    ("transfer", pattern(r"(?:https?|tftp)://\S+\.\.\.|Downloading NBP file|"
+                            r"Downloading\.\.\.\d+%")),
     ("kernel", pattern(r"Linux version \d|EFI stub: |Decompressing Linux")),
     ("initrd", pattern(r"vlab-initrd: kernel command line|Run /init as init|"
                           r"Loading, please wait|dracut-|Starting systemd-udevd version")),
