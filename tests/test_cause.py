@@ -55,6 +55,28 @@ def test_a_missing_tftp_file_is_named_relative_to_the_tree() -> None:
                    _facts(dnsmasq_log=log)) is None  # another machine's request
 
 
+def test_a_file_the_web_server_has_not_is_named_from_its_log() -> None:
+    """lighttpd's access log, as the twins' web server writes it: the terminal's own request
+    that got 404 (or 403) is named; another machine's, or a path with quotes and spaces a
+    guest chose, never makes the sentence."""
+    log = ('10.213.80.50 10.213.80.1 - [06/Dec/2026:23:21:04 +0000] "HEAD /vlab/http/x.img '
+           'HTTP/1.1" 404 0 "-" "UefiHttpBoot/1.0"\n'
+           '10.213.80.9 10.213.80.1 - [06/Dec/2026:23:21:05 +0000] "GET /vlab/other '
+           'HTTP/1.1" 404 0 "-" "iPXE/1.0"\n'
+           '10.213.80.50 10.213.80.1 - [06/Dec/2026:23:21:06 +0000] "GET /vlab/a" 404 b" '
+           'HTTP/1.1" 400 0 "-" "x"\n')
+    t = {"mac": MAC, "ip": "10.213.80.50", "line": "  Client Error: 404 Not Found"}
+    assert explain("http-file-not-found", t, _facts(web_log=log)) == (
+        "HTTP: /vlab/http/x.img is not in the tree the lab serves (the web server answered 404)")
+    assert explain("http-file-not-found", {**t, "ip": "10.213.80.51"},
+                   _facts(web_log=log)) is None  # another machine's request
+    forbidden = log.replace('HTTP/1.1" 404 0 "-" "Uefi', 'HTTP/1.1" 403 0 "-" "Uefi')
+    assert explain("http-file-not-found", t, _facts(web_log=forbidden)) == (
+        "HTTP: the web server may not read /vlab/http/x.img (it answered 403: the tree must "
+        "be readable by all)")
+    assert explain("http-file-not-found", t, _facts()) is None  # no log: nothing to add
+
+
 def test_a_server_that_is_gone_is_named_and_ok_has_no_cause() -> None:
     t = {"mac": MAC, "ip": "10.213.1.10", "line": "[ OK ] Started Journal Service."}
     assert "nfs-ganesha) is not running" in (explain("stalled", t, _facts(nfs_running=False))

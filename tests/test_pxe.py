@@ -424,29 +424,42 @@ def test_http_boot_and_ipxe_twins_fetch_over_http_from_a_real_web_server(lab_dow
             assert f'"GET /vlab/{rel} HTTP/1.1" 200 ' in served, (rel, served)
     assert (tftp_dir / "vlab-site/lighttpd.conf").is_file()
 
-    # Secure Boot is enforced on the image's kernel: the same image with the kernel's
-    # signature taken off is refused by the Secure Boot twin, booted by the other.
-    signed = tftp_dir / "vmlinuz"
-    _unsigned(signed, tftp_dir.parent / "vmlinuz.unsigned")
+    # Each failure by name, in one more boot of the same tree: the Secure Boot twin's image
+    # with the kernel's signature taken off (so Secure Boot was enforced on the image's
+    # kernel), the other HTTP boot twin's image and the BIOS iPXE twin's script gone (the
+    # web server answers 404, and the cause says which file); the UEFI iPXE twin boots.
+    image = tftp_dir / f"http/{mac['pxe-httpsb1']}.img"
+    script = tftp_dir / f"{mac['pxe-ipxe1']}.ipxe"
+    gone = tftp_dir / f"http/{mac['pxe-http1']}.img"
+    kept = tftp_dir.parent / "kept"
+    shutil.rmtree(kept, ignore_errors=True)
+    kept.mkdir()
+    _unsigned(tftp_dir / "vmlinuz", kept / "vmlinuz.unsigned")
     env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
     try:
-        for name in ("pxe-http1", "pxe-httpsb1"):
-            image = tftp_dir / f"http/{mac[name]}.img"
-            shutil.copyfile(image, tftp_dir.parent / f"{image.name}.signed")
-            subprocess.run(["mcopy", "-o", "-i", str(image), str(tftp_dir.parent /
-                            "vmlinuz.unsigned"), "::/vmlinuz"], env=env, check=True)
+        for f in (image, script, gone):
+            shutil.copyfile(f, kept / f.name)
+        subprocess.run(["mcopy", "-o", "-i", str(image), str(kept / "vmlinuz.unsigned"),
+                        "::/vmlinuz"], env=env, check=True)
+        script.unlink()
+        gone.unlink()
         proc = vlab("pxe", path, "--tftp-dir", str(tftp_dir), "--twins-only", "--json",
                     timeout=900)
     finally:
-        for name in ("pxe-http1", "pxe-httpsb1"):
-            image = tftp_dir / f"http/{mac[name]}.img"
-            shutil.move(tftp_dir.parent / f"{image.name}.signed", image)
-        (tftp_dir.parent / "vmlinuz.unsigned").unlink()
+        for f in (image, script, gone):
+            shutil.copyfile(kept / f.name, f)
+        shutil.rmtree(kept)
     assert proc.returncode == 1, proc.stderr
     twins = {t["name"]: t for t in json.loads(proc.stdout)["twins"]["terminals"]}
     assert twins["pxe-httpsb1"]["verdict"] == "secure-boot-refused", twins["pxe-httpsb1"]
-    for name in ("pxe-http1", "pxe-ipxe1", "pxe-ipxeefi1"):
-        assert twins[name]["verdict"] == "ok", twins[name]
+    assert twins["pxe-ipxeefi1"]["verdict"] == "ok", twins["pxe-ipxeefi1"]
+    for name, rel in (("pxe-http1", f"http/{mac['pxe-http1']}.img"),
+                      ("pxe-ipxe1", f"{mac['pxe-ipxe1']}.ipxe")):
+        t = twins[name]
+        assert t["verdict"] == "http-file-not-found", t
+        assert t["cause"] == (f"HTTP: /vlab/{rel} is not in the tree the lab serves (the web "
+                              "server answered 404)"), t
+        assert t["seconds"] < 60, t  # at the 404, not at the timeout
 
 
 def twins_default_ok(rep: dict) -> bool:  # type: ignore[type-arg]

@@ -92,6 +92,11 @@ def test_terminals_sharing_an_nfs4_client_id_are_found() -> None:
     ("Loading initrd.img failed: No such file or directory", "tftp-file-not-found"),
     ("Could not find kernel image: vmlinuz", "tftp-file-not-found"),
     ("error: file `/vmlinuz' not found.", "tftp-file-not-found"),  # GRUB
+    ("  Client Error: 404 Not Found", "http-file-not-found"),  # OVMF's HTTP boot
+    ("http://10.213.80.1/vlab/52-54-00-80-00-03.ipxe... No such file or directory (htt",
+     "http-file-not-found"),  # iPXE, its line cut at 80 columns
+    ("http://10.0.0.1/vlab/vmlinuz... Permission denied (http://ipxe.org/0216eb3c)",
+     "http-file-not-found"),
     ("Verification failed: (0x1A) Security Violation", "secure-boot-refused"),  # shim
     ("error: bad shim signature.", "secure-boot-refused"),  # GRUB, for an unsigned kernel
     ("BdsDxe: failed to load Boot0001 \"UEFI PXEv4 (MAC:525400780002)\" from PciRoot(0x0)"

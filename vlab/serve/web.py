@@ -34,6 +34,11 @@ def _files(plan: LabPlan) -> tuple[Path, Path, Path]:
     return folder, folder / "lighttpd.conf", folder / "lighttpd.pid"
 
 
+def access_log(plan: LabPlan) -> Path:
+    """What the lab's lighttpd served, and refused, while it runs."""
+    return _files(plan)[0] / "access.log"
+
+
 def pid(plan: LabPlan) -> int | None:
     """The lab's lighttpd, if the pid file's process is still it."""
     _folder, conf, pid_file = _files(plan)

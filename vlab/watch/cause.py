@@ -30,6 +30,7 @@ class Facts:
     dhcp: bool  # the lab network's dnsmasq serves the terminal (not another host's network)
     dnsmasq_log: str  # what its dnsmasq logged ("" if nothing)
     tftp_dir: str = ""  # the tree the network serves, if any
+    web_log: str = ""  # what the twins' web server logged of each request ("" if none)
 
 
 def _admitted(ip: str, clients: tuple[str, ...]) -> bool:
@@ -100,7 +101,22 @@ def explain(verdict: str, terminal: Mapping[str, object], facts: Facts) -> str |
             if facts.tftp_dir and rel.startswith(facts.tftp_dir):
                 rel = rel[len(facts.tftp_dir):].lstrip("/")
             return f"TFTP: {rel} is not in the tree the lab serves (the server said: not found)"
+    if verdict == "http-file-not-found":
+        own = addresses_of(mac, ip, facts.dnsmasq_log)
+        refused = [(path, status) for peer, path, status in _web_requests(facts.web_log)
+                   if status in ("403", "404") and peer in own]
+        if refused:
+            path, status = refused[-1]
+            return (f"HTTP: {path} is not in the tree the lab serves (the web server answered "
+                    f"404)" if status == "404" else f"HTTP: the web server may not read {path} "
+                    "(it answered 403: the tree must be readable by all)")
     return None
+
+
+def _web_requests(log: str) -> list[tuple[str, str, str]]:
+    """(peer, path, status) of each request in lighttpd's access log."""
+    return [(m.group(1), m.group(2), m.group(3))
+            for m in map(WEB_LINE_RE.match, log.splitlines()) if m is not None]
 
 
 DNSMASQ_LINE_RE = pattern(
@@ -118,6 +134,10 @@ MESSAGE_MAC_RE = pattern(r"(?:\d+ )?DHCP[A-Z]+\(\S+\) (?:\d+\.\d+\.\d+\.\d+ )?"
 # the TFTP peer: dnsmasq's last field ("sent NAME to PEER", "file NAME not found for PEER"),
 # after a file name the guest chose
 TFTP_PEER_RE = pattern(r" (?:to|for|from) (\d+\.\d+\.\d+\.\d+)$")
+# lighttpd's access log: "PEER HOST - [TIME] "METHOD PATH HTTP/1.x" STATUS ..." (the path is
+# the guest's: it holds no space, and the status follows the quote that ends the request)
+WEB_LINE_RE = pattern(r'^(\d+\.\d+\.\d+\.\d+) \S+ \S+ \[[^\]]*\] "(?:GET|HEAD) (\S+) '
+                      r'HTTP/1\.[01]" (\d{3}) ')
 MAX_SEEN = 80  # lines per terminal: a PXE boot's DHCP rounds and TFTP files fit
 
 

@@ -20,7 +20,7 @@ from vlab.scenario.model import (
     Hypervisor,
     RootSource,
 )
-from vlab.serve import nfsserver
+from vlab.serve import nfsserver, web
 from vlab.watch import cause
 from vlab.watch.follow import watch
 from vlab.watch.guesttext import READY_MARKER, Pattern, tail
@@ -106,14 +106,11 @@ def servers_side(plan: LabPlan, verdicts: dict[TerminalPlan, Verdict],
                  tftp_dir: Path | None = None) -> dict[TerminalPlan, Verdict]:
     """Each verdict with what the lab's servers saw of its terminal (its DHCP and TFTP
     lines) and, for a failure the servers saw too, its cause (cause.py)."""
-    try:
-        log = tail(plan.dnsmasq_log, 4 << 20).decode(errors="replace")
-    except OSError:
-        log = ""
+    log, web_log = (_text_of(path) for path in (plan.dnsmasq_log, web.access_log(plan)))
     lab = cause.Facts(export_path=str(plan.export_path),
                       nfs_clients=tuple(map(str, plan.nfs_clients)),
                       nfs_running=nfsserver.pid(plan) is not None, dhcp=True, dnsmasq_log=log,
-                      tftp_dir=str(tftp_dir or ""))
+                      tftp_dir=str(tftp_dir or ""), web_log=web_log)
     out = {}
     for t, v in verdicts.items():
         facts = replace(lab, dhcp=t.node == LOCAL)
@@ -123,6 +120,14 @@ def servers_side(plan: LabPlan, verdicts: dict[TerminalPlan, Verdict],
                                                 facts)
         out[t] = replace(v, cause=why, seen=seen)
     return out
+
+
+def _text_of(log: Path) -> str:
+    """A server's log, its last 4 MiB ("" if there is none)."""
+    try:
+        return tail(log, 4 << 20).decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def ready_line(plan: LabPlan) -> Pattern | None:

@@ -138,6 +138,12 @@ FAILURES: tuple[tuple[str, Pattern], ...] = tuple(
         ("secure-boot-refused",
          r"Verification failed: \(0x1A\) Security Violation|error: bad shim signature|"
          r"prohibited by secure boot policy|BdsDxe: failed to load .*: Access Denied"),
+        # Over HTTP: UEFI HTTP boot (OVMF's "Client Error: 404 Not Found") or iPXE ("URL...
+        # No such file or directory") asked the web server for a file it has not, or may not
+        # read.
+        ("http-file-not-found",
+         r"Client Error: 40[34] |https?://\S+\.\.\. (?:No such file or directory|Permission "
+         r"denied)"),
         # PXE: pxelinux, iPXE and GRUB cannot fetch a file of the TFTP tree.
         ("tftp-file-not-found",
          r"Could not find (kernel|ramdisk) image|Unable to locate configuration file|"
