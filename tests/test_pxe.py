@@ -118,9 +118,9 @@ def test_a_secure_boot_host_is_not_handed_an_unsigned_ipxe(tmp_path: Path) -> No
     assert site is not None
     with pytest.raises(ScenarioError) as err:
         pxe_config.refuse_unsigned_ipxe(path, site, snponly)
-    assert str(err.value).startswith(f"{path}: machine[0].netboot: iPXE for a, Secure Boot "
-                                     "hosts, but iPXE (/usr/lib/ipxe/snponly.efi) carries no "
-                                     "signature"), err.value
+    assert str(err.value).startswith(f"{path}: machine[0].netboot: Secure Boot for a, but "
+                                     "iPXE (/usr/lib/ipxe/snponly.efi) carries no signature, "
+                                     "and their firmware starts no unsigned loader"), err.value
     out = tmp_path / "tftp"
     proc = vlab("pxe", str(path), "--tftp-dir", str(out))
     assert proc.returncode == 2 and "machine[0].netboot" in proc.stderr and not out.exists()

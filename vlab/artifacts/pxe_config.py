@@ -25,32 +25,33 @@ BOOT_FILES = {Firmware.BIOS: BOOTLOADER, Firmware.UEFI: efi.SHIM, Firmware.UEFI_
 def refuse_unsigned_kernel(scenario: Path, site: Site, image: bytes, release: str) -> None:
     """A Secure Boot machine gets a kernel shim can check: one without any signature would
     stop at GRUB's "bad shim signature" on every such host (lint, before any write)."""
-    secure = [m for m in site.machines if m.firmware is Firmware.UEFI_SECURE]
-    if not secure or efi.signed(image):
-        return
-    names = [m.name for m in secure]
-    raise ScenarioError(scenario, f"{secure[0].key}.firmware",
-                        f"Secure Boot for {', '.join(names[:5])}"
-                        f"{' and more' if len(names) > 5 else ''}, but the kernel "
-                        f"({release}) carries no signature, and shim starts no unsigned "
-                        "kernel", 'use a signed one ([kernel] source = "debian": Debian\'s '
-                        "is), sign this one with a key the hosts trust (sbsign, and enroll "
-                        'it with mokutil), or set firmware = "uefi"')
+    _refuse_unsigned(scenario, [m for m in site.machines if m.firmware is Firmware.UEFI_SECURE],
+                     "firmware", image, f"the kernel ({release})", "shim starts no unsigned kernel",
+                     'use a signed one ([kernel] source = "debian": Debian\'s is), sign this '
+                     "one with a key the hosts trust (sbsign, and enroll it with mokutil), or "
+                     'set firmware = "uefi"')
 
 
 def refuse_unsigned_ipxe(scenario: Path, site: Site, loader: bytes) -> None:
     """A Secure Boot host is not handed an unsigned iPXE: its firmware refuses to start it
     ("Access Denied"), on every such host (lint, before any write). Debian's is unsigned."""
-    secure = [m for m in site.by(Netboot.IPXE) if m.firmware is Firmware.UEFI_SECURE]
-    if not secure or efi.signed(loader):
+    _refuse_unsigned(scenario, [m for m in site.by(Netboot.IPXE)
+                                if m.firmware is Firmware.UEFI_SECURE],
+                     "netboot", loader, f"iPXE ({IPXE[Firmware.UEFI_SECURE][1]})",
+                     "their firmware starts no unsigned loader",
+                     'set netboot = "http" (UEFI HTTP boot of Debian\'s signed shim, GRUB and '
+                     'kernel) or "tftp", or firmware = "uefi" if Secure Boot is off')
+
+
+def _refuse_unsigned(scenario: Path, secure: list[MachinePlan], key: str, image: bytes,
+                     what: str, refusal: str, fix: str) -> None:
+    if not secure or efi.signed(image):
         return
     names = [m.name for m in secure]
-    raise ScenarioError(scenario, f"{secure[0].key}.netboot",
-                        f"iPXE for {', '.join(names[:5])}{' and more' if len(names) > 5 else ''}"
-                        f", Secure Boot hosts, but iPXE ({IPXE[Firmware.UEFI_SECURE][1]}) "
-                        "carries no signature, and their firmware starts no unsigned loader",
-                        'set netboot = "http" (UEFI HTTP boot of Debian\'s signed shim, GRUB '
-                        'and kernel) or "tftp", or firmware = "uefi" if Secure Boot is off')
+    raise ScenarioError(scenario, f"{secure[0].key}.{key}",
+                        f"Secure Boot for {', '.join(names[:5])}"
+                        f"{' and more' if len(names) > 5 else ''}, but {what} carries no "
+                        f"signature, and {refusal}", fix)
 
 
 MACHINE_TEMPLATES = ("pxe/pxelinux.cfg.j2", "pxe/grub.cfg.j2", "pxe/ipxe.j2")
