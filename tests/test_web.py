@@ -11,13 +11,16 @@ import subprocess
 import urllib.parse
 from pathlib import Path
 
+import pytest
 from conftest import ROOT
 
 from vlab import procs, scenario
+from vlab.nodes import labhost
 from vlab.plan.lab import Dirs
 from vlab.plan.make import make_plan
 from vlab.serve import web
 from vlab.serve.confine import WEB_CAPS
+from vlab.verbs import gc
 
 NETNS = "vlab-test-web"
 
@@ -29,9 +32,10 @@ def _get(url: str) -> str:
                           capture_output=True, text=True, timeout=30).stdout
 
 
-def test_the_web_server_serves_the_tree_only_confined_and_leaves_nothing(tmp_path: Path) -> None:
-    plan = make_plan(scenario.load(ROOT / "scenarios/site-http.toml"),
-                     Dirs(tmp_path / "state", tmp_path / "cache"), twins=True)
+def test_the_web_server_serves_the_tree_only_confined_and_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dirs = Dirs(tmp_path / "state", tmp_path / "cache")
+    plan = make_plan(scenario.load(ROOT / "scenarios/site-http.toml"), dirs, twins=True)
     assert web.needed(plan)
     tree = tmp_path / "tree"
     (tree / "vlab-site").mkdir(parents=True)
@@ -70,10 +74,16 @@ def test_the_web_server_serves_the_tree_only_confined_and_leaves_nothing(tmp_pat
             assert _get(base + hostile) in ("403", "404", "400"), hostile
         # Only on the lab network's address: not on the namespace's loopback.
         assert _get("http://127.0.0.1/vlab/vmlinuz") == "000"
+        # A lab whose state is gone: vlab gc finds its server by the lab folder on its
+        # command line (the machine's own lab host is not this test's to look at).
+        monkeypatch.setattr(labhost, "status", lambda _ns: labhost.HostStatus("down", None, None))
+        removed = gc.gc(dirs, lambda _text: None)
+        assert [r for r in removed if r.startswith(f"process {pid} (lab httpsite): lighttpd")]
+        assert not procs.alive(pid)
     finally:
-        stopped = web.stop(plan)
+        web.stop(plan)
         subprocess.run(["ip", "netns", "del", NETNS], check=False)
-    assert stopped and not procs.alive(pid)
     assert not (plan.lab_dir / "web").exists()
     assert "GET /vlab/vmlinuz" in (plan.lab_dir / "console/web-access.log").read_text()
     assert not web.stop(plan)  # nothing left to stop: no failure
+    assert not (plan.lab_dir / "web").exists()

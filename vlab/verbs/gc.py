@@ -8,14 +8,14 @@ from vlab.build import cache, mounts
 from vlab.nodes import labhost, virt
 from vlab.plan.lab import NETNS, NFS_NETNS_PREFIX, Dirs
 from vlab.progress import Say
-from vlab.serve import nfsserver
+from vlab.serve import nfsserver, web
 from vlab.verbs.down import lab_host_down
 
 
 def gc(dirs: Dirs, say: Say) -> list[str]:
     """A lab's state goes only with `vlab down`; what outlives it (state deleted by hand, a
     state folder wiped) is found by its labels: domains by their vlab metadata, networks by
-    their vlab- name, NFS servers by their lab folder in their command line, mounts by their
+    their vlab- name, NFS and web servers by their lab folder in their command line, mounts by their
     place in a lab folder."""
     labs = dirs.state / "labs"
     live = {p.parent.name for p in labs.glob(f"*/{state.STATE}")}
@@ -32,11 +32,12 @@ def gc(dirs: Dirs, say: Say) -> list[str]:
         for name in virt.lab_networks(conn):
             if orphan(name.removeprefix("vlab-")) and virt.destroy_network(conn, name):
                 removed.append(f"network {name}")
-    for pid, cmd in sorted(procs.with_argument(str(labs) + "/", nfsserver.GANESHA).items()):
-        owner = cmd.split(str(labs) + "/", 1)[1].split("/", 1)[0]
-        if orphan(owner):
-            procs.stop(pid)
-            removed.append(f"process {pid} (lab {owner}): {cmd}")
+    for program in (nfsserver.GANESHA, web.LIGHTTPD):
+        for pid, cmd in sorted(procs.with_argument(str(labs) + "/", program).items()):
+            owner = cmd.split(str(labs) + "/", 1)[1].split("/", 1)[0]
+            if orphan(owner):
+                procs.stop(pid)
+                removed.append(f"process {pid} (lab {owner}): {cmd}")
     for ns in nfsserver.namespaces():  # with the lab's rpcbind, and anything else in it
         if (orphan(ns.removeprefix(NFS_NETNS_PREFIX))
                 and not nfsserver.of_another_state(ns, labs)
