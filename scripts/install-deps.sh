@@ -20,6 +20,8 @@ PACKAGES=(
   shim-signed grub-efi-amd64-signed ovmf
   # HTTP boot and iPXE: the twins' lab serves the tree with lighttpd; iPXE's loaders
   lighttpd ipxe
+  # arm64 terminals and twins: qemu-system-aarch64 and AAVMF (arm64 UEFI)
+  qemu-system-arm qemu-efi-aarch64
   # the tests check the ISC dhcpd snippets with dhcpd -t (its service kept from starting)
   isc-dhcp-server
   # to build libvirt-python from its sdist, in a virtualenv
@@ -56,10 +58,16 @@ if ((${#missing[@]})); then
     "${missing[@]}" >/dev/null
 fi
 
-# vlab fetches the guest kernel with apt-get download: apt must know the package.
-policy=$(apt-cache policy linux-image-amd64 2>/dev/null || true)
-if [[ $policy != *"Candidate: "[0-9]* ]]; then
-  echo "install-deps: apt-get update (apt knows no linux-image-amd64 yet)" >&2
+# vlab fetches the guest kernel with apt-get download: apt must know the package. arm64
+# terminals' kernel, busybox, shim and GRUB are Debian's arm64 packages, downloaded the same
+# way (never installed): apt knows them once dpkg knows the architecture.
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  echo "install-deps: dpkg --add-architecture arm64 (apt then fetches arm64 packages' lists)" >&2
+  dpkg --add-architecture arm64
+fi
+policy=$(apt-cache policy linux-image-amd64 linux-image-arm64:arm64 2>/dev/null || true)
+if [[ $(grep -c "Candidate: [0-9]" <<<"$policy") -lt 2 ]]; then
+  echo "install-deps: apt-get update (apt knows no linux-image-amd64 or linux-image-arm64 yet)" >&2
   apt-get update -qq
 fi
 

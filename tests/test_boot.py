@@ -26,7 +26,7 @@ from browser import seen
 from conftest import ROOT
 
 from vlab import procs, scenario
-from vlab.build import cache, initrd, kernel
+from vlab.build import busybox, cache, initrd, kernel
 from vlab.build.cpio import read_names
 from vlab.build.pvh import has_pvh_entry
 from vlab.plan.lab import Dirs, LabPlan
@@ -483,7 +483,7 @@ def test_initrd_holds_exactly_the_nic_and_nfs_modules() -> None:
     for nic, must in (("virtio_net", "virtio_net.ko"), ("e1000", "e1000.ko"),
                       ("xen-netfront", "xen-netfront.ko")):
         plan = replace(plan_for("scenarios/tiny.toml"), nic_drivers=(NicDriver(nic),))
-        names = read_names(initrd.contents(k, plan).gzipped())
+        names = read_names(initrd.contents(k, plan, busybox.binary()).gzipped())
         modules = [n for n in names if n.endswith(".ko")]
         assert any(n.endswith("/" + must) for n in modules)
         assert any(n.endswith("/nfsv4.ko") for n in modules)

@@ -34,7 +34,8 @@ def site_of(name: str) -> Site:
     return site
 
 
-@pytest.mark.parametrize("name", ["site", "site-uefi", "site-own-server", "site-http"])
+@pytest.mark.parametrize("name", ["site", "site-uefi", "site-own-server", "site-http",
+                                  "site-arm64"])
 def test_golden_twin_network_and_domains(golden, name: str) -> None:  # type: ignore[no-untyped-def]
     twins = make_plan(scenario.load(ROOT / "scenarios" / f"{name}.toml"), GOLDEN_DIRS,
                       twins=True)
@@ -56,6 +57,29 @@ def test_uefi_twins_boot_under_ovmf_and_each_firmware_has_a_default_twin() -> No
     assert "OVMF_CODE_4M.fd" in plain and "<smm" not in plain and "<bios" not in plain
     net = templates.network_xml(twins, Path("/srv/tftp"))
     assert "dhcp-boot=tag:efi-x86_64,shimx64.efi" in net and "<bootp" not in net
+
+
+def test_arm64_twins_boot_under_aavmf_and_get_the_arm64_loader_by_option_93() -> None:
+    """An arm64 site: its twins are aarch64 `virt` machines under AAVMF (Secure Boot by the
+    enrolled keys of AAVMF_VARS.ms.fd; no SMM, which is x86's), DHCP hands shimaa64.efi to
+    client architecture 11, and the tree has no pxelinux or iPXE file."""
+    twins = make_plan(scenario.load(ROOT / "scenarios" / "site-arm64.toml"), GOLDEN_DIRS,
+                      twins=True)
+    by = {t.name: t for t in twins.terminals}
+    assert set(by) == {"pxe-arm1", "pxe-armsb1", "pxe-default-uefi", "pxe-default-uefi-secure"}
+    secure = templates.domain_xml(twins, by["pxe-armsb1"])
+    assert "arch='aarch64' machine='virt'" in secure and "AAVMF_VARS.ms.fd" in secure
+    assert "<smm" not in secure and "cortex-a57" in secure
+    assert "AAVMF_VARS.fd" in templates.domain_xml(twins, by["pxe-arm1"])
+    net = templates.network_xml(twins, Path("/srv/tftp"))
+    assert "option:client-arch,11" in net and "dhcp-boot=tag:efi-arm64,shimaa64.efi" in net
+    assert "client-arch,7" not in net and "pxelinux.0" not in net
+    files = pxe_config.tree_files(site_of("site-arm64"))
+    assert "grub/grub.cfg-01-52-54-00-81-00-01" in files
+    assert not [f for f in files if f.startswith("pxelinux.cfg") or f.endswith(".ipxe")]
+    assert "console=ttyAMA0" in files["grub/grub.cfg-01-52-54-00-81-00-01"]
+    assert "client-arch,11" in files["vlab-site/dnsmasq.conf"]
+    assert "option arch = 00:0b" in files["vlab-site/dhcpd.conf"]
 
 
 def test_grub_reads_its_config_from_the_prefix_built_into_its_image() -> None:
@@ -159,7 +183,8 @@ def test_the_http_boot_image_holds_debians_signed_loaders_the_hosts_config_kerne
         == sorted([made.name, other.name])  # nothing half-built left
 
 
-@pytest.mark.parametrize("name", ["site", "site-uefi", "site-own-server", "site-http"])
+@pytest.mark.parametrize("name", ["site", "site-uefi", "site-own-server", "site-http",
+                                  "site-arm64"])
 def test_the_dhcp_snippets_are_what_dhcpd_and_dnsmasq_take(tmp_path: Path, name: str) -> None:
     """The snippets as the site's servers read them: ISC dhcpd's own check (`dhcpd -t`, the
     snippet in a subnet declaration as a site has) and dnsmasq's (`--test`). The twins prove

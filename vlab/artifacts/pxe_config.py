@@ -12,14 +12,13 @@ from vlab.artifacts import templates
 from vlab.build import efi
 from vlab.errors import ScenarioError
 from vlab.plan.site import INITRD, KERNEL, MachinePlan, Site
-from vlab.scenario.model import Firmware, Netboot
+from vlab.scenario.model import Arch, Firmware, Netboot
 from vlab.serve.tftp import IPXE
 
 BOOTLOADER = "pxelinux.0"
-# The boot file DHCP hands each firmware (it tells by the client's architecture, option 93:
-# 0 BIOS, 7 and 9 x86-64 UEFI). A UEFI host gets Debian's signed shim, Secure Boot or not; shim
-# loads the signed network GRUB, which reads its prefix's grub.cfg (site.GRUB_DIR).
-BOOT_FILES = {Firmware.BIOS: BOOTLOADER, Firmware.UEFI: efi.SHIM, Firmware.UEFI_SECURE: efi.SHIM}
+# The boot file DHCP hands each firmware (it tells by the client's architecture, option 93,
+# efi.CLIENT_ARCH): a UEFI host gets Debian's signed shim, Secure Boot or not; shim loads the
+# signed network GRUB, which reads its prefix's grub.cfg (site.GRUB_DIR); a BIOS one pxelinux.
 
 
 def refuse_unsigned_kernel(scenario: Path, site: Site, image: bytes, release: str) -> None:
@@ -62,14 +61,17 @@ def grub_config(m: MachinePlan) -> str:
     return templates.template("pxe/grub.cfg.j2", h=m, kernel=KERNEL, initrd=INITRD)
 
 
-def machine_files(m: MachinePlan, grub_dir: str) -> dict[str, str]:
-    """The files of one machine, by path relative to the TFTP root."""
+def machine_files(m: MachinePlan, grub_dir: str, arch: Arch = Arch.AMD64) -> dict[str, str]:
+    """The files of one machine, by path relative to the TFTP root (an arm64 machine boots
+    by UEFI through GRUB only: no pxelinux or iPXE file)."""
+    # GRUB's own name for a host's network config, in the folder it reads.
+    out = {f"{grub_dir}/grub.cfg-{m.pxelinux_name}": grub_config(m)}
+    if arch is Arch.ARM64:
+        return out
     cfg = templates.template("pxe/pxelinux.cfg.j2", append=m.append, kernel=KERNEL, label=m.name)
-    out = {f"pxelinux.cfg/{m.pxelinux_name}": cfg}
+    out[f"pxelinux.cfg/{m.pxelinux_name}"] = cfg
     if m.hexip_name:
         out[f"pxelinux.cfg/{m.hexip_name}"] = cfg
-    # GRUB's own name for a host's network config, in the folder it reads.
-    out[f"{grub_dir}/grub.cfg-{m.pxelinux_name}"] = grub_config(m)
     out[m.ipxe_script] = templates.template("pxe/ipxe.j2", h=m, kernel=KERNEL, initrd=INITRD)
     return out
 
@@ -78,8 +80,9 @@ def machine_groups(site: Site) -> dict[str, tuple[str, Callable[[], dict[str, st
     """Per machine: a key of everything its files depend on, and how to render them. A
     machine whose key is unchanged is not rendered again (10,000 of them, one changed: 4 files)."""
     texts = hashlib.sha256("".join(map(templates.static, MACHINE_TEMPLATES)).encode()).hexdigest()
-    return {m.name: (hashlib.sha256(repr((texts, site.grub_dir, m)).encode()).hexdigest()[:20],
-                     partial(machine_files, m, site.grub_dir)) for m in site.machines}
+    return {m.name: (hashlib.sha256(repr((texts, site.grub_dir, site.arch, m)).encode())
+                     .hexdigest()[:20], partial(machine_files, m, site.grub_dir, site.arch))
+            for m in site.machines}
 
 
 # Where `vlab render` shows the tree (vlab pxe writes it in its --tftp-dir)
@@ -89,23 +92,23 @@ SHOWN_TREE = "/srv/tftp"
 def shared_files(site: Site, tree: str = SHOWN_TREE) -> dict[str, str]:
     """The files every machine shares: the default config and the site snippets (the web
     server's serves the tree from its folder, `tree`, when a host fetches over HTTP)."""
-    loaders = {f: IPXE[f][0] for f in Firmware}
+    snippet = {"site": site, "bootloader": BOOTLOADER, "shim": efi.SHIMS[site.arch],
+               "grub": efi.GRUBS[site.arch], "arch_codes": efi.CLIENT_ARCH[site.arch],
+               "efi_tag": efi.EFI_TAG[site.arch], "ipxe": {f: IPXE[f][0] for f in Firmware},
+               "Netboot": Netboot}
     files = {
-        "pxelinux.cfg/default": templates.template(
-            "pxe/pxelinux.cfg.j2", append=site.default_append, kernel=KERNEL, label="default"),
         f"{site.grub_dir}/grub.cfg": templates.template(
             "pxe/grub-default.cfg.j2", cmdline=site.default_cmdline, kernel=KERNEL,
             initrd=INITRD),
         "vlab-site/exports": templates.template(
             "nfs/exports-site.j2", path=site.export_path, subnet=site.subnet,
             root_squash=site.root_squash),
-        "vlab-site/dhcpd.conf": templates.template(
-            "pxe/dhcpd.conf.j2", site=site, bootloader=BOOTLOADER, shim=efi.SHIM,
-            ipxe=loaders, Netboot=Netboot),
-        "vlab-site/dnsmasq.conf": templates.template(
-            "pxe/dnsmasq.conf.j2", site=site, bootloader=BOOTLOADER, shim=efi.SHIM,
-            ipxe=loaders, Netboot=Netboot),
+        "vlab-site/dhcpd.conf": templates.template("pxe/dhcpd.conf.j2", **snippet),
+        "vlab-site/dnsmasq.conf": templates.template("pxe/dnsmasq.conf.j2", **snippet),
     }
+    if site.arch is Arch.AMD64:
+        files["pxelinux.cfg/default"] = templates.template(
+            "pxe/pxelinux.cfg.j2", append=site.default_append, kernel=KERNEL, label="default")
     if site.by(Netboot.HTTP) or site.by(Netboot.IPXE):
         files[WEB_SNIPPET] = templates.template("pxe/lighttpd-site.conf.j2", site=site,
                                                 tree=tree.rstrip("/") + "/")
@@ -119,5 +122,5 @@ def tree_files(site: Site, tree: str = SHOWN_TREE) -> dict[str, str]:
     """Every text file of the tree, by path relative to its root (what `vlab render` shows)."""
     files = shared_files(site, tree)
     for m in site.machines:
-        files.update(machine_files(m, site.grub_dir))
+        files.update(machine_files(m, site.grub_dir, site.arch))
     return files

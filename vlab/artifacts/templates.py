@@ -61,7 +61,7 @@ def static(name: str) -> str:
 
 
 def domain_xml(plan: LabPlan, terminal: TerminalPlan) -> str:
-    firmware = efi.FIRMWARE.get(terminal.firmware.value)
+    firmware = efi.FIRMWARE.get((plan.arch, terminal.firmware.value))
     xml = template("libvirt/domain.xml.j2", plan=plan, t=terminal, node=plan.node(terminal.node),
                    ns=METADATA_NS, firmware=firmware)
     return xml
@@ -74,7 +74,8 @@ def xl_cfg(plan: LabPlan, terminal: TerminalPlan) -> str:
 def network_xml(plan: LabPlan, tftp_dir: Path | None = None) -> str:
     """The lab network; with a TFTP root it also serves PXE (pxelinux.0) to its guests."""
     xml = template("libvirt/network.xml.j2", plan=plan, tftp_dir=tftp_dir,
-                   ipv6_gateway=plan.ipv6_subnet.replace("::/64", "::1"), shim=efi.SHIM,
+                   ipv6_gateway=plan.ipv6_subnet.replace("::/64", "::1"), shim=efi.SHIMS[plan.arch],
+                   arch_codes=efi.CLIENT_ARCH[plan.arch], efi_tag=efi.EFI_TAG[plan.arch],
                    ipxe={f.value: name for f, (name, _path) in IPXE.items()},
                    http_image=site.http_image, ipxe_script=site.ipxe_script)
     return xml

@@ -59,8 +59,9 @@ def module_bytes(kernel: Kernel, module: str) -> bytes:
                               within=kernel.modules)
 
 
-def contents(kernel: Kernel, plan: LabPlan) -> Archive:
-    """The initrd as an archive, in the order the kernel will unpack it."""
+def contents(kernel: Kernel, plan: LabPlan, bb: Path) -> Archive:
+    """The initrd as an archive, in the order the kernel will unpack it (`bb`: the busybox
+    of the terminals' architecture)."""
     order = load_order(kernel, plan)
     a = Archive()
     for d in ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp",
@@ -68,7 +69,7 @@ def contents(kernel: Kernel, plan: LabPlan) -> Archive:
         a.dir(d)
     # The kernel opens /dev/console for /init before anything can mount devtmpfs.
     a.chardev("dev/console", 5, 1)
-    a.file("bin/busybox", busybox.binary().read_bytes(), 0o755)
+    a.file("bin/busybox", bb.read_bytes(), 0o755)
     for applet in busybox.applets():
         if applet != "bin/busybox":
             a.symlink(applet, "/bin/busybox")
@@ -94,13 +95,14 @@ def contents(kernel: Kernel, plan: LabPlan) -> Archive:
 def build(kernel: Kernel, plan: LabPlan, cache_dir: Path) -> Path:
     """The initrd for this kernel and NIC driver, built once and reused while inputs match."""
     # Keyed by its inputs, so a warm run neither reads the modules nor compresses anything.
+    bb = busybox.binary(plan.arch, cache_dir)
     inputs = cache.key(
         kernel.key, *load_order(kernel, plan),
-        cache.file_digest(busybox.binary()), templates.initrd_init(), templates.udhcpc_script(),
+        cache.file_digest(bb), templates.initrd_init(), templates.udhcpc_script(),
     )
     final = cache_dir / "initrds" / f"{inputs}.img"
     if not final.exists():
         with cache.publish(final) as tmp:
-            tmp.write_bytes(contents(kernel, plan).gzipped())
+            tmp.write_bytes(contents(kernel, plan, bb).gzipped())
             tmp.chmod(0o644)
     return final

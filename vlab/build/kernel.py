@@ -12,6 +12,7 @@ from pathlib import Path
 from vlab import run
 from vlab.build import cache, mounts, pvh
 from vlab.errors import HostError, ScenarioError
+from vlab.scenario.model import Arch
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ def _apt_state() -> str:
 
 def resolve_cached(package: str, cache_dir: Path) -> tuple[str, str]:
     """resolve(), remembered until apt's lists or configuration change (saves ~1 s warm)."""
-    memo = cache_dir / "kernels" / f".resolved-{package}.json"
+    memo = cache_dir / "kernels" / f".resolved-{package.replace(':', '_')}.json"
     state = _apt_state()
     try:
         saved = json.loads(memo.read_text())
@@ -64,6 +65,12 @@ def resolve_cached(package: str, cache_dir: Path) -> tuple[str, str]:
     return name, version
 
 
+def apt_name(package: str, arch: Arch) -> str:
+    """apt's name of a package of this architecture (vlab runs on amd64: the others carry
+    theirs, as apt's multiarch spells it)."""
+    return package if arch is Arch.AMD64 else f"{package}:{arch.value}"
+
+
 def resolve(package: str) -> tuple[str, str]:
     """The concrete package (a metapackage's dependency) and its candidate version."""
     name = package
@@ -73,37 +80,49 @@ def resolve(package: str) -> tuple[str, str]:
     policy = run.output(["apt-cache", "policy", name])
     m = re.search(r"Candidate: (\S+)", policy)
     if not m or m.group(1) == "(none)":
+        _, _, arch = name.partition(":")
         raise HostError(
-            f"apt knows no installable version of {name}; "
-            "fix: run apt-get update (or name an existing package in [kernel] package)"
+            f"apt knows no installable version of {name}; fix: "
+            + (f"dpkg --add-architecture {arch} && apt-get update (apt fetches {arch} "
+               "packages only for architectures dpkg knows; make deps does both)" if arch else
+               "run apt-get update (or name an existing package in [kernel] package)")
         )
     return name, m.group(1)
 
 
-def fetch(package: str, cache_dir: Path) -> Kernel:
+def download(name: str, version: str, into: Path) -> Path:
+    """Download one Debian package with apt and unpack it into `into`/unpacked (a package
+    is files, never run: no maintainer script of it runs)."""
+    run.run(["apt-get", "download", f"{name}={version}"], cwd=into,
+            hint="check that apt can reach Debian's archive (apt-get update)")
+    debs = list(into.glob("*.deb"))
+    unpacked = into / "unpacked"
+    run.run(["dpkg-deb", "-x", str(debs[0]), str(unpacked)])
+    debs[0].unlink()
+    return unpacked
+
+
+def fetch(package: str, cache_dir: Path, arch: Arch = Arch.AMD64) -> Kernel:
     """Download and unpack the kernel package once; later calls reuse the cache."""
-    name, version = resolve_cached(package, cache_dir)
-    final = cache_dir / "kernels" / f"{name}_{version}"
+    name, version = resolve_cached(apt_name(package, arch), cache_dir)
+    final = cache_dir / "kernels" / f"{name.replace(':', '_')}_{version}"
     if (final / "release").is_file():
         release = (final / "release").read_text().strip()
         return Kernel(release, final / "vmlinuz", final / "lib" / "modules" / release)
     with cache.publish(final) as tmp:
         tmp.mkdir()
-        run.run(["apt-get", "download", f"{name}={version}"], cwd=tmp,
-                hint="check that apt can reach Debian's archive (apt-get update)")
-        debs = list(tmp.glob("*.deb"))
-        unpacked = tmp / "unpacked"
-        run.run(["dpkg-deb", "-x", str(debs[0]), str(unpacked)])
+        unpacked = download(name, version, tmp)
         vmlinuz = next(unpacked.glob("boot/vmlinuz-*"))
         release = vmlinuz.name.removeprefix("vmlinuz-")
         shutil.copy2(vmlinuz, tmp / "vmlinuz")
         (tmp / "lib").mkdir()
-        # Debian's .deb ships no modules.dep: build it for the tree as unpacked.
+        # Debian's .deb ships no modules.dep: build it for the tree as unpacked (depmod
+        # reads an arm64 kernel's modules as well as an x86 one's).
         shutil.move(unpacked / "lib" / "modules", tmp / "lib" / "modules")
         run.run(["depmod", "-b", str(tmp), release])
         shutil.rmtree(unpacked)
-        debs[0].unlink()
-        _write_pvh_image(tmp)
+        if arch is Arch.AMD64:
+            _write_pvh_image(tmp)
         (tmp / "release").write_text(release + "\n")
         for p in [tmp, *tmp.rglob("*")]:
             p.chmod(0o755 if p.is_dir() else 0o644)

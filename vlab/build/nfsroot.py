@@ -15,6 +15,7 @@ from vlab.artifacts import templates
 from vlab.build import busybox, cache, disk, mounts, sandbox
 from vlab.errors import HostError, MissingTool
 from vlab.progress import Say
+from vlab.scenario.model import Arch
 
 DIRS = ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "dev", "proc", "sys", "tmp", "run",
         "root", "var/tmp", "var/lock", "var/log")
@@ -47,11 +48,13 @@ def ssh_files() -> list[Path]:
     return sorted(files)
 
 
-def build_busybox(export_path: Path) -> Path:
-    """Build (or reuse) the tiny root at export_path; its stamp records what went in."""
-    bb = busybox.binary()
+def build_busybox(export_path: Path, arch: Arch = Arch.AMD64,
+                  cache_dir: Path | None = None) -> Path:
+    """Build (or reuse) the tiny root at export_path; its stamp records what went in. An
+    arm64 one has no SSH server (the machine's dropbear is an x86 program)."""
+    bb = busybox.binary(arch, cache_dir)
     init = templates.root_init()
-    ssh = ssh_files()
+    ssh = ssh_files() if arch is Arch.AMD64 else []
     inputs = cache.key(cache.file_digest(bb), init, repr(sorted(ETC.items())), repr(DIRS),
                        *(f"{p}:{cache.file_digest(p)}" for p in ssh))
     if cache.is_current(export_path, inputs):

@@ -19,6 +19,7 @@ from vlab.scenario.model import (
     LOCAL,
     NFS_HOST,
     AfterBoot,
+    Arch,
     Firmware,
     Hypervisor,
     InitrdBuilder,
@@ -53,6 +54,8 @@ NIC_MODELS = {NicDriver.VIRTIO_NET: "virtio", NicDriver.E1000: "e1000",
 # Where the kernel's console is: QEMU's first serial port, Xen's PV console.
 CONSOLE = {Hypervisor.KVM: "console=ttyS0", Hypervisor.QEMU: "console=ttyS0",
            Hypervisor.XEN: "console=hvc0"}
+# ...an arm64 terminal's: the virt machine's PL011 UART.
+ARM64_CONSOLE = "console=ttyAMA0"
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,7 @@ class LabPlan:
     kernel_version: str | None
     builder: InitrdBuilder
     nic_drivers: tuple[NicDriver, ...]
+    arch: Arch  # the terminals' (and twins'): the root's, the kernel's and the initrd's
     writable: Writable
     after_boot: AfterBoot
     timeout: int

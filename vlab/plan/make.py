@@ -17,6 +17,7 @@ from vlab.plan.cmdline import (
     root_target,
 )
 from vlab.plan.lab import (
+    ARM64_CONSOLE,
     CONSOLE,
     FIRST_TERMINAL_HOST,
     MAX_CMDLINE_BYTES,
@@ -38,6 +39,7 @@ from vlab.scenario.model import (
     EXPORT_PATH_RE,
     LOCAL,
     UEFI_PXE_MEMORY,
+    Arch,
     Boot,
     Firmware,
     Hypervisor,
@@ -151,6 +153,7 @@ def make_plan(scenario: Scenario, dirs: Dirs, taken: Taken = NO_OTHER_LABS,
         kernel_version=scenario.kernel.version,
         builder=scenario.initrd.builder,
         nic_drivers=scenario.initrd.nic_drivers,
+        arch=scenario.arch,
         writable=scenario.root.writable,
         after_boot=scenario.root.after_boot,
         timeout=lab.timeout if timeout is None else timeout,
@@ -171,7 +174,8 @@ def _export_path(scenario: Scenario, dirs: Dirs, lab_dir: Path,
                  packages: tuple[str, ...]) -> Path:
     root = scenario.root
     if root.source is RootSource.BUSYBOX:
-        return dirs.cache / "roots" / "busybox"
+        arch = scenario.arch
+        return dirs.cache / "roots" / ("busybox" if arch is Arch.AMD64 else f"busybox-{arch}")
     if root.source is RootSource.IMAGE:
         # While the lab runs, the image stays mounted read-only here, and this is exported.
         return lab_dir / "root"
@@ -232,7 +236,8 @@ def _terminals(scenario: Scenario, subnet: ipaddress.IPv4Network, nfs_server: st
                                                               options)
         given = lab.root_via is RootVia.CMDLINE or t.export is not None
         words = by_pxe.get(t.name) or kernel_cmdline(
-            scenario, server if given else None, path, options, [CONSOLE[lab.hypervisor]],
+            scenario, server if given else None, path, options,
+            [ARM64_CONSOLE if t.arch is Arch.ARM64 else CONSOLE[lab.hypervisor]],
             t.cmdline, macs[t.name], ssh_key)
         if len(words.encode()) > MAX_CMDLINE_BYTES:
             raise ScenarioError(scenario.path, f"terminal[{i}].cmdline", "the kernel command "

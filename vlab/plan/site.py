@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from vlab.errors import ScenarioError
 from vlab.plan.cmdline import kernel_cmdline, machines_nfs, root_path_by_dhcp, root_target
-from vlab.scenario.model import Firmware, Netboot, RootVia, Scenario
+from vlab.scenario.model import Arch, Firmware, Netboot, RootVia, Scenario
 
 KERNEL = "vmlinuz"
 INITRD = "initrd.img"
@@ -22,7 +22,9 @@ GRUB_DIR = "grub"
 # x86 Linux takes at most 2047 characters of command line (COMMAND_LINE_SIZE 2048), and
 # that is what pxelinux hands over from APPEND.
 MAX_APPEND = 2047
-CONSOLES = ["console=tty0", "console=ttyS0"]  # the screen, and the serial line a twin reads
+# The screen, and the serial line a twin reads: the PC's first, the arm64 virt machine's PL011.
+CONSOLES = {Arch.AMD64: ["console=tty0", "console=ttyS0"],
+            Arch.ARM64: ["console=tty0", "console=ttyAMA0"]}
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class Site:
     machines: tuple[MachinePlan, ...]
     http_url: str = ""  # where the site's web server serves the tree, ending in "/"
     grub_dir: str = GRUB_DIR
+    arch: Arch = Arch.AMD64  # its machines' (one scenario, one architecture)
 
     @property
     def default_append(self) -> str:
@@ -137,7 +140,8 @@ def site(scenario: Scenario, booters: tuple[Booter, ...], nfs_server: str,
         extra = f"vlab.pxe={b.name if b else 'default'}"
         if b and b.cmdline:
             extra += f" {b.cmdline}"
-        words = kernel_cmdline(scenario, b_server if given else None, path, options, CONSOLES,
+        words = kernel_cmdline(scenario, b_server if given else None, path, options,
+                               CONSOLES[scenario.arch],
                                extra, b.mac if b else None, ssh_key if b else "")
         size = len(append_line(words).encode())
         if size > MAX_APPEND:
@@ -153,4 +157,5 @@ def site(scenario: Scenario, booters: tuple[Booter, ...], nfs_server: str,
     ) for b in booters)
     return Site(server=server, subnet=subnet, export_path=export_path, root_squash=root_squash,
                 default_cmdline=cmdline(None), machines=machines,
-                http_url=scenario.pxe.http_url or f"http://{server}{HTTP_PATH}")
+                http_url=scenario.pxe.http_url or f"http://{server}{HTTP_PATH}",
+                arch=scenario.arch)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from vlab.scenario.model import LAB_HOST, NFS_HOST, Firmware, Machine, Netboot, Pxe
+from vlab.scenario.model import LAB_HOST, NFS_HOST, Arch, Firmware, Machine, Netboot, Pxe
 from vlab.scenario.table import Table
 
-KEYS = ("name", "mac", "ip", "export", "cmdline", "firmware", "netboot")
+KEYS = ("name", "mac", "ip", "export", "cmdline", "firmware", "netboot", "arch")
 # `[pxe] http_url`: it goes into DHCP answers and the web server's snippet, so plain words only.
 HTTP_URL_RE = re.compile(r"http://[A-Za-z0-9.-]{1,253}(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~/-]*)?")
 # The twins vlab adds per firmware (plan._twins): a host of that name would be two twins.
@@ -50,15 +50,35 @@ def pxe(top: Table, subnet: ipaddress.IPv4Network | None) -> Pxe:
         if ip is not None:
             _not_the_labs_own(t, ip, subnet)
             ips[ip] = i
-        firmware = t.choice("firmware", Firmware, default)
+        arch = t.choice("arch", Arch, Arch.AMD64)
+        firmware = _firmware(t, arch, default)
         found.append(Machine(name=name, mac=mac, ip=ip, export=t.export(), cmdline=t.cmdline(),
-                             firmware=firmware, netboot=_netboot(t, firmware, default_netboot)))
+                             firmware=firmware, netboot=_netboot(t, firmware, default_netboot,
+                                                                 arch), arch=arch))
     return Pxe(nfs_server=pxe_t.ip("nfs_server"), machines=tuple(found), firmware=default,
                netboot=default_netboot, http_url=http_url)
 
 
-def _netboot(t: Table, firmware: Firmware, default: Netboot) -> Netboot:
+def _firmware(t: Table, arch: Arch, default: Firmware) -> Firmware:
+    """A machine's firmware; an arm64 machine's is UEFI (AAVMF in its twin) unless it says
+    uefi-secure."""
+    if arch is Arch.AMD64:
+        return t.choice("firmware", Firmware, default)
+    firmware = t.choice("firmware", Firmware,
+                        Firmware.UEFI if default is Firmware.BIOS else default)
+    if firmware is Firmware.BIOS:
+        raise t.error("firmware", '"bios" for an arm64 machine: arm64 machines boot by UEFI',
+                      'use firmware = "uefi" or "uefi-secure", or leave firmware out')
+    return firmware
+
+
+def _netboot(t: Table, firmware: Firmware, default: Netboot, arch: Arch) -> Netboot:
     netboot = t.choice("netboot", Netboot, default)
+    if arch is Arch.ARM64 and netboot is not Netboot.TFTP:
+        raise t.error("netboot" if "netboot" in t.data else "arch",
+                      f'"{netboot.value}" for an arm64 machine: vlab writes arm64 hosts '
+                      "shim and GRUB over TFTP only (Debian's iPXE has no arm64 build)",
+                      'use netboot = "tftp" for arm64 machines')
     if netboot is Netboot.HTTP and firmware is Firmware.BIOS:
         where = "netboot" if "netboot" in t.data else "firmware"
         raise t.error(where, "HTTP boot is UEFI's: a BIOS host's PXE fetches over TFTP only",

@@ -94,6 +94,18 @@ class Netboot(StrEnum):
     IPXE = "ipxe"
 
 
+class Arch(StrEnum):
+    """A terminal's or machine's CPU architecture, by Debian's name for it."""
+
+    AMD64 = "amd64"
+    ARM64 = "arm64"
+
+    @property
+    def libvirt(self) -> str:
+        """libvirt's (and QEMU's) name of it."""
+        return {Arch.AMD64: "x86_64", Arch.ARM64: "aarch64"}[self]
+
+
 class Writable(StrEnum):
     NONE = "none"
     TMPFS = "tmpfs"
@@ -177,12 +189,14 @@ class Terminal:
     cmdline: str
     node: str | None = None  # a node's name or LOCAL (the key is `host`); None: placed by vlab
     firmware: Firmware = Firmware.BIOS
+    arch: Arch = Arch.AMD64
 
     @property
     def anywhere(self) -> bool:
-        """Can run on any node: PXE boots from the lab network's TFTP tree, and OVMF and
-        the variable store are the lab host's."""
-        return self.boot is Boot.KERNEL and self.firmware is Firmware.BIOS
+        """Can run on any node: PXE boots from the lab network's TFTP tree, OVMF and the
+        variable store are the lab host's, and so is qemu-system-aarch64."""
+        return (self.boot is Boot.KERNEL and self.firmware is Firmware.BIOS
+                and self.arch is Arch.AMD64)
 
 
 @dataclass(frozen=True)
@@ -196,6 +210,7 @@ class Machine:
     cmdline: str
     firmware: Firmware = Firmware.BIOS
     netboot: Netboot = Netboot.TFTP
+    arch: Arch = Arch.AMD64
 
 
 @dataclass(frozen=True)
@@ -244,6 +259,13 @@ class Scenario:
     pxe: Pxe
     probes: tuple[Probe, ...] = ()
     nodes: tuple[Node, ...] = ()
+
+    @property
+    def arch(self) -> Arch:
+        """The architecture of the scenario's root, kernel and initrd: its terminals' and
+        machines' (read.py refuses a scenario that mixes them)."""
+        arches = [*(t.arch for t in self.terminals), *(m.arch for m in self.pxe.machines)]
+        return arches[0] if arches else Arch.AMD64
 
     @property
     def xen_on_nodes(self) -> bool:

@@ -12,6 +12,7 @@ from vlab.scenario.model import (
     LOCAL,
     SHIP_DIR,
     SYSTEM_DIRS,
+    Arch,
     Boot,
     Firmware,
     Hypervisor,
@@ -137,6 +138,10 @@ def check_placement(path: Path, lab: Lab, terminals: tuple[Terminal, ...],
             raise ScenarioError(path, key, f"{t.node!r}: a PXE terminal boots from the lab's "
                                 "own network (its TFTP tree)", 'leave node out, or use boot = '
                                 '"kernel"')
+        if t.node != LOCAL and t.arch is not Arch.AMD64:
+            raise ScenarioError(path, key, f"{t.node!r}: an {t.arch.value} terminal runs on "
+                                "the lab host (vlab checks for qemu-system-aarch64 and its "
+                                "firmware there only)", "leave node out, or leave arch out")
         if t.node != LOCAL and t.firmware is not Firmware.BIOS:
             raise ScenarioError(path, key, f"{t.node!r}: a UEFI terminal runs on the lab "
                                 "host (OVMF and its variable store are there)",

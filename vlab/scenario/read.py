@@ -17,6 +17,7 @@ from vlab.scenario.model import (
     EXPORT_PATH_RE,
     SYSTEM_DIRS,
     AfterBoot,
+    Arch,
     Hypervisor,
     Initrd,
     InitrdBuilder,
@@ -24,6 +25,7 @@ from vlab.scenario.model import (
     KernelSource,
     Lab,
     LabHostMode,
+    Machine,
     NfsVersion,
     NicDriver,
     Probe,
@@ -31,6 +33,7 @@ from vlab.scenario.model import (
     RootSource,
     RootVia,
     Scenario,
+    Terminal,
     Writable,
 )
 from vlab.scenario.table import Table
@@ -62,12 +65,14 @@ def parse(path: Path, data: Mapping[str, Any]) -> Scenario:
     )
     lab = _lab(Table(path, "lab", top.sub("lab"), _LAB_KEYS), initrd.builder,
                has_nodes=bool(top.data.get("node")))
-    kernel = _kernel(Table(path, "kernel", top.sub("kernel", {}), _KERNEL_KEYS), root)
-    _check_builder(path, root, kernel, initrd, lab)
     pxe = machine_tables.pxe(top, lab.subnet)
     terminals = terminal_tables.terminals(top, initrd.nic_drivers, lab.hypervisor,
                            required=not pxe.machines)
+    arch = _one_arch(path, terminals, pxe.machines)
+    kernel = _kernel(Table(path, "kernel", top.sub("kernel", {}), _KERNEL_KEYS), root, arch)
+    _check_builder(path, root, kernel, initrd, lab)
     probes = _probes(top, root)
+    _check_arch(path, arch, root, initrd, probes)
     found = node_tables.nodes(top, lab)
     node_tables.check_placement(path, lab, terminals, found)
     return Scenario(path=path, lab=lab, root=root, kernel=kernel, initrd=initrd,
@@ -225,7 +230,49 @@ def _check_image(t: Table, path: Path, partition: int | str | None,
 
 
 
-def _kernel(t: Table, root: Root) -> Kernel:
+def _one_arch(path: Path, terminals: tuple[Terminal, ...],
+              machines: tuple[Machine, ...]) -> Arch:
+    """A scenario has one root, kernel and initrd, so its terminals and machines share one
+    architecture."""
+    booters = [*(("terminal", i, t.arch) for i, t in enumerate(terminals)),
+               *(("machine", i, m.arch) for i, m in enumerate(machines))]
+    if not booters:
+        return Arch.AMD64
+    first = booters[0]
+    for kind, i, arch in booters[1:]:
+        if arch is not first[2]:
+            raise ScenarioError(path, f"{kind}[{i}].arch", f'"{arch.value}", but '
+                                f'{first[0]}[{first[1]}] is "{first[2].value}": the '
+                                "terminals and machines of a scenario boot one root, kernel "
+                                "and initrd", "put the machines of each architecture in a "
+                                "scenario (and a TFTP tree) of their own")
+    return first[2]
+
+
+def _check_arch(path: Path, arch: Arch, root: Root, initrd: Initrd,
+                probes: tuple[Probe, ...]) -> None:
+    """What an arm64 scenario cannot have on an x86 machine: programs of the root run."""
+    if arch is Arch.AMD64:
+        return
+    if probes:
+        raise ScenarioError(path, "probe", "runs over SSH, and vlab's arm64 busybox root has "
+                            "no SSH server (the machine's dropbear is an x86 program)",
+                            "remove the [[probe]] tables from the arm64 scenario")
+    if root.source is RootSource.DEBIAN:
+        raise ScenarioError(path, "root.source", '"debian" for arm64 terminals: mmdebstrap '
+                            "--arch arm64 runs the new root's package scripts, arm64 "
+                            "programs, which this x86 machine runs only through qemu-user "
+                            "registered with binfmt_misc (a machine-wide change vlab does "
+                            "not make)", 'use source = "busybox", or a dir or image root '
+                            "bootstrapped for arm64 elsewhere (e.g. on an arm64 machine, or "
+                            "here after apt install qemu-user-static binfmt-support)")
+    if initrd.builder is not InitrdBuilder.VLAB:
+        raise ScenarioError(path, "initrd.builder", f'"{initrd.builder.value}" for arm64 '
+                            "terminals: the root's builder is an arm64 program, which this "
+                            "x86 machine cannot run in its sandbox", 'use builder = "vlab"')
+
+
+def _kernel(t: Table, root: Root, arch: Arch) -> Kernel:
     default = KernelSource.DEBIAN if root.source is RootSource.BUSYBOX else KernelSource.ROOT
     source = t.choice("source", KernelSource, default)
     if source is KernelSource.ROOT and root.source is RootSource.BUSYBOX:
@@ -236,7 +283,7 @@ def _kernel(t: Table, root: Root) -> Kernel:
                       "which boots the kernel installed in the root",
                       "remove package (pick the root's kernel with version), or use "
                       'source = "debian"')
-    package = t.get("package", str, "linux-image-amd64")
+    package = t.get("package", str, f"linux-image-{arch.value}")
     if not re.fullmatch(r"^linux-image-[a-z0-9.+-]+$", package):
         raise t.error(
             "package", f"{package!r} is not a kernel package name",

@@ -8,6 +8,7 @@ import re
 from vlab.scenario.model import (
     MAC_PREFIX,
     UEFI_PXE_MEMORY,
+    Arch,
     Boot,
     Firmware,
     Hypervisor,
@@ -17,13 +18,20 @@ from vlab.scenario.model import (
 from vlab.scenario.table import Table
 
 _TERMINAL_KEYS = ("name", "boot", "nic", "mac", "memory", "vcpus", "export", "dhcp_root_path",
-                  "cmdline", "node", "firmware")
+                  "cmdline", "node", "firmware", "arch")
 DHCP_ROOT_RE = re.compile(r"^((nfs|nfs4):)?([0-9.]+:)?/[A-Za-z0-9._/-]*([:,][A-Za-z0-9=.,_-]+)?$")
 
 
-def _firmware(t: Table, boot: Boot, memory: int, xen: bool) -> Firmware:
-    """A terminal's firmware: SeaBIOS, or OVMF (UEFI; with Secure Boot, PXE through shim)."""
-    firmware = t.choice("firmware", Firmware, Firmware.BIOS)
+def _firmware(t: Table, boot: Boot, memory: int, xen: bool, arch: Arch) -> Firmware:
+    """A terminal's firmware: SeaBIOS, or OVMF (UEFI; with Secure Boot, PXE through shim).
+    An arm64 terminal has no BIOS: "bios" is direct kernel boot without firmware there, and
+    a PXE one boots by AAVMF (UEFI), its firmware unless it says uefi-secure."""
+    default = Firmware.UEFI if arch is Arch.ARM64 and boot is Boot.PXE else Firmware.BIOS
+    firmware = t.choice("firmware", Firmware, default)
+    if firmware is Firmware.BIOS and arch is Arch.ARM64 and boot is Boot.PXE:
+        raise t.error("firmware", '"bios" for an arm64 terminal that boots by PXE: arm64 '
+                      "machines have UEFI (AAVMF), no BIOS",
+                      'use firmware = "uefi" or "uefi-secure", or leave firmware out')
     if firmware is Firmware.BIOS:
         return firmware
     if xen:
@@ -83,12 +91,17 @@ def terminals(top: Table, nics: tuple[NicDriver, ...], hypervisor: Hypervisor,
             raise t.error("nic", f'"{nic.value}" is not in [initrd] nic_drivers',
                           f'add "{nic.value}" to nic_drivers, or use one of them')
         memory = t.int_in("memory", 256, 128, 65536, " MiB")
-        firmware = _firmware(t, boot, memory, xen)
+        arch = t.choice("arch", Arch, Arch.AMD64)
+        if arch is Arch.ARM64 and xen:
+            raise t.error("arch", '"arm64" in a Xen lab: vlab runs Xen guests on x86 hosts',
+                          'leave arch out, or use hypervisor = "qemu" (an arm64 terminal runs '
+                          "under qemu-system-aarch64)")
+        firmware = _firmware(t, boot, memory, xen, arch)
         terminals.append(Terminal(
             name=name, boot=boot, nic=nic, mac=mac, memory=memory,
             vcpus=t.int_in("vcpus", 1, 1, 64),
             export=export, dhcp_root_path=dhcp_root, cmdline=cmdline,
-            node=t.get("node", str, "") or None, firmware=firmware,
+            node=t.get("node", str, "") or None, firmware=firmware, arch=arch,
         ))
     return tuple(terminals)
 

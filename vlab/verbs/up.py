@@ -13,11 +13,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from vlab import progress, state
+from vlab import progress, run, state
 from vlab.artifacts import pxe_config, templates
 from vlab.artifacts.catalog import lab_digests
 from vlab.build import builders, efi, httpboot, initrd, kernel, mounts, nfsroot
-from vlab.errors import HostError, UsageError, VirtError
+from vlab.errors import HostError, MissingTool, UsageError, VirtError
 from vlab.nodes import labhost, reach, virt
 from vlab.plan.lab import Dirs, LabPlan, NodePlan, TerminalPlan
 from vlab.plan.site import INITRD, KERNEL, Site
@@ -25,6 +25,7 @@ from vlab.progress import Say
 from vlab.report.status import report
 from vlab.scenario.model import (
     LOCAL,
+    Arch,
     Firmware,
     Hypervisor,
     InitrdBuilder,
@@ -73,11 +74,17 @@ def connected(plan: LabPlan) -> Iterator[dict[str, virt.Conn]]:
             virt.close(conn)
 
 
+ARM64_QEMU = "qemu-system-aarch64"
+
+
 def check_firmware(plan: LabPlan) -> None:
-    """OVMF is installed for the UEFI terminals, before anything starts."""
+    """OVMF (AAVMF) is installed for the UEFI terminals, and QEMU for arm64 ones, before
+    anything starts."""
+    if plan.arch is Arch.ARM64 and run.which(ARM64_QEMU) is None:
+        raise MissingTool(f"{ARM64_QEMU} (arm64 terminals)", "qemu-system-arm")
     for t in plan.terminals:
         if t.firmware is not Firmware.BIOS:
-            efi.firmware(t.firmware.value)
+            efi.firmware(t.firmware.value, plan.arch)
 
 
 def boot(plan: LabPlan, dirs: Dirs, k: kernel.Kernel, netns: str | None,
@@ -142,7 +149,7 @@ def build_nfs_root(plan: LabPlan, dirs: Dirs, say: Say) -> None:
     source = plan.root_source
     if source is RootSource.BUSYBOX:
         say(f"NFS root: busybox terminal at {plan.export_path}")
-        nfsroot.build_busybox(plan.export_path)
+        nfsroot.build_busybox(plan.export_path, plan.arch, dirs.cache)
     elif source is RootSource.DEBIAN:
         nfsroot.build_debian(plan.export_path, plan.debian_suite, plan.debian_packages, say)
         say(f"NFS root: Debian {plan.debian_suite} at {plan.export_path}")
@@ -164,8 +171,9 @@ def build_boot_files(plan: LabPlan, dirs: Dirs, say: Say) -> tuple[kernel.Kernel
         k = kernel.from_root(plan.export_path, plan.kernel_version, dirs.cache, plan.scenario)
         say(f"kernel: {k.release}, the root's own")
     else:
-        say(f"kernel: {plan.kernel_package} from Debian (cached after the first fetch)")
-        k = kernel.fetch(plan.kernel_package, dirs.cache)
+        say(f"kernel: {plan.kernel_package} ({plan.arch}) from Debian (cached after the "
+            "first fetch)")
+        k = kernel.fetch(plan.kernel_package, dirs.cache, plan.arch)
     nfsserver.refuse_broken_reads(plan, k.release)
     if plan.builder is InitrdBuilder.VLAB:
         say(f"initrd: vlab's busybox initrd for {k.release} with "
@@ -224,15 +232,16 @@ def write_tftp_tree(scenario: Path, tftp_dir: Path, site: Site, k: kernel.Kernel
                     img: Path, cache_dir: Path, say: Say | None = None) -> tftp.Changes:
     pxe_config.refuse_unsigned_kernel(scenario, site, k.vmlinuz.read_bytes(), k.release)
     ipxe = tftp.ipxe_loaders({m.firmware for m in site.by(Netboot.IPXE)})
-    loaders = efi.loaders() if site.uefi else None
+    loaders = efi.loaders(site.arch, cache_dir) if site.uefi else None
     if loaders is not None and loaders.grub_dir != site.grub_dir:
-        raise HostError(f"{efi.LOADERS[efi.GRUB][0]} reads its grub.cfg from "
+        raise HostError(f"{loaders.files[efi.GRUBS[site.arch]]} reads its grub.cfg from "
                         f"/{loaders.grub_dir}, not /{site.grub_dir} as Debian's signed network "
                         "GRUB does and vlab writes; fix: install Debian's "
                         "grub-efi-amd64-signed")
     # pxelinux and GRUB load a bzImage (Debian's, signed: shim's GRUB checks it under Secure
-    # Boot): the PVH ELF is for direct kernel boot only.
-    copies = {**tftp.bootloaders(), **(loaders.files if loaders else {}), **ipxe,
+    # Boot): the PVH ELF is for direct kernel boot only. An arm64 tree has no pxelinux.
+    bios = tftp.bootloaders() if site.arch is Arch.AMD64 else {}
+    copies = {**bios, **(loaders.files if loaders else {}), **ipxe,
               KERNEL: k.vmlinuz, INITRD: img}
     http = site.by(Netboot.HTTP)
     if http and say is not None:
