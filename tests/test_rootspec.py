@@ -48,6 +48,14 @@ def _parse(root: str = "", nfsroot: str = "", flags: str = "", ip: str = "",
      "server= path=/srv/r options=wsize=4096 static= ip_server="),
     ({"dhcp": "10.0.0.5:/srv/r,vers=3"},
      "server=10.0.0.5 path=/srv/r options=vers=3 static= ip_server="),
+    # IPv6 servers, bracketed as dracut and the kernel take them
+    ({"root": "[fd00:213:1::2]:/srv/r", "flags": "vers=4.1", "ip": "::::t1:eth0:auto6"},
+     "server=fd00:213:1::2 path=/srv/r options=vers=4.1 static= ip_server="),
+    ({"root": "nfs4:[fd00::2]:/srv/r:vers=4.2", "ip": "auto6"},
+     "server=fd00::2 path=/srv/r options=vers=4.2 static= ip_server="),
+    ({"root": "nfs:[FD00::2]:/srv/r"}, "server=FD00::2 path=/srv/r options= static= ip_server="),
+    ({"root": "/dev/nfs", "nfsroot": "[fd00::2]:/srv/r,vers=3"},
+     "server=fd00::2 path=/srv/r options=vers=3 static= ip_server="),
 ])
 def test_every_form_names_its_server_path_and_options(args: dict[str, str],
                                                       expected: str) -> None:
@@ -64,6 +72,11 @@ def test_every_form_names_its_server_path_and_options(args: dict[str, str],
     ({"root": "10.0.0.5:/r", "ip": "10.0.0.9:::::eth1:off"}, "names the device eth1"),
     ({"root": "10.0.0.5:/r", "ip": "10.0.0.x::::::off"}, "10.0.0.x is not an IPv4 address"),
     ({"root": "dhcp", "dhcp": "cifs://x/y"}, "root path cifs://x/y is a URL, not an NFS root"),
+    ({"root": "[server.example]:/srv"}, "names the server [server.example]: give an IPv6 "
+     "address in brackets"),
+    ({"root": "[]:/srv"}, "names the server []"),
+    ({"root": "fd00::2:/srv"}, "give its IPv4 address (an IPv6 one in brackets)"),
+    ({"root": "[fd00::2]:/r", "ip": "dhcp6"}, "busybox has no DHCPv6 client"),
 ])
 def test_forms_vlab_cannot_honour_are_named_failures(args: dict[str, str], failure: str) -> None:
     assert failure in _parse(**args)

@@ -3,7 +3,14 @@ path (option 17) and the NFS mount options, per builder (vlab, initramfs-tools, 
 
 from __future__ import annotations
 
-from vlab.scenario.model import InitrdBuilder, NfsVersion, RootSource, RootVia, Scenario
+from vlab.scenario.model import (
+    Addresses,
+    InitrdBuilder,
+    NfsVersion,
+    RootSource,
+    RootVia,
+    Scenario,
+)
 
 MOUNT_PORT_OFFSET = 1000  # NFSv3's MOUNT protocol listens this far above the NFS port
 # Words vlab adds for speed, not for function: a quiet serial console boots faster under TCG.
@@ -89,12 +96,18 @@ def nfs_client_id(mac: str) -> str:
 
 
 def kernel_cmdline(scenario: Scenario, server: str | None, path: str, options: str,
-                   consoles: list[str], extra: str, mac: str | None, ssh_key: str = "") -> str:
+                   consoles: list[str], extra: str, mac: str | None, ssh_key: str = "",
+                   name: str = "") -> str:
     """The whole kernel command line of a terminal (or of a PXE machine; mac None: any one).
-    With the lab's SSH public key, the root's init authorizes it (vlab.sshkey=)."""
+    With the lab's SSH public key, the root's init authorizes it (vlab.sshkey=). `name`: its
+    host name, where no DHCPv4 answer gives one (an IPv6-only lab)."""
     root = scenario.root
     words = [*consoles, "selinux=0",
              *root_args(scenario.initrd.builder, scenario.lab.nfs_version, server, path, options)]
+    if scenario.lab.addresses is Addresses.IPV6:
+        # dracut's form: no DHCPv4, an address by SLAAC (and the host name, which DHCPv4
+        # would give): ip=<client>:<peer>:<gateway>:<netmask>:<hostname>:<device>:auto6
+        words.append(f"ip=::::{name}:eth0:auto6" if name else "ip=auto6")
     if mac:
         # kmod's modprobe (dracut, initramfs-tools) passes it to nfs.ko; vlab's initrd reads it.
         words.append(f"nfs.nfs4_unique_id={nfs_client_id(mac)}")

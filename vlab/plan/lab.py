@@ -18,6 +18,7 @@ from vlab.scenario.model import (
     LAB_HOST,
     LOCAL,
     NFS_HOST,
+    Addresses,
     AfterBoot,
     Arch,
     Firmware,
@@ -98,6 +99,7 @@ class TerminalPlan:
     firmware: Firmware = Firmware.BIOS
     nvram: Path | None = None  # a UEFI guest's copy of OVMF's variable store
     netboot: Netboot = Netboot.TFTP  # a PXE twin's: how its firmware fetches what it boots
+    ip6: str = ""  # its SLAAC address in an IPv6 lab (its prefix and pinned MAC), else ""
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,7 @@ class LabPlan:
     # boot = "pxe" terminals (in tftp_dir). None: no such machine.
     site: Site | None = None
     tftp_tree: Site | None = None
+    addresses: Addresses = Addresses.IPV4  # the lab network's families ([lab] addresses)
 
     netns = NETNS  # the isolated lab host's network namespace
 
@@ -190,9 +193,28 @@ class LabPlan:
 
     @property
     def ipv6_subnet(self) -> str:
-        """The lab network's IPv6 /64 (a PXE lab's: iPXE waits for a router advertisement);
-        the lab host is its ::1."""
-        return f"fd00:213:{self.subnet.network_address.packed[2]:x}::/64"
+        """The lab network's IPv6 /64 (an IPv6 lab's, and a PXE lab's: iPXE waits for a
+        router advertisement); the lab host is its ::1, the NFS server ::2."""
+        return str(ipv6_subnet(self.subnet))
+
+    @property
+    def ipv6(self) -> bool:
+        """The terminals have IPv6 addresses and mount the root over IPv6."""
+        return self.addresses is not Addresses.IPV4
+
+    @property
+    def ipv4(self) -> bool:
+        """The terminals have IPv4 addresses (by the lab's DHCP)."""
+        return self.addresses is not Addresses.IPV6
+
+    @property
+    def ipv6_gateway(self) -> str:
+        return str(ipaddress.IPv6Network(self.ipv6_subnet).network_address + LAB_HOST)
+
+    @property
+    def nfs_address6(self) -> str:
+        """The NFS server's IPv6 address, in its own namespace (an IPv6 lab has one)."""
+        return str(ipaddress.IPv6Network(self.ipv6_subnet).network_address + NFS_HOST)
 
     @property
     def dnsmasq_log(self) -> Path:
@@ -285,6 +307,19 @@ class LabPlan:
 
     def on(self, node: NodePlan) -> tuple[TerminalPlan, ...]:
         return tuple(t for t in self.terminals if t.node == node.name)
+
+
+def ipv6_subnet(subnet: ipaddress.IPv4Network) -> ipaddress.IPv6Network:
+    """The lab's IPv6 /64 (a unique local prefix), from its IPv4 /24."""
+    return ipaddress.IPv6Network(f"fd00:213:{subnet.network_address.packed[2]:x}::/64")
+
+
+def slaac_address(prefix: ipaddress.IPv6Network, mac: str) -> str:
+    """The address SLAAC gives a NIC of this MAC (RFC 4291's modified EUI-64; Linux's default
+    for an interface without stable-privacy addresses, as an initrd's is)."""
+    octets = bytes.fromhex(mac.replace(":", ""))
+    eui = bytes([octets[0] ^ 0x02, *octets[1:3], 0xFF, 0xFE, *octets[3:]])
+    return str(prefix.network_address + int.from_bytes(eui, "big"))
 
 
 def root_squash(source: RootSource) -> bool:

@@ -30,15 +30,19 @@ from vlab.plan.lab import (
     NodePlan,
     TerminalPlan,
     domain_name,
+    ipv6_subnet,
     nfs_address,
     root_squash,
+    slaac_address,
 )
 from vlab.plan.lease import NO_OTHER_LABS, Taken, digest, lease, pinned_mac, pinned_macs
 from vlab.plan.site import Booter, MachinePlan, Site, site
 from vlab.scenario.model import (
     EXPORT_PATH_RE,
     LOCAL,
+    NFS_HOST,
     UEFI_PXE_MEMORY,
+    Addresses,
     Arch,
     Boot,
     Firmware,
@@ -100,6 +104,8 @@ def make_plan(scenario: Scenario, dirs: Dirs, taken: Taken = NO_OTHER_LABS,
     _check_export_path(scenario, export_path)
     nfs_netns = None if scenario.nodes else NFS_NETNS_PREFIX + lab.name
     server = nfs_address(subnet, nfs_netns)
+    if lab.addresses is not Addresses.IPV4:  # the root over IPv6, as root= and mount write it
+        server = f"[{ipv6_subnet(subnet).network_address + NFS_HOST}]"
     if nfs_netns:
         nfs_port = NFS_PORT
     option_port = None if nfs_netns else nfs_port
@@ -167,6 +173,7 @@ def make_plan(scenario: Scenario, dirs: Dirs, taken: Taken = NO_OTHER_LABS,
                   and scenario.pxe.nfs_server else None),
         site=hosts,
         tftp_tree=tftp_tree,
+        addresses=lab.addresses,
     )
 
 
@@ -238,7 +245,7 @@ def _terminals(scenario: Scenario, subnet: ipaddress.IPv4Network, nfs_server: st
         words = by_pxe.get(t.name) or kernel_cmdline(
             scenario, server if given else None, path, options,
             [ARM64_CONSOLE if t.arch is Arch.ARM64 else CONSOLE[lab.hypervisor]],
-            t.cmdline, macs[t.name], ssh_key)
+            t.cmdline, macs[t.name], ssh_key, t.name)
         if len(words.encode()) > MAX_CMDLINE_BYTES:
             raise ScenarioError(scenario.path, f"terminal[{i}].cmdline", "the kernel command "
                                 f"line with vlab's words is over the {MAX_CMDLINE_BYTES} bytes "
@@ -249,8 +256,12 @@ def _terminals(scenario: Scenario, subnet: ipaddress.IPv4Network, nfs_server: st
             domain=domain_name(lab.name, t.name),
             nic_model=NIC_MODELS[t.nic],
             mac=macs[t.name],
-            # Another node's terminals take an address from its network's DHCP.
-            ip=str(_terminal_ip(subnet, i)) if on == LOCAL else "",
+            # Another node's terminals take an address from its network's DHCP; an IPv6-only
+            # lab's, none (SLAAC's, ip6).
+            ip=str(_terminal_ip(subnet, i)) if on == LOCAL
+            and lab.addresses is not Addresses.IPV6 else "",
+            ip6=slaac_address(ipv6_subnet(subnet), macs[t.name])
+            if lab.addresses is not Addresses.IPV4 else "",
             memory_mib=t.memory,
             vcpus=t.vcpus,
             dhcp_root_path=dhcp_root,

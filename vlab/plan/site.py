@@ -142,7 +142,8 @@ def site(scenario: Scenario, booters: tuple[Booter, ...], nfs_server: str,
             extra += f" {b.cmdline}"
         words = kernel_cmdline(scenario, b_server if given else None, path, options,
                                CONSOLES[scenario.arch],
-                               extra, b.mac if b else None, ssh_key if b else "")
+                               extra, b.mac if b else None, ssh_key if b else "",
+                               b.name if b else "")
         size = len(append_line(words).encode())
         if size > MAX_APPEND:
             raise ScenarioError(scenario.path, f"{b.key}.cmdline" if b else "machine",

@@ -32,7 +32,7 @@ def report(plan: LabPlan, conns: dict[str, virt.Conn | None]) -> dict[str, Any]:
             "node": t.node,
             "domain": t.domain,
             "mac": t.mac,
-            "ip": t.ip or terminal_address(t) or "",
+            "ip": t.ip or t.ip6 or terminal_address(t) or "",
             "state": virt.domain_state(conn, t.domain) if conn is not None else (
                 "absent" if t.node == LOCAL else "unknown"),
             "verdict": r.get("name"),

@@ -70,6 +70,16 @@ class RootVia(StrEnum):
     DHCP = "dhcp"
 
 
+class Addresses(StrEnum):
+    """`[lab] addresses`: the lab network's address families. IPv6 addresses come by SLAAC
+    from the router advertisements of the lab's dnsmasq: each terminal's is its prefix and
+    its pinned MAC (EUI-64), as stable as a DHCP pin."""
+
+    IPV4 = "ipv4"
+    IPV6 = "ipv6"  # IPv6 only: no DHCPv4 on the lab network, the root mounted over IPv6
+    DUAL = "dual"  # both: a DHCPv4 lease and a SLAAC address, the root mounted over IPv6
+
+
 class Boot(StrEnum):
     KERNEL = "kernel"
     PXE = "pxe"
@@ -149,6 +159,7 @@ class Lab:
     stall: int  # seconds of console silence that count as a stalled guest
     subnet: ipaddress.IPv4Network | None
     root_via: RootVia
+    addresses: Addresses = Addresses.IPV4
 
 
 @dataclass(frozen=True)

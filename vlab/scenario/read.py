@@ -16,8 +16,11 @@ from vlab.scenario import machine_tables, node_tables, terminal_tables
 from vlab.scenario.model import (
     EXPORT_PATH_RE,
     SYSTEM_DIRS,
+    Addresses,
     AfterBoot,
     Arch,
+    Boot,
+    Firmware,
     Hypervisor,
     Initrd,
     InitrdBuilder,
@@ -73,6 +76,7 @@ def parse(path: Path, data: Mapping[str, Any]) -> Scenario:
     _check_builder(path, root, kernel, initrd, lab)
     probes = _probes(top, root)
     _check_arch(path, arch, root, initrd, probes)
+    _check_ipv6(path, lab, initrd, terminals, bool(top.data.get("node")))
     found = node_tables.nodes(top, lab)
     node_tables.check_placement(path, lab, terminals, found)
     return Scenario(path=path, lab=lab, root=root, kernel=kernel, initrd=initrd,
@@ -272,6 +276,35 @@ def _check_arch(path: Path, arch: Arch, root: Root, initrd: Initrd,
                             "x86 machine cannot run in its sandbox", 'use builder = "vlab"')
 
 
+def _check_ipv6(path: Path, lab: Lab, initrd: Initrd, terminals: tuple[Terminal, ...],
+                has_nodes: bool) -> None:
+    """What an IPv6 lab does not do (yet), named before anything is built."""
+    if lab.addresses is Addresses.IPV4:
+        return
+    key = "lab.addresses"
+    said = f'"{lab.addresses.value}"'
+    if initrd.builder is not InitrdBuilder.VLAB:
+        raise ScenarioError(path, key, f"{said} with the {initrd.builder.value} initrd: vlab "
+                            "proves IPv6 roots with its own initrd (SLAAC, [addr]:/path); a "
+                            "distribution initrd needs its own IPv6 setup (dracut: ip=auto6)",
+                            'use [initrd] builder = "vlab", or addresses = "ipv4"')
+    if lab.hypervisor is Hypervisor.XEN or has_nodes:
+        raise ScenarioError(path, key, f"{said} in a lab with Xen or [[node]]s: their "
+                            "networks are IPv4 networks vlab does not make",
+                            'use addresses = "ipv4"')
+    if lab.root_via is RootVia.DHCP:
+        raise ScenarioError(path, key, f'{said} with root_via = "dhcp": the root path comes by '
+                            "DHCPv4 (option 17), and busybox has no DHCPv6 client",
+                            'use root_via = "cmdline"')
+    for i, t in enumerate(terminals):
+        if t.boot is Boot.PXE and t.firmware is Firmware.BIOS:
+            raise ScenarioError(path, f"terminal[{i}].firmware", '"bios" in an IPv6 lab: '
+                                "SeaBIOS's iPXE ROM does no PXE over IPv6 here; a BIOS host on "
+                                "an IPv6-only network needs an iPXE built with IPv6 and a "
+                                "DHCPv6 boot file URL (option 59)",
+                                'use firmware = "uefi" (OVMF does PXE over IPv6)')
+
+
 def _kernel(t: Table, root: Root, arch: Arch) -> Kernel:
     default = KernelSource.DEBIAN if root.source is RootSource.BUSYBOX else KernelSource.ROOT
     source = t.choice("source", KernelSource, default)
@@ -318,7 +351,7 @@ def _check_builder(path: Path, root: Root, kernel: Kernel, initrd: Initrd, lab: 
 
 
 _LAB_KEYS = ("name", "hypervisor", "uri", "lab_host", "nfs_version", "timeout", "stall", "subnet",
-             "root_via")
+             "root_via", "addresses")
 
 
 def _lab(t: Table, builder: InitrdBuilder, has_nodes: bool) -> Lab:
@@ -359,6 +392,7 @@ def _lab(t: Table, builder: InitrdBuilder, has_nodes: bool) -> Lab:
         stall=t.int_in("stall", 45, 5, 3600, " s"),
         subnet=subnet,
         root_via=t.choice("root_via", RootVia, RootVia.CMDLINE),
+        addresses=t.choice("addresses", Addresses, Addresses.IPV4),
     )
 
 

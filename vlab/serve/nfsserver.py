@@ -130,6 +130,9 @@ def make_namespace(plan: LabPlan, host_netns: str | None) -> None:
              LINK, "netns", ns])
     run.run(["ip", "-n", ns, "addr", "add", f"{plan.nfs_address}/{plan.subnet.prefixlen}",
              "dev", LINK])
+    if plan.ipv6:  # nodad: the lab's prefix is the lab's own, and DAD would hold it ~1 s
+        run.run(["ip", "-n", ns, "addr", "add", f"{plan.nfs_address6}/64", "dev", LINK,
+                 "nodad"])
     if plan.stand_in:  # the site's server's address, which exists only in this namespace
         run.run(["ip", "-n", ns, "addr", "add", f"{plan.stand_in}/32", "dev", LINK])
     run.run(["ip", "-n", ns, "link", "set", LINK, "up"])

@@ -80,7 +80,7 @@ def ssh_session(plan: LabPlan, t: TerminalPlan) -> sshkeys.Session:
         raise sshkeys.SshError(f"{t.name} printed no SSH host key on its console in "
                                f"{HOST_KEY_WAIT:.0f} s; fix: is it up (vlab status)? vlab "
                                "sets up SSH in the busybox and debian roots")
-    ip = t.ip or terminal_address(t)
+    ip = t.ip or t.ip6 or terminal_address(t)
     if not ip:
         raise sshkeys.SshError(f"{t.name} runs on host {t.node}, whose network gave it an "
                                "address vlab did not see on its console; fix: vlab console "

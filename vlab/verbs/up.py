@@ -93,7 +93,7 @@ def boot(plan: LabPlan, dirs: Dirs, k: kernel.Kernel, netns: str | None,
     """The seed page's boot, for a lab's terminals and for PXE twins alike: guard, export,
     define the network (serving `tftp_dir` by PXE), ship, boot, watch; when each terminal
     started, and its verdict."""
-    guard_lab(plan, netns, ipv6=tftp_dir is not None)  # before anything of it answers
+    guard_lab(plan, netns, ipv6=tftp_dir is not None or plan.ipv6)  # before anything answers
     export_nfs_root(plan, dirs, netns, say)  # starts while the network is defined
     define_network(plan, conns[LOCAL], say, tftp_dir)
     join_lab_network(plan, netns)
@@ -133,7 +133,7 @@ def already_up(plan: LabPlan, dirs: Dirs, netns: str | None, conns: dict[str, vi
                              + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
                              + f" would change; fix: vlab down {plan.scenario}, then vlab up "
                              "again (vlab does not change a lab under running terminals)")
-    if guard_lab(plan, netns, ipv6=plan.tftp_dir.is_dir()):
+    if guard_lab(plan, netns, ipv6=plan.tftp_dir.is_dir() or plan.ipv6):
         say(f"lab {plan.name} is up, but its firewall rule was gone: put back")
     if nfsserver.pid(plan) is None:
         say(f"lab {plan.name} is up, but its NFS server is gone: starting it again")
@@ -310,8 +310,11 @@ def boot_files_for(plan: LabPlan, k: kernel.Kernel, h: NodePlan) -> dict[Path, s
 def wait_for_nfs_server(plan: LabPlan, say: Say) -> None:
     """The guests boot only once the NFS server listens: they never wait for it."""
     pid = nfsserver.wait_ready(plan)
+    clients = [*map(str, plan.nfs_clients), *([plan.ipv6_subnet] if plan.ipv6 else [])]
+    where = f"{plan.nfs_address}:{plan.nfs_port}" + (
+        f" and [{plan.nfs_address6}]:{plan.nfs_port}" if plan.ipv6 else "")
     say(f"export: nfs-ganesha (pid {pid}) serves {plan.export_path} read-only to "
-        f"{', '.join(map(str, plan.nfs_clients))} on {plan.nfs_address}:{plan.nfs_port}"
+        f"{', '.join(clients)} on {where}"
         + (f" (network namespace {plan.nfs_netns}, on the lab network only)"
            if plan.nfs_netns else ""))
 
@@ -369,7 +372,8 @@ def boot_terminals(plan: LabPlan, conns: dict[str, virt.Conn],
         started[t] = time.monotonic()
         virt.resume_domain(conns[t.node], t.domain)
         say(f"boot {t.name}: {t.domain} on {t.node}, MAC {t.mac}"
-            + (f", IP {t.ip}" if t.ip else ", IP from its network's DHCP"))
+            + (f", IP {t.ip}" if t.ip else "") + (f", IPv6 {t.ip6} (SLAAC)" if t.ip6 else "")
+            + ("" if t.ip or t.ip6 else ", IP from its network's DHCP"))
     return started
 
 

@@ -114,7 +114,7 @@ def servers_side(plan: LabPlan, verdicts: dict[TerminalPlan, Verdict],
     out = {}
     for t, v in verdicts.items():
         facts = replace(lab, dhcp=t.node == LOCAL)
-        ip = t.ip or terminal_address(t) or ""
+        ip = t.ip or t.ip6 or terminal_address(t) or ""
         seen = cause.seen_by_servers(t.mac, ip, log) if facts.dhcp else ()
         why = None if v.ok else cause.explain(v.name, {"mac": t.mac, "ip": ip, "line": v.line},
                                                 facts)

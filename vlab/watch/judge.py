@@ -62,7 +62,7 @@ PHASE_LINES = (
     ("initrd", pattern(r"vlab-initrd: kernel command line|Run /init as init|"
                           r"Loading, please wait|dracut-|Starting systemd-udevd version")),
     ("dhcp", pattern(r"lease of \S+ obtained|\(lease from|IP-Config: \S+ complete|"
-                        r"dhcp.*(bound|lease)|DHCPACK|dhcp: BOUND")),
+                        r"dhcp.*(bound|lease)|DHCPACK|dhcp: BOUND|\(SLAAC")),
     ("nfs-mounted", PROOF_RE),
 )
 # A DHCP client asking for a lease (udhcpc, klibc's ipconfig, dracut's dhclient): silence and
@@ -71,11 +71,12 @@ DHCP_ASKED_RE = pattern(r"udhcpc: (?:broadcasting|sending) discover|"
                            r"IP-Config: \S+ hardware address .* DHCP|dhcp: PREINIT")
 
 
-# Where a terminal's console says which address DHCP gave it: vlab's initrd ("vlab-initrd:
-# eth0 is 10.0.1.57/24"), klibc's ipconfig ("address: 10.0.1.57" under initramfs-tools), and
-# the NFSv4 proof line of every builder ("clientaddr=10.0.1.57").
+# Where a terminal's console says which address DHCP (or SLAAC) gave it: vlab's initrd
+# ("vlab-initrd: eth0 is 10.0.1.57/24", "... is fd00:213:1::5054:ff:fe12:3456/64"), klibc's
+# ipconfig ("address: 10.0.1.57" under initramfs-tools), and the NFSv4 proof line of every
+# builder ("clientaddr=10.0.1.57").
 ADDRESS_RE = pattern(r"(?m)(?:vlab-initrd: \S+ is |^ *address: |clientaddr=)"
-                        r"(\d+\.\d+\.\d+\.\d+)\b", )
+                        r"(\d+\.\d+\.\d+\.\d+|[0-9a-f]{1,4}:[0-9a-f:]+)\b", )
 
 
 # What is read of a console's end for what it said last (its address, its host key).

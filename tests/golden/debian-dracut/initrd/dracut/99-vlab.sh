@@ -20,7 +20,11 @@ vlab_proof() {
         esac
         read -r vlab_node < /proc/sys/kernel/hostname
         set -- $vlab_line
-        echo "VLAB-NFSROOT-OK server=${1%%:*} export=${1#*:} fstype=$2 options=$3 client=${vlab_id:+$vlab_id/}$vlab_node"
+        case "$1" in  # an IPv6 server is bracketed: [fd00::2]:/path
+            \[*) vlab_server=${1%%\]:*}; vlab_server=${vlab_server#\[}; vlab_export=${1#*\]:} ;;
+            *) vlab_server=${1%%:*}; vlab_export=${1#*:} ;;
+        esac
+        echo "VLAB-NFSROOT-OK server=$vlab_server export=$vlab_export fstype=$2 options=$3 client=${vlab_id:+$vlab_id/}$vlab_node"
     else
         echo "VLAB-FAIL init-failed: no NFS mount on $1"
     fi

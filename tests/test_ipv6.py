@@ -1,0 +1,85 @@
+"""IPv6 labs: terminals with SLAAC addresses (the lab's prefix and their pinned MAC) mount
+their root from nfs-ganesha over IPv6; dual-stack ones have a DHCPv4 lease too."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from pathlib import Path
+
+import pytest
+from conftest import GOLDEN_DIRS, ROOT
+from test_boot import vlab
+
+from vlab import scenario
+from vlab.artifacts import templates
+from vlab.errors import ScenarioError
+from vlab.plan.lab import Dirs, slaac_address
+from vlab.plan.make import make_plan
+
+
+def test_a_terminals_ipv6_address_is_its_prefix_and_modified_eui64() -> None:
+    prefix = ipaddress.IPv6Network("fd00:213:6b::/64")
+    # RFC 4291 appendix A: flip the universal/local bit, ff:fe in the middle.
+    assert slaac_address(prefix, "52:54:00:1f:94:fc") == "fd00:213:6b:0:5054:ff:fe1f:94fc"
+    assert slaac_address(prefix, "00:16:3e:00:00:01") == "fd00:213:6b:0:216:3eff:fe00:1"
+
+
+def test_an_ipv6_lab_mounts_over_ipv6_and_has_no_dhcpv4() -> None:
+    plan = make_plan(scenario.load(ROOT / "scenarios" / "ipv6.toml"), GOLDEN_DIRS)
+    (t,) = plan.terminals
+    assert t.ip == "" and t.ip6.startswith(plan.ipv6_subnet.removesuffix("::/64") + ":")
+    assert f"root=[{plan.nfs_address6}]:" in t.cmdline and "ip=::::t1:eth0:auto6" in t.cmdline
+    net = templates.network_xml(plan)
+    assert "<dhcp>" not in net and f"<ip family='ipv6' address='{plan.ipv6_gateway}'" in net
+    assert plan.ipv6_subnet in templates.ganesha_conf(plan)
+    dual = make_plan(scenario.load(ROOT / "scenarios" / "dual-stack.toml"), GOLDEN_DIRS)
+    (d,) = dual.terminals
+    assert d.ip and d.ip6 and "ip=" not in d.cmdline and f"root=[{dual.nfs_address6}]:" in \
+        d.cmdline and "<dhcp>" in templates.network_xml(dual)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ('[initrd]\nbuilder = "dracut"\n[root]\nsource = "dir"\npath = "root"\n',
+     'lab.addresses: "ipv6" with the dracut initrd'),
+    ('[[node]]\nname = "n1"\nuri = "qemu+ssh://root@h/system"\nnetwork = "default"\n'
+     'nfs_server = "192.168.1.5"\n', 'lab.addresses: "ipv6" in a lab with Xen or [[node]]s'),
+    ('[[terminal]]\nname = "t2"\nboot = "pxe"\n', 'terminal[1].firmware: "bios" in an IPv6 '
+     "lab: SeaBIOS's iPXE ROM does no PXE over IPv6"),
+])
+def test_what_an_ipv6_lab_does_not_do_is_refused_by_name(tmp_path: Path, extra: str,
+                                                         message: str) -> None:
+    (tmp_path / "root").mkdir()
+    path = tmp_path / "s.toml"
+    path.write_text('[lab]\nname = "v6"\naddresses = "ipv6"\n[[terminal]]\nname = "t1"\n'
+                    + extra)
+    with pytest.raises(ScenarioError) as err:
+        scenario.load(path)
+    assert message in str(err.value)
+
+
+@pytest.mark.boot
+def test_ipv6_only_and_dual_stack_terminals_mount_their_root_over_ipv6(lab_down) -> None:  # type: ignore[no-untyped-def]
+    """The IPv6-only lab's terminal gets the address SLAAC makes of its pinned MAC (no DHCPv4
+    on its network), its host name from ip=, and mounts [server]:/path over TCP on IPv6; the
+    dual-stack one has its pinned DHCPv4 lease too. vlab ssh reaches each (over IPv6 where
+    that is all it has)."""
+    for path in ("scenarios/ipv6.toml", "scenarios/dual-stack.toml"):
+        lab_down.append(path)
+        proc = vlab("up", path, "--json", timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        (t,) = json.loads(proc.stdout)["terminals"]
+        plan = make_plan(scenario.load(ROOT / path), Dirs.from_env())
+        (p,) = plan.terminals
+        assert t["verdict"] == "ok", t
+        assert t["proof"]["server"] == plan.nfs_address6, t["proof"]
+        assert "proto=tcp6" in t["proof"]["options"], t["proof"]
+        assert f"clientaddr={p.ip6}," in t["proof"]["options"], (p.ip6, t["proof"])
+        log = Path(t["console_log"]).read_text(errors="replace")
+        assert f"vlab-initrd: eth0 is {p.ip6}/64 (SLAAC" in log, log[-3000:]
+        leased = f"lease of {p.ip} obtained" in log
+        assert leased if path.endswith("dual-stack.toml") else "udhcpc" not in log, log[-3000:]
+        ran = vlab("ssh", path, "t1", "--", "hostname; ip -6 addr show dev eth0", timeout=60)
+        assert ran.returncode == 0 and ran.stdout.startswith("t1\n") and p.ip6 in ran.stdout, \
+            ran.stdout + ran.stderr
+        assert vlab("down", path, timeout=120).returncode == 0
