@@ -35,7 +35,7 @@ def site_of(name: str) -> Site:
 
 
 @pytest.mark.parametrize("name", ["site", "site-uefi", "site-own-server", "site-http",
-                                  "site-arm64"])
+                                  "site-arm64", "site-ipv6"])
 def test_golden_twin_network_and_domains(golden, name: str) -> None:  # type: ignore[no-untyped-def]
     twins = make_plan(scenario.load(ROOT / "scenarios" / f"{name}.toml"), GOLDEN_DIRS,
                       twins=True)

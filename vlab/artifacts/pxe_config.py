@@ -106,6 +106,8 @@ def shared_files(site: Site, tree: str = SHOWN_TREE) -> dict[str, str]:
         "vlab-site/dhcpd.conf": templates.template("pxe/dhcpd.conf.j2", **snippet),
         "vlab-site/dnsmasq.conf": templates.template("pxe/dnsmasq.conf.j2", **snippet),
     }
+    if site.tftp6:
+        files["vlab-site/dhcpd6.conf"] = templates.template("pxe/dhcpd6.conf.j2", **snippet)
     if site.arch is Arch.AMD64:
         files["pxelinux.cfg/default"] = templates.template(
             "pxe/pxelinux.cfg.j2", append=site.default_append, kernel=KERNEL, label="default")

@@ -314,6 +314,8 @@ def _twins(scenario: Scenario, hosts: Site | None, subnet: ipaddress.IPv4Network
         console_log=lab_dir / "console" / f"pxe-{name}.log", boot="pxe", firmware=firmware,
         nvram=None if firmware is Firmware.BIOS else lab_dir / "nvram" / f"pxe-{name}.fd",
         netboot=netboot,
+        ip6=slaac_address(ipv6_subnet(subnet), mac)
+        if scenario.lab.addresses is not Addresses.IPV4 else "",
     ) for name, mac, ip, root_path, firmware, cmdline, netboot in twins)
 
 

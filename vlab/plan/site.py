@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from vlab.errors import ScenarioError
 from vlab.plan.cmdline import kernel_cmdline, machines_nfs, root_path_by_dhcp, root_target
-from vlab.scenario.model import Arch, Firmware, Netboot, RootVia, Scenario
+from vlab.scenario.model import NFS_HOST, Addresses, Arch, Firmware, Netboot, RootVia, Scenario
 
 KERNEL = "vmlinuz"
 INITRD = "initrd.img"
@@ -88,6 +88,10 @@ class Site:
     http_url: str = ""  # where the site's web server serves the tree, ending in "/"
     grub_dir: str = GRUB_DIR
     arch: Arch = Arch.AMD64  # its machines' (one scenario, one architecture)
+    # The TFTP server as DHCPv4's next server names it ("": an IPv6-only site), and as
+    # DHCPv6's boot file URL does, bracketed ("": an IPv4 site).
+    tftp4: str = ""
+    tftp6: str = ""
 
     @property
     def default_append(self) -> str:
@@ -159,4 +163,16 @@ def site(scenario: Scenario, booters: tuple[Booter, ...], nfs_server: str,
     return Site(server=server, subnet=subnet, export_path=export_path, root_squash=root_squash,
                 default_cmdline=cmdline(None), machines=machines,
                 http_url=scenario.pxe.http_url or f"http://{server}{HTTP_PATH}",
-                arch=scenario.arch)
+                arch=scenario.arch, **_tftp_servers(scenario, server, subnet))
+
+
+def _tftp_servers(scenario: Scenario, server: str, subnet: str) -> dict[str, str]:
+    """Where DHCP sends a PXE client for its loader: the NFS server, by IPv4 (DHCPv4's next
+    server) and by IPv6 (DHCPv6's boot file URL) as the lab's addresses have it. A dual-stack
+    site's UEFI hosts boot over IPv6, its BIOS hosts over IPv4 (SeaBIOS's iPXE ROM has no
+    PXE over IPv6)."""
+    addresses = scenario.lab.addresses
+    if addresses is Addresses.IPV4:
+        return {"tftp4": server, "tftp6": ""}
+    v4 = str(ipaddress.IPv4Network(subnet).network_address + NFS_HOST)
+    return {"tftp4": v4 if addresses is Addresses.DUAL else "", "tftp6": server}

@@ -29,9 +29,11 @@ from vlab.scenario.model import (
     Lab,
     LabHostMode,
     Machine,
+    Netboot,
     NfsVersion,
     NicDriver,
     Probe,
+    Pxe,
     Root,
     RootSource,
     RootVia,
@@ -76,7 +78,7 @@ def parse(path: Path, data: Mapping[str, Any]) -> Scenario:
     _check_builder(path, root, kernel, initrd, lab)
     probes = _probes(top, root)
     _check_arch(path, arch, root, initrd, probes)
-    _check_ipv6(path, lab, initrd, terminals, bool(top.data.get("node")))
+    _check_ipv6(path, lab, initrd, terminals, pxe, bool(top.data.get("node")))
     found = node_tables.nodes(top, lab)
     node_tables.check_placement(path, lab, terminals, found)
     return Scenario(path=path, lab=lab, root=root, kernel=kernel, initrd=initrd,
@@ -277,7 +279,7 @@ def _check_arch(path: Path, arch: Arch, root: Root, initrd: Initrd,
 
 
 def _check_ipv6(path: Path, lab: Lab, initrd: Initrd, terminals: tuple[Terminal, ...],
-                has_nodes: bool) -> None:
+                pxe: Pxe, has_nodes: bool) -> None:
     """What an IPv6 lab does not do (yet), named before anything is built."""
     if lab.addresses is Addresses.IPV4:
         return
@@ -296,9 +298,31 @@ def _check_ipv6(path: Path, lab: Lab, initrd: Initrd, terminals: tuple[Terminal,
         raise ScenarioError(path, key, f'{said} with root_via = "dhcp": the root path comes by '
                             "DHCPv4 (option 17), and busybox has no DHCPv6 client",
                             'use root_via = "cmdline"')
+    if pxe.nfs_server is not None:
+        raise ScenarioError(path, "pxe.nfs_server", f"{pxe.nfs_server} with addresses = "
+                            f"{said}: the terminals mount the root over IPv6, and vlab takes a "
+                            "site's server by IPv4 address", "leave [pxe] nfs_server out (the "
+                            'twins mount the lab\'s server), or use addresses = "ipv4"')
+    for i, m in enumerate(pxe.machines):
+        where = f"machine[{i}]"
+        if m.netboot is not Netboot.TFTP:
+            raise ScenarioError(path, f"{where}.netboot", f'"{m.netboot.value}" in a lab with '
+                                f"addresses = {said}: vlab boots IPv6 hosts by PXE over "
+                                "TFTP", 'use netboot = "tftp", or addresses = "ipv4"')
+        if lab.addresses is Addresses.IPV6 and m.firmware is Firmware.BIOS:
+            raise ScenarioError(path, f"{where}.firmware", '"bios" in an IPv6-only lab: '
+                                "SeaBIOS's iPXE ROM does no PXE over IPv6 here; a BIOS host on "
+                                "an IPv6-only network needs an iPXE built with IPv6 and a "
+                                "DHCPv6 boot file URL (option 59)", 'use firmware = "uefi", or '
+                                'addresses = "dual" (BIOS hosts boot over IPv4 there)')
+        if lab.addresses is Addresses.IPV6 and m.ip is not None:
+            raise ScenarioError(path, f"{where}.ip", f"{m.ip} in an IPv6-only lab, which has no "
+                                "DHCPv4", "leave ip out (its IPv6 address is SLAAC's, from "
+                                'its MAC), or use addresses = "dual"')
     for i, t in enumerate(terminals):
-        if t.boot is Boot.PXE and t.firmware is Firmware.BIOS:
-            raise ScenarioError(path, f"terminal[{i}].firmware", '"bios" in an IPv6 lab: '
+        if t.boot is Boot.PXE and t.firmware is Firmware.BIOS and \
+                lab.addresses is Addresses.IPV6:
+            raise ScenarioError(path, f"terminal[{i}].firmware", '"bios" in an IPv6-only lab: '
                                 "SeaBIOS's iPXE ROM does no PXE over IPv6 here; a BIOS host on "
                                 "an IPv6-only network needs an iPXE built with IPv6 and a "
                                 "DHCPv6 boot file URL (option 59)",

@@ -50,7 +50,7 @@ PROOF_RE = pattern(
 PHASE_LINES = (
     # Network boot: the NIC's iPXE, pxelinux, OVMF's own PXE or HTTP boot, shim and GRUB
     # (before them: the firmware).
-    ("loader", pattern(r"\biPXE\b|PXELINUX \d|>>Start PXE over IPv4|>>Start HTTP Boot over "
+    ("loader", pattern(r"\biPXE\b|PXELINUX \d|>>Start PXE over IPv[46]|>>Start HTTP Boot over "
                           r"IPv4|Welcome to GRUB|GNU GRUB|Booting from ROM")),
     # ...which got its address by DHCP (iPXE, OVMF's PXE and HTTP boot)...
     ("address", pattern(r"Configuring \(net\d+ [0-9a-f:]+\)\.* ok|Station IP address is ")),
