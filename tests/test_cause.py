@@ -168,3 +168,46 @@ def test_a_guest_cannot_move_lines_between_terminals() -> None:
     quiet = f"Dec  3 14:13:41 dnsmasq-dhcp[32004]: 78 vendor class: DHCPDISCOVER {MAC}\n"
     assert "never heard a DISCOVER" in (explain("dhcp-failed", t, _facts(dnsmasq_log=quiet))
                                         or "")
+
+
+# dnsmasq's IPv6 lines as it logs them (recorded from the dual-stack site's twins)
+V6 = (f"Dec  7 01:39:20 dnsmasq-dhcp[14388]: RTR-SOLICIT(vlabd13ed342) 52:54:00:82:00:02\n"
+      "Dec  7 01:39:20 dnsmasq-dhcp[14388]: RTR-ADVERT(vlabd13ed342) fd00:213:52::\n"
+      f"Dec  7 01:39:21 dnsmasq-dhcp[14388]: RTR-SOLICIT(vlabd13ed342) {MAC}\n"
+      "Dec  7 01:39:21 dnsmasq-dhcp[14388]: RTR-ADVERT(vlabd13ed342) fd00:213:52::\n"
+      f"Dec  7 01:38:58 dnsmasq-dhcp[14388]: 2582750 client MAC address: {MAC}\n"
+      "Dec  7 01:38:58 dnsmasq-dhcp[14388]: 2582750 DHCPREPLY(vlabd13ed342) fd00:213:52::193 "
+      "00:04:83:60:2f:bb:be:dc:e3:4f:97:a7:2b:58:f5:de:a6:21 \n"
+      "Dec  7 01:38:58 dnsmasq-dhcp[14388]: 2582750 sent size: 35 option: 59 bootfile-url  "
+      "tftp://[fd00:213:52::1]/shimx64.efi\n"
+      "Dec  7 01:39:10 dnsmasq-tftp[14388]: sent /srv/tftp/shimx64.efi to fd00:213:52::193\n"
+      "Dec  7 01:39:10 dnsmasq-tftp[14388]: sent /srv/tftp/shimx64.efi to fd00:213:52::194\n"
+      "Dec  7 01:39:13 dnsmasq-tftp[14388]: file /srv/tftp/grub/grub.cfg-x not found for "
+      "fd00:213:52::193\n")
+
+
+def test_ipv6_router_discovery_and_dhcpv6_are_told_per_terminal() -> None:
+    """SLAAC: no router solicitation heard, or one answered; DHCPv6 (whose messages name the
+    client by DUID) found by the MAC dnsmasq gives its transaction, and the TFTP files sent to
+    the address it leased; never another terminal's."""
+    slaac = {"mac": MAC, "ip": "", "line": "VLAB-FAIL dhcp-failed: no IPv6 address on eth0 by "
+             "SLAAC in 30 s (no router advertisement with a prefix came)"}
+    assert explain("dhcp-failed", slaac, _facts(dnsmasq_log=V6)) == (
+        f"IPv6: dnsmasq answered {MAC}'s router solicitation with an advertisement of "
+        "fd00:213:52::, and the terminal took no address from it")
+    assert explain("dhcp-failed", {**slaac, "mac": "52:54:00:00:00:09"},
+                   _facts(dnsmasq_log=V6)).startswith(
+        "IPv6: the lab network's router (dnsmasq) never heard a router solicitation from")
+    seen = [line.split(" ", 1)[1] for line in seen_by_servers(MAC, "", V6)]
+    assert seen == [
+        "ra: RTR-SOLICIT(vlabd13ed342) 52:54:00:25:4b:95",
+        "ra: RTR-ADVERT(vlabd13ed342) fd00:213:52::",
+        "dhcp: DHCPREPLY(vlabd13ed342) fd00:213:52::193 "
+        "00:04:83:60:2f:bb:be:dc:e3:4f:97:a7:2b:58:f5:de:a6:21",
+        "dhcp: sent size: 35 option: 59 bootfile-url  tftp://[fd00:213:52::1]/shimx64.efi",
+        "tftp: sent /srv/tftp/shimx64.efi to fd00:213:52::193",
+        "tftp: file /srv/tftp/grub/grub.cfg-x not found for fd00:213:52::193"]
+    missing = explain("tftp-file-not-found", {"mac": MAC, "ip": "fd00:213:52::193"},
+                      _facts(dnsmasq_log=V6))
+    assert missing == "TFTP: grub/grub.cfg-x is not in the tree the lab serves (the server " \
+        "said: not found)"

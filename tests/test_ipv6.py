@@ -19,6 +19,7 @@ from vlab.artifacts import pxe_config, templates
 from vlab.errors import ScenarioError
 from vlab.plan.lab import Dirs, slaac_address
 from vlab.plan.make import make_plan
+from vlab.serve import firewall
 
 
 def test_a_terminals_ipv6_address_is_its_prefix_and_modified_eui64() -> None:
@@ -85,7 +86,11 @@ def test_ipv6_only_and_dual_stack_terminals_mount_their_root_over_ipv6(lab_down)
         ran = vlab("ssh", path, "t1", "--", "hostname; ip -6 addr show dev eth0", timeout=60)
         assert ran.returncode == 0 and ran.stdout.startswith("t1\n") and p.ip6 in ran.stdout, \
             ran.stdout + ran.stderr
+        # the lab's IPv6 prefix answers on its bridge only, as its IPv4 subnet does
+        guarded = [r for r in firewall.rules(plan.netns) if plan.ipv6_subnet in r]
+        assert guarded and f"! -i {plan.bridge}" in guarded[0], firewall.rules(plan.netns)
         assert vlab("down", path, timeout=120).returncode == 0
+        assert not [r for r in firewall.rules(plan.netns) if plan.ipv6_subnet in r]
 
 
 def test_the_ipv6_snippets_are_what_dhcpd_and_dnsmasq_take(tmp_path: Path) -> None:

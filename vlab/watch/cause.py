@@ -17,7 +17,8 @@ from vlab.watch.guesttext import pattern
 MOUNTING_RE = pattern(r"mount(?:ing)? (?:of )?(?:nfs4?:)?(\d+\.\d+\.\d+\.\d+):(/\S*)")
 # dnsmasq's "file NAME not found[ for PEER]": the peer is its last field, after a name the
 # guest chose (which may hold spaces and "for")
-TFTP_MISSING_RE = pattern(r"^file (.+) not found(?: for (\d+\.\d+\.\d+\.\d+))?$")
+TFTP_MISSING_RE = pattern(r"^file (.+) not found"
+                          r"(?: for (\d+\.\d+\.\d+\.\d+|[0-9a-f]*:[0-9a-f:]+))?$")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,23 @@ def _about(mac: str, text: str) -> bool:
     return m is not None and bool(mac) and m.group(1).lower() == mac.lower()
 
 
+def _solicited(mac: str, log: str) -> list[str]:
+    """The prefixes dnsmasq advertised in answer to `mac`'s router solicitations (each
+    RTR-SOLICIT line names the MAC; the RTR-ADVERT after it, the prefix)."""
+    out = []
+    asked = False
+    for m in map(DNSMASQ_LINE_RE.match, log.splitlines()):
+        if m is None or m.group(2) != "dnsmasq-dhcp":
+            continue
+        if (r := ROUTER_RE.match(m.group(3))) is not None:
+            if r.group(1) == "SOLICIT":
+                asked = bool(mac) and r.group(2).lower() == mac.lower()
+            elif asked:
+                out.append(r.group(2))
+                asked = False
+    return out
+
+
 def _tftp_missing(log: str) -> list[tuple[str, str]]:
     """(file, peer) of each TFTP file dnsmasq did not find ("" when it names no peer)."""
     out = []
@@ -80,6 +98,15 @@ def explain(verdict: str, terminal: Mapping[str, object], facts: Facts) -> str |
         if asked and asked.rstrip("/") != facts.export_path.rstrip("/"):
             return (f"the terminal asked for {asked}; the NFS server exports "
                     f"{facts.export_path} only")
+    if verdict == "dhcp-failed" and "SLAAC" in line:
+        if not facts.dhcp:
+            return None
+        asked = _solicited(mac, facts.dnsmasq_log)
+        if not asked:
+            return (f"IPv6: the lab network's router (dnsmasq) never heard a router "
+                    f"solicitation from {mac} (the request did not reach it)")
+        return (f"IPv6: dnsmasq answered {mac}'s router solicitation with an advertisement of "
+                f"{asked[-1]}, and the terminal took no address from it")
     if verdict == "dhcp-failed":
         if not facts.dhcp:
             return None  # another host's network: its DHCP server's log is not vlab's
@@ -123,7 +150,13 @@ DNSMASQ_LINE_RE = pattern(
     r"^\w{3} [ \d]\d (\d\d:\d\d:\d\d) (dnsmasq-(?:dhcp|tftp))\[\d+\]: (.*)$")
 # what a DHCP transaction gave: its messages, the root path and boot file sent, the next server
 DHCP_KEPT_RE = pattern(r"DHCP[A-Z]+\(|no address|ignored|next server|bootfile name|"
-                          r"option:\s+(?:17 root-path|67 bootfile)")
+                          r"option:\s+(?:17 root-path|67 bootfile|59 bootfile-url)")
+# IPv6 router discovery: "RTR-SOLICIT(BRIDGE) MAC", then "RTR-ADVERT(BRIDGE) PREFIX"
+ROUTER_RE = pattern(r"RTR-(SOLICIT|ADVERT)\(\S+\) (\S+)$")
+# a DHCPv6 transaction's client, by the MAC dnsmasq found for it
+CLIENT_MAC_RE = pattern(r"\d+ client MAC address: ([0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5})$")
+# the address a DHCPv6 REPLY gave (the client is named by DUID after it)
+LEASE6_RE = pattern(r"DHCPREPLY\(\S+\) ([0-9a-f]*:[0-9a-f:]+) ")
 # dnsmasq's OFFER or ACK, from the message's start (a guest's vendor class or name, later in
 # some other line, cannot make one): the address, then the MAC it went to
 LEASE_RE = pattern(r"(?:\d+ )?DHCP(?:OFFER|ACK)\(\S+\) (\d+\.\d+\.\d+\.\d+) (\S+)")
@@ -133,7 +166,7 @@ MESSAGE_MAC_RE = pattern(r"(?:\d+ )?DHCP[A-Z]+\(\S+\) (?:\d+\.\d+\.\d+\.\d+ )?"
                          r"([0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5})(?: |$)")
 # the TFTP peer: dnsmasq's last field ("sent NAME to PEER", "file NAME not found for PEER"),
 # after a file name the guest chose
-TFTP_PEER_RE = pattern(r" (?:to|for|from) (\d+\.\d+\.\d+\.\d+)$")
+TFTP_PEER_RE = pattern(r" (?:to|for|from) (\d+\.\d+\.\d+\.\d+|[0-9a-f]*:[0-9a-f:]+)$")
 # lighttpd's access log: "PEER HOST - [TIME] "METHOD PATH HTTP/1.x" STATUS ..." (the path is
 # the guest's: it holds no space, and the status follows the quote that ends the request)
 WEB_LINE_RE = pattern(r'^(\d+\.\d+\.\d+\.\d+) \S+ \S+ \[[^\]]*\] "(?:GET|HEAD) (\S+) '
@@ -152,6 +185,13 @@ def addresses_of(mac: str, ip: str, dnsmasq_log: str) -> set[str]:
     return out
 
 
+def _v6_client(mac: str, text: str) -> bool:
+    """dnsmasq's "XID client MAC address: MAC" of a DHCPv6 transaction (whose messages name
+    the client by its DUID) is about `mac`."""
+    m = CLIENT_MAC_RE.match(text)
+    return m is not None and bool(mac) and m.group(1).lower() == mac.lower()
+
+
 def _lease(mac: str, text: str) -> str | None:
     """The address a dnsmasq-dhcp message ("XID DHCPACK(BRIDGE) ADDRESS MAC") gave `mac`."""
     m = LEASE_RE.match(text)
@@ -167,17 +207,27 @@ def seen_by_servers(mac: str, ip: str, dnsmasq_log: str) -> tuple[str, ...]:
     xids: set[str] = set()
     addresses = {ip} if ip else set()
     out = []
+    asked = False  # the last router solicitation was this terminal's
     for raw in dnsmasq_log.splitlines():
         m = DNSMASQ_LINE_RE.match(raw)
         if m is None:
             continue
         clock, who, text = m.groups()
         if who == "dnsmasq-dhcp":
+            if (r := ROUTER_RE.match(text)) is not None:  # IPv6 router discovery (SLAAC)
+                if r.group(1) == "SOLICIT":
+                    asked = bool(mac) and r.group(2).lower() == mac.lower()
+                if asked:
+                    out.append(f"{clock} ra: {text.strip()}")
+                    asked = r.group(1) == "SOLICIT"
+                continue
             xid, _, rest = text.partition(" ")
-            if _about(mac, text):
+            if _about(mac, text) or _v6_client(mac, text):
                 xids.add(xid)
                 if (lease := _lease(mac, text)) is not None:
                     addresses.add(lease)  # before the TFTP lines it explains: time order
+            if xid in xids and (v6 := LEASE6_RE.match(rest)) is not None:
+                addresses.add(v6.group(1))  # a DHCPv6 REPLY names the client by DUID
             if xid not in xids or not DHCP_KEPT_RE.search(rest):
                 continue
             out.append(f"{clock} dhcp: {rest.strip()}")
