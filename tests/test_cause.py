@@ -211,3 +211,14 @@ def test_ipv6_router_discovery_and_dhcpv6_are_told_per_terminal() -> None:
                       _facts(dnsmasq_log=V6))
     assert missing == "TFTP: grub/grub.cfg-x is not in the tree the lab serves (the server " \
         "said: not found)"
+
+
+def test_an_ipv6_terminal_is_judged_by_the_ipv6_networks_and_paths() -> None:
+    t = {"mac": MAC, "ip": "fd00:213:6b::9", "line": "mount: mounting [fd00:213:6b::2]:/srv/x "
+         "on /newroot failed: No such file or directory"}
+    assert explain("nfs-no-such-export", t, _facts()) == (
+        "the terminal asked for /srv/x; the NFS server exports /var/cache/vlab/roots/busybox only")
+    assert explain("nfs-access-denied", t, _facts(nfs_clients=("10.213.1.0/24",))) == (
+        "the NFS server refused fd00:213:6b::9: the export admits only 10.213.1.0/24")
+    assert explain("nfs-access-denied", t, _facts(
+        nfs_clients=("10.213.1.0/24", "fd00:213:6b::/64"))) is None

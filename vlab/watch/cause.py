@@ -14,7 +14,8 @@ from vlab.watch.guesttext import pattern
 # The console's and dnsmasq's text is guest-influenced (a TFTP file name, a vendor class, a
 # host name): matched in linear time, and a terminal is found by dnsmasq's own fields only,
 # never by a search over text the guest chose.
-MOUNTING_RE = pattern(r"mount(?:ing)? (?:of )?(?:nfs4?:)?(\d+\.\d+\.\d+\.\d+):(/\S*)")
+MOUNTING_RE = pattern(r"mount(?:ing)? (?:of )?(?:nfs4?:)?(\d+\.\d+\.\d+\.\d+|\[[0-9a-fA-F:]+\]):"
+                      r"(/\S*)")
 # dnsmasq's "file NAME not found[ for PEER]": the peer is its last field, after a name the
 # guest chose (which may hold spaces and "for")
 TFTP_MISSING_RE = pattern(r"^file (.+) not found"
@@ -36,7 +37,7 @@ class Facts:
 
 def _admitted(ip: str, clients: tuple[str, ...]) -> bool:
     try:
-        return any(ipaddress.IPv4Address(ip) in ipaddress.IPv4Network(c) for c in clients)
+        return any(ipaddress.ip_address(ip) in ipaddress.ip_network(c) for c in clients)
     except ValueError:
         return True  # not an address vlab can judge: say nothing about it
 
@@ -101,12 +102,12 @@ def explain(verdict: str, terminal: Mapping[str, object], facts: Facts) -> str |
     if verdict == "dhcp-failed" and "SLAAC" in line:
         if not facts.dhcp:
             return None
-        asked = _solicited(mac, facts.dnsmasq_log)
-        if not asked:
+        advertised = _solicited(mac, facts.dnsmasq_log)
+        if not advertised:
             return (f"IPv6: the lab network's router (dnsmasq) never heard a router "
                     f"solicitation from {mac} (the request did not reach it)")
         return (f"IPv6: dnsmasq answered {mac}'s router solicitation with an advertisement of "
-                f"{asked[-1]}, and the terminal took no address from it")
+                f"{advertised[-1]}, and the terminal took no address from it")
     if verdict == "dhcp-failed":
         if not facts.dhcp:
             return None  # another host's network: its DHCP server's log is not vlab's

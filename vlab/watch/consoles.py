@@ -108,7 +108,8 @@ def servers_side(plan: LabPlan, verdicts: dict[TerminalPlan, Verdict],
     lines) and, for a failure the servers saw too, its cause (cause.py)."""
     log, web_log = (_text_of(path) for path in (plan.dnsmasq_log, web.access_log(plan)))
     lab = cause.Facts(export_path=str(plan.export_path),
-                      nfs_clients=tuple(map(str, plan.nfs_clients)),
+                      nfs_clients=(*map(str, plan.nfs_clients),
+                                   *([plan.ipv6_subnet] if plan.ipv6 else [])),
                       nfs_running=nfsserver.pid(plan) is not None, dhcp=True, dnsmasq_log=log,
                       tftp_dir=str(tftp_dir or ""), web_log=web_log)
     out = {}
