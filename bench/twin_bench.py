@@ -38,9 +38,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from initrd_line import seconds_to_initrd  # noqa: E402
+
 from vlab.build import efi  # noqa: E402
 from vlab.plan.site import http_image, ipxe_script  # noqa: E402
-from vlab.watch.judge import phase_of  # noqa: E402
 
 VLAB = [sys.executable, "-m", "vlab"]
 MAC = "52:54:00:81:00:01"
@@ -166,18 +167,11 @@ def bare(case: str, tree: Path, work: Path) -> float:
     qemu = subprocess.Popen(argv(MAC, 0), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             stdin=subprocess.PIPE)
     try:
-        assert qemu.stdout is not None
-        for raw in qemu.stdout:
-            if phase_of(raw.decode(errors="replace")) == "initrd":
-                return time.monotonic() - start
-            if time.monotonic() - start > 300:
-                break
-        sys.exit(f"bench: bare qemu ({case}) never reached the initrd")
+        return seconds_to_initrd(qemu, start, case)
     finally:
         for q in (qemu, *side):
             q.kill()
             q.wait()
-    raise AssertionError
 
 
 def main() -> int:
