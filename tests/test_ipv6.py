@@ -145,6 +145,10 @@ def test_a_uefi_twin_boots_by_pxe_over_ipv6_and_a_bios_twin_over_ipv4(lab_down) 
         if t.firmware == "uefi":
             assert ">>Start PXE over IPv6" in log and "Start PXE over IPv4" not in log, log[:3000]
             assert f"configuration from (tftp,{plan.ipv6_gateway})/grub" in log, log[:3000]
+            # the boot report's server-side view: its DHCPv6 answer and its files over TFTP
+            seen = "\n".join(got["seen"])
+            assert "option: 59 bootfile-url" in seen and "RTR-SOLICIT" in seen, seen
+            assert re.search(r"tftp: sent \S+/vmlinuz to fd00:213:52:", seen), seen
         else:
             assert "PXELINUX" in log, log[:3000]
     served = (Dirs.from_env().state / "labs/v6site/console/dnsmasq.log").read_text()

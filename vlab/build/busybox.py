@@ -9,7 +9,7 @@ from functools import cache as remembered
 from pathlib import Path
 
 from vlab import run
-from vlab.build import cache, kernel
+from vlab.build import apt, cache
 from vlab.errors import HostError, MissingTool
 from vlab.scenario.model import Arch
 
@@ -25,12 +25,12 @@ def binary(arch: Arch = Arch.AMD64, cache_dir: Path | None = None) -> Path:
             raise MissingTool(f"a static busybox ({BUSYBOX} from {PACKAGE})", PACKAGE)
         return BUSYBOX
     assert cache_dir is not None
-    name, version = kernel.resolve_cached(kernel.apt_name(PACKAGE, arch), cache_dir)
+    name, version = apt.resolve_cached(apt.name(PACKAGE, arch), cache_dir)
     final = cache_dir / "busybox" / f"{version.replace(':', '_')}_{arch.value}"
     if not (final / "busybox").is_file():
         with cache.publish(final) as tmp:
             tmp.mkdir()
-            unpacked = kernel.download(name, version, tmp)
+            unpacked = apt.download(name, version, tmp)
             (unpacked / "bin" / "busybox").rename(tmp / "busybox")
             shutil.rmtree(unpacked)
             (tmp / "busybox").chmod(0o755)

@@ -10,7 +10,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from vlab.build import cache, kernel
+from vlab.build import apt, cache
 from vlab.errors import HostError, MissingTool
 from vlab.scenario.model import Arch
 
@@ -85,13 +85,13 @@ def loaders(arch: Arch = Arch.AMD64, cache_dir: Path | None = None) -> Loaders:
 
 def _fetched(package: str, inside: str, cache_dir: Path) -> Path:
     """One file of a Debian arm64 package, downloaded and unpacked into the cache once."""
-    name, version = kernel.resolve_cached(kernel.apt_name(package, Arch.ARM64), cache_dir)
+    name, version = apt.resolve_cached(apt.name(package, Arch.ARM64), cache_dir)
     final = cache_dir / "efi" / f"{package}_{version.replace(':', '_')}_arm64"
     wanted = final / Path(inside).name
     if not wanted.is_file():
         with cache.publish(final) as tmp:
             tmp.mkdir()
-            unpacked = kernel.download(name, version, tmp)
+            unpacked = apt.download(name, version, tmp)
             (unpacked / inside).rename(tmp / Path(inside).name)
             shutil.rmtree(unpacked)
             (tmp / Path(inside).name).chmod(0o644)

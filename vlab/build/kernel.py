@@ -3,14 +3,13 @@ the root itself (as the page boots its image's own kernel), copied into the cach
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from vlab import run
-from vlab.build import cache, mounts, pvh
+from vlab.build import apt, cache, mounts, pvh
 from vlab.errors import HostError, ScenarioError
 from vlab.scenario.model import Arch
 
@@ -39,79 +38,16 @@ class Kernel:
 
 MAX_KERNEL = 256 << 20  # a root's bzImage (Debian's: ~8 MiB)
 
-# apt's answer can only change when one of these changes.
-APT_STATE = (Path("/var/lib/apt/lists"), Path("/var/cache/apt/pkgcache.bin"),
-             Path("/etc/apt/preferences.d"), Path("/etc/apt/sources.list.d"),
-             Path("/etc/apt/sources.list"), Path("/etc/apt/preferences"))
-
-
-def _apt_state() -> str:
-    return repr([(str(p), p.stat().st_mtime_ns) for p in APT_STATE if p.exists()])
-
-
-def resolve_cached(package: str, cache_dir: Path) -> tuple[str, str]:
-    """resolve(), remembered until apt's lists or configuration change (saves ~1 s warm)."""
-    memo = cache_dir / "kernels" / f".resolved-{package.replace(':', '_')}.json"
-    state = _apt_state()
-    try:
-        saved = json.loads(memo.read_text())
-        if saved["apt_state"] == state:
-            return saved["name"], saved["version"]
-    except (OSError, ValueError, KeyError):
-        pass
-    name, version = resolve(package)
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    memo.write_text(json.dumps({"apt_state": state, "name": name, "version": version}))
-    return name, version
-
-
-def apt_name(package: str, arch: Arch) -> str:
-    """apt's name of a package of this architecture (vlab runs on amd64: the others carry
-    theirs, as apt's multiarch spells it)."""
-    return package if arch is Arch.AMD64 else f"{package}:{arch.value}"
-
-
-def resolve(package: str) -> tuple[str, str]:
-    """The concrete package (a metapackage's dependency) and its candidate version."""
-    name = package
-    deps = run.output(["apt-cache", "depends", "--no-recommends", "--no-suggests", package])
-    if m := re.search(r"Depends: (linux-image-\S+)", deps):
-        name = m.group(1)
-    policy = run.output(["apt-cache", "policy", name])
-    m = re.search(r"Candidate: (\S+)", policy)
-    if not m or m.group(1) == "(none)":
-        _, _, arch = name.partition(":")
-        raise HostError(
-            f"apt knows no installable version of {name}; fix: "
-            + (f"dpkg --add-architecture {arch} && apt-get update (apt fetches {arch} "
-               "packages only for architectures dpkg knows; make deps does both)" if arch else
-               "run apt-get update (or name an existing package in [kernel] package)")
-        )
-    return name, m.group(1)
-
-
-def download(name: str, version: str, into: Path) -> Path:
-    """Download one Debian package with apt and unpack it into `into`/unpacked (a package
-    is files, never run: no maintainer script of it runs)."""
-    run.run(["apt-get", "download", f"{name}={version}"], cwd=into,
-            hint="check that apt can reach Debian's archive (apt-get update)")
-    debs = list(into.glob("*.deb"))
-    unpacked = into / "unpacked"
-    run.run(["dpkg-deb", "-x", str(debs[0]), str(unpacked)])
-    debs[0].unlink()
-    return unpacked
-
-
 def fetch(package: str, cache_dir: Path, arch: Arch = Arch.AMD64) -> Kernel:
     """Download and unpack the kernel package once; later calls reuse the cache."""
-    name, version = resolve_cached(apt_name(package, arch), cache_dir)
+    name, version = apt.resolve_cached(apt.name(package, arch), cache_dir, follow="linux-image-")
     final = cache_dir / "kernels" / f"{name.replace(':', '_')}_{version}"
     if (final / "release").is_file():
         release = (final / "release").read_text().strip()
         return Kernel(release, final / "vmlinuz", final / "lib" / "modules" / release)
     with cache.publish(final) as tmp:
         tmp.mkdir()
-        unpacked = download(name, version, tmp)
+        unpacked = apt.download(name, version, tmp)
         vmlinuz = next(unpacked.glob("boot/vmlinuz-*"))
         release = vmlinuz.name.removeprefix("vmlinuz-")
         shutil.copy2(vmlinuz, tmp / "vmlinuz")
