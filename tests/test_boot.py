@@ -69,8 +69,9 @@ def leftovers(plan: LabPlan) -> list[str]:
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            stat = Path(f"/proc/{pid}/stat").read_bytes().decode(errors="replace")
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+                errors="replace")  # any process's: not necessarily UTF-8
         except OSError:
             continue
         if stat.rsplit(")", 1)[1].split()[0] == "Z":
@@ -282,7 +283,8 @@ def _commands() -> list[str]:
     out = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         with contextlib.suppress(OSError):
-            out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+            out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                       .decode(errors="replace"))
     return out
 
 
@@ -508,7 +510,7 @@ def _qemu_argument(domain: str, option: str) -> str:
     """What the running QEMU of a domain was given after `option`."""
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
         if "qemu-system" in argv[0] and f"guest={domain}" in " ".join(argv):

@@ -79,3 +79,27 @@ def test_a_key_published_side_by_side_keeps_one_result(tmp_path: Path,
         (tmp / "vmlinuz").write_text("mine")
     assert (final / "vmlinuz").read_text() == "theirs"
     assert sorted(p.name for p in final.parent.iterdir()) == [final.name]
+
+
+def test_a_process_whose_name_and_arguments_are_not_utf8_is_read_not_a_crash(
+        tmp_path: Path) -> None:
+    """Any program on the machine may have a name and arguments that are not UTF-8 (seen: a
+    test run beside vlab's made one, and the fault tests' scan of /proc failed on it): vlab's
+    own scans of /proc read it and go on."""
+    import os
+    import shutil
+    import subprocess
+
+    from vlab import procs
+
+    odd = os.fsencode(tmp_path) + b"/\xffsleep"
+    shutil.copy2("/bin/sleep", os.fsdecode(odd))
+    child = subprocess.Popen([odd, b"30", b"\xfe"])
+    try:
+        assert procs.alive(child.pid)
+        assert procs.arguments(child.pid)[1:] == ["30", "\ufffd"]
+        assert procs.with_argument("/nothing-here", "sleep") == {}
+    finally:
+        child.kill()
+        child.wait()
+    assert not procs.alive(child.pid)

@@ -43,8 +43,8 @@ def alive(pid: int) -> bool:
     except PermissionError:
         return True
     stat = Path(f"/proc/{pid}/stat")
-    try:
-        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    try:  # bytes: a process's name (in parentheses) need not be UTF-8
+        return stat.read_bytes().rsplit(b")", 1)[1].split()[0] != b"Z"
     except (OSError, IndexError):
         return False
 
