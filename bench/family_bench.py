@@ -16,7 +16,6 @@ IPv4 or IPv6; bench/twin_bench.py has their bare side for x86 over IPv4.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
@@ -29,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from cases import chosen  # noqa: E402
 from initrd_line import seconds_to_initrd  # noqa: E402
 
 from vlab import scenario as scenarios  # noqa: E402
@@ -99,18 +99,10 @@ def bare(case: str, files: Path) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--cases", default=",".join(CASES))
-    args = parser.parse_args()
-    cases = args.cases.split(",")
-    for case in cases:
-        if case not in CASES:
-            sys.exit(f"bench: no case {case!r}; cases: {', '.join(CASES)}")
+    rounds, cases = chosen(__doc__, CASES)
     work = Path(tempfile.mkdtemp(prefix="vlab-family-bench-"))
     print(f"{'case':<20} {'to initrd':>10} {'bare':>8} {'ratio':>6} {'to verdict':>11} "
-          f"{'vs x86 IPv4':>12}   (medians of {args.rounds})", flush=True)
+          f"{'vs x86 IPv4':>12}   (medians of {rounds})", flush=True)
     reference: dict[str, float] = {}
     try:
         for case in cases:
@@ -118,13 +110,13 @@ def main() -> int:
             files = work / case
             files.mkdir()
             direct = CASES[case][2] == "kernel"
-            vlab = [boot(path, files if direct and i == 0 else None) for i in range(args.rounds)]
+            vlab = [boot(path, files if direct and i == 0 else None) for i in range(rounds)]
             to_initrd = statistics.median(t for t, _v in vlab)
             to_verdict = statistics.median(v for _t, v in vlab)
             reference.setdefault(CASES[case][2], to_verdict)  # the first case of its boot kind
             base = reference[CASES[case][2]]
             if direct:
-                bare_initrd = statistics.median(bare(case, files) for _ in range(args.rounds))
+                bare_initrd = statistics.median(bare(case, files) for _ in range(rounds))
                 shown = f"{bare_initrd:>6.1f} s {to_initrd / bare_initrd:>5.2f}x"
             else:
                 shown = f"{'':>8} {'':>6}"

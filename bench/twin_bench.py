@@ -25,7 +25,6 @@ then HTTP).
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
@@ -38,6 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from cases import chosen  # noqa: E402
 from initrd_line import seconds_to_initrd  # noqa: E402
 
 from vlab.build import efi  # noqa: E402
@@ -175,18 +175,10 @@ def bare(case: str, tree: Path, work: Path) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--cases", default=",".join(CASES))
-    args = parser.parse_args()
-    cases = args.cases.split(",")
-    for case in cases:
-        if case not in CASES:
-            sys.exit(f"bench: no case {case!r}; cases: {', '.join(CASES)}")
+    rounds, cases = chosen(__doc__, CASES)
     work = Path(tempfile.mkdtemp(prefix="vlab-twin-bench-"))
     print(f"{'case':<18} {'twin to initrd':>15} {'bare to initrd':>15} {'ratio':>7} "
-          f"{'twin to verdict':>16}   (medians of {args.rounds})", flush=True)
+          f"{'twin to verdict':>16}   (medians of {rounds})", flush=True)
     try:
         for case in cases:
             path = scenario(work, case)
@@ -197,7 +189,7 @@ def main() -> int:
             servers: list[subprocess.Popen[bytes]] = []
             firmware, netboot = CASES[case]
             try:
-                for i in range(args.rounds):
+                for i in range(rounds):
                     twins.append(twin(path, tree, write=i == 0))
                     if not servers and netboot == "ipxe" and firmware == "bios":
                         servers = [web_server(tree, work, None)]

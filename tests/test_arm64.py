@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 from test_boot import vlab
-from test_pxe import _unsigned
+from test_pxe import twins_of_an_unsigned_kernel
 
 from vlab import scenario
 from vlab.build import busybox
@@ -112,17 +112,5 @@ def test_arm64_twins_boot_through_the_written_tree_and_secure_boot_is_enforced(l
     assert {p.name for p in tftp_dir.iterdir()} >= {"shimaa64.efi", "grubaa64.efi", "vmlinuz"}
     assert not (tftp_dir / "pxelinux.0").exists() and not (tftp_dir / "pxelinux.cfg").exists()
 
-    kernel = tftp_dir / "vmlinuz"
-    signed = kernel.read_bytes()
-    _unsigned(kernel, kernel)
-    try:
-        proc = vlab("pxe", path, "--tftp-dir", str(tftp_dir), "--twins-only", "--json",
-                    timeout=900)
-    finally:
-        kernel.write_bytes(signed)
-    assert proc.returncode == 1, proc.stderr
-    twins = {t["name"]: t for t in json.loads(proc.stdout)["twins"]["terminals"]}
-    for name in ("pxe-armsb1", "pxe-default-uefi-secure"):
-        assert twins[name]["verdict"] == "secure-boot-refused", twins[name]
-    for name in ("pxe-arm1", "pxe-default-uefi"):
-        assert twins[name]["verdict"] == "ok", twins[name]
+    twins_of_an_unsigned_kernel(path, tftp_dir, ("pxe-armsb1", "pxe-default-uefi-secure"),
+                                ("pxe-arm1", "pxe-default-uefi"))

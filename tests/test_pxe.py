@@ -394,6 +394,14 @@ def test_uefi_and_secure_boot_twins_boot_through_shim_and_grub(lab_down) -> None
 
     # The same tree with an unsigned kernel: Secure Boot twins are refused by name (so it was
     # enforced), the others boot it.
+    twins_of_an_unsigned_kernel(path, tftp_dir, ("pxe-sb1", "pxe-default-uefi-secure"),
+                                ("pxe-efi1", "pxe-default-uefi"))
+
+
+def twins_of_an_unsigned_kernel(path: str, tftp_dir: Path, refused: tuple[str, ...],
+                                booted: tuple[str, ...]) -> None:
+    """The twins again through the tree as written but for its kernel, whose signature is
+    taken off for the run: the Secure Boot twins `refused` by name, the others `booted`."""
     kernel = tftp_dir / "vmlinuz"
     signed = kernel.read_bytes()
     _unsigned(kernel, kernel)
@@ -404,9 +412,9 @@ def test_uefi_and_secure_boot_twins_boot_through_shim_and_grub(lab_down) -> None
         kernel.write_bytes(signed)
     assert proc.returncode == 1, proc.stderr
     twins = {t["name"]: t for t in json.loads(proc.stdout)["twins"]["terminals"]}
-    for name in ("pxe-sb1", "pxe-default-uefi-secure"):
+    for name in refused:
         assert twins[name]["verdict"] == "secure-boot-refused", twins[name]
-    for name in ("pxe-efi1", "pxe-default-uefi"):
+    for name in booted:
         assert twins[name]["verdict"] == "ok", twins[name]
 
 
