@@ -186,6 +186,24 @@ def test_an_error_vlab_did_not_expect_exits_4_never_1(tmp_path: Path,
     assert str(log) in err and "KeyError: 'a bug'" in log.read_text()
 
 
+def test_a_closed_standard_output_ends_quietly_not_as_a_bug(tmp_path: Path) -> None:
+    """`vlab status | head` on a long report: the reader is gone before vlab's output is. It
+    ended once in exit 4 with a BrokenPipeError traceback in vlab-errors.log; now vlab ends
+    as a command a closed pipe ends (141, 128 + SIGPIPE), saying nothing, logging nothing."""
+    env = {**os.environ, "VLAB_STATE_DIR": str(tmp_path / "state"),
+           "VLAB_CACHE_DIR": str(tmp_path / "cache")}
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone
+    try:
+        done = subprocess.run([sys.executable, "-m", "vlab", "render", "scenarios/ten.toml",
+                               "--out", str(tmp_path / "out")], cwd=ROOT, env=env,
+                              stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert done.returncode == 141, done.stderr
+    assert done.stderr == "" and not (tmp_path / "state/vlab-errors.log").exists()
+
+
 def test_a_rendered_file_that_fails_its_check_is_exit_2_before_anything_is_made(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:

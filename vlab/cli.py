@@ -342,9 +342,19 @@ def _lab_host(action: str, dirs: Dirs, say: Say) -> int:
     return EXIT_OK
 
 
+EXIT_PIPE = 141  # 128 + SIGPIPE: what a shell reports of a command a closed pipe ended
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        return run(sys.argv[1:] if argv is None else argv)
+        code = run(sys.argv[1:] if argv is None else argv)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is met where it is handled
+        return code
+    except BrokenPipeError:
+        # `vlab status | head`: the reader has gone; end quietly, as other tools do (and
+        # let nothing flush into the closed pipe again at exit).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PIPE
     except VlabError as err:
         # A builder's output or a remote host's answer can be in it: shown inert.
         print(f"vlab: {inert(err.message())}", file=sys.stderr)
