@@ -74,7 +74,7 @@ def xl_cfg(plan: LabPlan, terminal: TerminalPlan) -> str:
 def network_xml(plan: LabPlan, tftp_dir: Path | None = None) -> str:
     """The lab network; with a TFTP root it also serves PXE (pxelinux.0) to its guests."""
     xml = template("libvirt/network.xml.j2", plan=plan, tftp_dir=tftp_dir,
-                   ipv6_gateway=plan.ipv6_subnet.replace("::/64", "::1"), shim=efi.SHIMS[plan.arch],
+                   ipv6_gateway=plan.ipv6_gateway, shim=efi.SHIMS[plan.arch],
                    arch_codes=efi.CLIENT_ARCH[plan.arch], efi_tag=efi.EFI_TAG[plan.arch],
                    ipxe={f.value: name for f, (name, _path) in IPXE.items()},
                    http_image=site.http_image, ipxe_script=site.ipxe_script)

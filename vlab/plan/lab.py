@@ -209,21 +209,21 @@ class LabPlan:
 
     @property
     def ipv6_gateway(self) -> str:
-        return str(ipaddress.IPv6Network(self.ipv6_subnet).network_address + LAB_HOST)
+        return str(ipv6_subnet(self.subnet).network_address + LAB_HOST)
 
     @property
     def dhcp6_start(self) -> str:
         """The DHCPv6 range PXE firmware takes its addresses from (terminals' own are SLAAC's)."""
-        return str(ipaddress.IPv6Network(self.ipv6_subnet).network_address + 0x100)
+        return str(ipv6_subnet(self.subnet).network_address + 0x100)
 
     @property
     def dhcp6_end(self) -> str:
-        return str(ipaddress.IPv6Network(self.ipv6_subnet).network_address + 0x1FF)
+        return str(ipv6_subnet(self.subnet).network_address + 0x1FF)
 
     @property
     def nfs_address6(self) -> str:
         """The NFS server's IPv6 address, in its own namespace (an IPv6 lab has one)."""
-        return str(ipaddress.IPv6Network(self.ipv6_subnet).network_address + NFS_HOST)
+        return str(ipv6_subnet(self.subnet).network_address + NFS_HOST)
 
     @property
     def dnsmasq_log(self) -> Path:
