@@ -212,3 +212,38 @@ def test_the_export_image_and_the_cache_it_lies_in_are_read_only_there(tmp_path:
     assert ran.stderr.count("Read-only file system") == 3, ran.stderr
     options, fstype = _mount_of(export, ran.stdout)
     assert fstype == "ext4" and set(options.split(",")) >= {"ro", "nosuid", "nodev", "noexec"}
+
+
+def test_the_watcher_writes_when_the_server_ended_unless_vlab_stopped_it(tmp_path: Path) -> None:
+    """`vlab status` says since when a lab's server is gone: a server killed by anyone has
+    its end time written beside its pid file; one vlab stops (pid file removed first) none."""
+    import os
+    import signal
+    import time
+
+    from vlab import procs
+    from vlab.serve.confine import ended_file
+
+    server, export, pid_file = tmp_path / "srv", tmp_path / "export", tmp_path / "server.pid"
+    server.mkdir()
+    export.mkdir()
+    for stopped_by_vlab in (False, True):
+        with (tmp_path / "log").open("w") as log:
+            ran = subprocess.run([sys.executable, "-m", "vlab.serve.confine", "--pid-file",
+                                  str(pid_file), str(server), "", str(export), "--", "sleep",
+                                  "60"], stdout=log, stderr=subprocess.STDOUT, timeout=30)
+        assert ran.returncode == 0, (tmp_path / "log").read_text()
+        pid = procs.read_pid(pid_file, "sleep", "60")
+        assert pid is not None
+        if stopped_by_vlab:
+            pid_file.unlink()
+        killed = time.time()
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + (1 if stopped_by_vlab else 10)
+        while not ended_file(pid_file).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if stopped_by_vlab:
+            assert not ended_file(pid_file).exists()
+        else:
+            assert killed - 1 < float(ended_file(pid_file).read_text()) < killed + 5
+            ended_file(pid_file).unlink()

@@ -198,3 +198,12 @@ def test_a_domain_name_another_lab_holds_is_bad_input(tmp_path: Path) -> None:
         f"{path}: terminal[1].name: 'b-t1' of lab 'a' is the libvirt domain vlab-a-b-t1, "
         "which lab 'a-b' has (it is up); fix: rename the terminal or the lab")
     assert make_plan(scenario.load(path), dirs).terminals[1].domain == "vlab-a-b-t1"
+
+
+def test_the_nfs_servers_mac_is_pinned_per_lab_and_locally_administered() -> None:
+    """A server started again answers at the MAC the terminals' neighbour caches hold."""
+    from vlab.plan.lease import server_mac
+
+    assert server_mac("tiny") == server_mac("tiny") != server_mac("one")
+    first = int(server_mac("tiny").split(":")[0], 16)
+    assert first & 0x02 and not first & 0x01  # locally administered, unicast

@@ -128,8 +128,11 @@ def _print_report(rep: dict[str, Any]) -> None:
         print(f"  {rep['lab_host']}")
         pid = rep.get("nfs_server_pid")
         print(f"  network: {rep.get('network') or 'down'}, "
-              f"NFS server: {f'pid {pid}' if pid else 'down'}"
+              f"NFS server: {f'pid {pid}' if pid else _down_since(rep.get('nfs_server_ended'))}"
               + (f", firewall rule: {rep['firewall']}" if "firewall" in rep else ""))
+        if rep.get("network") and not pid:
+            print(f"  the lab's NFS server is not running: its terminals' NFS mounts wait for "
+                  f"it; fix: vlab up {rep['scenario']} starts it again")
         if rep.get("firewall") == "missing":
             print(f"  the lab's firewall rule is missing: its servers answer the LAN; fix: vlab "
                   f"up {rep['scenario']} puts it back")
@@ -147,6 +150,13 @@ def _print_report(rep: dict[str, Any]) -> None:
         elif t.get("line"):
             print(f"      decisive line: {inert(t['line'])}")
         print(f"      console log: {t['console_log']}")
+
+
+def _down_since(ended: float | None) -> str:
+    if ended is None:
+        return "down"
+    return (f"down since {time.strftime('%H:%M:%S', time.localtime(ended))} "
+            f"({max(0, time.time() - ended):.0f} s)")
 
 
 def run(argv: list[str]) -> int:

@@ -13,6 +13,7 @@ from vlab.plan.cmdline import (
     MOUNT_PORT_OFFSET,
     nfs_options,
 )
+from vlab.plan.lease import server_mac
 from vlab.plan.site import Site
 from vlab.scenario.model import (
     LAB_HOST,
@@ -262,6 +263,11 @@ class LabPlan:
     def nfs_link(self) -> str:
         """The lab host's end of the veth pair into the server's namespace."""
         return "vn" + self.bridge.removeprefix("vlab")
+
+    @property
+    def nfs_mac(self) -> str:
+        """The server's end of the veth pair: pinned, as a terminal's MAC is."""
+        return server_mac(self.name)
 
     @property
     def nfs_options(self) -> str:

@@ -26,6 +26,18 @@ def pinned_mac(lab: str, terminal: str, attempt: int = 0, prefix: str = KVM_MAC_
     return prefix + "".join(f":{b:02x}" for b in d[:3])
 
 
+# Locally administered ("02"), "vl": the NFS server's end of its veth pair, which no
+# hypervisor hands out.
+SERVER_MAC_PREFIX = "02:76:6c"
+
+
+def server_mac(lab: str) -> str:
+    """The lab's NFS server's MAC, from the lab name only: a server started again (after a
+    crash, or a fault) answers at the MAC the terminals' neighbour caches hold. A new MAC
+    left them sending to the old one until the entry went stale: ~60 s without NFS."""
+    return SERVER_MAC_PREFIX + "".join(f":{b:02x}" for b in digest("nfs-mac", lab)[:3])
+
+
 def lab_subnet(lab: str, attempt: int = 0) -> ipaddress.IPv4Network:
     """A private /24 derived from the lab name, inside the lab host's own namespace."""
     octet = 1 + digest("subnet", lab, *_again(attempt))[0] % 250

@@ -69,6 +69,8 @@ def status(plan: LabPlan) -> dict[str, Any]:
     out["lab_host"] = host.describe()
     out["network"] = plan.network if conn and virt.network_active(conn, plan.network) else None
     out["nfs_server_pid"] = nfsserver.pid(plan)
+    # when it ended, if something other than vlab stopped it (epoch seconds), else None
+    out["nfs_server_ended"] = nfsserver.ended(plan)
     if out["network"] and plan.nfs_netns is not None:
         # without it the lab's servers answer the LAN (firewall.py); vlab up puts it back
         out["firewall"] = "missing" if firewall.missing(plan, host.netns) else "in place"

@@ -29,14 +29,20 @@ and runs ARGV as process 1 of a PID namespace of its own, with a /proc of that n
 GANESHA_CAPS in its bounding set. The exit status is ARGV's; 125 means the namespaces could
 not be set up (the message says why). With --pid-file FILE, it does not wait: once ARGV runs,
 it writes ARGV's pid as the machine sees it into FILE and exits 0 (the server runs in the
-foreground of its namespace, and vlab follows and stops it by that pid).
+foreground of its namespace, and vlab follows and stops it by that pid); a small watcher,
+outside those namespaces, stays until ARGV ends, and then, if FILE still names it (vlab's
+stop removes FILE first), writes the time it ended into FILE with the suffix `.ended`:
+`vlab status` says since when a lab's server is gone, whatever killed it.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import select
 import sys
+import time
+from pathlib import Path
 
 from vlab import linux, run
 from vlab.errors import CommandError
@@ -182,8 +188,54 @@ def _own_proc() -> None:
     _mount("proc", "/proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, fstype="proc")
 
 
+ENDED_SUFFIX = ".ended"
+
+
+def ended_file(pid_file: Path) -> Path:
+    """Where the watcher writes when the server of `pid_file` ended (epoch seconds)."""
+    return pid_file.with_name(pid_file.name + ENDED_SUFFIX)
+
+
+def _start_watcher(pid_file: str) -> int:
+    """Fork the watcher, in the machine's namespaces (so it holds none of the server's
+    mounts); the returned pipe's write end takes the server's pid."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    if os.fork() != 0:
+        os.close(read_end)
+        return write_end
+    os.close(write_end)
+    try:
+        with os.fdopen(read_end, "rb") as f:
+            text = f.read().decode()
+        if text.strip().isdigit():
+            _watch(int(text), Path(pid_file))
+    finally:
+        os._exit(0)
+
+
+def _watch(pid: int, pid_file: Path) -> None:
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return
+    poll = select.poll()
+    poll.register(pidfd, select.POLLIN)
+    while not poll.poll():
+        pass
+    ended = time.time()
+    try:
+        if pid_file.read_text().strip() != str(pid):
+            return  # stopped by vlab (it removed the pid file), or started again
+        tmp = ended_file(pid_file).with_suffix(".new")
+        tmp.write_text(f"{ended:.3f}\n")
+        os.replace(tmp, ended_file(pid_file))
+    except OSError:
+        pass
+
+
 def _run_in_own_pid_namespace(argv: list[str], pid_fd: int | None,
-                              caps: frozenset[int] = GANESHA_CAPS) -> int:
+                              caps: frozenset[int] = GANESHA_CAPS,
+                              watcher: int | None = None) -> int:
     """ARGV as process 1 of a PID namespace of its own. Without pid_fd, wait for it and
     return its exit status; with it, write its pid (as the machine sees it) there once it has
     executed ARGV, and return 0 at once: ARGV runs on, and goes with every process it left
@@ -211,6 +263,9 @@ def _run_in_own_pid_namespace(argv: list[str], pid_fd: int | None,
         return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     with os.fdopen(pid_fd, "w") as f:
         f.write(f"{pid}\n")
+    if watcher is not None:
+        os.write(watcher, f"{pid}".encode())
+        os.close(watcher)
     return 0
 
 
@@ -229,8 +284,9 @@ def main(argv: list[str]) -> int:
         # Opened before the namespace, whose /tmp is the server's own: FILE may be in /tmp.
         pid_fd = None if pid_file is None else os.open(
             pid_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        watcher = None if pid_file is None else _start_watcher(pid_file)
         confine(argv[0], argv[1], argv[2], image)
-        return _run_in_own_pid_namespace(argv[4:], pid_fd, caps)
+        return _run_in_own_pid_namespace(argv[4:], pid_fd, caps, watcher)
     except (ConfineError, OSError) as err:
         print(f"vlab.serve.confine: {err}", file=sys.stderr)
         return SETUP_FAILED

@@ -19,6 +19,7 @@ from vlab.errors import HostError, MissingTool, ScenarioError
 from vlab.nodes import labhost
 from vlab.plan.lab import NFS_NETNS_PREFIX, LabPlan
 from vlab.scenario.model import InitrdBuilder, NfsVersion
+from vlab.serve import confine
 
 GANESHA = "ganesha.nfsd"
 FSAL_VFS = Path("/usr/lib/x86_64-linux-gnu/ganesha/libfsalvfs.so")
@@ -119,7 +120,7 @@ def _ip(netns: str | None) -> list[str]:
 def make_namespace(plan: LabPlan, host_netns: str | None) -> None:
     """The server's namespace with its end of a veth pair at the lab's NFS address; the
     other end waits in the lab host's namespace for join_bridge(). Again after a kill: the
-    pair is made anew."""
+    pair is made anew, the server's end at the lab's pinned server MAC."""
     ns = plan.nfs_netns
     assert ns is not None
     if not (labhost.NETNS_DIR / ns).exists():
@@ -127,7 +128,7 @@ def make_namespace(plan: LabPlan, host_netns: str | None) -> None:
     run.run(["ip", "-n", ns, "link", "set", "lo", "up"])
     run.run([*_ip(host_netns), "link", "del", plan.nfs_link], check=False)
     run.run([*_ip(host_netns), "link", "add", plan.nfs_link, "type", "veth", "peer", "name",
-             LINK, "netns", ns])
+             LINK, "address", plan.nfs_mac, "netns", ns])
     run.run(["ip", "-n", ns, "addr", "add", f"{plan.nfs_address}/{plan.subnet.prefixlen}",
              "dev", LINK])
     if plan.ipv6:  # nodad: the lab's prefix is the lab's own, and DAD would hold it ~1 s
@@ -238,6 +239,7 @@ def start(plan: LabPlan, netns: str | None, state_dir: Path, image: Path | None)
     conf, pid_file, log_file = _files(plan)
     if server_pid(pid_file) is not None:
         return
+    confine.ended_file(pid_file).unlink(missing_ok=True)  # of the server this one replaces
     (plan.nfs_server_dir / "recovery").mkdir(parents=True, exist_ok=True)
     # In the foreground of a PID namespace of its own (vlab.confine), where it is process 1
     # and writes 1 into its own pid file; confine writes the pid vlab follows it by.
@@ -285,8 +287,21 @@ def fatal_lines(log_file: Path) -> str:
     return "\n  ".join(bad[-5:])
 
 
+def ended(plan: LabPlan) -> float | None:
+    """When the lab's ganesha ended (epoch seconds), if it was not vlab that stopped it and
+    none runs now (its watcher wrote it, vlab/serve/confine.py)."""
+    pid_file = _files(plan)[1]
+    if server_pid(pid_file) is not None:
+        return None
+    try:
+        return float(confine.ended_file(pid_file).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def stop(plan: LabPlan) -> None:
     server = pid(plan)
+    _files(plan)[1].unlink(missing_ok=True)  # first: its watcher writes no end time
     if server is not None:
         procs.stop(server)
     own_rpcbind = procs.read_pid(plan.nfs_server_dir / RPCBIND_PID, "rpcbind")

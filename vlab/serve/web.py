@@ -83,8 +83,9 @@ def start(plan: LabPlan, netns: str | None, tree: Path) -> int:
 def stop(plan: LabPlan) -> bool:
     """Stop the lab's lighttpd and remove its folder (its logs kept beside the consoles);
     True if it ran. Never fails on what is not there."""
-    folder, _conf, _pid = _files(plan)
+    folder, _conf, pid_file = _files(plan)
     server = pid(plan)
+    pid_file.unlink(missing_ok=True)  # first: its watcher writes no end time (confine.py)
     if server is not None:
         procs.stop(server)
     for log in (*LOGS, "stdout.log"):
