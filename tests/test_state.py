@@ -89,6 +89,7 @@ def test_a_process_whose_name_and_arguments_are_not_utf8_is_read_not_a_crash(
     import os
     import shutil
     import subprocess
+    import time
 
     from vlab import procs
 
@@ -97,6 +98,10 @@ def test_a_process_whose_name_and_arguments_are_not_utf8_is_read_not_a_crash(
     child = subprocess.Popen([odd, b"30", b"\xfe"])
     try:
         assert procs.alive(child.pid)
+        # execve closes the pipe Popen waits on before it sets the new command line
+        deadline = time.monotonic() + 5
+        while not procs.arguments(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert procs.arguments(child.pid)[1:] == ["30", "\ufffd"]
         assert procs.with_argument("/nothing-here", "sleep") == {}
     finally:
