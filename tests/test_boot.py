@@ -494,14 +494,19 @@ def test_initrd_holds_exactly_the_nic_and_nfs_modules() -> None:
         assert not any(n.rsplit("/", 1)[-1] in others for n in modules)
 
 
-def test_ctrl_c_while_watching_then_down_leaves_nothing(lab_down) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
+                         ids=["ctrl-c", "sigterm", "sighup"])
+def test_ctrl_c_while_watching_then_down_leaves_nothing(lab_down, sig: int) -> None:  # type: ignore[no-untyped-def]
+    """SIGTERM (a CI job cancelled) and SIGHUP (its shell closed) end vlab as Ctrl-C does:
+    what was started is on record, the exit code is the shell's 128 + the signal's number."""
     path = "tests/scenarios/wrong-export.toml"
     lab_down.append(path)
     proc, _seen = up_until(path, "watching")
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     rest = proc.stderr.read()  # type: ignore[union-attr]
-    assert proc.wait(timeout=30) == 130
-    assert f"vlab down {path}" in rest
+    assert proc.wait(timeout=30) == 128 + sig, rest
+    assert f"by {signal.Signals(sig).name}; `vlab down {path}` removes what was started" in rest
+    assert "internal error" not in rest
     assert vlab("down", path).returncode == 0
     assert leftovers(plan_for(path)) == []
 

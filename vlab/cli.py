@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vlab import __version__, scenario, state
-from vlab.errors import BootFailed, Interrupted, UsageError, VlabError
+from vlab.errors import BootFailed, Interrupted, Signalled, UsageError, VlabError
 from vlab.nodes import labhost, reach, virt
 from vlab.plan.lab import NETNS, Dirs, LabPlan, TerminalPlan
 from vlab.progress import Say, stderr_progress
@@ -163,9 +164,16 @@ def run(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         down = f"vlab down {args.scenario}" if "scenario" in args else "vlab lab-host down"
-        raise Interrupted(f"interrupted; `{down}` removes what was started") from None
+        signum = err.signum if isinstance(err, Signalled) else signal.SIGINT
+        raise Interrupted(f"{'interrupted' if signum == signal.SIGINT else 'ended'} by "
+                          f"{signal.Signals(signum).name}; `{down}` removes what was "
+                          "started", signum) from None
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    raise Signalled(signum)
 
 
 NEEDS_ROOT = ("up", "down", "lab-host", "gc", "check", "ssh")
@@ -356,6 +364,8 @@ EXIT_PIPE = 141  # 128 + SIGPIPE: what a shell reports of a command a closed pip
 
 
 def main(argv: list[str] | None = None) -> int:
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # as Ctrl-C: a CI job cancelled, a shell closed
+        signal.signal(sig, _on_signal)
     try:
         code = run(sys.argv[1:] if argv is None else argv)
         sys.stdout.flush()  # here, not at exit: a closed pipe is met where it is handled
@@ -369,10 +379,10 @@ def main(argv: list[str] | None = None) -> int:
         # A builder's output or a remote host's answer can be in it: shown inert.
         print(f"vlab: {inert(err.message())}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         print("vlab: interrupted; run `vlab down SCENARIO` to remove what was started",
               file=sys.stderr)
-        return 130
+        return 128 + (err.signum if isinstance(err, Signalled) else signal.SIGINT)
     except Exception:  # a bug: never exit 1, which CI reads as "a terminal failed to boot"
         log = _log_traceback()
         kind, value = sys.exc_info()[:2]

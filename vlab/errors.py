@@ -92,6 +92,20 @@ class BootFailed(VlabError):
 
 
 class Interrupted(VlabError):
-    """Ctrl-C: what was started stays recorded, so `vlab down` can remove it."""
+    """Ctrl-C, SIGTERM or SIGHUP: what was started stays recorded, so `vlab down` can
+    remove it. The exit code is a shell's for the signal: 128 + its number."""
 
     exit_code = 130
+
+    def __init__(self, text: str, signum: int = 2) -> None:
+        super().__init__(text)
+        self.exit_code = 128 + signum
+
+
+class Signalled(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the main thread is, as Ctrl-C's KeyboardInterrupt is:
+    every step that cleans up after Ctrl-C cleans up after them."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
