@@ -11,6 +11,7 @@ import time
 import pytest
 from test_boot import leftovers, plan_for, up, vlab
 
+from vlab.nodes import virt
 from vlab.serve import nfsserver
 
 pytestmark = pytest.mark.boot
@@ -83,5 +84,31 @@ def test_a_server_vlab_stops_leaves_no_end_time(lab_down) -> None:  # type: igno
     nfsserver.stop(plan)
     time.sleep(1)
     assert not plan.nfs_server_dir.exists()
+    assert vlab("down", path).returncode == 0
+    assert leftovers(plan) == []
+
+
+def test_a_killed_dhcp_server_is_said_and_started_again_with_the_pinned_leases(
+        lab_down) -> None:  # type: ignore[no-untyped-def]
+    path = "tests/scenarios/one.toml"
+    lab_down.append(path)
+    plan = plan_for(path)
+    proc, rep = up(path)
+    assert proc.returncode == 0 and rep["terminals"][0]["verdict"] == "ok", proc.stderr
+    dnsmasq = virt.dhcp_server(plan.network)
+    assert dnsmasq is not None
+    os.kill(dnsmasq, signal.SIGKILL)
+    time.sleep(1)
+    status = vlab("status", path)
+    assert "DHCP server: down" in status.stdout, status.stdout
+    assert f"no terminal gets or renews an address; fix: vlab up {path}" in status.stdout
+    again = vlab("up", path)
+    assert again.returncode == 0, again.stderr
+    assert "DHCP server (dnsmasq) is gone: libvirt starts it again" in again.stderr
+    restarted = json.loads(vlab("status", path, "--json").stdout)["dhcp_server_pid"]
+    assert restarted and restarted != dnsmasq
+    # the terminal asks again (a script that leaves its interface as it is): its pinned lease
+    asked = vlab("ssh", path, "t1", "--", "udhcpc -i eth0 -n -q -t 5 -s /bin/true 2>&1")
+    assert f"lease of {plan.terminals[0].ip} obtained" in asked.stdout, asked
     assert vlab("down", path).returncode == 0
     assert leftovers(plan) == []

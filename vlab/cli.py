@@ -127,10 +127,18 @@ def _print_report(rep: dict[str, Any]) -> None:
     print(f"lab {rep['lab']}")
     if "lab_host" in rep:
         print(f"  {rep['lab_host']}")
-        pid = rep.get("nfs_server_pid")
-        print(f"  network: {rep.get('network') or 'down'}, "
-              f"NFS server: {f'pid {pid}' if pid else _down_since(rep.get('nfs_server_ended'))}"
-              + (f", firewall rule: {rep['firewall']}" if "firewall" in rep else ""))
+        pid, dhcp = rep.get("nfs_server_pid"), rep.get("dhcp_server_pid")
+        parts = [f"network: {rep.get('network') or 'down'}"]
+        if rep.get("network"):
+            parts.append(f"DHCP server: {f'pid {dhcp}' if dhcp else 'down'}")
+        nfs = f"pid {pid}" if pid else _down_since(rep.get("nfs_server_ended"))
+        parts.append(f"NFS server: {nfs}")
+        if "firewall" in rep:
+            parts.append(f"firewall rule: {rep['firewall']}")
+        print("  " + ", ".join(parts))
+        if rep.get("network") and not dhcp:
+            print(f"  the lab network's DHCP server (dnsmasq) is not running: no terminal gets "
+                  f"or renews an address; fix: vlab up {rep['scenario']} starts it again")
         if rep.get("network") and not pid:
             print(f"  the lab's NFS server is not running: its terminals' NFS mounts wait for "
                   f"it; fix: vlab up {rep['scenario']} starts it again")

@@ -16,6 +16,7 @@ from typing import Any, BinaryIO
 
 import libvirt
 
+from vlab import procs
 from vlab.errors import VirtError
 
 ESCAPE = b"\x1d"  # Ctrl-], as virsh console
@@ -122,6 +123,37 @@ def start_network(conn: Conn, name: str, xml: str) -> None:
             net.create()
     except libvirt.libvirtError as err:
         raise _error(f"start network {name}", err) from None
+
+
+# Where libvirt's network driver keeps the pid of each network's dnsmasq (a lab's network
+# is always on this machine's lab host).
+NETWORK_RUN_DIR = Path("/run/libvirt/network")
+# A DNS record vlab adds and takes away again: changes nothing a lab's network serves.
+REFRESH_RECORD = "<txt name='vlab-refresh' value='restart the DHCP server'/>"
+
+
+def dhcp_server(name: str) -> int | None:
+    """The dnsmasq libvirt runs for network `name` (DHCP, router advertisements, TFTP), if it
+    runs."""
+    return procs.read_pid(NETWORK_RUN_DIR / f"{name}.pid", "dnsmasq",
+                          f"--conf-file=/var/lib/libvirt/dnsmasq/{name}.conf")
+
+
+def restart_dhcp_server(conn: Conn, name: str) -> None:
+    """Have libvirt start the network's dnsmasq again, from the network's own configuration
+    (its pinned hosts) and lease file: libvirt refreshes it on any live update, and starts it
+    if it is not running (its networkRefreshDhcpDaemon). The network, its bridge and the
+    terminals on it stay as they are."""
+    net = _lookup(conn.networkLookupByName, name, libvirt.VIR_ERR_NO_NETWORK)
+    if net is None:
+        return
+    try:
+        for command in (libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST,
+                        libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE):
+            net.update(command, libvirt.VIR_NETWORK_SECTION_DNS_TXT, -1, REFRESH_RECORD,
+                       libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE)
+    except libvirt.libvirtError as err:
+        raise _error(f"restart the DHCP server of network {name}", err) from None
 
 
 def destroy_network(conn: Conn, name: str) -> bool:

@@ -69,6 +69,7 @@ def status(plan: LabPlan) -> dict[str, Any]:
     out["lab_host"] = host.describe()
     out["network"] = plan.network if conn and virt.network_active(conn, plan.network) else None
     out["nfs_server_pid"] = nfsserver.pid(plan)
+    out["dhcp_server_pid"] = virt.dhcp_server(plan.network) if out["network"] else None
     # when it ended, if something other than vlab stopped it (epoch seconds), else None
     out["nfs_server_ended"] = nfsserver.ended(plan)
     if out["network"] and plan.nfs_netns is not None:

@@ -135,6 +135,10 @@ def already_up(plan: LabPlan, dirs: Dirs, netns: str | None, conns: dict[str, vi
                              "again (vlab does not change a lab under running terminals)")
     if guard_lab(plan, netns, ipv6=plan.tftp_dir.is_dir() or plan.ipv6):
         say(f"lab {plan.name} is up, but its firewall rule was gone: put back")
+    if virt.dhcp_server(plan.network) is None:
+        say(f"lab {plan.name} is up, but its network's DHCP server (dnsmasq) is gone: "
+            "libvirt starts it again, with the pinned hosts and their leases")
+        virt.restart_dhcp_server(conns[LOCAL], plan.network)
     if nfsserver.pid(plan) is None:
         say(f"lab {plan.name} is up, but its NFS server is gone: starting it again")
         export_nfs_root(plan, dirs, netns, say)
