@@ -119,6 +119,7 @@ def test_a_persistent_network_named_vlab_is_not_a_lab_network() -> None:
                     net.undefine()
             except libvirt.libvirtError:
                 pass
+        virt.close(conn)
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
