@@ -9,9 +9,12 @@ import signal
 import time
 
 import pytest
-from test_boot import leftovers, plan_for, up, vlab
+from test_boot import leftovers, plan_for, up, up_until, vlab
 
-from vlab.nodes import virt
+from vlab import procs
+from vlab.cli import NETNS
+from vlab.nodes import labhost, virt
+from vlab.plan.lab import Dirs
 from vlab.serve import nfsserver
 
 pytestmark = pytest.mark.boot
@@ -110,5 +113,41 @@ def test_a_killed_dhcp_server_is_said_and_started_again_with_the_pinned_leases(
     # the terminal asks again (a script that leaves its interface as it is): its pinned lease
     asked = vlab("ssh", path, "t1", "--", "udhcpc -i eth0 -n -q -t 5 -s /bin/true 2>&1")
     assert f"lease of {plan.terminals[0].ip} obtained" in asked.stdout, asked
+    assert vlab("down", path).returncode == 0
+    assert leftovers(plan) == []
+
+
+def _restart_libvirtd() -> tuple[int, int]:
+    """Stop the isolated lab host's libvirtd as a service restart does (SIGTERM), and start
+    it again: QEMU, the guests and virtlogd's console logs stay."""
+    assert labhost.status(NETNS).mode == "isolated", "the test restarts vlab's own lab host"
+    old = procs.read_pid(labhost.LIBVIRTD_PID, "libvirtd")
+    assert old is not None
+    os.kill(old, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while procs.alive(old) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not procs.alive(old)
+    new = labhost.start(NETNS, Dirs.from_env().state / "host").libvirtd_pid
+    assert new is not None
+    return old, new
+
+
+@pytest.mark.parametrize("when", ["boot t1:", "watching"], ids=["booting", "watching"])
+def test_libvirtd_restarted_under_vlab_up_and_every_verdict_still_arrives(
+        lab_down, when: str) -> None:  # type: ignore[no-untyped-def]
+    """vlab's connection opens itself again (libvirt's close callback and keepalive say it
+    broke); a domain start or resume cut off is done on the new one; nobody is misjudged."""
+    path = "tests/scenarios/three.toml"
+    lab_down.append(path)
+    plan = plan_for(path)
+    proc, seen = up_until(path, when)
+    old, new = _restart_libvirtd()
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, seen + err
+    assert "internal error" not in err and "libvirt:" not in err, err
+    status = json.loads(vlab("status", path, "--json").stdout)
+    assert [(t["state"], t["verdict"]) for t in status["terminals"]] == [("running", "ok")] * 3
+    assert f"libvirtd pid {new}" in status["lab_host"] and new != old
     assert vlab("down", path).returncode == 0
     assert leftovers(plan) == []

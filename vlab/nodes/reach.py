@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # vlab.ship loads paramiko, only needed where another host is
 
 def connect_uri(uri: str, netns: str | None) -> virt.Conn:
     """A libvirt connection; to a node reached from a namespace, opened from inside it."""
-    return labhost.in_netns(netns, lambda: virt.connect(uri))
+    return virt.connect(uri, lambda opening: labhost.in_netns(netns, opening))
 
 
 def connect(node: NodePlan) -> virt.Conn:

@@ -10,6 +10,7 @@ import termios
 import threading
 import time
 import tty
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -24,7 +25,6 @@ ESCAPE = b"\x1d"  # Ctrl-], as virsh console
 # libvirt prints every error to stderr by default; vlab reports them itself.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
-Conn = Any  # libvirt.virConnect; the bindings ship no type information
 
 
 def _fix_for(err: libvirt.libvirtError) -> str:
@@ -73,21 +73,125 @@ def event_loop() -> None:
         _loop_running = True
 
 
-def connect(uri: str) -> Conn:
-    event_loop()
+# A libvirtd that went away (restarted, crashed) is opened again by the next call, and
+# waited for this long from when its connection broke, so that what vlab does next (the
+# report after the verdicts, a domain's start) finds it back; after that, a call fails as
+# any libvirt error does.
+REOPEN_WAIT = 30.0
+REOPEN_EVERY = 0.5
+
+
+class Conn:
+    """A libvirt connection (libvirt.virConnect's calls, by attribute) that opens itself
+    again once its libvirtd went away and came back: libvirt's close callback and keepalive
+    mark the old one dead (isAlive), and the next call opens a new one, registers again
+    what was registered on the old (on_reopen), and goes to it. The guests, their console
+    logs (virtlogd) and QEMU outlive a libvirtd restart; only the connection is new."""
+
+    def __init__(self, uri: str, open_raw: Callable[[], Any]) -> None:
+        self.uri = uri
+        self._open_raw = open_raw
+        self._lock = threading.RLock()
+        self._raw = open_raw()
+        self._broke: float | None = None
+        self._closed = False
+        self._hooks: list[Callable[[], None]] = []
+        self._watch(self._raw)
+
+    def _watch(self, raw: Any) -> None:
+        with contextlib.suppress(libvirt.libvirtError):  # a driver without keepalive (test:///)
+            raw.setKeepAlive(*KEEPALIVE)
+        me = weakref.ref(self)  # libvirt holds the callback: no cycle through it
+
+        def broke(*_: Any) -> None:
+            if (conn := me()) is not None:
+                conn._mark_broken()
+
+        with contextlib.suppress(libvirt.libvirtError):
+            raw.registerCloseCallback(broke, None)
+
+    def _mark_broken(self) -> None:
+        if self._broke is None:
+            self._broke = time.monotonic()
+
+    def _alive(self) -> bool:
+        try:
+            return bool(self._raw.isAlive())
+        except libvirt.libvirtError:
+            return False
+
+    def alive(self) -> bool:
+        """Whether the connection in use is open (False: the next call opens a new one)."""
+        return self._alive()
+
+    def current(self) -> Any:
+        """The raw connection: the open one, or a new one if the old broke (waiting up to
+        REOPEN_WAIT s from the break for libvirtd to answer again)."""
+        with self._lock:
+            if self._closed or self._alive():
+                return self._raw
+            self._mark_broken()
+            assert self._broke is not None
+            while True:
+                try:
+                    raw = self._open_raw()
+                except VirtError:
+                    if time.monotonic() - self._broke > REOPEN_WAIT:
+                        return self._raw  # calls fail with the broken connection's error
+                    time.sleep(REOPEN_EVERY)
+                    continue
+                _release(self._raw)
+                self._raw, self._broke = raw, None
+                self._watch(raw)
+                for hook in self._hooks:
+                    hook()
+                return raw
+
+    def on_reopen(self, hook: Callable[[], None]) -> None:
+        """Call hook (on the libvirt caller's thread) each time the connection is new."""
+        with self._lock:
+            self._hooks.append(hook)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # not libvirt's: one of ours, missing (a failed __init__)
+            raise AttributeError(name)
+        return getattr(self.current(), name)
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            _release(self._raw)
+
+    def close(self) -> None:
+        """Close it for good; one that broke meanwhile is closed all the same."""
+        with self._lock:
+            self._closed = True
+            _release(self._raw)
+
+
+def _release(raw: Any) -> None:
+    """Close a raw connection, its close callback first (which holds a reference to it)."""
+    with contextlib.suppress(libvirt.libvirtError):
+        raw.unregisterCloseCallback()
+    with contextlib.suppress(libvirt.libvirtError):
+        raw.close()
+
+
+def _open(uri: str) -> Any:
     try:
-        conn = libvirt.open(uri)
+        return libvirt.open(uri)
     except libvirt.libvirtError as err:
         raise _error(f"connect to {uri}", err) from None
-    with contextlib.suppress(libvirt.libvirtError):  # a driver without keepalive (test:///)
-        conn.setKeepAlive(*KEEPALIVE)
-    return conn
+
+
+def connect(uri: str, inside: Callable[[Callable[[], Any]], Any] | None = None) -> Conn:
+    """A connection to `uri`, opened (and opened again) by `inside` if given (from a
+    network namespace, reach.py)."""
+    event_loop()
+    return Conn(uri, (lambda: inside(lambda: _open(uri))) if inside else lambda: _open(uri))
 
 
 def close(conn: Conn) -> None:
-    """Close a connection; one that broke meanwhile is closed all the same."""
-    with contextlib.suppress(libvirt.libvirtError):
-        conn.close()
+    conn.close()
 
 
 def refuses(uri: str) -> str | None:
@@ -171,19 +275,39 @@ def destroy_network(conn: Conn, name: str) -> bool:
     return True
 
 
+DOMAIN_NAME_RE = re.compile(r"<name>([^<]+)</name>")
+
+
 def start_domain(conn: Conn, xml: str, paused: bool = False) -> None:
-    """Create and start a transient domain: destroying it leaves nothing defined."""
+    """Create and start a transient domain: destroying it leaves nothing defined. If the
+    connection broke under the call (libvirtd restarted), the domain is made on the new one
+    unless the old call made it."""
+    flags = libvirt.VIR_DOMAIN_START_PAUSED if paused else 0
     try:
-        conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED if paused else 0)
+        conn.createXML(xml, flags)
     except libvirt.libvirtError as err:
-        raise _error("start domain", err) from None
+        name = DOMAIN_NAME_RE.search(xml)
+        if conn.alive() or name is None:
+            raise _error("start domain", err) from None
+        try:
+            if domain_state(conn, name.group(1)) == "absent":
+                conn.createXML(xml, flags)
+        except libvirt.libvirtError as again:
+            raise _error("start domain", again) from None
 
 
 def resume_domain(conn: Conn, name: str) -> None:
+    """Run a paused domain (again on a new connection, if it broke under the call and the
+    domain is still paused)."""
     try:
         conn.lookupByName(name).resume()
     except libvirt.libvirtError as err:
-        raise _error(f"resume domain {name}", err) from None
+        if conn.alive() or domain_state(conn, name) != "paused":
+            raise _error(f"resume domain {name}", err) from None
+        try:
+            conn.lookupByName(name).resume()
+        except libvirt.libvirtError as again:
+            raise _error(f"resume domain {name}", again) from None
 
 
 # A relayed console whose connection broke (its keepalive closed it while the host was slow
@@ -369,8 +493,18 @@ class Deaths:
         self._conn = conn
         self._seen: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._id: int | None = None
+        self._closed = False
+        self._register()
+        # a libvirtd restarted: the events come on the new connection (those in between
+        # are lost; the polled state tells a death then)
+        conn.on_reopen(self._register)
+
+    def _register(self) -> None:
+        if self._closed:
+            return
         try:
-            self._id: int | None = conn.domainEventRegisterAny(
+            self._id = self._conn.current().domainEventRegisterAny(
                 None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._event, None)
         except libvirt.libvirtError:
             self._id = None  # no events on this connection: the state is polled
@@ -398,6 +532,7 @@ class Deaths:
             return self._seen.get(name)
 
     def close(self) -> None:
+        self._closed = True
         if self._id is not None:
             with contextlib.suppress(libvirt.libvirtError):
                 self._conn.domainEventDeregisterAny(self._id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from vlab import state
@@ -19,7 +20,7 @@ def terminal_address(t: TerminalPlan) -> str | None:
     return None if t.node == LOCAL else address_from_console(t.console_log)
 
 
-def report(plan: LabPlan, conns: dict[str, virt.Conn | None]) -> dict[str, Any]:
+def report(plan: LabPlan, conns: Mapping[str, virt.Conn | None]) -> dict[str, Any]:
     """The lab's terminals: where they run, their state there, their last verdict. A node
     missing from conns is down (the local one) or does not answer (another one)."""
     results = state.load(plan.lab_dir, state.RESULTS)
