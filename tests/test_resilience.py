@@ -9,9 +9,10 @@ import signal
 import time
 
 import pytest
+from lxml import etree
 from test_boot import leftovers, plan_for, up, up_until, vlab
 
-from vlab import procs
+from vlab import procs, run
 from vlab.cli import NETNS
 from vlab.nodes import labhost, virt
 from vlab.plan.lab import Dirs
@@ -150,4 +151,70 @@ def test_libvirtd_restarted_under_vlab_up_and_every_verdict_still_arrives(
     assert [(t["state"], t["verdict"]) for t in status["terminals"]] == [("running", "ok")] * 3
     assert f"libvirtd pid {new}" in status["lab_host"] and new != old
     assert vlab("down", path).returncode == 0
+    assert leftovers(plan) == []
+
+
+def _fault_rules() -> str:
+    """Every firewall rule of the machine and of the lab host: no fault's may be there."""
+    return "".join(vlab_run(argv) for argv in (["iptables-save"], ["ip6tables-save"],
+                                               ["ip", "netns", "exec", NETNS, "iptables-save"]))
+
+
+def vlab_run(argv: list[str]) -> str:
+    return run.run(argv, check=False).stdout
+
+
+def test_each_kind_of_fault_is_made_and_every_terminal_carries_on(
+        lab_down, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """scenarios/faults.toml: the NFS server restarted and frozen, the DHCP server restarted,
+    packets lost and held back, each for real; every terminal's NFS root answers again
+    (measured by its heartbeat), the probes pass again, the JUnit has a testcase per
+    terminal and fault, and nothing of a fault is left outside or inside the lab."""
+    path = "scenarios/faults.toml"
+    lab_down.append(path)
+    plan = plan_for(path)
+    junit = tmp_path / "junit.xml"
+    ran = vlab("check", path, "--json", "--junit", str(junit), timeout=900)
+    assert ran.returncode == 0, ran.stderr
+    rep = json.loads(ran.stdout)
+    kinds = ["nfs-restart", "nfs-pause", "dhcp-restart", "packet-loss", "latency"]
+    for t in rep["terminals"]:
+        assert [f["kind"] for f in t["faults"]] == kinds
+        assert all(f["verdict"] == "ok" for f in t["faults"]), t["faults"]
+        restart = t["faults"][0]
+        assert restart["ended"] - restart["began"] >= 10
+        assert restart["resumed_after"] <= 15  # its resume_within
+        assert [c["ok"] for c in t["probes_after"]] == [True]
+    assert "fault 1/5 nfs-restart: the NFS server stopped for 10 s" in ran.stderr
+    assert "t1: carried on after latency" in ran.stderr
+    suite = etree.parse(str(junit)).getroot()[0]
+    names = [c.get("name") for c in suite if c.get("classname") == "vlab.faults.t2"]
+    assert [n.split(":")[0] for n in names if n.startswith("fault")] == [
+        f"fault {i} {k}" for i, k in enumerate(kinds, 1)]
+    assert suite.get("failures") == "0"
+    assert "vlab fault" not in _fault_rules()
+    assert leftovers(plan) == []
+
+
+def test_a_terminal_that_does_not_answer_again_in_time_is_nfs_hung(
+        lab_down, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """All of the NFS server's packets lost for 20 s: TCP's retransmissions have backed off
+    to seconds by then, and the fault gives 2 s: the terminal's verdict is nfs-hung, with
+    what the server saw; vlab check fails, and its JUnit says why."""
+    path = "tests/scenarios/faults-hung.toml"
+    lab_down.append(path)
+    plan = plan_for(path)
+    junit = tmp_path / "junit.xml"
+    ran = vlab("check", path, "--json", "--junit", str(junit), timeout=900)
+    assert ran.returncode == 1, ran.stderr
+    assert "1 fault(s) a terminal did not carry on after: t1: packet-loss (nfs-hung)" in ran.stderr
+    (t,) = json.loads(ran.stdout)["terminals"]
+    assert t["verdict"] == "ok"
+    (f,) = t["faults"]
+    assert f["verdict"] == "nfs-hung"
+    assert f["line"].startswith("its NFS root did not answer within 2 s after the fault ended")
+    assert f"the NFS server runs and holds a connection from t1 ({plan.terminals[0].ip})" in (
+        f["line"])
+    failure = etree.parse(str(junit)).getroot()[0].find("testcase/failure[@type='nfs-hung']")
+    assert failure is not None and "did not answer within 2 s" in failure.get("message")
     assert leftovers(plan) == []

@@ -158,6 +158,11 @@ def _print_report(rep: dict[str, Any]) -> None:
                         f"{p['options']}"))
         elif t.get("line"):
             print(f"      decisive line: {inert(t['line'])}")
+        for f in t.get("faults", []):
+            print(f"      fault {f['kind']} at {f['began']} s: {f['verdict']}"
+                  + (f", its NFS root answered {f['resumed_after']} s after it ended"
+                     if f["verdict"] == "ok" and f.get("resumed_after") is not None else "")
+                  + (f" ({f['line']})" if f["verdict"] != "ok" else ""))
         print(f"      console log: {t['console_log']}")
 
 
@@ -330,11 +335,20 @@ def _failures(rep: dict[str, Any]) -> str:
     failed = [f"{t['name']} ({t['verdict']})" for t in rep["terminals"] if t["verdict"] != "ok"]
     probes = [f"{t['name']}: {c['name']}" for t in rep["terminals"]
               for c in t.get("probes", []) if not c["ok"] and t["verdict"] == "ok"]
+    faults = [f"{t['name']}: {f['kind']} ({f['verdict']})" for t in rep["terminals"]
+              for f in t.get("faults", []) if f["verdict"] != "ok" and t["verdict"] == "ok"]
+    after = [f"{t['name']}: {c['name']}" for t in rep["terminals"]
+             for c in t.get("probes_after", []) if not c["ok"] and t["verdict"] == "ok"]
     parts = []
     if failed:
         parts.append(f"{len(failed)} terminal(s) did not mount the NFS root: {', '.join(failed)}")
     if probes:
         parts.append(f"{len(probes)} post-boot probe(s) failed: {', '.join(probes)}")
+    if faults:
+        parts.append(f"{len(faults)} fault(s) a terminal did not carry on after: "
+                     f"{', '.join(faults)}")
+    if after:
+        parts.append(f"{len(after)} probe(s) failed after the faults: {', '.join(after)}")
     return "; ".join(parts)
 
 

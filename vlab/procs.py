@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -61,6 +62,17 @@ def with_argument(prefix: str, program: str) -> dict[int, str]:
                 and any(w.startswith(prefix) for w in words[1:]) and alive(int(entry))):
             found[int(entry)] = " ".join(words)
     return found
+
+
+def freeze(pid: int) -> None:
+    """SIGSTOP: the process does nothing until thaw() (a [[fault]] kind = "nfs-pause")."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGSTOP)
+
+
+def thaw(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGCONT)
 
 
 def stop(pid: int, timeout: float = 5.0) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import libvirt
+import libvirt_qemu
 
 from vlab import procs
 from vlab.errors import VirtError
@@ -537,6 +538,32 @@ class Deaths:
             with contextlib.suppress(libvirt.libvirtError):
                 self._conn.domainEventDeregisterAny(self._id)
             self._id = None
+
+
+LATENCY_FILTER = "vlab-latency"
+
+
+def hold_packets(conn: Conn, name: str, ms: int) -> None:
+    """A [[fault]] kind = "latency": QEMU's filter-buffer on the domain's NIC holds every
+    packet, both ways, and lets them go every `ms` milliseconds (the machine's kernel may
+    have no netem); through libvirt's monitor pass-through, so only this guest is touched."""
+    _monitor(conn, name, f"object_add filter-buffer,id={LATENCY_FILTER},netdev=hostnet0,"
+                         f"queue=all,interval={ms * 1000}")
+
+
+def release_packets(conn: Conn, name: str) -> None:
+    _monitor(conn, name, f"object_del {LATENCY_FILTER}")
+
+
+def _monitor(conn: Conn, name: str, command: str) -> None:
+    try:
+        dom = conn.lookupByName(name)
+        answer = libvirt_qemu.qemuMonitorCommand(
+            dom, command, libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+    except libvirt.libvirtError as err:
+        raise _error(f"{command.split()[0]} on {name}", err) from None
+    if answer.strip():  # HMP says nothing when it did it
+        raise VirtError(f"{command.split()[0]} on {name}", answer.strip(), "")
 
 
 def destroy_domain(conn: Conn, name: str) -> bool:

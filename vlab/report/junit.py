@@ -42,6 +42,28 @@ def report_to_junit(rep: dict[str, Any]) -> str:
                 fail.text = _xml_text(c["output"])
                 failed.append(c)
             etree.SubElement(check, "system-out").text = _xml_text(c["output"])
+        for i, f in enumerate(t.get("faults", []), 1):  # a testcase per terminal and fault
+            case = etree.SubElement(suite, "testcase",
+                                    classname=_xml_text(f"vlab.{rep['lab']}.{t['name']}"),
+                                    name=_xml_text(f"fault {i} {f['kind']}: {f['what']}"),
+                                    time=f"{f['ended'] - f['began']:.1f}")
+            if f["verdict"] != "ok":
+                fail = etree.SubElement(case, "failure", type=f["verdict"],
+                                        message=_xml_text(f"{f['verdict']}: {f['line']}"))
+                fail.text = _xml_text(f["line"])
+                failed.append(f)
+            elif f.get("resumed_after") is not None:
+                etree.SubElement(case, "system-out").text = (
+                    f"its NFS root answered {f['resumed_after']} s after the fault ended")
+        for c in t.get("probes_after", []):  # the probes again, after the faults
+            check = etree.SubElement(suite, "testcase",
+                                     classname=_xml_text(f"vlab.{rep['lab']}.{t['name']}"),
+                                     name=_xml_text(f"{c['name']} (after the faults)"), time="0")
+            if not c["ok"]:
+                fail = etree.SubElement(check, "failure", type="check-failed",
+                                        message=_xml_text(f"{c['run']}: exit {c['status']}"))
+                fail.text = _xml_text(c["output"])
+                failed.append(c)
     suite.set("tests", str(len(suite)))
     suite.set("failures", str(len(failed)))
     root = etree.Element("testsuites")

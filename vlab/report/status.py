@@ -40,6 +40,9 @@ def report(plan: LabPlan, conns: Mapping[str, virt.Conn | None]) -> dict[str, An
             "seconds": r.get("seconds"),
             "booted_at": r.get("booted_at"),
             "probes": r.get("probes", []),
+            # each [[fault]]'s outcome for it, and the probes run again after them
+            "faults": r.get("faults", []),
+            "probes_after": r.get("probes_after", []),
             "line": r.get("line"),
             "failed_units": failed_units(r.get("line")),
             "console_log": str(t.console_log),
@@ -82,5 +85,7 @@ def status(plan: LabPlan) -> dict[str, Any]:
 
 
 def all_ok(rep: dict[str, Any]) -> bool:
-    return all(t["verdict"] == OK and all(c["ok"] for c in t.get("probes", []))
+    return all(t["verdict"] == OK
+               and all(c["ok"] for c in [*t.get("probes", []), *t.get("probes_after", [])])
+               and all(f["verdict"] == OK for f in t.get("faults", []))
                for t in rep["terminals"])

@@ -257,6 +257,47 @@ class Probe:
     expect: str | None  # a text its output must contain
 
 
+class FaultKind(StrEnum):
+    NFS_RESTART = "nfs-restart"  # the lab's NFS server stopped, and started again
+    NFS_PAUSE = "nfs-pause"  # the server frozen (SIGSTOP), then let go on (SIGCONT)
+    DHCP_RESTART = "dhcp-restart"  # the lab network's DHCP server stopped, and started again
+    PACKET_LOSS = "packet-loss"  # a share of the NFS server's packets dropped
+    LATENCY = "latency"  # every terminal's packets held back
+
+    @property
+    def away(self) -> bool:
+        """A server away for down_for s (else: a network impaired for during s)."""
+        return self in (FaultKind.NFS_RESTART, FaultKind.NFS_PAUSE, FaultKind.DHCP_RESTART)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Something that goes wrong in the lab once every terminal's verdict is in; the
+    terminals must carry on (verbs/faults.py)."""
+
+    kind: FaultKind
+    delay: int  # seconds after every verdict (and the previous fault)
+    down_for: int  # seconds a server is away (nfs-restart, nfs-pause, dhcp-restart)
+    during: int  # seconds the network is impaired (packet-loss, latency)
+    loss: int  # percent of the NFS server's packets dropped (packet-loss)
+    latency: int  # milliseconds, at most, each terminal's packets are held (latency)
+    resume_within: int  # seconds a terminal's root has to answer again after the fault
+
+    @property
+    def lasts(self) -> int:
+        return self.down_for if self.kind.away else self.during
+
+    def describe(self) -> str:
+        return {
+            FaultKind.NFS_RESTART: f"the NFS server stopped for {self.down_for} s",
+            FaultKind.NFS_PAUSE: f"the NFS server frozen for {self.down_for} s",
+            FaultKind.DHCP_RESTART: f"the DHCP server stopped for {self.down_for} s",
+            FaultKind.PACKET_LOSS: f"{self.loss}% of the NFS server's packets lost for "
+                                   f"{self.during} s",
+            FaultKind.LATENCY: f"packets held up to {self.latency} ms for {self.during} s",
+        }[self.kind]
+
+
 @dataclass(frozen=True)
 class Scenario:
     """A lab as the user wrote it: only user configuration, nothing derived."""
@@ -270,6 +311,7 @@ class Scenario:
     pxe: Pxe
     probes: tuple[Probe, ...] = ()
     nodes: tuple[Node, ...] = ()
+    faults: tuple[Fault, ...] = ()
 
     @property
     def arch(self) -> Arch:

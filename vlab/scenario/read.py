@@ -20,6 +20,8 @@ from vlab.scenario.model import (
     AfterBoot,
     Arch,
     Boot,
+    Fault,
+    FaultKind,
     Firmware,
     Hypervisor,
     Initrd,
@@ -61,7 +63,7 @@ def load(path: Path) -> Scenario:
 
 def parse(path: Path, data: Mapping[str, Any]) -> Scenario:
     top = Table(path, "", data, ("lab", "root", "kernel", "initrd", "terminal", "pxe", "machine",
-                                 "probe", "node"))
+                                 "probe", "node", "fault"))
     root = _root(Table(path, "root", top.sub("root", {}), _ROOT_KEYS))
     initrd_t = Table(path, "initrd", top.sub("initrd", {}), ("builder", "nic_drivers"))
     initrd = Initrd(
@@ -81,8 +83,56 @@ def parse(path: Path, data: Mapping[str, Any]) -> Scenario:
     _check_ipv6(path, lab, initrd, terminals, pxe, bool(top.data.get("node")))
     found = node_tables.nodes(top, lab)
     node_tables.check_placement(path, lab, terminals, found)
+    faults = _faults(top, root, lab, arch, bool(found))
     return Scenario(path=path, lab=lab, root=root, kernel=kernel, initrd=initrd,
-                    terminals=terminals, pxe=pxe, probes=probes, nodes=found)
+                    terminals=terminals, pxe=pxe, probes=probes, nodes=found, faults=faults)
+
+
+# What each kind of [[fault]] takes besides kind, after and delay: key, default, low, high, unit
+_FAULT_KEYS: dict[FaultKind, tuple[tuple[str, int, int, int, str], ...]] = {
+    **{k: (("down_for", 10, 1, 600, " s"),) for k in FaultKind if k.away},
+    FaultKind.PACKET_LOSS: (("loss", 20, 1, 100, "%"), ("during", 30, 1, 600, " s")),
+    FaultKind.LATENCY: (("latency", 200, 10, 5000, " ms"), ("during", 30, 1, 600, " s")),
+}
+
+
+def _faults(top: Table, root: Root, lab: Lab, arch: Arch, nodes: bool) -> tuple[Fault, ...]:
+    raw = top.tables("fault", 'write each as [[fault]] kind = "nfs-restart" down_for = 10')
+    if not raw:
+        return ()
+    why = ("vlab watches whether a terminal carries on over SSH, which vlab sets up in the roots "
+           f'it builds (busybox, debian), not in source = "{root.source.value}"'
+           if root.source not in (RootSource.BUSYBOX, RootSource.DEBIAN) else
+           "vlab watches whether a terminal carries on over SSH, which its arm64 busybox root "
+           "does not have" if arch is Arch.ARM64 else
+           "faults are made on this machine's lab network and NFS server, and the terminals "
+           "of a lab with [[node]]s run elsewhere" if nodes else
+           "the latency fault is QEMU's; Xen terminals are not" if lab.hypervisor is
+           Hypervisor.XEN else "")
+    if why:
+        raise top.error("fault", why, "remove the [[fault]] tables from this scenario")
+    faults = []
+    for i, item in enumerate(raw):
+        kind_t = Table(top.file, f"fault[{i}]", item, tuple(item))
+        kind = kind_t.choice("kind", FaultKind, FaultKind.NFS_RESTART) if "kind" in item else None
+        if kind is None:
+            raise kind_t.error("kind", "is missing", 'add kind = "nfs-restart" (or "nfs-pause", '
+                               '"dhcp-restart", "packet-loss", "latency")')
+        own = _FAULT_KEYS[kind]
+        t = Table(top.file, f"fault[{i}]", item, ("kind", "after", "delay", "resume_within",
+                                                  *(k[0] for k in own)))
+        after = t.get("after", str, "ok")
+        if after != "ok":
+            raise t.error("after", f"{after!r} is not supported", 'use after = "ok": the fault '
+                          "comes once every terminal's verdict is in (and after the fault "
+                          "before it), plus delay seconds")
+        values = {key: t.int_in(key, default, low, high, unit)
+                  for key, default, low, high, unit in own}
+        faults.append(Fault(kind=kind, delay=t.int_in("delay", 0, 0, 600, " s"),
+                            down_for=values.get("down_for", 0), during=values.get("during", 0),
+                            loss=values.get("loss", 0), latency=values.get("latency", 0),
+                            resume_within=t.int_in("resume_within", 60, 1, 600, " s")))
+    return tuple(faults)
 
 
 def _probes(top: Table, root: Root) -> tuple[Probe, ...]:

@@ -76,3 +76,27 @@ def rules(netns: str | None) -> list[str]:
         listed = run.run([tool, "-w", "5", "-S", "INPUT"], netns=netns, check=False).stdout
         found += [ln for ln in listed.splitlines() if "vlab lab " in ln]
     return found
+
+
+def _loss_rules(plan: LabPlan, percent: int) -> list[list[str]]:
+    """A [[fault]] kind = "packet-loss": a random share of what the lab's NFS server sends
+    and receives dropped, in its own namespace's tables (iptables' statistic match; the
+    machine's kernel may have no netem), so nothing outside the lab is touched."""
+    chance = ["-m", "statistic", "--mode", "random", "--probability", f"{percent / 100:.2f}",
+              "-m", "comment", "--comment", f"vlab fault {plan.name}", "-j", "DROP"]
+    tools = ("iptables", "ip6tables") if plan.ipv6 else ("iptables",)
+    return [[tool, "-w", "5", "{op}", chain, *chance] for tool in tools
+            for chain in ("INPUT", "OUTPUT")]
+
+
+def lose_packets(plan: LabPlan, percent: int) -> None:
+    assert plan.nfs_netns is not None
+    for rule in _loss_rules(plan, percent):
+        run.run(_with(rule, "-I"), netns=plan.nfs_netns, hint="the NFS server's iptables")
+
+
+def stop_losing_packets(plan: LabPlan, percent: int) -> None:
+    """Take the packet-loss rules away (vlab down removes them with the namespace anyway)."""
+    assert plan.nfs_netns is not None
+    for rule in _loss_rules(plan, percent):
+        run.run(_with(rule, "-D"), netns=plan.nfs_netns, check=False)

@@ -314,3 +314,17 @@ def stop(plan: LabPlan) -> None:
         kept.parent.mkdir(parents=True, exist_ok=True)  # an up that failed before any boot
         shutil.copyfile(log_file, kept)
     shutil.rmtree(plan.nfs_server_dir, ignore_errors=True)
+
+
+def clients(plan: LabPlan) -> set[str]:
+    """The addresses the lab's NFS server holds a TCP connection from, as its kernel says
+    (what the server saw of a terminal that hung)."""
+    found = run.run(["ss", "-Htn", "state", "established", f"( sport = :{plan.nfs_port} )"],
+                    netns=plan.nfs_netns, check=False)
+    peers = set()
+    for line in found.stdout.splitlines():
+        words = line.split()
+        if len(words) >= 4:
+            peer = words[3].rpartition(":")[0].strip("[]")
+            peers.add(peer.removeprefix("::ffff:"))
+    return peers

@@ -35,6 +35,7 @@ from vlab.scenario.model import (
     Scenario,
 )
 from vlab.serve import exportfs, firewall, nfsserver, tftp, web
+from vlab.verbs.faults import run_faults
 from vlab.verbs.probes import HOST_KEY_WAIT, SSH_ROOTS, run_probes
 from vlab.watch import sshkeys
 from vlab.watch.consoles import watch_consoles
@@ -59,6 +60,11 @@ def up(scenario: Scenario, plan: LabPlan, dirs: Dirs, say: Say) -> dict[str, Any
             await_relayed_host_keys(plan, verdicts, say)
             state.update(plan.lab_dir, status="up", artifacts=lab_digests(plan))
             save_results(plan, started, verdicts, probes)
+            if scenario.faults:
+                faults = run_faults(scenario, plan, conns, verdicts,
+                                    lambda: restart_nfs_server(plan, dirs, netns, say), say)
+                again = run_probes(scenario, plan, verdicts, say)
+                save_results(plan, started, verdicts, probes, faults, again)
             return report(plan, conns)
 
 
@@ -141,9 +147,7 @@ def already_up(plan: LabPlan, dirs: Dirs, netns: str | None, conns: dict[str, vi
         virt.restart_dhcp_server(conns[LOCAL], plan.network)
     if nfsserver.pid(plan) is None:
         say(f"lab {plan.name} is up, but its NFS server is gone: starting it again")
-        export_nfs_root(plan, dirs, netns, say)
-        join_lab_network(plan, netns)
-        wait_for_nfs_server(plan, say)
+        restart_nfs_server(plan, dirs, netns, say)
         return report(plan, conns)
     say(f"lab {plan.name} is already up: nothing changed")
     return report(plan, conns)
@@ -281,6 +285,13 @@ def export_nfs_root(plan: LabPlan, dirs: Dirs, netns: str | None, say: Say) -> N
     nfsserver.start(plan, netns, dirs.state, image)
 
 
+def restart_nfs_server(plan: LabPlan, dirs: Dirs, netns: str | None, say: Say) -> None:
+    """The lab's NFS server again, under running terminals, at its address and MAC."""
+    export_nfs_root(plan, dirs, netns, say)
+    join_lab_network(plan, netns)
+    wait_for_nfs_server(plan, say)
+
+
 def join_lab_network(plan: LabPlan, netns: str | None) -> None:
     if plan.nfs_netns is not None:
         nfsserver.join_bridge(plan, netns)
@@ -400,8 +411,12 @@ def await_relayed_host_keys(plan: LabPlan, verdicts: dict[TerminalPlan, Verdict]
 
 def save_results(plan: LabPlan, started: dict[TerminalPlan, float],
                  verdicts: dict[TerminalPlan, Verdict],
-                 probes: dict[str, list[dict[str, Any]]] | None = None) -> None:
+                 probes: dict[str, list[dict[str, Any]]] | None = None,
+                 faults: dict[str, list[dict[str, Any]]] | None = None,
+                 probes_after: dict[str, list[dict[str, Any]]] | None = None) -> None:
     # booted_at: seconds into the vlab command when the domain started (seconds count from it).
     state.save(plan.lab_dir, {t.name: {**asdict(v), "booted_at": round(started[t] - progress.T0, 2),
-                                       "probes": (probes or {}).get(t.name, [])}
+                                       "probes": (probes or {}).get(t.name, []),
+                                       "faults": (faults or {}).get(t.name, []),
+                                       "probes_after": (probes_after or {}).get(t.name, [])}
                               for t, v in verdicts.items()}, state.RESULTS)

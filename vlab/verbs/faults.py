@@ -1,0 +1,213 @@
+"""`[[fault]]`s: what goes wrong in a running lab, made for real on the lab's own servers and
+network once every terminal's verdict is in, one after another, and whether each terminal
+carried on. Every terminal beats while they happen: a shell loop that looks a file up on its
+NFS root every half second and writes the outcome, with its uptime, into its tmpfs; read over
+SSH afterwards, the beats say when its root stopped answering and when it answered again."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from vlab import procs, progress
+from vlab.errors import VirtError
+from vlab.nodes import virt
+from vlab.plan.lab import LabPlan, TerminalPlan
+from vlab.progress import Say
+from vlab.scenario.model import LOCAL, Addresses, Fault, FaultKind, Scenario
+from vlab.serve import firewall, nfsserver
+from vlab.verbs.probes import ssh_session
+from vlab.watch import sshkeys
+from vlab.watch.judge import OK, Verdict
+
+BEATS = "/tmp/vlab-beats"
+# Dentries and inodes dropped first, so each beat's look-up and read go to the NFS server.
+HEARTBEAT = (f": > {BEATS}; (while :; do echo 2 > /proc/sys/vm/drop_caches; "
+             "if cat /etc/passwd > /dev/null 2>&1; then s=ok; else s=err; fi; "
+             f'read up _ < /proc/uptime; echo "$s $up" >> {BEATS}; sleep 0.5; done) '
+             "> /dev/null 2>&1 < /dev/null &")
+UPTIME = "read up _ < /proc/uptime; echo $up"
+READ_TIMEOUT = 10.0  # one SSH read of the beats (it waits while the NFS root does not answer)
+NFS_HUNG, NFS_IO_ERROR, NOT_WATCHED = "nfs-hung", "nfs-io-error", "not-watched"
+
+Result = dict[str, Any]  # one terminal's outcome of one fault
+
+
+class Beating:
+    """A terminal whose heartbeat runs: its SSH session and its uptime's offset from vlab's
+    clock (time.monotonic() = uptime + offset)."""
+
+    def __init__(self, plan: LabPlan, t: TerminalPlan) -> None:
+        self.t = t
+        self.session = ssh_session(plan, t)
+        status, out = self.session.run(HEARTBEAT + " " + UPTIME, timeout=30)
+        self.offset = time.monotonic() - float(out.split()[-1])
+        if status != 0:
+            raise sshkeys.SshError(f"the heartbeat did not start: {out.strip()[-200:]}")
+
+    def beats(self, timeout: float) -> list[tuple[float, bool]] | None:
+        """(when, whether the NFS root answered), on vlab's clock; None if the terminal did
+        not answer within timeout s."""
+        status, out = self.session.run(f"cat {BEATS}", timeout=timeout)
+        if status != 0:
+            return None
+        found = []
+        for line in out.splitlines():
+            word, _, up = line.partition(" ")
+            try:
+                found.append((float(up) + self.offset, word == "ok"))
+            except ValueError:
+                continue
+        return found
+
+
+def run_faults(sc: Scenario, plan: LabPlan, conns: dict[str, virt.Conn],
+               verdicts: dict[TerminalPlan, Verdict],
+               restart_nfs: Callable[[], None], say: Say) -> dict[str, list[Result]]:
+    """Each [[fault]] in turn, undone whatever happens; each terminal's outcome of each."""
+    if not sc.faults:
+        return {}
+    watched: dict[TerminalPlan, Beating] = {}
+    results: dict[str, list[Result]] = {t.name: [] for t in plan.terminals}
+    unwatched: dict[str, str] = {}
+    for t in plan.terminals:
+        if verdicts[t].name != OK:
+            unwatched[t.name] = f"its verdict is {verdicts[t].name}"
+            continue
+        try:
+            watched[t] = Beating(plan, t)
+        except sshkeys.SshError as err:
+            unwatched[t.name] = str(err)
+    try:
+        for i, fault in enumerate(sc.faults, 1):
+            if fault.delay:
+                time.sleep(fault.delay)
+            say(f"fault {i}/{len(sc.faults)} {fault.kind}: {fault.describe()}")
+            began = time.monotonic()
+            with _made(fault, plan, conns, restart_nfs):
+                time.sleep(fault.lasts)
+            ended = time.monotonic()
+            say(f"fault {i}/{len(sc.faults)} {fault.kind}: over after {ended - began:.1f} s")
+            outcomes = _outcomes(watched, began, ended, fault.resume_within)
+            if any(r["verdict"] != OK for r in outcomes.values()):
+                _what_the_server_saw(plan, outcomes)
+            for t in plan.terminals:
+                r = outcomes.get(t.name) or {"verdict": NOT_WATCHED, "resumed_after": None,
+                                             "line": unwatched.get(t.name, "")}
+                r = {"kind": fault.kind.value, "what": fault.describe(),
+                     "began": round(began - progress.T0, 2),
+                     "ended": round(ended - progress.T0, 2), **r}
+                results[t.name].append(r)
+                say(f"{t.name}: " + (f"carried on after {fault.kind} (its NFS root answered "
+                                     f"{r['resumed_after']:.1f} s after the fault ended)"
+                                     if r["verdict"] == OK else
+                                     f"{r['verdict']} after {fault.kind}: {r['line']}"))
+    finally:
+        for b in watched.values():
+            b.session.close()
+    return results
+
+
+def _what_the_server_saw(plan: LabPlan, outcomes: dict[str, Result]) -> None:
+    running = nfsserver.pid(plan) is not None
+    connected = nfsserver.clients(plan) if running else set()
+    for t in plan.terminals:
+        r = outcomes.get(t.name)
+        if r is None or r["verdict"] == OK:
+            continue
+        ip = t.ip6 if plan.addresses is Addresses.IPV6 else t.ip
+        r["server"] = ("the NFS server is not running" if not running else
+                       f"the NFS server runs and holds {'a' if ip in connected else 'no'} "
+                       f"connection from {t.name} ({ip})")
+        r["line"] += f"; {r['server']}"
+
+
+def _outcomes(watched: dict[TerminalPlan, Beating], began: float, ended: float,
+              within: float) -> dict[str, Result]:
+    def one(b: Beating) -> Result:
+        deadline = ended + within
+        seen: list[tuple[float, bool]] = []
+        while time.monotonic() < deadline:
+            got = b.beats(min(READ_TIMEOUT, max(1.0, deadline - time.monotonic())))
+            if got is not None:
+                seen = got
+                if any(ok and at >= ended for at, ok in got):
+                    break
+            time.sleep(0.5)
+        return judge_beats(seen, began, ended, within)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(watched)))) as pool:
+        return {b.t.name: r for b, r in zip(watched.values(), pool.map(one, watched.values()),
+                                            strict=True)}
+
+
+def judge_beats(beats: list[tuple[float, bool]], began: float, ended: float,
+                within: float) -> Result:
+    """A terminal's outcome of one fault from its heartbeat (pure): ok if its NFS root
+    answered again within `within` s after the fault ended and no read failed meanwhile;
+    nfs-io-error if a read failed (a soft mount may hand programs the server's absence as
+    I/O errors); nfs-hung if it did not answer again in time."""
+    failed = [at for at, ok in beats if not ok and at >= began]
+    back = [at for at, ok in beats if ok and ended <= at <= ended + within]
+    last = max((at for at, ok in beats if ok and at < ended), default=None)
+    if failed:
+        return {"verdict": NFS_IO_ERROR,
+                "resumed_after": round(back[0] - ended, 2) if back else None,
+                "line": f"a read of its NFS root failed {failed[0] - began:.1f} s into the "
+                        "fault (an I/O error to its programs: is the root mounted soft?)"}
+    if not back:
+        later = [at for at, ok in beats if ok and at > ended + within]
+        return {"verdict": NFS_HUNG,
+                "resumed_after": round(later[0] - ended, 2) if later else None,
+                "line": f"its NFS root did not answer within {within:.0f} s after the fault "
+                        "ended" + (f" (it did {later[0] - ended:.1f} s after)" if later else "")
+                        + (f" (last answer {last - began:+.1f} s from the fault's start)"
+                           if last is not None else "")}
+    return {"verdict": OK, "resumed_after": round(max(0.0, back[0] - ended), 2), "line": ""}
+
+
+class _made:
+    """The fault, in place for the with block, and undone after it however it ends."""
+
+    def __init__(self, fault: Fault, plan: LabPlan, conns: dict[str, virt.Conn],
+                 restart_nfs: Callable[[], None]) -> None:
+        self.fault, self.plan, self.conns, self.restart_nfs = fault, plan, conns, restart_nfs
+        self.pid: int | None = None
+
+    def __enter__(self) -> None:
+        f, plan = self.fault, self.plan
+        if f.kind in (FaultKind.NFS_RESTART, FaultKind.NFS_PAUSE):
+            self.pid = nfsserver.pid(plan)
+            if self.pid is not None:
+                (procs.stop if f.kind is FaultKind.NFS_RESTART else procs.freeze)(self.pid)
+        elif f.kind is FaultKind.DHCP_RESTART:
+            if (dnsmasq := virt.dhcp_server(plan.network)) is not None:
+                procs.stop(dnsmasq)
+        elif f.kind is FaultKind.PACKET_LOSS:
+            firewall.lose_packets(plan, f.loss)
+        else:
+            for t in plan.terminals:
+                virt.hold_packets(self.conns[LOCAL], t.domain, f.latency)
+
+    def __exit__(self, *_: object) -> None:
+        f, plan = self.fault, self.plan
+        if f.kind is FaultKind.NFS_RESTART:
+            self.restart_nfs()
+        elif f.kind is FaultKind.NFS_PAUSE:
+            if self.pid is not None:
+                procs.thaw(self.pid)
+        elif f.kind is FaultKind.DHCP_RESTART:
+            virt.restart_dhcp_server(self.conns[LOCAL], plan.network)
+        elif f.kind is FaultKind.PACKET_LOSS:
+            firewall.stop_losing_packets(plan, f.loss)
+        else:
+            for t in plan.terminals:  # a domain gone meanwhile has no filter to take away
+                with contextlib.suppress(VirtError):
+                    virt.release_packets(self.conns[LOCAL], t.domain)
+
+
+def all_survived(results: dict[str, list[Result]]) -> bool:
+    return all(r["verdict"] == OK for rs in results.values() for r in rs)
