@@ -76,3 +76,19 @@ def test_each_terminal_shows_what_the_lab_servers_saw_of_it() -> None:
     assert "DHCPACK(vlabce6d6dff) 10.0.0.11 52:54:00:00:00:02 &lt;t2&gt;</pre>" in t2
     t1 = page[page.index('<details id="servers-t1">'):]
     assert "logged nothing about this terminal" in t1.split("</details>")[0]
+
+
+def test_the_timeline_marks_when_each_fault_began_and_ended() -> None:
+    rep = _rep()
+    t = rep["terminals"][0]
+    t["booted_at"] = 1.0
+    t["faults"] = [{"kind": "nfs-restart", "began": 8.0, "ended": 18.2, "verdict": "ok",
+                    "resumed_after": 0.8, "line": ""},
+                   {"kind": "packet-loss", "began": 20.0, "ended": 30.0, "verdict": "nfs-hung",
+                    "resumed_after": None, "line": "did not answer"}]
+    page = html_page.page(rep)
+    assert ('class="fault f-ok" data-kind="nfs-restart" data-start="7.0" data-end="17.2"'
+            in page)
+    assert 'class="fault f-failed" data-kind="packet-loss" data-start="19.0"' in page
+    assert "fault nfs-restart 7.0–17.2 s: ok, its NFS root answered 0.8 s after it ended" in page
+    assert "timeline (0 to 29.0 s)" in page  # the axis reaches the last fault's end

@@ -51,6 +51,25 @@ def segments(phases: list[list[Any]], seconds: float | None) -> list[Segment]:
     return out
 
 
+@dataclass(frozen=True)
+class FaultMark:
+    """A [[fault]] on a terminal's timeline: from when it began to when it ended, in seconds
+    from the terminal's boot, with the terminal's outcome."""
+
+    kind: str
+    start: float
+    end: float
+    verdict: str
+    resumed_after: float | None
+
+
+def fault_marks(t: dict[str, Any]) -> list[FaultMark]:
+    booted = float(t.get("booted_at") or 0.0)
+    return [FaultMark(str(f["kind"]), round(float(f["began"]) - booted, 1),
+                      round(float(f["ended"]) - booted, 1), str(f["verdict"]),
+                      f.get("resumed_after")) for f in t.get("faults") or []]
+
+
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
@@ -91,11 +110,14 @@ def _console(name: str, path: str, decisive: str) -> str:
 def page(rep: dict[str, Any]) -> str:
     """The report of one lab's last boot (the report vlab up, check and status make)."""
     terminals = sorted(rep["terminals"], key=lambda t: (t.get("verdict") == OK, t["name"]))
-    longest = max([float(t.get("seconds") or 0) for t in terminals] + [1.0])
+    marks = {t["name"]: fault_marks(t) for t in terminals}
+    longest = max([float(t.get("seconds") or 0) for t in terminals]
+                  + [m.end for ms in marks.values() for m in ms] + [1.0])
     rows = []
     for t in terminals:
         segs = segments(t.get("phases") or [], t.get("seconds"))
         rows.append({
+            "faults": marks[t["name"]],
             "t": {**t, "line": _text(t.get("line") or ""), "cause": _text(t.get("cause") or "")},
             "ok": t.get("verdict") == OK,
             "segments": segs,
