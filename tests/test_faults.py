@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -227,3 +228,62 @@ def test_nothing_vlab_starts_listens_in_the_machines_own_namespace(lab_down) -> 
     assert not procs.listening(1, plan.nfs_port) and not procs.listening(1, plan.mount_port)
     assert procs.listening(started["nfs-ganesha"], plan.nfs_port)  # type: ignore[arg-type]
     assert vlab("down", path).returncode == 0
+
+
+# How long the parallel churn runs: a few cycles of each lab on a 2-core machine under TCG.
+CHURN_SECONDS = 150
+TWINS_TREE = "/var/lib/vlab/test-tftp/churn"  # a folder libvirt-qemu's dnsmasq may traverse
+
+
+def test_several_vlab_commands_at_once_for_minutes_leave_nothing_and_lose_no_record(
+        lab_down) -> None:  # type: ignore[no-untyped-def]
+    """CI machines run several jobs at once: here three cycle side by side (an NFSv4.1 lab's
+    up and down, an NFSv3 lab's, which shares nothing but the lab host, and `vlab pxe
+    --twins` of a site) while a fourth lab stays up throughout. Every command must succeed,
+    the steady lab's record (lease, verdicts, servers) must be as it was, and afterwards
+    nothing of any of them may remain."""
+    steady, cycling = "scenarios/tiny.toml", ["tests/scenarios/one.toml",
+                                              "tests/scenarios/nfs3-one.toml"]
+    site = "scenarios/site.toml"
+    lab_down.extend([steady, *cycling, site])
+    proc, before = up(steady)
+    assert proc.returncode == 0, proc.stderr
+    deadline = time.monotonic() + CHURN_SECONDS
+    failures: list[str] = []
+    counts: dict[str, int] = {}
+
+    def cycle(path: str) -> None:
+        while time.monotonic() < deadline and not failures:
+            ran, rep = up(path)
+            if ran.returncode != 0 or any(t["verdict"] != "ok" for t in rep["terminals"]):
+                failures.append(f"vlab up {path}: {ran.returncode} {ran.stderr[-2000:]}")
+            down = vlab("down", path)
+            if down.returncode != 0:
+                failures.append(f"vlab down {path}: {down.stderr[-2000:]}")
+            counts[path] = counts.get(path, 0) + 1
+
+    def twins() -> None:
+        while time.monotonic() < deadline and not failures:
+            ran = vlab("pxe", site, "--tftp-dir", TWINS_TREE, "--twins", "--json")
+            if ran.returncode != 0:
+                failures.append(f"vlab pxe --twins: {ran.returncode} {ran.stderr[-2000:]}")
+            counts[site] = counts.get(site, 0) + 1
+
+    workers = [threading.Thread(target=cycle, args=(p,)) for p in cycling]
+    workers.append(threading.Thread(target=twins))
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=CHURN_SECONDS + 900)
+    assert not failures, failures
+    assert all(counts.get(p, 0) >= 2 for p in [*cycling, site]), counts
+    after = json.loads(vlab("status", steady, "--json").stdout)
+    assert [(t["name"], t["mac"], t["ip"], t["state"], t["verdict"]) for t in
+            after["terminals"]] == [(t["name"], t["mac"], t["ip"], "running", "ok")
+                                    for t in before["terminals"]]
+    assert after["nfs_server_pid"] and after["dhcp_server_pid"]
+    assert vlab("down", steady).returncode == 0
+    for path in [steady, *cycling, site]:
+        plan = plan_for(path)
+        assert leftovers(plan) == [], path
+        assert not (Path("/run/netns") / str(plan.nfs_netns)).exists(), path
