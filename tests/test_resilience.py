@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from lxml import etree
@@ -218,3 +219,33 @@ def test_a_terminal_that_does_not_answer_again_in_time_is_nfs_hung(
     failure = etree.parse(str(junit)).getroot()[0].find("testcase/failure[@type='nfs-hung']")
     assert failure is not None and "did not answer within 2 s" in failure.get("message")
     assert leftovers(plan) == []
+
+
+def test_a_full_state_folder_during_up_is_one_clear_error_and_down_and_up_work_after(
+        lab_down, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The state folder on a 20 MiB file system: the kernel vlab puts there does not fit.
+    One message naming the file and the fix, exit 3 (not a bug's 4), no half-written state
+    file; vlab down works on what is left, and once there is room vlab up boots."""
+    folder = Path("/var/lib/vlab/test-full-state")  # libvirt-qemu must reach the kernel there
+    folder.mkdir(parents=True, exist_ok=True)
+    run.run(["mount", "-t", "tmpfs", "-o", "size=20m,mode=755", "vlab-test-full", str(folder)])
+    try:
+        monkeypatch.setenv("VLAB_STATE_DIR", str(folder))
+        path = "tests/scenarios/one.toml"
+        lab_down.append(path)
+        plan = plan_for(path)
+        full = vlab("up", path)
+        assert full.returncode == 3, full.stderr
+        last = full.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"vlab: no space left for {folder}/"), last
+        assert "fix: free space on that device" in last and f"vlab down {path}" in last
+        assert not list(folder.rglob("*.tmp")) and not (folder / "vlab-errors.log").exists()
+        assert vlab("down", path).returncode == 0
+        assert leftovers(plan) == []
+        run.run(["mount", "-o", "remount,size=400m", str(folder)])
+        proc, rep = up(path)
+        assert proc.returncode == 0 and rep["terminals"][0]["verdict"] == "ok", proc.stderr
+        assert vlab("down", path).returncode == 0
+        assert leftovers(plan) == []
+    finally:
+        run.run(["umount", "-l", str(folder)], check=False)

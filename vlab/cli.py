@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vlab import __version__, scenario, state
-from vlab.errors import BootFailed, Interrupted, Signalled, UsageError, VlabError
+from vlab.errors import BootFailed, DiskFull, Interrupted, Signalled, UsageError, VlabError
 from vlab.nodes import labhost, reach, virt
 from vlab.plan.lab import NETNS, Dirs, LabPlan, TerminalPlan
 from vlab.progress import Say, stderr_progress
@@ -177,12 +178,22 @@ def run(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
         return _dispatch(args)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        dirs = Dirs.from_env()
+        raise DiskFull(err, _down_command(args),
+                       f"vlab's state folder {dirs.state} or its cache {dirs.cache}") from None
     except KeyboardInterrupt as err:
-        down = f"vlab down {args.scenario}" if "scenario" in args else "vlab lab-host down"
+        down = _down_command(args)
         signum = err.signum if isinstance(err, Signalled) else signal.SIGINT
         raise Interrupted(f"{'interrupted' if signum == signal.SIGINT else 'ended'} by "
                           f"{signal.Signals(signum).name}; `{down}` removes what was "
                           "started", signum) from None
+
+
+def _down_command(args: argparse.Namespace) -> str:
+    return f"vlab down {args.scenario}" if "scenario" in args else "vlab lab-host down"
 
 
 def _on_signal(signum: int, _frame: object) -> None:

@@ -77,6 +77,16 @@ class HostError(VlabError):
     """The lab host (libvirtd, NFS server, namespace) could not be brought up."""
 
 
+class DiskFull(VlabError):
+    """A file vlab writes did not fit: its folder's device is full (or its quota used up)."""
+
+    def __init__(self, err: OSError, down: str, folders: str) -> None:
+        where = err.filename2 if err.filename2 is not None else err.filename
+        super().__init__(f"no space left for {where or 'a file in ' + folders}"
+                         f" ({err.strerror}); fix: free space on that device (df -h), then "
+                         f"run the command again; `{down}` removes what was started")
+
+
 class ShipError(VlabError):
     """A hypervisor host could not be reached over SSH, or would not take the files."""
 

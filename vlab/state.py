@@ -32,8 +32,12 @@ def save(lab_dir: Path, data: dict[str, Any], name: str = STATE) -> None:
     """Replace the file whole: a reader sees the old or the new one, never half of one."""
     lab_dir.mkdir(parents=True, exist_ok=True)
     tmp = lab_dir / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"  # one per writer
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, lab_dir / name)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, lab_dir / name)
+    except BaseException:  # a full disk, Ctrl-C: no half-written file left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def update(lab_dir: Path, **changes: Any) -> dict[str, Any]:
