@@ -142,3 +142,23 @@ def test_a_terminal_that_mounts_its_root_read_write_still_cannot_write_it(
     assert sorted(p.name for p in (root / "open").iterdir()) == ["file"]
     assert (root / "open" / "file").read_text() == "as it was\n"
     assert str(root) not in Path("/proc/self/mountinfo").read_text()  # the bind stayed inside
+
+
+def test_a_probe_that_prints_without_end_is_cut_and_vlab_stays_bounded(
+    tmp_path: Path, lab_down  # type: ignore[no-untyped-def]
+) -> None:
+    """A guest's output is its own text: a probe printing 64 MiB costs vlab 1 MiB of it, the
+    probe fails saying so, and vlab check ends."""
+    path = tmp_path / "flood.toml"
+    path.write_text('[lab]\nname = "flood"\n[[terminal]]\nname = "t1"\n'
+                    '[[probe]]\nname = "floods"\nrun = "yes | head -c 67108864"\n')
+    lab_down.append(str(path))
+    plan = plan_for(str(path))
+    proc = vlab("check", str(path), "--json", timeout=600)
+    assert proc.returncode == 1, proc.stderr
+    (t,) = json.loads(proc.stdout)["terminals"]
+    (probe,) = t["probes"]
+    assert not probe["ok"] and probe["status"] == -1
+    assert probe["output"].endswith("(output cut at 1048576 bytes)")
+    assert len(probe["output"]) < (1 << 20) + 100
+    assert leftovers(plan) == []

@@ -307,7 +307,7 @@ def _ssh(args: argparse.Namespace, sc: scenario.Scenario, dirs: Dirs, say: Say) 
     try:
         if not command:
             return session.shell()
-        exit_status, output = session.run(" ".join(command), timeout=3600)
+        exit_status, output = session.run(" ".join(command), timeout=3600, limit=None)
     finally:
         session.close()
     sys.stdout.write(output)

@@ -98,23 +98,36 @@ def await_host_key(console_log: Path, seconds: float) -> paramiko.PKey | None:
     return key
 
 
+OUTPUT_LIMIT = 1 << 20  # bytes of a probe's (or a heartbeat's) output vlab keeps
+
+
 @dataclass
 class Session:
     client: paramiko.SSHClient
 
-    def run(self, command: str, timeout: float = 60) -> tuple[int, str]:
-        """Run a command; its exit status and its output (stdout and stderr, interleaved)."""
+    def run(self, command: str, timeout: float = 60,
+            limit: int | None = OUTPUT_LIMIT) -> tuple[int, str]:
+        """Run a command; its exit status and its output (stdout and stderr, interleaved):
+        at most `limit` bytes of it (the guest's text: a probe printing without end costs
+        vlab no more), within `timeout` s in all (-1 and a note after either)."""
         chan = self.client.get_transport().open_session()  # type: ignore[union-attr]
-        chan.settimeout(timeout)
+        deadline = time.monotonic() + timeout
         chan.set_combine_stderr(True)
         chan.exec_command(command)
         out = bytearray()
         try:
             while True:
+                chan.settimeout(max(0.01, deadline - time.monotonic()))
                 data = chan.recv(65536)
                 if not data:
                     break
                 out += data
+                if limit is not None and len(out) > limit:
+                    chan.close()
+                    return -1, out[:limit].decode(errors="replace") + (
+                        f"\n(output cut at {limit} bytes)")
+                if time.monotonic() > deadline:
+                    raise TimeoutError
         except TimeoutError:
             chan.close()
             return -1, out.decode(errors="replace") + f"\n(timed out after {timeout:.0f} s)"
