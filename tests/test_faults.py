@@ -231,7 +231,7 @@ def test_nothing_vlab_starts_listens_in_the_machines_own_namespace(lab_down) -> 
 
 
 # How long the parallel churn runs: a few cycles of each lab on a 2-core machine under TCG.
-CHURN_SECONDS = 150
+CHURN_SECONDS = 100
 TWINS_TREE = "/var/lib/vlab/test-tftp/churn"  # a folder libvirt-qemu's dnsmasq may traverse
 
 
