@@ -105,7 +105,7 @@ class Conn:
         me = weakref.ref(self)  # libvirt holds the callback: no cycle through it
 
         def broke(*_: Any) -> None:
-            if (conn := me()) is not None:
+            if (conn := me()) is not None and conn._raw is raw:  # not a replaced one's
                 conn._mark_broken()
 
         with contextlib.suppress(libvirt.libvirtError):
@@ -116,14 +116,21 @@ class Conn:
             self._broke = time.monotonic()
 
     def _alive(self) -> bool:
+        if self._broke is not None:
+            return False
         try:
             return bool(self._raw.isAlive())
         except libvirt.libvirtError:
             return False
 
-    def alive(self) -> bool:
-        """Whether the connection in use is open (False: the next call opens a new one)."""
-        return self._alive()
+    def lost(self, err: libvirt.libvirtError) -> bool:
+        """Whether `err` says the connection broke under a call (its RPC layer's error: end
+        of file, a reset, a closed socket), which the close callback may not have told yet;
+        if so, the next call opens a new one."""
+        if err.get_error_domain() != libvirt.VIR_FROM_RPC and self._alive():
+            return False
+        self._mark_broken()
+        return True
 
     def current(self) -> Any:
         """The raw connection: the open one, or a new one if the old broke (waiting up to
@@ -288,7 +295,7 @@ def start_domain(conn: Conn, xml: str, paused: bool = False) -> None:
         conn.createXML(xml, flags)
     except libvirt.libvirtError as err:
         name = DOMAIN_NAME_RE.search(xml)
-        if conn.alive() or name is None:
+        if name is None or not conn.lost(err):
             raise _error("start domain", err) from None
         try:
             if domain_state(conn, name.group(1)) == "absent":
@@ -303,7 +310,10 @@ def resume_domain(conn: Conn, name: str) -> None:
     try:
         conn.lookupByName(name).resume()
     except libvirt.libvirtError as err:
-        if conn.alive() or domain_state(conn, name) != "paused":
+        state = domain_state(conn, name) if conn.lost(err) else None
+        if state == "running":  # the call was done before the connection broke
+            return
+        if state != "paused":
             raise _error(f"resume domain {name}", err) from None
         try:
             conn.lookupByName(name).resume()
