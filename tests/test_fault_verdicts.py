@@ -71,3 +71,18 @@ def test_junit_has_a_testcase_per_terminal_and_fault_and_the_probes_again() -> N
     hung = cases[("vlab.faults.t2", "fault 1 nfs-restart: the NFS server stopped for 10 s")]
     assert hung.find("failure").get("type") == NFS_HUNG
     assert cases[("vlab.faults.t2", "root is NFS (after the faults)")].find("failure") is not None
+
+
+def test_a_fault_not_made_is_a_failure_without_a_place_on_the_timeline() -> None:
+    from vlab.report import html_page
+
+    fault = {"kind": "nfs-restart", "what": "the NFS server stopped for 10 s",
+             "after": "nfs-mounted", "began": None, "ended": None, "verdict": "not-made",
+             "resumed_after": None, "line": "not made: not every terminal's console showed "
+                                            "its NFS root mounted"}
+    t = {"name": "t1", "verdict": "dhcp-failed", "seconds": 30.0, "console_log": "/nonexistent",
+         "faults": [fault]}
+    suite = etree.fromstring(report_to_junit({"lab": "x", "terminals": [t]}).encode())[0]
+    case = next(c for c in suite if c.get("name", "").startswith("fault 1"))
+    assert case.find("failure").get("type") == "not-made"
+    assert html_page.fault_marks(t) == []

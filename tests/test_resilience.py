@@ -249,3 +249,27 @@ def test_a_full_state_folder_during_up_is_one_clear_error_and_down_and_up_work_a
         assert leftovers(plan) == []
     finally:
         run.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_fault_during_the_boot_is_made_once_the_root_is_mounted_and_the_boot_carries_on(
+        lab_down) -> None:  # type: ignore[no-untyped-def]
+    """after = "nfs-mounted": a Debian root's systemd reads its root for tens of seconds after
+    the mount; the NFS server stopped for 10 s then does not keep it from its verdict, and the
+    fault's outcome is that verdict."""
+    path = "tests/scenarios/faults-boot.toml"
+    lab_down.append(path)
+    plan = plan_for(path)
+    proc, rep = up(path)
+    assert proc.returncode == 0, proc.stderr
+    assert "fault 1/1 (during the boot) nfs-restart: the NFS server stopped for 10 s" in (
+        proc.stderr)
+    (t,) = rep["terminals"]
+    assert t["verdict"] == "ok"
+    (f,) = t["faults"]
+    assert (f["kind"], f["after"], f["verdict"], f["line"]) == (
+        "nfs-restart", "nfs-mounted", "ok", "")  # the verdict came after it began
+    mounted = dict(t["phases"])["nfs-mounted"] + t["booted_at"]  # both rounded to 0.01 s
+    assert mounted - 0.1 <= f["began"] < t["booted_at"] + t["seconds"]
+    assert f["ended"] - f["began"] >= 10
+    assert vlab("down", path).returncode == 0
+    assert leftovers(plan) == []

@@ -160,7 +160,9 @@ def _print_report(rep: dict[str, Any]) -> None:
         elif t.get("line"):
             print(f"      decisive line: {inert(t['line'])}")
         for f in t.get("faults", []):
-            print(f"      fault {f['kind']} at {f['began']} s: {f['verdict']}"
+            print(f"      fault {f['kind']}"
+                  + (f" at {f['began']} s" if f.get("began") is not None else "")
+                  + f": {f['verdict']}"
                   + (f", its NFS root answered {f['resumed_after']} s after it ended"
                      if f["verdict"] == "ok" and f.get("resumed_after") is not None else "")
                   + (f" ({f['line']})" if f["verdict"] != "ok" else ""))

@@ -70,6 +70,14 @@ def freeze(pid: int) -> None:
         os.kill(pid, signal.SIGSTOP)
 
 
+def frozen(pid: int) -> bool:
+    """Stopped by a signal (SIGSTOP): a fault vlab made that an interrupted command left."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] == b"T"
+    except (OSError, IndexError):
+        return False
+
+
 def thaw(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGCONT)

@@ -67,7 +67,8 @@ def fault_marks(t: dict[str, Any]) -> list[FaultMark]:
     booted = float(t.get("booted_at") or 0.0)
     return [FaultMark(str(f["kind"]), round(float(f["began"]) - booted, 1),
                       round(float(f["ended"]) - booted, 1), str(f["verdict"]),
-                      f.get("resumed_after")) for f in t.get("faults") or []]
+                      f.get("resumed_after")) for f in t.get("faults") or []
+            if f.get("began") is not None]  # a fault not made has no place on it
 
 
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")

@@ -46,7 +46,7 @@ def report_to_junit(rep: dict[str, Any]) -> str:
             case = etree.SubElement(suite, "testcase",
                                     classname=_xml_text(f"vlab.{rep['lab']}.{t['name']}"),
                                     name=_xml_text(f"fault {i} {f['kind']}: {f['what']}"),
-                                    time=f"{f['ended'] - f['began']:.1f}")
+                                    time=f"{(f['ended'] or 0) - (f['began'] or 0):.1f}")
             if f["verdict"] != "ok":
                 fail = etree.SubElement(case, "failure", type=f["verdict"],
                                         message=_xml_text(f"{f['verdict']}: {f['line']}"))

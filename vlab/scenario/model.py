@@ -270,13 +270,19 @@ class FaultKind(StrEnum):
         return self in (FaultKind.NFS_RESTART, FaultKind.NFS_PAUSE, FaultKind.DHCP_RESTART)
 
 
+class FaultAfter(StrEnum):
+    OK = "ok"  # once every terminal's verdict is in
+    NFS_MOUNTED = "nfs-mounted"  # once every terminal's console showed its NFS root mounted
+
+
 @dataclass(frozen=True)
 class Fault:
     """Something that goes wrong in the lab once every terminal's verdict is in; the
     terminals must carry on (verbs/faults.py)."""
 
     kind: FaultKind
-    delay: int  # seconds after every verdict (and the previous fault)
+    after: FaultAfter  # when: during the boot (nfs-mounted) or after it (ok)
+    delay: int  # seconds after that (and after the previous fault of the same after)
     down_for: int  # seconds a server is away (nfs-restart, nfs-pause, dhcp-restart)
     during: int  # seconds the network is impaired (packet-loss, latency)
     loss: int  # percent of the NFS server's packets dropped (packet-loss)

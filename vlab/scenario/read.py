@@ -21,6 +21,7 @@ from vlab.scenario.model import (
     Arch,
     Boot,
     Fault,
+    FaultAfter,
     FaultKind,
     Firmware,
     Hypervisor,
@@ -121,14 +122,10 @@ def _faults(top: Table, root: Root, lab: Lab, arch: Arch, nodes: bool) -> tuple[
         own = _FAULT_KEYS[kind]
         t = Table(top.file, f"fault[{i}]", item, ("kind", "after", "delay", "resume_within",
                                                   *(k[0] for k in own)))
-        after = t.get("after", str, "ok")
-        if after != "ok":
-            raise t.error("after", f"{after!r} is not supported", 'use after = "ok": the fault '
-                          "comes once every terminal's verdict is in (and after the fault "
-                          "before it), plus delay seconds")
+        after = t.choice("after", FaultAfter, FaultAfter.OK)
         values = {key: t.int_in(key, default, low, high, unit)
                   for key, default, low, high, unit in own}
-        faults.append(Fault(kind=kind, delay=t.int_in("delay", 0, 0, 600, " s"),
+        faults.append(Fault(kind=kind, after=after, delay=t.int_in("delay", 0, 0, 600, " s"),
                             down_for=values.get("down_for", 0), during=values.get("during", 0),
                             loss=values.get("loss", 0), latency=values.get("latency", 0),
                             resume_within=t.int_in("resume_within", 60, 1, 600, " s")))

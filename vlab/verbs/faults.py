@@ -7,6 +7,7 @@ SSH afterwards, the beats say when its root stopped answering and when it answer
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ from vlab.errors import VirtError
 from vlab.nodes import virt
 from vlab.plan.lab import LabPlan, TerminalPlan
 from vlab.progress import Say
-from vlab.scenario.model import LOCAL, Addresses, Fault, FaultKind, Scenario
+from vlab.scenario.model import LOCAL, Addresses, Fault, FaultAfter, FaultKind, Scenario
 from vlab.serve import firewall, nfsserver
 from vlab.verbs.probes import ssh_session
 from vlab.watch import sshkeys
@@ -32,6 +33,7 @@ HEARTBEAT = (f": > {BEATS}; (while :; do echo 2 > /proc/sys/vm/drop_caches; "
 UPTIME = "read up _ < /proc/uptime; echo $up"
 READ_TIMEOUT = 10.0  # one SSH read of the beats (it waits while the NFS root does not answer)
 NFS_HUNG, NFS_IO_ERROR, NOT_WATCHED = "nfs-hung", "nfs-io-error", "not-watched"
+NOT_MADE = "not-made"
 
 Result = dict[str, Any]  # one terminal's outcome of one fault
 
@@ -67,8 +69,10 @@ class Beating:
 def run_faults(sc: Scenario, plan: LabPlan, conns: dict[str, virt.Conn],
                verdicts: dict[TerminalPlan, Verdict],
                restart_nfs: Callable[[], None], say: Say) -> dict[str, list[Result]]:
-    """Each [[fault]] in turn, undone whatever happens; each terminal's outcome of each."""
-    if not sc.faults:
+    """Each [[fault]] with after = "ok" in turn, undone whatever happens; each terminal's
+    outcome of each."""
+    faults = [f for f in sc.faults if f.after is FaultAfter.OK]
+    if not faults:
         return {}
     watched: dict[TerminalPlan, Beating] = {}
     results: dict[str, list[Result]] = {t.name: [] for t in plan.terminals}
@@ -82,15 +86,8 @@ def run_faults(sc: Scenario, plan: LabPlan, conns: dict[str, virt.Conn],
         except sshkeys.SshError as err:
             unwatched[t.name] = str(err)
     try:
-        for i, fault in enumerate(sc.faults, 1):
-            if fault.delay:
-                time.sleep(fault.delay)
-            say(f"fault {i}/{len(sc.faults)} {fault.kind}: {fault.describe()}")
-            began = time.monotonic()
-            with _made(fault, plan, conns, restart_nfs):
-                time.sleep(fault.lasts)
-            ended = time.monotonic()
-            say(f"fault {i}/{len(sc.faults)} {fault.kind}: over after {ended - began:.1f} s")
+        for i, fault in enumerate(faults, 1):
+            began, ended = _make(fault, f"{i}/{len(faults)}", plan, conns, restart_nfs, say)
             outcomes = _outcomes(watched, began, ended, fault.resume_within)
             if any(r["verdict"] != OK for r in outcomes.values()):
                 _what_the_server_saw(plan, outcomes)
@@ -98,6 +95,7 @@ def run_faults(sc: Scenario, plan: LabPlan, conns: dict[str, virt.Conn],
                 r = outcomes.get(t.name) or {"verdict": NOT_WATCHED, "resumed_after": None,
                                              "line": unwatched.get(t.name, "")}
                 r = {"kind": fault.kind.value, "what": fault.describe(),
+                     "after": fault.after.value,
                      "began": round(began - progress.T0, 2),
                      "ended": round(ended - progress.T0, 2), **r}
                 results[t.name].append(r)
@@ -109,6 +107,77 @@ def run_faults(sc: Scenario, plan: LabPlan, conns: dict[str, virt.Conn],
         for b in watched.values():
             b.session.close()
     return results
+
+
+def _make(fault: Fault, which: str, plan: LabPlan, conns: dict[str, virt.Conn],
+          restart_nfs: Callable[[], None], say: Say) -> tuple[float, float]:
+    """One fault, after its delay, for as long as it lasts; when it began and ended."""
+    if fault.delay:
+        time.sleep(fault.delay)
+    say(f"fault {which} {fault.kind}: {fault.describe()}")
+    began = time.monotonic()
+    with _made(fault, plan, conns, restart_nfs):
+        time.sleep(fault.lasts)
+    ended = time.monotonic()
+    say(f"fault {which} {fault.kind}: over after {ended - began:.1f} s")
+    return began, ended
+
+
+class DuringBoot:
+    """The [[fault]]s with after = "nfs-mounted": made in turn, in a thread of their own,
+    once every terminal's console showed its NFS root mounted (or its verdict), while the
+    roots' own init still reads from the server. A terminal's outcome of each is its boot's
+    verdict: the boot carried on through it, or failed (stalled, timeout, ...)."""
+
+    def __init__(self, sc: Scenario, plan: LabPlan, conns: dict[str, virt.Conn],
+                 restart_nfs: Callable[[], None], say: Say) -> None:
+        self.faults = [f for f in sc.faults if f.after is FaultAfter.NFS_MOUNTED]
+        self.plan, self.conns, self.restart_nfs, self.say = plan, conns, restart_nfs, say
+        self.made: list[tuple[Fault, float, float]] = []
+        self.failed: list[BaseException] = []
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Every console showed the mount: the faults begin (called once)."""
+        self.thread = threading.Thread(target=self._run, name="faults", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for i, fault in enumerate(self.faults, 1):
+                began, ended = _make(fault, f"{i}/{len(self.faults)} (during the boot)",
+                                     self.plan, self.conns, self.restart_nfs, self.say)
+                self.made.append((fault, began, ended))
+        except BaseException as err:  # handed to outcomes(), on vlab's own thread
+            self.failed.append(err)
+
+    def outcomes(self, started: dict[TerminalPlan, float],
+                 verdicts: dict[TerminalPlan, Verdict]) -> dict[str, list[Result]]:
+        """Each terminal's outcome of each fault, once they are over (and undone)."""
+        if self.thread is not None:
+            self.thread.join()
+        if self.failed:
+            raise self.failed[0]
+        out: dict[str, list[Result]] = {}
+        for t, v in verdicts.items():
+            decided = started[t] + v.seconds
+            results = []
+            for fault, began, ended in self.made:
+                line = ("" if v.ok else v.line) if decided >= began else (
+                    "its verdict came before the fault began: the fault did not touch its boot")
+                results.append({"kind": fault.kind.value, "what": fault.describe(),
+                                "after": fault.after.value,
+                                "began": round(began - progress.T0, 2),
+                                "ended": round(ended - progress.T0, 2),
+                                "verdict": v.name, "resumed_after": None, "line": line})
+            for fault in self.faults[len(self.made):]:
+                results.append({"kind": fault.kind.value, "what": fault.describe(),
+                                "after": fault.after.value, "began": None, "ended": None,
+                                "verdict": NOT_MADE, "resumed_after": None,
+                                "line": "not made: not every terminal's console showed its NFS "
+                                        "root mounted"})
+            out[t.name] = results
+        return out
 
 
 def _what_the_server_saw(plan: LabPlan, outcomes: dict[str, Result]) -> None:

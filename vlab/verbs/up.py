@@ -6,14 +6,14 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from vlab import progress, run, state
+from vlab import procs, progress, run, state
 from vlab.artifacts import pxe_config, templates
 from vlab.artifacts.catalog import lab_digests
 from vlab.build import builders, efi, httpboot, initrd, kernel, mounts, nfsroot
@@ -26,6 +26,7 @@ from vlab.report.status import report
 from vlab.scenario.model import (
     LOCAL,
     Arch,
+    FaultAfter,
     Firmware,
     Hypervisor,
     InitrdBuilder,
@@ -35,7 +36,7 @@ from vlab.scenario.model import (
     Scenario,
 )
 from vlab.serve import exportfs, firewall, nfsserver, tftp, web
-from vlab.verbs.faults import run_faults
+from vlab.verbs.faults import DuringBoot, run_faults
 from vlab.verbs.probes import HOST_KEY_WAIT, SSH_ROOTS, run_probes
 from vlab.watch import sshkeys
 from vlab.watch.consoles import watch_consoles
@@ -55,14 +56,21 @@ def up(scenario: Scenario, plan: LabPlan, dirs: Dirs, say: Say) -> dict[str, Any
                    for t in plan.terminals):
                 return already_up(plan, dirs, netns, conns, say)
             tftp_dir = write_lab_tftp_tree(plan, dirs, k, img, say)
-            started, verdicts = boot(plan, dirs, k, netns, conns, say, tftp_dir)
+
+            def restart() -> None:
+                restart_nfs_server(plan, dirs, netns, say)
+
+            during = DuringBoot(scenario, plan, conns, restart, say)
+            started, verdicts = boot(plan, dirs, k, netns, conns, say, tftp_dir,
+                                     during.start if during.faults else None)
+            faults = during.outcomes(started, verdicts)
             probes = run_probes(scenario, plan, verdicts, say)
             await_relayed_host_keys(plan, verdicts, say)
             state.update(plan.lab_dir, status="up", artifacts=lab_digests(plan))
-            save_results(plan, started, verdicts, probes)
-            if scenario.faults:
-                faults = run_faults(scenario, plan, conns, verdicts,
-                                    lambda: restart_nfs_server(plan, dirs, netns, say), say)
+            save_results(plan, started, verdicts, probes, faults)
+            if any(f.after is FaultAfter.OK for f in scenario.faults):
+                after = run_faults(scenario, plan, conns, verdicts, restart, say)
+                faults = {t: faults.get(t, []) + after.get(t, []) for t in {*faults, *after}}
                 again = run_probes(scenario, plan, verdicts, say)
                 save_results(plan, started, verdicts, probes, faults, again)
             return report(plan, conns)
@@ -94,7 +102,8 @@ def check_firmware(plan: LabPlan) -> None:
 
 
 def boot(plan: LabPlan, dirs: Dirs, k: kernel.Kernel, netns: str | None,
-         conns: dict[str, virt.Conn], say: Say, tftp_dir: Path | None
+         conns: dict[str, virt.Conn], say: Say, tftp_dir: Path | None,
+         on_mounted: Callable[[], None] | None = None
          ) -> tuple[dict[TerminalPlan, float], dict[TerminalPlan, Verdict]]:
     """The seed page's boot, for a lab's terminals and for PXE twins alike: guard, export,
     define the network (serving `tftp_dir` by PXE), ship, boot, watch; when each terminal
@@ -111,7 +120,7 @@ def boot(plan: LabPlan, dirs: Dirs, k: kernel.Kernel, netns: str | None,
     create_terminals(plan, conns)
     wait_for_nfs_server(plan, say)
     started = boot_terminals(plan, conns, say)
-    return started, watch_consoles(plan, conns, started, say, tftp_dir)
+    return started, watch_consoles(plan, conns, started, say, tftp_dir, on_mounted)
 
 
 def guard_lab(plan: LabPlan, netns: str | None, ipv6: bool) -> bool:
@@ -145,6 +154,10 @@ def already_up(plan: LabPlan, dirs: Dirs, netns: str | None, conns: dict[str, vi
         say(f"lab {plan.name} is up, but its network's DHCP server (dnsmasq) is gone: "
             "libvirt starts it again, with the pinned hosts and their leases")
         virt.restart_dhcp_server(conns[LOCAL], plan.network)
+    if (server := nfsserver.pid(plan)) is not None and procs.frozen(server):
+        say(f"lab {plan.name} is up, but its NFS server was left frozen (an interrupted "
+            "nfs-pause fault): letting it go on")
+        procs.thaw(server)
     if nfsserver.pid(plan) is None:
         say(f"lab {plan.name} is up, but its NFS server is gone: starting it again")
         restart_nfs_server(plan, dirs, netns, say)

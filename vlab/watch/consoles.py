@@ -5,6 +5,7 @@ lab's servers saw of each terminal (cause.py)."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -34,14 +35,35 @@ from vlab.watch.judge import (
     shared_client_ids,
 )
 
+MOUNTED = "nfs-mounted"  # the phase the [[fault]]s made during the boot wait for
+
 # A root whose init vlab cannot recognise is ok once it has run this long after the proof.
 SETTLE_SECONDS = 5.0
 
 
 def watch_consoles(plan: LabPlan, conns: dict[str, virt.Conn],
                    started: dict[TerminalPlan, float], say: Say,
-                   tftp_dir: Path | None = None) -> dict[TerminalPlan, Verdict]:
+                   tftp_dir: Path | None = None,
+                   on_mounted: Callable[[], None] | None = None) -> dict[TerminalPlan, Verdict]:
+    """Every terminal's verdict; on_mounted() is called once, as soon as every console
+    showed its NFS root mounted or its verdict (the [[fault]]s made during the boot)."""
     ready = ready_line(plan)
+    mounted: set[str] = set()
+    mounted_lock = threading.Lock()
+
+    def reached(t: TerminalPlan) -> None:
+        with mounted_lock:
+            if on_mounted is None or t.name in mounted:
+                return
+            mounted.add(t.name)
+            if len(mounted) == len(started):
+                on_mounted()
+
+    def phase(t: TerminalPlan, name: str) -> None:
+        board.set(t.name, name)
+        if name == MOUNTED:
+            reached(t)
+
     say(f"watching {len(started)} console(s) for the NFS root (timeout {plan.timeout} s)")
     stall = min(plan.stall, plan.timeout)
 
@@ -57,11 +79,12 @@ def watch_consoles(plan: LabPlan, conns: dict[str, virt.Conn],
         v = watch(t.console_log, started=started[t], timeout=plan.timeout, stall=stall,
                   ready=ready, settle=SETTLE_SECONDS, stop=stop,
                   almost=SYSTEMD_REACHED if ready is READY_SYSTEMD else None,
-                  on_phase=lambda phase: board.set(t.name, phase),
+                  on_phase=lambda name: phase(t, name),
                   cpu=lambda: p.cpu(t.domain), state=lambda: p.state(t.domain),
                   died=(lambda: d.of(t.domain)) if d.live else None,
                   stamps=t.console_log.with_suffix(".times"))
         board.done(t.name, v.name, v.seconds)
+        reached(t)
         return v
 
     pool = ThreadPoolExecutor(max_workers=len(started))
