@@ -86,3 +86,10 @@ def test_a_fault_not_made_is_a_failure_without_a_place_on_the_timeline() -> None
     case = next(c for c in suite if c.get("name", "").startswith("fault 1"))
     assert case.find("failure").get("type") == "not-made"
     assert html_page.fault_marks(t) == []
+
+
+def test_the_heartbeat_is_the_guests_text_read_as_numbers_only() -> None:
+    from vlab.verbs.faults import parse_beats
+
+    text = "ok 12.50\nerr 13.00\nok inf\nok nan\nok\n\x1b]52;c;AAAA\x07\nok 1e999\nwhat 14\n"
+    assert parse_beats(text, 100.0) == [(112.5, True), (113.0, False), (114.0, False)]

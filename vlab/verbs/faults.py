@@ -7,6 +7,7 @@ SSH afterwards, the beats say when its root stopped answering and when it answer
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -46,9 +47,14 @@ class Beating:
         self.t = t
         self.session = ssh_session(plan, t)
         status, out = self.session.run(HEARTBEAT + " " + UPTIME, timeout=30)
-        self.offset = time.monotonic() - float(out.split()[-1])
-        if status != 0:
-            raise sshkeys.SshError(f"the heartbeat did not start: {out.strip()[-200:]}")
+        try:
+            uptime = float(out.split()[-1]) if status == 0 else None
+        except (ValueError, IndexError):  # the guest's text: anything but its uptime
+            uptime = None
+        if uptime is None:
+            self.session.close()
+            raise sshkeys.SshError(f"the heartbeat did not start: {out.strip()[-200:]!r}")
+        self.offset = time.monotonic() - uptime
 
     def beats(self, timeout: float) -> list[tuple[float, bool]] | None:
         """(when, whether the NFS root answered), on vlab's clock; None if the terminal did
@@ -56,14 +62,22 @@ class Beating:
         status, out = self.session.run(f"cat {BEATS}", timeout=timeout)
         if status != 0:
             return None
-        found = []
-        for line in out.splitlines():
-            word, _, up = line.partition(" ")
-            try:
-                found.append((float(up) + self.offset, word == "ok"))
-            except ValueError:
-                continue
-        return found
+        return parse_beats(out, self.offset)
+
+
+def parse_beats(text: str, offset: float) -> list[tuple[float, bool]]:
+    """The heartbeat's lines ("ok UPTIME" or "err UPTIME", the guest's text) as (when on
+    vlab's clock, whether the NFS root answered); anything else is skipped."""
+    found = []
+    for line in text.splitlines():
+        word, _, up = line.partition(" ")
+        try:
+            at = float(up)
+        except ValueError:
+            continue
+        if math.isfinite(at):  # "inf" and "nan" are floats too
+            found.append((at + offset, word == "ok"))
+    return found
 
 
 def run_faults(sc: Scenario, plan: LabPlan, conns: dict[str, virt.Conn],
