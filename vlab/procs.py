@@ -43,11 +43,16 @@ def alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    stat = Path(f"/proc/{pid}/stat")
+    state = _state(pid)
+    return state is not None and state != b"Z"
+
+
+def _state(pid: int) -> bytes | None:
+    """The process's state letter in /proc/PID/stat (R, S, T, Z, ...); None if it is gone."""
     try:  # bytes: a process's name (in parentheses) need not be UTF-8
-        return stat.read_bytes().rsplit(b")", 1)[1].split()[0] != b"Z"
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
     except (OSError, IndexError):
-        return False
+        return None
 
 
 def with_argument(prefix: str, program: str) -> dict[int, str]:
@@ -72,10 +77,7 @@ def freeze(pid: int) -> None:
 
 def frozen(pid: int) -> bool:
     """Stopped by a signal (SIGSTOP): a fault vlab made that an interrupted command left."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] == b"T"
-    except (OSError, IndexError):
-        return False
+    return _state(pid) == b"T"
 
 
 def thaw(pid: int) -> None:

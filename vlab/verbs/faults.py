@@ -10,7 +10,7 @@ import contextlib
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -19,7 +19,7 @@ from vlab.errors import VirtError
 from vlab.nodes import virt
 from vlab.plan.lab import LabPlan, TerminalPlan
 from vlab.progress import Say
-from vlab.scenario.model import LOCAL, Addresses, Fault, FaultAfter, FaultKind, Scenario
+from vlab.scenario.model import LOCAL, Fault, FaultAfter, FaultKind, Scenario
 from vlab.serve import firewall, nfsserver
 from vlab.verbs.probes import ssh_session
 from vlab.watch import sshkeys
@@ -47,10 +47,7 @@ class Beating:
         self.t = t
         self.session = ssh_session(plan, t)
         status, out = self.session.run(HEARTBEAT + " " + UPTIME, timeout=30)
-        try:
-            uptime = float(out.split()[-1]) if status == 0 else None
-        except (ValueError, IndexError):  # the guest's text: anything but its uptime
-            uptime = None
+        uptime = _seconds(out.split()[-1]) if status == 0 and out.split() else None
         if uptime is None:
             self.session.close()
             raise sshkeys.SshError(f"the heartbeat did not start: {out.strip()[-200:]!r}")
@@ -71,13 +68,18 @@ def parse_beats(text: str, offset: float) -> list[tuple[float, bool]]:
     found = []
     for line in text.splitlines():
         word, _, up = line.partition(" ")
-        try:
-            at = float(up)
-        except ValueError:
-            continue
-        if math.isfinite(at):  # "inf" and "nan" are floats too
+        if (at := _seconds(up)) is not None:
             found.append((at + offset, word == "ok"))
     return found
+
+
+def _seconds(text: str) -> float | None:
+    """An uptime the guest wrote, or None: "inf" and "nan" are floats too."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def run_faults(sc: Scenario, plan: LabPlan, conns: dict[str, virt.Conn],
@@ -108,10 +110,7 @@ def run_faults(sc: Scenario, plan: LabPlan, conns: dict[str, virt.Conn],
             for t in plan.terminals:
                 r = outcomes.get(t.name) or {"verdict": NOT_WATCHED, "resumed_after": None,
                                              "line": unwatched.get(t.name, "")}
-                r = {"kind": fault.kind.value, "what": fault.describe(),
-                     "after": fault.after.value,
-                     "began": round(began - progress.T0, 2),
-                     "ended": round(ended - progress.T0, 2), **r}
+                r = {**_header(fault, began, ended), **r}
                 results[t.name].append(r)
                 say(f"{t.name}: " + (f"carried on after {fault.kind} (its NFS root answered "
                                      f"{r['resumed_after']:.1f} s after the fault ended)"
@@ -121,6 +120,13 @@ def run_faults(sc: Scenario, plan: LabPlan, conns: dict[str, virt.Conn],
         for b in watched.values():
             b.session.close()
     return results
+
+
+def _header(fault: Fault, began: float | None, ended: float | None) -> Result:
+    """What a fault was and when (seconds into the vlab command; None: not made)."""
+    return {"kind": fault.kind.value, "what": fault.describe(), "after": fault.after.value,
+            "began": None if began is None else round(began - progress.T0, 2),
+            "ended": None if ended is None else round(ended - progress.T0, 2)}
 
 
 def _make(fault: Fault, which: str, plan: LabPlan, conns: dict[str, virt.Conn],
@@ -179,15 +185,11 @@ class DuringBoot:
             for fault, began, ended in self.made:
                 line = ("" if v.ok else v.line) if decided >= began else (
                     "its verdict came before the fault began: the fault did not touch its boot")
-                results.append({"kind": fault.kind.value, "what": fault.describe(),
-                                "after": fault.after.value,
-                                "began": round(began - progress.T0, 2),
-                                "ended": round(ended - progress.T0, 2),
-                                "verdict": v.name, "resumed_after": None, "line": line})
+                results.append({**_header(fault, began, ended), "verdict": v.name,
+                                "resumed_after": None, "line": line})
             for fault in self.faults[len(self.made):]:
-                results.append({"kind": fault.kind.value, "what": fault.describe(),
-                                "after": fault.after.value, "began": None, "ended": None,
-                                "verdict": NOT_MADE, "resumed_after": None,
+                results.append({**_header(fault, None, None), "verdict": NOT_MADE,
+                                "resumed_after": None,
                                 "line": "not made: not every terminal's console showed its NFS "
                                         "root mounted"})
             out[t.name] = results
@@ -201,7 +203,7 @@ def _what_the_server_saw(plan: LabPlan, outcomes: dict[str, Result]) -> None:
         r = outcomes.get(t.name)
         if r is None or r["verdict"] == OK:
             continue
-        ip = t.ip6 if plan.addresses is Addresses.IPV6 else t.ip
+        ip = t.ip6 if plan.ipv6 else t.ip  # a dual-stack lab's root is mounted over IPv6
         r["server"] = ("the NFS server is not running" if not running else
                        f"the NFS server runs and holds {'a' if ip in connected else 'no'} "
                        f"connection from {t.name} ({ip})")
@@ -252,45 +254,40 @@ def judge_beats(beats: list[tuple[float, bool]], began: float, ended: float,
     return {"verdict": OK, "resumed_after": round(max(0.0, back[0] - ended), 2), "line": ""}
 
 
-class _made:
+@contextlib.contextmanager
+def _made(fault: Fault, plan: LabPlan, conns: dict[str, virt.Conn],
+          restart_nfs: Callable[[], None]) -> Iterator[None]:
     """The fault, in place for the with block, and undone after it however it ends."""
-
-    def __init__(self, fault: Fault, plan: LabPlan, conns: dict[str, virt.Conn],
-                 restart_nfs: Callable[[], None]) -> None:
-        self.fault, self.plan, self.conns, self.restart_nfs = fault, plan, conns, restart_nfs
-        self.pid: int | None = None
-
-    def __enter__(self) -> None:
-        f, plan = self.fault, self.plan
-        if f.kind in (FaultKind.NFS_RESTART, FaultKind.NFS_PAUSE):
-            self.pid = nfsserver.pid(plan)
-            if self.pid is not None:
-                (procs.stop if f.kind is FaultKind.NFS_RESTART else procs.freeze)(self.pid)
-        elif f.kind is FaultKind.DHCP_RESTART:
-            if (dnsmasq := virt.dhcp_server(plan.network)) is not None:
-                procs.stop(dnsmasq)
-        elif f.kind is FaultKind.PACKET_LOSS:
-            firewall.lose_packets(plan, f.loss)
-        else:
-            for t in plan.terminals:
-                virt.hold_packets(self.conns[LOCAL], t.domain, f.latency)
-
-    def __exit__(self, *_: object) -> None:
-        f, plan = self.fault, self.plan
-        if f.kind is FaultKind.NFS_RESTART:
-            self.restart_nfs()
-        elif f.kind is FaultKind.NFS_PAUSE:
-            if self.pid is not None:
-                procs.thaw(self.pid)
-        elif f.kind is FaultKind.DHCP_RESTART:
-            virt.restart_dhcp_server(self.conns[LOCAL], plan.network)
-        elif f.kind is FaultKind.PACKET_LOSS:
-            firewall.stop_losing_packets(plan, f.loss)
-        else:
+    if fault.kind in (FaultKind.NFS_RESTART, FaultKind.NFS_PAUSE):
+        server = nfsserver.pid(plan)
+        if server is not None:
+            (procs.stop if fault.kind is FaultKind.NFS_RESTART else procs.freeze)(server)
+        try:
+            yield
+        finally:
+            if fault.kind is FaultKind.NFS_RESTART:
+                restart_nfs()
+            elif server is not None:
+                procs.thaw(server)
+    elif fault.kind is FaultKind.DHCP_RESTART:
+        if (dnsmasq := virt.dhcp_server(plan.network)) is not None:
+            procs.stop(dnsmasq)
+        try:
+            yield
+        finally:
+            virt.restart_dhcp_server(conns[LOCAL], plan.network)
+    elif fault.kind is FaultKind.PACKET_LOSS:
+        firewall.lose_packets(plan, fault.loss)
+        try:
+            yield
+        finally:
+            firewall.stop_losing_packets(plan, fault.loss)
+    else:
+        for t in plan.terminals:
+            virt.hold_packets(conns[LOCAL], t.domain, fault.latency)
+        try:
+            yield
+        finally:
             for t in plan.terminals:  # a domain gone meanwhile has no filter to take away
                 with contextlib.suppress(VirtError):
-                    virt.release_packets(self.conns[LOCAL], t.domain)
-
-
-def all_survived(results: dict[str, list[Result]]) -> bool:
-    return all(r["verdict"] == OK for rs in results.values() for r in rs)
+                    virt.release_packets(conns[LOCAL], t.domain)
