@@ -97,28 +97,36 @@ _FAULT_KEYS: dict[FaultKind, tuple[tuple[str, int, int, int, str], ...]] = {
 }
 
 
+def _why_no_faults(root: Root, lab: Lab, arch: Arch, nodes: bool) -> str:
+    """Why this scenario can have no [[fault]]s ("" if it can)."""
+    if root.source not in (RootSource.BUSYBOX, RootSource.DEBIAN):
+        return ("vlab watches whether a terminal carries on over SSH, which vlab sets up in "
+                f'the roots it builds (busybox, debian), not in source = "{root.source.value}"')
+    if arch is Arch.ARM64:
+        return ("vlab watches whether a terminal carries on over SSH, which its arm64 busybox "
+                "root does not have")
+    if nodes:
+        return ("faults are made on this machine's lab network and NFS server, and the "
+                "terminals of a lab with [[node]]s run elsewhere")
+    if lab.hypervisor is Hypervisor.XEN:
+        return "the latency fault is QEMU's; Xen terminals are not"
+    return ""
+
+
 def _faults(top: Table, root: Root, lab: Lab, arch: Arch, nodes: bool) -> tuple[Fault, ...]:
     raw = top.tables("fault", 'write each as [[fault]] kind = "nfs-restart" down_for = 10')
     if not raw:
         return ()
-    why = ("vlab watches whether a terminal carries on over SSH, which vlab sets up in the roots "
-           f'it builds (busybox, debian), not in source = "{root.source.value}"'
-           if root.source not in (RootSource.BUSYBOX, RootSource.DEBIAN) else
-           "vlab watches whether a terminal carries on over SSH, which its arm64 busybox root "
-           "does not have" if arch is Arch.ARM64 else
-           "faults are made on this machine's lab network and NFS server, and the terminals "
-           "of a lab with [[node]]s run elsewhere" if nodes else
-           "the latency fault is QEMU's; Xen terminals are not" if lab.hypervisor is
-           Hypervisor.XEN else "")
+    why = _why_no_faults(root, lab, arch, nodes)
     if why:
         raise top.error("fault", why, "remove the [[fault]] tables from this scenario")
     faults = []
     for i, item in enumerate(raw):
-        kind_t = Table(top.file, f"fault[{i}]", item, tuple(item))
-        kind = kind_t.choice("kind", FaultKind, FaultKind.NFS_RESTART) if "kind" in item else None
-        if kind is None:
-            raise kind_t.error("kind", "is missing", 'add kind = "nfs-restart" (or "nfs-pause", '
-                               '"dhcp-restart", "packet-loss", "latency")')
+        first = Table(top.file, f"fault[{i}]", item, tuple(item))  # its kind names its keys
+        if "kind" not in item:
+            raise first.error("kind", "is missing", 'add kind = "nfs-restart" (or "nfs-pause", '
+                              '"dhcp-restart", "packet-loss", "latency")')
+        kind = first.choice("kind", FaultKind, FaultKind.NFS_RESTART)
         own = _FAULT_KEYS[kind]
         t = Table(top.file, f"fault[{i}]", item, ("kind", "after", "delay", "resume_within",
                                                   *(k[0] for k in own)))
