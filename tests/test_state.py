@@ -89,6 +89,7 @@ def test_a_process_whose_name_and_arguments_are_not_utf8_is_read_not_a_crash(
     import os
     import shutil
     import subprocess
+    import time
 
     from vlab import procs
 
@@ -99,6 +100,11 @@ def test_a_process_whose_name_and_arguments_are_not_utf8_is_read_not_a_crash(
     child = subprocess.Popen([odd, b"-c", b"sleep 30; :", b"\xfe"])
     try:
         assert procs.alive(child.pid)
+        # Until the child has exec'd, /proc/PID/cmdline is Python's, or empty mid-exec.
+        deadline = time.monotonic() + 10
+        while procs.arguments(child.pid)[:1] != [odd.decode(errors="replace")]:
+            assert time.monotonic() < deadline, procs.arguments(child.pid)
+            time.sleep(0.01)
         assert procs.arguments(child.pid)[1:] == ["-c", "sleep 30; :", "\ufffd"]
         assert procs.with_argument("/nothing-here", "sleep") == {}
     finally:
