@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
+
+from conftest import plan_of
 from lxml import etree
 
 from vlab.report.junit import report_to_junit
-from vlab.verbs.faults import NFS_HUNG, NFS_IO_ERROR, judge_beats
+from vlab.verbs.faults import DHCP_NOT_RENEWED, NFS_HUNG, NFS_IO_ERROR, judge_beats, renewals
 
 BEGAN, ENDED = 100.0, 110.0  # a fault from 100 s to 110 s on vlab's clock
 
@@ -93,3 +97,60 @@ def test_the_heartbeat_is_the_guests_text_read_as_numbers_only() -> None:
 
     text = "ok 12.50\nerr 13.00\nok inf\nok nan\nok\n\x1b]52;c;AAAA\x07\nok 1e999\nwhat 14\n"
     assert parse_beats(text, 100.0) == [(112.5, True), (113.0, False), (114.0, False)]
+
+
+# The DHCP server away in a lab with dhcp_lease = 120: times are seconds into dnsmasq's day.
+DNSMASQ_LOG = """\
+Dec  7 23:58:50 dnsmasq-dhcp[81]: 1290 DHCPACK(virbr5) 10.213.9.10 52:54:00:aa:00:01 t1
+Dec  7 23:58:51 dnsmasq-dhcp[81]: 1291 DHCPACK(virbr5) 10.213.9.11 52:54:00:aa:00:02 t2
+Dec  7 23:58:52 dnsmasq-dhcp[81]: 1292 vendor class: DHCPACK(virbr5) 10.213.9.10 52:54:00:aa:00:01
+Dec  7 23:58:53 dnsmasq-dhcp[81]: 1293 client provides name: DHCPACK(x) 1.2.3.4 52:54:00:aa:00:01
+Dec  8 00:00:31 dnsmasq-dhcp[95]: 1301 DHCPREQUEST(virbr5) 10.213.9.10 52:54:00:aa:00:01
+Dec  8 00:00:31 dnsmasq-dhcp[95]: 1301 DHCPACK(virbr5) 10.213.9.10 52:54:00:AA:00:01 t1
+"""
+DAY = 86400
+
+
+def test_dnsmasq_acks_are_read_per_mac_and_a_guests_words_make_none() -> None:
+    from vlab.watch.cause import acks_of
+    assert acks_of("52:54:00:aa:00:01", DNSMASQ_LOG) == [DAY - 70, 31]
+    assert acks_of("52:54:00:aa:00:02", DNSMASQ_LOG) == [DAY - 69]
+    assert acks_of("", DNSMASQ_LOG) == []
+
+
+def test_a_renewal_due_while_the_server_was_away_is_found_across_midnight() -> None:
+    from vlab.verbs.faults import renewal_due, renewed_after
+    acks = [DAY - 70, 31]
+    # the server away from 23:59:10 to 00:00:20: t1's lease (120 s) was due at 23:59:50
+    assert renewal_due(acks, 120, DAY - 50, 20) == DAY - 10
+    assert renewed_after(acks, 20) == 11
+    # a fault over before the renewal was due, or begun after a renewal: none was due in it
+    assert renewal_due(acks, 120, DAY - 65, DAY - 20) is None
+    assert renewal_due(acks, 120, 40, 80) is None
+    assert renewal_due(acks, 120, 40, 100) == 91
+    assert renewed_after([DAY - 70], 20) is None
+
+
+def _log_line(wall: float, mac: str, ip: str) -> str:
+    return (time.strftime("%b %d %H:%M:%S", time.localtime(wall))
+            + f" dnsmasq-dhcp[7]: 12 DHCPACK(virbr5) {ip} {mac} t\n")
+
+
+def test_a_lease_due_while_the_server_was_away_and_not_renewed_is_dhcp_not_renewed(
+        tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """scenarios/faults.toml's lab (dhcp_lease = 120): t1 renewed 5 s after the server came
+    back; t2's lease came due in the fault too, and the log shows no renewal of it."""
+    plan = dataclasses.replace(plan_of("faults"), lab_dir=tmp_path)
+    t1, t2 = plan.terminals
+    now, to_wall = time.monotonic(), time.time() - time.monotonic()
+    began, ended = now - 80, now - 10  # the server away for 70 s, back 10 s ago
+    log = "".join(_log_line(to_wall + at, t.mac, t.ip)
+                  for at, t in ((began - 20, t1), (began - 15, t2), (ended + 5, t1)))
+    plan.dnsmasq_log.parent.mkdir()
+    plan.dnsmasq_log.write_text(log)
+    outcomes = {t.name: {"verdict": "ok", "resumed_after": 0.5, "line": ""} for t in (t1, t2)}
+    renewals(plan, 120, outcomes, began, ended, within=1)
+    assert outcomes["t1"]["verdict"] == "ok" and outcomes["t1"]["renewed_after"] == 5
+    assert outcomes["t2"]["verdict"] == DHCP_NOT_RENEWED
+    assert "its 120 s DHCP lease was due for renewal 45 s into the fault" in outcomes["t2"]["line"]
+    assert "no renewal within 1 s after the server's return" in outcomes["t2"]["line"]

@@ -16,7 +16,7 @@ from vlab.verbs.render import artifacts
 SCENARIOS = ["tiny", "e1000", "nfs3", "overlay", "debian-initramfs-tools", "debian-dracut",
              "dhcp-root", "pxe-terminal", "uefi", "xen", "xen-host", "many-hosts", "site",
              "site-uefi", "site-own-server", "site-http", "arm64", "site-arm64", "ipv6",
-             "site-ipv6", "dual-stack"]
+             "site-ipv6", "dual-stack", "faults"]
 
 
 @pytest.mark.parametrize("name", SCENARIOS)

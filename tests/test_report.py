@@ -82,13 +82,14 @@ def test_the_timeline_marks_when_each_fault_began_and_ended() -> None:
     rep = _rep()
     t = rep["terminals"][0]
     t["booted_at"] = 1.0
-    t["faults"] = [{"kind": "nfs-restart", "began": 8.0, "ended": 18.2, "verdict": "ok",
-                    "resumed_after": 0.8, "line": ""},
+    t["faults"] = [{"kind": "dhcp-restart", "began": 8.0, "ended": 18.2, "verdict": "ok",
+                    "resumed_after": 0.8, "renewed_after": 12, "line": ""},
                    {"kind": "packet-loss", "began": 20.0, "ended": 30.0, "verdict": "nfs-hung",
                     "resumed_after": None, "line": "did not answer"}]
     page = html_page.page(rep)
-    assert ('class="fault f-ok" data-kind="nfs-restart" data-start="7.0" data-end="17.2"'
+    assert ('class="fault f-ok" data-kind="dhcp-restart" data-start="7.0" data-end="17.2"'
             in page)
     assert 'class="fault f-failed" data-kind="packet-loss" data-start="19.0"' in page
-    assert "fault nfs-restart 7.0–17.2 s: ok, its NFS root answered 0.8 s after it ended" in page
+    assert ("fault dhcp-restart 7.0–17.2 s: ok, its NFS root answered 0.8 s after the fault "
+            "ended; it renewed its DHCP lease 12 s after" in page)
     assert "timeline (0 to 29.0 s)" in page  # the axis reaches the last fault's end

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -167,10 +168,12 @@ def vlab_run(argv: list[str]) -> str:
 
 def test_each_kind_of_fault_is_made_and_every_terminal_carries_on(
         lab_down, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """scenarios/faults.toml: the NFS server restarted and frozen, the DHCP server restarted,
-    packets lost and held back, each for real; every terminal's NFS root answers again
-    (measured by its heartbeat), the probes pass again, the JUnit has a testcase per
-    terminal and fault, and nothing of a fault is left outside or inside the lab."""
+    """scenarios/faults.toml: the DHCP server away across the terminals' lease renewal, the
+    NFS server restarted and frozen, packets lost and held back, each for real; every
+    terminal's NFS root answers again (measured by its heartbeat), each renewed its lease
+    once the DHCP server was back (its log says so, and the terminal's console), the probes
+    pass again, the JUnit has a testcase per terminal and fault, and nothing of a fault is
+    left outside or inside the lab."""
     path = "scenarios/faults.toml"
     lab_down.append(path)
     plan = plan_for(path)
@@ -178,15 +181,20 @@ def test_each_kind_of_fault_is_made_and_every_terminal_carries_on(
     ran = vlab("check", path, "--json", "--junit", str(junit), timeout=900)
     assert ran.returncode == 0, ran.stderr
     rep = json.loads(ran.stdout)
-    kinds = ["nfs-restart", "nfs-pause", "dhcp-restart", "packet-loss", "latency"]
+    kinds = ["dhcp-restart", "nfs-restart", "nfs-pause", "packet-loss", "latency"]
     for t in rep["terminals"]:
         assert [f["kind"] for f in t["faults"]] == kinds
         assert all(f["verdict"] == "ok" for f in t["faults"]), t["faults"]
-        restart = t["faults"][0]
+        dhcp, restart = t["faults"][:2]
+        assert dhcp["ended"] - dhcp["began"] >= 75
+        assert dhcp["renewed_after"] is not None and 0 <= dhcp["renewed_after"] <= 60, dhcp
         assert restart["ended"] - restart["began"] >= 10
         assert restart["resumed_after"] <= 15  # its resume_within
         assert [c["ok"] for c in t["probes_after"]] == [True]
-    assert "fault 1/5 nfs-restart: the NFS server stopped for 10 s" in ran.stderr
+        console = Path(t["console_log"]).read_text(errors="replace")
+        assert re.search(r"vlab-terminal: DHCP lease of \S+ renew for 120 s", console), console
+    assert "fault 2/5 nfs-restart: the NFS server stopped for 10 s" in ran.stderr
+    assert "it renewed its DHCP lease" in ran.stderr
     assert "t1: carried on after latency" in ran.stderr
     suite = etree.parse(str(junit)).getroot()[0]
     names = [c.get("name") for c in suite if c.get("classname") == "vlab.faults.t2"]

@@ -21,6 +21,7 @@ from vlab.errors import BootFailed, DiskFull, Interrupted, Signalled, UsageError
 from vlab.nodes import labhost, reach, virt
 from vlab.plan.lab import NETNS, Dirs, LabPlan, TerminalPlan
 from vlab.progress import Say, stderr_progress
+from vlab.report.outcome import carried_on
 from vlab.report.status import all_ok, status
 from vlab.scenario.model import LabHostMode
 from vlab.verbs import pxe as lab_pxe
@@ -163,8 +164,7 @@ def _print_report(rep: dict[str, Any]) -> None:
             print(f"      fault {f['kind']}"
                   + (f" at {f['began']} s" if f.get("began") is not None else "")
                   + f": {f['verdict']}"
-                  + (f", its NFS root answered {f['resumed_after']} s after it ended"
-                     if f["verdict"] == "ok" and f.get("resumed_after") is not None else "")
+                  + (f", {carried_on(f)}" if f["verdict"] == "ok" and carried_on(f) else "")
                   + (f" ({f['line']})" if f["verdict"] != "ok" else ""))
         print(f"      console log: {t['console_log']}")
 

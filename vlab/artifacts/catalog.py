@@ -21,6 +21,7 @@ def lab_artifacts(plan: LabPlan) -> dict[str, str]:
         "initrd/init": templates.initrd_init(),
         "initrd/udhcpc.sh": templates.udhcpc_script(),
         "root/sbin/init": templates.root_init(),
+        "root/etc/vlab/lease.sh": templates.lease_script(),
     }
     if "openssh-server" in plan.debian_packages and plan.root_source == "debian":
         files.update({f"root/{rel}": text

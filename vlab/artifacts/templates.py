@@ -111,6 +111,11 @@ def udhcpc_script() -> str:
     return static("initrd/udhcpc.sh")
 
 
+def lease_script() -> str:
+    """The busybox terminal's udhcpc script, for a lab with [lab] dhcp_lease."""
+    return static("root/lease.sh")
+
+
 @functools.cache
 def _schema(kind: str) -> etree.RelaxNG | None:
     from lxml import etree

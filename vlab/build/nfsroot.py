@@ -53,9 +53,9 @@ def build_busybox(export_path: Path, arch: Arch = Arch.AMD64,
     """Build (or reuse) the tiny root at export_path; its stamp records what went in. An
     arm64 one has no SSH server (the machine's dropbear is an x86 program)."""
     bb = busybox.binary(arch, cache_dir)
-    init = templates.root_init()
+    init, lease = templates.root_init(), templates.lease_script()
     ssh = ssh_files() if arch is Arch.AMD64 else []
-    inputs = cache.key(cache.file_digest(bb), init, repr(sorted(ETC.items())), repr(DIRS),
+    inputs = cache.key(cache.file_digest(bb), init, lease, repr(sorted(ETC.items())), repr(DIRS),
                        *(f"{p}:{cache.file_digest(p)}" for p in ssh))
     if cache.is_current(export_path, inputs):
         return export_path
@@ -68,6 +68,9 @@ def build_busybox(export_path: Path, arch: Arch = Arch.AMD64,
                 (tmp / applet).symlink_to("/bin/busybox")
         (tmp / "sbin/init").write_text(init)
         (tmp / "sbin/init").chmod(0o755)
+        (tmp / "etc/vlab").mkdir()
+        (tmp / "etc/vlab/lease.sh").write_text(lease)
+        (tmp / "etc/vlab/lease.sh").chmod(0o755)
         for name, text in ETC.items():
             (tmp / name).write_text(text)
         for path in ssh:  # at the same paths: the loader finds its libraries as on the host

@@ -114,6 +114,8 @@ def kernel_cmdline(scenario: Scenario, server: str | None, path: str, options: s
     words.append(f"vlab.writable={root.writable.value}")
     if root.source is RootSource.BUSYBOX:
         words.append(f"vlab.after={root.after_boot.value}")
+        if scenario.lab.dhcp_lease is not None:
+            words.append("vlab.renew=1")  # its init keeps a DHCP client renewing the lease
     else:
         words.append("systemd.show_status=1")  # its "Reached target" line is the ready line
     words += TUNING_ARGS

@@ -165,6 +165,7 @@ class LabPlan:
     after_boot: AfterBoot
     timeout: int
     stall: int
+    dhcp_lease: int | None  # the lab network's DHCP lease (s); None: libvirt's
     terminals: tuple[TerminalPlan, ...]
     nodes: tuple[NodePlan, ...]  # the lab host first
     nfs_clients: tuple[ipaddress.IPv4Network, ...]  # the subnets its NFS server admits

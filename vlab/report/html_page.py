@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vlab.artifacts import templates
+from vlab.report.outcome import carried_on
 from vlab.watch.guesttext import tail
 from vlab.watch.judge import ANSI, OK, phase_of
 
@@ -60,14 +61,15 @@ class FaultMark:
     start: float
     end: float
     verdict: str
-    resumed_after: float | None
+    carried_on: str  # how the terminal carried on, if it did (status.carried_on)
 
 
 def fault_marks(t: dict[str, Any]) -> list[FaultMark]:
     booted = float(t.get("booted_at") or 0.0)
     return [FaultMark(str(f["kind"]), round(float(f["began"]) - booted, 1),
                       round(float(f["ended"]) - booted, 1), str(f["verdict"]),
-                      f.get("resumed_after")) for f in t.get("faults") or []
+                      carried_on(f) if f["verdict"] == "ok" else "")
+            for f in t.get("faults") or []
             if f.get("began") is not None]  # a fault not made has no place on it
 
 

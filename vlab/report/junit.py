@@ -7,6 +7,7 @@ from typing import Any
 
 from lxml import etree
 
+from vlab.report.outcome import carried_on
 from vlab.watch.guesttext import tail
 
 MAX_LOG = 200_000  # characters of console log kept in system-out
@@ -52,9 +53,8 @@ def report_to_junit(rep: dict[str, Any]) -> str:
                                         message=_xml_text(f"{f['verdict']}: {f['line']}"))
                 fail.text = _xml_text(f["line"])
                 failed.append(f)
-            elif f.get("resumed_after") is not None:
-                etree.SubElement(case, "system-out").text = (
-                    f"its NFS root answered {f['resumed_after']} s after the fault ended")
+            elif carried_on(f):
+                etree.SubElement(case, "system-out").text = carried_on(f)
         for c in t.get("probes_after", []):  # the probes again, after the faults
             check = etree.SubElement(suite, "testcase",
                                      classname=_xml_text(f"vlab.{rep['lab']}.{t['name']}"),

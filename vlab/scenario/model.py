@@ -160,6 +160,7 @@ class Lab:
     subnet: ipaddress.IPv4Network | None
     root_via: RootVia
     addresses: Addresses = Addresses.IPV4
+    dhcp_lease: int | None = None  # seconds; None: libvirt's (an hour)
 
 
 @dataclass(frozen=True)

@@ -430,7 +430,7 @@ def _check_builder(path: Path, root: Root, kernel: Kernel, initrd: Initrd, lab: 
 
 
 _LAB_KEYS = ("name", "hypervisor", "uri", "lab_host", "nfs_version", "timeout", "stall", "subnet",
-             "root_via", "addresses")
+             "root_via", "addresses", "dhcp_lease")
 
 
 def _lab(t: Table, builder: InitrdBuilder, has_nodes: bool) -> Lab:
@@ -472,7 +472,19 @@ def _lab(t: Table, builder: InitrdBuilder, has_nodes: bool) -> Lab:
         subnet=subnet,
         root_via=t.choice("root_via", RootVia, RootVia.CMDLINE),
         addresses=t.choice("addresses", Addresses, Addresses.IPV4),
+        dhcp_lease=_dhcp_lease(t),
     )
+
+
+def _dhcp_lease(t: Table) -> int | None:
+    """The lab network's DHCP lease, in seconds: dnsmasq gives none shorter than 2 minutes."""
+    if "dhcp_lease" not in t.data:
+        return None
+    if t.data.get("addresses") == Addresses.IPV6.value:
+        raise t.error("dhcp_lease", 'addresses = "ipv6" has no DHCPv4 lease (its terminals\' '
+                      "addresses come by SLAAC)",
+                      'leave dhcp_lease out, or use addresses = "dual" or "ipv4"')
+    return t.int_in("dhcp_lease", 3600, 120, 7 * 86400, " s")
 
 
 def _nfs_version(t: Table, builder: InitrdBuilder) -> NfsVersion:

@@ -19,10 +19,12 @@ from vlab.errors import VirtError
 from vlab.nodes import virt
 from vlab.plan.lab import LabPlan, TerminalPlan
 from vlab.progress import Say
+from vlab.report.outcome import carried_on
 from vlab.scenario.model import LOCAL, Fault, FaultAfter, FaultKind, Scenario
 from vlab.serve import firewall, nfsserver
 from vlab.verbs.probes import ssh_session
-from vlab.watch import sshkeys
+from vlab.watch import cause, sshkeys
+from vlab.watch.consoles import log_text
 from vlab.watch.judge import OK, Verdict
 
 BEATS = "/tmp/vlab-beats"
@@ -34,6 +36,8 @@ HEARTBEAT = (f": > {BEATS}; (while :; do echo 2 > /proc/sys/vm/drop_caches; "
 UPTIME = "read up _ < /proc/uptime; echo $up"
 READ_TIMEOUT = 10.0  # one SSH read of the beats (it waits while the NFS root does not answer)
 NFS_HUNG, NFS_IO_ERROR, NOT_WATCHED = "nfs-hung", "nfs-io-error", "not-watched"
+DHCP_NOT_RENEWED = "dhcp-not-renewed"
+DAY = 86400
 NOT_MADE = "not-made"
 
 Result = dict[str, Any]  # one terminal's outcome of one fault
@@ -105,6 +109,8 @@ def run_faults(sc: Scenario, plan: LabPlan, conns: dict[str, virt.Conn],
         for i, fault in enumerate(faults, 1):
             began, ended = _make(fault, f"{i}/{len(faults)}", plan, conns, restart_nfs, say)
             outcomes = _outcomes(watched, began, ended, fault.resume_within)
+            if fault.kind is FaultKind.DHCP_RESTART and plan.dhcp_lease is not None:
+                renewals(plan, plan.dhcp_lease, outcomes, began, ended, fault.resume_within)
             if any(r["verdict"] != OK for r in outcomes.values()):
                 _what_the_server_saw(plan, outcomes)
             for t in plan.terminals:
@@ -112,8 +118,7 @@ def run_faults(sc: Scenario, plan: LabPlan, conns: dict[str, virt.Conn],
                                              "line": unwatched.get(t.name, "")}
                 r = {**_header(fault, began, ended), **r}
                 results[t.name].append(r)
-                say(f"{t.name}: " + (f"carried on after {fault.kind} (its NFS root answered "
-                                     f"{r['resumed_after']:.1f} s after the fault ended)"
+                say(f"{t.name}: " + (f"carried on after {fault.kind} ({carried_on(r)})"
                                      if r["verdict"] == OK else
                                      f"{r['verdict']} after {fault.kind}: {r['line']}"))
     finally:
@@ -208,6 +213,66 @@ def _what_the_server_saw(plan: LabPlan, outcomes: dict[str, Result]) -> None:
                        f"the NFS server runs and holds {'a' if ip in connected else 'no'} "
                        f"connection from {t.name} ({ip})")
         r["line"] += f"; {r['server']}"
+
+
+def renewals(plan: LabPlan, lease: int, outcomes: dict[str, Result], began: float,
+             ended: float, within: float) -> None:
+    """The DHCP server away in a lab with a short lease: a terminal whose lease was due for
+    renewal (half of it after the server's last DHCPACK to it) while the server was away must
+    renew it within `within` s of the server's return, as the server's log shows; if it does
+    not, its outcome is dhcp-not-renewed. Each outcome gets `renewed_after` (s, or None)."""
+    to_day = time.time() - time.monotonic()  # vlab's clock to the wall's (dnsmasq's)
+    start, end = (_second_of_day(at + to_day) for at in (began, ended))
+    due: dict[TerminalPlan, int] = {}
+    log = log_text(plan.dnsmasq_log)
+    for t in plan.terminals:
+        r = outcomes.get(t.name)
+        if r is not None and r["verdict"] == OK:
+            r["renewed_after"] = None
+            if (at := renewal_due(cause.acks_of(t.mac, log), lease, start, end)) is not None:
+                due[t] = at
+    deadline = ended + within
+    while due:
+        log = log_text(plan.dnsmasq_log)
+        for t in list(due):
+            if (after := renewed_after(cause.acks_of(t.mac, log), end)) is not None:
+                outcomes[t.name]["renewed_after"] = after
+                del due[t]
+        if not due or time.monotonic() >= deadline:
+            break
+        time.sleep(1)
+    for t, at in due.items():
+        outcomes[t.name].update(
+            verdict=DHCP_NOT_RENEWED,
+            line=f"its {lease} s DHCP lease was due for renewal {(at - start) % DAY} s into the "
+                 f"fault and the DHCP server's log shows no renewal within {within:.0f} s after "
+                 "the server's return (does its root run a DHCP client that renews?)")
+
+
+def renewal_due(acks: list[int], lease: int, start: int, end: int) -> int | None:
+    """When a terminal's lease was due for renewal, if that fell while the server was away
+    (from start to end): half the lease after the last DHCPACK before the fault. Times are
+    seconds into the day (dnsmasq's log has no date)."""
+    before = [a for a in acks if _between(a, start - DAY // 2, start)]
+    if before and _between(due := (before[-1] + lease // 2) % DAY, start, end):
+        return due
+    return None
+
+
+def renewed_after(acks: list[int], end: int) -> int | None:
+    """Seconds from the server's return to the first DHCPACK after it, if there is one."""
+    after = [a for a in acks if _between(a, end, end + DAY // 2)]
+    return (after[0] - end) % DAY if after else None
+
+
+def _second_of_day(wall: float) -> int:
+    t = time.localtime(wall)
+    return t.tm_hour * 3600 + t.tm_min * 60 + t.tm_sec
+
+
+def _between(at: int, low: int, high: int) -> bool:
+    """low <= at <= high on a day's clock that may pass midnight in between."""
+    return (at - low) % DAY <= (high - low) % DAY
 
 
 def _outcomes(watched: dict[TerminalPlan, Beating], began: float, ended: float,

@@ -161,6 +161,7 @@ LEASE6_RE = pattern(r"DHCPREPLY\(\S+\) ([0-9a-f]*:[0-9a-f:]+) ")
 # dnsmasq's OFFER or ACK, from the message's start (a guest's vendor class or name, later in
 # some other line, cannot make one): the address, then the MAC it went to
 LEASE_RE = pattern(r"(?:\d+ )?DHCP(?:OFFER|ACK)\(\S+\) (\d+\.\d+\.\d+\.\d+) (\S+)")
+ACK_RE = pattern(r"(?:\d+ )?DHCPACK\(\S+\) \d+\.\d+\.\d+\.\d+ (\S+)")
 # the MAC a DHCP message is about: dnsmasq writes it right after the message name and the
 # address, if any (a vendor class or a host name holding a MAC is on lines of their own)
 MESSAGE_MAC_RE = pattern(r"(?:\d+ )?DHCP[A-Z]+\(\S+\) (?:\d+\.\d+\.\d+\.\d+ )?"
@@ -183,6 +184,20 @@ def addresses_of(mac: str, ip: str, dnsmasq_log: str) -> set[str]:
         if m is not None and m.group(2) == "dnsmasq-dhcp" and (
                 lease := _lease(mac, m.group(3))) is not None:
             out.add(lease)
+    return out
+
+
+def acks_of(mac: str, dnsmasq_log: str) -> list[int]:
+    """When dnsmasq acknowledged a lease of `mac` (each DHCPACK): seconds into the day, on
+    dnsmasq's clock (its log has no date)."""
+    out = []
+    for m in map(DNSMASQ_LINE_RE.match, dnsmasq_log.splitlines()):
+        if m is None or m.group(2) != "dnsmasq-dhcp":
+            continue
+        a = ACK_RE.match(m.group(3))
+        if a is not None and mac and a.group(1).lower() == mac.lower():
+            hours, minutes, seconds = map(int, m.group(1).split(":"))
+            out.append(hours * 3600 + minutes * 60 + seconds)
     return out
 
 

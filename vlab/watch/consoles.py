@@ -129,7 +129,7 @@ def servers_side(plan: LabPlan, verdicts: dict[TerminalPlan, Verdict],
                  tftp_dir: Path | None = None) -> dict[TerminalPlan, Verdict]:
     """Each verdict with what the lab's servers saw of its terminal (its DHCP and TFTP
     lines) and, for a failure the servers saw too, its cause (cause.py)."""
-    log, web_log = (_text_of(path) for path in (plan.dnsmasq_log, web.access_log(plan)))
+    log, web_log = (log_text(path) for path in (plan.dnsmasq_log, web.access_log(plan)))
     lab = cause.Facts(export_path=str(plan.export_path),
                       nfs_clients=(*map(str, plan.nfs_clients),
                                    *([plan.ipv6_subnet] if plan.ipv6 else [])),
@@ -146,7 +146,7 @@ def servers_side(plan: LabPlan, verdicts: dict[TerminalPlan, Verdict],
     return out
 
 
-def _text_of(log: Path) -> str:
+def log_text(log: Path) -> str:
     """A server's log, its last 4 MiB ("" if there is none)."""
     try:
         return tail(log, 4 << 20).decode(errors="replace")
