@@ -15,6 +15,7 @@ vlab/verbs/faults.py) and, for the DHCP server, renewed their lease.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import shutil
 import statistics
@@ -88,6 +89,9 @@ def main() -> int:
                 if renewed:
                     shown += (f"; lease renewed after median {statistics.median(renewed):.0f}"
                               f" s, max {max(renewed):.0f} s")
+                failed = collections.Counter(str(f["verdict"]) for f in these if f not in ok)
+                if failed:
+                    shown += " (" + ", ".join(f"{n} {v}" for v, n in failed.items()) + ")"
                 print(f"{case:<8} {kind:<13} {len(ok):>4}/{len(these):<6} {shown:>32}",
                       flush=True)
     finally:
