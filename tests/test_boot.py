@@ -527,6 +527,8 @@ def test_ten_terminals_boot_side_by_side(lab_down, browser) -> None:  # type: ig
     path = "scenarios/ten.toml"
     lab_down.append(path)
     plan = plan_for(path)
+    libvirtd_log = Dirs.from_env().state / "host" / "libvirtd.log"  # the lab host's
+    seen_before = libvirtd_log.stat().st_size if libvirtd_log.exists() else 0
     proc, rep = up(path)
     assert proc.returncode == 0, proc.stderr
     terms = rep["terminals"]
@@ -539,3 +541,9 @@ def test_ten_terminals_boot_side_by_side(lab_down, browser) -> None:  # type: ig
     assert dom.count('data-phase="DHCP"') == 10 and dom.count('data-phase="userspace"') == 10
     assert vlab("down", path).returncode == 0
     assert leftovers(plan) == []
+    # Ten domains started and destroyed side by side on one connection, and libvirtd never
+    # stopped reading it (at its max_client_requests it reads no keepalive answer either,
+    # and drops the client under load: "Connection reset by peer").
+    with libvirtd_log.open("rb") as log:
+        log.seek(seen_before if log.seek(0, os.SEEK_END) >= seen_before else 0)
+        assert b"hit max requests limit" not in log.read()

@@ -54,6 +54,12 @@ _loop_running = False
 # virsh's 6 pings 5 s apart: a Xen host's libvirtd answers nothing while libxl builds a
 # domain, and a nested one under TCG on a loaded machine took 36 s per domain.
 KEEPALIVE = (10, 12)
+# Calls vlab has in flight on one connection at most. A libvirtd with max_client_requests
+# (5 by default) of a client's calls in progress reads nothing more from that client, its
+# keepalive answers included; under load (domains started side by side on a busy machine)
+# those calls last long enough for libvirtd to drop the client for keepalive timeout, and
+# the calls fail with "Connection reset by peer" (its log: "Client hit max requests limit").
+CALLS_AT_ONCE = 4
 
 
 def event_loop() -> None:

@@ -58,7 +58,7 @@ def destroy_local(plan: LabPlan, recorded: dict[str, Any], domains: list[str],
     conn = virt.connect(plan.uri)
     # libvirt waits for each QEMU to exit: destroy them side by side.
     if domains:
-        with ThreadPoolExecutor(max_workers=min(8, len(domains))) as pool:
+        with ThreadPoolExecutor(max_workers=min(virt.CALLS_AT_ONCE, len(domains))) as pool:
             gone = list(pool.map(lambda name: virt.destroy_domain(conn, name), domains))
         for name, destroyed in zip(domains, gone, strict=True):
             if destroyed:

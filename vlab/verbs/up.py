@@ -385,7 +385,7 @@ def create_terminals(plan: LabPlan, conns: dict[str, virt.Conn]) -> None:
 
     here = [t for t in plan.terminals if not plan.relayed(t)]
     there = list(dict.fromkeys(t.node for t in plan.terminals if plan.relayed(t)))
-    with ThreadPoolExecutor(max_workers=min(8, len(here) + len(there))) as pool:
+    with ThreadPoolExecutor(max_workers=min(virt.CALLS_AT_ONCE, len(here) + len(there))) as pool:
         done = [pool.submit(create, t) for t in here] + [pool.submit(create_on, n) for n in there]
         for future in done:
             future.result()  # re-raise the first failure here
