@@ -164,7 +164,7 @@ def _print_report(rep: dict[str, Any]) -> None:
             print(f"      fault {f['kind']}"
                   + (f" at {f['began']} s" if f.get("began") is not None else "")
                   + f": {f['verdict']}"
-                  + (f", {carried_on(f)}" if f["verdict"] == "ok" and carried_on(f) else "")
+                  + (f", {how}" if (how := carried_on(f)) else "")
                   + (f" ({f['line']})" if f["verdict"] != "ok" else ""))
         print(f"      console log: {t['console_log']}")
 

@@ -61,14 +61,14 @@ class FaultMark:
     start: float
     end: float
     verdict: str
-    carried_on: str  # how the terminal carried on, if it did (status.carried_on)
+    carried_on: str  # how the terminal carried on, if it did (outcome.carried_on)
 
 
 def fault_marks(t: dict[str, Any]) -> list[FaultMark]:
     booted = float(t.get("booted_at") or 0.0)
     return [FaultMark(str(f["kind"]), round(float(f["began"]) - booted, 1),
                       round(float(f["ended"]) - booted, 1), str(f["verdict"]),
-                      carried_on(f) if f["verdict"] == "ok" else "")
+                      carried_on(f))
             for f in t.get("faults") or []
             if f.get("began") is not None]  # a fault not made has no place on it
 

@@ -53,8 +53,8 @@ def report_to_junit(rep: dict[str, Any]) -> str:
                                         message=_xml_text(f"{f['verdict']}: {f['line']}"))
                 fail.text = _xml_text(f["line"])
                 failed.append(f)
-            elif carried_on(f):
-                etree.SubElement(case, "system-out").text = carried_on(f)
+            elif how := carried_on(f):
+                etree.SubElement(case, "system-out").text = how
         for c in t.get("probes_after", []):  # the probes again, after the faults
             check = etree.SubElement(suite, "testcase",
                                      classname=_xml_text(f"vlab.{rep['lab']}.{t['name']}"),

@@ -8,7 +8,9 @@ from typing import Any
 
 
 def carried_on(f: Mapping[str, Any]) -> str:
-    """How a terminal carried on after a fault it survived ("" if nothing was measured)."""
+    """How a terminal carried on after a fault ("" if it did not, or nothing was measured)."""
+    if f.get("verdict") != "ok":
+        return ""
     said = []
     if f.get("resumed_after") is not None:
         said.append(f"its NFS root answered {f['resumed_after']} s after the fault ended")

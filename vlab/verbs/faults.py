@@ -233,7 +233,6 @@ def renewals(plan: LabPlan, lease: int, outcomes: dict[str, Result], began: floa
                 due[t] = at
     deadline = ended + within
     while due:
-        log = log_text(plan.dnsmasq_log)
         for t in list(due):
             if (after := renewed_after(cause.acks_of(t.mac, log), end)) is not None:
                 outcomes[t.name]["renewed_after"] = after
@@ -241,6 +240,7 @@ def renewals(plan: LabPlan, lease: int, outcomes: dict[str, Result], began: floa
         if not due or time.monotonic() >= deadline:
             break
         time.sleep(1)
+        log = log_text(plan.dnsmasq_log)
     for t, at in due.items():
         outcomes[t.name].update(
             verdict=DHCP_NOT_RENEWED,

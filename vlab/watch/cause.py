@@ -161,7 +161,8 @@ LEASE6_RE = pattern(r"DHCPREPLY\(\S+\) ([0-9a-f]*:[0-9a-f:]+) ")
 # dnsmasq's OFFER or ACK, from the message's start (a guest's vendor class or name, later in
 # some other line, cannot make one): the address, then the MAC it went to
 LEASE_RE = pattern(r"(?:\d+ )?DHCP(?:OFFER|ACK)\(\S+\) (\d+\.\d+\.\d+\.\d+) (\S+)")
-ACK_RE = pattern(r"(?:\d+ )?DHCPACK\(\S+\) \d+\.\d+\.\d+\.\d+ (\S+)")
+# a DHCPACK, from the message's start (whose MAC _about reads)
+ACK_RE = pattern(r"(?:\d+ )?DHCPACK\(")
 # the MAC a DHCP message is about: dnsmasq writes it right after the message name and the
 # address, if any (a vendor class or a host name holding a MAC is on lines of their own)
 MESSAGE_MAC_RE = pattern(r"(?:\d+ )?DHCP[A-Z]+\(\S+\) (?:\d+\.\d+\.\d+\.\d+ )?"
@@ -194,8 +195,7 @@ def acks_of(mac: str, dnsmasq_log: str) -> list[int]:
     for m in map(DNSMASQ_LINE_RE.match, dnsmasq_log.splitlines()):
         if m is None or m.group(2) != "dnsmasq-dhcp":
             continue
-        a = ACK_RE.match(m.group(3))
-        if a is not None and mac and a.group(1).lower() == mac.lower():
+        if ACK_RE.match(m.group(3)) is not None and _about(mac, m.group(3)):
             hours, minutes, seconds = map(int, m.group(1).split(":"))
             out.append(hours * 3600 + minutes * 60 + seconds)
     return out
