@@ -81,6 +81,31 @@ def test_a_key_published_side_by_side_keeps_one_result(tmp_path: Path,
     assert sorted(p.name for p in final.parent.iterdir()) == [final.name]
 
 
+def test_a_root_published_side_by_side_keeps_the_first_which_may_be_in_use(
+        tmp_path: Path) -> None:
+    """Two labs up at once bootstrap the same root (a fixed folder, stamped with its
+    inputs): the first published is kept, whatever uses it, and the second dropped; a root
+    of other inputs still replaces a stale one."""
+    final = tmp_path / "roots" / "busybox"
+    with cache.publish(final) as tmp:
+        tmp.mkdir()
+        (tmp / "init").write_text("first")
+        cache.stamp(tmp, "inputs-1")
+    with (final / "init").open() as in_use:
+        with cache.publish(final) as tmp:
+            tmp.mkdir()
+            (tmp / "init").write_text("second")
+            cache.stamp(tmp, "inputs-1")
+        assert (final / "init").read_text() == in_use.read() == "first"
+    assert sorted(p.name for p in final.parent.iterdir()) == [final.name]
+    with cache.publish(final) as tmp:
+        tmp.mkdir()
+        (tmp / "init").write_text("rebuilt")
+        cache.stamp(tmp, "inputs-2")
+    assert (final / "init").read_text() == "rebuilt" and cache.is_current(final, "inputs-2")
+    assert sorted(p.name for p in final.parent.iterdir()) == [final.name]
+
+
 def test_a_process_whose_name_and_arguments_are_not_utf8_is_read_not_a_crash(
         tmp_path: Path) -> None:
     """Any program on the machine may have a name and arguments that are not UTF-8 (seen: a

@@ -53,6 +53,12 @@ def publish(final: Path) -> Iterator[Path]:
     except BaseException:
         _remove(tmp)
         raise
+    if _same_inputs(final, tmp):
+        # Another vlab (a lab coming up side by side) built the same root and published it
+        # first; it may already be in use (an export image made from it, a builder's
+        # sandbox over it): it stays, this one goes.
+        _remove(tmp)
+        return
     old = final.with_name(f".{final.name}.old-{os.getpid()}")
     if final.exists():
         final.rename(old)
@@ -65,6 +71,12 @@ def publish(final: Path) -> Iterator[Path]:
             raise
         _remove(tmp)
     _remove(old)
+
+
+def _same_inputs(final: Path, tmp: Path) -> bool:
+    """final is a folder stamped with the inputs tmp was built from (stamp())."""
+    made = tmp / STAMP
+    return made.is_file() and is_current(final, made.read_text())
 
 
 @contextmanager
