@@ -64,6 +64,32 @@ def other_labs_up(plan: LabPlan, dirs: Dirs) -> list[str]:
             if p.parent.name != plan.name]
 
 
+def _host_goes(plan: LabPlan, dirs: Dirs, wait: float = 30) -> bool:
+    """Whether the on-demand lab host should be gone, as vlab's down decides: no lab but
+    plan's is up. Another lab (a second pytest-xdist worker's) may be on its way down, its
+    `vlab down` about to stop the host: that is waited for, not counted as plan's leftover."""
+    if HOST_KEPT:
+        return False
+    deadline = time.monotonic() + wait
+    while not other_labs_up(plan, dirs) and Path(f"/run/netns/{plan.netns}").exists():
+        if time.monotonic() > deadline or not _other_vlab_running():
+            break
+        time.sleep(0.5)
+    return not other_labs_up(plan, dirs)
+
+
+def _other_vlab_running() -> bool:
+    """A `python -m vlab` process is running (another worker's down, say)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[1:3] == [b"-m", b"vlab"]:
+            return True
+    return False
+
+
 def leftovers(plan: LabPlan) -> list[str]:
     """Everything of the lab that is still there: should be nothing after vlab down."""
     found = []
@@ -86,7 +112,7 @@ def leftovers(plan: LabPlan) -> list[str]:
                                 str(plan.root_image)], capture_output=True, text=True).stdout
         found += [f"loop device {ln}" for ln in loops.splitlines()]
     dirs = Dirs.from_env()
-    host_goes = not HOST_KEPT and not other_labs_up(plan, dirs)  # vlab's down decides so
+    host_goes = _host_goes(plan, dirs)
     if host_goes and (dirs.state / "rpcbind.pid").exists():
         pid = procs.read_pid(dirs.state / "rpcbind.pid", "rpcbind")
         if pid is not None:
@@ -134,7 +160,16 @@ def up(path: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     # A guard against a hung vlab only: a first Debian up bootstraps, builds and boots.
     proc = vlab("up", path, "--json", timeout=1200)
     assert proc.stdout, proc.stderr
-    return proc, json.loads(proc.stdout)
+    rep = json.loads(proc.stdout)
+    proc.stderr += failed_consoles(rep)  # read now: the lab may be down when a test fails
+    return proc, rep
+
+
+def why(proc: subprocess.CompletedProcess[str], t: dict[str, Any]) -> str:
+    """A failed assertion's message on one terminal, whole (pytest cuts a tuple's repr at 240
+    characters: the verdict went missing from a CI log that way)."""
+    return (f"{t.get('name')}: verdict {t.get('verdict')}, line {t.get('line')!r}, "
+            f"cause {t.get('cause')}, exit {proc.returncode}\n{proc.stderr}")
 
 
 BOOTING = re.compile(r"^\[\s*[\d.]+s\] (boot \S+:|watching )")

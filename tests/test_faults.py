@@ -21,7 +21,9 @@ from vlab.build import nfsroot
 from vlab.plan.lab import Dirs
 from vlab.serve import nfsserver
 
-pytestmark = pytest.mark.boot
+# alone: vlab gc sweeps the whole state folder, and what listens or is left is looked for
+# machine-wide
+pytestmark = [pytest.mark.boot, pytest.mark.alone]
 
 # The progress line after which each kill lands, and what had happened by then.
 KILL_POINTS = [

@@ -19,7 +19,8 @@ from vlab import procs
 from vlab.nodes import virt
 from vlab.serve import nfsserver
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+# alone: a gc in an empty state folder, and the machine's namespaces compared before and after
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="needs root"), pytest.mark.alone]
 
 
 def _start(argv: list[str]) -> subprocess.Popen[bytes]:

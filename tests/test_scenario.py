@@ -50,6 +50,7 @@ def test_bad_scenario_message(path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert err.value.message() == expected(path)
 
 
+@pytest.mark.alone  # the machine's namespaces, compared before and after
 @pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
 def test_vlab_up_of_a_bad_scenario_exits_2_with_one_line_and_creates_nothing(
     path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

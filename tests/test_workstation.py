@@ -21,7 +21,8 @@ from workstation import ADDR, LAN_RANGE, Workstation
 
 from vlab.plan.lease import lab_subnet
 
-pytestmark = pytest.mark.boot
+# alone: the machine becomes a workstation with a system libvirtd, in place of the lab host
+pytestmark = [pytest.mark.boot, pytest.mark.alone]
 
 LABS = {"wsdev": "", "wsnfs3": 'nfs_version = "3"\n'}
 
