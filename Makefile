@@ -32,7 +32,7 @@ demo: deps
 # Two steps, both always run: the tests not marked `alone` on two workers (pytest-xdist: a
 # module to a worker, tests/conftest.py), then the `alone` ones by themselves.
 test: deps
-	@$(PY) -m pytest -n 2 --dist loadgroup -m "not alone"; a=$$?; \
+	@$(PY) -m pytest -n 2 --dist loadfile -m "not alone"; a=$$?; \
 	$(PY) -m pytest -m alone; b=$$?; \
 	echo "make test: tests not alone exit $$a, alone exit $$b"; [ $$a -eq 0 ] && [ $$b -eq 0 ]
 

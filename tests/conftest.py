@@ -42,13 +42,26 @@ FIRST = ("test_resilience.py", "test_roots.py", "test_verdicts.py", "test_pxe.py
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Each module is one xdist group (its module-scoped labs are booted once), the longest
-    modules go first."""
-    for item in items:
-        name = Path(str(item.path)).name
-        item.add_marker(pytest.mark.xdist_group(GROUPS.get(name, name)))
+    """The longest modules first, each module's tests in their order."""
     rank = {name: i for i, name in enumerate(FIRST)}
     items.sort(key=lambda item: rank.get(Path(str(item.path)).name, len(FIRST)))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """`--dist loadfile`, a module's tests to one worker (its module-scoped labs boot once),
+    with the modules of a group in GROUPS to the same one. (pytest-xdist's own loadgroup reads
+    its marks into the node id, which pytest 9 no longer takes.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class ByGroup(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            name = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+            return GROUPS.get(name, name)
+
+    return ByGroup(config, log)
 
 
 @pytest.fixture

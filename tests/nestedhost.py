@@ -182,7 +182,7 @@ def start(kind: Kind, image: Image, timeout: float = 600) -> None:
         f"--dhcp-leasefile={kind.dir / 'leases'}", f"--log-facility={kind.dir / 'dnsmasq.log'}",
         "--log-dhcp")
     # kvm_amd.npt=0: the host's KVM keeps its guests' page tables itself (shadow paging).
-    # With nested paging, which TCG emulates here, 3 of 10 guests reset silently in their
+    # With nested paging, which TCG emulates here, 2 of 9 guests reset silently in their
     # initrd (qemu's log on the host: a shutdown, no panic on the console); 0 of 14 without.
     kernel = ["-cpu", "EPYC", "-kernel", str(image.dir / "vmlinuz"), "-append",
               "root=/dev/vda rw console=ttyS0 kvm_amd.npt=0",
