@@ -29,12 +29,8 @@ demo: deps
 	cat $$($(VLAB) status $(DEMO) --json | $(PY) -c 'import json,sys; print(json.load(sys.stdin)["terminals"][0]["console_log"])') && \
 	echo && echo "---- vlab status ----" && $(VLAB) status $(DEMO)
 
-# Two steps, both always run: the tests not marked `alone` on two workers (pytest-xdist: a
-# module to a worker, tests/conftest.py), then the `alone` ones by themselves.
 test: deps
-	@$(PY) -m pytest -n 2 --dist loadfile -m "not alone"; a=$$?; \
-	$(PY) -m pytest -m alone; b=$$?; \
-	echo "make test: tests not alone exit $$a, alone exit $$b"; [ $$a -eq 0 ] && [ $$b -eq 0 ]
+	$(PY) -m pytest
 
 unit: deps
 	$(PY) -m pytest -m "not boot"

@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 ARTIFACTS = Path(os.environ.get("VLAB_TEST_ARTIFACTS", "/tmp/vlab-test-artifacts"))
-# one per pytest-xdist worker: each has its own browser, which goes with its session
-NETNS = "vlab-test-browser" + os.environ.get("PYTEST_XDIST_WORKER", "")
+NETNS = "vlab-test-browser"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-default-apps", "--window-size=1280,1000"]

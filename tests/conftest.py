@@ -24,44 +24,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help="rewrite golden files from the current output (then read the diff)")
 
 
-# Golden files the tests compared this session, and whether every test that reads them ran
-# (with pytest-xdist: in this worker; each sends its own to the controller, which decides).
+# Golden files the tests compared this session, and whether every test that reads them ran.
 _READ: set[str] = set()
 _SKIPPED_GOLDEN = False
-_WORKERS: list[dict[str, object]] = []  # the controller's: what each worker sent
-
-# make test runs the tests in two steps: those not marked `alone` on two pytest-xdist workers,
-# a module (or a group below) to a worker, then the `alone` ones by themselves. Modules that
-# boot labs of the same name (tiny, one, wrong-export) share a worker: one lab per name.
-GROUPS = {"test_boot.py": "labs-one-tiny", "test_ssh.py": "labs-one-tiny",
-          "test_check.py": "labs-one-tiny", "test_resilience.py": "labs-one-tiny"}
-# The longest first, so that both workers finish together (seconds measured in a clean run,
-# `--durations`); the rest in pytest's order.
-FIRST = ("test_resilience.py", "test_roots.py", "test_verdicts.py", "test_pxe.py",
-         "test_arm64.py", "test_trixie.py", "test_images.py", "test_boot.py", "test_ipv6.py")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The longest modules first, each module's tests in their order."""
-    rank = {name: i for i, name in enumerate(FIRST)}
-    items.sort(key=lambda item: rank.get(Path(str(item.path)).name, len(FIRST)))
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
-    """`--dist loadfile`, a module's tests to one worker (its module-scoped labs boot once),
-    with the modules of a group in GROUPS to the same one. (pytest-xdist's own loadgroup reads
-    its marks into the node id, which pytest 9 no longer takes.)"""
-    if config.getvalue("dist") != "loadfile":
-        return None
-    from xdist.scheduler import LoadFileScheduling
-
-    class ByGroup(LoadFileScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            name = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
-            return GROUPS.get(name, name)
-
-    return ByGroup(config, log)
 
 
 @pytest.fixture
@@ -87,30 +52,15 @@ def pytest_deselected(items: list[pytest.Item]) -> None:
         _SKIPPED_GOLDEN = True
 
 
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node: object, error: object) -> None:
-    """The controller's (pytest-xdist): a worker's golden files read, sent when it ended."""
-    _WORKERS.append(getattr(node, "workeroutput", {}))
-
-
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Golden files no test reads are stale: reported (removed under --regenerate), and the
     run fails, once every golden test has run and passed."""
     ran = {Path(str(item.path)).name for item in session.items
            if "golden" in getattr(item, "fixturenames", ())}
-    workeroutput = getattr(session.config, "workeroutput", None)
-    if workeroutput is not None:  # an xdist worker: the controller decides
-        workeroutput.update(read=sorted(_READ), skipped=_SKIPPED_GOLDEN, ran=sorted(ran))
-        return
-    read, skipped = set(_READ), _SKIPPED_GOLDEN
-    for sent in _WORKERS:
-        read |= set(sent.get("read", ()))  # type: ignore[call-overload]
-        skipped = skipped or bool(sent.get("skipped"))
-        ran |= set(sent.get("ran", ()))  # type: ignore[call-overload]
-    if exitstatus != 0 or skipped or not GOLDEN_TESTS.issubset(ran):
+    if exitstatus != 0 or _SKIPPED_GOLDEN or not GOLDEN_TESTS.issubset(ran):
         return
     stale = sorted(str(p.relative_to(GOLDEN)) for p in GOLDEN.rglob("*")
-                   if p.is_file() and str(p.relative_to(GOLDEN)) not in read)
+                   if p.is_file() and str(p.relative_to(GOLDEN)) not in _READ)
     if not stale:
         return
     if session.config.getoption("--regenerate"):

@@ -64,32 +64,6 @@ def other_labs_up(plan: LabPlan, dirs: Dirs) -> list[str]:
             if p.parent.name != plan.name]
 
 
-def _host_goes(plan: LabPlan, dirs: Dirs, wait: float = 30) -> bool:
-    """Whether the on-demand lab host should be gone, as vlab's down decides: no lab but
-    plan's is up. Another lab (a second pytest-xdist worker's) may be on its way down, its
-    `vlab down` about to stop the host: that is waited for, not counted as plan's leftover."""
-    if HOST_KEPT:
-        return False
-    deadline = time.monotonic() + wait
-    while not other_labs_up(plan, dirs) and Path(f"/run/netns/{plan.netns}").exists():
-        if time.monotonic() > deadline or not _other_vlab_running():
-            break
-        time.sleep(0.5)
-    return not other_labs_up(plan, dirs)
-
-
-def _other_vlab_running() -> bool:
-    """A `python -m vlab` process is running (another worker's down, say)."""
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv[1:3] == [b"-m", b"vlab"]:
-            return True
-    return False
-
-
 def leftovers(plan: LabPlan) -> list[str]:
     """Everything of the lab that is still there: should be nothing after vlab down."""
     found = []
@@ -112,7 +86,7 @@ def leftovers(plan: LabPlan) -> list[str]:
                                 str(plan.root_image)], capture_output=True, text=True).stdout
         found += [f"loop device {ln}" for ln in loops.splitlines()]
     dirs = Dirs.from_env()
-    host_goes = _host_goes(plan, dirs)
+    host_goes = not HOST_KEPT and not other_labs_up(plan, dirs)  # vlab's down decides so
     if host_goes and (dirs.state / "rpcbind.pid").exists():
         pid = procs.read_pid(dirs.state / "rpcbind.pid", "rpcbind")
         if pid is not None:

@@ -21,9 +21,7 @@ from vlab.build import nfsroot
 from vlab.plan.lab import Dirs
 from vlab.serve import nfsserver
 
-# alone: vlab gc sweeps the whole state folder, and what listens or is left is looked for
-# machine-wide
-pytestmark = [pytest.mark.boot, pytest.mark.alone]
+pytestmark = pytest.mark.boot
 
 # The progress line after which each kill lands, and what had happened by then.
 KILL_POINTS = [

@@ -121,7 +121,6 @@ def test_ssh_uri_target() -> None:
 
 
 # ---- real: a second libvirt host --------------------------------------------------------
-# alone: the fixture brings the lab host up and down (`lab-host down` removes every lab)
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +164,6 @@ def _sha256(path: Path) -> str:
 
 
 @pytest.mark.boot
-@pytest.mark.alone
 def test_a_terminal_on_each_host_boots_over_the_same_nfs_root(second_host, lab_down) -> None:  # type: ignore[no-untyped-def]
     plan, proc, rep = _up_two(lab_down)
     by_name = {t["name"]: t for t in rep["terminals"]}
@@ -209,7 +207,6 @@ def test_a_terminal_on_each_host_boots_over_the_same_nfs_root(second_host, lab_d
 
 
 @pytest.mark.boot
-@pytest.mark.alone
 def test_down_tolerates_a_host_that_does_not_answer(second_host, lab_down) -> None:  # type: ignore[no-untyped-def]
     plan, _proc, _rep = _up_two(lab_down)
     simhost.stop_sshd(SIM_DIR)
@@ -233,7 +230,6 @@ def test_down_tolerates_a_host_that_does_not_answer(second_host, lab_down) -> No
 
 
 @pytest.mark.boot
-@pytest.mark.alone
 def test_an_unknown_or_changed_host_key_is_refused_before_anything_is_made(second_host) -> None:  # type: ignore[no-untyped-def]
     plan = plan_for(TWO)
     host_pub = SIM_DIR / "ssh_host_ed25519_key.pub"
@@ -265,7 +261,6 @@ def test_an_unknown_or_changed_host_key_is_refused_before_anything_is_made(secon
 
 
 @pytest.mark.boot
-@pytest.mark.alone
 def test_sigkill_mid_up_leaves_nothing_down_cannot_remove_on_either_host(second_host,  # type: ignore[no-untyped-def]
                                                                           lab_down) -> None:
     lab_down.append(TWO)
@@ -284,7 +279,6 @@ def test_sigkill_mid_up_leaves_nothing_down_cannot_remove_on_either_host(second_
 
 
 @pytest.mark.boot
-@pytest.mark.alone
 def test_a_network_the_other_host_does_not_have_is_bad_input(second_host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     bad = tmp_path / "bad.toml"
     bad.write_text((ROOT / TWO).read_text().replace('network = "h2lab"', 'network = "nope"'))
@@ -298,7 +292,6 @@ def test_a_network_the_other_host_does_not_have_is_bad_input(second_host, tmp_pa
 
 
 @pytest.mark.boot
-@pytest.mark.alone
 def test_down_of_a_lab_never_up_asks_no_other_host_and_records_nothing() -> None:
     """No second host here (its namespace is not there): a lab that was never brought up
     has nothing on it, so `vlab down` neither calls it nor records a down-incomplete lab

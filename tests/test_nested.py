@@ -21,8 +21,7 @@ from test_boot import console, leftovers, plan_for, up, vlab, why
 from vlab.plan.lab import Dirs, LabPlan
 from vlab.watch.judge import OK, decide
 
-# alone: each class brings the lab host up and down itself, and its nested host takes both cores
-pytestmark = [pytest.mark.boot, pytest.mark.alone]
+pytestmark = pytest.mark.boot
 
 XEN_LAB = "tests/scenarios/xen-node.toml"
 XEN_ITOOLS = "tests/scenarios/xen-node-itools.toml"

@@ -19,8 +19,7 @@ from vlab import procs
 from vlab.nodes import virt
 from vlab.serve import nfsserver
 
-# alone: a gc in an empty state folder, and the machine's namespaces compared before and after
-pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="needs root"), pytest.mark.alone]
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 
 def _start(argv: list[str]) -> subprocess.Popen[bytes]:

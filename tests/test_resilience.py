@@ -136,7 +136,6 @@ def _restart_libvirtd() -> tuple[int, int]:
     return old, new
 
 
-@pytest.mark.alone  # every lab's libvirtd
 @pytest.mark.parametrize("when", ["boot t1:", "watching"], ids=["booting", "watching"])
 def test_libvirtd_restarted_under_vlab_up_and_every_verdict_still_arrives(
         lab_down, when: str) -> None:  # type: ignore[no-untyped-def]
@@ -235,7 +234,6 @@ def test_a_terminal_that_does_not_answer_again_in_time_is_nfs_hung(
     assert leftovers(plan) == []
 
 
-@pytest.mark.alone  # lab "one" from a second state folder: its domains' names are the first's
 def test_a_full_state_folder_during_up_is_one_clear_error_and_down_and_up_work_after(
         lab_down, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """The state folder on a 20 MiB file system: the kernel vlab puts there does not fit.

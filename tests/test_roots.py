@@ -67,7 +67,6 @@ def _busy_seconds(pids: list[int]) -> float:
                    .split()[11:13]) for pid in pids) / ticks
 
 
-@pytest.mark.alone  # the load is the hogs', measured: no other test's boots besides
 def test_debian_root_with_initramfs_tools_initrd_reaches_multi_user_on_a_loaded_host(
     lab_down, cpu_hogs  # type: ignore[no-untyped-def]
 ) -> None:

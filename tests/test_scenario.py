@@ -10,6 +10,7 @@ from conftest import HERE, ROOT
 from vlab import scenario
 from vlab.cli import main
 from vlab.errors import ScenarioError
+from vlab.plan.lease import lab_subnet
 from vlab.scenario.model import Hypervisor, LabHostMode, NfsVersion
 
 BAD = sorted((HERE / "bad").glob("*.toml"))
@@ -50,7 +51,6 @@ def test_bad_scenario_message(path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert err.value.message() == expected(path)
 
 
-@pytest.mark.alone  # the machine's namespaces, compared before and after
 @pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
 def test_vlab_up_of_a_bad_scenario_exits_2_with_one_line_and_creates_nothing(
     path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -119,3 +119,15 @@ def test_nfs_version_as_number(tmp_path: Path) -> None:
 def test_shipped_scenarios_are_valid() -> None:
     for path in sorted((ROOT / "scenarios").glob("*.toml")):
         scenario.load(path)
+
+
+def test_no_scenario_lab_picks_the_subnet_another_one_names() -> None:
+    """A lab without a subnet takes one derived from its name; were that the subnet another
+    scenario names, the two could not be up at once (make test runs labs side by side: a
+    lab `nfs3one` took 10.213.79.0/24 and `vlab pxe` of site-own-server.toml was refused)."""
+    scenarios = [scenario.load(p) for p in sorted([*(ROOT / "scenarios").glob("*.toml"),
+                                                   *(HERE / "scenarios").glob("*.toml")])]
+    named = {str(sc.lab.subnet): sc.lab.name for sc in scenarios if sc.lab.subnet is not None}
+    derived = {sc.lab.name: str(lab_subnet(sc.lab.name)) for sc in scenarios
+               if sc.lab.subnet is None}
+    assert not {lab: named[s] for lab, s in derived.items() if s in named}

@@ -21,8 +21,7 @@ from workstation import ADDR, LAN_RANGE, Workstation
 
 from vlab.plan.lease import lab_subnet
 
-# alone: the machine becomes a workstation with a system libvirtd, in place of the lab host
-pytestmark = [pytest.mark.boot, pytest.mark.alone]
+pytestmark = pytest.mark.boot
 
 LABS = {"wsdev": "", "wsnfs3": 'nfs_version = "3"\n'}
 
