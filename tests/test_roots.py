@@ -325,6 +325,15 @@ def failures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {builder: booted[path] for builder, path in labs.items()}
 
 
+def _in_initrd(t: dict) -> float:  # type: ignore[type-arg]
+    """Seconds from the initrd's first console line (or the start: initramfs-tools' quiet
+    initrd shows none) to the verdict. The builders' own waits
+    (dracut's rd.retry, 180 s; initramfs-tools' rounds) count from inside the initrd, so a
+    verdict sooner than that is vlab's hook, however long the kernel took to get there (14
+    terminals on two cores: the kernel alone took 66-82 s in one run)."""
+    return float(t["seconds"]) - dict(t["phases"]).get("initrd", 0.0)
+
+
 def _failed_as_named(result: tuple[float, Any, dict[str, Any]]) -> dict[str, dict]:  # type: ignore[type-arg]
     """What every failure lab's terminals must say; their reports by name."""
     _seconds, proc, rep = result
@@ -335,7 +344,7 @@ def _failed_as_named(result: tuple[float, Any, dict[str, Any]]) -> dict[str, dic
     # The builder would wait minutes for a network device; vlab's hook says it in seconds.
     assert by_name["nonic"]["verdict"] == "nic-driver-missing", by_name["nonic"]
     assert "no network interface appeared" in by_name["nonic"]["line"]
-    assert by_name["nonic"]["seconds"] < 150, by_name["nonic"]
+    assert _in_initrd(by_name["nonic"]) < 150, by_name["nonic"]
     assert by_name["panic"]["verdict"] == "kernel-panic", by_name["panic"]
     assert "Kernel panic - not syncing" in by_name["panic"]["line"]
     return by_name
@@ -348,7 +357,7 @@ def test_initramfs_tools_failures_are_named(failures: dict[str, Any]) -> None:
     # ganesha answers a MOUNT of a path it does not export with "Permission denied".
     assert by_name["noexport"]["verdict"] == "nfs-access-denied", by_name["noexport"]
     assert "mount call failed - server replied: Permission denied" in by_name["noexport"]["line"]
-    assert by_name["noexport"]["seconds"] < 150
+    assert _in_initrd(by_name["noexport"]) < 150, by_name["noexport"]
     assert by_name["noinit"]["verdict"] == "init-failed", by_name["noinit"]
     assert "doesn't have requested /no/such/init" in by_name["noinit"]["line"]
     assert by_name["nfs4"]["verdict"] == "nfs-version-unsupported", by_name["nfs4"]
@@ -365,4 +374,4 @@ def test_dracut_failures_are_named(failures: dict[str, Any]) -> None:
     assert "reason given by server: No such file or directory" in by_name["noexport4"]["line"]
     assert by_name["noinit"]["verdict"] == "init-failed", by_name["noinit"]
     assert "no /sbin/init in" in by_name["noinit"]["line"]
-    assert by_name["noinit"]["seconds"] < 150, by_name["noinit"]  # not dracut's rd.retry
+    assert _in_initrd(by_name["noinit"]) < 150, by_name["noinit"]  # not dracut's rd.retry
